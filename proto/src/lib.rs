@@ -1,0 +1,42 @@
+//! The coordinator protocol between a stampede controller and its agents.
+//!
+//! [`pb`] holds the generated gRPC bindings of `proto/coordinator.proto`.
+//! The rest of the crate holds the domain types both sides share and their
+//! conversions to and from the wire: per-metric HDR histogram sets
+//! ([`Histograms`]), request counters ([`Counters`]) and error classes
+//! ([`ErrorClass`]). No other crate builds raw protobuf structs for these.
+
+mod counters;
+mod histograms;
+
+pub use counters::{Counters, ErrorClass};
+pub use histograms::{Histograms, Metric, Unit};
+
+/// Generated protobuf and gRPC bindings (`stampede.coordinator.v1`).
+#[allow(missing_docs, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("stampede.coordinator.v1");
+}
+
+/// Version of the coordinator protocol this build speaks. A controller
+/// refuses agents that speak another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message from the wire that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A histogram's bytes are not HdrHistogram V2+deflate.
+    #[error("histogram for {metric}: {reason}")]
+    Histogram {
+        /// Metric whose histogram failed.
+        metric: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A metric number this build does not know.
+    #[error("unknown metric number {0}")]
+    UnknownMetric(i32),
+    /// An error class name this build does not know.
+    #[error("unknown error class {0:?}")]
+    UnknownErrorClass(String),
+}

@@ -1,0 +1,159 @@
+//! The simulator's parameters, shared by the `llm-sim` command line and by
+//! programs that embed the simulator.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a generated answer is when the request gives no `max_tokens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputLength {
+    /// Always this many tokens.
+    Fixed(u32),
+    /// Uniform between the bounds, inclusive, drawn from the seed and the
+    /// request so that the same request always gets the same length.
+    Uniform {
+        /// Fewest tokens.
+        min: u32,
+        /// Most tokens.
+        max: u32,
+    },
+}
+
+impl FromStr for OutputLength {
+    type Err = String;
+
+    /// `"128"` is fixed; `"16..256"` is uniform between 16 and 256.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let positive = |t: &str| match t.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "expected a positive token count or MIN..MAX, got {s:?}"
+            )),
+        };
+        match s.split_once("..") {
+            None => positive(s).map(OutputLength::Fixed),
+            Some((lo, hi)) => {
+                let (min, max) = (positive(lo)?, positive(hi)?);
+                if min > max {
+                    return Err(format!("range {s:?} has MIN above MAX"));
+                }
+                Ok(OutputLength::Uniform { min, max })
+            }
+        }
+    }
+}
+
+impl fmt::Display for OutputLength {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputLength::Fixed(n) => write!(f, "{n}"),
+            OutputLength::Uniform { min, max } => write!(f, "{min}..{max}"),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 20ms, 500us, 1s)"))
+}
+
+/// The simulated engine. Every timing is deterministic: a request's queue
+/// wait depends only on the requests ahead of it, its prefill on its input
+/// length, and each decode step on the number of sequences running.
+#[derive(Clone, Debug, PartialEq, clap::Args)]
+pub struct Config {
+    /// Most sequences generating at once (continuous batching). Requests
+    /// beyond it wait in a FIFO queue. 1 models a server that handles one
+    /// request at a time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+
+    /// Fixed part of the prefill time of every request.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub prefill_base: Duration,
+
+    /// Prefill time per input token (input tokens are whitespace-separated
+    /// words of the prompt). The first token is emitted when prefill ends.
+    #[arg(long, default_value = "200us", value_parser = parse_duration)]
+    pub prefill_per_token: Duration,
+
+    /// Decode step time with one sequence running: the gap between tokens.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub decode_step: Duration,
+
+    /// Extra decode step time per additional running sequence: with `b`
+    /// sequences running a step takes `decode_step + (b - 1) * this`.
+    #[arg(long, default_value = "500us", value_parser = parse_duration)]
+    pub decode_step_per_seq: Duration,
+
+    /// Answer length when a request sets no `max_tokens`: `N` or `MIN..MAX`.
+    #[arg(long, default_value = "16..256")]
+    pub output_tokens: OutputLength,
+
+    /// Model name listed by `/v1/models`.
+    #[arg(long, default_value = "llm-sim")]
+    pub model: String,
+
+    /// Seed for answer lengths and text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_batch: 16,
+            prefill_base: Duration::from_millis(5),
+            prefill_per_token: Duration::from_micros(200),
+            decode_step: Duration::from_millis(20),
+            decode_step_per_seq: Duration::from_micros(500),
+            output_tokens: OutputLength::Uniform { min: 16, max: 256 },
+            model: "llm-sim".to_owned(),
+            seed: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Prefill time of a request with this many input tokens.
+    pub fn prefill(&self, input_tokens: u32) -> Duration {
+        self.prefill_base + self.prefill_per_token * input_tokens
+    }
+
+    /// Decode step time with `running` sequences in the batch.
+    pub fn step(&self, running: u32) -> Duration {
+        self.decode_step + self.decode_step_per_seq * running.saturating_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_lengths_parse() {
+        assert_eq!("64".parse(), Ok(OutputLength::Fixed(64)));
+        assert_eq!(
+            "8..32".parse(),
+            Ok(OutputLength::Uniform { min: 8, max: 32 })
+        );
+        assert!("0".parse::<OutputLength>().is_err());
+        assert!("32..8".parse::<OutputLength>().is_err());
+        assert!("many".parse::<OutputLength>().is_err());
+    }
+
+    #[test]
+    fn prefill_is_proportional_and_step_grows_with_batch() {
+        let c = Config {
+            prefill_base: Duration::from_millis(10),
+            prefill_per_token: Duration::from_millis(1),
+            decode_step: Duration::from_millis(20),
+            decode_step_per_seq: Duration::from_millis(2),
+            ..Config::default()
+        };
+        assert_eq!(c.prefill(100), Duration::from_millis(110));
+        assert_eq!(c.step(1), Duration::from_millis(20));
+        assert_eq!(c.step(5), Duration::from_millis(28));
+        assert_eq!(c.step(0), Duration::from_millis(20));
+    }
+}

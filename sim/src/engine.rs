@@ -1,0 +1,317 @@
+//! The simulated inference engine: a FIFO queue in front of at most
+//! `max_batch` running sequences, and the ground-truth accounting that
+//! `/metrics` exposes.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, sleep_until};
+
+use crate::Config;
+use crate::metrics::PromHistogram;
+use crate::text;
+
+/// One generation request, already parsed from HTTP.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    /// Prompt length in tokens.
+    pub(crate) input_tokens: u32,
+    /// How many tokens to generate.
+    pub(crate) output_tokens: u32,
+    /// Seed of the generated text.
+    pub(crate) text_seed: u64,
+}
+
+/// One generated token, sent to the HTTP layer as it is produced.
+#[derive(Debug)]
+pub(crate) struct Token {
+    /// The token's text, including its leading space.
+    pub(crate) text: String,
+    /// True for the last token of the answer.
+    pub(crate) last: bool,
+}
+
+/// The engine shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) config: Config,
+    /// One permit per batch slot. Tokio's semaphore is fair, so waiting
+    /// requests are admitted in arrival order.
+    slots: Arc<Semaphore>,
+    state: Mutex<State>,
+    started: Instant,
+}
+
+/// Ground truth, updated at each admission and completion.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) received: u64,
+    pub(crate) served: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) queued: u32,
+    pub(crate) running: u32,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) generation_tokens: u64,
+    busy: Duration,
+    busy_since: Option<Instant>,
+    /// Arrival to admission into the batch.
+    pub(crate) queue_time: PromHistogram,
+    /// Arrival to first token.
+    pub(crate) ttft: PromHistogram,
+    /// Arrival to last token.
+    pub(crate) e2e: PromHistogram,
+}
+
+impl Engine {
+    pub(crate) fn new(config: Config) -> Engine {
+        Engine {
+            slots: Arc::new(Semaphore::new(config.max_batch as usize)),
+            config,
+            state: Mutex::new(State {
+                received: 0,
+                served: 0,
+                cancelled: 0,
+                queued: 0,
+                running: 0,
+                prompt_tokens: 0,
+                generation_tokens: 0,
+                busy: Duration::ZERO,
+                busy_since: None,
+                queue_time: PromHistogram::latency(),
+                ttft: PromHistogram::latency(),
+                e2e: PromHistogram::latency(),
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // The state is plain counters; a panic elsewhere cannot leave it
+        // half-updated in a way that matters more than losing the numbers.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Seconds since the engine started.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time the engine has spent with at least one sequence running.
+    pub(crate) fn busy_time(&self) -> Duration {
+        let state = self.state();
+        state.busy + state.busy_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Runs one job: waits in the queue, prefills, then decodes one token
+    /// per step, sending each token to `tokens` at its due time. Returns
+    /// early, counting the request as cancelled, when the receiver is gone.
+    pub(crate) async fn run(self: Arc<Self>, job: Job, tokens: mpsc::UnboundedSender<Token>) {
+        let arrived = Instant::now();
+        let admission = Admission::wait(&self, arrived).await;
+        let config = &self.config;
+        // Deadlines are absolute, so timer rounding never accumulates and
+        // the gap between tokens is exactly one step.
+        let mut due = admission.admitted + config.prefill(job.input_tokens);
+        let mut first_token_at = None;
+        for index in 0..job.output_tokens {
+            sleep_until(due).await;
+            first_token_at.get_or_insert_with(Instant::now);
+            let last = index + 1 == job.output_tokens;
+            let token = Token {
+                text: text::token(job.text_seed, index),
+                last,
+            };
+            if tokens.send(token).is_err() {
+                return; // The client went away; `admission` counts it.
+            }
+            if !last {
+                due += config.step(self.state().running);
+            }
+        }
+        admission.finish(&job, first_token_at.unwrap_or(arrived));
+    }
+}
+
+/// A request's place in the queue and then in the batch. Dropping it before
+/// [`Admission::finish`] counts the request as cancelled.
+struct Admission {
+    engine: Arc<Engine>,
+    arrived: Instant,
+    admitted: Instant,
+    finished: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    async fn wait(engine: &Arc<Engine>, arrived: Instant) -> Admission {
+        {
+            let mut state = engine.state();
+            state.received += 1;
+            state.queued += 1;
+        }
+        // Leaves the queue count right even if the client disappears while
+        // waiting (this future is then dropped).
+        let queued = Queued(engine);
+        let slot = Arc::clone(&engine.slots)
+            .acquire_owned()
+            .await
+            .expect("the engine never closes its semaphore");
+        std::mem::forget(queued);
+        let admitted = Instant::now();
+        let mut state = engine.state();
+        state.queued -= 1;
+        state.running += 1;
+        if state.running == 1 {
+            state.busy_since = Some(admitted);
+        }
+        state.queue_time.observe(admitted - arrived);
+        drop(state);
+        Admission {
+            engine: Arc::clone(engine),
+            arrived,
+            admitted,
+            finished: false,
+            _slot: slot,
+        }
+    }
+
+    fn finish(mut self, job: &Job, first_token_at: Instant) {
+        let now = Instant::now();
+        let mut state = self.engine.state();
+        state.served += 1;
+        state.prompt_tokens += u64::from(job.input_tokens);
+        state.generation_tokens += u64::from(job.output_tokens);
+        state.ttft.observe(first_token_at - self.arrived);
+        state.e2e.observe(now - self.arrived);
+        self.finished = true;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut state = self.engine.state();
+        state.running -= 1;
+        if state.running == 0
+            && let Some(since) = state.busy_since.take()
+        {
+            state.busy += now - since;
+        }
+        if !self.finished {
+            state.cancelled += 1;
+        }
+    }
+}
+
+/// Decrements the queue count when a request leaves the queue without
+/// being admitted.
+struct Queued<'a>(&'a Arc<Engine>);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.queued -= 1;
+        state.cancelled += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_batch: u32) -> Config {
+        Config {
+            max_batch,
+            prefill_base: Duration::from_millis(10),
+            prefill_per_token: Duration::from_millis(1),
+            decode_step: Duration::from_millis(20),
+            decode_step_per_seq: Duration::from_millis(5),
+            ..Config::default()
+        }
+    }
+
+    async fn collect(engine: Arc<Engine>, job: Job) -> Vec<(Duration, Token)> {
+        let start = Instant::now();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(engine.run(job, tx));
+        let mut out = Vec::new();
+        while let Some(t) = rx.recv().await {
+            out.push((start.elapsed(), t));
+        }
+        out
+    }
+
+    fn job(input: u32, output: u32) -> Job {
+        Job {
+            input_tokens: input,
+            output_tokens: output,
+            text_seed: 7,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_request_has_exact_prefill_and_steps() {
+        let engine = Arc::new(Engine::new(config(4)));
+        let tokens = collect(Arc::clone(&engine), job(50, 4)).await;
+        let times: Vec<_> = tokens.iter().map(|(t, _)| t.as_millis()).collect();
+        assert_eq!(times, [60, 80, 100, 120]);
+        assert!(tokens[3].1.last && !tokens[2].1.last);
+        let state = engine.state();
+        assert_eq!((state.served, state.cancelled, state.running), (1, 0, 0));
+        assert_eq!(state.generation_tokens, 4);
+        assert_eq!(state.queue_time.sum(), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_of_one_queues_in_arrival_order() {
+        let engine = Arc::new(Engine::new(config(1)));
+        let a = tokio::spawn(collect(Arc::clone(&engine), job(0, 2)));
+        tokio::task::yield_now().await;
+        let b = tokio::spawn(collect(Arc::clone(&engine), job(0, 2)));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        // a: prefill 10 ms, one step 20 ms -> done at 30 ms; b waits 30 ms.
+        assert_eq!(a.last().unwrap().0.as_millis(), 30);
+        assert_eq!(b[0].0.as_millis(), 40);
+        assert_eq!(b[1].0.as_millis(), 60);
+        let state = engine.state();
+        assert_eq!(state.served, 2);
+        assert!((state.queue_time.sum() - 0.030).abs() < 1e-6);
+        assert_eq!(state.queue_time.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_slow_down_as_the_batch_grows() {
+        let engine = Arc::new(Engine::new(config(8)));
+        let runs: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(collect(Arc::clone(&engine), job(0, 3))))
+            .collect();
+        for run in runs {
+            let tokens = run.await.unwrap();
+            let times: Vec<_> = tokens.iter().map(|(t, _)| t.as_millis()).collect();
+            // Three running: each step takes 20 + 2 * 5 ms.
+            assert_eq!(times, [10, 40, 70]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_is_cancelled_and_frees_its_slot() {
+        let engine = Arc::new(Engine::new(config(1)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let run = tokio::spawn(Arc::clone(&engine).run(job(0, 100), tx));
+        rx.recv().await.unwrap();
+        drop(rx);
+        run.await.unwrap();
+        let state = engine.state();
+        assert_eq!((state.served, state.cancelled, state.running), (0, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_time_counts_only_while_sequences_run() {
+        let engine = Arc::new(Engine::new(config(2)));
+        collect(Arc::clone(&engine), job(0, 1)).await; // 10 ms busy
+        tokio::time::sleep(Duration::from_millis(90)).await; // idle
+        assert_eq!(engine.busy_time(), Duration::from_millis(10));
+        assert_eq!(engine.uptime(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,103 @@
+//! `llm-sim`: a real HTTP server that models an LLM inference engine.
+//!
+//! Requests wait in a FIFO queue for one of `max_batch` batch slots
+//! (continuous batching); an admitted request prefills for a time
+//! proportional to its input tokens, emits its first token, then one token
+//! per decode step, a step growing with the number of running sequences.
+//! Every timing follows from the [`Config`], so tests can compare what a
+//! client measures with what really happened: `/metrics` exposes the
+//! ground truth (requests served, queue depth, running sequences, busy
+//! fraction, and histograms of queue time, TTFT and duration).
+//!
+//! Endpoints: `POST /v1/chat/completions` (streaming and not),
+//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+
+mod config;
+mod engine;
+mod metrics;
+mod openai;
+mod text;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, OutputLength};
+
+use engine::Engine;
+
+fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/models", get(openai::models))
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(prometheus))
+        .fallback(|| async { openai::error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(engine)
+}
+
+async fn prometheus(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&engine),
+    )
+        .into_response()
+}
+
+/// Serves the simulator on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let engine = Arc::new(Engine::new(config));
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// A simulator running in the background of this process.
+#[derive(Debug)]
+pub struct Handle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Handle {
+    /// Base URL of the simulator, such as `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests and waits for the server to end.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves in the background.
+pub async fn spawn(config: Config, addr: SocketAddr) -> std::io::Result<Handle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(config, listener, shutdown.clone()));
+    Ok(Handle {
+        addr,
+        shutdown,
+        task,
+    })
+}

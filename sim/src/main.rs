@@ -1,0 +1,81 @@
+//! `llm-sim`: a simulated LLM inference server.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// A simulated LLM inference server with an OpenAI-compatible API and
+/// ground-truth Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "llm-sim", version)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on; 0 picks a free port. The address is printed.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    #[command(flatten)]
+    config: stampede_sim::Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("llm-sim: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llm-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((cli.host, cli.port))
+        .await
+        .with_context(|| format!("binding {}:{}", cli.host, cli.port))?;
+    let addr = listener.local_addr()?;
+    // The first line of stdout is the address, for scripts and tests.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "llm-sim listening on http://{addr}")?;
+    stdout.flush()?;
+    tracing::info!(max_batch = cli.config.max_batch, model = %cli.config.model, "serving");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    stampede_sim::serve(cli.config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
