@@ -88,7 +88,13 @@ impl Metric {
         }
     }
 
-    fn to_wire(self) -> pb::Metric {
+    /// The metric with this [`Metric::name`].
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The wire enum of this metric.
+    pub fn to_wire(self) -> pb::Metric {
         match self {
             Metric::Ttft => pb::Metric::Ttft,
             Metric::Itl => pb::Metric::Itl,
@@ -101,7 +107,8 @@ impl Metric {
         }
     }
 
-    fn from_wire(number: i32) -> Result<Metric, WireError> {
+    /// The metric with this wire number.
+    pub fn from_wire(number: i32) -> Result<Metric, WireError> {
         let metric = match pb::Metric::try_from(number) {
             Ok(pb::Metric::Ttft) => Metric::Ttft,
             Ok(pb::Metric::Itl) => Metric::Itl,

@@ -58,7 +58,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
     let engine = Arc::new(Engine::new(config));
+    // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
+    // the client's delayed ACK hold them back by up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(engine))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

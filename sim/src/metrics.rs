@@ -79,18 +79,84 @@ pub(crate) fn render(engine: &Engine) -> String {
     let state = engine.state();
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
-    metric(o, "counter", "llmsim_requests_received_total", "Generation requests received.", state.received);
-    metric(o, "counter", "llmsim_requests_served_total", "Generation requests answered in full.", state.served);
-    metric(o, "counter", "llmsim_requests_cancelled_total", "Requests whose client left before the answer was complete.", state.cancelled);
-    metric(o, "counter", "llmsim_prompt_tokens_total", "Input tokens of served requests.", state.prompt_tokens);
-    metric(o, "counter", "llmsim_generation_tokens_total", "Output tokens of served requests.", state.generation_tokens);
-    metric(o, "gauge", "llmsim_queue_depth", "Requests waiting for a batch slot.", state.queued);
-    metric(o, "gauge", "llmsim_running_sequences", "Sequences in the running batch.", state.running);
-    metric(o, "gauge", "llmsim_max_batch", "Batch slots.", engine.config.max_batch);
-    metric(o, "counter", "llmsim_busy_seconds_total", "Time with at least one sequence running.", busy);
-    metric(o, "counter", "llmsim_uptime_seconds_total", "Time since the engine started.", uptime);
+    metric(
+        o,
+        "counter",
+        "llmsim_requests_received_total",
+        "Generation requests received.",
+        state.received,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_requests_served_total",
+        "Generation requests answered in full.",
+        state.served,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_requests_cancelled_total",
+        "Requests whose client left before the answer was complete.",
+        state.cancelled,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_prompt_tokens_total",
+        "Input tokens of served requests.",
+        state.prompt_tokens,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_generation_tokens_total",
+        "Output tokens of served requests.",
+        state.generation_tokens,
+    );
+    metric(
+        o,
+        "gauge",
+        "llmsim_queue_depth",
+        "Requests waiting for a batch slot.",
+        state.queued,
+    );
+    metric(
+        o,
+        "gauge",
+        "llmsim_running_sequences",
+        "Sequences in the running batch.",
+        state.running,
+    );
+    metric(
+        o,
+        "gauge",
+        "llmsim_max_batch",
+        "Batch slots.",
+        engine.config.max_batch,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_busy_seconds_total",
+        "Time with at least one sequence running.",
+        busy,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_uptime_seconds_total",
+        "Time since the engine started.",
+        uptime,
+    );
     let fraction = if uptime > 0.0 { busy / uptime } else { 0.0 };
-    metric(o, "gauge", "llmsim_busy_fraction", "Share of uptime with at least one sequence running.", fraction);
+    metric(
+        o,
+        "gauge",
+        "llmsim_busy_fraction",
+        "Share of uptime with at least one sequence running.",
+        fraction,
+    );
     state.queue_time.render(
         "llmsim_queue_time_seconds",
         "Ground truth: arrival to admission into the batch.",

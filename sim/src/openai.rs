@@ -119,7 +119,12 @@ pub(crate) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
 pub(crate) async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            );
+        }
     };
     if request.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "messages must not be empty");
@@ -208,7 +213,11 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, include_usage:
             let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             out.push_str(&answer.chunk(role, None));
         }
-        let finish = if token.last { json!(FINISH_REASON) } else { Value::Null };
+        let finish = if token.last {
+            json!(FINISH_REASON)
+        } else {
+            Value::Null
+        };
         let delta = json!([{"index": 0, "delta": {"content": token.text}, "logprobs": null, "finish_reason": finish}]);
         out.push_str(&answer.chunk(delta, None));
         if token.last {
@@ -235,7 +244,10 @@ async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Re
         complete = token.last;
     }
     if !complete {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
     }
     Json(json!({
         "id": answer.id,

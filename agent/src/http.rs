@@ -1,0 +1,232 @@
+//! Connections to the server under test.
+//!
+//! Each virtual user owns one HTTP/1.1 keep-alive connection, as a real
+//! client does. That makes `t0` exact (the request is written as soon as it
+//! is handed over, never after waiting for a pooled connection), makes
+//! connection setup a measurement of its own, and shares no lock between
+//! users.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::Full;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+/// A request body.
+pub type Body = Full<Bytes>;
+
+/// A target URL that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("target URL {url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+/// Where the server is and how to reach it.
+#[derive(Clone)]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+    authority: String,
+    base_path: String,
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Parses a base URL such as `http://gpu-box:8000` or
+    /// `https://api.example.com/v1`. A trailing `/v1` is accepted and
+    /// dropped, since dialect paths start with it.
+    pub fn parse(url: &str) -> Result<Endpoint, UrlError> {
+        let bad = |reason: &str| UrlError {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(_) => return Err(bad("the scheme must be http or https")),
+            None => {
+                return Err(bad(
+                    "no scheme; expected an absolute URL such as http://host:8000",
+                ));
+            }
+        };
+        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        if uri.query().is_some() {
+            return Err(bad("a base URL takes no query string"));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .ok_or_else(|| bad("no host"))?;
+        let path = uri.path().trim_end_matches('/');
+        let base_path = path.strip_suffix("/v1").unwrap_or(path).to_owned();
+        // IPv6 literals come bracketed in URLs and bare in socket addresses.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let tls = tls.then(tls_connector);
+        Ok(Endpoint {
+            host,
+            port,
+            authority,
+            base_path,
+            tls,
+        })
+    }
+
+    /// `host:port` as written in the URL, for the `Host` header and logs.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The request path of a dialect endpoint below this base URL.
+    pub fn path(&self, endpoint: &str) -> String {
+        format!("{}{endpoint}", self.base_path)
+    }
+
+    /// Opens a connection, with TLS when the URL says `https`.
+    pub async fn connect(&self) -> Result<Conn, String> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.authority))?;
+        // Tokens are small writes; Nagle's algorithm would delay them.
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => handshake(tcp, &self.authority).await,
+            Some(tls) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| format!("TLS server name {:?}: {e}", self.host))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {}: {e}", self.authority))?;
+                handshake(stream, &self.authority).await
+            }
+        }
+    }
+}
+
+impl Endpoint {
+    /// `GET path` over a new connection: the status and up to `limit`
+    /// bytes of the body. For discovery and scraping, not for load.
+    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Bytes), String> {
+        use http_body_util::BodyExt as _;
+        let mut conn = self.connect().await?;
+        let request = http::Request::get(self.path(path))
+            .header(http::header::HOST, self.authority())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET {path} from {}: {e}", self.authority))?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading GET {path} from {}: {e}", self.authority))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn tls_connector() -> TlsConnector {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn handshake<T>(io: T, authority: &str) -> Result<Conn, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+    // The connection task ends when the connection closes; its error, if
+    // any, surfaces on the next request sent over it.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Conn { sender })
+}
+
+/// One open HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Sends requests over the connection.
+    pub sender: SendRequest<Body>,
+}
+
+impl Conn {
+    /// False once the server has closed the connection.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let e = Endpoint::parse("http://gpu-box:8000").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.authority()),
+            ("gpu-box", 8000, "gpu-box:8000")
+        );
+        assert_eq!(e.path("/v1/chat/completions"), "/v1/chat/completions");
+        let e = Endpoint::parse("https://api.example.com/v1/").unwrap();
+        assert_eq!((e.port, e.tls.is_some()), (443, true));
+        assert_eq!(e.path("/v1/chat/completions"), "/v1/chat/completions");
+        let e = Endpoint::parse("http://proxy/llm").unwrap();
+        assert_eq!(e.path("/v1/chat/completions"), "/llm/v1/chat/completions");
+        let e = Endpoint::parse("http://[::1]:9000").unwrap();
+        assert_eq!((e.host.as_str(), e.authority()), ("::1", "[::1]:9000"));
+    }
+
+    #[test]
+    fn unusable_urls_say_why() {
+        for (url, why) in [
+            ("gpu-box:8000", "scheme"),
+            ("ftp://x", "http or https"),
+            ("http://x:8000/?a=1", "query"),
+            ("not a url", "target URL"),
+        ] {
+            let e = Endpoint::parse(url).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+    }
+}

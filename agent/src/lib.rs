@@ -1,0 +1,69 @@
+//! The stampede agent: virtual users that load an LLM server, timing every
+//! token into HDR histograms, and a gRPC session that reports them to a
+//! controller each interval.
+//!
+//! The data path reads from the module list: [`session`] receives the
+//! assignment, [`load`] decides when each request starts, [`exec`] runs it
+//! through an [`api`] dialect and [`stream`] framing over an [`http`]
+//! connection, and [`record`] keeps the measurements.
+
+pub mod api;
+pub mod assignment;
+pub mod exec;
+pub mod http;
+pub mod load;
+pub mod prompts;
+pub mod record;
+pub mod session;
+pub mod stream;
+
+use tokio_util::sync::CancellationToken;
+
+pub use session::Ended;
+
+/// How this agent joins a run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The controller's gRPC URL, such as `http://controller:7000`.
+    pub controller: String,
+    /// This agent's name, unique within the run.
+    pub name: String,
+}
+
+/// Why an agent did not complete its part of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The controller could not be reached.
+    #[error("cannot reach the controller at {url}: {reason}")]
+    Connect {
+        /// The controller URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The controller refused the session or ended it before the start.
+    #[error("the controller ended the session: {0}")]
+    Refused(String),
+    /// The assignment cannot be carried out by this agent.
+    #[error("cannot carry out the assignment: {0}")]
+    Assignment(String),
+    /// The controller sent something out of order.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The controller stopped the run before it started.
+    #[error("the controller stopped the run before it started: {0}")]
+    Stopped(String),
+    /// The controller went away during the run; the load was stopped.
+    #[error("lost the controller during the run ({0}); the load was stopped")]
+    ControllerLost(String),
+    /// Interrupted before the load started.
+    #[error("interrupted before the run started")]
+    Interrupted,
+}
+
+/// Takes part in one run, from connecting to the controller until the
+/// load is over and reported. Cancelling `shutdown` stops new requests and
+/// lets in-flight ones finish within the drain time.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Ended, Error> {
+    session::run(&config, shutdown).await
+}

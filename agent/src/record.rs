@@ -1,0 +1,285 @@
+//! Per-request outcomes into per-thread histograms, cut into intervals.
+//!
+//! Each worker thread records into its own [`Interval`] (a shard), found
+//! through a thread-local, so recording never waits on another thread and
+//! nothing crosses a channel per token or per request. Each shard sits
+//! behind a mutex that only two parties touch: its own thread, once per
+//! completed request, and the reporter, once per interval, for the time of
+//! a pointer swap.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+
+/// How one request ended.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// It completed: a latency sample.
+    Ok(Sample<'a>),
+    /// It failed: counted by class, never a latency sample.
+    Failed {
+        /// Why.
+        class: ErrorClass,
+        /// What happened, for the summary.
+        message: String,
+    },
+    /// It was abandoned at shutdown.
+    Cancelled,
+}
+
+/// The measurements of one completed request, in microseconds.
+#[derive(Debug, Default)]
+pub struct Sample<'a> {
+    /// Time to first token; absent when nothing was streamed.
+    pub ttft_us: Option<u64>,
+    /// Every gap between consecutive content events.
+    pub itl_us: &'a [u64],
+    /// Time per output token after the first; absent with fewer than two.
+    pub tpot_us: Option<u64>,
+    /// End to end.
+    pub e2e_us: u64,
+    /// Intended start to request write.
+    pub client_queue_us: u64,
+    /// Time to open the connection, when this request opened one.
+    pub connect_us: Option<u64>,
+    /// Prompt tokens, when the server reported them.
+    pub input_tokens: Option<u64>,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// True when token counts came from the server's usage, false when
+    /// counted from stream events.
+    pub tokens_from_usage: bool,
+}
+
+/// Everything recorded over one span of time.
+#[derive(Clone, Debug, Default)]
+pub struct Interval {
+    /// Latency and token histograms of successful requests.
+    pub histograms: Histograms,
+    /// Outcome counters.
+    pub counters: Counters,
+    /// The first message of each error class.
+    pub samples: BTreeMap<ErrorClass, String>,
+}
+
+impl Interval {
+    /// Records one request's outcome.
+    pub fn record(&mut self, outcome: &Outcome<'_>) {
+        match outcome {
+            Outcome::Ok(s) => {
+                let h = &mut self.histograms;
+                let c = &mut self.counters;
+                c.ok += 1;
+                if let Some(v) = s.ttft_us {
+                    h.record(Metric::Ttft, v);
+                }
+                for &gap in s.itl_us {
+                    h.record(Metric::Itl, gap);
+                }
+                if let Some(v) = s.tpot_us {
+                    h.record(Metric::Tpot, v);
+                }
+                h.record(Metric::E2e, s.e2e_us);
+                h.record(Metric::ClientQueue, s.client_queue_us);
+                if let Some(v) = s.connect_us {
+                    h.record(Metric::Connect, v);
+                }
+                if let Some(n) = s.input_tokens {
+                    h.record(Metric::InputTokens, n);
+                    c.input_tokens += n;
+                }
+                h.record(Metric::OutputTokens, s.output_tokens);
+                c.output_tokens += s.output_tokens;
+                if s.tokens_from_usage {
+                    c.tokens_from_usage += 1;
+                } else {
+                    c.tokens_counted += 1;
+                }
+            }
+            Outcome::Failed { class, message } => {
+                self.counters.count_error(*class);
+                self.samples
+                    .entry(*class)
+                    .or_insert_with(|| message.clone());
+            }
+            Outcome::Cancelled => self.counters.cancelled += 1,
+        }
+    }
+
+    /// Adds `other` into `self`, keeping the earlier error messages.
+    pub fn add(&mut self, other: &Interval) {
+        self.histograms.add(&other.histograms);
+        self.counters.add(&other.counters);
+        for (class, message) in &other.samples {
+            self.samples
+                .entry(*class)
+                .or_insert_with(|| message.clone());
+        }
+    }
+
+    /// Empties the interval, keeping the histogram allocations.
+    pub fn reset(&mut self) {
+        self.histograms.reset();
+        self.counters = Counters::default();
+        self.samples.clear();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard(Mutex<Interval>);
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Interval> {
+        // Recording cannot panic halfway through an update that matters;
+        // keep the data rather than lose the run.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    shards: Mutex<Vec<Arc<Shard>>>,
+}
+
+thread_local! {
+    /// This thread's shard of each live recorder (usually one).
+    static SHARDS: RefCell<Vec<(Weak<Registry>, Arc<Shard>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Collects outcomes from any number of threads. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Recorder {
+    registry: Arc<Registry>,
+}
+
+impl Recorder {
+    /// A recorder with no shards yet; each thread gets one on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one outcome into the calling thread's shard.
+    pub fn record(&self, outcome: &Outcome<'_>) {
+        SHARDS.with(|cell| {
+            let mut shards = cell.borrow_mut();
+            let mine = Arc::as_ptr(&self.registry);
+            let shard = match shards.iter().position(|(r, _)| r.as_ptr() == mine) {
+                Some(i) => &shards[i].1,
+                None => {
+                    // First record on this thread: drop shards of finished
+                    // recorders, then register a new one.
+                    shards.retain(|(r, _)| r.strong_count() > 0);
+                    let shard = Arc::new(Shard::default());
+                    self.registry
+                        .shards
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Arc::clone(&shard));
+                    shards.push((Arc::downgrade(&self.registry), shard));
+                    &shards[shards.len() - 1].1
+                }
+            };
+            shard.lock().record(outcome);
+        });
+    }
+
+    /// Moves everything recorded since the last cut into `into`, leaving
+    /// every shard empty. `spare` is scratch space, swapped with each shard
+    /// so that a shard is locked only for the swap.
+    pub fn cut(&self, into: &mut Interval, spare: &mut Interval) {
+        let shards: Vec<Arc<Shard>> = self
+            .registry
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for shard in shards {
+            std::mem::swap(&mut *shard.lock(), spare);
+            into.add(spare);
+            spare.reset();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(ttft: u64, gaps: &[u64]) -> Outcome<'_> {
+        Outcome::Ok(Sample {
+            ttft_us: Some(ttft),
+            itl_us: gaps,
+            tpot_us: Some(20),
+            e2e_us: ttft + gaps.iter().sum::<u64>(),
+            client_queue_us: 5,
+            connect_us: None,
+            input_tokens: Some(10),
+            output_tokens: gaps.len() as u64 + 1,
+            tokens_from_usage: true,
+        })
+    }
+
+    #[test]
+    fn threads_record_into_their_own_shards_and_cut_sees_all() {
+        let recorder = Recorder::new();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let recorder = recorder.clone();
+                s.spawn(move || {
+                    for i in 0..100 {
+                        recorder.record(&ok(1000 + t * 100 + i, &[20, 21, 22]));
+                    }
+                    recorder.record(&Outcome::Failed {
+                        class: ErrorClass::Timeout,
+                        message: format!("thread {t}"),
+                    });
+                });
+            }
+        });
+        assert_eq!(recorder.registry.shards.lock().unwrap().len(), 4);
+        let (mut cut, mut spare) = (Interval::default(), Interval::default());
+        recorder.cut(&mut cut, &mut spare);
+        assert_eq!(cut.counters.ok, 400);
+        assert_eq!(cut.counters.errors[&ErrorClass::Timeout], 4);
+        assert_eq!(cut.histograms.get(Metric::Ttft).len(), 400);
+        assert_eq!(cut.histograms.get(Metric::Itl).len(), 1200);
+        assert_eq!(cut.counters.output_tokens, 1600);
+        assert_eq!(cut.samples.len(), 1);
+        // A second cut starts empty: nothing is counted twice.
+        let mut again = Interval::default();
+        recorder.cut(&mut again, &mut spare);
+        assert_eq!(again.counters, Counters::default());
+        assert!(again.histograms.is_empty());
+    }
+
+    #[test]
+    fn failures_and_cancellations_are_never_latency_samples() {
+        let recorder = Recorder::new();
+        recorder.record(&Outcome::Failed {
+            class: ErrorClass::Status(503),
+            message: "busy".into(),
+        });
+        recorder.record(&Outcome::Cancelled);
+        let (mut cut, mut spare) = (Interval::default(), Interval::default());
+        recorder.cut(&mut cut, &mut spare);
+        assert!(cut.histograms.is_empty());
+        assert_eq!(cut.counters.failed(), 1);
+        assert_eq!(cut.counters.cancelled, 1);
+        assert_eq!(cut.samples[&ErrorClass::Status(503)], "busy");
+    }
+
+    #[test]
+    fn two_recorders_on_one_thread_stay_apart() {
+        let (a, b) = (Recorder::new(), Recorder::new());
+        a.record(&ok(1, &[]));
+        b.record(&ok(2, &[]));
+        b.record(&ok(3, &[]));
+        let (mut ca, mut cb, mut spare) = Default::default();
+        a.cut(&mut ca, &mut spare);
+        b.cut(&mut cb, &mut spare);
+        let (ca, cb): (Interval, Interval) = (ca, cb);
+        assert_eq!((ca.counters.ok, cb.counters.ok), (1, 2));
+    }
+}

@@ -1,0 +1,3 @@
+//! Incremental framing of streamed responses.
+
+pub mod sse;

@@ -1,0 +1,170 @@
+//! Prompt datasets: the built-in sets and inline lists from a profile.
+//!
+//! Built-in sets come in three sizes, like the classes of a capacity study:
+//! `short` (a question, about 10–25 words), `medium` (one passage and a
+//! task, about 90–140 words) and `long` (several passages and a task, about
+//! 400–650 words). `mixed` interleaves the three so that any contiguous
+//! share of it holds every class.
+
+/// One prompt and its class label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    /// The user message.
+    pub text: String,
+    /// Class label for breakdowns, such as `short`.
+    pub class: String,
+}
+
+/// Names of the built-in sets.
+pub const BUILTIN: [&str; 4] = ["short", "medium", "long", "mixed"];
+
+const QUESTIONS: [&str; 16] = [
+    "What is the difference between latency and throughput in a web service?",
+    "Explain in two sentences why a hash table lookup is usually constant time.",
+    "Name three reasons a database query can suddenly become slow.",
+    "How does a load balancer decide which server receives the next request?",
+    "Why do operating systems use virtual memory instead of physical addresses directly?",
+    "What does a compiler's register allocator do, in plain words?",
+    "Give a short definition of backpressure in a streaming system.",
+    "Why is it hard to measure tail latency with averages?",
+    "What problem does a write-ahead log solve in a storage engine?",
+    "Describe what a content delivery network caches and why.",
+    "What is the purpose of a circuit breaker in a distributed system?",
+    "How is a mutex different from a semaphore?",
+    "Why do batch jobs often run faster with larger input files?",
+    "What does it mean for an API to be idempotent?",
+    "Explain what a cold start is for a serverless function.",
+    "Why might adding more threads make a program slower?",
+];
+
+const PASSAGES: [&str; 10] = [
+    "A restaurant kitchen on a busy evening behaves much like a server under load. Orders arrive at an uneven pace, the cooks can only work on so many plates at once, and every dish passes through the same few stations. When the grill is the slowest station, tickets pile up in front of it while the salad station stands idle. Adding a second salad cook does nothing for the waiting guests; only relieving the grill shortens the wait. Experienced chefs watch the queue of tickets rather than the speed of any single cook.",
+    "Early telephone exchanges were sized with queueing mathematics developed by Agner Erlang. He modelled calls arriving at random and holding a line for a random time, and asked how many lines were needed so that only a small share of callers heard a busy signal. His formulas showed that utilisation and waiting time are not linear: a switchboard that is busy eighty percent of the time makes callers wait far longer than one that is busy sixty percent, even though the difference in load looks modest.",
+    "A modern language model server keeps the weights of the model in accelerator memory and streams requests through them. Each request first processes its whole prompt, a phase that is limited by arithmetic throughput, and then produces one token at a time, a phase that is limited by how fast memory can be read. Because reading the weights dominates the decode phase, serving many sequences together costs little more than serving one, which is why batching matters so much for cost.",
+    "Continuous batching changes the unit of scheduling from the request to the step. Instead of waiting for a whole batch of requests to finish before admitting new ones, the scheduler adds and removes sequences at every decoding step. Short answers leave early and free their slot for a waiting request, so the accelerator rarely idles. The price is bookkeeping: the server must track which memory pages belong to which sequence and reclaim them as soon as a sequence ends.",
+    "Measuring a system from the outside requires care about what is being timed. A client that waits for each response before sending the next request will slow down exactly when the server does, and so it will under-sample the bad moments. This effect, often called coordinated omission, makes percentiles look healthier than what real users experience. Open-loop load, where requests are sent on a schedule regardless of responses, avoids it at the cost of possibly overwhelming the server.",
+    "Histograms with logarithmic buckets keep a fixed relative precision across many orders of magnitude. A value of two milliseconds and a value of two seconds are both stored to within a tenth of a percent, while the memory used stays constant no matter how many samples arrive. Two such histograms can be added bucket by bucket, which makes it possible to merge measurements from many machines exactly, something that cannot be done with pre-computed percentiles.",
+    "River engineers distinguish between the capacity of a channel and the flow it actually carries. A channel can carry its full capacity only when water arrives steadily; bursts cause local flooding even when the average flow is well within limits. Reservoirs smooth the bursts by storing water and releasing it gradually, trading delay for stability. The same trade appears in computer networks, where buffers absorb bursts but add waiting time to every packet that passes through them.",
+    "Graphics processors were designed to run the same small program over millions of pixels at once. That design suits the dense matrix arithmetic of neural networks, but it rewards large, regular batches of work. A processor that receives one small request at a time spends most of its cycles waiting for memory and for the host to launch the next kernel. Utilisation counters can report the device as busy even then, because they measure whether any kernel is running, not how much of the chip it uses.",
+    "Distributed tracing follows a single request as it crosses process boundaries. Each service records a span with a start time, a duration and a reference to its parent, and the spans are joined afterwards by a shared trace identifier. A trace makes visible where the time went: waiting in a queue, calling a database, or computing a response. Sampling keeps the volume manageable, but a careful system always keeps the traces of failed and unusually slow requests, since those are the ones people look for.",
+    "Capacity planning asks how much load a system can take before it stops meeting its goals. The usual method is to raise the load step by step and watch both throughput and latency. At first throughput rises in proportion to the load while latency stays flat. Past a certain point, the knee, throughput levels off and latency climbs steeply, because requests start to queue. Operating just below the knee gives the best balance between cost and responsiveness.",
+];
+
+const TASKS: [&str; 5] = [
+    "Summarise the passage above in three sentences.",
+    "List the main claims of the passage above as short bullet points.",
+    "Explain the passage above to a new engineer on the team, in plain words.",
+    "Write two questions that test whether a reader understood the passage above, with answers.",
+    "Relate the passage above to the behaviour of a web service under heavy load.",
+];
+
+fn short() -> Vec<Prompt> {
+    QUESTIONS
+        .iter()
+        .map(|q| Prompt {
+            text: (*q).to_owned(),
+            class: "short".to_owned(),
+        })
+        .collect()
+}
+
+fn medium() -> Vec<Prompt> {
+    PASSAGES
+        .iter()
+        .enumerate()
+        .map(|(i, passage)| Prompt {
+            text: format!("{passage}\n\n{}", TASKS[i % TASKS.len()]),
+            class: "medium".to_owned(),
+        })
+        .collect()
+}
+
+fn long() -> Vec<Prompt> {
+    // Each long prompt joins five consecutive passages, starting at a
+    // different one, so all ten are distinct.
+    (0..PASSAGES.len())
+        .map(|start| {
+            let context: Vec<&str> = (0..5)
+                .map(|k| PASSAGES[(start + k) % PASSAGES.len()])
+                .collect();
+            Prompt {
+                text: format!(
+                    "{}\n\n{}",
+                    context.join("\n\n"),
+                    TASKS[(start + 2) % TASKS.len()]
+                ),
+                class: "long".to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// A built-in set by name; `None` for an unknown name.
+pub fn builtin(name: &str) -> Option<Vec<Prompt>> {
+    Some(match name {
+        "short" => short(),
+        "medium" => medium(),
+        "long" => long(),
+        "mixed" => {
+            let (s, m, l) = (short(), medium(), long());
+            let n = s.len().max(m.len()).max(l.len());
+            let mut out = Vec::with_capacity(s.len() + m.len() + l.len());
+            for i in 0..n {
+                for set in [&s, &m, &l] {
+                    if let Some(p) = set.get(i) {
+                        out.push(p.clone());
+                    }
+                }
+            }
+            out
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(p: &Prompt) -> usize {
+        p.text.split_whitespace().count()
+    }
+
+    #[test]
+    fn classes_have_the_documented_sizes() {
+        for (name, lo, hi) in [("short", 8, 25), ("medium", 80, 140), ("long", 400, 650)] {
+            let set = builtin(name).unwrap();
+            assert!(!set.is_empty());
+            for p in &set {
+                let n = words(p);
+                assert!(
+                    (lo..=hi).contains(&n),
+                    "{name}: {n} words in {:?}",
+                    &p.text[..40]
+                );
+                assert_eq!(p.class, name);
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_interleaves_every_class_and_holds_all_prompts() {
+        let mixed = builtin("mixed").unwrap();
+        let total: usize = ["short", "medium", "long"]
+            .iter()
+            .map(|n| builtin(n).unwrap().len())
+            .sum();
+        assert_eq!(mixed.len(), total);
+        let classes: Vec<&str> = mixed[..3].iter().map(|p| p.class.as_str()).collect();
+        assert_eq!(classes, ["short", "medium", "long"]);
+        let mut texts: Vec<_> = mixed.iter().map(|p| &p.text).collect();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), total, "prompts are distinct");
+    }
+
+    #[test]
+    fn unknown_set() {
+        assert!(builtin("huge").is_none());
+    }
+}

@@ -1,0 +1,17 @@
+//! The stampede controller: reads a load profile, splits it across agents,
+//! merges what they report exactly, and writes the results.
+//!
+//! The data path reads from the module list: [`profile`] → [`plan`] →
+//! [`coordinator`] (agents' sessions) → [`merge`] → [`report`]; [`run`]
+//! puts them together for one run.
+
+pub mod coordinator;
+pub mod dataset;
+pub mod merge;
+pub mod plan;
+pub mod profile;
+pub mod report;
+pub mod run;
+pub mod stats;
+
+pub use run::{Finished, Interrupt, RunError, run};

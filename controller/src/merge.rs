@@ -1,0 +1,325 @@
+//! Merges agents' reports: exact run totals, per-agent totals, and one row
+//! of statistics per interval once every agent has reported it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+
+use crate::stats::Stats;
+
+/// One agent's report, decoded from the wire.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Interval index.
+    pub interval: u64,
+    /// Per-agent sequence number.
+    pub sequence: u64,
+    /// When the agent cut it, microseconds after its start.
+    pub elapsed_us: u64,
+    /// Histograms of the interval.
+    pub histograms: Histograms,
+    /// Counters of the interval.
+    pub counters: Counters,
+    /// First message per error class.
+    pub samples: BTreeMap<ErrorClass, String>,
+}
+
+/// An agent's own totals, as it stated them at the end.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// Its cumulative histograms.
+    pub histograms: Histograms,
+    /// Its cumulative counters.
+    pub counters: Counters,
+    /// Microseconds from its start until its last request ended.
+    pub elapsed_us: u64,
+    /// Sequence number of its last report.
+    pub last_sequence: u64,
+}
+
+/// What the merger knows of one agent.
+#[derive(Clone, Debug, Default)]
+pub struct Agent {
+    /// Sum of its reports' counters.
+    pub counters: Counters,
+    /// Reports merged.
+    pub reports: u64,
+    /// Highest interval it reported.
+    pub last_interval: Option<u64>,
+    /// Its reported elapsed time at the latest report or at the end.
+    pub elapsed_us: u64,
+    /// No more reports will come (finished or lost).
+    pub done: bool,
+    /// Its Finished totals disagreed with its reports (a lost report).
+    pub mismatch: Option<String>,
+    seen: HashSet<u64>,
+    sample_counts: [u64; Metric::ALL.len()],
+}
+
+/// Merged statistics of one interval over all agents.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Interval index.
+    pub interval: u64,
+    /// Merged counters; `active_users` is the sum over agents.
+    pub counters: Counters,
+    /// Per-metric statistics, in [`Metric::ALL`] order.
+    pub stats: [Stats; Metric::ALL.len()],
+}
+
+impl Row {
+    /// Statistics of one metric.
+    pub fn get(&self, metric: Metric) -> &Stats {
+        &self.stats[Metric::ALL
+            .iter()
+            .position(|m| *m == metric)
+            .expect("every metric is in ALL")]
+    }
+}
+
+#[derive(Default)]
+struct Open {
+    histograms: Histograms,
+    counters: Counters,
+    reported: BTreeSet<u32>,
+}
+
+/// Merges every report of a run.
+pub struct Merger {
+    agents: Vec<Agent>,
+    histograms: Histograms,
+    counters: Counters,
+    samples: BTreeMap<ErrorClass, String>,
+    open: BTreeMap<u64, Open>,
+}
+
+/// What happened to a report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// Added to the totals.
+    Added,
+    /// Its sequence number was seen before: ignored.
+    Duplicate,
+}
+
+fn stats_of(h: &Histograms) -> [Stats; Metric::ALL.len()] {
+    Metric::ALL.map(|m| Stats::of(h.get(m)))
+}
+
+impl Merger {
+    /// A merger for `agents` agents.
+    pub fn new(agents: u32) -> Merger {
+        Merger {
+            agents: vec![Agent::default(); agents as usize],
+            histograms: Histograms::new(),
+            counters: Counters::default(),
+            samples: BTreeMap::new(),
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one report of agent `agent`, then returns rows of intervals
+    /// that became complete, in order.
+    pub fn add(&mut self, agent: u32, report: &Report) -> (Merged, Vec<Row>) {
+        let a = &mut self.agents[agent as usize];
+        if !a.seen.insert(report.sequence) {
+            return (Merged::Duplicate, Vec::new());
+        }
+        a.reports += 1;
+        a.counters.add(&report.counters);
+        a.last_interval = a.last_interval.max(Some(report.interval));
+        a.elapsed_us = a.elapsed_us.max(report.elapsed_us);
+        for (n, m) in a.sample_counts.iter_mut().zip(Metric::ALL) {
+            *n += report.histograms.get(m).len();
+        }
+        self.histograms.add(&report.histograms);
+        let mut gauge_free = report.counters.clone();
+        gauge_free.active_users = 0;
+        self.counters.add(&gauge_free);
+        for (class, message) in &report.samples {
+            self.samples
+                .entry(*class)
+                .or_insert_with(|| message.clone());
+        }
+        let open = self.open.entry(report.interval).or_default();
+        open.histograms.add(&report.histograms);
+        open.counters.add(&report.counters);
+        open.reported.insert(agent);
+        (Merged::Added, self.complete())
+    }
+
+    /// Records an agent's final totals and checks them against its
+    /// reports. Returns rows that became complete.
+    pub fn finish(&mut self, agent: u32, finished: &Finished) -> Vec<Row> {
+        let a = &mut self.agents[agent as usize];
+        a.done = true;
+        a.elapsed_us = a.elapsed_us.max(finished.elapsed_us);
+        let mut theirs = finished.counters.clone();
+        theirs.active_users = 0;
+        let mut ours = a.counters.clone();
+        ours.active_users = 0;
+        let counts: Vec<u64> = Metric::ALL
+            .iter()
+            .map(|m| finished.histograms.get(*m).len())
+            .collect();
+        if theirs != ours || counts != a.sample_counts {
+            a.mismatch = Some(format!(
+                "its final totals ({} ok, {} failed) differ from the sum of its {} reports ({} ok, {} failed)",
+                theirs.ok,
+                theirs.failed(),
+                a.reports,
+                ours.ok,
+                ours.failed()
+            ));
+        } else if finished.last_sequence != a.reports {
+            a.mismatch = Some(format!(
+                "it sent {} reports but {} arrived",
+                finished.last_sequence, a.reports
+            ));
+        }
+        self.complete()
+    }
+
+    /// No more reports will come from this agent.
+    pub fn gone(&mut self, agent: u32) -> Vec<Row> {
+        self.agents[agent as usize].done = true;
+        self.complete()
+    }
+
+    /// Rows of every interval still open, as they stand. Call at the end.
+    pub fn flush(&mut self) -> Vec<Row> {
+        std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|(interval, open)| Row {
+                interval,
+                stats: stats_of(&open.histograms),
+                counters: open.counters,
+            })
+            .collect()
+    }
+
+    fn complete(&mut self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        while let Some((&interval, open)) = self.open.first_key_value() {
+            let all_in = self.agents.iter().enumerate().all(|(i, a)| {
+                a.done
+                    || open.reported.contains(&(i as u32))
+                    || a.last_interval.is_some_and(|l| l > interval)
+            });
+            if !all_in {
+                break;
+            }
+            let open = self.open.remove(&interval).expect("the first key exists");
+            rows.push(Row {
+                interval,
+                stats: stats_of(&open.histograms),
+                counters: open.counters,
+            });
+        }
+        rows
+    }
+
+    /// Totals over every report.
+    pub fn histograms(&self) -> &Histograms {
+        &self.histograms
+    }
+
+    /// Counters over every report (`active_users` is zero).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// First message of each error class over the run.
+    pub fn samples(&self) -> &BTreeMap<ErrorClass, String> {
+        &self.samples
+    }
+
+    /// What is known of each agent, by index.
+    pub fn agents(&self) -> &[Agent] {
+        &self.agents
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(interval: u64, sequence: u64, ttfts: &[u64]) -> Report {
+        let mut histograms = Histograms::new();
+        for &v in ttfts {
+            histograms.record(Metric::Ttft, v);
+        }
+        Report {
+            interval,
+            sequence,
+            elapsed_us: (interval + 1) * 1_000_000,
+            histograms,
+            counters: Counters {
+                ok: ttfts.len() as u64,
+                active_users: 2,
+                ..Counters::default()
+            },
+            samples: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn an_interval_completes_when_every_agent_has_reported_it() {
+        let mut m = Merger::new(2);
+        let (_, rows) = m.add(0, &report(0, 1, &[100, 200]));
+        assert!(rows.is_empty());
+        let (_, rows) = m.add(1, &report(0, 1, &[300]));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].counters.ok, 3);
+        assert_eq!(rows[0].counters.active_users, 4);
+        assert_eq!(rows[0].get(Metric::Ttft).max, 300);
+        assert_eq!(m.counters().ok, 3);
+        assert_eq!(m.counters().active_users, 0);
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_late_reports_merged() {
+        let mut m = Merger::new(2);
+        m.add(0, &report(0, 1, &[1]));
+        m.add(0, &report(1, 2, &[2]));
+        assert_eq!(m.add(0, &report(1, 2, &[2])).0, Merged::Duplicate);
+        // Agent 1's interval 0 arrives late, after agent 0 moved on.
+        let (_, rows) = m.add(1, &report(0, 1, &[3]));
+        assert_eq!(rows.iter().map(|r| r.interval).collect::<Vec<_>>(), [0]);
+        let (_, rows) = m.add(1, &report(1, 2, &[4]));
+        assert_eq!(rows.iter().map(|r| r.interval).collect::<Vec<_>>(), [1]);
+        assert_eq!(m.histograms().get(Metric::Ttft).len(), 4);
+    }
+
+    #[test]
+    fn a_finished_or_lost_agent_no_longer_holds_intervals_open() {
+        let mut m = Merger::new(2);
+        m.add(0, &report(0, 1, &[1]));
+        m.add(1, &report(0, 1, &[1]));
+        m.add(0, &report(1, 2, &[1]));
+        assert_eq!(m.gone(1).len(), 1);
+    }
+
+    #[test]
+    fn final_totals_are_checked_against_reports() {
+        let mut m = Merger::new(1);
+        let r = report(0, 1, &[5, 6]);
+        m.add(0, &r);
+        let good = Finished {
+            histograms: r.histograms.clone(),
+            counters: r.counters.clone(),
+            elapsed_us: 1,
+            last_sequence: 1,
+        };
+        m.finish(0, &good);
+        assert_eq!(m.agents()[0].mismatch, None);
+        let mut m = Merger::new(1);
+        m.add(0, &r);
+        let lost_one = Finished {
+            last_sequence: 2,
+            ..good
+        };
+        m.finish(0, &lost_one);
+        assert!(m.agents()[0].mismatch.is_some());
+    }
+}

@@ -1,0 +1,424 @@
+//! A walk over a parsed TOML document that collects every problem at once,
+//! each with its line, column, key path and the offending value.
+//!
+//! serde with `deny_unknown_fields` stops at the first error; a user fixing
+//! a profile wants them all. Every accessor records the keys it was asked
+//! for, so [`Table::finish`] knows which keys are unknown without a second
+//! list to keep in step.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// One problem in a profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when not tied to a place in the file.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, such as `load.users`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Collects problems against one source text.
+pub(crate) struct Problems<'s> {
+    source: &'s str,
+    pub(crate) list: Vec<Problem>,
+}
+
+impl<'s> Problems<'s> {
+    pub(crate) fn new(source: &'s str) -> Self {
+        Problems {
+            source,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn at(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let (line, column) = span.map_or((0, 0), |s| line_column(self.source, s.start));
+        self.list.push(Problem {
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// One table of the document, with the path that leads to it.
+pub(crate) struct Table<'t, 'i> {
+    path: String,
+    table: Option<&'t DeTable<'i>>,
+    asked: Vec<&'static str>,
+}
+
+/// How a value is shown in a message: as it was written, shortened.
+fn shown(value: &DeValue<'_>) -> String {
+    let text = match value {
+        DeValue::String(s) => format!("{s:?}"),
+        DeValue::Integer(i) => i.to_string(),
+        DeValue::Float(f) => f.to_string(),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(d) => d.to_string(),
+        DeValue::Array(_) => "an array".to_owned(),
+        DeValue::Table(_) => "a table".to_owned(),
+    };
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    /// The document's root table.
+    pub(crate) fn root(table: &'t DeTable<'i>) -> Self {
+        Table {
+            path: String::new(),
+            table: Some(table),
+            asked: Vec::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'t Value<'i>> {
+        self.asked.push(key);
+        self.table?.get(key)
+    }
+
+    fn wrong(&self, p: &mut Problems<'_>, key: &str, v: &Value<'_>, expected: &str) {
+        p.at(
+            Some(v.span()),
+            &self.key_path(key),
+            format!("expected {expected}, got {}", shown(v.get_ref())),
+        );
+    }
+
+    /// A sub-table; absent tables read as empty.
+    pub(crate) fn table(&mut self, p: &mut Problems<'_>, key: &'static str) -> Table<'t, 'i> {
+        let path = self.key_path(key);
+        let table = match self.get(key) {
+            None => None,
+            Some(v) => match v.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => {
+                    self.wrong(p, key, v, "a table");
+                    None
+                }
+            },
+        };
+        Table {
+            path,
+            table,
+            asked: Vec::new(),
+        }
+    }
+
+    /// Reports every key that no accessor asked for.
+    pub(crate) fn finish(self, p: &mut Problems<'_>) {
+        let Some(table) = self.table else { return };
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if self.asked.contains(&name) {
+                continue;
+            }
+            let mut message = format!("unknown key; expected one of: {}", self.asked.join(", "));
+            if let Some(near) = self.asked.iter().find(|k| similar(k, name)) {
+                message = format!(
+                    "unknown key (did you mean \"{near}\"?); expected one of: {}",
+                    self.asked.join(", ")
+                );
+            }
+            p.at(Some(key.span()), &self.key_path(name), message);
+        }
+    }
+
+    pub(crate) fn string(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<String> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.wrong(p, key, v, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string that must be one of `choices`.
+    pub(crate) fn choice(
+        &mut self,
+        p: &mut Problems<'_>,
+        key: &'static str,
+        choices: &[&str],
+    ) -> Option<String> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) if choices.contains(&s.as_ref()) => Some(s.to_string()),
+            _ => {
+                let expected = format!(
+                    "one of {}",
+                    choices
+                        .iter()
+                        .map(|c| format!("\"{c}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.wrong(p, key, v, &expected);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn bool(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong(p, key, v, "true or false");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, key: &'static str) -> Option<(&'t Value<'i>, Option<i128>)> {
+        let v = self.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
+            _ => None,
+        };
+        Some((v, n))
+    }
+
+    /// An integer in `min..=max`.
+    pub(crate) fn int_in(
+        &mut self,
+        p: &mut Problems<'_>,
+        key: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        let (v, n) = self.integer(key)?;
+        match n {
+            Some(n) if n >= i128::from(min) && n <= i128::from(max) => u64::try_from(n).ok(),
+            _ => {
+                let expected = if min == 1 && max >= u64::from(u32::MAX) {
+                    "a positive integer".to_owned()
+                } else if min == 1 {
+                    format!("a positive integer up to {max}")
+                } else if min == 0 && max == u64::MAX {
+                    "a non-negative integer".to_owned()
+                } else {
+                    format!("an integer from {min} to {max}")
+                };
+                self.wrong(p, key, v, &expected);
+                None
+            }
+        }
+    }
+
+    /// A number (integer or float) in `min..=max`.
+    pub(crate) fn number_in(
+        &mut self,
+        p: &mut Problems<'_>,
+        key: &'static str,
+        min: f64,
+        max: f64,
+    ) -> Option<f64> {
+        let v = self.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => None,
+        };
+        match n {
+            Some(n) if n.is_finite() && n >= min && n <= max => Some(n),
+            _ => {
+                self.wrong(p, key, v, &format!("a number from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    /// A duration written as a string such as `"30s"`, `"1m30s"`, `"250ms"`.
+    pub(crate) fn duration(
+        &mut self,
+        p: &mut Problems<'_>,
+        key: &'static str,
+        allow_zero: bool,
+    ) -> Option<Duration> {
+        let v = self.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::String(s) => parse_duration(s).ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(d) if allow_zero || !d.is_zero() => Some(d),
+            _ => {
+                let what = if allow_zero {
+                    "a duration"
+                } else {
+                    "a positive duration"
+                };
+                self.wrong(
+                    p,
+                    key,
+                    v,
+                    &format!("{what} such as \"30s\", \"2m\" or \"250ms\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub(crate) fn strings(
+        &mut self,
+        p: &mut Problems<'_>,
+        key: &'static str,
+    ) -> Option<Vec<String>> {
+        let v = self.get(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong(p, key, v, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(s.to_string()),
+                other => p.at(
+                    Some(item.span()),
+                    &format!("{}[{i}]", self.key_path(key)),
+                    format!("expected a string, got {}", shown(other)),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// Where a key's value is, for problems found after reading it.
+    pub(crate) fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        self.table?.get(key).map(Spanned::span)
+    }
+
+    /// The dotted path of a key of this table.
+    pub(crate) fn path_of(&self, key: &str) -> String {
+        self.key_path(key)
+    }
+}
+
+/// Parses durations such as `30s`, `1m30s`, `250ms`, `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Some((number, unit)) = split_decimal(text) {
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("unknown unit {unit:?} in {text:?}")),
+        };
+        return Duration::try_from_secs_f64(number * scale).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// `"1.5s"` → `(1.5, "s")`; `None` unless the text is one decimal number
+/// and a unit.
+fn split_decimal(text: &str) -> Option<(f64, &str)> {
+    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(end);
+    if !number.contains('.') {
+        return None;
+    }
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Close enough to be a typo: one edit apart, or a swap of neighbours.
+fn similar(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    // Levenshtein distance with an early exit above 1.
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    let swapped = a.len() == b.len() && {
+        let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+        diffs.len() == 2
+            && diffs[1] == diffs[0] + 1
+            && a[diffs[0]] == b[diffs[1]]
+            && a[diffs[1]] == b[diffs[0]]
+    };
+    prev[b.len()] <= 1 || swapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str, ms: u64| {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}")
+        };
+        ok("30s", 30_000);
+        ok("1m30s", 90_000);
+        ok("1m 30s", 90_000);
+        ok("250ms", 250);
+        ok("1.5s", 1_500);
+        assert_eq!(parse_duration("0.5ms").unwrap(), Duration::from_micros(500));
+        assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
+        for bad in ["thirty", "30", "-1s", "1.5parsecs", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn typos_are_recognised() {
+        assert!(similar("users", "user"));
+        assert!(similar("users", "usres"));
+        assert!(similar("duration", "duraton"));
+        assert!(!similar("users", "model"));
+    }
+
+    #[test]
+    fn line_and_column_of_an_offset() {
+        let s = "a = 1\nbb = 2\n";
+        assert_eq!(line_column(s, 0), (1, 1));
+        assert_eq!(line_column(s, 6), (2, 1));
+        assert_eq!(line_column(s, 11), (2, 6));
+    }
+}

@@ -1,0 +1,434 @@
+//! Load profiles: the TOML schema, its defaults, and validation that
+//! reports every problem at once with file, line, key and value.
+//!
+//! Precedence is settled here and only here: command line, then profile,
+//! then default.
+
+mod doc;
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use stampede_agent::api::Dialect;
+use stampede_agent::http::Endpoint;
+use stampede_sim::OutputLength;
+
+pub use doc::{Problem, parse_duration};
+use doc::{Problems, Table};
+
+use crate::dataset::{self, Prompt};
+
+/// The server under test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// Base URL; `None` runs the built-in simulator.
+    pub url: Option<String>,
+    /// Server dialect.
+    pub api: Dialect,
+    /// Model name; `None` asks the server (`/v1/models`).
+    pub model: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// How load arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Closed-loop virtual users.
+    Users {
+        /// How many, over all agents.
+        users: NonZeroU32,
+    },
+}
+
+/// How much load, for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// How load arrives.
+    pub arrival: Arrival,
+    /// How long new requests are issued.
+    pub duration: Duration,
+    /// How long in-flight requests may finish after that.
+    pub drain: Duration,
+}
+
+/// The generation parameters of each request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// Upper bound on output tokens.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Stream answers token by token.
+    pub stream: bool,
+}
+
+/// Where results go and how often they are cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Length of one reporting interval.
+    pub interval: Duration,
+    /// Directory under which `<run-id>/` is created.
+    pub out: PathBuf,
+}
+
+/// Limits that make a run fail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    /// Largest share of failed requests (0 to 1) for a passing run.
+    pub max_error_rate: f64,
+}
+
+/// A validated load profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Profile name (default: the file name without extension).
+    pub name: String,
+    /// Run seed: prompt order and every agent's seed derive from it.
+    pub seed: u64,
+    /// The server under test.
+    pub target: Target,
+    /// The load.
+    pub load: Load,
+    /// Request parameters.
+    pub request: Request,
+    /// The prompt dataset.
+    pub prompts: Vec<Prompt>,
+    /// Where the prompts came from, for the summary.
+    pub prompt_source: String,
+    /// Agents the controller starts in-process.
+    pub agents: NonZeroU32,
+    /// Reporting.
+    pub report: Report,
+    /// The built-in simulator, used when no target URL is given.
+    pub sim: stampede_sim::Config,
+    /// Pass/fail limits.
+    pub thresholds: Thresholds,
+}
+
+/// Values from the command line, which win over the profile.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--target URL`.
+    pub target: Option<String>,
+    /// `--agents N`.
+    pub agents: Option<NonZeroU32>,
+    /// `--duration D`.
+    pub duration: Option<Duration>,
+    /// `--out DIR`.
+    pub out: Option<PathBuf>,
+}
+
+/// A profile that cannot be used.
+#[derive(Debug)]
+pub enum ProfileError {
+    /// The file cannot be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid profile; every problem is listed.
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Each problem, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl std::error::Error for ProfileError {}
+
+impl fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProfileError::Read { path, source } => {
+                write!(f, "{}: cannot read the profile: {source}", path.display())
+            }
+            ProfileError::Invalid { path, problems } => {
+                for p in problems {
+                    if p.line == 0 {
+                        writeln!(f, "{}: {}: {}", path.display(), p.key, p.message)?;
+                    } else {
+                        writeln!(
+                            f,
+                            "{}:{}:{}: {}: {}",
+                            path.display(),
+                            p.line,
+                            p.column,
+                            p.key,
+                            p.message
+                        )?;
+                    }
+                }
+                let n = problems.len();
+                write!(
+                    f,
+                    "{n} problem{} in {}",
+                    if n == 1 { "" } else { "s" },
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl Profile {
+    /// Reads, validates and applies `overrides` to the profile at `path`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Profile, ProfileError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Profile::parse(&source, path, overrides)
+    }
+
+    /// Validates profile text; `path` names it in messages.
+    pub fn parse(
+        source: &str,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Profile, ProfileError> {
+        let mut p = Problems::new(source);
+        let profile = match toml::de::DeTable::parse(source) {
+            Ok(doc) => walk(doc.get_ref(), path, overrides, &mut p),
+            Err(e) => {
+                p.at(
+                    e.span(),
+                    "(toml)",
+                    format!("invalid TOML: {}", e.message().trim()),
+                );
+                None
+            }
+        };
+        let mut problems = p.list;
+        problems.sort_by_key(|p| (p.line, p.column));
+        match profile {
+            Some(profile) if problems.is_empty() => Ok(profile),
+            _ => Err(ProfileError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    /// Total users of a closed-loop profile.
+    pub fn users(&self) -> u32 {
+        match self.load.arrival {
+            Arrival::Users { users } => users.get(),
+        }
+    }
+}
+
+/// Largest values accepted, to catch typos such as an extra zero digit
+/// run long before they exhaust memory.
+const MAX_USERS: u64 = 1_000_000;
+const MAX_AGENTS: u64 = 10_000;
+const MAX_TOKENS: u64 = 10_000_000;
+
+fn walk(
+    root: &toml::de::DeTable<'_>,
+    path: &Path,
+    o: &Overrides,
+    p: &mut Problems<'_>,
+) -> Option<Profile> {
+    let mut top = Table::root(root);
+    let name = top.string(p, "name");
+    let seed = top.int_in(p, "seed", 0, u64::MAX);
+
+    let mut t = top.table(p, "target");
+    let url = t.string(p, "url");
+    let api = t.choice(p, "api", &Dialect::ALL.map(Dialect::name));
+    let model = t.string(p, "model");
+    let timeout = t.duration(p, "timeout", false);
+    let url = match &o.target {
+        Some(cli) => {
+            if let Err(e) = Endpoint::parse(cli) {
+                p.at(None, "--target", e.to_string());
+            }
+            Some(cli.clone())
+        }
+        None => {
+            if let Some(u) = &url
+                && let Err(e) = Endpoint::parse(u)
+            {
+                p.at(t.span_of("url"), &t.path_of("url"), e.to_string());
+            }
+            url
+        }
+    };
+    t.finish(p);
+
+    let mut l = top.table(p, "load");
+    let users = l.int_in(p, "users", 1, MAX_USERS);
+    let duration = l.duration(p, "duration", false);
+    let drain = l.duration(p, "drain", true);
+    let users_span = l.span_of("users");
+    let users_path = l.path_of("users");
+    l.finish(p);
+    if users.is_none() && users_span.is_none() {
+        p.at(
+            None,
+            &users_path,
+            "missing: how many closed-loop users to run (for example users = 10)",
+        );
+    }
+
+    let mut r = top.table(p, "request");
+    let max_tokens = r.int_in(p, "max_tokens", 1, MAX_TOKENS);
+    let temperature = r.number_in(p, "temperature", 0.0, 2.0);
+    let stream = r.bool(p, "stream");
+    r.finish(p);
+
+    let mut d = top.table(p, "prompts");
+    let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
+    let inline = d.strings(p, "inline");
+    if let (Some(_), Some(_)) = (&builtin, &inline) {
+        p.at(
+            d.span_of("inline"),
+            &d.path_of("inline"),
+            "set either builtin or inline prompts, not both",
+        );
+    }
+    if let Some(list) = &inline {
+        if list.is_empty() {
+            p.at(
+                d.span_of("inline"),
+                &d.path_of("inline"),
+                "expected at least one prompt",
+            );
+        }
+        for (i, text) in list.iter().enumerate() {
+            if text.trim().is_empty() {
+                p.at(
+                    d.span_of("inline"),
+                    &format!("{}[{i}]", d.path_of("inline")),
+                    "a prompt must not be empty",
+                );
+            }
+        }
+    }
+    d.finish(p);
+
+    let mut a = top.table(p, "agents");
+    let agents = a.int_in(p, "count", 1, MAX_AGENTS);
+    a.finish(p);
+
+    let mut rep = top.table(p, "report");
+    let interval = rep.duration(p, "interval", false);
+    let out = rep.string(p, "out");
+    rep.finish(p);
+
+    let mut s = top.table(p, "sim");
+    let defaults = stampede_sim::Config::default();
+    let max_batch = s.int_in(p, "max_batch", 1, 1_000_000);
+    let prefill_base = s.duration(p, "prefill_base", true);
+    let prefill_per_token = s.duration(p, "prefill_per_token", true);
+    let decode_step = s.duration(p, "decode_step", false);
+    let decode_step_per_seq = s.duration(p, "decode_step_per_seq", true);
+    let output_tokens =
+        s.string(p, "output_tokens")
+            .and_then(|text| match text.parse::<OutputLength>() {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    p.at(s.span_of("output_tokens"), &s.path_of("output_tokens"), e);
+                    None
+                }
+            });
+    let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
+    s.finish(p);
+
+    let mut th = top.table(p, "thresholds");
+    let max_error_rate = th.number_in(p, "max_error_rate", 0.0, 1.0);
+    th.finish(p);
+    top.finish(p);
+
+    let prompts = match (&inline, &builtin) {
+        (Some(list), _) => list
+            .iter()
+            .map(|text| Prompt {
+                text: text.clone(),
+                class: "inline".to_owned(),
+            })
+            .collect(),
+        (None, b) => dataset::builtin(b.as_deref().unwrap_or("mixed"))?,
+    };
+    let prompt_source = match (&inline, &builtin) {
+        (Some(list), _) => format!("inline ({} prompts)", list.len()),
+        (None, b) => format!("builtin:{}", b.as_deref().unwrap_or("mixed")),
+    };
+    let agents = o
+        .agents
+        .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
+        .unwrap_or(NonZeroU32::MIN);
+    let users = NonZeroU32::new(users? as u32)?;
+    let needing_prompts = agents.get().min(users.get()) as usize;
+    if prompts.len() < needing_prompts {
+        p.at(
+            None,
+            "prompts",
+            format!(
+                "{} prompt(s) cannot give each of {needing_prompts} agents with users a share of its own; add prompts or use fewer agents",
+                prompts.len()
+            ),
+        );
+    }
+    let default_name = path
+        .file_stem()
+        .map_or_else(|| "run".to_owned(), |s| s.to_string_lossy().into_owned());
+    Some(Profile {
+        path: path.to_owned(),
+        name: name.unwrap_or(default_name),
+        seed: seed.unwrap_or(0),
+        target: Target {
+            url,
+            api: api.map_or(Dialect::OpenAiChat, |a| {
+                a.parse().expect("validated against Dialect::ALL")
+            }),
+            model,
+            timeout: timeout.unwrap_or(Duration::from_secs(120)),
+        },
+        load: Load {
+            arrival: Arrival::Users { users },
+            duration: o.duration.or(duration).unwrap_or(Duration::from_secs(30)),
+            drain: drain.unwrap_or(Duration::from_secs(30)),
+        },
+        request: Request {
+            max_tokens: max_tokens.map(|n| n as u32),
+            temperature,
+            stream: stream.unwrap_or(true),
+        },
+        prompts,
+        prompt_source,
+        agents,
+        report: Report {
+            interval: interval.unwrap_or(Duration::from_secs(1)),
+            out: o
+                .out
+                .clone()
+                .or(out.map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("results")),
+        },
+        sim: stampede_sim::Config {
+            max_batch: max_batch.map_or(defaults.max_batch, |n| n as u32),
+            prefill_base: prefill_base.unwrap_or(defaults.prefill_base),
+            prefill_per_token: prefill_per_token.unwrap_or(defaults.prefill_per_token),
+            decode_step: decode_step.unwrap_or(defaults.decode_step),
+            decode_step_per_seq: decode_step_per_seq.unwrap_or(defaults.decode_step_per_seq),
+            output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
+            model: defaults.model,
+            seed: sim_seed.unwrap_or(defaults.seed),
+        },
+        thresholds: Thresholds {
+            max_error_rate: max_error_rate.unwrap_or(0.0),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! The summary table printed at the end of a run.
+
+use std::fmt::Write as _;
+
+use super::grouped;
+use super::summary::{MetricSummary, Status, Summary};
+
+fn metric_row(out: &mut String, label: &str, m: &MetricSummary) {
+    if m.count == 0 {
+        let _ = writeln!(out, "{label:<14}{:>9}  (no samples)", 0);
+        return;
+    }
+    let precision = if m.unit == "ms" { 1 } else { 0 };
+    let _ = write!(out, "{label:<14}{:>9}", grouped(m.count));
+    for v in [m.mean, m.min, m.p50, m.p90, m.p95, m.p99, m.p99_9, m.max] {
+        let _ = write!(out, "{v:>10.precision$}");
+    }
+    out.push('\n');
+}
+
+/// The table, as printed.
+pub fn render(s: &Summary, summary_path: &str) -> String {
+    let mut out = String::new();
+    let o = &mut out;
+    let target = if s.target.simulated {
+        format!("{} (built-in llm-sim)", s.target.url)
+    } else {
+        s.target.url.clone()
+    };
+    let _ = writeln!(
+        o,
+        "\nstampede run {} · {} users over {} agent{} · {:.1}s",
+        s.run_id,
+        s.load.users,
+        s.load.agents,
+        if s.load.agents == 1 { "" } else { "s" },
+        s.duration_s
+    );
+    let _ = writeln!(
+        o,
+        "target    {target} · {} · model {}",
+        s.target.api, s.target.model
+    );
+    let r = &s.requests;
+    let _ = writeln!(
+        o,
+        "requests  {} ok · {} failed · {} cancelled · {:.2} req/s",
+        grouped(r.ok),
+        grouped(r.failed),
+        grouped(r.cancelled),
+        s.throughput.requests_per_s
+    );
+    let _ = writeln!(
+        o,
+        "tokens    in {} · out {} ({}) · {:.1} out tok/s · TPM {}",
+        grouped(s.tokens.input),
+        grouped(s.tokens.output),
+        s.tokens.source,
+        s.throughput.output_tokens_per_s,
+        grouped(s.throughput.tpm.round() as u64)
+    );
+    for (class, e) in &s.errors {
+        let first = e.first_message.as_deref().unwrap_or("");
+        let _ = writeln!(o, "errors    {class} × {}: {first}", grouped(e.count));
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "", "count", "mean", "min", "p50", "p90", "p95", "p99", "p99.9", "max"
+    );
+    let m = &s.metrics;
+    metric_row(o, "TTFT (ms)", &m.ttft);
+    metric_row(o, "ITL (ms)", &m.itl);
+    metric_row(o, "TPOT (ms)", &m.tpot);
+    metric_row(o, "E2E (ms)", &m.e2e);
+    metric_row(o, "queue (ms)", &m.client_queue);
+    metric_row(o, "connect (ms)", &m.connect);
+    metric_row(o, "tokens in", &m.input_tokens);
+    metric_row(o, "tokens out", &m.output_tokens);
+    let verdict = match s.verdict.status {
+        Status::Passed => "passed".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);
+    for reason in &s.verdict.reasons {
+        let _ = writeln!(o, "          {reason}");
+    }
+    let _ = writeln!(o, "summary   {summary_path}");
+    out
+}

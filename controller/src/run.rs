@@ -1,0 +1,282 @@
+//! One run in local mode: the target (or the built-in simulator), the
+//! coordinator, in-process agents dialing it over loopback gRPC exactly as
+//! remote agents would, and the results directory.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use stampede_agent::api::Dialect;
+use stampede_agent::http::Endpoint;
+use stampede_proto::pb;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::{self, Setup, service::Service};
+use crate::plan;
+use crate::profile::Profile;
+use crate::report::intervals::Log;
+use crate::report::progress::Progress;
+use crate::report::summary::{self, Context, Summary};
+
+/// Pause between "all ready" and the start, so that every agent receives
+/// Start before it is due.
+const START_DELAY: Duration = Duration::from_millis(250);
+/// How long in-process agents get to join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the model discovery request may take.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Model name sent when the server cannot be asked for one.
+const UNKNOWN_MODEL: &str = "default";
+
+/// How an operator interrupts a run.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt {
+    /// First signal: no new requests; in-flight ones finish within the
+    /// drain time.
+    pub stop: CancellationToken,
+    /// Second signal: abandon in-flight requests now.
+    pub abort: CancellationToken,
+}
+
+/// A completed run.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its summary, as written to `summary.json`.
+    pub summary: Summary,
+    /// Its results directory.
+    pub dir: PathBuf,
+}
+
+/// Why a run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The results directory or a results file cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The built-in simulator did not start.
+    #[error("cannot start the built-in simulator: {0}")]
+    Sim(std::io::Error),
+    /// The coordinator cannot listen for agents.
+    #[error("cannot listen for agents on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The model name cannot be determined.
+    #[error("{0}")]
+    Model(String),
+    /// The run did not take place or could not go on.
+    #[error("the run could not be carried out: {0}")]
+    Failed(String),
+}
+
+fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Write { path, source }
+}
+
+/// Runs `profile` and writes its results. The verdict is in the summary.
+pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, RunError> {
+    let run_id = summary::run_id(&profile.name, SystemTime::now());
+    let dir = profile.report.out.join(&run_id);
+    std::fs::create_dir_all(&dir).map_err(write_error(dir.clone()))?;
+
+    let sim = match &profile.target.url {
+        Some(_) => None,
+        None => {
+            let sim =
+                stampede_sim::spawn(profile.sim.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                    .map_err(RunError::Sim)?;
+            let c = &profile.sim;
+            tracing::info!(
+                "no target given: using the built-in simulator at {} (max_batch {}, prefill {:?} + {:?}/token, decode step {:?} + {:?}/extra sequence)",
+                sim.url(),
+                c.max_batch,
+                c.prefill_base,
+                c.prefill_per_token,
+                c.decode_step,
+                c.decode_step_per_seq
+            );
+            Some(sim)
+        }
+    };
+    let url = profile
+        .target
+        .url
+        .clone()
+        .or_else(|| sim.as_ref().map(stampede_sim::Handle::url))
+        .expect("a URL or a simulator");
+    let model = resolve_model(&profile, &url, sim.is_some()).await?;
+    tracing::info!(target = %url, model = %model, users = profile.users(), agents = profile.agents.get(), "run {run_id}");
+
+    let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let (events_tx, events) = tokio::sync::mpsc::channel(1024);
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::coordinator_server::CoordinatorServer::new(
+                Service::new(events_tx),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                server_stop.clone().cancelled_owned(),
+            ),
+    );
+
+    let log_path = dir.join("intervals.jsonl");
+    let log = Log::create(&log_path).map_err(write_error(log_path))?;
+    let setup = Setup {
+        run_id: run_id.clone(),
+        slices: plan::slices(&profile),
+        target: pb::Target {
+            url: url.clone(),
+            api: profile.target.api.name().to_owned(),
+            model: model.clone(),
+            timeout_ms: millis(profile.target.timeout),
+        },
+        request: pb::RequestSpec {
+            max_tokens: profile.request.max_tokens,
+            temperature: profile.request.temperature,
+            stream: profile.request.stream,
+        },
+        prompts: profile.prompts.clone(),
+        duration: profile.load.duration,
+        drain: profile.load.drain,
+        interval: profile.report.interval,
+        start_delay: START_DELAY,
+        join_timeout: JOIN_TIMEOUT,
+        capabilities: required_capabilities(profile.target.api),
+    };
+    let progress = Progress::new(
+        profile.report.interval,
+        profile.load.duration,
+        std::io::stderr().is_terminal(),
+    );
+    let coordinator = tokio::spawn(coordinator::run(setup, events, log, progress, interrupt));
+
+    let agent_stop = CancellationToken::new();
+    let mut agents = JoinSet::new();
+    for i in 0..profile.agents.get() {
+        let config = stampede_agent::Config {
+            controller: format!("http://{addr}"),
+            name: format!("local-{i}"),
+        };
+        agents.spawn(stampede_agent::run(config, agent_stop.clone()));
+    }
+    let collected = coordinator.await;
+
+    // Wind down: agents have ended (or been given up on), then the
+    // server, then the simulator.
+    agent_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(joined) = agents.join_next().await {
+            match joined {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!("in-process agent: {e}"),
+                Err(e) => tracing::error!("in-process agent failed: {e}"),
+            }
+        }
+    })
+    .await;
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(sim) = sim {
+        let _ = tokio::time::timeout(Duration::from_secs(5), sim.stop()).await;
+    }
+
+    let collected =
+        collected.map_err(|e| RunError::Failed(format!("the coordinator failed: {e}")))?;
+    if let Some(failure) = &collected.failure
+        && collected.started_at.is_none()
+    {
+        return Err(RunError::Failed(failure.clone()));
+    }
+    let ctx = Context {
+        run_id: &run_id,
+        profile: &profile,
+        target_url: &url,
+        simulated: sim_was_used(&profile),
+        model: &model,
+    };
+    let summary = summary::build(&ctx, &collected);
+    let path = dir.join("summary.json");
+    let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
+    std::fs::write(&path, json).map_err(write_error(path))?;
+    Ok(Finished { summary, dir })
+}
+
+fn sim_was_used(profile: &Profile) -> bool {
+    profile.target.url.is_none()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn required_capabilities(api: Dialect) -> Vec<String> {
+    vec![format!("api:{api}"), "load:users".to_owned()]
+}
+
+/// The model to send: the profile's, the simulator's, or the first the
+/// server lists at `/v1/models`.
+async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<String, RunError> {
+    if let Some(model) = &profile.target.model {
+        return Ok(model.clone());
+    }
+    if simulated {
+        return Ok(profile.sim.model.clone());
+    }
+    let endpoint = Endpoint::parse(url).map_err(|e| RunError::Model(e.to_string()))?;
+    let answer = tokio::time::timeout(DISCOVERY_TIMEOUT, endpoint.get("/v1/models", 1 << 20)).await;
+    let set_it = "set [target] model in the profile";
+    match answer {
+        Ok(Ok((200, body))) => {
+            let listed: Option<String> = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["data"][0]["id"].as_str().map(str::to_owned));
+            match listed {
+                Some(model) => {
+                    tracing::info!(
+                        "no model given: using {model:?}, the first listed at {url}/v1/models"
+                    );
+                    Ok(model)
+                }
+                None => Err(RunError::Model(format!(
+                    "{url}/v1/models lists no model; {set_it}"
+                ))),
+            }
+        }
+        Ok(Ok((status, _))) => Err(RunError::Model(format!(
+            "no model given and {url}/v1/models answered HTTP {status}; {set_it}"
+        ))),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "no model given and the server cannot be asked ({e}); sending model {UNKNOWN_MODEL:?}"
+            );
+            Ok(UNKNOWN_MODEL.to_owned())
+        }
+        Err(_) => {
+            tracing::warn!(
+                "no model given and {url}/v1/models did not answer within {DISCOVERY_TIMEOUT:?}; sending model {UNKNOWN_MODEL:?}"
+            );
+            Ok(UNKNOWN_MODEL.to_owned())
+        }
+    }
+}

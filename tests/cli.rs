@@ -1,0 +1,372 @@
+//! The command line as a user meets it: the README's run, bad input, an
+//! unreachable server, and stable help texts.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::Value;
+use stampede_proto::{Histograms, Metric, pb};
+use stampede_tests::{bin, controller, exclusive, num, repo, run_profile, run_shipped};
+
+/// The README's command, shortened: 50 users against the built-in
+/// simulator, split over 3 agents, printing the percentiles and writing
+/// `summary.json` and `intervals.jsonl`.
+#[test]
+fn the_high_profile_runs_against_the_built_in_simulator() {
+    let _machine = exclusive();
+    let run = run_shipped("high.toml", &["--duration", "4s"]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    let stdout = run.stdout();
+    for row in [
+        "TTFT (ms)",
+        "ITL (ms)",
+        "TPOT (ms)",
+        "E2E (ms)",
+        "summary.json",
+    ] {
+        assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
+    }
+    assert!(
+        run.stderr()
+            .contains("no target given: using the built-in simulator")
+    );
+    let s = run.summary();
+    assert_eq!(s["load"]["users"], 50);
+    assert_eq!(s["target"]["simulated"], true);
+    let users: Vec<u64> = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["users"].as_u64().unwrap())
+        .collect();
+    assert_eq!(users, [17, 17, 16]);
+    for metric in ["ttft", "itl", "tpot", "e2e"] {
+        assert!(
+            num(s, &format!("/metrics/{metric}/count")) > 0.0,
+            "no {metric} samples"
+        );
+        assert!(num(s, &format!("/metrics/{metric}/p50")) > 0.0);
+        assert!(
+            num(s, &format!("/metrics/{metric}/p99")) >= num(s, &format!("/metrics/{metric}/p50"))
+        );
+    }
+    assert!(
+        s["definitions"]["ttft"]
+            .as_str()
+            .unwrap()
+            .contains("first byte")
+    );
+
+    // intervals.jsonl holds every report exactly: merging its histograms
+    // rebuilds the summary's figures, and its counters add up to the totals.
+    let log = std::fs::read_to_string(run.dir.as_ref().unwrap().join("intervals.jsonl")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reports: u64 = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["reports"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lines.len() as u64, reports);
+    let mut merged = Histograms::new();
+    let mut ok = 0;
+    for line in &lines {
+        ok += line["counters"]["ok"].as_u64().unwrap();
+        let wire: Vec<pb::Histogram> = line["histograms"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, b64)| pb::Histogram {
+                metric: Metric::from_name(name).unwrap().to_wire() as i32,
+                v2_deflate: base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_str().unwrap())
+                    .unwrap(),
+            })
+            .collect();
+        merged.add(&Histograms::from_wire(&wire).unwrap());
+    }
+    assert_eq!(ok as f64, num(s, "/requests/ok"));
+    for (metric, name) in [
+        (Metric::Ttft, "ttft"),
+        (Metric::Itl, "itl"),
+        (Metric::E2e, "e2e"),
+    ] {
+        let h = merged.get(metric);
+        assert_eq!(h.len() as f64, num(s, &format!("/metrics/{name}/count")));
+        for q in ["p50", "p99"] {
+            let quantile = if q == "p50" { 0.5 } else { 0.99 };
+            let summary_us = (num(s, &format!("/metrics/{name}/{q}")) * 1e3).round() as u64;
+            assert_eq!(h.value_at_quantile(quantile), summary_us, "{name} {q}");
+        }
+    }
+}
+
+fn bad_profile(text: &str) -> (i32, String) {
+    let run = run_profile(text, &[]);
+    let stderr = run.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(run.summary.is_none(), "a bad profile must not start a run");
+    (run.code(), stderr)
+}
+
+#[test]
+fn bad_profiles_get_a_clear_message_naming_file_and_key_and_exit_64() {
+    let cases = [
+        (
+            "[load]\nusers = 5\nthink = \"1s\"\n",
+            "profile.toml:3:1: load.think: unknown key",
+        ),
+        (
+            "[load]\nusers = -3\n",
+            "profile.toml:2:9: load.users: expected a positive integer up to 1000000, got -3",
+        ),
+        (
+            "[load]\nusers = 2\nduration = \"soon\"\n",
+            "profile.toml:3:12: load.duration: expected a positive duration",
+        ),
+        ("[load\nusers = 2\n", "profile.toml:1:"),
+        (
+            "[load]\nusers = 2\n[target]\nurl = \"localhost:8000\"\n",
+            "target.url: target URL \"localhost:8000\": no scheme",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (code, stderr) = bad_profile(text);
+        assert_eq!(code, 64, "{text:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{text:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    // Several problems at once are all reported.
+    let (code, stderr) = bad_profile("[load]\nusers = 0\nduration = 5\n[request]\nstreem = true\n");
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("load.users")
+            && stderr.contains("load.duration")
+            && stderr.contains("request.streem")
+    );
+    assert!(stderr.contains("did you mean \"stream\""), "{stderr}");
+    assert!(stderr.contains("3 problems in"), "{stderr}");
+}
+
+#[test]
+fn a_missing_profile_and_bad_flags_exit_64() {
+    let out = controller(&["run", "/nonexistent/profile.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr.contains("/nonexistent/profile.toml: cannot read the profile"),
+        "{stderr}"
+    );
+
+    let smoke = repo().join("load-profiles/smoke.toml");
+    let smoke = smoke.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["run", smoke, "--agents", "0"], "--agents"),
+        (vec!["run", smoke, "--duration", "soon"], "--duration"),
+        (vec!["run", smoke, "--users", "5"], "--users"),
+        (vec!["launch"], "launch"),
+    ] {
+        let out = controller(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn an_unreachable_target_completes_with_connect_errors_and_fails() {
+    let _machine = exclusive();
+    // A port that was free a moment ago: nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile = format!(
+        "[target]\nurl = \"http://127.0.0.1:{port}\"\nmodel = \"m\"\n[load]\nusers = 2\nduration = \"2s\"\n[agents]\ncount = 2\n"
+    );
+    let run = run_profile(&profile, &[]);
+    assert_eq!(run.code(), 3, "stderr:\n{}", run.stderr());
+    let s = run.summary();
+    assert_eq!(num(s, "/requests/ok"), 0.0);
+    assert!(num(s, "/errors/connect/count") > 0.0);
+    assert_eq!(num(s, "/requests/failed"), num(s, "/errors/connect/count"));
+    let first = s["errors"]["connect"]["first_message"].as_str().unwrap();
+    assert!(
+        first.contains(&format!("127.0.0.1:{port}")) && first.contains("refused"),
+        "{first}"
+    );
+    assert_eq!(
+        num(s, "/metrics/ttft/count"),
+        0.0,
+        "failed requests are never latency samples"
+    );
+    assert_eq!(num(s, "/metrics/e2e/count"), 0.0);
+    let stdout = run.stdout();
+    assert!(stdout.contains("no request succeeded"), "{stdout}");
+    assert!(stdout.contains("connect ×"), "{stdout}");
+}
+
+#[test]
+fn an_agent_with_no_controller_says_so_and_fails() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(bin("agent"))
+        .args([
+            "--controller",
+            &format!("http://127.0.0.1:{port}"),
+            "--name",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the controller at http://127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shipped_profiles_validate() {
+    let dir = repo().join("load-profiles");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "{names:?}");
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| dir.join(n).display().to_string())
+        .collect();
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(paths.iter().map(String::as_str))
+        .collect();
+    let out = controller(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--help` texts are part of the interface: a change must be deliberate.
+/// Set `UPDATE_SNAPSHOTS=1` to accept a change.
+#[test]
+fn help_texts_are_stable() {
+    let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+    for (name, program, args) in [
+        ("controller-help.txt", "controller", vec!["--help"]),
+        (
+            "controller-run-help.txt",
+            "controller",
+            vec!["run", "--help"],
+        ),
+        ("agent-help.txt", "agent", vec!["--help"]),
+        ("llm-sim-help.txt", "llm-sim", vec!["--help"]),
+    ] {
+        let out = std::process::Command::new(bin(program))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let path = snapshots.join(name);
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(&snapshots).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("{} is missing; run with UPDATE_SNAPSHOTS=1", path.display())
+        });
+        assert_eq!(
+            text, expected,
+            "{name} changed; run with UPDATE_SNAPSHOTS=1 if that is intended"
+        );
+    }
+}
+
+/// SIGTERM (what Kubernetes sends) stops new requests, lets in-flight ones
+/// finish, and still writes the summary of everything measured.
+#[test]
+// This process runs no tokio runtime; a wall-clock bound is all it needs.
+#[allow(clippy::disallowed_types)]
+fn a_terminated_run_drains_and_still_writes_its_summary() {
+    let _machine = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results");
+    let profile = repo().join("load-profiles/smoke.toml");
+    let mut child = std::process::Command::new(bin("controller"))
+        .args([
+            "run",
+            profile.to_str().unwrap(),
+            "--duration",
+            "60s",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the load is running: the first interval line appears.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("req/s")),
+        "the run never started"
+    );
+    let sent = std::time::Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(15),
+        "the drain took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{rest:#?}");
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["verdict"]["status"], "interrupted");
+    assert!(num(&s, "/requests/ok") > 0.0);
+    assert_eq!(
+        num(&s, "/requests/cancelled"),
+        0.0,
+        "in-flight requests were allowed to finish"
+    );
+    assert!(
+        s["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["end"] == "finished")
+    );
+}

@@ -1,0 +1,238 @@
+//! Helpers for end-to-end tests: start the real `llm-sim` and `controller`
+//! binaries on loopback, read the simulator's `/metrics`, and find a run's
+//! results.
+//!
+//! Every process is started on port 0 and ended by its own PID when its
+//! handle drops. Timing-sensitive tests hold [`exclusive`] so that two
+//! loads never share the machine's cores.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// Holds the machine for one load test at a time.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Path of a workspace binary, built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_owned()
+}
+
+/// A running `llm-sim` process.
+pub struct Sim {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Sim {
+    /// Starts `llm-sim --port 0` with extra arguments and waits for its
+    /// address.
+    pub fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(bin("llm-sim"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llm-sim starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("llm-sim prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("llm-sim listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from llm-sim: {line:?}"))
+            .to_owned();
+        Sim { child, url }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// The simulator's metrics, by series name (labels included).
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let text = http_get(self.addr(), "/metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for `/metrics` on loopback.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout set");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    body.to_owned()
+}
+
+/// The outcome of one `controller` invocation.
+pub struct Run {
+    /// The process's exit status and output.
+    pub output: Output,
+    /// `summary.json`, when the run wrote one.
+    pub summary: Option<Value>,
+    /// The run's results directory, when there is one.
+    pub dir: Option<PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Run {
+    /// Exit code.
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    /// Standard error as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Standard output as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    /// The summary, which must exist.
+    pub fn summary(&self) -> &Value {
+        self.summary.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no summary.json; exit {}\nstderr:\n{}",
+                self.code(),
+                self.stderr()
+            )
+        })
+    }
+}
+
+/// Writes `profile` to a temporary file and runs `controller run` on it
+/// with results in a temporary directory.
+pub fn run_profile(profile: &str, args: &[&str]) -> Run {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = tmp.path().join("profile.toml");
+    std::fs::write(&path, profile).expect("profile written");
+    run_controller(
+        tmp,
+        &[&["run", path.to_str().expect("utf-8 path")], args].concat(),
+    )
+}
+
+/// Runs a shipped profile from `load-profiles/`.
+pub fn run_shipped(name: &str, args: &[&str]) -> Run {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = repo().join("load-profiles").join(name);
+    run_controller(
+        tmp,
+        &[&["run", path.to_str().expect("utf-8 path")], args].concat(),
+    )
+}
+
+fn run_controller(tmp: tempfile::TempDir, args: &[&str]) -> Run {
+    let out = tmp.path().join("results");
+    let output = Command::new(bin("controller"))
+        .args(args)
+        .args(["--out", out.to_str().expect("utf-8 path")])
+        .current_dir(tmp.path())
+        .output()
+        .expect("controller runs");
+    let dir = std::fs::read_dir(&out)
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(Result::ok)
+        .map(|e| e.path());
+    let summary = dir
+        .as_ref()
+        .and_then(|d| std::fs::read(d.join("summary.json")).ok())
+        .map(|bytes| serde_json::from_slice(&bytes).expect("summary.json is JSON"));
+    Run {
+        output,
+        summary,
+        dir,
+        _tmp: tmp,
+    }
+}
+
+/// Runs `controller` with arbitrary arguments (no `--out` added).
+pub fn controller(args: &[&str]) -> Output {
+    Command::new(bin("controller"))
+        .args(args)
+        .output()
+        .expect("controller runs")
+}
+
+/// A prompt of exactly `words` whitespace-separated words.
+pub fn prompt_of(words: usize) -> String {
+    (0..words)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `|measured - expected| / expected`.
+pub fn relative_error(measured: f64, expected: f64) -> f64 {
+    (measured - expected).abs() / expected
+}
+
+/// A number in a JSON document, by a `/`-separated pointer.
+pub fn num(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in {v:#}"))
+}
