@@ -11,7 +11,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -23,21 +23,47 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Path of a workspace binary, built by `cargo test --workspace`.
+/// Path of a workspace binary. The first call builds them all with the
+/// cargo and profile running the tests: `cargo test` builds only the
+/// binaries of the package under test, and these belong to others.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_binaries).join(name)
+}
+
+fn build_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    // target/<profile>/deps/<test> -> target/<profile>
     let dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    let path = dir.join(name);
+        .expect("test binaries live in target/<profile>/deps")
+        .to_owned();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(repo()).args([
+        "build",
+        "--bins",
+        "-p",
+        "stampede-controller",
+        "-p",
+        "stampede-agent",
+        "-p",
+        "stampede-sim",
+    ]);
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+    }
+    let out = build.output().expect("cargo runs");
     assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
-        path.display()
+        out.status.success(),
+        "building the binaries failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    path
+    dir
 }
 
 /// The repository root.

@@ -19,7 +19,8 @@ pub struct Problem {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// Dotted key path, such as `load.users`.
+    /// Dotted key path, such as `load.users`; empty when the problem is
+    /// not about one key (invalid TOML).
     pub key: String,
     /// What is wrong and what was expected.
     pub message: String,

@@ -152,19 +152,14 @@ impl fmt::Display for ProfileError {
             }
             ProfileError::Invalid { path, problems } => {
                 for p in problems {
-                    if p.line == 0 {
-                        writeln!(f, "{}: {}: {}", path.display(), p.key, p.message)?;
-                    } else {
-                        writeln!(
-                            f,
-                            "{}:{}:{}: {}: {}",
-                            path.display(),
-                            p.line,
-                            p.column,
-                            p.key,
-                            p.message
-                        )?;
+                    write!(f, "{}", path.display())?;
+                    if p.line > 0 {
+                        write!(f, ":{}:{}", p.line, p.column)?;
                     }
+                    if !p.key.is_empty() {
+                        write!(f, ": {}", p.key)?;
+                    }
+                    writeln!(f, ": {}", p.message)?;
                 }
                 let n = problems.len();
                 write!(
@@ -200,7 +195,7 @@ impl Profile {
             Err(e) => {
                 p.at(
                     e.span(),
-                    "(toml)",
+                    "",
                     format!("invalid TOML: {}", e.message().trim()),
                 );
                 None

@@ -115,6 +115,9 @@ fn invalid_toml_names_the_place() {
     assert_eq!(found.len(), 1);
     assert!(found[0].starts_with("2:"), "{found:?}");
     assert!(found[0].contains("invalid TOML"), "{found:?}");
+    let e = parse("[load\nusers = 2\n").unwrap_err().to_string();
+    assert!(e.starts_with("p.toml:1:"), "{e}");
+    assert!(e.contains(": invalid TOML: "), "{e}");
 }
 
 #[test]
