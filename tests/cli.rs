@@ -17,19 +17,10 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
     let run = run_shipped("high.toml", &["--duration", "4s"]);
     assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
     let stdout = run.stdout();
-    for row in [
-        "TTFT (ms)",
-        "ITL (ms)",
-        "TPOT (ms)",
-        "E2E (ms)",
-        "summary.json",
-    ] {
+    for row in ["TTFT (ms)", "ITL (ms)", "TPOT (ms)", "E2E (ms)", "summary.json"] {
         assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
     }
-    assert!(
-        run.stderr()
-            .contains("no target given: using the built-in simulator")
-    );
+    assert!(run.stderr().contains("no target given: using the built-in simulator"));
     let s = run.summary();
     assert_eq!(s["load"]["users"], 50);
     assert_eq!(s["target"]["simulated"], true);
@@ -41,29 +32,16 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
         .collect();
     assert_eq!(users, [17, 17, 16]);
     for metric in ["ttft", "itl", "tpot", "e2e"] {
-        assert!(
-            num(s, &format!("/metrics/{metric}/count")) > 0.0,
-            "no {metric} samples"
-        );
+        assert!(num(s, &format!("/metrics/{metric}/count")) > 0.0, "no {metric} samples");
         assert!(num(s, &format!("/metrics/{metric}/p50")) > 0.0);
-        assert!(
-            num(s, &format!("/metrics/{metric}/p99")) >= num(s, &format!("/metrics/{metric}/p50"))
-        );
+        assert!(num(s, &format!("/metrics/{metric}/p99")) >= num(s, &format!("/metrics/{metric}/p50")));
     }
-    assert!(
-        s["definitions"]["ttft"]
-            .as_str()
-            .unwrap()
-            .contains("first byte")
-    );
+    assert!(s["definitions"]["ttft"].as_str().unwrap().contains("first byte"));
 
     // intervals.jsonl holds every report exactly: merging its histograms
     // rebuilds the summary's figures, and its counters add up to the totals.
     let log = std::fs::read_to_string(run.dir.as_ref().unwrap().join("intervals.jsonl")).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let reports: u64 = s["agents"]
         .as_array()
         .unwrap()
@@ -89,11 +67,7 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
         merged.add(&Histograms::from_wire(&wire).unwrap());
     }
     assert_eq!(ok as f64, num(s, "/requests/ok"));
-    for (metric, name) in [
-        (Metric::Ttft, "ttft"),
-        (Metric::Itl, "itl"),
-        (Metric::E2e, "e2e"),
-    ] {
+    for (metric, name) in [(Metric::Ttft, "ttft"), (Metric::Itl, "itl"), (Metric::E2e, "e2e")] {
         let h = merged.get(metric);
         assert_eq!(h.len() as f64, num(s, &format!("/metrics/{name}/count")));
         for q in ["p50", "p99"] {
@@ -144,11 +118,7 @@ fn bad_profiles_get_a_clear_message_naming_file_and_key_and_exit_64() {
     // Several problems at once are all reported.
     let (code, stderr) = bad_profile("[load]\nusers = 0\nduration = 5\n[request]\nstreem = true\n");
     assert_eq!(code, 64);
-    assert!(
-        stderr.contains("load.users")
-            && stderr.contains("load.duration")
-            && stderr.contains("request.streem")
-    );
+    assert!(stderr.contains("load.users") && stderr.contains("load.duration") && stderr.contains("request.streem"));
     assert!(stderr.contains("did you mean \"stream\""), "{stderr}");
     assert!(stderr.contains("3 problems in"), "{stderr}");
 }
@@ -226,17 +196,19 @@ fn an_agent_with_no_controller_says_so_and_fails() {
             &format!("http://127.0.0.1:{port}"),
             "--name",
             "a",
+            "--wait",
+            "2s",
         ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!(
-            "cannot reach the controller at http://127.0.0.1:{port}"
-        )),
+        stderr.contains(&format!("cannot reach the controller at http://127.0.0.1:{port}")),
         "{stderr}"
     );
+    assert!(stderr.contains("gave up after 2s and"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
 }
 
 #[test]
@@ -249,19 +221,12 @@ fn shipped_profiles_validate() {
         .collect();
     names.sort();
     assert!(names.len() >= 4, "{names:?}");
-    let paths: Vec<String> = names
-        .iter()
-        .map(|n| dir.join(n).display().to_string())
-        .collect();
+    let paths: Vec<String> = names.iter().map(|n| dir.join(n).display().to_string()).collect();
     let args: Vec<&str> = std::iter::once("validate")
         .chain(paths.iter().map(String::as_str))
         .collect();
     let out = controller(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `--help` texts are part of the interface: a change must be deliberate.
@@ -271,18 +236,11 @@ fn help_texts_are_stable() {
     let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
     for (name, program, args) in [
         ("controller-help.txt", "controller", vec!["--help"]),
-        (
-            "controller-run-help.txt",
-            "controller",
-            vec!["run", "--help"],
-        ),
+        ("controller-run-help.txt", "controller", vec!["run", "--help"]),
         ("agent-help.txt", "agent", vec!["--help"]),
         ("llm-sim-help.txt", "llm-sim", vec!["--help"]),
     ] {
-        let out = std::process::Command::new(bin(program))
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new(bin(program)).args(&args).output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         let path = snapshots.join(name);
@@ -290,9 +248,8 @@ fn help_texts_are_stable() {
             std::fs::create_dir_all(&snapshots).unwrap();
             std::fs::write(&path, &text).unwrap();
         }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!("{} is missing; run with UPDATE_SNAPSHOTS=1", path.display())
-        });
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_SNAPSHOTS=1", path.display()));
         assert_eq!(
             text, expected,
             "{name} changed; run with UPDATE_SNAPSHOTS=1 if that is intended"
@@ -327,10 +284,7 @@ fn a_terminated_run_drains_and_still_writes_its_summary() {
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("req/s")),
+        lines.by_ref().map_while(Result::ok).any(|l| l.contains("req/s")),
         "the run never started"
     );
     let sent = std::time::Instant::now();
@@ -347,14 +301,8 @@ fn a_terminated_run_drains_and_still_writes_its_summary() {
         sent.elapsed()
     );
     assert_eq!(status.code(), Some(130), "{rest:#?}");
-    let dir = std::fs::read_dir(&out)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let s: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let dir = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let s: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["verdict"]["status"], "interrupted");
     assert!(num(&s, "/requests/ok") > 0.0);
     assert_eq!(
@@ -362,11 +310,5 @@ fn a_terminated_run_drains_and_still_writes_its_summary() {
         0.0,
         "in-flight requests were allowed to finish"
     );
-    assert!(
-        s["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["end"] == "finished")
-    );
+    assert!(s["agents"].as_array().unwrap().iter().all(|a| a["end"] == "finished"));
 }

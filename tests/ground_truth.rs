@@ -63,9 +63,7 @@ fn without_queueing_ttft_and_itl_match_the_configured_prefill_and_step() {
 
     let ttft = num(s, "/metrics/ttft/p50");
     let itl = num(s, "/metrics/itl/p50");
-    eprintln!(
-        "no queueing: TTFT p50 {ttft} ms (prefill {PREFILL_MS}), ITL p50 {itl} ms (step {STEP_MS})"
-    );
+    eprintln!("no queueing: TTFT p50 {ttft} ms (prefill {PREFILL_MS}), ITL p50 {itl} ms (step {STEP_MS})");
     assert!(
         relative_error(ttft, PREFILL_MS) < 0.02,
         "merged TTFT p50 {ttft} ms is not within 2% of the configured prefill {PREFILL_MS} ms"
@@ -86,19 +84,13 @@ fn without_queueing_ttft_and_itl_match_the_configured_prefill_and_step() {
     assert_eq!(num(s, "/requests/failed"), 0.0);
     assert_eq!(m["llmsim_requests_cancelled_total"], 0.0);
     // Every request's tokens came from the server's usage and match it.
-    assert_eq!(
-        num(s, "/tokens/output"),
-        m["llmsim_generation_tokens_total"]
-    );
+    assert_eq!(num(s, "/tokens/output"), m["llmsim_generation_tokens_total"]);
     assert_eq!(num(s, "/tokens/input"), m["llmsim_prompt_tokens_total"]);
     assert_eq!(s["tokens"]["source"], "server usage");
     // The three agents split six users 2/2/2 and each did its share.
     let agents = s["agents"].as_array().expect("agents");
     assert_eq!(
-        agents
-            .iter()
-            .map(|a| a["users"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
+        agents.iter().map(|a| a["users"].as_u64().unwrap()).collect::<Vec<_>>(),
         [2, 2, 2]
     );
     assert!(
@@ -128,11 +120,7 @@ fn with_one_slot_queueing_dominates_ttft_and_matches_the_servers_queue_time() {
     // simulator's own queue-time histogram is the ground truth.
     let m = sim.metrics();
     let count = m["llmsim_queue_time_seconds_count"];
-    assert_eq!(
-        num(s, "/requests/ok"),
-        count,
-        "both sides must see the same requests"
-    );
+    assert_eq!(num(s, "/requests/ok"), count, "both sides must see the same requests");
     let server_queue_ms = m["llmsim_queue_time_seconds_sum"] / count * 1e3;
     let client_queue_ms = num(s, "/metrics/ttft/mean") - PREFILL_MS;
     eprintln!(

@@ -75,9 +75,7 @@ impl Plan {
                 timeout: positive(target.timeout_ms, "request timeout")?,
             }),
             users,
-            prompts: Arc::new(Prompts::new(
-                prompts.prompts.into_iter().map(|p| p.text).collect(),
-            )),
+            prompts: Arc::new(Prompts::new(prompts.prompts.into_iter().map(|p| p.text).collect())),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,

@@ -138,10 +138,7 @@ impl Executor {
                     reused = false;
                     continue;
                 }
-                return fail(
-                    ErrorClass::Stream,
-                    "connection closed before the request was sent",
-                );
+                return fail(ErrorClass::Stream, "connection closed before the request was sent");
             }
             let t0 = Instant::now();
             match c.sender.try_send_request(self.request(body.clone())).await {
@@ -150,10 +147,7 @@ impl Executor {
                 // just now. Safe to send again on a new connection.
                 Err(e) if reused && e.message().is_some() => reused = false,
                 Err(e) => {
-                    return fail(
-                        ErrorClass::Stream,
-                        format!("no response: {}", e.into_error()),
-                    );
+                    return fail(ErrorClass::Stream, format!("no response: {}", e.into_error()));
                 }
             }
         };
@@ -262,19 +256,14 @@ impl Executor {
         };
         match self.dialect.whole(&bytes) {
             Parsed::Chunk {
-                content_events,
-                usage,
-                ..
+                content_events, usage, ..
             } => Ok(Read {
                 content_events,
                 usage,
                 finished: true,
                 ..Read::default()
             }),
-            Parsed::Done => fail(
-                ErrorClass::Malformed,
-                "unexpected [DONE] in a whole response",
-            ),
+            Parsed::Done => fail(ErrorClass::Malformed, "unexpected [DONE] in a whole response"),
             Parsed::ServerError(m) => fail(ErrorClass::Stream, format!("server error: {m}")),
             Parsed::Malformed(m) => fail(ErrorClass::Malformed, m),
         }

@@ -57,17 +57,13 @@ impl Endpoint {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             Some(_) => return Err(bad("the scheme must be http or https")),
             None => {
-                return Err(bad(
-                    "no scheme; expected an absolute URL such as http://host:8000",
-                ));
+                return Err(bad("no scheme; expected an absolute URL such as http://host:8000"));
             }
         };
         let host = uri.host().ok_or_else(|| bad("no host"))?;
@@ -82,10 +78,7 @@ impl Endpoint {
         let path = uri.path().trim_end_matches('/');
         let base_path = path.strip_suffix("/v1").unwrap_or(path).to_owned();
         // IPv6 literals come bracketed in URLs and bare in socket addresses.
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let tls = tls.then(tls_connector);
         Ok(Endpoint {
             host,
@@ -157,13 +150,11 @@ fn tls_connector() -> TlsConnector {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
 

@@ -17,17 +17,39 @@ pub mod record;
 pub mod session;
 pub mod stream;
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 pub use session::Ended;
 
 /// How this agent joins a run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
-    /// The controller's gRPC URL, such as `http://controller:7000`.
+    /// The controller's gRPC URL, such as `http://controller:7000`, or
+    /// `https://...` for TLS.
     pub controller: String,
     /// This agent's name, unique within the run.
     pub name: String,
+    /// Shared secret presented to the controller. Never logged.
+    pub token: Option<String>,
+    /// PEM certificate authority that signed the controller's certificate;
+    /// without it the web PKI roots are trusted.
+    pub ca: Option<Vec<u8>>,
+    /// How long to keep trying to reach the controller.
+    pub wait: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("controller", &self.controller)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca.is_some())
+            .field("wait", &self.wait)
+            .finish()
+    }
 }
 
 /// Why an agent did not complete its part of a run.
@@ -42,7 +64,7 @@ pub enum Error {
         reason: String,
     },
     /// The controller refused the session or ended it before the start.
-    #[error("the controller ended the session: {0}")]
+    #[error("the controller refused this agent: {0}")]
     Refused(String),
     /// The assignment cannot be carried out by this agent.
     #[error("cannot carry out the assignment: {0}")]

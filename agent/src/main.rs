@@ -1,6 +1,8 @@
 //! `agent`: joins a stampede run and generates its share of the load.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use stampede_agent::{Config, Error};
@@ -11,13 +13,39 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "agent", version)]
 struct Cli {
-    /// The controller's URL, such as http://controller:7000.
+    /// The controller's URL, such as http://controller:7000 (https:// for
+    /// TLS).
     #[arg(long, env = "STAMPEDE_CONTROLLER")]
     controller: String,
+    /// File holding the token the controller expects.
+    #[arg(long, env = "STAMPEDE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// This agent's name in the run [default: agent-$JOB_COMPLETION_INDEX,
     /// or the hostname].
     #[arg(long)]
     name: Option<String>,
+    /// PEM file of the certificate authority that signed the controller's
+    /// certificate [default: the web PKI roots].
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// How long to keep trying to reach the controller, such as 60s.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
+/// Reads a secret or a certificate file; the error names the flag.
+fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+fn token(path: &PathBuf) -> Result<String, String> {
+    let bytes = read("--token-file", path)?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("--token-file {}: not UTF-8 text", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--token-file {}: the file is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 fn default_name() -> String {
@@ -42,14 +70,25 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let token = cli.token_file.as_ref().map(token).transpose();
+    let ca = cli.ca.as_ref().map(|p| read("--ca", p)).transpose();
+    let (token, ca) = match (token, ca) {
+        (Ok(t), Ok(c)) => (t, c),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let config = Config {
         controller: cli.controller,
         name: cli.name.unwrap_or_else(default_name),
+        token,
+        ca,
+        wait: cli.wait,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -62,11 +101,7 @@ fn main() -> ExitCode {
     runtime.spawn(stop_on_signal(shutdown.clone()));
     match runtime.block_on(stampede_agent::run(config, shutdown)) {
         Ok(ended) => {
-            tracing::info!(
-                ok = ended.counters.ok,
-                failed = ended.counters.failed(),
-                "run complete"
-            );
+            tracing::info!(ok = ended.counters.ok, failed = ended.counters.failed(), "run complete");
             ExitCode::SUCCESS
         }
         Err(e) => {

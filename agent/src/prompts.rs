@@ -54,10 +54,7 @@ mod tests {
     fn users_start_at_reproducible_places_and_wrap() {
         let p = Prompts::new(vec!["a".into(), "b".into(), "c".into()]);
         let starts: Vec<_> = (0..6).map(|u| p.first_for(u, 9)).collect();
-        assert_eq!(
-            starts,
-            (0..6).map(|u| p.first_for(u, 9)).collect::<Vec<_>>()
-        );
+        assert_eq!(starts, (0..6).map(|u| p.first_for(u, 9)).collect::<Vec<_>>());
         assert!(starts.iter().all(|s| *s < 3));
         assert_eq!(p.get(4), "b");
     }

@@ -100,9 +100,7 @@ impl Interval {
             }
             Outcome::Failed { class, message } => {
                 self.counters.count_error(*class);
-                self.samples
-                    .entry(*class)
-                    .or_insert_with(|| message.clone());
+                self.samples.entry(*class).or_insert_with(|| message.clone());
             }
             Outcome::Cancelled => self.counters.cancelled += 1,
         }
@@ -113,9 +111,7 @@ impl Interval {
         self.histograms.add(&other.histograms);
         self.counters.add(&other.counters);
         for (class, message) in &other.samples {
-            self.samples
-                .entry(*class)
-                .or_insert_with(|| message.clone());
+            self.samples.entry(*class).or_insert_with(|| message.clone());
         }
     }
 
@@ -189,12 +185,7 @@ impl Recorder {
     /// every shard empty. `spare` is scratch space, swapped with each shard
     /// so that a shard is locked only for the swap.
     pub fn cut(&self, into: &mut Interval, spare: &mut Interval) {
-        let shards: Vec<Arc<Shard>> = self
-            .registry
-            .shards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let shards: Vec<Arc<Shard>> = self.registry.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for shard in shards {
             std::mem::swap(&mut *shard.lock(), spare);
             into.add(spare);

@@ -84,15 +84,9 @@ fn long() -> Vec<Prompt> {
     // different one, so all ten are distinct.
     (0..PASSAGES.len())
         .map(|start| {
-            let context: Vec<&str> = (0..5)
-                .map(|k| PASSAGES[(start + k) % PASSAGES.len()])
-                .collect();
+            let context: Vec<&str> = (0..5).map(|k| PASSAGES[(start + k) % PASSAGES.len()]).collect();
             Prompt {
-                text: format!(
-                    "{}\n\n{}",
-                    context.join("\n\n"),
-                    TASKS[(start + 2) % TASKS.len()]
-                ),
+                text: format!("{}\n\n{}", context.join("\n\n"), TASKS[(start + 2) % TASKS.len()]),
                 class: "long".to_owned(),
             }
         })
@@ -137,11 +131,7 @@ mod tests {
             assert!(!set.is_empty());
             for p in &set {
                 let n = words(p);
-                assert!(
-                    (lo..=hi).contains(&n),
-                    "{name}: {n} words in {:?}",
-                    &p.text[..40]
-                );
+                assert!((lo..=hi).contains(&n), "{name}: {n} words in {:?}", &p.text[..40]);
                 assert_eq!(p.class, name);
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use stampede_controller::profile::{Overrides, Profile, parse_duration};
 use stampede_controller::report::terminal;
-use stampede_controller::{Interrupt, run};
+use stampede_controller::{Agents, Interrupt, Listen, run};
 
 /// Exit code for bad input: a profile or flag that cannot be used.
 const EX_USAGE: u8 = 64;
@@ -54,6 +54,59 @@ struct RunArgs {
     /// profile's report.out].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Wait for remote agents on this address (such as 0.0.0.0:7000)
+    /// instead of starting agents in this process.
+    #[arg(long, requires = "expect_agents", conflicts_with = "agents")]
+    listen: Option<String>,
+    /// How many remote agents the run needs; the load is split among them.
+    #[arg(long, requires = "listen")]
+    expect_agents: Option<NonZeroU32>,
+    /// How long to wait for the remote agents, such as 60s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "listen")]
+    wait: Duration,
+    /// File holding the token agents must present; required when listening
+    /// on an address other than loopback.
+    #[arg(long, env = "STAMPEDE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the agents' listener.
+    #[arg(long, requires_all = ["tls_key", "listen"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the agents' listener.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// Where the agents come from, from the flags; errors are bad input.
+fn agents(args: &RunArgs) -> Result<Agents, String> {
+    let Some(listen) = &args.listen else {
+        return Ok(Agents::Local);
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .map_err(|e| format!("--listen {listen}: {e} (expected HOST:PORT, such as 0.0.0.0:7000)"))?
+        .next()
+        .ok_or_else(|| format!("--listen {listen}: the name resolves to no address"))?;
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => {
+            let text = String::from_utf8(read("--token-file", path)?)
+                .map_err(|_| format!("--token-file {}: not UTF-8 text", path.display()))?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(format!("--token-file {}: the file is empty", path.display()));
+            }
+            Some(token)
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
+        _ => None,
+    };
+    let expect = args.expect_agents.expect("clap requires --expect-agents with --listen");
+    Listen::new(addr, expect, args.wait, token, tls).map(Agents::Remote)
 }
 
 fn main() -> ExitCode {
@@ -72,6 +125,7 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Validate { profiles } => validate(&profiles),
@@ -104,6 +158,13 @@ fn validate(profiles: &[PathBuf]) -> ExitCode {
 }
 
 fn run_profile(args: RunArgs) -> ExitCode {
+    let agents = match agents(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("controller: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let overrides = Overrides {
         target: args.target,
         agents: args.agents,
@@ -126,13 +187,10 @@ fn run_profile(args: RunArgs) -> ExitCode {
     };
     let interrupt = Interrupt::default();
     runtime.spawn(watch_signals(interrupt.clone()));
-    match runtime.block_on(run(profile, interrupt)) {
+    match runtime.block_on(run(profile, agents, interrupt)) {
         Ok(finished) => {
             let path = finished.dir.join("summary.json");
-            print!(
-                "{}",
-                terminal::render(&finished.summary, &path.display().to_string())
-            );
+            print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
             ExitCode::from(finished.summary.verdict.exit_code)
         }
         Err(e) => {
@@ -146,10 +204,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
 /// finish. Second: abandon them. Third: exit at once.
 async fn watch_signals(interrupt: Interrupt) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         tracing::warn!("cannot watch signals; interrupts will end the process at once");
         return;
     };

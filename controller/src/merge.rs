@@ -137,9 +137,7 @@ impl Merger {
         gauge_free.active_users = 0;
         self.counters.add(&gauge_free);
         for (class, message) in &report.samples {
-            self.samples
-                .entry(*class)
-                .or_insert_with(|| message.clone());
+            self.samples.entry(*class).or_insert_with(|| message.clone());
         }
         let open = self.open.entry(report.interval).or_default();
         open.histograms.add(&report.histograms);
@@ -158,10 +156,7 @@ impl Merger {
         theirs.active_users = 0;
         let mut ours = a.counters.clone();
         ours.active_users = 0;
-        let counts: Vec<u64> = Metric::ALL
-            .iter()
-            .map(|m| finished.histograms.get(*m).len())
-            .collect();
+        let counts: Vec<u64> = Metric::ALL.iter().map(|m| finished.histograms.get(*m).len()).collect();
         if theirs != ours || counts != a.sample_counts {
             a.mismatch = Some(format!(
                 "its final totals ({} ok, {} failed) differ from the sum of its {} reports ({} ok, {} failed)",
@@ -202,9 +197,7 @@ impl Merger {
         let mut rows = Vec::new();
         while let Some((&interval, open)) = self.open.first_key_value() {
             let all_in = self.agents.iter().enumerate().all(|(i, a)| {
-                a.done
-                    || open.reported.contains(&(i as u32))
-                    || a.last_interval.is_some_and(|l| l > interval)
+                a.done || open.reported.contains(&(i as u32)) || a.last_interval.is_some_and(|l| l > interval)
             });
             if !all_in {
                 break;

@@ -50,9 +50,8 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Every agent's slice.
-pub fn slices(profile: &Profile) -> Vec<Slice> {
-    let agents = profile.agents.get();
+/// Every agent's slice, for `agents` agents.
+pub fn slices(profile: &Profile, agents: u32) -> Vec<Slice> {
     let users = split(u64::from(profile.users()), agents);
     let prompts = ranges(profile.prompts.len(), agents);
     let mut first_user = 0;
@@ -111,19 +110,14 @@ mod tests {
     #[test]
     fn slices_number_users_globally_and_seed_each_agent() {
         let text = "seed = 1\n[load]\nusers = 50\n[agents]\ncount = 3\n";
-        let profile =
-            Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
-        let s = slices(&profile);
+        let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
+        let s = slices(&profile, profile.agents.get());
         assert_eq!(s.iter().map(|s| s.users).collect::<Vec<_>>(), [17, 17, 16]);
-        assert_eq!(
-            s.iter().map(|s| s.first_user).collect::<Vec<_>>(),
-            [0, 17, 34]
-        );
-        assert_eq!(
-            s.iter().map(|s| s.prompts.len()).sum::<usize>(),
-            profile.prompts.len()
-        );
+        assert_eq!(s.iter().map(|s| s.first_user).collect::<Vec<_>>(), [0, 17, 34]);
+        assert_eq!(s.iter().map(|s| s.prompts.len()).sum::<usize>(), profile.prompts.len());
         assert_ne!(s[0].seed, s[1].seed);
-        assert_eq!(s, slices(&profile), "deterministic");
+        assert_eq!(s, slices(&profile, 3), "deterministic");
+        let four = slices(&profile, 4);
+        assert_eq!(four.iter().map(|s| s.users).collect::<Vec<_>>(), [13, 13, 12, 12]);
     }
 }

@@ -1,9 +1,10 @@
-//! One run in local mode: the target (or the built-in simulator), the
-//! coordinator, in-process agents dialing it over loopback gRPC exactly as
-//! remote agents would, and the results directory.
+//! One run: the target (or the built-in simulator), the coordinator, the
+//! agents (in-process ones dialing loopback gRPC exactly as remote agents
+//! do, or remote ones dialing in), and the results directory.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +27,7 @@ use crate::report::summary::{self, Context, Summary};
 /// Start before it is due.
 const START_DELAY: Duration = Duration::from_millis(250);
 /// How long in-process agents get to join.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+const LOCAL_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the model discovery request may take.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Model name sent when the server cannot be asked for one.
@@ -40,6 +41,68 @@ pub struct Interrupt {
     pub stop: CancellationToken,
     /// Second signal: abandon in-flight requests now.
     pub abort: CancellationToken,
+}
+
+/// Where a run's agents come from.
+#[derive(Clone, Debug)]
+pub enum Agents {
+    /// `agents.count` agents started in this process, dialing loopback.
+    Local,
+    /// Agents on other hosts dial in.
+    Remote(Listen),
+}
+
+/// How the controller waits for remote agents.
+#[derive(Clone)]
+pub struct Listen {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Agents the run needs; the load is split among them.
+    pub expect: NonZeroU32,
+    /// How long to wait for all of them.
+    pub wait: Duration,
+    /// Secret every agent must present. Never logged.
+    pub token: Option<String>,
+    /// PEM certificate chain and private key, for TLS.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen")
+            .field("addr", &self.addr)
+            .field("expect", &self.expect)
+            .field("wait", &self.wait)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Listen {
+    /// Checks the listening options: a token is required on any address
+    /// other than loopback.
+    pub fn new(
+        addr: SocketAddr,
+        expect: NonZeroU32,
+        wait: Duration,
+        token: Option<String>,
+        tls: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Listen, String> {
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "a token is required when listening on {addr}, which is not a loopback address: \
+                 give --token-file (or STAMPEDE_TOKEN_FILE) to the controller and to every agent"
+            ));
+        }
+        Ok(Listen {
+            addr,
+            expect,
+            wait,
+            token,
+            tls,
+        })
+    }
 }
 
 /// A completed run.
@@ -73,6 +136,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The model name cannot be determined.
     #[error("{0}")]
     Model(String),
@@ -85,8 +151,45 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Write { path, source }
 }
 
-/// Runs `profile` and writes its results. The verdict is in the summary.
-pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, RunError> {
+/// The gRPC server the agents dial.
+struct Server {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+async fn serve(
+    bind: SocketAddr,
+    token: Option<String>,
+    tls: Option<&(Vec<u8>, Vec<u8>)>,
+    events: tokio::sync::mpsc::Sender<coordinator::service::Event>,
+) -> Result<Server, RunError> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| RunError::Tls(e.to_string()))?;
+    }
+    let stop = CancellationToken::new();
+    let service = pb::coordinator_server::CoordinatorServer::new(Service::new(events, token));
+    let task = tokio::spawn(
+        builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned()),
+    );
+    Ok(Server { addr, stop, task })
+}
+
+/// Runs `profile` with its agents coming from `agents`, and writes its
+/// results. The verdict is in the summary.
+pub async fn run(profile: Profile, agents: Agents, interrupt: Interrupt) -> Result<Finished, RunError> {
     let run_id = summary::run_id(&profile.name, SystemTime::now());
     let dir = profile.report.out.join(&run_id);
     std::fs::create_dir_all(&dir).map_err(write_error(dir.clone()))?;
@@ -94,10 +197,10 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
     let sim = match &profile.target.url {
         Some(_) => None,
         None => {
-            let sim =
-                stampede_sim::spawn(profile.sim.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .await
-                    .map_err(RunError::Sim)?;
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            let sim = stampede_sim::spawn(profile.sim.clone(), loopback)
+                .await
+                .map_err(RunError::Sim)?;
             let c = &profile.sim;
             tracing::info!(
                 "no target given: using the built-in simulator at {} (max_batch {}, prefill {:?} + {:?}/token, decode step {:?} + {:?}/extra sequence)",
@@ -111,40 +214,41 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
             Some(sim)
         }
     };
-    let url = profile
-        .target
-        .url
-        .clone()
-        .or_else(|| sim.as_ref().map(stampede_sim::Handle::url))
-        .expect("a URL or a simulator");
+    let url = match (&profile.target.url, &sim) {
+        (Some(url), _) => url.clone(),
+        (None, Some(sim)) => sim.url(),
+        (None, None) => unreachable!("a simulator starts whenever no URL is given"),
+    };
     let model = resolve_model(&profile, &url, sim.is_some()).await?;
-    tracing::info!(target = %url, model = %model, users = profile.users(), agents = profile.agents.get(), "run {run_id}");
 
-    let bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|source| RunError::Listen { addr: bind, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let (bind, count, join_timeout, token, tls) = match &agents {
+        Agents::Local => (
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            profile.agents.get(),
+            LOCAL_JOIN_TIMEOUT,
+            None,
+            None,
+        ),
+        Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.as_ref()),
+    };
+    tracing::info!(target = %url, model = %model, users = profile.users(), agents = count, "run {run_id}");
     let (events_tx, events) = tokio::sync::mpsc::channel(1024);
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::coordinator_server::CoordinatorServer::new(
-                Service::new(events_tx),
-            ))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                server_stop.clone().cancelled_owned(),
-            ),
-    );
+    let secured = (tls.is_some(), token.is_some());
+    let server = serve(bind, token, tls, events_tx).await?;
+    if let Agents::Remote(_) = &agents {
+        tracing::info!(
+            "waiting up to {join_timeout:?} for {count} agents on {} ({}, {})",
+            server.addr,
+            if secured.0 { "TLS" } else { "plaintext" },
+            if secured.1 { "token required" } else { "no token" },
+        );
+    }
 
     let log_path = dir.join("intervals.jsonl");
     let log = Log::create(&log_path).map_err(write_error(log_path))?;
     let setup = Setup {
         run_id: run_id.clone(),
-        slices: plan::slices(&profile),
+        slices: plan::slices(&profile, count),
         target: pb::Target {
             url: url.clone(),
             api: profile.target.api.name().to_owned(),
@@ -161,24 +265,27 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
         drain: profile.load.drain,
         interval: profile.report.interval,
         start_delay: START_DELAY,
-        join_timeout: JOIN_TIMEOUT,
+        join_timeout,
         capabilities: required_capabilities(profile.target.api),
+        on_agent_loss: profile.on_agent_loss,
     };
-    let progress = Progress::new(
-        profile.report.interval,
-        profile.load.duration,
-        std::io::stderr().is_terminal(),
-    );
+    let tty = std::io::stderr().is_terminal();
+    let progress = Progress::new(profile.report.interval, profile.load.duration, tty);
     let coordinator = tokio::spawn(coordinator::run(setup, events, log, progress, interrupt));
 
     let agent_stop = CancellationToken::new();
-    let mut agents = JoinSet::new();
-    for i in 0..profile.agents.get() {
-        let config = stampede_agent::Config {
-            controller: format!("http://{addr}"),
-            name: format!("local-{i}"),
-        };
-        agents.spawn(stampede_agent::run(config, agent_stop.clone()));
+    let mut local = JoinSet::new();
+    if let Agents::Local = &agents {
+        for i in 0..count {
+            let config = stampede_agent::Config {
+                controller: format!("http://{}", server.addr),
+                name: format!("local-{i}"),
+                token: None,
+                ca: None,
+                wait: Duration::from_secs(10),
+            };
+            local.spawn(stampede_agent::run(config, agent_stop.clone()));
+        }
     }
     let collected = coordinator.await;
 
@@ -186,7 +293,7 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
     // server, then the simulator.
     agent_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(joined) = agents.join_next().await {
+        while let Some(joined) = local.join_next().await {
             match joined {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!("in-process agent: {e}"),
@@ -195,14 +302,13 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
         }
     })
     .await;
-    server_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    server.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server.task).await;
     if let Some(sim) = sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), sim.stop()).await;
     }
 
-    let collected =
-        collected.map_err(|e| RunError::Failed(format!("the coordinator failed: {e}")))?;
+    let collected = collected.map_err(|e| RunError::Failed(format!("the coordinator failed: {e}")))?;
     if let Some(failure) = &collected.failure
         && collected.started_at.is_none()
     {
@@ -212,7 +318,7 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
         run_id: &run_id,
         profile: &profile,
         target_url: &url,
-        simulated: sim_was_used(&profile),
+        simulated: profile.target.url.is_none(),
         model: &model,
     };
     let summary = summary::build(&ctx, &collected);
@@ -220,10 +326,6 @@ pub async fn run(profile: Profile, interrupt: Interrupt) -> Result<Finished, Run
     let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
     std::fs::write(&path, json).map_err(write_error(path))?;
     Ok(Finished { summary, dir })
-}
-
-fn sim_was_used(profile: &Profile) -> bool {
-    profile.target.url.is_none()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -253,23 +355,17 @@ async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<
                 .and_then(|v| v["data"][0]["id"].as_str().map(str::to_owned));
             match listed {
                 Some(model) => {
-                    tracing::info!(
-                        "no model given: using {model:?}, the first listed at {url}/v1/models"
-                    );
+                    tracing::info!("no model given: using {model:?}, the first listed at {url}/v1/models");
                     Ok(model)
                 }
-                None => Err(RunError::Model(format!(
-                    "{url}/v1/models lists no model; {set_it}"
-                ))),
+                None => Err(RunError::Model(format!("{url}/v1/models lists no model; {set_it}"))),
             }
         }
         Ok(Ok((status, _))) => Err(RunError::Model(format!(
             "no model given and {url}/v1/models answered HTTP {status}; {set_it}"
         ))),
         Ok(Err(e)) => {
-            tracing::warn!(
-                "no model given and the server cannot be asked ({e}); sending model {UNKNOWN_MODEL:?}"
-            );
+            tracing::warn!("no model given and the server cannot be asked ({e}); sending model {UNKNOWN_MODEL:?}");
             Ok(UNKNOWN_MODEL.to_owned())
         }
         Err(_) => {
@@ -278,5 +374,27 @@ async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<
             );
             Ok(UNKNOWN_MODEL.to_owned())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_required_off_loopback() {
+        let one = NonZeroU32::MIN;
+        let wait = Duration::from_secs(1);
+        let open: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let e = Listen::new(open, one, wait, None, None).unwrap_err();
+        assert!(e.contains("a token is required when listening on 0.0.0.0:7000"), "{e}");
+        assert!(Listen::new(open, one, wait, Some("t".into()), None).is_ok());
+        assert!(Listen::new("127.0.0.1:7000".parse().unwrap(), one, wait, None, None).is_ok());
+        assert!(Listen::new("[::1]:7000".parse().unwrap(), one, wait, None, None).is_ok());
+        let shown = format!(
+            "{:?}",
+            Listen::new(open, one, wait, Some("s3cret".into()), None).unwrap()
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

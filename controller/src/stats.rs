@@ -59,9 +59,7 @@ impl Stats {
 
     /// The values in [`QUANTILES`] order, with min first and mean last.
     pub fn row(&self) -> [u64; 7] {
-        [
-            self.min, self.p50, self.p90, self.p95, self.p99, self.p999, self.max,
-        ]
+        [self.min, self.p50, self.p90, self.p95, self.p99, self.p999, self.max]
     }
 }
 

@@ -107,11 +107,7 @@ impl Counters {
     pub fn to_wire(&self) -> pb::Counters {
         pb::Counters {
             ok: self.ok,
-            errors: self
-                .errors
-                .iter()
-                .map(|(class, n)| (class.to_string(), *n))
-                .collect(),
+            errors: self.errors.iter().map(|(class, n)| (class.to_string(), *n)).collect(),
             cancelled: self.cancelled,
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,

@@ -124,8 +124,7 @@ impl Metric {
     }
 
     fn empty_histogram(self) -> Histogram<u64> {
-        Histogram::new_with_bounds(1, self.highest(), SIGFIGS)
-            .expect("static histogram bounds are valid")
+        Histogram::new_with_bounds(1, self.highest(), SIGFIGS).expect("static histogram bounds are valid")
     }
 }
 
@@ -244,9 +243,7 @@ mod tests {
     /// bucket count, which `==` compares) have equal quantiles everywhere;
     /// reading some out states that in the terms a report uses.
     fn quantiles() -> impl Iterator<Item = f64> {
-        (0..=20)
-            .map(|i| f64::from(i) / 20.0)
-            .chain([0.99, 0.999, 0.9999])
+        (0..=20).map(|i| f64::from(i) / 20.0).chain([0.99, 0.999, 0.9999])
     }
 
     proptest! {

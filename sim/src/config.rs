@@ -27,9 +27,7 @@ impl FromStr for OutputLength {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let positive = |t: &str| match t.trim().parse::<u32>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "expected a positive token count or MIN..MAX, got {s:?}"
-            )),
+            _ => Err(format!("expected a positive token count or MIN..MAX, got {s:?}")),
         };
         match s.split_once("..") {
             None => positive(s).map(OutputLength::Fixed),
@@ -133,10 +131,7 @@ mod tests {
     #[test]
     fn output_lengths_parse() {
         assert_eq!("64".parse(), Ok(OutputLength::Fixed(64)));
-        assert_eq!(
-            "8..32".parse(),
-            Ok(OutputLength::Uniform { min: 8, max: 32 })
-        );
+        assert_eq!("8..32".parse(), Ok(OutputLength::Uniform { min: 8, max: 32 }));
         assert!("0".parse::<OutputLength>().is_err());
         assert!("32..8".parse::<OutputLength>().is_err());
         assert!("many".parse::<OutputLength>().is_err());

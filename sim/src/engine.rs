@@ -89,9 +89,7 @@ impl Engine {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // The state is plain counters; a panic elsewhere cannot leave it
         // half-updated in a way that matters more than losing the numbers.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Seconds since the engine started.

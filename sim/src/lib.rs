@@ -53,11 +53,7 @@ async fn prometheus(State(engine): State<Arc<Engine>>) -> Response {
 }
 
 /// Serves the simulator on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let engine = Arc::new(Engine::new(config));
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
@@ -101,9 +97,5 @@ pub async fn spawn(config: Config, addr: SocketAddr) -> std::io::Result<Handle> 
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(config, listener, shutdown.clone()));
-    Ok(Handle {
-        addr,
-        shutdown,
-        task,
-    })
+    Ok(Handle { addr, shutdown, task })
 }

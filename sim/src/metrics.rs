@@ -7,8 +7,7 @@ use crate::engine::Engine;
 
 /// Bucket bounds for latency histograms, in seconds.
 const LATENCY_BUCKETS: [f64; 20] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0,
-    5.0, 10.0, 30.0, 60.0,
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// A Prometheus histogram: cumulative buckets, an exact sum and a count.
@@ -128,13 +127,7 @@ pub(crate) fn render(engine: &Engine) -> String {
         "Sequences in the running batch.",
         state.running,
     );
-    metric(
-        o,
-        "gauge",
-        "llmsim_max_batch",
-        "Batch slots.",
-        engine.config.max_batch,
-    );
+    metric(o, "gauge", "llmsim_max_batch", "Batch slots.", engine.config.max_batch);
     metric(
         o,
         "counter",

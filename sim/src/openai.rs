@@ -97,9 +97,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `GET /v1/models`.
@@ -120,10 +118,7 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Resp
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid request body: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}"));
         }
     };
     if request.messages.is_empty() {
@@ -213,11 +208,7 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, include_usage:
             let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             out.push_str(&answer.chunk(role, None));
         }
-        let finish = if token.last {
-            json!(FINISH_REASON)
-        } else {
-            Value::Null
-        };
+        let finish = if token.last { json!(FINISH_REASON) } else { Value::Null };
         let delta = json!([{"index": 0, "delta": {"content": token.text}, "logprobs": null, "finish_reason": finish}]);
         out.push_str(&answer.chunk(delta, None));
         if token.last {
@@ -244,10 +235,7 @@ async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Re
         complete = token.last;
     }
     if !complete {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
     }
     Json(json!({
         "id": answer.id,

@@ -3,10 +3,9 @@
 
 /// Words the simulator answers with. One word is one token.
 const WORDS: [&str; 32] = [
-    "the", "model", "server", "queue", "token", "batch", "latency", "under", "load", "prefill",
-    "decode", "step", "request", "stream", "answer", "fast", "slow", "cache", "memory", "kernel",
-    "sequence", "window", "prompt", "reply", "time", "first", "every", "gap", "steady", "burst",
-    "engine", "quiet",
+    "the", "model", "server", "queue", "token", "batch", "latency", "under", "load", "prefill", "decode", "step",
+    "request", "stream", "answer", "fast", "slow", "cache", "memory", "kernel", "sequence", "window", "prompt",
+    "reply", "time", "first", "every", "gap", "steady", "burst", "engine", "quiet",
 ];
 
 /// The simulator's tokenizer: one token per whitespace-separated word.

@@ -6,6 +6,8 @@
 //! handle drops. Timing-sensitive tests hold [`exclusive`] so that two
 //! loads never share the machine's cores.
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -112,14 +114,7 @@ impl Sim {
 
     /// The simulator's metrics, by series name (labels included).
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let text = http_get(self.addr(), "/metrics");
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect()
+        metrics(self.addr())
     }
 }
 
@@ -128,6 +123,18 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Prometheus metrics served at `addr`, by series name (labels included).
+pub fn metrics(addr: &str) -> HashMap<String, f64> {
+    let text = http_get(addr, "/metrics");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A minimal HTTP/1.0 GET, enough for `/metrics` on loopback.
@@ -139,9 +146,7 @@ pub fn http_get(addr: &str, path: &str) -> String {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request written");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
     assert!(
         head.starts_with("HTTP/1.") && head.contains(" 200 "),
         "GET {path}: {head}"
@@ -178,13 +183,9 @@ impl Run {
 
     /// The summary, which must exist.
     pub fn summary(&self) -> &Value {
-        self.summary.as_ref().unwrap_or_else(|| {
-            panic!(
-                "no summary.json; exit {}\nstderr:\n{}",
-                self.code(),
-                self.stderr()
-            )
-        })
+        self.summary
+            .as_ref()
+            .unwrap_or_else(|| panic!("no summary.json; exit {}\nstderr:\n{}", self.code(), self.stderr()))
     }
 }
 
@@ -194,20 +195,14 @@ pub fn run_profile(profile: &str, args: &[&str]) -> Run {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let path = tmp.path().join("profile.toml");
     std::fs::write(&path, profile).expect("profile written");
-    run_controller(
-        tmp,
-        &[&["run", path.to_str().expect("utf-8 path")], args].concat(),
-    )
+    run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
 }
 
 /// Runs a shipped profile from `load-profiles/`.
 pub fn run_shipped(name: &str, args: &[&str]) -> Run {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let path = repo().join("load-profiles").join(name);
-    run_controller(
-        tmp,
-        &[&["run", path.to_str().expect("utf-8 path")], args].concat(),
-    )
+    run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
 }
 
 fn run_controller(tmp: tempfile::TempDir, args: &[&str]) -> Run {
@@ -245,10 +240,7 @@ pub fn controller(args: &[&str]) -> Output {
 
 /// A prompt of exactly `words` whitespace-separated words.
 pub fn prompt_of(words: usize) -> String {
-    (0..words)
-        .map(|i| format!("w{i}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
 }
 
 /// `|measured - expected| / expected`.

@@ -70,13 +70,10 @@ impl FromStr for Dialect {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Dialect::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Dialect::ALL.iter().map(|d| d.name()).collect();
-                format!("unknown api {s:?}; this build speaks {}", known.join(", "))
-            })
+        Dialect::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| {
+            let known: Vec<_> = Dialect::ALL.iter().map(|d| d.name()).collect();
+            format!("unknown api {s:?}; this build speaks {}", known.join(", "))
+        })
     }
 }
 

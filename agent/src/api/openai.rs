@@ -160,8 +160,7 @@ mod tests {
             temperature: Some(0.5),
             stream: true,
         };
-        let body: serde_json::Value =
-            serde_json::from_slice(&body("m", "hi \"there\"", &spec)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body("m", "hi \"there\"", &spec)).unwrap();
         assert_eq!(body["model"], "m");
         assert_eq!(body["messages"][0]["content"], "hi \"there\"");
         assert_eq!(body["max_tokens"], 64);
@@ -194,21 +193,9 @@ mod tests {
             }
         ));
         let token = br#"{"choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]}"#;
-        assert!(matches!(
-            event(token),
-            Parsed::Chunk {
-                content_events: 1,
-                ..
-            }
-        ));
+        assert!(matches!(event(token), Parsed::Chunk { content_events: 1, .. }));
         let reasoning = br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#;
-        assert!(matches!(
-            event(reasoning),
-            Parsed::Chunk {
-                content_events: 1,
-                ..
-            }
-        ));
+        assert!(matches!(event(reasoning), Parsed::Chunk { content_events: 1, .. }));
     }
 
     #[test]
@@ -226,13 +213,7 @@ mod tests {
     #[test]
     fn escaped_text_and_errors() {
         let escaped = br#"{"choices":[{"delta":{"content":"a\"b\u00e9"}}]}"#;
-        assert!(matches!(
-            event(escaped),
-            Parsed::Chunk {
-                content_events: 1,
-                ..
-            }
-        ));
+        assert!(matches!(event(escaped), Parsed::Chunk { content_events: 1, .. }));
         let err = br#"{"error":{"message":"out of memory","code":500}}"#;
         assert!(matches!(event(err), Parsed::ServerError(m) if m == "out of memory"));
         assert!(matches!(event(b"{not json"), Parsed::Malformed(_)));

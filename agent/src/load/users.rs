@@ -9,7 +9,7 @@ use stampede_proto::ErrorClass;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::Control;
+use super::{Control, Gate};
 use crate::exec::{Executor, Scratch};
 use crate::prompts::Prompts;
 use crate::record::{Outcome, Recorder};
@@ -43,24 +43,17 @@ pub struct Shared {
 }
 
 impl Users {
-    /// Runs every user from `start` until `end`, then lets in-flight
+    /// Runs every user from the opening of `gate` until `end`, then lets in-flight
     /// requests finish for up to `drain` before abandoning them. Returns
     /// when every user has stopped.
-    pub async fn run(
-        &self,
-        shared: Shared,
-        start: Instant,
-        end: Instant,
-        drain: Duration,
-        control: Control,
-    ) {
+    pub async fn run(&self, shared: Shared, gate: Gate, end: Instant, drain: Duration, control: Control) {
         let mut users = JoinSet::new();
         for i in 0..self.count {
             let shared = shared.clone();
             let control = control.clone();
             let id = self.first_user + i;
             let first_prompt = shared.prompts.first_for(id, self.seed);
-            users.spawn(user(shared, first_prompt, start, end, control));
+            users.spawn(user(shared, first_prompt, gate.clone(), end, control));
         }
         tokio::select! {
             _ = sleep_until(end) => {}
@@ -84,15 +77,9 @@ impl Users {
     }
 }
 
-async fn user(
-    shared: Shared,
-    mut next_prompt: usize,
-    start: Instant,
-    end: Instant,
-    control: Control,
-) {
+async fn user(shared: Shared, mut next_prompt: usize, mut gate: Gate, end: Instant, control: Control) {
     tokio::select! {
-        _ = sleep_until(start) => {}
+        passed = gate.passed() => if !passed { return },
         _ = control.stop.cancelled() => return,
     }
     shared.active.fetch_add(1, Ordering::Relaxed);

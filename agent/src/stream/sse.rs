@@ -187,8 +187,7 @@ mod tests {
         out
     }
 
-    const STREAM: &[u8] =
-        b": keep-alive\n\ndata: {\"a\":1}\n\nevent: error\ndata: x\ndata: y\n\ndata: [DONE]\n\n";
+    const STREAM: &[u8] = b": keep-alive\n\ndata: {\"a\":1}\n\nevent: error\ndata: x\ndata: y\n\ndata: [DONE]\n\n";
 
     #[test]
     fn events_in_one_read() {

@@ -1,12 +1,13 @@
 //! The coordinator: one task that owns the run's state. It admits agents,
 //! hands out assignments, holds the start barrier, merges reports (writing
-//! each to the interval log before acknowledging it) and notices agents
-//! that end early.
+//! each to the interval log before acknowledging it), and declares agents
+//! lost when their stream ends or they fall silent.
 
 pub(crate) mod service;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_proto::pb::{self, agent_message, controller_message};
 use stampede_proto::{Counters, Histograms, PROTOCOL_VERSION};
@@ -17,6 +18,7 @@ use tonic::Status;
 use crate::dataset::Prompt;
 use crate::merge::{self, Merger, Row};
 use crate::plan::Slice;
+use crate::profile::OnAgentLoss;
 use crate::report::intervals::Log;
 use crate::report::progress::Progress;
 use crate::run::Interrupt;
@@ -24,6 +26,10 @@ use service::{Event, Outbound};
 
 /// How often the controller signals liveness to agents.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// An agent silent this long is lost.
+pub const SILENCE: Duration = Duration::from_secs(3);
+/// How often silence is checked.
+const WATCHDOG: Duration = Duration::from_millis(250);
 /// Slack after the planned end of the load before agents are told to stop.
 const OVERRUN: Duration = Duration::from_secs(10);
 /// How long agents get to report after a stop before the run is closed
@@ -43,6 +49,7 @@ pub(crate) struct Setup {
     pub(crate) start_delay: Duration,
     pub(crate) join_timeout: Duration,
     pub(crate) capabilities: Vec<String>,
+    pub(crate) on_agent_loss: OnAgentLoss,
 }
 
 /// How an agent's part ended.
@@ -50,7 +57,7 @@ pub(crate) struct Setup {
 pub enum AgentEnd {
     /// It sent its totals.
     Finished,
-    /// Its stream ended before it finished.
+    /// Its stream ended, or it fell silent, before it finished.
     Lost(String),
     /// It said it could not carry out its assignment.
     Failed(String),
@@ -69,8 +76,18 @@ pub struct AgentRecord {
     pub users: u32,
     /// Its software version.
     pub version: String,
+    /// Where it connected from.
+    pub peer: Option<SocketAddr>,
     /// How it ended.
     pub end: AgentEnd,
+    /// When it was declared lost, after the start.
+    pub lost_at: Option<Duration>,
+    /// When its load began, controller clock, microseconds since the epoch.
+    pub began_at_us: Option<u64>,
+    /// Its estimate of controller clock minus its clock, microseconds.
+    pub clock_offset_us: Option<i64>,
+    /// Round trip of that estimate, microseconds.
+    pub clock_rtt_us: Option<u64>,
 }
 
 /// What a run collected.
@@ -83,8 +100,12 @@ pub struct Collected {
     pub rows: Vec<Row>,
     /// When the load began (wall clock, for the summary).
     pub started_at: Option<SystemTime>,
+    /// The planned start, controller clock, microseconds since the epoch.
+    pub start_at_us: Option<u64>,
     /// The run was interrupted.
     pub interrupted: bool,
+    /// The run was aborted because an agent was lost.
+    pub aborted: Option<String>,
     /// Why the run could not be carried out, if it could not.
     pub failure: Option<String>,
     /// Reports that could not be decoded.
@@ -92,8 +113,17 @@ pub struct Collected {
 }
 
 struct Conn {
-    out: Outbound,
+    /// `None` once the coordinator has ended the stream.
+    out: Option<Outbound>,
     agent: Option<u32>,
+    peer: Option<SocketAddr>,
+}
+
+struct Slot {
+    record: AgentRecord,
+    conn: u64,
+    ready: bool,
+    heard: Instant,
 }
 
 enum Phase {
@@ -105,16 +135,18 @@ enum Phase {
 struct Coordinator {
     setup: Setup,
     conns: HashMap<u64, Conn>,
-    agents: Vec<Option<AgentRecord>>,
-    ready: Vec<bool>,
+    slots: Vec<Option<Slot>>,
     merger: Merger,
     log: Log,
     progress: Progress,
     rows: Vec<Row>,
     phase: Phase,
     deadline: Instant,
+    started: Option<Instant>,
     started_at: Option<SystemTime>,
+    start_at_us: Option<u64>,
     interrupted: bool,
+    aborted: Option<String>,
     failure: Option<String>,
     unreadable: u64,
     /// The run cannot go on; end the loop without waiting for agents.
@@ -123,6 +155,12 @@ struct Coordinator {
 
 fn message(kind: controller_message::Kind) -> Result<pb::ControllerMessage, Status> {
     Ok(pb::ControllerMessage { kind: Some(kind) })
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Runs the coordinator until every agent has finished or been lost, or the
@@ -138,43 +176,48 @@ pub(crate) async fn run(
     let mut c = Coordinator {
         deadline: Instant::now() + setup.join_timeout,
         merger: Merger::new(n as u32),
-        agents: vec![None; n],
-        ready: vec![false; n],
+        slots: (0..n).map(|_| None).collect(),
         setup,
         conns: HashMap::new(),
         log,
         progress,
         rows: Vec::new(),
         phase: Phase::Joining,
+        started: None,
         started_at: None,
+        start_at_us: None,
         interrupted: false,
+        aborted: None,
         failure: None,
         unreadable: 0,
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(WATCHDOG);
+    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beats = 0;
-    let mut aborted = false;
+    let mut force = false;
     while !c.all_ended() {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => c.handle(event).await,
+                Some(event) => c.handle(event),
                 None => break,
             },
             _ = heartbeat.tick() => {
                 beats += 1;
-                c.broadcast(controller_message::Kind::Heartbeat(pb::Heartbeat { sequence: beats })).await;
+                c.broadcast(controller_message::Kind::Heartbeat(pb::Heartbeat { sequence: beats }));
             }
-            _ = sleep_until(c.deadline) => c.overdue().await,
+            _ = watchdog.tick() => c.watch(),
+            _ = sleep_until(c.deadline) => c.overdue(),
             _ = interrupt.stop.cancelled(), if !c.interrupted => {
                 c.interrupted = true;
-                c.stop("interrupted; in-flight requests may finish (interrupt again to abandon them)", false).await;
+                c.stop("interrupted; in-flight requests may finish (interrupt again to abandon them)", false);
             }
-            _ = interrupt.abort.cancelled(), if !aborted => {
-                aborted = true;
+            _ = interrupt.abort.cancelled(), if !force => {
+                force = true;
                 c.interrupted = true;
-                c.stop("interrupted again; abandoning in-flight requests", true).await;
+                c.stop("interrupted again; abandoning in-flight requests", true);
             }
         }
     }
@@ -185,145 +228,152 @@ impl Coordinator {
     fn all_ended(&self) -> bool {
         self.give_up
             || self
-                .agents
+                .slots
                 .iter()
-                .all(|a| a.as_ref().is_some_and(|a| a.end != AgentEnd::Unfinished))
+                .all(|s| s.as_ref().is_some_and(|s| s.record.end != AgentEnd::Unfinished))
     }
 
-    async fn send(&self, conn: u64, kind: controller_message::Kind) {
-        if let Some(c) = self.conns.get(&conn) {
-            let _ = c.out.send(message(kind)).await;
+    /// Queues a message without waiting: an agent that does not read its
+    /// stream must not stall the run. Returns false when it could not.
+    fn send(&self, conn: u64, kind: controller_message::Kind) -> bool {
+        let Some(out) = self.conns.get(&conn).and_then(|c| c.out.as_ref()) else {
+            return false;
+        };
+        out.try_send(message(kind)).is_ok()
+    }
+
+    fn broadcast(&self, kind: controller_message::Kind) {
+        for slot in self.slots.iter().flatten() {
+            if slot.record.end == AgentEnd::Unfinished {
+                self.send(slot.conn, kind.clone());
+            }
         }
     }
 
-    async fn broadcast(&self, kind: controller_message::Kind) {
-        for c in self.conns.values().filter(|c| c.agent.is_some()) {
-            let _ = c.out.send(message(kind.clone())).await;
+    /// Ends stream `conn`: with `status` when refusing, plainly otherwise.
+    fn hang_up(&mut self, conn: u64, status: Option<Status>) {
+        if let Some(out) = self.conns.get_mut(&conn).and_then(|c| c.out.take())
+            && let Some(status) = status
+        {
+            let _ = out.try_send(Err(status));
         }
     }
 
-    /// Ends stream `conn` with an error the agent will print.
-    async fn refuse(&mut self, conn: u64, status: Status) {
-        if let Some(c) = self.conns.remove(&conn) {
-            tracing::warn!("refused an agent: {}", status.message());
-            let _ = c.out.send(Err(status)).await;
-        }
+    fn refuse(&mut self, conn: u64, status: Status) {
+        let peer = self.conns.get(&conn).and_then(|c| c.peer);
+        let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
+        tracing::warn!("refused an agent{from}: {}", status.message());
+        self.hang_up(conn, Some(status));
     }
 
-    async fn handle(&mut self, event: Event) {
+    fn handle(&mut self, event: Event) {
         match event {
-            Event::Connected { conn, out } => {
-                self.conns.insert(conn, Conn { out, agent: None });
+            Event::Connected { conn, out, peer } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        out: Some(out),
+                        agent: None,
+                        peer,
+                    },
+                );
             }
             Event::Message { conn, message } => {
                 let Some(kind) = message.kind else { return };
-                let agent = self.conns.get(&conn).and_then(|c| c.agent);
+                let Some(c) = self.conns.get(&conn) else { return };
+                let agent = c.agent;
+                if let Some(i) = agent
+                    && let Some(slot) = self.slots[i as usize].as_mut()
+                    && slot.conn == conn
+                {
+                    slot.heard = Instant::now();
+                }
                 match (kind, agent) {
-                    (agent_message::Kind::Hello(hello), None) => self.hello(conn, hello).await,
-                    (_, None) => {
-                        self.refuse(
-                            conn,
-                            Status::failed_precondition("the first message must be Hello"),
-                        )
-                        .await;
-                    }
+                    (agent_message::Kind::Hello(hello), None) => self.hello(conn, hello),
+                    (_, None) => self.refuse(conn, Status::failed_precondition("the first message must be Hello")),
                     (agent_message::Kind::Hello(_), Some(_)) => {
-                        self.refuse(
-                            conn,
-                            Status::failed_precondition("Hello was already received"),
-                        )
-                        .await;
+                        self.refuse(conn, Status::failed_precondition("Hello was already received"));
                     }
-                    (agent_message::Kind::Ready(_), Some(i)) => self.ready(i).await,
-                    (agent_message::Kind::Report(r), Some(i)) => self.report(conn, i, r).await,
+                    (agent_message::Kind::Ready(r), Some(i)) => self.ready(i, &r),
+                    (agent_message::Kind::Began(b), Some(i)) => {
+                        if let Some(slot) = self.slots[i as usize].as_mut() {
+                            slot.record.began_at_us = Some(b.started_at_us);
+                        }
+                    }
+                    (agent_message::Kind::Report(r), Some(i)) => self.report(conn, i, r),
                     (agent_message::Kind::Finished(f), Some(i)) => self.finished(conn, i, f),
-                    (agent_message::Kind::Failed(f), Some(i)) => self.failed(i, f.reason).await,
-                    (agent_message::Kind::Heartbeat(_), Some(_)) => {}
+                    (agent_message::Kind::Failed(f), Some(i)) => self.failed(i, f.reason),
+                    (agent_message::Kind::Heartbeat(_) | agent_message::Kind::ClockProbe(_), Some(_)) => {}
                 }
             }
             Event::Closed { conn, reason } => {
-                let Some(c) = self.conns.remove(&conn) else {
-                    return;
-                };
+                let Some(c) = self.conns.remove(&conn) else { return };
                 let Some(i) = c.agent else { return };
-                let Some(agent) = self.agents[i as usize].as_mut() else {
-                    return;
-                };
-                if agent.end == AgentEnd::Unfinished {
-                    let reason =
-                        reason.unwrap_or_else(|| "its stream ended before it finished".to_owned());
-                    tracing::warn!(agent = %agent.name, "agent lost: {reason}");
-                    agent.end = AgentEnd::Lost(reason);
-                    let name = agent.name.clone();
-                    let rows = self.merger.gone(i);
-                    self.on_rows(rows);
-                    if matches!(self.phase, Phase::Joining) {
-                        self.stop(&format!("agent {name} was lost before the start"), true)
-                            .await;
-                    }
+                let unfinished = self.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.conn == conn && s.record.end == AgentEnd::Unfinished);
+                if unfinished {
+                    let why =
+                        reason.map_or_else(|| "its stream ended".to_owned(), |r| format!("its stream broke: {r}"));
+                    self.lose(i, why);
                 }
             }
         }
     }
 
-    async fn hello(&mut self, conn: u64, hello: pb::Hello) {
+    fn hello(&mut self, conn: u64, hello: pb::Hello) {
         if hello.protocol_version != PROTOCOL_VERSION {
             let text = format!(
                 "protocol version mismatch: agent {:?} speaks version {}, this controller speaks version {PROTOCOL_VERSION}",
                 hello.name, hello.protocol_version
             );
-            return self.refuse(conn, Status::failed_precondition(text)).await;
+            return self.refuse(conn, Status::failed_precondition(text));
         }
         if !matches!(self.phase, Phase::Joining) {
-            return self
-                .refuse(
-                    conn,
-                    Status::failed_precondition("the run has already started"),
-                )
-                .await;
+            return self.refuse(conn, Status::failed_precondition("the run has already started"));
         }
-        if let Some(missing) = self
-            .setup
-            .capabilities
-            .iter()
-            .find(|c| !hello.capabilities.contains(c))
-        {
+        if let Some(missing) = self.setup.capabilities.iter().find(|c| !hello.capabilities.contains(c)) {
             let text = format!(
                 "agent {:?} lacks capability {missing:?} that this run needs",
                 hello.name
             );
-            return self.refuse(conn, Status::failed_precondition(text)).await;
+            return self.refuse(conn, Status::failed_precondition(text));
         }
-        if self.agents.iter().flatten().any(|a| a.name == hello.name) {
-            let text = format!(
-                "an agent named {:?} has already joined this run",
-                hello.name
-            );
-            return self.refuse(conn, Status::already_exists(text)).await;
+        if self.slots.iter().flatten().any(|s| s.record.name == hello.name) {
+            let text = format!("an agent named {:?} has already joined this run", hello.name);
+            return self.refuse(conn, Status::already_exists(text));
         }
-        let Some(index) = self.agents.iter().position(Option::is_none) else {
-            let text = format!(
-                "this run already has all {} agents it needs",
-                self.agents.len()
-            );
-            return self.refuse(conn, Status::resource_exhausted(text)).await;
+        let Some(index) = self.slots.iter().position(Option::is_none) else {
+            let text = format!("this run already has all {} agents it needs", self.slots.len());
+            return self.refuse(conn, Status::resource_exhausted(text));
         };
         let slice = self.setup.slices[index].clone();
-        self.agents[index] = Some(AgentRecord {
-            name: hello.name.clone(),
-            index: index as u32,
-            users: slice.users,
-            version: hello.agent_version,
-            end: AgentEnd::Unfinished,
-        });
-        if let Some(c) = self.conns.get_mut(&conn) {
+        let peer = self.conns.get_mut(&conn).and_then(|c| {
             c.agent = Some(index as u32);
-        }
-        let joined = self.agents.iter().flatten().count();
-        tracing::info!(agent = %hello.name, index, users = slice.users, "agent joined ({joined}/{})", self.agents.len());
+            c.peer
+        });
+        self.slots[index] = Some(Slot {
+            record: AgentRecord {
+                name: hello.name.clone(),
+                index: index as u32,
+                users: slice.users,
+                version: hello.agent_version,
+                peer,
+                end: AgentEnd::Unfinished,
+                lost_at: None,
+                began_at_us: None,
+                clock_offset_us: None,
+                clock_rtt_us: None,
+            },
+            conn,
+            ready: false,
+            heard: Instant::now(),
+        });
+        let joined = self.slots.iter().flatten().count();
+        let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
+        tracing::info!(agent = %hello.name, index, users = slice.users, "agent joined{from} ({joined}/{})", self.slots.len());
         let assignment = self.assignment(&slice);
-        self.send(conn, controller_message::Kind::Assignment(assignment))
-            .await;
+        self.send(conn, controller_message::Kind::Assignment(assignment));
     }
 
     fn assignment(&self, slice: &Slice) -> pb::Assignment {
@@ -357,26 +407,34 @@ impl Coordinator {
         }
     }
 
-    async fn ready(&mut self, index: u32) {
-        self.ready[index as usize] = true;
-        if !matches!(self.phase, Phase::Joining) || !self.ready.iter().all(|r| *r) {
+    fn ready(&mut self, index: u32, ready: &pb::Ready) {
+        if let Some(slot) = self.slots[index as usize].as_mut() {
+            slot.ready = true;
+            if ready.clock_rtt_us > 0 {
+                slot.record.clock_offset_us = Some(ready.clock_offset_us);
+                slot.record.clock_rtt_us = Some(ready.clock_rtt_us);
+            }
+        }
+        let all_ready = self.slots.iter().all(|s| s.as_ref().is_some_and(|s| s.ready));
+        if !matches!(self.phase, Phase::Joining) || !all_ready {
             return;
         }
         let delay = self.setup.start_delay;
+        let start_at_us = wall_us() + u64::try_from(delay.as_micros()).unwrap_or(0);
         self.phase = Phase::Running;
+        self.started = Some(Instant::now() + delay);
         self.started_at = Some(SystemTime::now() + delay);
+        self.start_at_us = Some(start_at_us);
         self.deadline = Instant::now() + delay + self.setup.duration + self.setup.drain + OVERRUN;
-        tracing::info!(
-            agents = self.agents.len(),
-            "all agents ready; starting in {delay:?}"
-        );
+        tracing::info!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
         let start = pb::Start {
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            start_at_us,
         };
-        self.broadcast(controller_message::Kind::Start(start)).await;
+        self.broadcast(controller_message::Kind::Start(start));
     }
 
-    async fn report(&mut self, conn: u64, index: u32, wire: pb::Report) {
+    fn report(&mut self, conn: u64, index: u32, wire: pb::Report) {
         let name = self.name(index);
         let report = match decode_report(&wire) {
             Ok(r) => r,
@@ -399,8 +457,7 @@ impl Coordinator {
             controller_message::Kind::Ack(pb::ReportAck {
                 sequence: wire.sequence,
             }),
-        )
-        .await;
+        );
         self.on_rows(rows);
     }
 
@@ -424,35 +481,80 @@ impl Coordinator {
         if let Some(mismatch) = &self.merger.agents()[index as usize].mismatch {
             tracing::warn!(agent = %name, "{mismatch}");
         }
-        if let Some(a) = self.agents[index as usize].as_mut() {
-            a.end = AgentEnd::Finished;
+        if let Some(slot) = self.slots[index as usize].as_mut()
+            && slot.record.end == AgentEnd::Unfinished
+        {
+            slot.record.end = AgentEnd::Finished;
         }
-        // Closing the stream tells the agent everything was received.
-        self.conns.remove(&conn);
+        // Ending the stream tells the agent everything was received.
+        self.hang_up(conn, None);
         self.on_rows(rows);
     }
 
-    async fn failed(&mut self, index: u32, reason: String) {
+    fn failed(&mut self, index: u32, reason: String) {
         let name = self.name(index);
         tracing::error!(agent = %name, "agent cannot carry out its assignment: {reason}");
-        if let Some(a) = self.agents[index as usize].as_mut() {
-            a.end = AgentEnd::Failed(reason.clone());
+        if let Some(slot) = self.slots[index as usize].as_mut() {
+            slot.record.end = AgentEnd::Failed(reason.clone());
         }
         let rows = self.merger.gone(index);
         self.on_rows(rows);
-        self.failure = Some(format!(
-            "agent {name} cannot carry out its assignment: {reason}"
-        ));
-        self.stop("an agent failed", true).await;
+        self.failure = Some(format!("agent {name} cannot carry out its assignment: {reason}"));
+        self.stop("an agent failed", true);
     }
 
-    async fn stop(&mut self, reason: &str, abort: bool) {
+    /// Declares agent `index` lost: keeps everything it reported, tells it
+    /// to stop, ends its stream, and applies the profile's policy.
+    fn lose(&mut self, index: u32, reason: String) {
+        let Some(slot) = self.slots[index as usize].as_mut() else {
+            return;
+        };
+        let (name, conn) = (slot.record.name.clone(), slot.conn);
+        if matches!(self.phase, Phase::Joining) {
+            // Nothing ran: free its place for another agent.
+            tracing::warn!(agent = %name, "agent left before the start ({reason}); its place is open");
+            self.slots[index as usize] = None;
+            self.hang_up(conn, None);
+            return;
+        }
+        tracing::warn!(agent = %name, "agent lost: {reason}");
+        slot.record.end = AgentEnd::Lost(reason.clone());
+        slot.record.lost_at = self.started.map(|s| Instant::now().saturating_duration_since(s));
+        let stop = pb::Stop {
+            reason: format!("this agent was declared lost: {reason}"),
+            abort: true,
+        };
+        self.send(conn, controller_message::Kind::Stop(stop));
+        self.hang_up(conn, None);
+        let rows = self.merger.gone(index);
+        self.on_rows(rows);
+        if self.setup.on_agent_loss == OnAgentLoss::Abort && self.aborted.is_none() && !self.interrupted {
+            let why = format!("agent {name} was lost ({reason}) and agents.on_agent_loss is \"abort\"");
+            self.aborted = Some(why.clone());
+            self.stop(&why, true);
+        }
+    }
+
+    /// Declares silent agents lost.
+    fn watch(&mut self) {
+        let silent: Vec<u32> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.record.end == AgentEnd::Unfinished && s.heard.elapsed() > SILENCE)
+            .map(|s| s.record.index)
+            .collect();
+        for index in silent {
+            self.lose(index, format!("silent for {SILENCE:?}"));
+        }
+    }
+
+    fn stop(&mut self, reason: &str, abort: bool) {
         tracing::info!("stopping the run: {reason}");
         self.broadcast(controller_message::Kind::Stop(pb::Stop {
             reason: reason.to_owned(),
             abort,
-        }))
-        .await;
+        }));
         if matches!(self.phase, Phase::Joining) {
             // Nothing ran: there is nothing to wait for.
             self.failure
@@ -468,35 +570,30 @@ impl Coordinator {
         self.deadline = Instant::now() + grace;
     }
 
-    async fn overdue(&mut self) {
+    fn overdue(&mut self) {
         match self.phase {
             Phase::Joining => {
-                let joined = self.agents.iter().flatten().count();
-                let ready = self.ready.iter().filter(|r| **r).count();
+                let joined = self.slots.iter().flatten().count();
+                let ready = self.slots.iter().flatten().filter(|s| s.ready).count();
                 self.failure = Some(format!(
                     "only {joined} of {} agents joined and {ready} were ready within {:?}",
-                    self.agents.len(),
+                    self.slots.len(),
                     self.setup.join_timeout
                 ));
-                self.stop("not every agent joined in time", true).await;
+                self.stop("not every agent joined in time", true);
             }
-            Phase::Running => {
-                self.stop("the load overran its duration and drain time", true)
-                    .await
-            }
+            Phase::Running => self.stop("the load overran its duration and drain time", true),
             Phase::Stopping => {
-                tracing::warn!(
-                    "agents did not finish within the grace period; closing the run without them"
-                );
+                tracing::warn!("agents did not finish within the grace period; closing the run without them");
                 self.give_up = true;
             }
         }
     }
 
     fn name(&self, index: u32) -> String {
-        self.agents[index as usize]
+        self.slots[index as usize]
             .as_ref()
-            .map_or_else(|| format!("#{index}"), |a| a.name.clone())
+            .map_or_else(|| format!("#{index}"), |s| s.record.name.clone())
     }
 
     fn on_rows(&mut self, rows: Vec<Row>) {
@@ -511,17 +608,23 @@ impl Coordinator {
         self.on_rows(rows);
         self.progress.finish();
         let agents = self
-            .agents
+            .slots
             .into_iter()
             .enumerate()
-            .map(|(i, a)| {
-                a.unwrap_or_else(|| AgentRecord {
+            .map(|(i, slot)| match slot {
+                Some(slot) => slot.record,
+                None => AgentRecord {
                     name: format!("#{i}"),
                     index: i as u32,
                     users: self.setup.slices[i].users,
                     version: String::new(),
+                    peer: None,
                     end: AgentEnd::Lost("never joined".to_owned()),
-                })
+                    lost_at: None,
+                    began_at_us: None,
+                    clock_offset_us: None,
+                    clock_rtt_us: None,
+                },
             })
             .collect();
         Collected {
@@ -529,7 +632,9 @@ impl Coordinator {
             agents,
             rows: self.rows,
             started_at: self.started_at,
+            start_at_us: self.start_at_us,
             interrupted: self.interrupted,
+            aborted: self.aborted,
             failure: self.failure,
             unreadable: self.unreadable,
         }

@@ -1,9 +1,14 @@
 //! The gRPC service. It only translates: each agent stream becomes events
-//! for the coordinator task, which owns all state.
+//! for the coordinator task, which owns all state. Two things are settled
+//! here, before the coordinator sees a stream: the token, and clock probes,
+//! which are answered at once so that the coordinator's queue does not
+//! lengthen their round trip.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use stampede_proto::pb;
+use stampede_proto::pb::{self, agent_message, controller_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -15,12 +20,13 @@ pub(crate) type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A new agent stream; messages to it go through `out`.
-    Connected { conn: u64, out: Outbound },
-    /// A message on stream `conn`.
-    Message {
+    Connected {
         conn: u64,
-        message: pb::AgentMessage,
+        out: Outbound,
+        peer: Option<SocketAddr>,
     },
+    /// A message on stream `conn`.
+    Message { conn: u64, message: pb::AgentMessage },
     /// Stream `conn` ended, with the transport's reason if it broke.
     Closed { conn: u64, reason: Option<String> },
 }
@@ -28,16 +34,62 @@ pub(crate) enum Event {
 /// The `Coordinator` gRPC service.
 pub(crate) struct Service {
     events: mpsc::Sender<Event>,
+    token: Option<String>,
     next: AtomicU64,
 }
 
 impl Service {
-    pub(crate) fn new(events: mpsc::Sender<Event>) -> Service {
+    /// A service that forwards to `events`, and admits only streams that
+    /// present `token`, when there is one.
+    pub(crate) fn new(events: mpsc::Sender<Event>, token: Option<String>) -> Service {
         Service {
             events,
+            token,
             next: AtomicU64::new(1),
         }
     }
+
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown peer".to_owned(), |a| a.to_string());
+        match presented {
+            None => {
+                tracing::warn!("refused an agent from {peer}: no token");
+                Err(Status::unauthenticated(
+                    "this controller requires a token (agent --token-file)",
+                ))
+            }
+            Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => {
+                tracing::warn!("refused an agent from {peer}: wrong token");
+                Err(Status::unauthenticated("wrong token"))
+            }
+        }
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[tonic::async_trait]
@@ -48,17 +100,33 @@ impl pb::coordinator_server::Coordinator for Service {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.check_token(&request)?;
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let peer = request.remote_addr();
         let (out, rx) = mpsc::channel(256);
+        // Weak: the coordinator's sender alone decides when the stream ends.
+        let replies = out.downgrade();
         let events = self.events.clone();
         events
-            .send(Event::Connected { conn, out })
+            .send(Event::Connected { conn, out, peer })
             .await
             .map_err(|_| Status::unavailable("the run is over"))?;
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
             let reason = loop {
                 match inbound.message().await {
+                    Ok(Some(pb::AgentMessage {
+                        kind: Some(agent_message::Kind::ClockProbe(probe)),
+                    })) => {
+                        let reply = pb::ClockReply {
+                            id: probe.id,
+                            controller_time_us: wall_us(),
+                        };
+                        let kind = controller_message::Kind::ClockReply(reply);
+                        if let Some(out) = replies.upgrade() {
+                            let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(kind) }));
+                        }
+                    }
                     Ok(Some(message)) => {
                         if events.send(Event::Message { conn, message }).await.is_err() {
                             return; // The coordinator has finished.
@@ -71,5 +139,18 @@ impl pb::coordinator_server::Coordinator for Service {
             let _ = events.send(Event::Closed { conn, reason }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_by_content_and_length() {
+        assert!(same(b"s3cret", b"s3cret"));
+        assert!(!same(b"s3cret", b"s3creT"));
+        assert!(!same(b"s3cret", b"s3cret!"));
+        assert!(same(b"", b""));
     }
 }

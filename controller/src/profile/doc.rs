@@ -168,12 +168,7 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     /// A string that must be one of `choices`.
-    pub(crate) fn choice(
-        &mut self,
-        p: &mut Problems<'_>,
-        key: &'static str,
-        choices: &[&str],
-    ) -> Option<String> {
+    pub(crate) fn choice(&mut self, p: &mut Problems<'_>, key: &'static str, choices: &[&str]) -> Option<String> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) if choices.contains(&s.as_ref()) => Some(s.to_string()),
@@ -213,13 +208,7 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     /// An integer in `min..=max`.
-    pub(crate) fn int_in(
-        &mut self,
-        p: &mut Problems<'_>,
-        key: &'static str,
-        min: u64,
-        max: u64,
-    ) -> Option<u64> {
+    pub(crate) fn int_in(&mut self, p: &mut Problems<'_>, key: &'static str, min: u64, max: u64) -> Option<u64> {
         let (v, n) = self.integer(key)?;
         match n {
             Some(n) if n >= i128::from(min) && n <= i128::from(max) => u64::try_from(n).ok(),
@@ -240,19 +229,11 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     /// A number (integer or float) in `min..=max`.
-    pub(crate) fn number_in(
-        &mut self,
-        p: &mut Problems<'_>,
-        key: &'static str,
-        min: f64,
-        max: f64,
-    ) -> Option<f64> {
+    pub(crate) fn number_in(&mut self, p: &mut Problems<'_>, key: &'static str, min: f64, max: f64) -> Option<f64> {
         let v = self.get(key)?;
         let n = match v.get_ref() {
             DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-                .ok()
-                .map(|n| n as f64),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64),
             _ => None,
         };
         match n {
@@ -265,12 +246,7 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     /// A duration written as a string such as `"30s"`, `"1m30s"`, `"250ms"`.
-    pub(crate) fn duration(
-        &mut self,
-        p: &mut Problems<'_>,
-        key: &'static str,
-        allow_zero: bool,
-    ) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, p: &mut Problems<'_>, key: &'static str, allow_zero: bool) -> Option<Duration> {
         let v = self.get(key)?;
         let parsed = match v.get_ref() {
             DeValue::String(s) => parse_duration(s).ok(),
@@ -284,23 +260,14 @@ impl<'t, 'i> Table<'t, 'i> {
                 } else {
                     "a positive duration"
                 };
-                self.wrong(
-                    p,
-                    key,
-                    v,
-                    &format!("{what} such as \"30s\", \"2m\" or \"250ms\""),
-                );
+                self.wrong(p, key, v, &format!("{what} such as \"30s\", \"2m\" or \"250ms\""));
                 None
             }
         }
     }
 
     /// An array of strings.
-    pub(crate) fn strings(
-        &mut self,
-        p: &mut Problems<'_>,
-        key: &'static str,
-    ) -> Option<Vec<String>> {
+    pub(crate) fn strings(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<Vec<String>> {
         let v = self.get(key)?;
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong(p, key, v, "an array of strings");
@@ -378,10 +345,7 @@ fn similar(a: &str, b: &str) -> bool {
     }
     let swapped = a.len() == b.len() && {
         let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-        diffs.len() == 2
-            && diffs[1] == diffs[0] + 1
-            && a[diffs[0]] == b[diffs[1]]
-            && a[diffs[1]] == b[diffs[0]]
+        diffs.len() == 2 && diffs[1] == diffs[0] + 1 && a[diffs[0]] == b[diffs[1]] && a[diffs[1]] == b[diffs[0]]
     };
     prev[b.len()] <= 1 || swapped
 }
@@ -392,9 +356,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        let ok = |s: &str, ms: u64| {
-            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}")
-        };
+        let ok = |s: &str, ms: u64| assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
         ok("30s", 30_000);
         ok("1m30s", 90_000);
         ok("1m 30s", 90_000);

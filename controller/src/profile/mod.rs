@@ -74,6 +74,15 @@ pub struct Report {
     pub out: PathBuf,
 }
 
+/// What the run does when an agent is lost mid-run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnAgentLoss {
+    /// Stop every agent; the run is aborted.
+    Abort,
+    /// Go on with the others; the run is degraded.
+    Continue,
+}
+
 /// Limits that make a run fail.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
@@ -102,6 +111,8 @@ pub struct Profile {
     pub prompt_source: String,
     /// Agents the controller starts in-process.
     pub agents: NonZeroU32,
+    /// What to do when an agent is lost mid-run.
+    pub on_agent_loss: OnAgentLoss,
     /// Reporting.
     pub report: Report,
     /// The built-in simulator, used when no target URL is given.
@@ -162,12 +173,7 @@ impl fmt::Display for ProfileError {
                     writeln!(f, ": {}", p.message)?;
                 }
                 let n = problems.len();
-                write!(
-                    f,
-                    "{n} problem{} in {}",
-                    if n == 1 { "" } else { "s" },
-                    path.display()
-                )
+                write!(f, "{n} problem{} in {}", if n == 1 { "" } else { "s" }, path.display())
             }
         }
     }
@@ -184,20 +190,12 @@ impl Profile {
     }
 
     /// Validates profile text; `path` names it in messages.
-    pub fn parse(
-        source: &str,
-        path: &Path,
-        overrides: &Overrides,
-    ) -> Result<Profile, ProfileError> {
+    pub fn parse(source: &str, path: &Path, overrides: &Overrides) -> Result<Profile, ProfileError> {
         let mut p = Problems::new(source);
         let profile = match toml::de::DeTable::parse(source) {
             Ok(doc) => walk(doc.get_ref(), path, overrides, &mut p),
             Err(e) => {
-                p.at(
-                    e.span(),
-                    "",
-                    format!("invalid TOML: {}", e.message().trim()),
-                );
+                p.at(e.span(), "", format!("invalid TOML: {}", e.message().trim()));
                 None
             }
         };
@@ -226,12 +224,7 @@ const MAX_USERS: u64 = 1_000_000;
 const MAX_AGENTS: u64 = 10_000;
 const MAX_TOKENS: u64 = 10_000_000;
 
-fn walk(
-    root: &toml::de::DeTable<'_>,
-    path: &Path,
-    o: &Overrides,
-    p: &mut Problems<'_>,
-) -> Option<Profile> {
+fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Problems<'_>) -> Option<Profile> {
     let mut top = Table::root(root);
     let name = top.string(p, "name");
     let seed = top.int_in(p, "seed", 0, u64::MAX);
@@ -312,6 +305,7 @@ fn walk(
 
     let mut a = top.table(p, "agents");
     let agents = a.int_in(p, "count", 1, MAX_AGENTS);
+    let on_agent_loss = a.choice(p, "on_agent_loss", &["abort", "continue"]);
     a.finish(p);
 
     let mut rep = top.table(p, "report");
@@ -326,15 +320,15 @@ fn walk(
     let prefill_per_token = s.duration(p, "prefill_per_token", true);
     let decode_step = s.duration(p, "decode_step", false);
     let decode_step_per_seq = s.duration(p, "decode_step_per_seq", true);
-    let output_tokens =
-        s.string(p, "output_tokens")
-            .and_then(|text| match text.parse::<OutputLength>() {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    p.at(s.span_of("output_tokens"), &s.path_of("output_tokens"), e);
-                    None
-                }
-            });
+    let output_tokens = s
+        .string(p, "output_tokens")
+        .and_then(|text| match text.parse::<OutputLength>() {
+            Ok(o) => Some(o),
+            Err(e) => {
+                p.at(s.span_of("output_tokens"), &s.path_of("output_tokens"), e);
+                None
+            }
+        });
     let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
     s.finish(p);
 
@@ -401,6 +395,10 @@ fn walk(
         prompts,
         prompt_source,
         agents,
+        on_agent_loss: match on_agent_loss.as_deref() {
+            Some("continue") => OnAgentLoss::Continue,
+            _ => OnAgentLoss::Abort,
+        },
         report: Report {
             interval: interval.unwrap_or(Duration::from_secs(1)),
             out: o

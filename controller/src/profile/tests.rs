@@ -26,6 +26,7 @@ fn a_minimal_profile_gets_every_default() {
     assert_eq!(p.load.duration, Duration::from_secs(30));
     assert_eq!(p.load.drain, Duration::from_secs(30));
     assert_eq!(p.agents.get(), 1);
+    assert_eq!(p.on_agent_loss, OnAgentLoss::Abort);
     assert!(p.request.stream);
     assert_eq!(p.request.max_tokens, None);
     assert_eq!(p.prompt_source, "builtin:mixed");
@@ -58,6 +59,7 @@ fn every_key_is_read() {
         inline = ["one two", "three", "four five six"]
         [agents]
         count = 3
+        on_agent_loss = "continue"
         [report]
         interval = "500ms"
         out = "elsewhere"
@@ -83,20 +85,17 @@ fn every_key_is_read() {
     assert!(!p.request.stream);
     assert_eq!(p.prompts.len(), 3);
     assert_eq!(p.agents.get(), 3);
+    assert_eq!(p.on_agent_loss, OnAgentLoss::Continue);
     assert_eq!(p.report.interval, Duration::from_millis(500));
     assert_eq!(p.sim.max_batch, 4);
-    assert_eq!(
-        p.sim.output_tokens,
-        OutputLength::Uniform { min: 8, max: 16 }
-    );
+    assert_eq!(p.sim.output_tokens, OutputLength::Uniform { min: 8, max: 16 });
     assert_eq!(p.thresholds.max_error_rate, 0.01);
 }
 
 #[test]
 fn every_problem_is_reported_at_once_with_line_key_and_value() {
-    let found = problems(
-        "[load]\nusers = -3\nduration = \"thirty\"\nuserz = 4\n[request]\nmax_tokens = \"many\"\n[targte]\n",
-    );
+    let found =
+        problems("[load]\nusers = -3\nduration = \"thirty\"\nuserz = 4\n[request]\nmax_tokens = \"many\"\n[targte]\n");
     assert_eq!(
         found,
         [
@@ -138,11 +137,7 @@ fn wrong_types_and_ranges() {
     assert!(found[0].contains("target: expected a table, got 3"));
     assert!(found[1].contains("request.temperature: expected a number from 0 to 2, got 9.5"));
     assert!(found[2].contains("request.stream: expected true or false, got \"yes\""));
-    assert!(
-        found[3].contains(
-            "prompts.builtin: expected one of \"short\", \"medium\", \"long\", \"mixed\""
-        )
-    );
+    assert!(found[3].contains("prompts.builtin: expected one of \"short\", \"medium\", \"long\", \"mixed\""));
 }
 
 #[test]
@@ -160,16 +155,12 @@ fn bad_target_urls_are_caught_before_any_load() {
     let e = Profile::parse("[load]\nusers = 1\n", Path::new("p.toml"), &cli)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("p.toml: --target: target URL \"ftp://x\""),
-        "{e}"
-    );
+    assert!(e.contains("p.toml: --target: target URL \"ftp://x\""), "{e}");
 }
 
 #[test]
 fn prompts_must_cover_every_agent_with_users() {
-    let found =
-        problems("[load]\nusers = 3\n[agents]\ncount = 3\n[prompts]\ninline = [\"a\", \"b\"]\n");
+    let found = problems("[load]\nusers = 3\n[agents]\ncount = 3\n[prompts]\ninline = [\"a\", \"b\"]\n");
     assert_eq!(found.len(), 1);
     assert!(
         found[0].contains("2 prompt(s) cannot give each of 3 agents"),
@@ -183,10 +174,7 @@ fn prompts_must_cover_every_agent_with_users() {
 fn command_line_wins_over_profile_which_wins_over_default() {
     let text = "[target]\nurl = \"http://a:1\"\n[load]\nusers = 4\nduration = \"1m\"\n[agents]\ncount = 2\n[report]\nout = \"r\"\n";
     let p = parse(text).unwrap();
-    assert_eq!(
-        (p.load.duration, p.agents.get()),
-        (Duration::from_secs(60), 2)
-    );
+    assert_eq!((p.load.duration, p.agents.get()), (Duration::from_secs(60), 2));
     let o = Overrides {
         target: Some("http://b:2".into()),
         agents: NonZeroU32::new(3),

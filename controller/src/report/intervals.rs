@@ -21,11 +21,7 @@ pub struct Log {
 impl Log {
     /// Creates (or truncates) the log at `path`.
     pub fn create(path: &Path) -> io::Result<Log> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)?;
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
         Ok(Log {
             file,
             path: path.to_owned(),
@@ -50,8 +46,7 @@ fn line(agent: &str, index: u32, r: &pb::Report) -> Value {
     let c = r.counters.clone().unwrap_or_default();
     let mut histograms = Map::new();
     for h in &r.histograms {
-        let name = Metric::from_wire(h.metric)
-            .map_or_else(|_| format!("metric_{}", h.metric), |m| m.name().to_owned());
+        let name = Metric::from_wire(h.metric).map_or_else(|_| format!("metric_{}", h.metric), |m| m.name().to_owned());
         histograms.insert(name, Value::String(STANDARD.encode(&h.v2_deflate)));
     }
     json!({
@@ -100,10 +95,7 @@ mod tests {
         log.append("a", 0, &report).unwrap();
         log.append("b", 1, &report).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["agent"], "b");
         assert_eq!(lines[0]["interval"], 3);

@@ -37,11 +37,7 @@ impl Progress {
         let itl = row.get(Metric::Itl);
         let e2e = row.get(Metric::E2e);
         let show = |count: u64, v: u64| {
-            if count == 0 {
-                "-".to_owned()
-            } else {
-                human_us(v as f64)
-            }
+            if count == 0 { "-".to_owned() } else { human_us(v as f64) }
         };
         format!(
             "[{:>5.0}s/{:.0}s] users {:>4} | {:>7.1} req/s | TTFT p50 {:>7} p95 {:>7} | ITL p50 {:>7} | E2E p95 {:>7} | errors {}",

@@ -24,6 +24,8 @@ pub enum Status {
     Failed,
     /// Some of the run's data is missing (an agent was lost).
     Degraded,
+    /// An agent was lost and the profile says to abort.
+    Aborted,
     /// Stopped by the operator.
     Interrupted,
 }
@@ -33,7 +35,8 @@ pub enum Status {
 pub struct Verdict {
     /// Overall status.
     pub status: Status,
-    /// Process exit code: 0 passed, 3 failed, 4 degraded, 130 interrupted.
+    /// Process exit code: 0 passed, 3 failed, 4 degraded, 5 aborted, 130
+    /// interrupted.
     pub exit_code: u8,
     /// Every reason the run did not simply pass.
     pub reasons: Vec<String>,
@@ -140,6 +143,10 @@ pub struct Summary {
     pub metrics: Metrics,
     /// Each agent.
     pub agents: Vec<AgentSummary>,
+    /// Agents lost mid-run, and how much of the load went with them.
+    pub lost: Lost,
+    /// How far apart the agents really began.
+    pub start_skew: StartSkew,
     /// One row per interval.
     pub intervals: Vec<IntervalSummary>,
     /// What each figure means.
@@ -266,10 +273,43 @@ pub struct AgentSummary {
     pub end: &'static str,
     /// Why it did not finish, when it did not.
     pub reason: Option<String>,
+    /// When it was declared lost, seconds after the start.
+    pub lost_at_s: Option<f64>,
+    /// Its start minus the planned start, ms (controller clock).
+    pub start_skew_ms: Option<f64>,
+    /// Its estimate of controller clock minus its clock, ms.
+    pub clock_offset_ms: Option<f64>,
+    /// Round trip of that estimate, ms: the offset is good to half of it.
+    pub clock_rtt_ms: Option<f64>,
+    /// Where it connected from.
+    pub peer: Option<String>,
     /// Its final totals disagreed with its reports.
     pub mismatch: Option<String>,
     /// Its software version.
     pub version: String,
+}
+
+/// Agents lost mid-run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lost {
+    /// Their names.
+    pub agents: Vec<String>,
+    /// Their share of the users.
+    pub users_share: f64,
+    /// Their share of the planned user-seconds that was not run: the sum of
+    /// `users × (planned duration − time lost)` over the planned total.
+    pub load_share: f64,
+}
+
+/// When the agents began, against the planned start.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartSkew {
+    /// Agents that said when they began.
+    pub measured: usize,
+    /// Largest distance of an agent's start from the planned start, ms.
+    pub max_ms: Option<f64>,
+    /// Latest start minus earliest start, ms.
+    pub spread_ms: Option<f64>,
 }
 
 /// One interval over all agents.
@@ -379,27 +419,24 @@ fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
     for a in &c.agents {
         match &a.end {
             AgentEnd::Finished => {}
-            AgentEnd::Lost(why) | AgentEnd::Failed(why) => {
-                reasons.push(format!("agent {} ended early: {why}", a.name))
-            }
+            AgentEnd::Lost(why) | AgentEnd::Failed(why) => reasons.push(format!("agent {} ended early: {why}", a.name)),
             AgentEnd::Unfinished => reasons.push(format!("agent {} did not finish", a.name)),
         }
     }
     let lost = c.agents.iter().any(|a| a.end != AgentEnd::Finished);
     let mismatched = c.merger.agents().iter().any(|a| a.mismatch.is_some());
     if c.unreadable > 0 {
-        reasons.push(format!(
-            "{} reports could not be read and are left out",
-            c.unreadable
-        ));
+        reasons.push(format!("{} reports could not be read and are left out", c.unreadable));
     }
     if mismatched {
-        reasons.push(
-            "an agent's final totals disagree with its reports (see agents[].mismatch)".to_owned(),
-        );
+        reasons.push("an agent's final totals disagree with its reports (see agents[].mismatch)".to_owned());
     }
     if status == Status::Passed && (lost || mismatched || c.unreadable > 0) {
         status = Status::Degraded;
+    }
+    if let Some(why) = &c.aborted {
+        reasons.insert(0, format!("aborted: {why}"));
+        status = Status::Aborted;
     }
     if c.interrupted {
         reasons.insert(0, "interrupted".to_owned());
@@ -409,12 +446,54 @@ fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
         Status::Passed => 0,
         Status::Failed => 3,
         Status::Degraded => 4,
+        Status::Aborted => 5,
         Status::Interrupted => 130,
     };
     Verdict {
         status,
         exit_code,
         reasons,
+    }
+}
+
+fn lost(p: &Profile, c: &Collected) -> Lost {
+    let users = f64::from(p.users());
+    let planned = p.load.duration.as_secs_f64();
+    let lost: Vec<_> = c.agents.iter().filter(|a| a.lost_at.is_some()).collect();
+    let lost_users: u32 = lost.iter().map(|a| a.users).sum();
+    let missing: f64 = lost
+        .iter()
+        .map(|a| f64::from(a.users) * (planned - a.lost_at.map_or(0.0, |t| t.as_secs_f64())).max(0.0))
+        .sum();
+    Lost {
+        agents: lost.iter().map(|a| a.name.clone()).collect(),
+        users_share: if users > 0.0 {
+            f64::from(lost_users) / users
+        } else {
+            0.0
+        },
+        load_share: if users > 0.0 && planned > 0.0 {
+            missing / (users * planned)
+        } else {
+            0.0
+        },
+    }
+}
+
+fn skew_ms(c: &Collected, began_at_us: Option<u64>) -> Option<f64> {
+    Some((i128::from(began_at_us?) - i128::from(c.start_at_us?)) as f64 / 1e3)
+}
+
+fn start_skew(c: &Collected) -> StartSkew {
+    let skews: Vec<f64> = c.agents.iter().filter_map(|a| skew_ms(c, a.began_at_us)).collect();
+    let began: Vec<u64> = c.agents.iter().filter_map(|a| a.began_at_us).collect();
+    StartSkew {
+        measured: skews.len(),
+        max_ms: skews.iter().map(|s| s.abs()).reduce(f64::max),
+        spread_ms: match (began.iter().max(), began.iter().min()) {
+            (Some(hi), Some(lo)) => Some((hi - lo) as f64 / 1e3),
+            _ => None,
+        },
     }
 }
 
@@ -538,17 +617,23 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
                     last_interval: merged.last_interval,
                     end,
                     reason,
+                    lost_at_s: a.lost_at.map(|t| t.as_secs_f64()),
+                    start_skew_ms: skew_ms(c, a.began_at_us),
+                    clock_offset_ms: a.clock_offset_us.map(|o| o as f64 / 1e3),
+                    clock_rtt_ms: a.clock_rtt_us.map(|r| r as f64 / 1e3),
+                    peer: a.peer.map(|p| p.to_string()),
                     mismatch: merged.mismatch.clone(),
                     version: a.version.clone(),
                 }
             })
             .collect(),
+        lost: lost(p, c),
+        start_skew: start_skew(c),
         intervals: c
             .rows
             .iter()
             .map(|r| {
-                let (ttft, itl, e2e) =
-                    (r.get(Metric::Ttft), r.get(Metric::Itl), r.get(Metric::E2e));
+                let (ttft, itl, e2e) = (r.get(Metric::Ttft), r.get(Metric::Itl), r.get(Metric::E2e));
                 IntervalSummary {
                     interval: r.interval,
                     end_s: (r.interval + 1) as f64 * interval_s,
@@ -609,9 +694,6 @@ mod tests {
         let id = run_id("high load/x", t);
         assert!(id.starts_with("20261118T110640Z-"), "{id}");
         assert!(id.contains("-high-load-x-"), "{id}");
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        );
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 }

@@ -36,11 +36,7 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         if s.load.agents == 1 { "" } else { "s" },
         s.duration_s
     );
-    let _ = writeln!(
-        o,
-        "target    {target} · {} · model {}",
-        s.target.api, s.target.model
-    );
+    let _ = writeln!(o, "target    {target} · {} · model {}", s.target.api, s.target.model);
     let r = &s.requests;
     let _ = writeln!(
         o,
@@ -59,6 +55,32 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         s.throughput.output_tokens_per_s,
         grouped(s.throughput.tpm.round() as u64)
     );
+    if let (Some(max), Some(spread)) = (s.start_skew.max_ms, s.start_skew.spread_ms) {
+        let _ = writeln!(
+            o,
+            "agents    {} began within {spread:.1} ms of each other (max {max:.1} ms from the planned start)",
+            s.start_skew.measured
+        );
+    }
+    for a in s.agents.iter().filter(|a| a.lost_at_s.is_some()) {
+        let _ = writeln!(
+            o,
+            "lost      {} at {:.1}s after interval {} ({} users): {}",
+            a.name,
+            a.lost_at_s.unwrap_or_default(),
+            a.last_interval.map_or_else(|| "none".to_owned(), |i| i.to_string()),
+            a.users,
+            a.reason.as_deref().unwrap_or("")
+        );
+    }
+    if !s.lost.agents.is_empty() {
+        let _ = writeln!(
+            o,
+            "          {:.0}% of the users and {:.0}% of the planned load were lost",
+            s.lost.users_share * 100.0,
+            s.lost.load_share * 100.0
+        );
+    }
     for (class, e) in &s.errors {
         let first = e.first_message.as_deref().unwrap_or("");
         let _ = writeln!(o, "errors    {class} × {}: {first}", grouped(e.count));

@@ -1,0 +1,417 @@
+//! The gRPC session with the controller: hello, assignment, clock offset,
+//! start barrier, interval reports, heartbeats, and the final totals.
+//!
+//! Dead-man switch: the controller sends a heartbeat every second. An agent
+//! that hears nothing for [`SILENCE`], or whose stream breaks, abandons its
+//! load at once and ends with [`Error::ControllerLost`]: load never runs
+//! unsupervised against a server.
+
+mod clock;
+mod connect;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use stampede_proto::pb::{self, agent_message, controller_message};
+use stampede_proto::{Counters, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+
+pub use clock::{Offset, wall_us};
+
+use crate::api::Dialect;
+use crate::assignment::Plan;
+use crate::load::users::Shared;
+use crate::load::{Control, Gate};
+use crate::record::{Interval, Recorder};
+use crate::{Config, Error};
+
+/// How often liveness is signalled.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Silence from the controller after which it is taken for lost.
+pub const SILENCE: Duration = Duration::from_secs(3);
+/// How long to wait for the controller to close the session after
+/// Finished before leaving anyway.
+const GOODBYE: Duration = Duration::from_secs(10);
+/// Longest start delay believed; a later start means a clock estimate
+/// gone wrong, and the relative delay is used instead.
+const MAX_START_WAIT: Duration = Duration::from_secs(60);
+
+/// What an agent did in a run.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Run totals.
+    pub counters: Counters,
+}
+
+/// The open stream to the controller.
+pub(crate) struct Link {
+    out: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::ControllerMessage>,
+    shutdown: CancellationToken,
+    /// When the controller was last heard from.
+    heard: Instant,
+    /// Sends a heartbeat every second for as long as the link lives.
+    _heartbeat: AbortOnDrop,
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn heartbeats(out: mpsc::Sender<pb::AgentMessage>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        for sequence in 1.. {
+            tick.tick().await;
+            let beat = agent_message::Kind::Heartbeat(pb::Heartbeat { sequence });
+            if out.send(pb::AgentMessage { kind: Some(beat) }).await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+impl Link {
+    /// Sends one message; false when the stream is gone.
+    async fn send(&self, kind: agent_message::Kind) -> bool {
+        self.out.send(pb::AgentMessage { kind: Some(kind) }).await.is_ok()
+    }
+
+    /// The next message, before the load starts. Silence, a broken stream
+    /// and an interrupt are errors.
+    async fn recv(&mut self) -> Result<controller_message::Kind, Error> {
+        loop {
+            let message = tokio::select! {
+                m = self.inbound.message() => m,
+                _ = sleep_until(self.heard + SILENCE) => {
+                    return Err(Error::ControllerLost(format!("no word from the controller for {SILENCE:?}")));
+                }
+                _ = self.shutdown.cancelled() => return Err(Error::Interrupted),
+            };
+            self.heard = Instant::now();
+            match message {
+                Ok(Some(pb::ControllerMessage { kind: Some(kind) })) => return Ok(kind),
+                Ok(Some(_)) => {} // An empty message from a newer controller.
+                Ok(None) => return Err(Error::Refused("the controller closed the session".to_owned())),
+                Err(status) => return Err(Error::Refused(status.message().to_owned())),
+            }
+        }
+    }
+}
+
+/// Takes part in one run: connects, receives the assignment, runs the load
+/// when told, and reports until the load is over.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, Error> {
+    let hello = pb::Hello {
+        name: config.name.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: capabilities(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let (out, inbound) = connect::open(config, hello, &shutdown).await?;
+    let mut link = Link {
+        _heartbeat: heartbeats(out.clone()),
+        out,
+        inbound,
+        shutdown,
+        heard: Instant::now(),
+    };
+    let assignment = loop {
+        match link.recv().await? {
+            controller_message::Kind::Assignment(a) => break a,
+            controller_message::Kind::Stop(s) => return Err(Error::Stopped(s.reason)),
+            controller_message::Kind::Heartbeat(_) | controller_message::Kind::ClockReply(_) => {}
+            other => return Err(Error::Protocol(format!("expected an assignment, got {other:?}"))),
+        }
+    };
+    let plan = match Plan::from_wire(assignment) {
+        Ok(plan) => plan,
+        Err(reason) => {
+            link.send(agent_message::Kind::Failed(pb::Failed { reason: reason.clone() }))
+                .await;
+            return Err(Error::Assignment(reason));
+        }
+    };
+    let offset = clock::estimate(&mut link).await?;
+    tracing::info!(
+        run = %plan.run_id,
+        agent = plan.agent_index,
+        users = plan.users.count,
+        prompts = plan.prompts.len(),
+        clock_offset_us = offset.map(|o| o.offset_us),
+        clock_rtt_us = offset.map(|o| o.rtt_us),
+        "assignment accepted"
+    );
+    let ready = pb::Ready {
+        clock_offset_us: offset.map_or(0, |o| o.offset_us),
+        clock_rtt_us: offset.map_or(0, |o| o.rtt_us),
+    };
+    link.send(agent_message::Kind::Ready(ready)).await;
+    let start = loop {
+        match link.recv().await? {
+            controller_message::Kind::Start(s) => break start_instant(&s, offset),
+            controller_message::Kind::Stop(s) => return Err(Error::Stopped(s.reason)),
+            controller_message::Kind::Heartbeat(_)
+            | controller_message::Kind::Ack(_)
+            | controller_message::Kind::ClockReply(_) => {}
+            other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
+        }
+    };
+    running(plan, start, offset, link).await
+}
+
+/// When to begin: at the controller's `start_at` in this host's clock when
+/// the offset is known, else after the relative delay.
+fn start_instant(start: &pb::Start, offset: Option<Offset>) -> Instant {
+    let relative = Instant::now() + Duration::from_millis(start.delay_ms);
+    let (Some(offset), at) = (offset, start.start_at_us) else {
+        return relative;
+    };
+    if at == 0 {
+        return relative;
+    }
+    let local_target = i64::try_from(at).unwrap_or(i64::MAX) - offset.offset_us;
+    let wait_us = local_target - wall_us();
+    match u64::try_from(wait_us) {
+        Err(_) => Instant::now(), // Already due.
+        Ok(us) if Duration::from_micros(us) <= MAX_START_WAIT => Instant::now() + Duration::from_micros(us),
+        Ok(_) => {
+            tracing::warn!("the start time is implausibly far away; using the relative delay");
+            relative
+        }
+    }
+}
+
+fn capabilities() -> Vec<String> {
+    let mut caps: Vec<String> = Dialect::ALL.iter().map(|d| format!("api:{d}")).collect();
+    caps.push("load:users".to_owned());
+    caps.push("clock:probe".to_owned());
+    caps
+}
+
+/// Cuts interval reports and keeps the run's totals.
+struct Reporter {
+    recorder: Recorder,
+    active: Arc<AtomicU32>,
+    start: Instant,
+    interval: Duration,
+    next_index: u64,
+    sequence: u64,
+    cut: Interval,
+    spare: Interval,
+    total: Interval,
+}
+
+impl Reporter {
+    fn due(&self) -> Instant {
+        let ends = u32::try_from(self.next_index + 1).unwrap_or(u32::MAX);
+        self.start + self.interval * ends
+    }
+
+    fn report(&mut self) -> pb::Report {
+        self.recorder.cut(&mut self.cut, &mut self.spare);
+        self.total.add(&self.cut);
+        self.cut.counters.active_users = self.active.load(Ordering::Relaxed);
+        self.sequence += 1;
+        let report = pb::Report {
+            interval: self.next_index,
+            sequence: self.sequence,
+            elapsed_us: micros(self.start.elapsed()),
+            histograms: self.cut.histograms.to_wire(),
+            counters: Some(self.cut.counters.to_wire()),
+            error_samples: self
+                .cut
+                .samples
+                .iter()
+                .map(|(class, message)| pb::ErrorSample {
+                    class: class.to_string(),
+                    message: message.clone(),
+                })
+                .collect(),
+        };
+        self.cut.reset();
+        self.next_index += 1;
+        report
+    }
+
+    fn finished(&self, elapsed: Duration) -> pb::Finished {
+        pb::Finished {
+            histograms: self.total.histograms.to_wire(),
+            counters: Some(self.total.counters.to_wire()),
+            elapsed_us: micros(elapsed),
+            last_sequence: self.sequence,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: Link) -> Result<Ended, Error> {
+    let recorder = Recorder::new();
+    let active = Arc::new(AtomicU32::new(0));
+    let control = Control::default();
+    let shared = Shared {
+        executor: Arc::clone(&plan.executor),
+        prompts: Arc::clone(&plan.prompts),
+        recorder: recorder.clone(),
+        active: Arc::clone(&active),
+    };
+    let users = plan.users.clone();
+    let (end, drain) = (start + plan.duration, plan.drain);
+    let load_control = control.clone();
+    let (opener, gate) = Gate::new();
+    let mut load = tokio::spawn(async move {
+        users.run(shared, gate, end, drain, load_control).await;
+    });
+    let mut reporter = Reporter {
+        recorder,
+        active,
+        start,
+        interval: plan.interval,
+        next_index: 0,
+        sequence: 0,
+        cut: Interval::default(),
+        spare: Interval::default(),
+        total: Interval::default(),
+    };
+    let mut began = false;
+    let mut lost: Option<String> = None;
+    let stop_load = |abort: bool| {
+        control.stop.cancel();
+        if abort {
+            control.abort.cancel();
+        }
+    };
+    loop {
+        tokio::select! {
+            joined = &mut load => {
+                if let Err(e) = joined {
+                    tracing::error!("the load task failed: {e}");
+                }
+                break;
+            }
+            _ = sleep_until(start), if !began => {
+                began = true;
+                let started_at_us = wall_us() + offset.map_or(0, |o| o.offset_us);
+                opener.open();
+                let began = pb::Began { started_at_us: u64::try_from(started_at_us).unwrap_or(0) };
+                link.send(agent_message::Kind::Began(began)).await;
+            }
+            _ = sleep_until(reporter.due()) => {
+                let report = reporter.report();
+                link.send(agent_message::Kind::Report(report)).await;
+            }
+            _ = sleep_until(link.heard + SILENCE), if lost.is_none() => {
+                tracing::error!("no word from the controller for {SILENCE:?}; abandoning the load");
+                lost = Some(format!("no word from the controller for {SILENCE:?}"));
+                stop_load(true);
+            }
+            message = link.inbound.message(), if lost.is_none() => {
+                link.heard = Instant::now();
+                match message {
+                    Ok(Some(pb::ControllerMessage { kind: Some(controller_message::Kind::Stop(stop)) })) => {
+                        tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
+                        stop_load(stop.abort);
+                    }
+                    Ok(Some(_)) => {} // Heartbeats, acks, late clock replies.
+                    Ok(None) => {
+                        tracing::error!("the controller closed the session; abandoning the load");
+                        lost = Some("the controller closed the session".to_owned());
+                        stop_load(true);
+                    }
+                    Err(status) => {
+                        tracing::error!("lost the controller ({}); abandoning the load", status.message());
+                        lost = Some(status.message().to_owned());
+                        stop_load(true);
+                    }
+                }
+            }
+            _ = link.shutdown.cancelled(), if !control.stop.is_cancelled() => {
+                tracing::info!("interrupted: no new requests; in-flight ones may finish");
+                stop_load(false);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let last = reporter.report();
+    link.send(agent_message::Kind::Report(last)).await;
+    let finished = reporter.finished(elapsed);
+    link.send(agent_message::Kind::Finished(finished)).await;
+    if let Some(reason) = lost {
+        return Err(Error::ControllerLost(reason));
+    }
+    // The controller ends the session once it has everything.
+    let _ = tokio::time::timeout(GOODBYE, async {
+        while let Ok(Some(_)) = link.inbound.message().await {}
+    })
+    .await;
+    let mut counters = reporter.total.counters;
+    counters.active_users = 0;
+    Ok(Ended { counters })
+}
+
+/// An error and its causes on one line: tonic's transport errors say
+/// little at the top level.
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn start_follows_the_controllers_clock_when_the_offset_is_known() {
+        // The controller is 5 s ahead and wants to start 200 ms from its now.
+        let offset = Offset {
+            offset_us: 5_000_000,
+            rtt_us: 100,
+        };
+        let start_at = wall_us() + 5_000_000 + 200_000;
+        let start = pb::Start {
+            delay_ms: 10_000,
+            start_at_us: start_at as u64,
+        };
+        let wait = start_instant(&start, Some(offset)) - Instant::now();
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        // Without an offset the relative delay applies.
+        let wait = start_instant(&start, None) - Instant::now();
+        assert!(wait > Duration::from_millis(9_900), "{wait:?}");
+        // A start in the past begins at once; an absurd one falls back.
+        let past = pb::Start {
+            delay_ms: 250,
+            start_at_us: 1,
+        };
+        assert!(start_instant(&past, Some(offset)) <= Instant::now());
+        let far = pb::Start {
+            delay_ms: 250,
+            start_at_us: (wall_us() + 3_600_000_000) as u64,
+        };
+        assert!(start_instant(&far, Some(offset)) - Instant::now() <= Duration::from_millis(250));
+    }
+}
