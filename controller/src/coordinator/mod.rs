@@ -28,8 +28,6 @@ use service::{Event, Outbound};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// An agent silent this long is lost.
 pub const SILENCE: Duration = Duration::from_secs(3);
-/// How often silence is checked.
-const WATCHDOG: Duration = Duration::from_millis(250);
 /// Slack after the planned end of the load before agents are told to stop.
 const OVERRUN: Duration = Duration::from_secs(10);
 /// How long agents get to report after a stop before the run is closed
@@ -194,8 +192,6 @@ pub(crate) async fn run(
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut watchdog = tokio::time::interval(WATCHDOG);
-    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beats = 0;
     let mut force = false;
     while !c.all_ended() {
@@ -208,7 +204,10 @@ pub(crate) async fn run(
                 beats += 1;
                 c.broadcast(controller_message::Kind::Heartbeat(pb::Heartbeat { sequence: beats }));
             }
-            _ = watchdog.tick() => c.watch(),
+            // Checked when the first silence can complete, not by polling,
+            // so that a silent agent is lost the moment it has been silent
+            // for SILENCE.
+            _ = sleep_until(c.next_silence()), if c.watching() => c.watch(),
             _ = sleep_until(c.deadline) => c.overdue(),
             _ = interrupt.stop.cancelled(), if !c.interrupted => {
                 c.interrupted = true;
@@ -535,13 +534,31 @@ impl Coordinator {
         }
     }
 
+    fn watching(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|s| s.record.end == AgentEnd::Unfinished)
+    }
+
+    /// When the earliest silence among running agents reaches [`SILENCE`].
+    fn next_silence(&self) -> Instant {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.record.end == AgentEnd::Unfinished)
+            .map(|s| s.heard + SILENCE)
+            .min()
+            .unwrap_or_else(|| Instant::now() + SILENCE)
+    }
+
     /// Declares silent agents lost.
     fn watch(&mut self) {
         let silent: Vec<u32> = self
             .slots
             .iter()
             .flatten()
-            .filter(|s| s.record.end == AgentEnd::Unfinished && s.heard.elapsed() > SILENCE)
+            .filter(|s| s.record.end == AgentEnd::Unfinished && s.heard.elapsed() >= SILENCE)
             .map(|s| s.record.index)
             .collect();
         for index in silent {
