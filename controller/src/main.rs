@@ -1,5 +1,6 @@
 //! `controller`: runs a load profile and reports what the server did.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use stampede_controller::profile::{Overrides, Profile, parse_duration};
 use stampede_controller::report::terminal;
-use stampede_controller::{Agents, Interrupt, Listen, run};
+use stampede_controller::{Agents, Interrupt, Listen, Options, run};
 
 /// Exit code for bad input: a profile or flag that cannot be used.
 const EX_USAGE: u8 = 64;
@@ -74,6 +75,10 @@ struct RunArgs {
     /// PEM private key for TLS on the agents' listener.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve live Prometheus metrics at http://ADDR/metrics during the run
+    /// (and for 5 s after it), such as 0.0.0.0:9100.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -187,7 +192,11 @@ fn run_profile(args: RunArgs) -> ExitCode {
     };
     let interrupt = Interrupt::default();
     runtime.spawn(watch_signals(interrupt.clone()));
-    match runtime.block_on(run(profile, agents, interrupt)) {
+    let options = Options {
+        agents,
+        metrics: args.metrics_addr,
+    };
+    match runtime.block_on(run(profile, options, interrupt)) {
         Ok(finished) => {
             let path = finished.dir.join("summary.json");
             print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
