@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run a load profile. With no target in the profile or on the command
     /// line, the built-in simulated server is the target.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check profiles without running them; prints every problem found.
     Validate {
         /// Profiles to check.
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Validate { profiles } => validate(&profiles),
-        Command::Run(args) => run_profile(args),
+        Command::Run(args) => run_profile(*args),
     }
 }
 
