@@ -9,7 +9,10 @@ use stampede_proto::pb;
 use crate::api::{Dialect, Spec};
 use crate::exec::Executor;
 use crate::http::Endpoint;
-use crate::load::users::Users;
+use crate::load::Load;
+use crate::load::open::{Open, Timer};
+use crate::load::schedule::{self, Process, RatePhase, UsersPhase};
+use crate::load::users::Closed;
 use crate::prompts::Prompts;
 
 /// This agent's part of a run, validated.
@@ -21,8 +24,8 @@ pub struct Plan {
     pub agent_index: u32,
     /// Runs the requests.
     pub executor: Arc<Executor>,
-    /// The closed-loop users.
-    pub users: Users,
+    /// The load.
+    pub load: Load,
     /// The prompt share.
     pub prompts: Arc<Prompts>,
     /// How long to issue new requests.
@@ -41,17 +44,14 @@ impl Plan {
         let dialect: Dialect = target.api.parse()?;
         let endpoint = Endpoint::parse(&target.url).map_err(|e| e.to_string())?;
         let request = a.request.unwrap_or_default();
-        let users = match a.load {
-            Some(pb::assignment::Load::Users(u)) => Users {
-                count: u.users,
-                first_user: u.first_user,
-                seed: a.seed,
-            },
-            None => return Err("the assignment has no load".to_owned()),
-        };
+        let load = load(a.load.and_then(|l| l.kind), a.seed)?;
         let prompts = a.prompts.unwrap_or_default();
-        if users.count > 0 && prompts.prompts.is_empty() {
-            return Err("the assignment has users but no prompts".to_owned());
+        let sends = match &load {
+            Load::Closed(c) => !c.windows.is_empty(),
+            Load::Open(o) => o.phases.iter().any(|p| p.rate > 0.0),
+        };
+        if sends && prompts.prompts.is_empty() {
+            return Err("the assignment has load but no prompts".to_owned());
         }
         let positive = |ms: u64, what: &str| {
             if ms == 0 {
@@ -63,22 +63,96 @@ impl Plan {
         Ok(Plan {
             run_id: a.run_id,
             agent_index: a.agent_index,
-            executor: Arc::new(Executor {
+            executor: Arc::new(Executor::new(
                 endpoint,
                 dialect,
-                model: target.model,
-                spec: Spec {
+                target.model,
+                Spec {
                     max_tokens: request.max_tokens,
                     temperature: request.temperature,
                     stream: request.stream,
                 },
-                timeout: positive(target.timeout_ms, "request timeout")?,
-            }),
-            users,
+                positive(target.timeout_ms, "request timeout")?,
+            )),
+            load,
             prompts: Arc::new(Prompts::new(prompts.prompts.into_iter().map(|p| p.text).collect())),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,
         })
+    }
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn load(kind: Option<pb::load::Kind>, seed: u64) -> Result<Load, String> {
+    match kind {
+        Some(pb::load::Kind::Closed(c)) => {
+            if c.phases.is_empty() {
+                return Err("the closed-loop load has no phases".to_owned());
+            }
+            let phases: Vec<UsersPhase> = c
+                .phases
+                .iter()
+                .map(|p| UsersPhase {
+                    users: p.users,
+                    duration: ms(p.duration_ms),
+                    ramp: ms(p.ramp_ms),
+                })
+                .collect();
+            Ok(Load::Closed(Closed {
+                windows: schedule::windows(&phases),
+                first_user: c.first_user,
+                seed,
+                think: ms(c.think_ms),
+                pace: (c.pace_ms > 0).then(|| ms(c.pace_ms)),
+            }))
+        }
+        Some(pb::load::Kind::Open(o)) => {
+            if o.phases.is_empty() {
+                return Err("the open-loop load has no phases".to_owned());
+            }
+            if let Some(p) = o.phases.iter().find(|p| !p.rate.is_finite() || p.rate < 0.0) {
+                return Err(format!("the open-loop load has a rate of {}", p.rate));
+            }
+            let process = match pb::Process::try_from(o.process) {
+                Ok(pb::Process::Constant) => Process::Constant,
+                Ok(pb::Process::Poisson) => Process::Poisson,
+                Ok(pb::Process::Gamma) if o.burstiness.is_finite() && o.burstiness > 0.0 => {
+                    Process::Gamma(o.burstiness)
+                }
+                Ok(pb::Process::Gamma) => {
+                    return Err(format!(
+                        "gamma arrivals need a positive burstiness, got {}",
+                        o.burstiness
+                    ));
+                }
+                _ => return Err(format!("unknown arrival process {}", o.process)),
+            };
+            if o.streams == 0 || o.stream >= o.streams {
+                return Err(format!("stream {} of {} does not exist", o.stream, o.streams));
+            }
+            Ok(Load::Open(Open {
+                phases: o
+                    .phases
+                    .iter()
+                    .map(|p| RatePhase {
+                        rate: p.rate,
+                        duration: ms(p.duration_ms),
+                        ramp: ms(p.ramp_ms),
+                    })
+                    .collect(),
+                process,
+                seed: o.schedule_seed,
+                stream: o.stream,
+                streams: o.streams,
+                max_concurrency: (o.max_concurrency > 0).then_some(o.max_concurrency),
+                prompt_seed: seed,
+                timer: Timer::Precise,
+            }))
+        }
+        None => Err("the assignment has no load".to_owned()),
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use stampede_proto::ErrorClass;
+use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
 use crate::api::{Dialect, Framing, Parsed, Spec, Usage};
@@ -38,6 +38,47 @@ pub struct Executor {
     pub spec: Spec,
     /// Limit on one request, connection included.
     pub timeout: Duration,
+    /// Unit tests of the load models: answer every request after these
+    /// service times in turn, without a network, so that schedules can be
+    /// checked on a paused clock.
+    #[cfg(test)]
+    pub(crate) service_times: Option<(Vec<Duration>, std::sync::atomic::AtomicUsize)>,
+}
+
+impl Executor {
+    /// An executor for `endpoint`.
+    pub fn new(endpoint: Endpoint, dialect: Dialect, model: String, spec: Spec, timeout: Duration) -> Executor {
+        Executor {
+            endpoint,
+            dialect,
+            model,
+            spec,
+            timeout,
+            #[cfg(test)]
+            service_times: None,
+        }
+    }
+}
+
+/// When a request was meant to start and when the agent got to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Its intended start, from the schedule.
+    pub intended: Instant,
+    /// When the scheduler released it: `dispatched - intended` is the
+    /// scheduling lag.
+    pub dispatched: Instant,
+}
+
+impl Timing {
+    /// A request released the moment it was meant to start.
+    pub fn now() -> Timing {
+        let now = Instant::now();
+        Timing {
+            intended: now,
+            dispatched: now,
+        }
+    }
 }
 
 /// Per-user buffers reused across requests.
@@ -58,17 +99,34 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Executor {
-    /// Runs one request that was meant to start at `intended`, over `conn`
-    /// (opened or replaced as needed). Never panics on server behaviour:
-    /// every failure is an outcome.
+    /// Runs one request over `conn` (opened or replaced as needed). Never
+    /// panics on server behaviour: every failure is an outcome.
     pub async fn run<'s>(
         &self,
         conn: &mut Option<Conn>,
         prompt: &str,
-        intended: Instant,
+        timing: Timing,
         scratch: &'s mut Scratch,
     ) -> Outcome<'s> {
         scratch.gaps.clear();
+        let intended = timing.intended;
+        let lag_us = micros(timing.dispatched.saturating_duration_since(intended));
+        #[cfg(test)]
+        if let Some((times, next)) = &self.service_times {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t0 = Instant::now();
+            tokio::time::sleep(times[i % times.len()]).await;
+            let (e2e, queued) = (t0.elapsed(), t0 - intended);
+            return Outcome::Ok(Sample {
+                e2e_us: micros(e2e),
+                client_queue_us: micros(queued),
+                schedule_lag_us: lag_us,
+                e2e_intended_us: micros(e2e + queued),
+                late: queued > LATE,
+                output_tokens: 1,
+                ..Sample::default()
+            });
+        }
         let attempt = self.attempt(conn, prompt, intended, &mut scratch.gaps);
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
@@ -80,6 +138,7 @@ impl Executor {
         match result {
             Ok(mut sample) => {
                 sample.itl_us = &scratch.gaps;
+                sample.schedule_lag_us = lag_us;
                 Outcome::Ok(sample)
             }
             Err(Failure(class, message)) => {
@@ -89,7 +148,12 @@ impl Executor {
                 if !matches!(class, ErrorClass::Status(_)) {
                     *conn = None;
                 }
-                Outcome::Failed { class, message }
+                Outcome::Failed {
+                    class,
+                    message,
+                    schedule_lag_us: lag_us,
+                    late: lag_us > micros(LATE),
+                }
             }
         }
     }
@@ -177,6 +241,7 @@ impl Executor {
             (Some(ttft), n) if n >= 2 => Some(micros(e2e.saturating_sub(ttft)) / (n - 1)),
             _ => None,
         };
+        let queued = t0 - intended;
         Ok(Sample {
             ttft_us: ttft.map(micros),
             itl_us: &[],
@@ -187,6 +252,10 @@ impl Executor {
             input_tokens,
             output_tokens,
             tokens_from_usage,
+            schedule_lag_us: 0,
+            ttft_intended_us: ttft.map(|t| micros(t + queued)),
+            e2e_intended_us: micros(e2e + queued),
+            late: queued > LATE,
         })
     }
 

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod assignment;
+pub mod cpu;
 pub mod exec;
 pub mod http;
 pub mod load;

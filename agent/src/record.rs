@@ -24,9 +24,18 @@ pub enum Outcome<'a> {
         class: ErrorClass,
         /// What happened, for the summary.
         message: String,
+        /// Intended start to dispatch, microseconds: a measure of the
+        /// agent, recorded whatever the server did.
+        schedule_lag_us: u64,
+        /// It was sent more than [`stampede_proto::LATE`] after its
+        /// intended start.
+        late: bool,
     },
     /// It was abandoned at shutdown.
     Cancelled,
+    /// A scheduled arrival that was never sent: the load ended while it
+    /// waited for its turn.
+    Dropped,
 }
 
 /// The measurements of one completed request, in microseconds.
@@ -51,6 +60,14 @@ pub struct Sample<'a> {
     /// True when token counts came from the server's usage, false when
     /// counted from stream events.
     pub tokens_from_usage: bool,
+    /// Intended start to dispatch.
+    pub schedule_lag_us: u64,
+    /// Time to first token from the intended start.
+    pub ttft_intended_us: Option<u64>,
+    /// End to end from the intended start.
+    pub e2e_intended_us: u64,
+    /// Sent more than [`stampede_proto::LATE`] after its intended start.
+    pub late: bool,
 }
 
 /// Everything recorded over one span of time.
@@ -97,12 +114,26 @@ impl Interval {
                 } else {
                     c.tokens_counted += 1;
                 }
+                h.record(Metric::ScheduleLag, s.schedule_lag_us);
+                if let Some(v) = s.ttft_intended_us {
+                    h.record(Metric::TtftIntended, v);
+                }
+                h.record(Metric::E2eIntended, s.e2e_intended_us);
+                c.late += u64::from(s.late);
             }
-            Outcome::Failed { class, message } => {
+            Outcome::Failed {
+                class,
+                message,
+                schedule_lag_us,
+                late,
+            } => {
                 self.counters.count_error(*class);
+                self.counters.late += u64::from(*late);
+                self.histograms.record(Metric::ScheduleLag, *schedule_lag_us);
                 self.samples.entry(*class).or_insert_with(|| message.clone());
             }
             Outcome::Cancelled => self.counters.cancelled += 1,
+            Outcome::Dropped => self.counters.dropped += 1,
         }
     }
 
@@ -209,6 +240,7 @@ mod tests {
             input_tokens: Some(10),
             output_tokens: gaps.len() as u64 + 1,
             tokens_from_usage: true,
+            ..Sample::default()
         })
     }
 
@@ -225,6 +257,8 @@ mod tests {
                     recorder.record(&Outcome::Failed {
                         class: ErrorClass::Timeout,
                         message: format!("thread {t}"),
+                        schedule_lag_us: 0,
+                        late: false,
                     });
                 });
             }
@@ -251,11 +285,17 @@ mod tests {
         recorder.record(&Outcome::Failed {
             class: ErrorClass::Status(503),
             message: "busy".into(),
+            schedule_lag_us: 0,
+            late: false,
         });
         recorder.record(&Outcome::Cancelled);
         let (mut cut, mut spare) = (Interval::default(), Interval::default());
         recorder.cut(&mut cut, &mut spare);
-        assert!(cut.histograms.is_empty());
+        // Only the agent's own scheduling lag is recorded for a failure.
+        for m in Metric::ALL.into_iter().filter(|m| *m != Metric::ScheduleLag) {
+            assert!(cut.histograms.get(m).is_empty(), "{m}");
+        }
+        assert_eq!(cut.histograms.get(Metric::ScheduleLag).len(), 1);
         assert_eq!(cut.counters.failed(), 1);
         assert_eq!(cut.counters.cancelled, 1);
         assert_eq!(cut.samples[&ErrorClass::Status(503)], "busy");

@@ -5,6 +5,8 @@
 //! [`coordinator`] (agents' sessions) → [`merge`] → [`report`]; [`run`]
 //! puts them together for one run.
 
+pub mod analysis;
+mod control;
 pub mod coordinator;
 pub mod dataset;
 pub mod merge;

@@ -143,11 +143,13 @@ fn validate(profiles: &[PathBuf]) -> ExitCode {
     for path in profiles {
         match Profile::load(path, &Overrides::default()) {
             Ok(p) => println!(
-                "{}: ok ({} users, {} agents, {:?})",
+                "{}: ok (up to {}, {} step{}, {} agents, {:?})",
                 path.display(),
-                p.users(),
+                p.load.label(p.load.peak()),
+                p.load.steps.len(),
+                if p.load.steps.len() == 1 { "" } else { "s" },
                 p.agents,
-                p.load.duration
+                p.load.duration()
             ),
             Err(e) => {
                 eprintln!("{e}");
@@ -201,6 +203,10 @@ fn run_profile(args: RunArgs) -> ExitCode {
             let path = finished.dir.join("summary.json");
             print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
             ExitCode::from(finished.summary.verdict.exit_code)
+        }
+        Err(e @ stampede_controller::RunError::Plan(_)) => {
+            eprintln!("controller: {e}");
+            ExitCode::from(EX_USAGE)
         }
         Err(e) => {
             eprintln!("controller: {e}");

@@ -1,10 +1,13 @@
-//! Merges agents' reports: exact run totals, per-agent totals, and one row
-//! of statistics per interval once every agent has reported it.
+//! Merges agents' reports: exact run totals without the warm-up, exact
+//! totals per step of the load, per-agent totals, and one row of
+//! statistics per interval once every agent has reported it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
 
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 
+use crate::profile::Load;
 use crate::stats::Stats;
 
 /// One agent's report, decoded from the wire.
@@ -22,6 +25,8 @@ pub struct Report {
     pub counters: Counters,
     /// First message per error class.
     pub samples: BTreeMap<ErrorClass, String>,
+    /// Share of its cores the agent's process used in the interval.
+    pub cpu: f64,
 }
 
 /// An agent's own totals, as it stated them at the end.
@@ -52,8 +57,64 @@ pub struct Agent {
     pub done: bool,
     /// Its Finished totals disagreed with its reports (a lost report).
     pub mismatch: Option<String>,
+    /// Mean share of its cores its process used while the load ran.
+    pub cpu: f64,
+    cpu_samples: u64,
     seen: HashSet<u64>,
     sample_counts: [u64; Metric::ALL.len()],
+}
+
+/// Where an interval belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The warm-up at the start of a step: left out of statistics.
+    Warmup(usize),
+    /// The measured part of a step.
+    Step(usize),
+    /// After the last step: in-flight requests finishing.
+    Drain,
+}
+
+/// Which step each interval belongs to.
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    /// Per step: first interval, first measured interval, end (exclusive).
+    steps: Vec<(u64, u64, u64)>,
+}
+
+impl Timeline {
+    /// The timeline of `load` cut into intervals of `interval`. Step
+    /// boundaries are whole intervals (the profile checks this wherever
+    /// it matters); otherwise a step ends at the interval that holds its
+    /// end.
+    pub fn new(load: &Load, interval: Duration) -> Timeline {
+        let n = |d: Duration| d.as_nanos().div_ceil(interval.as_nanos().max(1)) as u64;
+        let mut t = Duration::ZERO;
+        let steps = load
+            .steps
+            .iter()
+            .map(|s| {
+                let start = n(t);
+                t += s.duration;
+                (start, (start + n(load.warmup)).min(n(t)), n(t))
+            })
+            .collect();
+        Timeline { steps }
+    }
+
+    /// Where interval `index` belongs.
+    pub fn place(&self, index: u64) -> Place {
+        for (k, &(start, measured, end)) in self.steps.iter().enumerate() {
+            if index >= start && index < end {
+                return if index < measured {
+                    Place::Warmup(k)
+                } else {
+                    Place::Step(k)
+                };
+            }
+        }
+        Place::Drain
+    }
 }
 
 /// Merged statistics of one interval over all agents.
@@ -61,10 +122,14 @@ pub struct Agent {
 pub struct Row {
     /// Interval index.
     pub interval: u64,
+    /// Where it belongs.
+    pub place: Place,
     /// Merged counters; `active_users` is the sum over agents.
     pub counters: Counters,
     /// Per-metric statistics, in [`Metric::ALL`] order.
     pub stats: [Stats; Metric::ALL.len()],
+    /// The busiest agent's CPU share in the interval.
+    pub cpu: f64,
 }
 
 impl Row {
@@ -77,18 +142,44 @@ impl Row {
     }
 }
 
+/// Histograms and counters merged over some span.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Exact histograms.
+    pub histograms: Histograms,
+    /// Counters; `active_users` is always zero.
+    pub counters: Counters,
+}
+
+impl Totals {
+    fn add(&mut self, histograms: &Histograms, counters: &Counters) {
+        self.histograms.add(histograms);
+        let mut c = counters.clone();
+        c.active_users = 0;
+        self.counters.add(&c);
+    }
+}
+
 #[derive(Default)]
 struct Open {
     histograms: Histograms,
     counters: Counters,
     reported: BTreeSet<u32>,
+    cpu: f64,
 }
 
 /// Merges every report of a run.
 pub struct Merger {
     agents: Vec<Agent>,
-    histograms: Histograms,
-    counters: Counters,
+    timeline: Timeline,
+    /// Every report: checked against each agent's final totals.
+    all: Totals,
+    /// Every report outside warm-ups: the run's statistics.
+    measured: Totals,
+    /// Counters of the warm-ups.
+    warmup: Counters,
+    /// The measured part of each step.
+    steps: Vec<Totals>,
     samples: BTreeMap<ErrorClass, String>,
     open: BTreeMap<u64, Open>,
 }
@@ -107,12 +198,15 @@ fn stats_of(h: &Histograms) -> [Stats; Metric::ALL.len()] {
 }
 
 impl Merger {
-    /// A merger for `agents` agents.
-    pub fn new(agents: u32) -> Merger {
+    /// A merger for `agents` agents of a load laid out by `timeline`.
+    pub fn new(agents: u32, timeline: Timeline) -> Merger {
         Merger {
             agents: vec![Agent::default(); agents as usize],
-            histograms: Histograms::new(),
-            counters: Counters::default(),
+            steps: vec![Totals::default(); timeline.steps.len()],
+            timeline,
+            all: Totals::default(),
+            measured: Totals::default(),
+            warmup: Counters::default(),
             samples: BTreeMap::new(),
             open: BTreeMap::new(),
         }
@@ -132,10 +226,24 @@ impl Merger {
         for (n, m) in a.sample_counts.iter_mut().zip(Metric::ALL) {
             *n += report.histograms.get(m).len();
         }
-        self.histograms.add(&report.histograms);
-        let mut gauge_free = report.counters.clone();
-        gauge_free.active_users = 0;
-        self.counters.add(&gauge_free);
+        let place = self.timeline.place(report.interval);
+        if place != Place::Drain {
+            a.cpu = (a.cpu * a.cpu_samples as f64 + report.cpu) / (a.cpu_samples + 1) as f64;
+            a.cpu_samples += 1;
+        }
+        self.all.add(&report.histograms, &report.counters);
+        match place {
+            Place::Warmup(_) => {
+                let mut c = report.counters.clone();
+                c.active_users = 0;
+                self.warmup.add(&c);
+            }
+            Place::Step(k) => {
+                self.measured.add(&report.histograms, &report.counters);
+                self.steps[k].add(&report.histograms, &report.counters);
+            }
+            Place::Drain => self.measured.add(&report.histograms, &report.counters),
+        }
         for (class, message) in &report.samples {
             self.samples.entry(*class).or_insert_with(|| message.clone());
         }
@@ -143,6 +251,7 @@ impl Merger {
         open.histograms.add(&report.histograms);
         open.counters.add(&report.counters);
         open.reported.insert(agent);
+        open.cpu = open.cpu.max(report.cpu);
         (Merged::Added, self.complete())
     }
 
@@ -183,14 +292,20 @@ impl Merger {
 
     /// Rows of every interval still open, as they stand. Call at the end.
     pub fn flush(&mut self) -> Vec<Row> {
-        std::mem::take(&mut self.open)
-            .into_iter()
-            .map(|(interval, open)| Row {
-                interval,
-                stats: stats_of(&open.histograms),
-                counters: open.counters,
-            })
+        let open = std::mem::take(&mut self.open);
+        open.into_iter()
+            .map(|(interval, open)| self.row(interval, open))
             .collect()
+    }
+
+    fn row(&self, interval: u64, open: Open) -> Row {
+        Row {
+            interval,
+            place: self.timeline.place(interval),
+            stats: stats_of(&open.histograms),
+            counters: open.counters,
+            cpu: open.cpu,
+        }
     }
 
     fn complete(&mut self) -> Vec<Row> {
@@ -203,23 +318,29 @@ impl Merger {
                 break;
             }
             let open = self.open.remove(&interval).expect("the first key exists");
-            rows.push(Row {
-                interval,
-                stats: stats_of(&open.histograms),
-                counters: open.counters,
-            });
+            rows.push(self.row(interval, open));
         }
         rows
     }
 
-    /// Totals over every report.
-    pub fn histograms(&self) -> &Histograms {
-        &self.histograms
+    /// The run's statistics: every report outside the warm-ups.
+    pub fn measured(&self) -> &Totals {
+        &self.measured
     }
 
-    /// Counters over every report (`active_users` is zero).
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// Counters of the warm-ups, left out of the statistics.
+    pub fn warmup(&self) -> &Counters {
+        &self.warmup
+    }
+
+    /// Every report, warm-ups included.
+    pub fn all(&self) -> &Totals {
+        &self.all
+    }
+
+    /// The measured part of each step.
+    pub fn steps(&self) -> &[Totals] {
+        &self.steps
     }
 
     /// First message of each error class over the run.
@@ -236,6 +357,31 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::{Model, Shape, Step};
+
+    fn load(steps: &[u64], warmup: u64) -> Load {
+        Load {
+            model: Model::Users {
+                think: Duration::ZERO,
+                pace: None,
+            },
+            steps: steps
+                .iter()
+                .map(|s| Step {
+                    level: 1.0,
+                    duration: Duration::from_secs(*s),
+                    ramp: Duration::ZERO,
+                })
+                .collect(),
+            shape: Shape::Stages,
+            warmup: Duration::from_secs(warmup),
+            drain: Duration::ZERO,
+        }
+    }
+
+    fn merger(agents: u32) -> Merger {
+        Merger::new(agents, Timeline::new(&load(&[100], 0), Duration::from_secs(1)))
+    }
 
     fn report(interval: u64, sequence: u64, ttfts: &[u64]) -> Report {
         let mut histograms = Histograms::new();
@@ -253,12 +399,13 @@ mod tests {
                 ..Counters::default()
             },
             samples: BTreeMap::new(),
+            cpu: 0.25,
         }
     }
 
     #[test]
     fn an_interval_completes_when_every_agent_has_reported_it() {
-        let mut m = Merger::new(2);
+        let mut m = merger(2);
         let (_, rows) = m.add(0, &report(0, 1, &[100, 200]));
         assert!(rows.is_empty());
         let (_, rows) = m.add(1, &report(0, 1, &[300]));
@@ -266,13 +413,15 @@ mod tests {
         assert_eq!(rows[0].counters.ok, 3);
         assert_eq!(rows[0].counters.active_users, 4);
         assert_eq!(rows[0].get(Metric::Ttft).max, 300);
-        assert_eq!(m.counters().ok, 3);
-        assert_eq!(m.counters().active_users, 0);
+        assert_eq!(rows[0].cpu, 0.25);
+        assert_eq!(m.measured().counters.ok, 3);
+        assert_eq!(m.measured().counters.active_users, 0);
+        assert_eq!(m.agents()[0].cpu, 0.25);
     }
 
     #[test]
     fn duplicates_are_ignored_and_late_reports_merged() {
-        let mut m = Merger::new(2);
+        let mut m = merger(2);
         m.add(0, &report(0, 1, &[1]));
         m.add(0, &report(1, 2, &[2]));
         assert_eq!(m.add(0, &report(1, 2, &[2])).0, Merged::Duplicate);
@@ -281,12 +430,12 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.interval).collect::<Vec<_>>(), [0]);
         let (_, rows) = m.add(1, &report(1, 2, &[4]));
         assert_eq!(rows.iter().map(|r| r.interval).collect::<Vec<_>>(), [1]);
-        assert_eq!(m.histograms().get(Metric::Ttft).len(), 4);
+        assert_eq!(m.measured().histograms.get(Metric::Ttft).len(), 4);
     }
 
     #[test]
     fn a_finished_or_lost_agent_no_longer_holds_intervals_open() {
-        let mut m = Merger::new(2);
+        let mut m = merger(2);
         m.add(0, &report(0, 1, &[1]));
         m.add(1, &report(0, 1, &[1]));
         m.add(0, &report(1, 2, &[1]));
@@ -295,7 +444,7 @@ mod tests {
 
     #[test]
     fn final_totals_are_checked_against_reports() {
-        let mut m = Merger::new(1);
+        let mut m = merger(1);
         let r = report(0, 1, &[5, 6]);
         m.add(0, &r);
         let good = Finished {
@@ -306,7 +455,7 @@ mod tests {
         };
         m.finish(0, &good);
         assert_eq!(m.agents()[0].mismatch, None);
-        let mut m = Merger::new(1);
+        let mut m = merger(1);
         m.add(0, &r);
         let lost_one = Finished {
             last_sequence: 2,
@@ -314,5 +463,37 @@ mod tests {
         };
         m.finish(0, &lost_one);
         assert!(m.agents()[0].mismatch.is_some());
+    }
+
+    #[test]
+    fn intervals_fall_into_steps_and_warm_ups_are_left_out() {
+        // Steps of 3 s and 4 s with a 1 s warm-up each.
+        let t = Timeline::new(&load(&[3, 4], 1), Duration::from_secs(1));
+        let places: Vec<Place> = (0..9).map(|i| t.place(i)).collect();
+        use Place::*;
+        assert_eq!(
+            places,
+            [
+                Warmup(0),
+                Step(0),
+                Step(0),
+                Warmup(1),
+                Step(1),
+                Step(1),
+                Step(1),
+                Drain,
+                Drain
+            ]
+        );
+        let mut m = Merger::new(1, t);
+        for i in 0..9 {
+            m.add(0, &report(i, i + 1, &[10 * (i + 1)]));
+        }
+        assert_eq!(m.warmup().ok, 2);
+        assert_eq!(m.measured().counters.ok, 7);
+        assert_eq!(m.all().counters.ok, 9);
+        assert_eq!(m.steps()[0].counters.ok, 2);
+        assert_eq!(m.steps()[1].counters.ok, 3);
+        assert_eq!(m.steps()[1].histograms.get(Metric::Ttft).min(), 50);
     }
 }

@@ -4,21 +4,31 @@
 
 use std::ops::Range;
 
-use crate::profile::Profile;
+use crate::profile::{Load, Model, Profile};
 
 /// One agent's slice of the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
     /// The agent's position (0-based).
     pub index: u32,
-    /// Its users.
-    pub users: u32,
+    /// Its users in each step (closed loop); empty for open loop, where
+    /// every agent takes its own sub-stream of the global schedule.
+    pub users: Vec<u32>,
     /// Global number of its first user.
     pub first_user: u32,
+    /// Its share of the concurrency cap (open loop).
+    pub max_concurrency: Option<u32>,
     /// Its share of the dataset, as positions in the whole dataset.
     pub prompts: Range<usize>,
     /// Its seed.
     pub seed: u64,
+}
+
+impl Slice {
+    /// Its most users in any step.
+    pub fn peak_users(&self) -> u32 {
+        self.users.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// Splits `total` into `parts` shares that differ by at most one and add
@@ -50,28 +60,73 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Every agent's slice, for `agents` agents.
-pub fn slices(profile: &Profile, agents: u32) -> Vec<Slice> {
-    let users = split(u64::from(profile.users()), agents);
+/// How many of `agents` agents get load: all of them for open-loop
+/// arrivals, at most one per user for closed-loop users.
+pub fn loaded_agents(load: &Load, agents: u32) -> u32 {
+    if load.is_users() {
+        agents.min(load.peak() as u32)
+    } else {
+        agents
+    }
+}
+
+/// Every agent's slice, for `agents` agents. Fails, saying why, when the
+/// profile cannot be shared among that many.
+pub fn slices(profile: &Profile, agents: u32) -> Result<Vec<Slice>, String> {
+    let load = &profile.load;
+    let loaded = loaded_agents(load, agents) as usize;
+    if profile.prompts.len() < loaded {
+        return Err(format!(
+            "{} prompt(s) cannot give each of {loaded} agents with load a share of its own; add prompts or use fewer agents",
+            profile.prompts.len()
+        ));
+    }
+    let caps = match &load.model {
+        Model::Rate {
+            max_concurrency: Some(cap),
+            ..
+        } => {
+            if cap.get() < agents {
+                return Err(format!(
+                    "load.max_concurrency = {cap} cannot be shared among {agents} agents; raise it or use fewer agents"
+                ));
+            }
+            split(u64::from(cap.get()), agents)
+                .into_iter()
+                .map(|n| Some(n as u32))
+                .collect()
+        }
+        _ => vec![None; agents as usize],
+    };
+    // users[i][k]: agent i's users in step k.
+    let mut users = vec![Vec::new(); agents as usize];
+    if load.is_users() {
+        for step in &load.steps {
+            for (i, n) in split(step.level as u64, agents).into_iter().enumerate() {
+                users[i].push(u32::try_from(n).expect("a share of a user count fits a u32"));
+            }
+        }
+    }
     let prompts = ranges(profile.prompts.len(), agents);
     let mut first_user = 0;
-    users
+    Ok(users
         .into_iter()
         .zip(prompts)
+        .zip(caps)
         .zip(0..)
-        .map(|((users, prompts), index)| {
-            let users = u32::try_from(users).expect("a share of a u32 fits a u32");
+        .map(|(((users, prompts), max_concurrency), index)| {
             let slice = Slice {
                 index,
-                users,
                 first_user,
+                max_concurrency,
                 prompts,
                 seed: mix(profile.seed ^ mix(u64::from(index))),
+                users,
             };
-            first_user += users;
+            first_user += slice.peak_users();
             slice
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -111,13 +166,47 @@ mod tests {
     fn slices_number_users_globally_and_seed_each_agent() {
         let text = "seed = 1\n[load]\nusers = 50\n[agents]\ncount = 3\n";
         let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
-        let s = slices(&profile, profile.agents.get());
-        assert_eq!(s.iter().map(|s| s.users).collect::<Vec<_>>(), [17, 17, 16]);
+        let s = slices(&profile, profile.agents.get()).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.users.clone()).collect::<Vec<_>>(),
+            [[17], [17], [16]]
+        );
         assert_eq!(s.iter().map(|s| s.first_user).collect::<Vec<_>>(), [0, 17, 34]);
         assert_eq!(s.iter().map(|s| s.prompts.len()).sum::<usize>(), profile.prompts.len());
         assert_ne!(s[0].seed, s[1].seed);
-        assert_eq!(s, slices(&profile, 3), "deterministic");
-        let four = slices(&profile, 4);
-        assert_eq!(four.iter().map(|s| s.users).collect::<Vec<_>>(), [13, 13, 12, 12]);
+        assert_eq!(s, slices(&profile, 3).unwrap(), "deterministic");
+        let four = slices(&profile, 4).unwrap();
+        assert_eq!(
+            four.iter().map(|s| s.peak_users()).collect::<Vec<_>>(),
+            [13, 13, 12, 12]
+        );
+    }
+
+    #[test]
+    fn every_stage_is_split_exactly() {
+        let text = "[load]\nstages = [{ users = 10, duration = \"5s\" }, { users = 25, duration = \"5s\" }, { users = 50, duration = \"5s\" }]\n";
+        let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
+        let s = slices(&profile, 3).unwrap();
+        assert_eq!(s[0].users, [4, 9, 17]);
+        assert_eq!(s[1].users, [3, 8, 17]);
+        assert_eq!(s[2].users, [3, 8, 16]);
+        assert_eq!(s.iter().map(|s| s.first_user).collect::<Vec<_>>(), [0, 17, 34]);
+    }
+
+    #[test]
+    fn the_concurrency_cap_is_split_and_must_cover_every_agent() {
+        let text = "[load]\nrate = 20\nmax_concurrency = 10\n";
+        let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
+        let s = slices(&profile, 3).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.max_concurrency).collect::<Vec<_>>(),
+            [Some(4), Some(3), Some(3)]
+        );
+        assert!(s.iter().all(|s| s.users.is_empty()));
+        let e = slices(&profile, 11).unwrap_err();
+        assert!(
+            e.contains("max_concurrency = 10 cannot be shared among 11 agents"),
+            "{e}"
+        );
     }
 }

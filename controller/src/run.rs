@@ -11,16 +11,15 @@ use std::time::{Duration, SystemTime};
 use stampede_agent::api::Dialect;
 use stampede_agent::http::Endpoint;
 use stampede_proto::pb;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::{self, Setup, service::Service};
+use crate::control::{ControlPlane, Listener, Parts};
+use crate::coordinator::Setup;
 use crate::plan;
 use crate::profile::Profile;
 use crate::report::intervals::Log;
-use crate::report::live::{self, Live};
+use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::report::summary::{self, Context, Summary};
 
@@ -153,6 +152,9 @@ pub enum RunError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The profile cannot be shared among the agents.
+    #[error("{0}")]
+    Plan(String),
     /// The model name cannot be determined.
     #[error("{0}")]
     Model(String),
@@ -163,42 +165,6 @@ pub enum RunError {
 
 fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Write { path, source }
-}
-
-/// The gRPC server the agents dial.
-struct Server {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-async fn serve(
-    bind: SocketAddr,
-    token: Option<String>,
-    tls: Option<&(Vec<u8>, Vec<u8>)>,
-    events: tokio::sync::mpsc::Sender<coordinator::service::Event>,
-) -> Result<Server, RunError> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|source| RunError::Listen { addr: bind, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| RunError::Listen { addr: bind, source })?;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = tls {
-        let identity = tonic::transport::Identity::from_pem(cert, key);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| RunError::Tls(e.to_string()))?;
-    }
-    let stop = CancellationToken::new();
-    let service = pb::coordinator_server::CoordinatorServer::new(Service::new(events, token));
-    let task = tokio::spawn(
-        builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned()),
-    );
-    Ok(Server { addr, stop, task })
 }
 
 /// Runs `profile` as `options` say, and writes its results. The verdict
@@ -244,35 +210,15 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
             None,
             None,
         ),
-        Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.as_ref()),
+        Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.clone()),
     };
-    tracing::info!(target = %url, model = %model, users = profile.users(), agents = count, "run {run_id}");
-    let (events_tx, events) = tokio::sync::mpsc::channel(1024);
-    let secured = (tls.is_some(), token.is_some());
-    let server = serve(bind, token, tls, events_tx).await?;
-    if let Agents::Remote(_) = &agents {
-        tracing::info!(
-            "waiting up to {join_timeout:?} for {count} agents on {} ({}, {})",
-            server.addr,
-            if secured.0 { "TLS" } else { "plaintext" },
-            if secured.1 { "token required" } else { "no token" },
-        );
-    }
-
+    tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, "run {run_id}");
     let live = Live::new(&run_id, &profile.name, &url);
-    let live_stop = CancellationToken::new();
-    if let Some(addr) = options.metrics {
-        let bound = live::serve(addr, live.clone(), live_stop.clone())
-            .await
-            .map_err(|source| RunError::Listen { addr, source })?;
-        tracing::info!("live metrics at http://{bound}/metrics");
-    }
-
     let log_path = dir.join("intervals.jsonl");
     let log = Log::create(&log_path).map_err(write_error(log_path))?;
     let setup = Setup {
         run_id: run_id.clone(),
-        slices: plan::slices(&profile, count),
+        slices: plan::slices(&profile, count).map_err(RunError::Plan)?,
         target: pb::Target {
             url: url.clone(),
             api: profile.target.api.name().to_owned(),
@@ -285,8 +231,8 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
             stream: profile.request.stream,
         },
         prompts: profile.prompts.clone(),
-        duration: profile.load.duration,
-        drain: profile.load.drain,
+        load: profile.load.clone(),
+        schedule_seed: plan::mix(profile.seed ^ 0x5C4E_D01E),
         interval: profile.report.interval,
         start_delay: START_DELAY,
         join_timeout,
@@ -295,15 +241,32 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         live: options.metrics.map(|_| live.clone()),
     };
     let tty = std::io::stderr().is_terminal();
-    let progress = Progress::new(profile.report.interval, profile.load.duration, tty);
-    let coordinator = tokio::spawn(coordinator::run(setup, events, log, progress, interrupt));
+    let progress = Progress::new(profile.report.interval, profile.load.duration(), tty);
+    let secured = (tls.is_some(), token.is_some());
+    let mut control = ControlPlane::start(Parts {
+        listener: Listener { bind, token, tls },
+        setup,
+        log,
+        progress,
+        interrupt,
+        metrics: options.metrics.map(|at| (at, live, METRICS_LINGER)),
+    })
+    .await?;
+    if let Agents::Remote(_) = &agents {
+        tracing::info!(
+            "waiting up to {join_timeout:?} for {count} agents on {} ({}, {})",
+            control.addr,
+            if secured.0 { "TLS" } else { "plaintext" },
+            if secured.1 { "token required" } else { "no token" },
+        );
+    }
 
     let agent_stop = CancellationToken::new();
     let mut local = JoinSet::new();
     if let Agents::Local = &agents {
         for i in 0..count {
             let config = stampede_agent::Config {
-                controller: format!("http://{}", server.addr),
+                controller: format!("http://{}", control.addr),
                 name: format!("local-{i}"),
                 token: None,
                 ca: None,
@@ -312,7 +275,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
             local.spawn(stampede_agent::run(config, agent_stop.clone()));
         }
     }
-    let collected = coordinator.await;
+    let collected = control.collected().await;
 
     // Wind down: agents have ended (or been given up on), then the
     // server, then the simulator.
@@ -327,18 +290,10 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         }
     })
     .await;
-    server.stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server.task).await;
     if let Some(sim) = sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), sim.stop()).await;
     }
-
-    if options.metrics.is_some() {
-        tokio::time::sleep(METRICS_LINGER).await;
-        live_stop.cancel();
-    }
-
-    let collected = collected.map_err(|e| RunError::Failed(format!("the coordinator failed: {e}")))?;
+    let collected = collected?;
     if let Some(failure) = &collected.failure
         && collected.started_at.is_none()
     {
@@ -355,6 +310,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
     let path = dir.join("summary.json");
     let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
     std::fs::write(&path, json).map_err(write_error(path))?;
+    control.join().await;
     Ok(Finished { summary, dir })
 }
 

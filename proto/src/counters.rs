@@ -75,7 +75,14 @@ pub struct Counters {
     pub tokens_counted: u64,
     /// Users running when the counters were cut (a gauge).
     pub active_users: u32,
+    /// Requests sent more than [`LATE`] after their intended start.
+    pub late: u64,
+    /// Scheduled arrivals never sent.
+    pub dropped: u64,
 }
+
+/// A request sent this long after its intended start is late.
+pub const LATE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Counters {
     /// Total failed requests.
@@ -101,6 +108,8 @@ impl Counters {
         self.tokens_from_usage += other.tokens_from_usage;
         self.tokens_counted += other.tokens_counted;
         self.active_users += other.active_users;
+        self.late += other.late;
+        self.dropped += other.dropped;
     }
 
     /// The wire form.
@@ -114,6 +123,8 @@ impl Counters {
             tokens_from_usage: self.tokens_from_usage,
             tokens_counted: self.tokens_counted,
             active_users: self.active_users,
+            late: self.late,
+            dropped: self.dropped,
         }
     }
 
@@ -132,6 +143,8 @@ impl Counters {
             tokens_from_usage: wire.tokens_from_usage,
             tokens_counted: wire.tokens_counted,
             active_users: wire.active_users,
+            late: wire.late,
+            dropped: wire.dropped,
         })
     }
 }

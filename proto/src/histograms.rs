@@ -40,11 +40,17 @@ pub enum Metric {
     InputTokens,
     /// Output tokens per request.
     OutputTokens,
+    /// Intended start to dispatch.
+    ScheduleLag,
+    /// Time to first token from the intended start.
+    TtftIntended,
+    /// End-to-end latency from the intended start.
+    E2eIntended,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Ttft,
         Metric::Itl,
         Metric::Tpot,
@@ -53,6 +59,9 @@ impl Metric {
         Metric::Connect,
         Metric::InputTokens,
         Metric::OutputTokens,
+        Metric::ScheduleLag,
+        Metric::TtftIntended,
+        Metric::E2eIntended,
     ];
 
     /// Short stable name used in files and on the terminal.
@@ -66,6 +75,9 @@ impl Metric {
             Metric::Connect => "connect",
             Metric::InputTokens => "input_tokens",
             Metric::OutputTokens => "output_tokens",
+            Metric::ScheduleLag => "schedule_lag",
+            Metric::TtftIntended => "ttft_intended",
+            Metric::E2eIntended => "e2e_intended",
         }
     }
 
@@ -104,6 +116,9 @@ impl Metric {
             Metric::Connect => pb::Metric::Connect,
             Metric::InputTokens => pb::Metric::InputTokens,
             Metric::OutputTokens => pb::Metric::OutputTokens,
+            Metric::ScheduleLag => pb::Metric::ScheduleLag,
+            Metric::TtftIntended => pb::Metric::TtftIntended,
+            Metric::E2eIntended => pb::Metric::E2eIntended,
         }
     }
 
@@ -118,6 +133,9 @@ impl Metric {
             Ok(pb::Metric::Connect) => Metric::Connect,
             Ok(pb::Metric::InputTokens) => Metric::InputTokens,
             Ok(pb::Metric::OutputTokens) => Metric::OutputTokens,
+            Ok(pb::Metric::ScheduleLag) => Metric::ScheduleLag,
+            Ok(pb::Metric::TtftIntended) => Metric::TtftIntended,
+            Ok(pb::Metric::E2eIntended) => Metric::E2eIntended,
             Ok(pb::Metric::Unspecified) | Err(_) => return Err(WireError::UnknownMetric(number)),
         };
         Ok(metric)
@@ -177,14 +195,18 @@ impl Histograms {
     /// set that recorded every value of both.
     pub fn add(&mut self, other: &Histograms) {
         for (mine, theirs) in self.by_metric.iter_mut().zip(&other.by_metric) {
-            mine.add(theirs)
-                .expect("histograms of one metric share bounds, so addition cannot overflow them");
+            // Adding walks every bucket; most intervals leave most metrics
+            // empty.
+            if !theirs.is_empty() {
+                mine.add(theirs)
+                    .expect("histograms of one metric share bounds, so addition cannot overflow them");
+            }
         }
     }
 
     /// Clears every count, keeping the allocation.
     pub fn reset(&mut self) {
-        for h in &mut self.by_metric {
+        for h in self.by_metric.iter_mut().filter(|h| !h.is_empty()) {
             h.reset();
         }
     }

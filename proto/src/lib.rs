@@ -9,7 +9,7 @@
 mod counters;
 mod histograms;
 
-pub use counters::{Counters, ErrorClass};
+pub use counters::{Counters, ErrorClass, LATE};
 pub use histograms::{Histograms, Metric, Unit};
 
 /// Generated protobuf and gRPC bindings (`stampede.coordinator.v1`).

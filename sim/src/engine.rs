@@ -55,6 +55,11 @@ pub(crate) struct State {
     pub(crate) generation_tokens: u64,
     busy: Duration,
     busy_since: Option<Instant>,
+    /// Until when the engine is frozen (an injected stall).
+    stalled_until: Option<Instant>,
+    last_arrival: Option<Instant>,
+    /// Ground truth of arrival gaps: count, sum and sum of squares, seconds.
+    pub(crate) gaps: (u64, f64, f64),
     /// Arrival to admission into the batch.
     pub(crate) queue_time: PromHistogram,
     /// Arrival to first token.
@@ -78,6 +83,9 @@ impl Engine {
                 generation_tokens: 0,
                 busy: Duration::ZERO,
                 busy_since: None,
+                stalled_until: None,
+                last_arrival: None,
+                gaps: (0, 0.0, 0.0),
                 queue_time: PromHistogram::latency(),
                 ttft: PromHistogram::latency(),
                 e2e: PromHistogram::latency(),
@@ -103,6 +111,14 @@ impl Engine {
         state.busy + state.busy_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
+    /// Freezes the engine for `length`: no sequence makes progress until it
+    /// ends, and every later step shifts by what the stall took.
+    pub(crate) fn stall(&self, length: Duration) {
+        let mut state = self.state();
+        let until = Instant::now() + length;
+        state.stalled_until = Some(state.stalled_until.map_or(until, |u| u.max(until)));
+    }
+
     /// Runs one job: waits in the queue, prefills, then decodes one token
     /// per step, sending each token to `tokens` at its due time. Returns
     /// early, counting the request as cancelled, when the receiver is gone.
@@ -116,6 +132,14 @@ impl Engine {
         let mut first_token_at = None;
         for index in 0..job.output_tokens {
             sleep_until(due).await;
+            let stalled = self.state().stalled_until;
+            if let Some(until) = stalled
+                && until > due
+            {
+                // Frozen: this token and every later one move back.
+                sleep_until(until).await;
+                due = until;
+            }
             first_token_at.get_or_insert_with(Instant::now);
             let last = index + 1 == job.output_tokens;
             let token = Token {
@@ -149,6 +173,12 @@ impl Admission {
             let mut state = engine.state();
             state.received += 1;
             state.queued += 1;
+            if let Some(previous) = state.last_arrival.replace(arrived) {
+                let gap = (arrived - previous).as_secs_f64();
+                state.gaps.0 += 1;
+                state.gaps.1 += gap;
+                state.gaps.2 += gap * gap;
+            }
         }
         // Leaves the queue count right even if the client disappears while
         // waiting (this future is then dropped).
@@ -304,6 +334,36 @@ mod tests {
         run.await.unwrap();
         let state = engine.state();
         assert_eq!((state.served, state.cancelled, state.running), (0, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_freezes_every_sequence_and_shifts_the_rest() {
+        let engine = Arc::new(Engine::new(config(4)));
+        let stalled = Arc::clone(&engine);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            stalled.stall(Duration::from_secs(2));
+        });
+        let tokens = collect(Arc::clone(&engine), job(0, 3)).await;
+        let times: Vec<_> = tokens.iter().map(|(t, _)| t.as_millis()).collect();
+        // Prefill would end at 10 ms; the stall from 15 ms holds the second
+        // token (due at 30 ms) until 2015 ms, and the third follows a step on.
+        assert_eq!(times, [10, 2015, 2035]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn arrival_gaps_are_recorded() {
+        let engine = Arc::new(Engine::new(config(4)));
+        for _ in 0..3 {
+            collect(Arc::clone(&engine), job(0, 1)).await; // 10 ms each
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let (n, sum, sumsq) = engine.state().gaps;
+        assert_eq!(n, 2);
+        assert!(
+            (sum - 0.1).abs() < 1e-9 && (sumsq - 0.005).abs() < 1e-9,
+            "{sum} {sumsq}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

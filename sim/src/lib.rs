@@ -10,7 +10,8 @@
 //! fraction, and histograms of queue time, TTFT and duration).
 //!
 //! Endpoints: `POST /v1/chat/completions` (streaming and not),
-//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+//! `GET /v1/models`, `GET /health`, `GET /metrics`, and `POST
+//! /admin/stall?for=2s` to freeze the engine on demand.
 
 mod config;
 mod engine;
@@ -40,6 +41,7 @@ fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(prometheus))
+        .route("/admin/stall", post(stall))
         .fallback(|| async { openai::error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(engine)
 }
@@ -50,6 +52,23 @@ async fn prometheus(State(engine): State<Arc<Engine>>) -> Response {
         metrics::render(&engine),
     )
         .into_response()
+}
+
+/// `POST /admin/stall?for=2s`: freezes the engine, as a GPU hang or a long
+/// garbage-collection pause would.
+async fn stall(
+    State(engine): State<Arc<Engine>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(length) = q.get("for").and_then(|s| humantime::parse_duration(s).ok()) else {
+        return openai::error(
+            StatusCode::BAD_REQUEST,
+            "give the stall's length, such as /admin/stall?for=2s",
+        );
+    };
+    tracing::info!("stalling for {length:?}");
+    engine.stall(length);
+    (StatusCode::OK, format!("stalled for {length:?}\n")).into_response()
 }
 
 /// Serves the simulator on `listener` until `shutdown` is cancelled.

@@ -150,6 +150,28 @@ pub(crate) fn render(engine: &Engine) -> String {
         "Share of uptime with at least one sequence running.",
         fraction,
     );
+    let (n, sum, sumsq) = state.gaps;
+    metric(
+        o,
+        "counter",
+        "llmsim_interarrival_gaps_total",
+        "Gaps between consecutive arrivals.",
+        n,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_interarrival_seconds_total",
+        "Sum of the gaps between arrivals.",
+        sum,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_interarrival_seconds_squared_total",
+        "Sum of the squared gaps between arrivals, for their variance.",
+        sumsq,
+    );
     state.queue_time.render(
         "llmsim_queue_time_seconds",
         "Ground truth: arrival to admission into the batch.",

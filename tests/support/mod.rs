@@ -137,6 +137,22 @@ pub fn metrics(addr: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A minimal HTTP/1.0 POST with an empty body; returns the status line.
+pub fn http_post(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout set");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
 /// A minimal HTTP/1.0 GET, enough for `/metrics` on loopback.
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connects");

@@ -1,10 +1,45 @@
 //! When requests are sent: load models that decide each request's
-//! intended start. The executor ([`crate::exec`]) decides how.
+//! intended start ([`schedule`]) and run it through the executor
+//! ([`crate::exec`]), which decides how.
 
+pub mod open;
+pub mod schedule;
 pub mod users;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+
+use crate::exec::Executor;
+use crate::prompts::Prompts;
+use crate::record::Recorder;
+
+/// How a load is ended early.
+#[derive(Clone, Debug, Default)]
+pub struct Control {
+    /// Cancelled: issue no new requests; in-flight ones may finish within
+    /// the drain time.
+    pub stop: CancellationToken,
+    /// Cancelled: abandon in-flight requests now (counted as cancelled).
+    pub abort: CancellationToken,
+}
+
+/// What every request of a load shares.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// Runs requests.
+    pub executor: Arc<Executor>,
+    /// The prompt share.
+    pub prompts: Arc<Prompts>,
+    /// Where outcomes go.
+    pub recorder: Recorder,
+    /// Users running, or requests in flight (a gauge for reports).
+    pub active: Arc<AtomicU32>,
+}
 
 /// Holds users back until the load begins. One task opens it at the start
 /// and notes the time; the users then start together instead of each
@@ -36,12 +71,44 @@ impl Opener {
     }
 }
 
-/// How a load is ended early.
-#[derive(Clone, Debug, Default)]
-pub struct Control {
-    /// Cancelled: issue no new requests; in-flight ones may finish within
-    /// the drain time.
-    pub stop: CancellationToken,
-    /// Cancelled: abandon in-flight requests now (counted as cancelled).
-    pub abort: CancellationToken,
+/// Sleeps until `at`; false when `stop` came first.
+pub(crate) async fn wait_until(at: Instant, stop: &CancellationToken) -> bool {
+    if Instant::now() >= at {
+        return !stop.is_cancelled();
+    }
+    tokio::select! {
+        _ = sleep_until(at) => !stop.is_cancelled(),
+        _ = stop.cancelled() => false,
+    }
 }
+
+/// One agent's load.
+#[derive(Clone, Debug)]
+pub enum Load {
+    /// Closed-loop users.
+    Closed(users::Closed),
+    /// Open-loop arrivals.
+    Open(open::Open),
+}
+
+impl Load {
+    /// Runs the load from `start` (closed-loop users wait for `gate`) until
+    /// `end`, then drains in-flight requests for up to `drain`.
+    pub async fn run(
+        &self,
+        shared: Shared,
+        gate: Gate,
+        start: Instant,
+        end: Instant,
+        drain: Duration,
+        control: Control,
+    ) {
+        match self {
+            Load::Closed(c) => c.run(shared, gate, start, end, drain, control).await,
+            Load::Open(o) => o.run(shared, start, end, drain, control).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,59 +1,69 @@
 //! Closed-loop virtual users: each sends a request, waits for the whole
-//! answer, and sends the next, for the duration.
+//! answer, and sends the next, while its schedule says it is on.
+//!
+//! A user's intended start is when it is ready: the end of its previous
+//! request plus the think time. With a pace, it is the next tick of a fixed
+//! cadence instead; a user whose request ran long sends at once, and its
+//! latency counts from the tick it missed, so a server stall shows in the
+//! latency from the intended start even though the user was waiting.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stampede_proto::ErrorClass;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{Control, Gate};
-use crate::exec::{Executor, Scratch};
-use crate::prompts::Prompts;
-use crate::record::{Outcome, Recorder};
+use super::schedule::Window;
+use super::{Control, Gate, Shared, wait_until};
+use crate::exec::{Scratch, Timing};
+use crate::record::Outcome;
 
 /// After a failed connection attempt a user waits this long before trying
 /// again, so that a dead server is not hammered in a tight loop.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
-/// A closed-loop load.
+/// A closed-loop load on one agent.
 #[derive(Clone, Debug)]
-pub struct Users {
-    /// Users on this agent.
-    pub count: u32,
+pub struct Closed {
+    /// Each local user's active windows, from the load's start.
+    pub windows: Vec<Vec<Window>>,
     /// Global number of this agent's first user.
     pub first_user: u32,
     /// Seed for where each user starts in the prompt share.
     pub seed: u64,
+    /// Pause between a response and the next request.
+    pub think: Duration,
+    /// When set, each user aims to start a request at this cadence.
+    pub pace: Option<Duration>,
 }
 
-/// What the users share.
-#[derive(Clone, Debug)]
-pub struct Shared {
-    /// Runs requests.
-    pub executor: Arc<Executor>,
-    /// The prompt share.
-    pub prompts: Arc<Prompts>,
-    /// Where outcomes go.
-    pub recorder: Recorder,
-    /// Users currently running (a gauge for reports).
-    pub active: Arc<AtomicU32>,
-}
-
-impl Users {
-    /// Runs every user from the opening of `gate` until `end`, then lets in-flight
-    /// requests finish for up to `drain` before abandoning them. Returns
-    /// when every user has stopped.
-    pub async fn run(&self, shared: Shared, gate: Gate, end: Instant, drain: Duration, control: Control) {
+impl Closed {
+    /// Runs every user's windows from `start` (once `gate` opens) until
+    /// `end`, then lets in-flight requests finish for up to `drain` before
+    /// abandoning them. Returns when every user has stopped.
+    pub async fn run(
+        &self,
+        shared: Shared,
+        gate: Gate,
+        start: Instant,
+        end: Instant,
+        drain: Duration,
+        control: Control,
+    ) {
         let mut users = JoinSet::new();
-        for i in 0..self.count {
-            let shared = shared.clone();
-            let control = control.clone();
-            let id = self.first_user + i;
-            let first_prompt = shared.prompts.first_for(id, self.seed);
-            users.spawn(user(shared, first_prompt, gate.clone(), end, control));
+        for (i, windows) in self.windows.iter().enumerate() {
+            let user = User {
+                shared: shared.clone(),
+                next_prompt: shared.prompts.first_for(self.first_user + i as u32, self.seed),
+                windows: windows.clone(),
+                start,
+                end,
+                think: self.think,
+                pace: self.pace,
+                control: control.clone(),
+            };
+            users.spawn(user.run(gate.clone()));
         }
         tokio::select! {
             _ = sleep_until(end) => {}
@@ -77,35 +87,83 @@ impl Users {
     }
 }
 
-async fn user(shared: Shared, mut next_prompt: usize, mut gate: Gate, end: Instant, control: Control) {
-    tokio::select! {
-        passed = gate.passed() => if !passed { return },
-        _ = control.stop.cancelled() => return,
-    }
-    shared.active.fetch_add(1, Ordering::Relaxed);
-    let mut conn = None;
-    let mut scratch = Scratch::default();
-    while !control.stop.is_cancelled() && Instant::now() < end {
-        let prompt = shared.prompts.get(next_prompt);
-        next_prompt += 1;
-        let intended = Instant::now();
-        let connect_failed = tokio::select! {
-            biased;
-            _ = control.abort.cancelled() => {
-                shared.recorder.record(&Outcome::Cancelled);
-                break;
+struct User {
+    shared: Shared,
+    next_prompt: usize,
+    windows: Vec<Window>,
+    start: Instant,
+    end: Instant,
+    think: Duration,
+    pace: Option<Duration>,
+    control: Control,
+}
+
+impl User {
+    async fn run(mut self, mut gate: Gate) {
+        tokio::select! {
+            passed = gate.passed() => if !passed { return },
+            _ = self.control.stop.cancelled() => return,
+        }
+        let mut conn = None;
+        let mut scratch = Scratch::default();
+        for w in std::mem::take(&mut self.windows) {
+            let (on, off) = (self.start + w.on, (self.start + w.off).min(self.end));
+            if on >= off || !wait_until(on, &self.control.stop).await {
+                continue;
             }
-            outcome = shared.executor.run(&mut conn, prompt, intended, &mut scratch) => {
-                shared.recorder.record(&outcome);
-                matches!(outcome, Outcome::Failed { class: ErrorClass::Connect, .. })
-            }
-        };
-        if connect_failed {
-            tokio::select! {
-                _ = sleep(CONNECT_RETRY) => {}
-                _ = control.stop.cancelled() => {}
+            self.shared.active.fetch_add(1, Ordering::Relaxed);
+            let aborted = self.window(on, off, &mut conn, &mut scratch).await;
+            self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            if aborted {
+                return;
             }
         }
     }
-    shared.active.fetch_sub(1, Ordering::Relaxed);
+
+    /// Sends requests until `off`. Returns true when aborted.
+    async fn window(
+        &mut self,
+        on: Instant,
+        off: Instant,
+        conn: &mut Option<crate::http::Conn>,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let (mut tick, mut ready) = (on, on);
+        loop {
+            let intended = if self.pace.is_some() { tick } else { ready };
+            if intended >= off || Instant::now() >= off || self.control.stop.is_cancelled() {
+                return false;
+            }
+            if !wait_until(intended, &self.control.stop).await {
+                return false;
+            }
+            let timing = Timing {
+                intended,
+                dispatched: Instant::now(),
+            };
+            let prompt = self.shared.prompts.get(self.next_prompt);
+            self.next_prompt += 1;
+            let connect_failed = tokio::select! {
+                biased;
+                _ = self.control.abort.cancelled() => {
+                    self.shared.recorder.record(&Outcome::Cancelled);
+                    return true;
+                }
+                outcome = self.shared.executor.run(conn, prompt, timing, scratch) => {
+                    self.shared.recorder.record(&outcome);
+                    matches!(outcome, Outcome::Failed { class: ErrorClass::Connect, .. })
+                }
+            };
+            if connect_failed {
+                tokio::select! {
+                    _ = sleep(CONNECT_RETRY) => {}
+                    _ = self.control.stop.cancelled() => {}
+                }
+            }
+            match self.pace {
+                Some(pace) => tick += pace,
+                None => ready = Instant::now() + self.think,
+            }
+        }
+    }
 }

@@ -8,9 +8,10 @@
 
 mod clock;
 mod connect;
+mod reporter;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use stampede_proto::pb::{self, agent_message, controller_message};
@@ -24,10 +25,10 @@ pub use clock::{Offset, wall_us};
 
 use crate::api::Dialect;
 use crate::assignment::Plan;
-use crate::load::users::Shared;
-use crate::load::{Control, Gate};
-use crate::record::{Interval, Recorder};
+use crate::load::{Control, Gate, Shared};
+use crate::record::Recorder;
 use crate::{Config, Error};
+use reporter::Reporter;
 
 /// How often liveness is signalled.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -146,7 +147,6 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
     tracing::info!(
         run = %plan.run_id,
         agent = plan.agent_index,
-        users = plan.users.count,
         prompts = plan.prompts.len(),
         clock_offset_us = offset.map(|o| o.offset_us),
         clock_rtt_us = offset.map(|o| o.rtt_us),
@@ -195,67 +195,9 @@ fn start_instant(start: &pb::Start, offset: Option<Offset>) -> Instant {
 fn capabilities() -> Vec<String> {
     let mut caps: Vec<String> = Dialect::ALL.iter().map(|d| format!("api:{d}")).collect();
     caps.push("load:users".to_owned());
+    caps.push("load:rate".to_owned());
     caps.push("clock:probe".to_owned());
     caps
-}
-
-/// Cuts interval reports and keeps the run's totals.
-struct Reporter {
-    recorder: Recorder,
-    active: Arc<AtomicU32>,
-    start: Instant,
-    interval: Duration,
-    next_index: u64,
-    sequence: u64,
-    cut: Interval,
-    spare: Interval,
-    total: Interval,
-}
-
-impl Reporter {
-    fn due(&self) -> Instant {
-        let ends = u32::try_from(self.next_index + 1).unwrap_or(u32::MAX);
-        self.start + self.interval * ends
-    }
-
-    fn report(&mut self) -> pb::Report {
-        self.recorder.cut(&mut self.cut, &mut self.spare);
-        self.total.add(&self.cut);
-        self.cut.counters.active_users = self.active.load(Ordering::Relaxed);
-        self.sequence += 1;
-        let report = pb::Report {
-            interval: self.next_index,
-            sequence: self.sequence,
-            elapsed_us: micros(self.start.elapsed()),
-            histograms: self.cut.histograms.to_wire(),
-            counters: Some(self.cut.counters.to_wire()),
-            error_samples: self
-                .cut
-                .samples
-                .iter()
-                .map(|(class, message)| pb::ErrorSample {
-                    class: class.to_string(),
-                    message: message.clone(),
-                })
-                .collect(),
-        };
-        self.cut.reset();
-        self.next_index += 1;
-        report
-    }
-
-    fn finished(&self, elapsed: Duration) -> pb::Finished {
-        pb::Finished {
-            histograms: self.total.histograms.to_wire(),
-            counters: Some(self.total.counters.to_wire()),
-            elapsed_us: micros(elapsed),
-            last_sequence: self.sequence,
-        }
-    }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: Link) -> Result<Ended, Error> {
@@ -268,24 +210,14 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
         recorder: recorder.clone(),
         active: Arc::clone(&active),
     };
-    let users = plan.users.clone();
+    let work = plan.load.clone();
     let (end, drain) = (start + plan.duration, plan.drain);
     let load_control = control.clone();
     let (opener, gate) = Gate::new();
     let mut load = tokio::spawn(async move {
-        users.run(shared, gate, end, drain, load_control).await;
+        work.run(shared, gate, start, end, drain, load_control).await;
     });
-    let mut reporter = Reporter {
-        recorder,
-        active,
-        start,
-        interval: plan.interval,
-        next_index: 0,
-        sequence: 0,
-        cut: Interval::default(),
-        spare: Interval::default(),
-        total: Interval::default(),
-    };
+    let mut reporter = Reporter::new(recorder, active, start, plan.interval);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {
@@ -310,7 +242,7 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
                 link.send(agent_message::Kind::Began(began)).await;
             }
             _ = sleep_until(reporter.due()) => {
-                let report = reporter.report();
+                let report = reporter.report().await;
                 link.send(agent_message::Kind::Report(report)).await;
             }
             _ = sleep_until(link.heard + SILENCE), if lost.is_none() => {
@@ -345,9 +277,9 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
         }
     }
     let elapsed = start.elapsed();
-    let last = reporter.report();
+    let last = reporter.report().await;
     link.send(agent_message::Kind::Report(last)).await;
-    let finished = reporter.finished(elapsed);
+    let (finished, counters) = reporter.finished(elapsed);
     link.send(agent_message::Kind::Finished(finished)).await;
     if let Some(reason) = lost {
         return Err(Error::ControllerLost(reason));
@@ -357,8 +289,6 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
         while let Ok(Some(_)) = link.inbound.message().await {}
     })
     .await;
-    let mut counters = reporter.total.counters;
-    counters.active_users = 0;
     Ok(Ended { counters })
 }
 

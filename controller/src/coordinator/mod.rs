@@ -16,9 +16,9 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tonic::Status;
 
 use crate::dataset::Prompt;
-use crate::merge::{self, Merger, Row};
+use crate::merge::{self, Merger, Row, Timeline};
 use crate::plan::Slice;
-use crate::profile::OnAgentLoss;
+use crate::profile::{Load, Model, OnAgentLoss};
 use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
@@ -42,8 +42,9 @@ pub(crate) struct Setup {
     pub(crate) target: pb::Target,
     pub(crate) request: pb::RequestSpec,
     pub(crate) prompts: Vec<Prompt>,
-    pub(crate) duration: Duration,
-    pub(crate) drain: Duration,
+    pub(crate) load: Load,
+    /// Seed of the open-loop arrival schedule, the same for every agent.
+    pub(crate) schedule_seed: u64,
     pub(crate) interval: Duration,
     pub(crate) start_delay: Duration,
     pub(crate) join_timeout: Duration,
@@ -176,7 +177,7 @@ pub(crate) async fn run(
     let n = setup.slices.len();
     let mut c = Coordinator {
         deadline: Instant::now() + setup.join_timeout,
-        merger: Merger::new(n as u32),
+        merger: Merger::new(n as u32, Timeline::new(&setup.load, setup.interval)),
         slots: (0..n).map(|_| None).collect(),
         setup,
         conns: HashMap::new(),
@@ -381,7 +382,7 @@ impl Coordinator {
             record: AgentRecord {
                 name: hello.name.clone(),
                 index: index as u32,
-                users: slice.users,
+                users: slice.peak_users(),
                 version: hello.agent_version,
                 peer,
                 end: AgentEnd::Unfinished,
@@ -396,7 +397,7 @@ impl Coordinator {
         });
         let joined = self.slots.iter().flatten().count();
         let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
-        tracing::info!(agent = %hello.name, index, users = slice.users, "agent joined{from} ({joined}/{})", self.slots.len());
+        tracing::info!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
         let assignment = self.assignment(&slice);
         self.send(conn, controller_message::Kind::Assignment(assignment));
     }
@@ -410,12 +411,9 @@ impl Coordinator {
             agent_count: s.slices.len() as u32,
             target: Some(s.target.clone()),
             request: Some(s.request),
-            load: Some(pb::assignment::Load::Users(pb::ClosedUsers {
-                users: slice.users,
-                first_user: slice.first_user,
-            })),
-            duration_ms: ms(s.duration),
-            drain_ms: ms(s.drain),
+            load: Some(wire_load(&s.load, slice, s.slices.len() as u32, s.schedule_seed)),
+            duration_ms: ms(s.load.duration()),
+            drain_ms: ms(s.load.drain),
             interval_ms: ms(s.interval),
             prompts: Some(pb::DatasetShare {
                 prompts: s.prompts[slice.prompts.clone()]
@@ -450,7 +448,7 @@ impl Coordinator {
         self.started = Some(Instant::now() + delay);
         self.started_at = Some(SystemTime::now() + delay);
         self.start_at_us = Some(start_at_us);
-        self.deadline = Instant::now() + delay + self.setup.duration + self.setup.drain + OVERRUN;
+        self.deadline = Instant::now() + delay + self.setup.load.duration() + self.setup.load.drain + OVERRUN;
         tracing::info!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
         let start = pb::Start {
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -612,7 +610,7 @@ impl Coordinator {
         let grace = if abort {
             STOP_GRACE
         } else {
-            self.setup.drain + STOP_GRACE
+            self.setup.load.drain + STOP_GRACE
         };
         self.phase = Phase::Stopping;
         self.deadline = Instant::now() + grace;
@@ -664,7 +662,7 @@ impl Coordinator {
                 None => AgentRecord {
                     name: format!("#{i}"),
                     index: i as u32,
-                    users: self.setup.slices[i].users,
+                    users: self.setup.slices[i].peak_users(),
                     version: String::new(),
                     peer: None,
                     end: AgentEnd::Lost("never joined".to_owned()),
@@ -701,5 +699,54 @@ fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::Wir
         histograms: Histograms::from_wire(&wire.histograms)?,
         counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
         samples,
+        cpu: wire.cpu,
     })
+}
+
+/// This agent's load on the wire.
+fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed: u64) -> pb::Load {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let kind = match &load.model {
+        Model::Users { think, pace } => pb::load::Kind::Closed(pb::Closed {
+            phases: load
+                .steps
+                .iter()
+                .zip(&slice.users)
+                .map(|(step, users)| pb::UsersPhase {
+                    users: *users,
+                    duration_ms: ms(step.duration),
+                    ramp_ms: ms(step.ramp),
+                })
+                .collect(),
+            first_user: slice.first_user,
+            think_ms: ms(*think),
+            pace_ms: pace.map_or(0, ms),
+        }),
+        Model::Rate { process, .. } => {
+            use stampede_agent::load::schedule::Process;
+            let (process, burstiness) = match process {
+                Process::Constant => (pb::Process::Constant, 0.0),
+                Process::Poisson => (pb::Process::Poisson, 0.0),
+                Process::Gamma(shape) => (pb::Process::Gamma, *shape),
+            };
+            pb::load::Kind::Open(pb::Open {
+                phases: load
+                    .steps
+                    .iter()
+                    .map(|step| pb::RatePhase {
+                        rate: step.level,
+                        duration_ms: ms(step.duration),
+                        ramp_ms: ms(step.ramp),
+                    })
+                    .collect(),
+                process: process as i32,
+                burstiness,
+                max_concurrency: slice.max_concurrency.unwrap_or(0),
+                schedule_seed,
+                stream: slice.index,
+                streams,
+            })
+        }
+    };
+    pb::Load { kind: Some(kind) }
 }

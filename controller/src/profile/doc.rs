@@ -105,7 +105,9 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'t Value<'i>> {
-        self.asked.push(key);
+        if !self.asked.contains(&key) {
+            self.asked.push(key);
+        }
         self.table?.get(key)
     }
 
@@ -231,11 +233,7 @@ impl<'t, 'i> Table<'t, 'i> {
     /// A number (integer or float) in `min..=max`.
     pub(crate) fn number_in(&mut self, p: &mut Problems<'_>, key: &'static str, min: f64, max: f64) -> Option<f64> {
         let v = self.get(key)?;
-        let n = match v.get_ref() {
-            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64),
-            _ => None,
-        };
+        let n = number(v.get_ref());
         match n {
             Some(n) if n.is_finite() && n >= min && n <= max => Some(n),
             _ => {
@@ -287,6 +285,62 @@ impl<'t, 'i> Table<'t, 'i> {
         Some(out)
     }
 
+    /// True when the key is present (and counts it as known).
+    pub(crate) fn has(&mut self, key: &'static str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// An array of tables (`[[a.b]]` or `b = [{...}, {...}]`).
+    pub(crate) fn tables(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<Vec<Table<'t, 'i>>> {
+        let v = self.get(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong(p, key, v, "an array of tables");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", self.key_path(key));
+            match item.get_ref() {
+                DeValue::Table(t) => out.push(Table {
+                    path,
+                    table: Some(t),
+                    asked: Vec::new(),
+                }),
+                other => p.at(
+                    Some(item.span()),
+                    &path,
+                    format!("expected a table, got {}", shown(other)),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// An array of numbers, each in `min..=max`.
+    pub(crate) fn numbers(&mut self, p: &mut Problems<'_>, key: &'static str, min: f64, max: f64) -> Option<Vec<f64>> {
+        let v = self.get(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong(p, key, v, "an array of numbers");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match number(item.get_ref()) {
+                Some(n) if n.is_finite() && n >= min && n <= max => out.push(n),
+                _ => {
+                    ok = false;
+                    p.at(
+                        Some(item.span()),
+                        &format!("{}[{i}]", self.key_path(key)),
+                        format!("expected a number from {min} to {max}, got {}", shown(item.get_ref())),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// Where a key's value is, for problems found after reading it.
     pub(crate) fn span_of(&self, key: &str) -> Option<Range<usize>> {
         self.table?.get(key).map(Spanned::span)
@@ -295,6 +349,15 @@ impl<'t, 'i> Table<'t, 'i> {
     /// The dotted path of a key of this table.
     pub(crate) fn path_of(&self, key: &str) -> String {
         self.key_path(key)
+    }
+}
+
+/// An integer or float as `f64`.
+fn number(v: &DeValue<'_>) -> Option<f64> {
+    match v {
+        DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|n| n as f64),
+        _ => None,
     }
 }
 

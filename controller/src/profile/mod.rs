@@ -5,6 +5,7 @@
 //! then default.
 
 mod doc;
+mod load;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -17,6 +18,7 @@ use stampede_sim::OutputLength;
 
 pub use doc::{Problem, parse_duration};
 use doc::{Problems, Table};
+pub use load::{Load, Model, Shape, Step};
 
 use crate::dataset::{self, Prompt};
 
@@ -31,27 +33,6 @@ pub struct Target {
     pub model: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
-}
-
-/// How load arrives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Arrival {
-    /// Closed-loop virtual users.
-    Users {
-        /// How many, over all agents.
-        users: NonZeroU32,
-    },
-}
-
-/// How much load, for how long.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Load {
-    /// How load arrives.
-    pub arrival: Arrival,
-    /// How long new requests are issued.
-    pub duration: Duration,
-    /// How long in-flight requests may finish after that.
-    pub drain: Duration,
 }
 
 /// The generation parameters of each request.
@@ -209,18 +190,10 @@ impl Profile {
             }),
         }
     }
-
-    /// Total users of a closed-loop profile.
-    pub fn users(&self) -> u32 {
-        match self.load.arrival {
-            Arrival::Users { users } => users.get(),
-        }
-    }
 }
 
 /// Largest values accepted, to catch typos such as an extra zero digit
 /// run long before they exhaust memory.
-const MAX_USERS: u64 = 1_000_000;
 const MAX_AGENTS: u64 = 10_000;
 const MAX_TOKENS: u64 = 10_000_000;
 
@@ -252,20 +225,18 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     };
     t.finish(p);
 
+    let mut rep = top.table(p, "report");
+    let interval = rep.duration(p, "interval", false);
+    let out = rep.string(p, "out");
+    rep.finish(p);
+
     let mut l = top.table(p, "load");
-    let users = l.int_in(p, "users", 1, MAX_USERS);
-    let duration = l.duration(p, "duration", false);
-    let drain = l.duration(p, "drain", true);
-    let users_span = l.span_of("users");
-    let users_path = l.path_of("users");
+    let cli = load::Cli {
+        duration: o.duration,
+        interval: interval.unwrap_or(Duration::from_secs(1)),
+    };
+    let load = load::walk(&mut l, p, &cli);
     l.finish(p);
-    if users.is_none() && users_span.is_none() {
-        p.at(
-            None,
-            &users_path,
-            "missing: how many closed-loop users to run (for example users = 10)",
-        );
-    }
 
     let mut r = top.table(p, "request");
     let max_tokens = r.int_in(p, "max_tokens", 1, MAX_TOKENS);
@@ -307,11 +278,6 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let agents = a.int_in(p, "count", 1, MAX_AGENTS);
     let on_agent_loss = a.choice(p, "on_agent_loss", &["abort", "continue"]);
     a.finish(p);
-
-    let mut rep = top.table(p, "report");
-    let interval = rep.duration(p, "interval", false);
-    let out = rep.string(p, "out");
-    rep.finish(p);
 
     let mut s = top.table(p, "sim");
     let defaults = stampede_sim::Config::default();
@@ -355,14 +321,14 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         .agents
         .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
         .unwrap_or(NonZeroU32::MIN);
-    let users = NonZeroU32::new(users? as u32)?;
-    let needing_prompts = agents.get().min(users.get()) as usize;
+    let load = load?;
+    let needing_prompts = crate::plan::loaded_agents(&load, agents.get()) as usize;
     if prompts.len() < needing_prompts {
         p.at(
             None,
             "prompts",
             format!(
-                "{} prompt(s) cannot give each of {needing_prompts} agents with users a share of its own; add prompts or use fewer agents",
+                "{} prompt(s) cannot give each of {needing_prompts} agents with load a share of its own; add prompts or use fewer agents",
                 prompts.len()
             ),
         );
@@ -382,11 +348,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             model,
             timeout: timeout.unwrap_or(Duration::from_secs(120)),
         },
-        load: Load {
-            arrival: Arrival::Users { users },
-            duration: o.duration.or(duration).unwrap_or(Duration::from_secs(30)),
-            drain: drain.unwrap_or(Duration::from_secs(30)),
-        },
+        load,
         request: Request {
             max_tokens: max_tokens.map(|n| n as u32),
             temperature,

@@ -19,11 +19,11 @@ fn problems(text: &str) -> Vec<String> {
 fn a_minimal_profile_gets_every_default() {
     let p = parse("[load]\nusers = 5\n").unwrap();
     assert_eq!(p.name, "p");
-    assert_eq!(p.users(), 5);
+    assert_eq!(p.load.peak() as u32, 5);
     assert_eq!(p.target.url, None);
     assert_eq!(p.target.api, Dialect::OpenAiChat);
     assert_eq!(p.target.timeout, Duration::from_secs(120));
-    assert_eq!(p.load.duration, Duration::from_secs(30));
+    assert_eq!(p.load.duration(), Duration::from_secs(30));
     assert_eq!(p.load.drain, Duration::from_secs(30));
     assert_eq!(p.agents.get(), 1);
     assert_eq!(p.on_agent_loss, OnAgentLoss::Abort);
@@ -79,7 +79,7 @@ fn every_key_is_read() {
     assert_eq!((p.name.as_str(), p.seed), ("full", 7));
     assert_eq!(p.target.url.as_deref(), Some("http://gpu:8000"));
     assert_eq!(p.target.model.as_deref(), Some("m"));
-    assert_eq!(p.load.duration, Duration::from_secs(120));
+    assert_eq!(p.load.duration(), Duration::from_secs(120));
     assert_eq!(p.request.max_tokens, Some(64));
     assert_eq!(p.request.temperature, Some(0.7));
     assert!(!p.request.stream);
@@ -101,9 +101,9 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
         [
             "2:9 load.users: expected a positive integer up to 1000000, got -3",
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
-            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, duration, drain",
+            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, load, request, prompts, agents, report, sim, thresholds",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, thresholds",
         ]
     );
 }
@@ -124,7 +124,9 @@ fn missing_users_is_a_problem() {
     let found = problems("[load]\nduration = \"5s\"\n");
     assert_eq!(
         found,
-        ["0:0 load.users: missing: how many closed-loop users to run (for example users = 10)"]
+        [
+            "0:0 load.users: missing: choose one load model: users = N (closed loop), rate = R (open loop), stages = [...] or [load.sweep]"
+        ]
     );
 }
 
@@ -174,7 +176,7 @@ fn prompts_must_cover_every_agent_with_users() {
 fn command_line_wins_over_profile_which_wins_over_default() {
     let text = "[target]\nurl = \"http://a:1\"\n[load]\nusers = 4\nduration = \"1m\"\n[agents]\ncount = 2\n[report]\nout = \"r\"\n";
     let p = parse(text).unwrap();
-    assert_eq!((p.load.duration, p.agents.get()), (Duration::from_secs(60), 2));
+    assert_eq!((p.load.duration(), p.agents.get()), (Duration::from_secs(60), 2));
     let o = Overrides {
         target: Some("http://b:2".into()),
         agents: NonZeroU32::new(3),
@@ -184,7 +186,7 @@ fn command_line_wins_over_profile_which_wins_over_default() {
     let p = Profile::parse(text, Path::new("p.toml"), &o).unwrap();
     assert_eq!(p.target.url.as_deref(), Some("http://b:2"));
     assert_eq!(p.agents.get(), 3);
-    assert_eq!(p.load.duration, Duration::from_secs(5));
+    assert_eq!(p.load.duration(), Duration::from_secs(5));
     assert_eq!(p.report.out, PathBuf::from("cli"));
 }
 
@@ -205,4 +207,129 @@ fn a_missing_file_is_a_read_error() {
         e.to_string()
             .starts_with("/nonexistent/x.toml: cannot read the profile:")
     );
+}
+
+#[test]
+fn an_open_loop_rate() {
+    let p =
+        parse("[load]\nrate = 20\narrival = \"gamma\"\nburstiness = 0.5\nmax_concurrency = 64\nduration = \"30s\"\n")
+            .unwrap();
+    assert!(!p.load.is_users());
+    assert_eq!(p.load.steps.len(), 1);
+    assert_eq!(p.load.peak(), 20.0);
+    assert_eq!(
+        p.load.model,
+        Model::Rate {
+            process: stampede_agent::load::schedule::Process::Gamma(0.5),
+            max_concurrency: NonZeroU32::new(64),
+        }
+    );
+    let poisson = parse("[load]\nrate = 2.5\n").unwrap();
+    assert!(matches!(
+        poisson.load.model,
+        Model::Rate {
+            process: stampede_agent::load::schedule::Process::Poisson,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn users_with_think_time_pace_and_spawn_rate() {
+    let p = parse("[load]\nusers = 10\nthink_time = \"500ms\"\nspawn_rate = 5\nduration = \"10s\"\n").unwrap();
+    assert_eq!(
+        p.load.model,
+        Model::Users {
+            think: Duration::from_millis(500),
+            pace: None
+        }
+    );
+    // Ten users at five a second take two seconds to arrive.
+    assert_eq!(p.load.steps[0].ramp, Duration::from_secs(2));
+    let p = parse("[load]\nusers = 10\npace = \"250ms\"\n").unwrap();
+    assert!(matches!(p.load.model, Model::Users { pace: Some(_), .. }));
+}
+
+#[test]
+fn stages_and_sweeps() {
+    let p = parse(
+        "[load]\nwarmup = \"2s\"\nstages = [\n  { users = 10, duration = \"20s\" },\n  { users = 25, duration = \"20s\", ramp = \"5s\" },\n]\n",
+    )
+    .unwrap();
+    assert_eq!(p.load.shape, Shape::Stages);
+    assert_eq!(p.load.steps.len(), 2);
+    assert_eq!(p.load.steps[1].ramp, Duration::from_secs(5));
+    assert_eq!(p.load.duration(), Duration::from_secs(40));
+    assert_eq!(p.load.warmup, Duration::from_secs(2));
+    let p = parse("[load.sweep]\nusers = [1, 4, 8]\nstep = \"10s\"\n").unwrap();
+    assert_eq!(p.load.shape, Shape::Sweep);
+    assert_eq!(
+        p.load.steps.iter().map(|s| s.level).collect::<Vec<_>>(),
+        [1.0, 4.0, 8.0]
+    );
+    assert_eq!(p.load.duration(), Duration::from_secs(30));
+    let p = parse("[load]\nsweep = { rates = [5, 10.5], step = \"5s\" }\n").unwrap();
+    assert!(!p.load.is_users());
+    // --duration sets a sweep's step.
+    let o = Overrides {
+        duration: Some(Duration::from_secs(2)),
+        ..Overrides::default()
+    };
+    let p = Profile::parse(
+        "[load.sweep]\nusers = [1, 2]\nstep = \"10s\"\n",
+        Path::new("p.toml"),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(p.load.duration(), Duration::from_secs(4));
+}
+
+#[test]
+fn load_models_are_checked_for_consistency() {
+    let found = problems("[load]\nusers = 5\nrate = 10\n");
+    assert_eq!(
+        found,
+        ["3:8 load.rate: users and rate are both set; choose one load model"]
+    );
+    let found = problems("[load]\nduration = \"5s\"\n");
+    assert!(found[0].contains("missing: choose one load model"), "{found:?}");
+    let found = problems("[load]\nusers = 5\narrival = \"poisson\"\n");
+    assert_eq!(found, ["3:11 load.arrival: applies only to open-loop loads (rate)"]);
+    let found = problems("[load]\nrate = 5\npace = \"1s\"\n");
+    assert_eq!(found, ["3:8 load.pace: applies only to closed-loop loads (users)"]);
+    let found = problems("[load]\nrate = 5\nburstiness = 2\n");
+    assert!(found[0].contains("applies only to arrival = \"gamma\""), "{found:?}");
+    let found = problems("[load]\nstages = [{ users = 1, duration = \"5s\" }, { rate = 3, duration = \"5s\" }]\n");
+    assert!(found.iter().any(|f| f.contains("all users or all rates")), "{found:?}");
+    let found = problems("[load]\nstages = [{ users = 1 }, { users = 2, rate = 3, duration = \"1s\" }]\n");
+    assert!(
+        found.iter().any(|f| f.contains("load.stages[0].duration: missing")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("load.stages[1].rate: a stage has users or a rate, not both")),
+        "{found:?}"
+    );
+    let found = problems("[load]\nstages = [{ users = 1, duration = \"1500ms\" }]\n");
+    assert!(found[0].contains("whole report intervals"), "{found:?}");
+    let found = problems("[load.sweep]\nusers = [4, 2]\nstep = \"5s\"\n");
+    assert!(found[0].contains("levels must increase"), "{found:?}");
+    let found = problems("[load]\nusers = 5\nduration = \"10s\"\nwarmup = \"10s\"\n");
+    assert!(found[0].contains("leaves nothing of step 0"), "{found:?}");
+    let found = problems("[load]\nusers = 5\nspawn_rate = 0.1\nduration = \"10s\"\n");
+    assert!(found[0].contains("longer than the duration"), "{found:?}");
+    let stages_cli = Overrides {
+        duration: Some(Duration::from_secs(2)),
+        ..Overrides::default()
+    };
+    let e = Profile::parse(
+        "[load]\nstages = [{ users = 1, duration = \"5s\" }]\n",
+        Path::new("p.toml"),
+        &stages_cli,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--duration: stages have their own durations"), "{e}");
 }

@@ -27,11 +27,20 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
     } else {
         s.target.url.clone()
     };
+    let load = match (s.load.users, s.load.rate) {
+        (Some(u), _) => format!("{u} users"),
+        (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
+        _ => String::new(),
+    };
+    let shape = match s.load.shape {
+        "stages" => format!(" in {} stages", s.steps.len()),
+        "sweep" => format!(" in a sweep of {} steps", s.steps.len()),
+        _ => String::new(),
+    };
     let _ = writeln!(
         o,
-        "\nstampede run {} · {} users over {} agent{} · {:.1}s",
+        "\nstampede run {} · {load}{shape} over {} agent{} · {:.1}s",
         s.run_id,
-        s.load.users,
         s.load.agents,
         if s.load.agents == 1 { "" } else { "s" },
         s.duration_s
@@ -103,6 +112,61 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         Status::Passed => "passed".to_owned(),
         other => format!("{other:?}").to_lowercase(),
     };
+    metric_row(o, "TTFT* (ms)", &m.ttft_intended);
+    metric_row(o, "E2E* (ms)", &m.e2e_intended);
+    metric_row(o, "lag (ms)", &m.schedule_lag);
+    let _ = writeln!(
+        o,
+        "          * from the intended start; lag: intended start to dispatch"
+    );
+    if s.steps.len() > 1 {
+        let _ = writeln!(
+            o,
+            "\n{:<14}{:>10}{:>12}{:>12}{:>12}{:>12}{:>10}",
+            "step", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "E2E p95", "errors"
+        );
+        for row in &s.steps {
+            let _ = writeln!(
+                o,
+                "{:<14}{:>10.2}{:>12.1}{:>12.1}{:>12.1}{:>12.1}{:>9.1}%",
+                row.label,
+                row.throughput.requests_per_s,
+                row.throughput.output_tokens_per_s,
+                row.metrics.ttft.p50,
+                row.metrics.ttft.p95,
+                row.metrics.e2e.p95,
+                row.requests.error_rate * 100.0
+            );
+        }
+    }
+    if let Some(knee) = &s.knee {
+        match &knee.label {
+            Some(label) => {
+                let _ = writeln!(
+                    o,
+                    "knee      at {label}: throughput near its peak of {:.2} req/s while TTFT p95 is past twice its {:.1} ms at the lowest load",
+                    knee.max_requests_per_s, knee.baseline_ttft_p95_ms
+                );
+            }
+            None => {
+                let _ = writeln!(o, "knee      none: the server kept up at every load tried");
+            }
+        }
+    }
+    if s.requests.late > 0 || s.requests.dropped > 0 {
+        let _ = writeln!(
+            o,
+            "schedule  {} requests sent late (over 5 ms), {} never sent",
+            grouped(s.requests.late),
+            grouped(s.requests.dropped)
+        );
+    }
+    if s.client.bound {
+        let _ = writeln!(o, "client-bound: results understate the server");
+        for reason in &s.client.reasons {
+            let _ = writeln!(o, "          {reason}");
+        }
+    }
     let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);
     for reason in &s.verdict.reasons {
         let _ = writeln!(o, "          {reason}");

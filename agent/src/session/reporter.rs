@@ -1,0 +1,125 @@
+//! Interval reports: cut the recorder's shards each interval, keep the
+//! run's totals, and encode both for the wire.
+//!
+//! Merging shards and compressing histograms is CPU work of a few
+//! milliseconds each interval. It runs on a blocking thread, so that it
+//! never holds up the runtime threads that start requests on time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use stampede_proto::pb;
+use tokio::time::Instant;
+
+use crate::cpu::Meter;
+use crate::record::{Interval, Recorder};
+
+/// What a cut works on; moved to a blocking thread and back.
+struct Work {
+    recorder: Recorder,
+    cut: Interval,
+    spare: Interval,
+    total: Interval,
+    cpu: Meter,
+}
+
+impl Work {
+    /// Cuts one interval; `active` is the users gauge at the cut.
+    fn cut(&mut self, active: u32) -> pb::Report {
+        self.recorder.cut(&mut self.cut, &mut self.spare);
+        self.total.add(&self.cut);
+        self.cut.counters.active_users = active;
+        let report = pb::Report {
+            histograms: self.cut.histograms.to_wire(),
+            counters: Some(self.cut.counters.to_wire()),
+            error_samples: self
+                .cut
+                .samples
+                .iter()
+                .map(|(class, message)| pb::ErrorSample {
+                    class: class.to_string(),
+                    message: message.clone(),
+                })
+                .collect(),
+            cpu: self.cpu.sample(),
+            ..pb::Report::default()
+        };
+        self.cut.reset();
+        report
+    }
+}
+
+/// Cuts interval reports and keeps the run's totals.
+pub(super) struct Reporter {
+    work: Option<Work>,
+    active: Arc<AtomicU32>,
+    start: Instant,
+    interval: Duration,
+    next_index: u64,
+    sequence: u64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Reporter {
+    /// A reporter of `recorder`'s outcomes, with intervals counted from
+    /// `start`.
+    pub(super) fn new(recorder: Recorder, active: Arc<AtomicU32>, start: Instant, interval: Duration) -> Reporter {
+        Reporter {
+            work: Some(Work {
+                recorder,
+                cut: Interval::default(),
+                spare: Interval::default(),
+                total: Interval::default(),
+                cpu: Meter::default(),
+            }),
+            active,
+            start,
+            interval,
+            next_index: 0,
+            sequence: 0,
+        }
+    }
+
+    /// When the current interval ends.
+    pub(super) fn due(&self) -> Instant {
+        let ends = u32::try_from(self.next_index + 1).unwrap_or(u32::MAX);
+        self.start + self.interval * ends
+    }
+
+    /// Cuts the current interval into a report.
+    pub(super) async fn report(&mut self) -> pb::Report {
+        let mut work = self.work.take().expect("the work is put back after every cut");
+        let active = self.active.load(Ordering::Relaxed);
+        let (work, mut report) = tokio::task::spawn_blocking(move || {
+            let report = work.cut(active);
+            (work, report)
+        })
+        .await
+        .expect("cutting a report does not panic");
+        self.work = Some(work);
+        self.sequence += 1;
+        report.interval = self.next_index;
+        report.sequence = self.sequence;
+        report.elapsed_us = micros(self.start.elapsed());
+        self.next_index += 1;
+        report
+    }
+
+    /// The run's totals, once the last report is cut.
+    pub(super) fn finished(&self, elapsed: Duration) -> (pb::Finished, stampede_proto::Counters) {
+        let total = &self.work.as_ref().expect("the work is put back after every cut").total;
+        let mut counters = total.counters.clone();
+        counters.active_users = 0;
+        let finished = pb::Finished {
+            histograms: total.histograms.to_wire(),
+            counters: Some(counters.to_wire()),
+            elapsed_us: micros(elapsed),
+            last_sequence: self.sequence,
+        };
+        (finished, counters)
+    }
+}

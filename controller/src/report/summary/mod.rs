@@ -1,0 +1,506 @@
+//! `summary.json`: the run's figures, its verdict, and the definitions of
+//! its metrics.
+
+mod types;
+
+use std::time::{Duration, SystemTime};
+
+use stampede_proto::{Counters, Metric};
+
+pub use types::*;
+
+use crate::analysis::{self, Level};
+use crate::coordinator::{AgentEnd, Collected};
+use crate::merge::{Place, Totals};
+use crate::profile::{Model, Profile, Shape};
+use crate::stats::Stats;
+
+/// What the summary needs besides the collected data.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    /// Run identifier.
+    pub run_id: &'a str,
+    /// The profile as run.
+    pub profile: &'a Profile,
+    /// Base URL requests went to.
+    pub target_url: &'a str,
+    /// The built-in simulator was the target.
+    pub simulated: bool,
+    /// Model name sent.
+    pub model: &'a str,
+}
+
+fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
+    let mut reasons = Vec::new();
+    let mut status = Status::Passed;
+    let attempted = requests.ok + requests.failed;
+    if requests.ok == 0 {
+        reasons.push(if attempted == 0 {
+            "no request completed".to_owned()
+        } else {
+            format!("no request succeeded: all {attempted} failed")
+        });
+        status = Status::Failed;
+    } else if requests.error_rate > profile.thresholds.max_error_rate {
+        reasons.push(format!(
+            "{} of {attempted} requests failed ({:.2}%), above the allowed {:.2}% (thresholds.max_error_rate)",
+            requests.failed,
+            requests.error_rate * 100.0,
+            profile.thresholds.max_error_rate * 100.0
+        ));
+        status = Status::Failed;
+    }
+    for a in &c.agents {
+        match &a.end {
+            AgentEnd::Finished => {}
+            AgentEnd::Lost(why) | AgentEnd::Failed(why) => reasons.push(format!("agent {} ended early: {why}", a.name)),
+            AgentEnd::Unfinished => reasons.push(format!("agent {} did not finish", a.name)),
+        }
+    }
+    let lost = c.agents.iter().any(|a| a.end != AgentEnd::Finished);
+    let mismatched = c.merger.agents().iter().any(|a| a.mismatch.is_some());
+    if c.unreadable > 0 {
+        reasons.push(format!("{} reports could not be read and are left out", c.unreadable));
+    }
+    if mismatched {
+        reasons.push("an agent's final totals disagree with its reports (see agents[].mismatch)".to_owned());
+    }
+    if status == Status::Passed && (lost || mismatched || c.unreadable > 0) {
+        status = Status::Degraded;
+    }
+    if let Some(why) = &c.aborted {
+        reasons.insert(0, format!("aborted: {why}"));
+        status = Status::Aborted;
+    }
+    if c.interrupted {
+        reasons.insert(0, "interrupted".to_owned());
+        status = Status::Interrupted;
+    }
+    let exit_code = match status {
+        Status::Passed => 0,
+        Status::Failed => 3,
+        Status::Degraded => 4,
+        Status::Aborted => 5,
+        Status::Interrupted => 130,
+    };
+    Verdict {
+        status,
+        exit_code,
+        reasons,
+    }
+}
+
+fn lost(p: &Profile, c: &Collected) -> Lost {
+    let users: f64 = c.agents.iter().map(|a| f64::from(a.users)).sum();
+    let planned = p.load.duration().as_secs_f64();
+    let lost: Vec<_> = c.agents.iter().filter(|a| a.lost_at.is_some()).collect();
+    let lost_users: u32 = lost.iter().map(|a| a.users).sum();
+    let missing: f64 = lost
+        .iter()
+        .map(|a| f64::from(a.users) * (planned - a.lost_at.map_or(0.0, |t| t.as_secs_f64())).max(0.0))
+        .sum();
+    // Open-loop agents carry equal shares of the schedule.
+    let (users, lost_users, missing) = if p.load.is_users() {
+        (users, f64::from(lost_users), missing)
+    } else {
+        let n = c.agents.len() as f64;
+        let gone: f64 = lost
+            .iter()
+            .map(|a| (planned - a.lost_at.map_or(0.0, |t| t.as_secs_f64())).max(0.0))
+            .sum();
+        (n, lost.len() as f64, gone)
+    };
+    Lost {
+        agents: lost.iter().map(|a| a.name.clone()).collect(),
+        users_share: if users > 0.0 { lost_users / users } else { 0.0 },
+        load_share: if users > 0.0 && planned > 0.0 {
+            missing / (users * planned)
+        } else {
+            0.0
+        },
+    }
+}
+
+fn skew_ms(c: &Collected, began_at_us: Option<u64>) -> Option<f64> {
+    Some((i128::from(began_at_us?) - i128::from(c.start_at_us?)) as f64 / 1e3)
+}
+
+fn start_skew(c: &Collected) -> StartSkew {
+    let skews: Vec<f64> = c.agents.iter().filter_map(|a| skew_ms(c, a.began_at_us)).collect();
+    let began: Vec<u64> = c.agents.iter().filter_map(|a| a.began_at_us).collect();
+    StartSkew {
+        measured: skews.len(),
+        max_ms: skews.iter().map(|s| s.abs()).reduce(f64::max),
+        spread_ms: match (began.iter().max(), began.iter().min()) {
+            (Some(hi), Some(lo)) => Some((hi - lo) as f64 / 1e3),
+            _ => None,
+        },
+    }
+}
+
+fn ms(stats: &Stats, v: u64) -> Option<f64> {
+    (stats.count > 0).then(|| v as f64 / 1e3)
+}
+
+fn requests(c: &Counters) -> Requests {
+    let failed = c.failed();
+    let attempted = c.ok + failed;
+    Requests {
+        ok: c.ok,
+        failed,
+        cancelled: c.cancelled,
+        late: c.late,
+        dropped: c.dropped,
+        error_rate: if attempted == 0 {
+            0.0
+        } else {
+            failed as f64 / attempted as f64
+        },
+    }
+}
+
+fn throughput(c: &Counters, secs: f64) -> Throughput {
+    let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let total_tokens = c.input_tokens + c.output_tokens;
+    Throughput {
+        requests_per_s: per_s(c.ok),
+        sent_per_s: per_s(c.ok + c.failed() + c.cancelled),
+        output_tokens_per_s: per_s(c.output_tokens),
+        total_tokens_per_s: per_s(total_tokens),
+        output_tokens_per_minute: per_s(c.output_tokens) * 60.0,
+        tpm: per_s(total_tokens) * 60.0,
+    }
+}
+
+fn steps(p: &Profile, totals: &[Totals]) -> Vec<StepSummary> {
+    let mut start = Duration::ZERO;
+    p.load
+        .steps
+        .iter()
+        .zip(totals)
+        .enumerate()
+        .map(|(index, (step, t))| {
+            let measured = step.duration.saturating_sub(p.load.warmup).as_secs_f64();
+            let summary = StepSummary {
+                index,
+                level: step.level,
+                label: p.load.label(step.level),
+                start_s: start.as_secs_f64(),
+                duration_s: step.duration.as_secs_f64(),
+                measured_s: measured,
+                requests: requests(&t.counters),
+                throughput: throughput(&t.counters, measured),
+                metrics: Metrics::of(&t.histograms),
+            };
+            start += step.duration;
+            summary
+        })
+        .collect()
+}
+
+fn load_table(steps: &[StepSummary]) -> Vec<LoadRow> {
+    steps
+        .iter()
+        .map(|s| LoadRow {
+            level: s.level,
+            requests_per_s: s.throughput.requests_per_s,
+            output_tokens_per_s: s.throughput.output_tokens_per_s,
+            ttft_p50_ms: s.metrics.ttft.p50,
+            ttft_p95_ms: s.metrics.ttft.p95,
+            itl_p50_ms: s.metrics.itl.p50,
+            e2e_p95_ms: s.metrics.e2e.p95,
+            error_rate: s.requests.error_rate,
+        })
+        .collect()
+}
+
+fn knee(p: &Profile, steps: &[StepSummary]) -> Option<Knee> {
+    if steps.len() < 2 {
+        return None;
+    }
+    let levels: Vec<Level> = steps
+        .iter()
+        .map(|s| Level {
+            load: s.level,
+            throughput: s.throughput.requests_per_s,
+            ttft_p95: s.metrics.ttft.p95,
+        })
+        .collect();
+    let found = analysis::knee(&levels);
+    let lowest = steps
+        .iter()
+        .min_by(|a, b| a.level.total_cmp(&b.level))
+        .expect("two steps or more");
+    Some(Knee {
+        found: found.is_some(),
+        step: found,
+        level: found.map(|i| steps[i].level),
+        label: found.map(|i| p.load.label(steps[i].level)),
+        max_requests_per_s: levels.iter().map(|l| l.throughput).fold(0.0, f64::max),
+        baseline_ttft_p95_ms: lowest.metrics.ttft.p95,
+        rule: analysis::KNEE_RULE,
+    })
+}
+
+fn client(c: &Collected) -> Client {
+    let lag = c.merger.measured().histograms.get(Metric::ScheduleLag);
+    let lag_p99_ms = if lag.is_empty() {
+        0.0
+    } else {
+        lag.value_at_quantile(0.99) as f64 / 1e3
+    };
+    let cpu_max = c.merger.agents().iter().map(|a| a.cpu).fold(0.0, f64::max);
+    let reasons = analysis::client_bound(lag_p99_ms, cpu_max);
+    Client {
+        bound: !reasons.is_empty(),
+        reasons,
+        schedule_lag_p99_ms: lag_p99_ms,
+        cpu_max,
+    }
+}
+
+fn load_info(p: &Profile, agents: u32) -> LoadInfo {
+    let l = &p.load;
+    let (users, rate) = if l.is_users() {
+        (Some(l.peak() as u32), None)
+    } else {
+        (None, Some(l.peak()))
+    };
+    let (think_s, pace_s, arrival, burstiness, max_concurrency) = match &l.model {
+        Model::Users { think, pace } => (
+            Some(think.as_secs_f64()),
+            pace.map(|d| d.as_secs_f64()),
+            None,
+            None,
+            None,
+        ),
+        Model::Rate {
+            process,
+            max_concurrency,
+        } => {
+            use stampede_agent::load::schedule::Process;
+            let (name, shape) = match process {
+                Process::Constant => ("constant", None),
+                Process::Poisson => ("poisson", None),
+                Process::Gamma(b) => ("gamma", Some(*b)),
+            };
+            (None, None, Some(name), shape, max_concurrency.map(|n| n.get()))
+        }
+    };
+    LoadInfo {
+        mode: if l.is_users() { "users" } else { "rate" },
+        shape: match l.shape {
+            Shape::Single => "single",
+            Shape::Stages => "stages",
+            Shape::Sweep => "sweep",
+        },
+        users,
+        rate,
+        agents,
+        planned_duration_s: l.duration().as_secs_f64(),
+        warmup_s: l.warmup.as_secs_f64(),
+        drain_s: l.drain.as_secs_f64(),
+        interval_s: p.report.interval.as_secs_f64(),
+        think_s,
+        pace_s,
+        arrival,
+        burstiness,
+        max_concurrency,
+        stream: p.request.stream,
+        max_tokens: p.request.max_tokens,
+        prompts: p.prompt_source.clone(),
+    }
+}
+
+fn agents(c: &Collected) -> Vec<AgentSummary> {
+    c.agents
+        .iter()
+        .zip(c.merger.agents())
+        .map(|(a, merged)| {
+            let (end, reason) = match &a.end {
+                AgentEnd::Finished => ("finished", None),
+                AgentEnd::Lost(r) => ("lost", Some(r.clone())),
+                AgentEnd::Failed(r) => ("failed", Some(r.clone())),
+                AgentEnd::Unfinished => ("unfinished", None),
+            };
+            AgentSummary {
+                name: a.name.clone(),
+                index: a.index,
+                users: a.users,
+                ok: merged.counters.ok,
+                failed: merged.counters.failed(),
+                reports: merged.reports,
+                last_interval: merged.last_interval,
+                end,
+                reason,
+                lost_at_s: a.lost_at.map(|t| t.as_secs_f64()),
+                start_skew_ms: skew_ms(c, a.began_at_us),
+                clock_offset_ms: a.clock_offset_us.map(|o| o as f64 / 1e3),
+                clock_rtt_ms: a.clock_rtt_us.map(|r| r as f64 / 1e3),
+                cpu: merged.cpu,
+                peer: a.peer.map(|p| p.to_string()),
+                mismatch: merged.mismatch.clone(),
+                version: a.version.clone(),
+            }
+        })
+        .collect()
+}
+
+fn intervals(c: &Collected, interval_s: f64) -> Vec<IntervalSummary> {
+    c.rows
+        .iter()
+        .map(|r| {
+            let (ttft, itl, e2e) = (r.get(Metric::Ttft), r.get(Metric::Itl), r.get(Metric::E2e));
+            let lag = r.get(Metric::ScheduleLag);
+            let (step, warmup) = match r.place {
+                Place::Warmup(k) => (Some(k), true),
+                Place::Step(k) => (Some(k), false),
+                Place::Drain => (None, false),
+            };
+            IntervalSummary {
+                interval: r.interval,
+                end_s: (r.interval + 1) as f64 * interval_s,
+                step,
+                warmup,
+                active: r.counters.active_users,
+                ok: r.counters.ok,
+                failed: r.counters.failed(),
+                requests_per_s: r.counters.ok as f64 / interval_s,
+                output_tokens_per_s: r.counters.output_tokens as f64 / interval_s,
+                ttft_p50_ms: ms(ttft, ttft.p50),
+                ttft_p95_ms: ms(ttft, ttft.p95),
+                itl_p50_ms: ms(itl, itl.p50),
+                e2e_p95_ms: ms(e2e, e2e.p95),
+                schedule_lag_p99_ms: ms(lag, lag.p99),
+                cpu: r.cpu,
+            }
+        })
+        .collect()
+}
+
+/// Builds the summary of a finished run.
+pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
+    let p = ctx.profile;
+    let m = &c.merger;
+    let counters = &m.measured().counters;
+    let requests = requests(counters);
+    let elapsed_us = m.agents().iter().map(|a| a.elapsed_us).max().unwrap_or(0);
+    let duration_s = if elapsed_us > 0 {
+        elapsed_us as f64 / 1e6
+    } else {
+        p.load.duration().as_secs_f64()
+    };
+    let warmups: f64 = p
+        .load
+        .steps
+        .iter()
+        .map(|s| p.load.warmup.min(s.duration).as_secs_f64())
+        .sum();
+    let measured_s = (duration_s - warmups).max(0.0);
+    let steps = steps(p, m.steps());
+    let warmup = m.warmup();
+    Summary {
+        schema: SCHEMA,
+        run_id: ctx.run_id.to_owned(),
+        profile: ProfileInfo {
+            name: p.name.clone(),
+            path: p.path.display().to_string(),
+            seed: p.seed,
+        },
+        target: TargetInfo {
+            url: ctx.target_url.to_owned(),
+            api: p.target.api.to_string(),
+            model: ctx.model.to_owned(),
+            simulated: ctx.simulated,
+        },
+        load: load_info(p, c.agents.len() as u32),
+        started_at: c.started_at.map(rfc3339),
+        duration_s,
+        measured_s,
+        verdict: verdict(p, c, &requests),
+        warmup: Warmup {
+            per_step_s: p.load.warmup.as_secs_f64(),
+            ok: warmup.ok,
+            failed: warmup.failed(),
+        },
+        errors: counters
+            .errors
+            .iter()
+            .map(|(class, n)| {
+                let info = ErrorInfo {
+                    count: *n,
+                    first_message: m.samples().get(class).cloned(),
+                };
+                (class.to_string(), info)
+            })
+            .collect(),
+        requests,
+        throughput: throughput(counters, measured_s),
+        tokens: Tokens {
+            input: counters.input_tokens,
+            output: counters.output_tokens,
+            source: match (counters.tokens_from_usage, counters.tokens_counted) {
+                (_, 0) => "server usage",
+                (0, _) => "counted stream events",
+                _ => "mixed",
+            },
+            from_usage: counters.tokens_from_usage,
+            counted: counters.tokens_counted,
+        },
+        metrics: Metrics::of(&m.measured().histograms),
+        load_table: load_table(&steps),
+        knee: knee(p, &steps),
+        steps,
+        client: client(c),
+        agents: agents(c),
+        lost: lost(p, c),
+        start_skew: start_skew(c),
+        intervals: intervals(c, p.report.interval.as_secs_f64()),
+        definitions: DEFINITIONS,
+    }
+}
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A run identifier: UTC start time, compact, then the profile name and a
+/// short suffix that keeps runs started in the same second apart.
+pub fn run_id(name: &str, now: SystemTime) -> String {
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let nanos = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .subsec_nanos();
+    let suffix = crate::plan::mix(u64::from(nanos) ^ u64::from(std::process::id())) & 0xffff;
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{stamp}-{name}-{suffix:04x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_sortable_and_safe() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let id = run_id("high load/x", t);
+        assert!(id.starts_with("20261118T110640Z-"), "{id}");
+        assert!(id.contains("-high-load-x-"), "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

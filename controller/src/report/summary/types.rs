@@ -1,0 +1,556 @@
+//! The shape of `summary.json`, and the metric definitions it states.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use stampede_proto::{Histograms, Metric, Unit};
+
+use crate::stats::Stats;
+
+/// Version of the summary format. Bumped on incompatible changes.
+pub const SCHEMA: &str = "stampede.summary/1";
+
+/// How a run went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every check held.
+    Passed,
+    /// Requests failed beyond the allowed rate, or none succeeded.
+    Failed,
+    /// Some of the run's data is missing (an agent was lost).
+    Degraded,
+    /// An agent was lost and the profile says to abort.
+    Aborted,
+    /// Stopped by the operator.
+    Interrupted,
+}
+
+/// The verdict and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// Overall status.
+    pub status: Status,
+    /// Process exit code: 0 passed, 3 failed, 4 degraded, 5 aborted, 130
+    /// interrupted.
+    pub exit_code: u8,
+    /// Every reason the run did not simply pass.
+    pub reasons: Vec<String>,
+}
+
+/// Statistics of one metric, in its reporting unit.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricSummary {
+    /// `ms` for times, `tokens` for counts.
+    pub unit: &'static str,
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p99_9: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl MetricSummary {
+    /// Statistics of `metric` in its reporting unit.
+    pub fn of(metric: Metric, s: &Stats) -> MetricSummary {
+        // Dividing (not multiplying by 1e-3) gives the double nearest the
+        // exact decimal, so 7012351 us is written as 7012.351 ms.
+        let (unit, divisor) = match metric.unit() {
+            Unit::Micros => ("ms", 1e3),
+            Unit::Tokens => ("tokens", 1.0),
+        };
+        let v = |x: u64| x as f64 / divisor;
+        MetricSummary {
+            unit,
+            count: s.count,
+            mean: s.mean / divisor,
+            min: v(s.min),
+            p50: v(s.p50),
+            p90: v(s.p90),
+            p95: v(s.p95),
+            p99: v(s.p99),
+            p99_9: v(s.p999),
+            max: v(s.max),
+        }
+    }
+}
+
+/// Every metric, by name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Metrics {
+    /// Time to first token.
+    pub ttft: MetricSummary,
+    /// Inter-token latency.
+    pub itl: MetricSummary,
+    /// Time per output token.
+    pub tpot: MetricSummary,
+    /// End-to-end latency.
+    pub e2e: MetricSummary,
+    /// Time to first token from the intended start.
+    pub ttft_intended: MetricSummary,
+    /// End-to-end latency from the intended start.
+    pub e2e_intended: MetricSummary,
+    /// Client-side queueing.
+    pub client_queue: MetricSummary,
+    /// Scheduling lag.
+    pub schedule_lag: MetricSummary,
+    /// Connection setup.
+    pub connect: MetricSummary,
+    /// Input tokens per request.
+    pub input_tokens: MetricSummary,
+    /// Output tokens per request.
+    pub output_tokens: MetricSummary,
+}
+
+impl Metrics {
+    /// Every metric of a histogram set.
+    pub fn of(h: &Histograms) -> Metrics {
+        let m = |metric| MetricSummary::of(metric, &Stats::of(h.get(metric)));
+        Metrics {
+            ttft: m(Metric::Ttft),
+            itl: m(Metric::Itl),
+            tpot: m(Metric::Tpot),
+            e2e: m(Metric::E2e),
+            ttft_intended: m(Metric::TtftIntended),
+            e2e_intended: m(Metric::E2eIntended),
+            client_queue: m(Metric::ClientQueue),
+            schedule_lag: m(Metric::ScheduleLag),
+            connect: m(Metric::Connect),
+            input_tokens: m(Metric::InputTokens),
+            output_tokens: m(Metric::OutputTokens),
+        }
+    }
+}
+
+/// The summary file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Format version.
+    pub schema: &'static str,
+    /// Run identifier.
+    pub run_id: String,
+    /// The profile.
+    pub profile: ProfileInfo,
+    /// The server under test.
+    pub target: TargetInfo,
+    /// The planned load.
+    pub load: LoadInfo,
+    /// Wall-clock start of the load (RFC 3339), when it started.
+    pub started_at: Option<String>,
+    /// Seconds from the start until the last request ended.
+    pub duration_s: f64,
+    /// Seconds of that which were measured (warm-ups left out).
+    pub measured_s: f64,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Request outcomes, warm-ups left out.
+    pub requests: Requests,
+    /// What the warm-ups held, left out of every statistic.
+    pub warmup: Warmup,
+    /// Failed requests by class.
+    pub errors: BTreeMap<String, ErrorInfo>,
+    /// Rates over the measured time.
+    pub throughput: Throughput,
+    /// Token totals and their source.
+    pub tokens: Tokens,
+    /// Latency and token statistics of successful requests.
+    pub metrics: Metrics,
+    /// Each step of the load, with its own statistics.
+    pub steps: Vec<StepSummary>,
+    /// Throughput and latency against load, one row per step.
+    pub load_table: Vec<LoadRow>,
+    /// Where the server saturates, when the load had several steps.
+    pub knee: Option<Knee>,
+    /// Whether the client, not the server, was the limit.
+    pub client: Client,
+    /// Each agent.
+    pub agents: Vec<AgentSummary>,
+    /// Agents lost mid-run, and how much of the load went with them.
+    pub lost: Lost,
+    /// How far apart the agents really began.
+    pub start_skew: StartSkew,
+    /// One row per interval.
+    pub intervals: Vec<IntervalSummary>,
+    /// What each figure means.
+    pub definitions: Definitions,
+}
+
+/// Which profile ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileInfo {
+    /// Its name.
+    pub name: String,
+    /// Its file.
+    pub path: String,
+    /// Its seed.
+    pub seed: u64,
+}
+
+/// The server under test.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    /// Base URL.
+    pub url: String,
+    /// Dialect.
+    pub api: String,
+    /// Model name sent.
+    pub model: String,
+    /// True when the built-in simulator was the target.
+    pub simulated: bool,
+}
+
+/// The planned load.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadInfo {
+    /// `users` (closed loop) or `rate` (open loop).
+    pub mode: &'static str,
+    /// `single`, `stages` or `sweep`.
+    pub shape: &'static str,
+    /// Most users in any step (closed loop).
+    pub users: Option<u32>,
+    /// Highest rate of any step, arrivals per second (open loop).
+    pub rate: Option<f64>,
+    /// Agents.
+    pub agents: u32,
+    /// Planned seconds of new requests.
+    pub planned_duration_s: f64,
+    /// Seconds left out of statistics at the start of each step.
+    pub warmup_s: f64,
+    /// Seconds in-flight requests may take after the last step.
+    pub drain_s: f64,
+    /// Reporting interval in seconds.
+    pub interval_s: f64,
+    /// Pause after each answer, seconds (closed loop).
+    pub think_s: Option<f64>,
+    /// Each user's cadence, seconds (closed loop with a pace).
+    pub pace_s: Option<f64>,
+    /// `constant`, `poisson` or `gamma` (open loop).
+    pub arrival: Option<&'static str>,
+    /// Gamma shape (open loop, gamma arrivals).
+    pub burstiness: Option<f64>,
+    /// Most requests in flight over all agents (open loop).
+    pub max_concurrency: Option<u32>,
+    /// Streaming requests.
+    pub stream: bool,
+    /// Output token limit per request.
+    pub max_tokens: Option<u32>,
+    /// The prompt dataset.
+    pub prompts: String,
+}
+
+/// Request outcomes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Requests {
+    /// Completed successfully.
+    pub ok: u64,
+    /// Failed (see `errors`).
+    pub failed: u64,
+    /// Abandoned at the end or at an interrupt.
+    pub cancelled: u64,
+    /// Sent more than 5 ms after their intended start.
+    pub late: u64,
+    /// Scheduled but never sent (the load ended while they waited).
+    pub dropped: u64,
+    /// `failed / (ok + failed)`.
+    pub error_rate: f64,
+}
+
+/// What the warm-ups held.
+#[derive(Clone, Debug, Serialize)]
+pub struct Warmup {
+    /// Seconds at the start of each step.
+    pub per_step_s: f64,
+    /// Successful requests left out.
+    pub ok: u64,
+    /// Failed requests left out.
+    pub failed: u64,
+}
+
+/// One error class.
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorInfo {
+    /// Failed requests of this class.
+    pub count: u64,
+    /// The first message seen.
+    pub first_message: Option<String>,
+}
+
+/// Rates over the measured time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Requests sent per second (successful, failed and cancelled): for an
+    /// open-loop load, the arrival rate achieved.
+    pub sent_per_s: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Input plus output tokens per second.
+    pub total_tokens_per_s: f64,
+    /// Output tokens per minute.
+    pub output_tokens_per_minute: f64,
+    /// Input plus output tokens per minute (TPM, as rate limits count it).
+    pub tpm: f64,
+}
+
+/// Token totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tokens {
+    /// Input tokens reported by the server.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// `server usage`, `counted stream events`, or `mixed`.
+    pub source: &'static str,
+    /// Requests whose counts came from the server's usage.
+    pub from_usage: u64,
+    /// Requests whose output tokens were counted from stream events.
+    pub counted: u64,
+}
+
+/// One step of the load.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepSummary {
+    /// Position in the load.
+    pub index: usize,
+    /// Users or arrivals per second.
+    pub level: f64,
+    /// The level in words.
+    pub label: String,
+    /// When it began, seconds after the start.
+    pub start_s: f64,
+    /// How long it lasted.
+    pub duration_s: f64,
+    /// How much of it was measured (the warm-up left out).
+    pub measured_s: f64,
+    /// Its request outcomes.
+    pub requests: Requests,
+    /// Its rates.
+    pub throughput: Throughput,
+    /// Its statistics.
+    pub metrics: Metrics,
+}
+
+/// Throughput and latency at one load.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadRow {
+    /// Users or arrivals per second.
+    pub level: f64,
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// TTFT median, ms.
+    pub ttft_p50_ms: f64,
+    /// TTFT 95th percentile, ms.
+    pub ttft_p95_ms: f64,
+    /// ITL median, ms.
+    pub itl_p50_ms: f64,
+    /// E2E 95th percentile, ms.
+    pub e2e_p95_ms: f64,
+    /// Failed share of requests.
+    pub error_rate: f64,
+}
+
+/// Where the server saturates.
+#[derive(Clone, Debug, Serialize)]
+pub struct Knee {
+    /// A step met the rule.
+    pub found: bool,
+    /// That step.
+    pub step: Option<usize>,
+    /// Its load.
+    pub level: Option<f64>,
+    /// Its load in words.
+    pub label: Option<String>,
+    /// The highest throughput of any step, requests per second.
+    pub max_requests_per_s: f64,
+    /// TTFT p95 at the lowest load, ms.
+    pub baseline_ttft_p95_ms: f64,
+    /// The rule.
+    pub rule: &'static str,
+}
+
+/// Whether the client was the limit.
+#[derive(Clone, Debug, Serialize)]
+pub struct Client {
+    /// The results understate the server.
+    pub bound: bool,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// Scheduling lag p99 over the measured run, ms.
+    pub schedule_lag_p99_ms: f64,
+    /// The busiest agent's mean CPU share while the load ran.
+    pub cpu_max: f64,
+}
+
+/// One agent's part.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentSummary {
+    /// Name.
+    pub name: String,
+    /// Position.
+    pub index: u32,
+    /// Most users it ran in any step (closed loop).
+    pub users: u32,
+    /// Its successful requests.
+    pub ok: u64,
+    /// Its failed requests.
+    pub failed: u64,
+    /// Reports merged from it.
+    pub reports: u64,
+    /// Highest interval it reported.
+    pub last_interval: Option<u64>,
+    /// `finished`, `lost`, `failed` or `unfinished`.
+    pub end: &'static str,
+    /// Why it did not finish, when it did not.
+    pub reason: Option<String>,
+    /// When it was declared lost, seconds after the start.
+    pub lost_at_s: Option<f64>,
+    /// Its start minus the planned start, ms (controller clock).
+    pub start_skew_ms: Option<f64>,
+    /// Its estimate of controller clock minus its clock, ms.
+    pub clock_offset_ms: Option<f64>,
+    /// Round trip of that estimate, ms: the offset is good to half of it.
+    pub clock_rtt_ms: Option<f64>,
+    /// Mean share of its cores its process used while the load ran.
+    pub cpu: f64,
+    /// Where it connected from.
+    pub peer: Option<String>,
+    /// Its final totals disagreed with its reports.
+    pub mismatch: Option<String>,
+    /// Its software version.
+    pub version: String,
+}
+
+/// Agents lost mid-run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lost {
+    /// Their names.
+    pub agents: Vec<String>,
+    /// Their share of the users.
+    pub users_share: f64,
+    /// Their share of the planned user-seconds that was not run: the sum of
+    /// `users × (planned duration − time lost)` over the planned total.
+    pub load_share: f64,
+}
+
+/// When the agents began, against the planned start.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartSkew {
+    /// Agents that said when they began.
+    pub measured: usize,
+    /// Largest distance of an agent's start from the planned start, ms.
+    pub max_ms: Option<f64>,
+    /// Latest start minus earliest start, ms.
+    pub spread_ms: Option<f64>,
+}
+
+/// One interval over all agents.
+#[derive(Clone, Debug, Serialize)]
+pub struct IntervalSummary {
+    /// Index.
+    pub interval: u64,
+    /// End of the interval, seconds after the start.
+    pub end_s: f64,
+    /// The step it belongs to; none after the last (the drain).
+    pub step: Option<usize>,
+    /// It is a warm-up, left out of statistics.
+    pub warmup: bool,
+    /// Users running (closed loop) or requests in flight (open loop) at its
+    /// end.
+    pub active: u32,
+    /// Successful requests completed in it.
+    pub ok: u64,
+    /// Failed requests in it.
+    pub failed: u64,
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// TTFT median, ms.
+    pub ttft_p50_ms: Option<f64>,
+    /// TTFT 95th percentile, ms.
+    pub ttft_p95_ms: Option<f64>,
+    /// ITL median, ms.
+    pub itl_p50_ms: Option<f64>,
+    /// E2E 95th percentile, ms.
+    pub e2e_p95_ms: Option<f64>,
+    /// Scheduling lag 99th percentile, ms.
+    pub schedule_lag_p99_ms: Option<f64>,
+    /// The busiest agent's CPU share.
+    pub cpu: f64,
+}
+
+/// The metric contract, stated in every summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Definitions {
+    /// t0.
+    pub t0: &'static str,
+    /// Intended start.
+    pub intended_start: &'static str,
+    /// TTFT.
+    pub ttft: &'static str,
+    /// ITL.
+    pub itl: &'static str,
+    /// TPOT.
+    pub tpot: &'static str,
+    /// E2E.
+    pub e2e: &'static str,
+    /// Latency from the intended start.
+    pub from_intended: &'static str,
+    /// Client queue.
+    pub client_queue: &'static str,
+    /// Scheduling lag.
+    pub schedule_lag: &'static str,
+    /// Connect.
+    pub connect: &'static str,
+    /// Tokens.
+    pub tokens: &'static str,
+    /// Throughput.
+    pub throughput: &'static str,
+    /// Warm-up.
+    pub warmup: &'static str,
+    /// Knee.
+    pub knee: &'static str,
+    /// Client-bound.
+    pub client_bound: &'static str,
+    /// Percentiles.
+    pub percentiles: &'static str,
+    /// Failures.
+    pub failures: &'static str,
+}
+
+/// The definitions every summary carries.
+pub const DEFINITIONS: Definitions = Definitions {
+    t0: "just before the request is written, after a connection is available; times are on the agent's monotonic clock",
+    intended_start: "when the schedule meant the request to start: the arrival time (open loop), the user's next tick (closed loop with a pace), or the moment the user was ready after its think time (closed loop)",
+    ttft: "time to first token: t0 to the first byte of the first stream event carrying generated text",
+    itl: "inter-token latency: each gap between the first bytes of consecutive stream events carrying generated text (one sample per gap)",
+    tpot: "time per output token: (e2e - ttft) / (output_tokens - 1), one sample per request with at least two output tokens",
+    e2e: "end to end: t0 to the end of the response body",
+    from_intended: "ttft_intended and e2e_intended count from the intended start instead of t0, so time spent waiting to be sent (a stalled server holding a paced user back, a concurrency cap, a slow client) is part of the latency: no coordinated omission",
+    client_queue: "intended start to t0: waiting for a turn, a concurrency slot or a connection",
+    schedule_lag: "intended start to the moment the agent released the request: how well the agent kept time",
+    connect: "time to open a new connection (TCP, and TLS for https), one sample per connection opened by a successful request",
+    tokens: "the server's usage figures when given (OpenAI stream_options.include_usage), else counted stream events carrying text; tokens.source says which",
+    throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
+    warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
+    knee: crate::analysis::KNEE_RULE,
+    client_bound: "the run is client-bound, and its results understate the server, when the scheduling lag p99 exceeds 5 ms or an agent used more than 90% of its CPU",
+    percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
+    failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
+};
