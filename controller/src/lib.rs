@@ -14,4 +14,4 @@ pub mod report;
 pub mod run;
 pub mod stats;
 
-pub use run::{Agents, Finished, Interrupt, Listen, RunError, run};
+pub use run::{Agents, Finished, Interrupt, Listen, Options, RunError, run};

@@ -1,5 +1,6 @@
 //! `controller`: runs a load profile and reports what the server did.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use stampede_controller::profile::{Overrides, Profile, parse_duration};
 use stampede_controller::report::terminal;
-use stampede_controller::{Agents, Interrupt, Listen, run};
+use stampede_controller::{Agents, Interrupt, Listen, Options, run};
 
 /// Exit code for bad input: a profile or flag that cannot be used.
 const EX_USAGE: u8 = 64;
@@ -26,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run a load profile. With no target in the profile or on the command
     /// line, the built-in simulated server is the target.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check profiles without running them; prints every problem found.
     Validate {
         /// Profiles to check.
@@ -74,6 +75,10 @@ struct RunArgs {
     /// PEM private key for TLS on the agents' listener.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve live Prometheus metrics at http://ADDR/metrics during the run
+    /// (and for 5 s after it), such as 0.0.0.0:9100.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// After the summary table, print summary.json as one line of JSON, the
     /// last line of standard output, for when the log is all there is to
     /// read (a Kubernetes Job, a compose service).
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Validate { profiles } => validate(&profiles),
-        Command::Run(args) => run_profile(args),
+        Command::Run(args) => run_profile(*args),
     }
 }
 
@@ -193,7 +198,11 @@ fn run_profile(args: RunArgs) -> ExitCode {
     };
     let interrupt = Interrupt::default();
     runtime.spawn(watch_signals(interrupt.clone()));
-    match runtime.block_on(run(profile, agents, interrupt)) {
+    let options = Options {
+        agents,
+        metrics: args.metrics_addr,
+    };
+    match runtime.block_on(run(profile, options, interrupt)) {
         Ok(finished) => {
             let path = finished.dir.join("summary.json");
             print!("{}", terminal::render(&finished.summary, &path.display().to_string()));

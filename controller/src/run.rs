@@ -20,6 +20,7 @@ use crate::coordinator::{self, Setup, service::Service};
 use crate::plan;
 use crate::profile::Profile;
 use crate::report::intervals::Log;
+use crate::report::live::{self, Live};
 use crate::report::progress::Progress;
 use crate::report::summary::{self, Context, Summary};
 
@@ -41,6 +42,19 @@ pub struct Interrupt {
     pub stop: CancellationToken,
     /// Second signal: abandon in-flight requests now.
     pub abort: CancellationToken,
+}
+
+/// How long the live metrics stay up after the run, so that a last scrape
+/// sees the final counts.
+pub const METRICS_LINGER: Duration = Duration::from_secs(5);
+
+/// How a run is carried out, besides its profile.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the agents come from.
+    pub agents: Agents,
+    /// Serve live Prometheus metrics here during the run.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where a run's agents come from.
@@ -187,9 +201,10 @@ async fn serve(
     Ok(Server { addr, stop, task })
 }
 
-/// Runs `profile` with its agents coming from `agents`, and writes its
-/// results. The verdict is in the summary.
-pub async fn run(profile: Profile, agents: Agents, interrupt: Interrupt) -> Result<Finished, RunError> {
+/// Runs `profile` as `options` say, and writes its results. The verdict
+/// is in the summary.
+pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
+    let agents = options.agents;
     let run_id = summary::run_id(&profile.name, SystemTime::now());
     let dir = profile.report.out.join(&run_id);
     std::fs::create_dir_all(&dir).map_err(write_error(dir.clone()))?;
@@ -244,6 +259,15 @@ pub async fn run(profile: Profile, agents: Agents, interrupt: Interrupt) -> Resu
         );
     }
 
+    let live = Live::new(&run_id, &profile.name, &url);
+    let live_stop = CancellationToken::new();
+    if let Some(addr) = options.metrics {
+        let bound = live::serve(addr, live.clone(), live_stop.clone())
+            .await
+            .map_err(|source| RunError::Listen { addr, source })?;
+        tracing::info!("live metrics at http://{bound}/metrics");
+    }
+
     let log_path = dir.join("intervals.jsonl");
     let log = Log::create(&log_path).map_err(write_error(log_path))?;
     let setup = Setup {
@@ -268,6 +292,7 @@ pub async fn run(profile: Profile, agents: Agents, interrupt: Interrupt) -> Resu
         join_timeout,
         capabilities: required_capabilities(profile.target.api),
         on_agent_loss: profile.on_agent_loss,
+        live: options.metrics.map(|_| live.clone()),
     };
     let tty = std::io::stderr().is_terminal();
     let progress = Progress::new(profile.report.interval, profile.load.duration, tty);
@@ -306,6 +331,11 @@ pub async fn run(profile: Profile, agents: Agents, interrupt: Interrupt) -> Resu
     let _ = tokio::time::timeout(Duration::from_secs(5), server.task).await;
     if let Some(sim) = sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), sim.stop()).await;
+    }
+
+    if options.metrics.is_some() {
+        tokio::time::sleep(METRICS_LINGER).await;
+        live_stop.cancel();
     }
 
     let collected = collected.map_err(|e| RunError::Failed(format!("the coordinator failed: {e}")))?;

@@ -20,6 +20,7 @@ use crate::merge::{self, Merger, Row};
 use crate::plan::Slice;
 use crate::profile::OnAgentLoss;
 use crate::report::intervals::Log;
+use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::run::Interrupt;
 use service::{Event, Outbound};
@@ -48,6 +49,8 @@ pub(crate) struct Setup {
     pub(crate) join_timeout: Duration,
     pub(crate) capabilities: Vec<String>,
     pub(crate) on_agent_loss: OnAgentLoss,
+    /// Live metrics to feed, when served.
+    pub(crate) live: Option<Live>,
 }
 
 /// How an agent's part ended.
@@ -197,7 +200,10 @@ pub(crate) async fn run(
     while !c.all_ended() {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => c.handle(event),
+                Some(event) => {
+                    c.handle(event);
+                    c.count_agents();
+                }
                 None => break,
             },
             _ = heartbeat.tick() => {
@@ -207,7 +213,10 @@ pub(crate) async fn run(
             // Checked when the first silence can complete, not by polling,
             // so that a silent agent is lost the moment it has been silent
             // for SILENCE.
-            _ = sleep_until(c.next_silence()), if c.watching() => c.watch(),
+            _ = sleep_until(c.next_silence()), if c.watching() => {
+                c.watch();
+                c.count_agents();
+            }
             _ = sleep_until(c.deadline) => c.overdue(),
             _ = interrupt.stop.cancelled(), if !c.interrupted => {
                 c.interrupted = true;
@@ -318,6 +327,23 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Tells the live metrics how many agents stand in each state.
+    fn count_agents(&self) {
+        let Some(live) = &self.setup.live else { return };
+        let (mut running, mut finished, mut lost) = (0, 0, 0);
+        for slot in self.slots.iter().flatten() {
+            match slot.record.end {
+                AgentEnd::Unfinished => running += 1,
+                AgentEnd::Finished => finished += 1,
+                AgentEnd::Lost(_) | AgentEnd::Failed(_) => lost += 1,
+            }
+            if slot.record.end != AgentEnd::Unfinished {
+                live.agent_ended(slot.record.index);
+            }
+        }
+        live.agents(running, finished, lost);
     }
 
     fn hello(&mut self, conn: u64, hello: pb::Hello) {
@@ -444,6 +470,11 @@ impl Coordinator {
             }
         };
         let (merged, rows) = self.merger.add(index, &report);
+        if merged == merge::Merged::Added
+            && let Some(live) = &self.setup.live
+        {
+            live.report(index, &report.histograms, &report.counters);
+        }
         if merged == merge::Merged::Added {
             // Durable before acknowledged: a crash after the ack loses
             // nothing the agent was told is safe.

@@ -2,6 +2,7 @@
 //! JSON summary and the terminal table.
 
 pub mod intervals;
+pub mod live;
 pub mod progress;
 pub mod summary;
 pub mod terminal;
