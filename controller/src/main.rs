@@ -79,6 +79,11 @@ struct RunArgs {
     /// (and for 5 s after it), such as 0.0.0.0:9100.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// After the summary table, print summary.json as one line of JSON, the
+    /// last line of standard output, for when the log is all there is to
+    /// read (a Kubernetes Job, a compose service).
+    #[arg(long)]
+    print_summary: bool,
 }
 
 fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -178,6 +183,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
         duration: args.duration,
         out: args.out,
     };
+    let print_summary = args.print_summary;
     let profile = match Profile::load(&args.profile, &overrides) {
         Ok(p) => p,
         Err(e) => {
@@ -202,6 +208,10 @@ fn run_profile(args: RunArgs) -> ExitCode {
         Ok(finished) => {
             let path = finished.dir.join("summary.json");
             print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
+            if print_summary {
+                let json = serde_json::to_string(&finished.summary).expect("the summary always serializes");
+                println!("{json}");
+            }
             ExitCode::from(finished.summary.verdict.exit_code)
         }
         Err(e @ stampede_controller::RunError::Plan(_)) => {

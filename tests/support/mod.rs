@@ -6,7 +6,9 @@
 //! handle drops. Timing-sensitive tests hold [`exclusive`] so that two
 //! loads never share the machine's cores.
 
+pub mod kube;
 pub mod netns;
+pub mod prom;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
