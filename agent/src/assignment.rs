@@ -14,6 +14,8 @@ use crate::load::open::{Open, Timer};
 use crate::load::schedule::{self, Process, RatePhase, UsersPhase};
 use crate::load::users::Closed;
 use crate::prompts::Prompts;
+use crate::trace::Tracing;
+use stampede_otel::{Exporter, KeyValue, Protocol, Traceparent};
 
 /// This agent's part of a run, validated.
 #[derive(Debug)]
@@ -60,20 +62,39 @@ impl Plan {
                 Ok(Duration::from_millis(ms))
             }
         };
+        let spec = Spec {
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
+            stream: request.stream,
+        };
+        let exporter = match &a.trace {
+            Some(t) => Some(exporter(t, &a.run_id, a.agent_index)?),
+            None => None,
+        };
+        let tracing = Tracing::new(
+            exporter,
+            a.trace.as_ref().map_or(0.0, |t| t.sample_ratio),
+            a.trace.as_ref().and_then(|t| Traceparent::parse(&t.run_traceparent)),
+            &a.run_id,
+            a.agent_index,
+            &endpoint,
+            dialect,
+            &target.model,
+            &spec,
+            stage_ends(&load),
+        );
+        let mut executor = Executor::new(
+            endpoint,
+            dialect,
+            target.model,
+            spec,
+            positive(target.timeout_ms, "request timeout")?,
+        );
+        executor.trace = Arc::new(tracing);
         Ok(Plan {
             run_id: a.run_id,
             agent_index: a.agent_index,
-            executor: Arc::new(Executor::new(
-                endpoint,
-                dialect,
-                target.model,
-                Spec {
-                    max_tokens: request.max_tokens,
-                    temperature: request.temperature,
-                    stream: request.stream,
-                },
-                positive(target.timeout_ms, "request timeout")?,
-            )),
+            executor: Arc::new(executor),
             load,
             prompts: Arc::new(Prompts::new(prompts.prompts.into_iter().map(|p| p.text).collect())),
             duration: positive(a.duration_ms, "duration")?,
@@ -81,6 +102,45 @@ impl Plan {
             interval: positive(a.interval_ms, "report interval")?,
         })
     }
+}
+
+/// Starts the span exporter an assignment asks for.
+fn exporter(t: &pb::Trace, run_id: &str, agent: u32) -> Result<Exporter, String> {
+    let protocol: Protocol = t.protocol.parse()?;
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err(format!(
+            "the trace sample ratio {} is not between 0 and 1",
+            t.sample_ratio
+        ));
+    }
+    let config = stampede_otel::Config {
+        endpoint: t.endpoint.clone(),
+        protocol,
+        sample_ratio: t.sample_ratio,
+        service_name: t.service_name.clone(),
+        ui_url: String::new(),
+    };
+    let resource = vec![
+        KeyValue::new("service.instance.id", format!("{run_id}/agent-{agent}")),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+    ];
+    Exporter::start(&config, resource).map_err(|e| e.to_string())
+}
+
+/// Where each phase of a load ends, from its start: stage numbers for
+/// spans.
+fn stage_ends(load: &Load) -> Vec<Duration> {
+    let lengths: Vec<Duration> = match load {
+        Load::Closed(c) => c.phase_lengths.clone(),
+        Load::Open(o) => o.phases.iter().map(|p| p.duration).collect(),
+    };
+    lengths
+        .iter()
+        .scan(Duration::ZERO, |end, d| {
+            *end += *d;
+            Some(*end)
+        })
+        .collect()
 }
 
 fn ms(ms: u64) -> Duration {
@@ -104,6 +164,7 @@ fn load(kind: Option<pb::load::Kind>, seed: u64) -> Result<Load, String> {
                 .collect();
             Ok(Load::Closed(Closed {
                 windows: schedule::windows(&phases),
+                phase_lengths: phases.iter().map(|p| p.duration).collect(),
                 first_user: c.first_user,
                 seed,
                 think: ms(c.think_ms),

@@ -20,6 +20,7 @@ use crate::api::{Dialect, Framing, Parsed, Spec, Usage};
 use crate::http::{Conn, Endpoint};
 use crate::record::{Outcome, Sample};
 use crate::stream::sse::{self, PushError};
+use crate::trace::{self, Trail};
 
 /// Largest error body kept for a message, and largest whole answer read.
 const MAX_ERROR_BODY: usize = 2 * 1024;
@@ -38,6 +39,8 @@ pub struct Executor {
     pub spec: Spec,
     /// Limit on one request, connection included.
     pub timeout: Duration,
+    /// Trace context for every request, and spans when tracing is on.
+    pub trace: trace::Shared,
     /// Unit tests of the load models: answer every request after these
     /// service times in turn, without a network, so that schedules can be
     /// checked on a paused clock.
@@ -54,6 +57,7 @@ impl Executor {
             model,
             spec,
             timeout,
+            trace: Default::default(),
             #[cfg(test)]
             service_times: None,
         }
@@ -68,6 +72,8 @@ pub struct Timing {
     /// When the scheduler released it: `dispatched - intended` is the
     /// scheduling lag.
     pub dispatched: Instant,
+    /// The user sending it, for closed-loop loads.
+    pub user: Option<u32>,
 }
 
 impl Timing {
@@ -77,6 +83,7 @@ impl Timing {
         Timing {
             intended: now,
             dispatched: now,
+            user: None,
         }
     }
 }
@@ -99,14 +106,35 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Executor {
-    /// Runs one request over `conn` (opened or replaced as needed). Never
-    /// panics on server behaviour: every failure is an outcome.
+    /// Runs one request over `conn` (opened or replaced as needed) and
+    /// hands its span to the tracer. Never panics on server behaviour:
+    /// every failure is an outcome.
     pub async fn run<'s>(
         &self,
         conn: &mut Option<Conn>,
         prompt: &str,
         timing: Timing,
         scratch: &'s mut Scratch,
+    ) -> Outcome<'s> {
+        let mut trail = Trail {
+            parent: self.trace.context(),
+            intended: timing.intended,
+            t0: None,
+            status: None,
+            user: timing.user,
+        };
+        let outcome = self.measure(conn, prompt, timing, scratch, &mut trail).await;
+        self.trace.finish(&trail, &outcome);
+        outcome
+    }
+
+    async fn measure<'s>(
+        &self,
+        conn: &mut Option<Conn>,
+        prompt: &str,
+        timing: Timing,
+        scratch: &'s mut Scratch,
+        trail: &mut Trail,
     ) -> Outcome<'s> {
         scratch.gaps.clear();
         let intended = timing.intended;
@@ -127,7 +155,7 @@ impl Executor {
                 ..Sample::default()
             });
         }
-        let attempt = self.attempt(conn, prompt, intended, &mut scratch.gaps);
+        let attempt = self.attempt(conn, prompt, intended, &mut scratch.gaps, trail);
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => fail(
@@ -158,8 +186,9 @@ impl Executor {
         }
     }
 
-    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+    fn request(&self, body: Bytes, traceparent: &str) -> Request<Full<Bytes>> {
         Request::post(self.endpoint.path(self.dialect.path()))
+            .header(stampede_otel::Traceparent::HEADER, traceparent)
             .header(header::HOST, self.endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
             .header(
@@ -180,8 +209,10 @@ impl Executor {
         prompt: &str,
         intended: Instant,
         gaps: &mut Vec<u64>,
+        trail: &mut Trail,
     ) -> Result<Sample<'static>, Failure> {
         let body = Bytes::from(self.dialect.body(&self.model, prompt, &self.spec));
+        let traceparent = trail.parent.to_string();
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
         let (t0, response) = loop {
@@ -205,7 +236,12 @@ impl Executor {
                 return fail(ErrorClass::Stream, "connection closed before the request was sent");
             }
             let t0 = Instant::now();
-            match c.sender.try_send_request(self.request(body.clone())).await {
+            trail.t0 = Some(t0);
+            match c
+                .sender
+                .try_send_request(self.request(body.clone(), &traceparent))
+                .await
+            {
                 Ok(response) => break (t0, response),
                 // Never written: a keep-alive connection the server closed
                 // just now. Safe to send again on a new connection.
@@ -217,6 +253,7 @@ impl Executor {
         };
         let client_queue_us = micros(t0 - intended);
         let status = response.status();
+        trail.status = Some(status.as_u16());
         if !status.is_success() {
             let snippet = read_limited(response.into_body(), MAX_ERROR_BODY).await;
             let text = String::from_utf8_lossy(&snippet);

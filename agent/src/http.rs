@@ -89,6 +89,16 @@ impl Endpoint {
         })
     }
 
+    /// The server's host name or address, as in the URL.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `host:port` as written in the URL, for the `Host` header and logs.
     pub fn authority(&self) -> &str {
         &self.authority

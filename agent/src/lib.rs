@@ -17,6 +17,7 @@ pub mod prompts;
 pub mod record;
 pub mod session;
 pub mod stream;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ pub struct Config {
     pub ca: Option<Vec<u8>>,
     /// How long to keep trying to reach the controller.
     pub wait: Duration,
+    /// Where to export request spans when the controller's assignment
+    /// does not say (from this agent's own `OTEL_*` environment); the
+    /// controller's settings, when it sends some, win.
+    pub trace: Option<stampede_proto::pb::Trace>,
 }
 
 impl std::fmt::Debug for Config {
@@ -49,6 +54,7 @@ impl std::fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca", &self.ca.is_some())
             .field("wait", &self.wait)
+            .field("trace", &self.trace)
             .finish()
     }
 }

@@ -60,6 +60,25 @@ fn default_name() -> String {
         .unwrap_or_else(|| format!("agent-{}", std::process::id()))
 }
 
+/// Request-span export from the standard `OTEL_*` variables, used when the
+/// controller sends no trace settings; `None` when they name no endpoint.
+fn trace_from_env() -> Result<Option<stampede_proto::pb::Trace>, String> {
+    let env = stampede_otel::from_env(|k| std::env::var(k).ok())?;
+    if env.disabled {
+        return Ok(None);
+    }
+    let Some(endpoint) = env.endpoint else {
+        return Ok(None);
+    };
+    Ok(Some(stampede_proto::pb::Trace {
+        protocol: env.protocol.unwrap_or(stampede_otel::Protocol::Grpc).to_string(),
+        endpoint,
+        sample_ratio: env.sample_ratio.unwrap_or(1.0),
+        service_name: env.service_name.unwrap_or_else(|| "stampede".to_owned()),
+        run_traceparent: String::new(),
+    }))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -83,12 +102,20 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let trace = match trace_from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let config = Config {
         controller: cli.controller,
         name: cli.name.unwrap_or_else(default_name),
         token,
         ca,
         wait: cli.wait,
+        trace,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

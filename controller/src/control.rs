@@ -55,6 +55,8 @@ impl ControlPlane {
     pub(crate) async fn start(parts: Parts) -> Result<ControlPlane, RunError> {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (collected_tx, collected) = oneshot::channel();
+        // The coordinator's log lines carry the run's trace id too.
+        let logs = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("stampede-control".to_owned())
             .spawn(move || {
@@ -65,7 +67,10 @@ impl ControlPlane {
                         return;
                     }
                 };
-                runtime.block_on(serve(parts, ready_tx, collected_tx));
+                runtime.block_on(tracing::Instrument::instrument(
+                    serve(parts, ready_tx, collected_tx),
+                    logs,
+                ));
             })
             .map_err(|e| RunError::Failed(format!("cannot start the control thread: {e}")))?;
         let addr = match ready_rx.await {

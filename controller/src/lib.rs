@@ -15,5 +15,6 @@ pub mod profile;
 pub mod report;
 pub mod run;
 pub mod stats;
+mod trace;
 
 pub use run::{Agents, Finished, Interrupt, Listen, Options, RunError, run};

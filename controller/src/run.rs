@@ -13,6 +13,7 @@ use stampede_agent::http::Endpoint;
 use stampede_proto::pb;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::control::{ControlPlane, Listener, Parts};
 use crate::coordinator::Setup;
@@ -22,6 +23,7 @@ use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::report::summary::{self, Context, Summary};
+use crate::trace::RunSpan;
 
 /// Pause between "all ready" and the start, so that every agent receives
 /// Start before it is due.
@@ -161,6 +163,9 @@ pub enum RunError {
     /// The run did not take place or could not go on.
     #[error("the run could not be carried out: {0}")]
     Failed(String),
+    /// The trace settings cannot be used.
+    #[error("tracing: {0}")]
+    Trace(String),
 }
 
 fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
@@ -170,8 +175,29 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
 /// Runs `profile` as `options` say, and writes its results. The verdict
 /// is in the summary.
 pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
-    let agents = options.agents;
+    let env = stampede_otel::from_env(|k| std::env::var(k).ok()).map_err(RunError::Trace)?;
+    let trace = profile.trace.resolve(&env);
     let run_id = summary::run_id(&profile.name, SystemTime::now());
+    // Every log line of the run carries the run's trace id, the span
+    // exporters' included.
+    let trace_id = stampede_otel::new_trace_id();
+    let logs = tracing::info_span!("run", %trace_id);
+    let span = logs.in_scope(|| RunSpan::start(trace, &run_id, trace_id))?;
+    let result = run_traced(profile, options, interrupt, run_id, &span)
+        .instrument(logs.clone())
+        .await;
+    span.end(result.as_ref().map(|f| &f.summary)).instrument(logs).await;
+    result
+}
+
+async fn run_traced(
+    profile: Profile,
+    options: Options,
+    interrupt: Interrupt,
+    run_id: String,
+    span: &RunSpan,
+) -> Result<Finished, RunError> {
+    let agents = options.agents;
     let dir = profile.report.out.join(&run_id);
     std::fs::create_dir_all(&dir).map_err(write_error(dir.clone()))?;
 
@@ -179,7 +205,21 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         Some(_) => None,
         None => {
             let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-            let sim = stampede_sim::spawn(profile.sim.clone(), loopback)
+            // The built-in simulator exports its server spans where the
+            // agents export theirs, as service "llm-sim".
+            let spans = match &span.config {
+                Some(c) => {
+                    let c = stampede_otel::Config {
+                        service_name: "llm-sim".to_owned(),
+                        ..c.clone()
+                    };
+                    let e = stampede_sim::trace::exporter(&c).map_err(RunError::Trace)?;
+                    span.flush_too(std::sync::Arc::clone(&e));
+                    Some(e)
+                }
+                None => None,
+            };
+            let sim = stampede_sim::spawn_traced(profile.sim.clone(), spans, loopback)
                 .await
                 .map_err(RunError::Sim)?;
             let c = &profile.sim;
@@ -212,7 +252,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         ),
         Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.clone()),
     };
-    tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, "run {run_id}");
+    tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, trace_id = %span.context.trace_id, "run {run_id}");
     let live = Live::new(&run_id, &profile.name, &url);
     let log_path = dir.join("intervals.jsonl");
     let log = Log::create(&log_path).map_err(write_error(log_path))?;
@@ -239,6 +279,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         capabilities: required_capabilities(profile.target.api),
         on_agent_loss: profile.on_agent_loss,
         live: options.metrics.map(|_| live.clone()),
+        trace: span.wire(),
     };
     let tty = std::io::stderr().is_terminal();
     let progress = Progress::new(profile.report.interval, profile.load.duration(), tty);
@@ -271,8 +312,9 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
                 token: None,
                 ca: None,
                 wait: Duration::from_secs(10),
+                trace: None,
             };
-            local.spawn(stampede_agent::run(config, agent_stop.clone()));
+            local.spawn(stampede_agent::run(config, agent_stop.clone()).in_current_span());
         }
     }
     let collected = control.collected().await;
@@ -305,6 +347,8 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         target_url: &url,
         simulated: profile.target.url.is_none(),
         model: &model,
+        trace: span.config.as_ref(),
+        run_trace_id: &span.context.trace_id.to_string(),
     };
     let summary = summary::build(&ctx, &collected);
     let path = dir.join("summary.json");

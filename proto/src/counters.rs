@@ -79,6 +79,11 @@ pub struct Counters {
     pub late: u64,
     /// Scheduled arrivals never sent.
     pub dropped: u64,
+    /// Request spans the OTLP collector accepted.
+    pub spans_exported: u64,
+    /// Request spans lost (queue full, collector failing, flush out of
+    /// time).
+    pub spans_dropped: u64,
 }
 
 /// A request sent this long after its intended start is late.
@@ -110,6 +115,8 @@ impl Counters {
         self.active_users += other.active_users;
         self.late += other.late;
         self.dropped += other.dropped;
+        self.spans_exported += other.spans_exported;
+        self.spans_dropped += other.spans_dropped;
     }
 
     /// The wire form.
@@ -125,6 +132,8 @@ impl Counters {
             active_users: self.active_users,
             late: self.late,
             dropped: self.dropped,
+            spans_exported: self.spans_exported,
+            spans_dropped: self.spans_dropped,
         }
     }
 
@@ -145,6 +154,8 @@ impl Counters {
             active_users: wire.active_users,
             late: wire.late,
             dropped: wire.dropped,
+            spans_exported: wire.spans_exported,
+            spans_dropped: wire.spans_dropped,
         })
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct Job {
     pub(crate) output_tokens: u32,
     /// Seed of the generated text.
     pub(crate) text_seed: u64,
+    /// The request's spans, when it is traced.
+    pub(crate) trace: Option<crate::trace::Request>,
 }
 
 /// One generated token, sent to the HTTP layer as it is produced.
@@ -41,6 +43,8 @@ pub(crate) struct Engine {
     slots: Arc<Semaphore>,
     state: Mutex<State>,
     started: Instant,
+    /// Where request spans go, when exported.
+    pub(crate) spans: crate::trace::Spans,
 }
 
 /// Ground truth, updated at each admission and completion.
@@ -91,6 +95,7 @@ impl Engine {
                 e2e: PromHistogram::latency(),
             }),
             started: Instant::now(),
+            spans: None,
         }
     }
 
@@ -125,6 +130,9 @@ impl Engine {
     pub(crate) async fn run(self: Arc<Self>, job: Job, tokens: mpsc::UnboundedSender<Token>) {
         let arrived = Instant::now();
         let admission = Admission::wait(&self, arrived).await;
+        if let Some(t) = &job.trace {
+            t.queued(arrived, admission.admitted, self.state().running);
+        }
         let config = &self.config;
         // Deadlines are absolute, so timer rounding never accumulates and
         // the gap between tokens is exactly one step.
@@ -147,11 +155,18 @@ impl Engine {
                 last,
             };
             if tokens.send(token).is_err() {
-                return; // The client went away; `admission` counts it.
+                // The client went away; `admission` counts it.
+                if let Some(t) = &job.trace {
+                    t.abandoned(&job, admission.admitted, first_token_at, Instant::now(), index);
+                }
+                return;
             }
             if !last {
                 due += config.step(self.state().running);
             }
+        }
+        if let Some(t) = &job.trace {
+            t.done(&job, admission.admitted, first_token_at, Instant::now());
         }
         admission.finish(&job, first_token_at.unwrap_or(arrived));
     }
@@ -277,6 +292,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             text_seed: 7,
+            trace: None,
         }
     }
 

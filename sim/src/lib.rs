@@ -18,6 +18,7 @@ mod engine;
 mod metrics;
 mod openai;
 mod text;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,8 +74,21 @@ async fn stall(
 
 /// Serves the simulator on `listener` until `shutdown` is cancelled.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_traced(config, None, listener, shutdown).await
+}
+
+/// Serves the simulator, exporting its request spans to `spans` (see
+/// [`trace`]), until `shutdown` is cancelled.
+pub async fn serve_traced(
+    config: Config,
+    spans: trace::Spans,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    let engine = Arc::new(Engine::new(config));
+    let mut engine = Engine::new(config);
+    engine.spans = spans;
+    let engine = Arc::new(engine);
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
     // the client's delayed ACK hold them back by up to 40 ms.
     let listener = listener.tap_io(|tcp| {
@@ -112,9 +126,14 @@ impl Handle {
 
 /// Binds `addr` (port 0 picks a free port) and serves in the background.
 pub async fn spawn(config: Config, addr: SocketAddr) -> std::io::Result<Handle> {
+    spawn_traced(config, None, addr).await
+}
+
+/// [`spawn`], exporting request spans to `spans`.
+pub async fn spawn_traced(config: Config, spans: trace::Spans, addr: SocketAddr) -> std::io::Result<Handle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(config, listener, shutdown.clone()));
+    let task = tokio::spawn(serve_traced(config, spans, listener, shutdown.clone()));
     Ok(Handle { addr, shutdown, task })
 }

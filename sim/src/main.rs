@@ -19,6 +19,21 @@ struct Cli {
     /// Port to listen on; 0 picks a free port. The address is printed.
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Export a span per request (queue, prefill, decode) to this OTLP
+    /// collector, for requests whose traceparent is sampled.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "grpc",
+        value_name = "PROTOCOL"
+    )]
+    otlp_protocol: String,
+    /// service.name of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "llm-sim", value_name = "NAME")]
+    otlp_service: String,
     #[command(flatten)]
     config: stampede_sim::Config,
 }
@@ -56,9 +71,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     writeln!(stdout, "llm-sim listening on http://{addr}")?;
     stdout.flush()?;
     tracing::info!(max_batch = cli.config.max_batch, model = %cli.config.model, "serving");
+    let spans = match &cli.otlp_endpoint {
+        Some(base) => {
+            let protocol: stampede_otel::Protocol = cli.otlp_protocol.parse().map_err(anyhow::Error::msg)?;
+            let config = stampede_otel::Config::new(base, protocol, &cli.otlp_service)
+                .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+            tracing::info!(endpoint = %config.endpoint, %protocol, "exporting request spans");
+            Some(stampede_sim::trace::exporter(&config).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    stampede_sim::serve(cli.config, listener, shutdown).await?;
+    stampede_sim::serve_traced(cli.config, spans.clone(), listener, shutdown).await?;
+    if let Some(spans) = spans {
+        // Bounded: a collector that is gone costs at most this long.
+        let stats = tokio::task::spawn_blocking(move || spans.close(std::time::Duration::from_secs(2))).await?;
+        tracing::info!(
+            exported = stats.exported,
+            dropped = stats.dropped,
+            "request spans flushed"
+        );
+    }
     Ok(())
 }
 

@@ -114,7 +114,7 @@ pub(crate) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -144,6 +144,13 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, body: Bytes) -> Resp
         input_tokens: request.messages.iter().map(|m| m.content.tokens()).sum(),
         output_tokens,
         text_seed: text::mix(config.seed.wrapping_add(key)),
+        trace: crate::trace::Request::new(
+            &engine.spans,
+            headers
+                .get(stampede_otel::Traceparent::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(stampede_otel::Traceparent::parse),
+        ),
     };
     let answer = Answer {
         id: format!("chatcmpl-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),

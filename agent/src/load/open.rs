@@ -194,6 +194,7 @@ async fn request(c: Context, intended: Instant, prompt: usize) {
     let timing = Timing {
         intended,
         dispatched: Instant::now(),
+        user: None,
     };
     let _permit = match &c.permits {
         None => None,

@@ -86,6 +86,7 @@ async fn a_thinking_user_sends_when_ready_and_is_never_late() {
     let load = Closed {
         windows: one_user(2),
         first_user: 0,
+        phase_lengths: Vec::new(),
         seed: 0,
         think: ms(400),
         pace: None,
@@ -109,6 +110,7 @@ async fn a_paced_user_shows_a_stall_in_latency_from_the_intended_start() {
     let load = Closed {
         windows: one_user(5),
         first_user: 0,
+        phase_lengths: Vec::new(),
         seed: 0,
         think: Duration::ZERO,
         pace: Some(ms(250)),
@@ -147,6 +149,7 @@ async fn ramps_turn_users_on_and_off_on_time() {
     let load = Closed {
         windows,
         first_user: 0,
+        phase_lengths: Vec::new(),
         seed: 0,
         think: ms(90),
         pace: None,

@@ -30,6 +30,8 @@ pub struct Closed {
     pub windows: Vec<Vec<Window>>,
     /// Global number of this agent's first user.
     pub first_user: u32,
+    /// Length of each phase of the load, in order.
+    pub phase_lengths: Vec<Duration>,
     /// Seed for where each user starts in the prompt share.
     pub seed: u64,
     /// Pause between a response and the next request.
@@ -54,6 +56,7 @@ impl Closed {
         let mut users = JoinSet::new();
         for (i, windows) in self.windows.iter().enumerate() {
             let user = User {
+                number: self.first_user + i as u32,
                 shared: shared.clone(),
                 next_prompt: shared.prompts.first_for(self.first_user + i as u32, self.seed),
                 windows: windows.clone(),
@@ -88,6 +91,8 @@ impl Closed {
 }
 
 struct User {
+    /// Global user number, unique across the run.
+    number: u32,
     shared: Shared,
     next_prompt: usize,
     windows: Vec<Window>,
@@ -140,6 +145,7 @@ impl User {
             let timing = Timing {
                 intended,
                 dispatched: Instant::now(),
+                user: Some(self.number),
             };
             let prompt = self.shared.prompts.get(self.next_prompt);
             self.next_prompt += 1;

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+use stampede_otel::Traceparent;
 use stampede_proto::pb::{self, agent_message, controller_message};
 use stampede_proto::{Counters, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
+use tracing::Instrument as _;
 
 pub use clock::{Offset, wall_us};
 
@@ -127,7 +129,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
         shutdown,
         heard: Instant::now(),
     };
-    let assignment = loop {
+    let mut assignment = loop {
         match link.recv().await? {
             controller_message::Kind::Assignment(a) => break a,
             controller_message::Kind::Stop(s) => return Err(Error::Stopped(s.reason)),
@@ -135,7 +137,21 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
             other => return Err(Error::Protocol(format!("expected an assignment, got {other:?}"))),
         }
     };
-    let plan = match Plan::from_wire(assignment) {
+    if assignment.trace.is_none() {
+        assignment.trace = config.trace.clone();
+    }
+    // A remote agent's log lines (its span exporter's included) carry the
+    // run's trace id, as the controller's do; an in-process agent's are
+    // inside the controller's already.
+    let logs = match assignment
+        .trace
+        .as_ref()
+        .and_then(|t| Traceparent::parse(&t.run_traceparent))
+    {
+        Some(t) if tracing::Span::current().is_none() => tracing::info_span!("run", trace_id = %t.trace_id),
+        _ => tracing::Span::none(),
+    };
+    let plan = match logs.in_scope(|| Plan::from_wire(assignment)) {
         Ok(plan) => plan,
         Err(reason) => {
             link.send(agent_message::Kind::Failed(pb::Failed { reason: reason.clone() }))
@@ -167,7 +183,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
             other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
         }
     };
-    running(plan, start, offset, link).await
+    running(plan, start, offset, link).instrument(logs).await
 }
 
 /// When to begin: at the controller's `start_at` in this host's clock when
@@ -217,7 +233,9 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
     let mut load = tokio::spawn(async move {
         work.run(shared, gate, start, end, drain, load_control).await;
     });
-    let mut reporter = Reporter::new(recorder, active, start, plan.interval);
+    let tracing = Arc::clone(&plan.executor.trace);
+    tracing.began(start);
+    let mut reporter = Reporter::new(recorder, Arc::clone(&tracing), active, start, plan.interval);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {
@@ -277,7 +295,9 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
         }
     }
     let elapsed = start.elapsed();
-    let last = reporter.report().await;
+    // The last report exports the spans still queued, within a bounded
+    // time, and counts them as exported or dropped.
+    let last = reporter.report_last().await;
     link.send(agent_message::Kind::Report(last)).await;
     let (finished, counters) = reporter.finished(elapsed);
     link.send(agent_message::Kind::Finished(finished)).await;

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::cpu::Meter;
 use crate::record::{Interval, Recorder};
+use crate::trace::Tracing;
 
 /// What a cut works on; moved to a blocking thread and back.
 struct Work {
@@ -22,12 +23,20 @@ struct Work {
     spare: Interval,
     total: Interval,
     cpu: Meter,
+    tracing: Arc<Tracing>,
 }
 
 impl Work {
     /// Cuts one interval; `active` is the users gauge at the cut.
-    fn cut(&mut self, active: u32) -> pb::Report {
+    fn cut(&mut self, active: u32, index: u64, last: bool) -> pb::Report {
         self.recorder.cut(&mut self.cut, &mut self.spare);
+        let exemplars = self.tracing.cut(index);
+        if last {
+            self.tracing.close();
+        }
+        let spans = self.tracing.stats_delta();
+        self.cut.counters.spans_exported = spans.exported;
+        self.cut.counters.spans_dropped = spans.dropped;
         self.total.add(&self.cut);
         self.cut.counters.active_users = active;
         let report = pb::Report {
@@ -43,6 +52,7 @@ impl Work {
                 })
                 .collect(),
             cpu: self.cpu.sample(),
+            exemplars,
             ..pb::Report::default()
         };
         self.cut.reset();
@@ -67,10 +77,17 @@ fn micros(d: Duration) -> u64 {
 impl Reporter {
     /// A reporter of `recorder`'s outcomes, with intervals counted from
     /// `start`.
-    pub(super) fn new(recorder: Recorder, active: Arc<AtomicU32>, start: Instant, interval: Duration) -> Reporter {
+    pub(super) fn new(
+        recorder: Recorder,
+        tracing: Arc<Tracing>,
+        active: Arc<AtomicU32>,
+        start: Instant,
+        interval: Duration,
+    ) -> Reporter {
         Reporter {
             work: Some(Work {
                 recorder,
+                tracing,
                 cut: Interval::default(),
                 spare: Interval::default(),
                 total: Interval::default(),
@@ -92,10 +109,22 @@ impl Reporter {
 
     /// Cuts the current interval into a report.
     pub(super) async fn report(&mut self) -> pb::Report {
+        self.cut(false).await
+    }
+
+    /// Cuts the last report, after flushing the span exporter (bounded by
+    /// [`crate::trace::FLUSH`]).
+    pub(super) async fn report_last(&mut self) -> pb::Report {
+        self.cut(true).await
+    }
+
+    async fn cut(&mut self, last: bool) -> pb::Report {
         let mut work = self.work.take().expect("the work is put back after every cut");
         let active = self.active.load(Ordering::Relaxed);
+        let index = self.next_index;
+        let logs = tracing::Span::current();
         let (work, mut report) = tokio::task::spawn_blocking(move || {
-            let report = work.cut(active);
+            let report = logs.in_scope(|| work.cut(active, index, last));
             (work, report)
         })
         .await

@@ -52,6 +52,8 @@ pub(crate) struct Setup {
     pub(crate) on_agent_loss: OnAgentLoss,
     /// Live metrics to feed, when served.
     pub(crate) live: Option<Live>,
+    /// How agents export request spans; `None`: tracing is off.
+    pub(crate) trace: Option<pb::Trace>,
 }
 
 /// How an agent's part ended.
@@ -112,6 +114,57 @@ pub struct Collected {
     pub failure: Option<String>,
     /// Reports that could not be decoded.
     pub unreadable: u64,
+    /// The slowest requests the agents named, slowest first per metric.
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// Exemplars kept per metric over the whole run.
+pub const EXEMPLARS: usize = 10;
+
+/// One slow request an agent named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    /// The agent.
+    pub agent: u32,
+    /// TTFT or E2E.
+    pub metric: stampede_proto::Metric,
+    /// Its value, microseconds.
+    pub value_us: u64,
+    /// Its trace id.
+    pub trace_id: String,
+    /// The interval it completed in.
+    pub interval: u64,
+}
+
+/// Adds an interval's exemplars, keeping the [`EXEMPLARS`] slowest of
+/// each metric.
+fn keep_exemplars(kept: &mut Vec<Exemplar>, agent: u32, wire: &[pb::Exemplar]) {
+    for e in wire {
+        let metric = match pb::Metric::try_from(e.metric) {
+            Ok(pb::Metric::Ttft) => stampede_proto::Metric::Ttft,
+            Ok(pb::Metric::E2e) => stampede_proto::Metric::E2e,
+            _ => continue,
+        };
+        kept.push(Exemplar {
+            agent,
+            metric,
+            value_us: e.value_us,
+            trace_id: e.trace_id.clone(),
+            interval: e.interval,
+        });
+    }
+    kept.sort_by(|a, b| (a.metric as u8, b.value_us).cmp(&(b.metric as u8, a.value_us)));
+    let mut per_metric: Vec<(stampede_proto::Metric, usize)> = Vec::new();
+    kept.retain(|e| match per_metric.iter_mut().find(|(m, _)| *m == e.metric) {
+        Some((_, n)) => {
+            *n += 1;
+            *n <= EXEMPLARS
+        }
+        None => {
+            per_metric.push((e.metric, 1));
+            true
+        }
+    });
 }
 
 struct Conn {
@@ -151,6 +204,7 @@ struct Coordinator {
     aborted: Option<String>,
     failure: Option<String>,
     unreadable: u64,
+    exemplars: Vec<Exemplar>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
 }
@@ -192,6 +246,7 @@ pub(crate) async fn run(
         aborted: None,
         failure: None,
         unreadable: 0,
+        exemplars: Vec::new(),
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -415,6 +470,7 @@ impl Coordinator {
             duration_ms: ms(s.load.duration()),
             drain_ms: ms(s.load.drain),
             interval_ms: ms(s.interval),
+            trace: s.trace.clone(),
             prompts: Some(pb::DatasetShare {
                 prompts: s.prompts[slice.prompts.clone()]
                     .iter()
@@ -474,6 +530,7 @@ impl Coordinator {
             live.report(index, &report.histograms, &report.counters);
         }
         if merged == merge::Merged::Added {
+            keep_exemplars(&mut self.exemplars, index, &wire.exemplars);
             // Durable before acknowledged: a crash after the ack loses
             // nothing the agent was told is safe.
             if let Err(e) = self.log.append(&name, index, &wire) {
@@ -683,6 +740,7 @@ impl Coordinator {
             aborted: self.aborted,
             failure: self.failure,
             unreadable: self.unreadable,
+            exemplars: std::mem::take(&mut self.exemplars),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod doc;
 mod load;
+mod trace;
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -19,6 +20,7 @@ use stampede_sim::OutputLength;
 pub use doc::{Problem, parse_duration};
 use doc::{Problems, Table};
 pub use load::{Load, Model, Shape, Step};
+pub use trace::{DEFAULT_SERVICE, TraceTable};
 
 use crate::dataset::{self, Prompt};
 
@@ -100,6 +102,8 @@ pub struct Profile {
     pub sim: stampede_sim::Config,
     /// Pass/fail limits.
     pub thresholds: Thresholds,
+    /// The `[trace]` table; resolve it against the environment.
+    pub trace: TraceTable,
 }
 
 /// Values from the command line, which win over the profile.
@@ -298,6 +302,11 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
     s.finish(p);
 
+    let present = top.has("trace");
+    let mut tr = top.table(p, "trace");
+    let trace = trace::walk(&mut tr, p, present);
+    tr.finish(p);
+
     let mut th = top.table(p, "thresholds");
     let max_error_rate = th.number_in(p, "max_error_rate", 0.0, 1.0);
     th.finish(p);
@@ -382,6 +391,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         thresholds: Thresholds {
             max_error_rate: max_error_rate.unwrap_or(0.0),
         },
+        trace,
     })
 }
 

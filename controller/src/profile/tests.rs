@@ -103,7 +103,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
             "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, thresholds",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, trace, thresholds",
         ]
     );
 }
@@ -332,4 +332,83 @@ fn load_models_are_checked_for_consistency() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--duration: stages have their own durations"), "{e}");
+}
+
+#[test]
+fn the_trace_table_wins_over_the_environment_and_defaults_fill_in() {
+    use stampede_otel::{FromEnv, Protocol};
+    let none = FromEnv::default();
+    // Neither a table nor an endpoint in the environment: off.
+    assert_eq!(parse("[load]\nusers = 1\n").unwrap().trace.resolve(&none), None);
+    let env = FromEnv {
+        endpoint: Some("http://env:4317".into()),
+        sample_ratio: Some(0.5),
+        service_name: Some("from-env".into()),
+        ..FromEnv::default()
+    };
+    let c = parse("[load]\nusers = 1\n").unwrap().trace.resolve(&env).unwrap();
+    assert_eq!(
+        (c.endpoint.as_str(), c.sample_ratio, c.service_name.as_str()),
+        ("http://env:4317", 0.5, "from-env")
+    );
+    let p = parse(
+        r#"
+        [load]
+        users = 1
+        [trace]
+        endpoint = "http://jaeger:4318"
+        protocol = "http/protobuf"
+        sample_ratio = 0.1
+        service_name = "bench"
+        ui_url = "https://ui/t/{trace_id}"
+        "#,
+    )
+    .unwrap();
+    let c = p.trace.resolve(&env).unwrap();
+    assert_eq!(c.endpoint, "http://jaeger:4318/v1/traces");
+    assert_eq!(c.protocol, Protocol::HttpProtobuf);
+    assert_eq!((c.sample_ratio, c.service_name.as_str()), (0.1, "bench"));
+    assert_eq!(c.link("abc"), "https://ui/t/abc");
+    // An empty table turns tracing on with the defaults.
+    let c = parse("[load]\nusers = 1\n[trace]\n")
+        .unwrap()
+        .trace
+        .resolve(&none)
+        .unwrap();
+    assert_eq!(c.endpoint, "http://localhost:4317");
+    assert_eq!(c.link("abc"), "http://localhost:16686/trace/abc");
+    assert_eq!(c.service_name, "stampede");
+    // enabled = false wins over the environment.
+    let off = parse("[load]\nusers = 1\n[trace]\nenabled = false\n").unwrap();
+    assert_eq!(off.trace.resolve(&env), None);
+}
+
+#[test]
+fn a_bad_trace_table_says_what_to_write() {
+    let found = problems(
+        r#"
+        [load]
+        users = 1
+        [trace]
+        endpoint = "jaeger:4317"
+        protocol = "http/json"
+        sample_ratio = 1.5
+        service_name = ""
+        ui_url = "http://ui/trace"
+        smaple = 1
+        "#,
+    );
+    let all = found.join("\n");
+    for expected in [
+        "trace.endpoint: expected an http:// or https:// URL",
+        "trace.protocol",
+        "grpc",
+        "trace.sample_ratio",
+        "trace.service_name: must not be empty",
+        "trace.ui_url: \"http://ui/trace\" has no {trace_id} placeholder",
+        "trace.smaple: unknown key",
+    ] {
+        assert!(all.contains(expected), "{expected:?} not in:\n{all}");
+    }
+    assert_eq!(found.len(), 6, "{all}");
 }

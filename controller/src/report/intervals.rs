@@ -64,7 +64,14 @@ fn line(agent: &str, index: u32, r: &pb::Report) -> Value {
             "tokens_from_usage": c.tokens_from_usage,
             "tokens_counted": c.tokens_counted,
             "active_users": c.active_users,
+            "spans_exported": c.spans_exported,
+            "spans_dropped": c.spans_dropped,
         },
+        "exemplars": r.exemplars.iter().map(|e| json!({
+            "metric": Metric::from_wire(e.metric).map_or("unknown", |m| m.name()),
+            "value_us": e.value_us,
+            "trace_id": e.trace_id,
+        })).collect::<Vec<_>>(),
         "error_samples": r.error_samples.iter().map(|s| json!({"class": s.class, "message": s.message})).collect::<Vec<_>>(),
         "histograms": histograms,
     })

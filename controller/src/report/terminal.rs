@@ -167,6 +167,38 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             let _ = writeln!(o, "          {reason}");
         }
     }
+    let t = &s.tracing;
+    if t.enabled {
+        let _ = writeln!(
+            o,
+            "traces    {} spans exported, {} dropped · {} · run trace {}",
+            grouped(t.spans_exported),
+            grouped(t.spans_dropped),
+            t.endpoint.as_deref().unwrap_or(""),
+            t.run_trace_id
+        );
+    }
+    // The worst request, linked to its trace (with tracing off its trace
+    // id leads nowhere, and summary.json still lists it).
+    if let Some(worst) = t.slowest_e2e.first().filter(|_| t.enabled) {
+        let ttft = t
+            .slowest_ttft
+            .first()
+            .map(|w| {
+                format!(
+                    " · slowest TTFT {:.1} ms: {}",
+                    w.value_ms,
+                    w.link.as_deref().unwrap_or(&w.trace_id)
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "slowest   E2E {:.1} ms: {}{ttft}",
+            worst.value_ms,
+            worst.link.as_deref().unwrap_or(&worst.trace_id)
+        );
+    }
     let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);
     for reason in &s.verdict.reasons {
         let _ = writeln!(o, "          {reason}");

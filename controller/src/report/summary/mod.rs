@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use stampede_proto::{Counters, Metric};
 
+pub mod trace;
 pub use types::*;
 
 use crate::analysis::{self, Level};
@@ -28,6 +29,10 @@ pub struct Context<'a> {
     pub simulated: bool,
     /// Model name sent.
     pub model: &'a str,
+    /// Where request spans went; `None`: tracing was off.
+    pub trace: Option<&'a stampede_otel::Config>,
+    /// Trace id of the run's span.
+    pub run_trace_id: &'a str,
 }
 
 fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
@@ -456,6 +461,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         lost: lost(p, c),
         start_skew: start_skew(c),
         intervals: intervals(c, p.report.interval.as_secs_f64()),
+        tracing: trace::build(ctx.trace, ctx.run_trace_id, c),
         definitions: DEFINITIONS,
     }
 }

@@ -184,6 +184,9 @@ pub struct Summary {
     pub start_skew: StartSkew,
     /// One row per interval.
     pub intervals: Vec<IntervalSummary>,
+    /// Request spans: where they went, how many were lost, and the
+    /// slowest requests' traces.
+    pub tracing: super::trace::Tracing,
     /// What each figure means.
     pub definitions: Definitions,
 }

@@ -1,0 +1,80 @@
+//! The `tracing` section of `summary.json`: where spans went, how many were
+//! lost, and the slowest requests with links to their traces.
+
+use serde::Serialize;
+use stampede_proto::Metric;
+
+use crate::coordinator::Collected;
+
+/// Request spans of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tracing {
+    /// Spans were exported.
+    pub enabled: bool,
+    /// The collector URL the agents exported to.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// Share of requests kept by the ratio decision; failed and slowest
+    /// requests are exported whatever it is.
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the spans.
+    pub service_name: Option<String>,
+    /// Trace id of the controller's run span.
+    pub run_trace_id: String,
+    /// Request spans the collector accepted.
+    pub spans_exported: u64,
+    /// Request spans lost (export queue full, collector failing, or the
+    /// end-of-run flush out of time).
+    pub spans_dropped: u64,
+    /// The slowest requests by time to first token, slowest first.
+    pub slowest_ttft: Vec<Exemplar>,
+    /// The slowest requests end to end, slowest first.
+    pub slowest_e2e: Vec<Exemplar>,
+}
+
+/// One slow request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exemplar {
+    /// Its W3C trace id.
+    pub trace_id: String,
+    /// Its TTFT or E2E, milliseconds.
+    pub value_ms: f64,
+    /// The agent that sent it.
+    pub agent: u32,
+    /// The interval it completed in.
+    pub interval: u64,
+    /// Its trace in the UI, when tracing was on.
+    pub link: Option<String>,
+}
+
+/// The section, from the run's settings and what the agents reported.
+pub fn build(config: Option<&stampede_otel::Config>, run_trace_id: &str, c: &Collected) -> Tracing {
+    let m = &c.merger;
+    let (measured, warmup) = (&m.measured().counters, m.warmup());
+    let list = |metric: Metric| -> Vec<Exemplar> {
+        c.exemplars
+            .iter()
+            .filter(|e| e.metric == metric)
+            .map(|e| Exemplar {
+                trace_id: e.trace_id.clone(),
+                value_ms: e.value_us as f64 / 1e3,
+                agent: e.agent,
+                interval: e.interval,
+                link: config.map(|t| t.link(&e.trace_id)),
+            })
+            .collect()
+    };
+    Tracing {
+        enabled: config.is_some(),
+        endpoint: config.map(|t| t.endpoint.clone()),
+        protocol: config.map(|t| t.protocol.to_string()),
+        sample_ratio: config.map(|t| t.sample_ratio),
+        service_name: config.map(|t| t.service_name.clone()),
+        run_trace_id: run_trace_id.to_owned(),
+        spans_exported: measured.spans_exported + warmup.spans_exported,
+        spans_dropped: measured.spans_dropped + warmup.spans_dropped,
+        slowest_ttft: list(Metric::Ttft),
+        slowest_e2e: list(Metric::E2e),
+    }
+}
