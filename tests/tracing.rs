@@ -1,0 +1,549 @@
+//! Every request a trace: spans found through Jaeger's query API, as a
+//! user finds them, in a real in-memory OTLP collector (otlp-embedded),
+//! directly over gRPC and over HTTP through a real collector hop (rotel).
+
+// These tests watch real processes from outside; there is no tokio clock to
+// share here. Their helpers panic on failure: that is how a test fails.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otlp_embedded::{Config, State, StateRef, TraceServiceImpl, TraceServiceServer, ui_app};
+use serde_json::Value;
+use stampede_tests::prom::{free_port, get};
+use stampede_tests::{Run, Sim, exclusive, http_post, num, prompt_of, relative_error, run_profile};
+
+/// An OTLP/gRPC collector answering Jaeger's query API, in this process.
+struct Collector {
+    runtime: tokio::runtime::Runtime,
+    state: StateRef,
+    grpc: SocketAddr,
+    query: SocketAddr,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let state = State::new(Config {
+            max_length: 100_000,
+            max_memory_usage: 1 << 30,
+        });
+        let ui_state = state.clone();
+        let ingest = state.clone();
+        let (grpc, query) = runtime.block_on(async move {
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let query = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addrs = (grpc.local_addr().expect("addr"), query.local_addr().expect("addr"));
+            let service = TraceServiceServer::new(TraceServiceImpl::new(ingest))
+                // Collectors such as rotel send gzip whatever they are told.
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+            );
+            tokio::spawn(async move { axum::serve(query, ui_app(ui_state, "/")).await });
+            addrs
+        });
+        Collector {
+            runtime,
+            state,
+            grpc,
+            query,
+        }
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `GET` on the query API; the JSON body of a 200.
+    fn api(&self, path: &str) -> Option<Value> {
+        match get(self.query, path) {
+            Some((200, body)) => Some(serde_json::from_str(&body).expect("the query API answers JSON")),
+            _ => None,
+        }
+    }
+
+    /// Complete traces whose root span is `operation` of `service`.
+    fn traces(&self, service: &str, operation: &str) -> Vec<Value> {
+        let path = format!("/api/traces?service={service}&operation={operation}&limit=1000000");
+        let v = self.api(&path).expect("the traces query answers");
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The raw OTLP spans of one trace (kind and status, which the Jaeger
+    /// JSON leaves out), by span id.
+    fn otlp_spans(&self, trace_id: &str) -> HashMap<String, Value> {
+        let id: Vec<u8> = (0..trace_id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
+            .collect();
+        let trace = self.runtime.block_on(async { self.state.write().await.get_by_id(&id) });
+        let batch = trace.expect("the trace is held").to_tempo_batch();
+        let mut out = HashMap::new();
+        for entry in batch["batches"].as_array().expect("batches") {
+            for span in entry["instrumentationLibrarySpans"][0]["spans"]
+                .as_array()
+                .expect("spans")
+            {
+                let hex: String = span["span_id"]
+                    .as_array()
+                    .expect("span id bytes")
+                    .iter()
+                    .map(|b| format!("{:02x}", b.as_u64().expect("a byte")))
+                    .collect();
+                out.insert(hex, span.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A real OTLP collector hop: rotel, HTTP and gRPC in, gRPC out.
+struct Rotel {
+    child: Child,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotel {
+    fn binary() -> Option<PathBuf> {
+        let path = std::env::var_os("STAMPEDE_ROTEL").map(PathBuf::from).or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(
+                PathBuf::from(home)
+                    .join(".cache/stampede/rotel-0.0.1a15/venv/lib/python3.11/site-packages/rotel/rotel-agent"),
+            )
+        })?;
+        if path.is_file() {
+            Some(path)
+        } else {
+            eprintln!(
+                "skipped: rotel is not installed at {} (.ci/run installs it)",
+                path.display()
+            );
+            None
+        }
+    }
+
+    fn start(binary: &PathBuf, export_to: &str) -> Rotel {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(binary)
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &grpc.to_string()])
+            .args(["--otlp-http-endpoint", &http.to_string()])
+            .args(["--exporter", "otlp", "--otlp-exporter-endpoint", export_to])
+            .args(["--pid-file", dir.path().join("rotel.pid").to_str().expect("utf-8")])
+            .stdout(std::fs::File::create(dir.path().join("rotel.log")).expect("a log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel starts");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(http).is_err() {
+            assert!(Instant::now() < deadline, "rotel did not listen on {http}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Rotel { child, http, _dir: dir }
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self._dir.path().join("rotel.log")).unwrap_or_default();
+            eprintln!("rotel's log:\n{log}");
+        }
+    }
+}
+
+/// A simulator exporting its spans to `endpoint`, with a queue: two batch
+/// slots for more users than that.
+fn traced_sim(endpoint: &str, protocol: &str, max_batch: u32) -> Sim {
+    Sim::start(&[
+        "--max-batch",
+        &max_batch.to_string(),
+        "--prefill-base",
+        "20ms",
+        "--prefill-per-token",
+        "0s",
+        "--decode-step",
+        "10ms",
+        "--decode-step-per-seq",
+        "0s",
+        "--otlp-endpoint",
+        endpoint,
+        "--otlp-protocol",
+        protocol,
+    ])
+}
+
+fn profile(url: &str, users: u32, duration: &str, timeout: &str, trace: &str) -> String {
+    format!(
+        r#"
+        name = "traced"
+        [target]
+        url = "{url}"
+        model = "llm-sim"
+        timeout = "{timeout}"
+        [load]
+        users = {users}
+        duration = "{duration}"
+        drain = "30s"
+        [request]
+        max_tokens = 8
+        temperature = 0.5
+        [prompts]
+        inline = ["{}", "{}"]
+        [agents]
+        count = 2
+        [trace]
+        {trace}
+        "#,
+        prompt_of(12),
+        prompt_of(20)
+    )
+}
+
+fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["key"] == key)
+        .map(|t| &t["value"])
+}
+
+fn spans_named<'a>(trace: &'a Value, name: &str) -> Vec<&'a Value> {
+    trace["spans"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["operationName"] == name).collect())
+        .unwrap_or_default()
+}
+
+fn parent_of(span: &Value) -> Option<String> {
+    span["references"]
+        .as_array()?
+        .iter()
+        .find(|r| r["refType"] == "CHILD_OF")
+        .and_then(|r| r["spanID"].as_str())
+        .map(str::to_owned)
+}
+
+/// Polls until `done` holds, for up to 15 s (spans arrive in batches).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Checks one successful request's client span against the run.
+fn check_client_span(span: &Value, s: &Value, sim: &Sim) {
+    let port: i64 = sim.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let expect = [
+        ("gen_ai.operation.name", Value::from("chat")),
+        ("gen_ai.provider.name", Value::from("openai")),
+        ("gen_ai.system", Value::from("openai")),
+        ("gen_ai.request.model", Value::from("llm-sim")),
+        ("gen_ai.request.max_tokens", Value::from(8)),
+        ("gen_ai.request.temperature", Value::from(0.5)),
+        ("gen_ai.usage.output_tokens", Value::from(8)),
+        ("server.address", Value::from("127.0.0.1")),
+        ("server.port", Value::from(port)),
+        ("http.response.status_code", Value::from(200)),
+        ("stampede.run_id", s["run_id"].clone()),
+        ("stampede.stage", Value::from(0)),
+    ];
+    for (key, value) in expect {
+        assert_eq!(tag(span, key), Some(&value), "{key} of {span:#}");
+    }
+    assert!(
+        tag(span, "gen_ai.usage.input_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(
+        tag(span, "stampede.agent")
+            .and_then(Value::as_i64)
+            .is_some_and(|a| (0..2).contains(&a))
+    );
+    assert!(tag(span, "stampede.user").and_then(Value::as_i64).is_some());
+    let ttft = tag(span, "stampede.ttft_ms")
+        .and_then(Value::as_f64)
+        .expect("TTFT attribute");
+    let tpot = tag(span, "stampede.tpot_ms")
+        .and_then(Value::as_f64)
+        .expect("TPOT attribute");
+    assert!(ttft > 0.0 && tpot > 0.0, "{span:#}");
+    let logs = span["logs"].as_array().expect("logs");
+    let first = logs
+        .iter()
+        .find(|l| l["fields"].to_string().contains("first_token"))
+        .expect("a first_token event");
+    let at = first["timestamp"].as_u64().unwrap() - span["startTime"].as_u64().unwrap();
+    assert!(
+        (at as f64 / 1e3 - ttft).abs() < 1.0,
+        "the first_token event at {at} us, TTFT {ttft} ms"
+    );
+}
+
+/// Every successful request has exactly one client span with the GenAI
+/// attributes; the server's spans share its trace and name it as parent.
+/// Returns the queue-wait spans' total, microseconds.
+fn check_traces(c: &Collector, service: &str, run: &Run, sim: &Sim) -> f64 {
+    let s = run.summary();
+    let ok = num(s, "/requests/ok") as usize;
+    let served = sim.metrics()["llmsim_requests_served_total"] as usize;
+    assert_eq!(num(s, "/requests/failed"), 0.0, "{}", run.stderr());
+    assert_eq!(served, ok, "the simulator served every request once");
+    assert_eq!(
+        num(s, "/tracing/spans_exported") as usize,
+        ok,
+        "{:#}\n{}",
+        s["tracing"],
+        run.stderr()
+    );
+    assert_eq!(num(s, "/tracing/spans_dropped"), 0.0);
+    // Server spans arrive on their own schedule: wait for all of them.
+    let mut seen = (0, 0);
+    let complete = |seen: &mut (usize, usize)| {
+        let traces = c.traces(service, "llm.request");
+        let joined = traces.iter().filter(|t| spans_named(t, "decode").len() == 1).count();
+        *seen = (traces.len(), joined);
+        traces.len() == ok && joined == ok
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !complete(&mut seen) {
+        assert!(
+            Instant::now() < deadline,
+            "of {ok} requests, {} traces arrived and {} with their server spans",
+            seen.0,
+            seen.1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let traces = c.traces(service, "llm.request");
+    let mut queue_us = 0.0;
+    let mut sampled = None;
+    for trace in &traces {
+        let clients = spans_named(trace, "llm.request");
+        assert_eq!(clients.len(), 1, "one client span per trace: {trace:#}");
+        let client = clients[0];
+        check_client_span(client, s, sim);
+        // The simulator's spans: one per phase, in the same trace, each
+        // naming the client span as its parent.
+        for phase in ["queue", "prefill", "decode"] {
+            let p = spans_named(trace, phase);
+            assert_eq!(p.len(), 1, "{phase}: {trace:#}");
+            assert_eq!(p[0]["traceID"], client["traceID"]);
+            assert_eq!(
+                parent_of(p[0]).as_deref(),
+                client["spanID"].as_str(),
+                "{phase}'s parent"
+            );
+        }
+        queue_us += spans_named(trace, "queue")[0]["duration"].as_f64().unwrap();
+        sampled.get_or_insert_with(|| {
+            (
+                client["traceID"].as_str().unwrap().to_owned(),
+                client["spanID"].as_str().unwrap().to_owned(),
+            )
+        });
+    }
+    // Kinds, as OTLP carries them: the client span is CLIENT (3), the
+    // simulator's SERVER (2).
+    let (trace_id, client_id) = sampled.expect("at least one trace");
+    let raw = c.otlp_spans(&trace_id);
+    assert_eq!(raw[&client_id]["kind"], 3, "{:#}", raw[&client_id]);
+    for phase in ["queue", "prefill", "decode"] {
+        assert!(raw.values().any(|s| s["name"] == phase && s["kind"] == 2), "{raw:#?}");
+    }
+    // Found by trace id too, as a link from the summary leads there.
+    let one = c.api(&format!("/api/traces/{trace_id}")).expect("found by id");
+    assert_eq!(one["data"][0]["traceID"], trace_id.as_str());
+    queue_us
+}
+
+#[test]
+fn over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans() {
+    let _machine = exclusive();
+    let c = Collector::start();
+    let sim = traced_sim(&c.grpc_url(), "grpc", 2);
+    let service = "stampede-grpc";
+    let trace = format!(
+        "endpoint = \"{}\"\nprotocol = \"grpc\"\nservice_name = \"{service}\"",
+        c.grpc_url()
+    );
+    let run = run_profile(&profile(&sim.url, 6, "3s", "30s", &trace), &[]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    let s = run.summary();
+    assert!(num(s, "/requests/ok") > 50.0, "too few requests to judge");
+    let queue_us = check_traces(&c, service, &run, &sim);
+    // The queue-wait spans against the simulator's ground truth.
+    let truth_us = sim.metrics()["llmsim_queue_time_seconds_sum"] * 1e6;
+    eprintln!("queue-wait spans {queue_us:.0} us, ground truth {truth_us:.0} us");
+    assert!(truth_us > 1e6, "the load queued too little to judge: {truth_us} us");
+    assert!(
+        relative_error(queue_us, truth_us) < 0.05,
+        "queue-wait spans sum to {queue_us} us, the simulator's histogram to {truth_us} us"
+    );
+    // The controller's run span, and log lines naming its trace.
+    let run_trace = s["tracing"]["run_trace_id"].as_str().unwrap();
+    let found = c.api(&format!("/api/traces/{run_trace}")).expect("the run's span");
+    assert_eq!(found["data"][0]["spans"][0]["operationName"], "stampede.run");
+    assert!(
+        run.stderr().contains(&format!("trace_id={run_trace}")),
+        "{}",
+        run.stderr()
+    );
+    // The default UI link and the terminal's worst request.
+    let worst = &s["tracing"]["slowest_e2e"][0];
+    let id = worst["trace_id"].as_str().unwrap();
+    assert_eq!(worst["link"], format!("http://localhost:16686/trace/{id}"));
+    assert!(run.stdout().contains(id), "{}", run.stdout());
+}
+
+#[test]
+fn over_http_through_a_real_collector_every_request_is_one_client_span() {
+    let Some(rotel) = Rotel::binary() else { return };
+    let _machine = exclusive();
+    let c = Collector::start();
+    let hop = Rotel::start(&rotel, &c.grpc_url());
+    let http = format!("http://{}", hop.http);
+    let sim = traced_sim(&http, "http/protobuf", 2);
+    let service = "stampede-http";
+    let trace = format!("endpoint = \"{http}\"\nprotocol = \"http/protobuf\"\nservice_name = \"{service}\"");
+    let run = run_profile(&profile(&sim.url, 4, "2s", "30s", &trace), &[]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    assert!(num(run.summary(), "/requests/ok") > 20.0, "too few requests to judge");
+    assert_eq!(run.summary()["tracing"]["protocol"], "http/protobuf");
+    check_traces(&c, service, &run, &sim);
+}
+
+#[test]
+fn sampling_keeps_every_failure_and_each_intervals_slowest() {
+    let _machine = exclusive();
+    let c = Collector::start();
+    let sim = traced_sim(&c.grpc_url(), "grpc", 8);
+    let service = "stampede-sampled";
+    let ui = format!("http://{}/api/traces/{{trace_id}}", c.query);
+    let trace = format!(
+        "endpoint = \"{}\"\nsample_ratio = 0.1\nservice_name = \"{service}\"\nui_url = \"{ui}\"",
+        c.grpc_url()
+    );
+    // A stall in the middle of the run makes the requests in flight time
+    // out: failures the ratio would mostly have left out.
+    let text = profile(&sim.url, 4, "5s", "400ms", &trace);
+    let addr = sim.addr().to_owned();
+    let staller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2_500));
+        http_post(&addr, "/admin/stall?for=1s")
+    });
+    let run = run_profile(&text, &[]);
+    assert!(staller.join().unwrap().contains("200"));
+    let s = run.summary();
+    let (ok, failed) = (num(s, "/requests/ok") as usize, num(s, "/requests/failed") as usize);
+    assert!(ok > 100 && failed >= 4, "ok {ok}, failed {failed}\n{}", run.stderr());
+    assert_eq!(num(s, "/tracing/spans_dropped"), 0.0);
+    let exported = num(s, "/tracing/spans_exported") as usize;
+    wait_until("the exported client spans", || {
+        c.traces(service, "llm.request").len() == exported
+    });
+    let traces = c.traces(service, "llm.request");
+    let clients: Vec<&Value> = traces.iter().flat_map(|t| spans_named(t, "llm.request")).collect();
+    let errors = clients.iter().filter(|s| tag(s, "error.type").is_some()).count();
+    assert_eq!(errors, failed, "every failed request is exported");
+    assert!(
+        clients
+            .iter()
+            .filter(|s| tag(s, "error.type").is_some())
+            .all(|s| tag(s, "error.type") == Some(&Value::from("timeout"))),
+        "failures are timeouts"
+    );
+    let ok_spans = clients.len() - errors;
+    assert!(
+        ok_spans < ok / 2,
+        "sampling at 0.1 exported {ok_spans} of {ok} successes"
+    );
+    // Each interval's slowest requests, as the agents named them, are
+    // among the exported traces.
+    let ids: std::collections::HashSet<&str> = clients.iter().map(|s| s["traceID"].as_str().unwrap()).collect();
+    let log = std::fs::read_to_string(run.dir.as_ref().unwrap().join("intervals.jsonl")).unwrap();
+    let mut intervals = BTreeMap::new();
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["counters"]["ok"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        let ex = v["exemplars"].as_array().unwrap();
+        assert!(
+            ex.iter().any(|e| e["metric"] == "e2e"),
+            "an interval with successes names its slowest: {v}"
+        );
+        for e in ex {
+            let id = e["trace_id"].as_str().unwrap();
+            assert!(
+                ids.contains(id),
+                "exemplar {id} of interval {} was not exported",
+                v["interval"]
+            );
+        }
+        *intervals.entry(v["interval"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert!(intervals.len() >= 4, "{intervals:?}");
+    // The run's slowest request is the first exemplar, and every link in
+    // summary.json resolves to an exported trace.
+    let slowest = &s["tracing"]["slowest_e2e"];
+    assert!(relative_error(num(slowest, "/0/value_ms"), num(s, "/metrics/e2e/max")) < 0.002);
+    for list in ["slowest_ttft", "slowest_e2e"] {
+        let list = s["tracing"][list].as_array().unwrap();
+        assert!(!list.is_empty());
+        for e in list {
+            let link = e["link"].as_str().unwrap();
+            let path = link.strip_prefix(&format!("http://{}", c.query)).unwrap();
+            let found = c.api(path).unwrap_or_else(|| panic!("{link} does not resolve"));
+            assert_eq!(found["data"][0]["traceID"], e["trace_id"]);
+        }
+    }
+}
+
+#[test]
+fn with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans() {
+    let _machine = exclusive();
+    let sim = Sim::start(&[]);
+    // A port that was free a moment ago: nothing listens there.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let trace = format!("endpoint = \"{down}\"");
+    let started = Instant::now();
+    let run = run_profile(&profile(&sim.url, 8, "3s", "30s", &trace), &[]);
+    let took = started.elapsed();
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    eprintln!("collector down: the 3 s run took {took:?}");
+    assert!(took < Duration::from_secs(3 + 6), "the run took {took:?}");
+    let s = run.summary();
+    let requests = num(s, "/requests/ok") + num(s, "/requests/failed");
+    assert!(requests > 20.0);
+    assert_eq!(num(s, "/tracing/spans_exported"), 0.0);
+    assert_eq!(num(s, "/tracing/spans_dropped"), requests, "{:#}", s["tracing"]);
+    let dropped = num(s, "/tracing/spans_dropped") as u64;
+    eprintln!("collector down: {dropped} spans dropped, 0 exported");
+    assert!(run.stdout().contains(&format!("{dropped} dropped")), "{}", run.stdout());
+    // Logged once (the two agents' exporters and the controller's share
+    // the warning), not per span.
+    let complaints = run.stderr().matches("cannot export spans").count();
+    assert_eq!(complaints, 1, "{}", run.stderr());
+}
