@@ -282,6 +282,9 @@ fn check_client_span(span: &Value, s: &Value, sim: &Sim) {
             .is_some_and(|a| (0..2).contains(&a))
     );
     assert!(tag(span, "stampede.user").and_then(Value::as_i64).is_some());
+    // The simulator stops at max_tokens: "length".
+    let reasons = tag(span, "gen_ai.response.finish_reasons").expect("finish reasons");
+    assert!(reasons.to_string().contains("length"), "{reasons}");
     let ttft = tag(span, "stampede.ttft_ms")
         .and_then(Value::as_f64)
         .expect("TTFT attribute");

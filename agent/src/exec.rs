@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
-use crate::api::{Dialect, Framing, Parsed, Spec, Usage};
+use crate::api::{Dialect, Finish, Framing, Parsed, Spec, Usage};
 use crate::http::{Conn, Endpoint};
 use crate::record::{Outcome, Sample};
 use crate::stream::sse::{self, PushError};
@@ -293,6 +293,7 @@ impl Executor {
             ttft_intended_us: ttft.map(|t| micros(t + queued)),
             e2e_intended_us: micros(e2e + queued),
             late: queued > LATE,
+            finish: read.finished,
         })
     }
 
@@ -326,7 +327,7 @@ impl Executor {
                             last_token_at = Some(t);
                             read.content_events += content_events;
                         }
-                        read.finished |= finished;
+                        read.finished = read.finished.or(finished);
                         read.usage = usage.or(read.usage);
                     }
                     Parsed::Done => read.done = true,
@@ -346,7 +347,7 @@ impl Executor {
         if framer.is_mid_event() && !read.done {
             return fail(ErrorClass::Stream, "stream ended in the middle of an event");
         }
-        if !read.done && !read.finished {
+        if !read.done && read.finished.is_none() {
             return fail(
                 ErrorClass::Stream,
                 "stream ended before the answer was complete (no finish_reason, no [DONE])",
@@ -362,11 +363,13 @@ impl Executor {
         };
         match self.dialect.whole(&bytes) {
             Parsed::Chunk {
-                content_events, usage, ..
+                content_events,
+                usage,
+                finished,
             } => Ok(Read {
                 content_events,
                 usage,
-                finished: true,
+                finished: Some(finished.unwrap_or(Finish::Unstated)),
                 ..Read::default()
             }),
             Parsed::Done => fail(ErrorClass::Malformed, "unexpected [DONE] in a whole response"),
@@ -382,7 +385,7 @@ struct Read {
     first_token_at: Option<Instant>,
     content_events: u32,
     usage: Option<Usage>,
-    finished: bool,
+    finished: Option<Finish>,
     done: bool,
 }
 

@@ -68,6 +68,8 @@ pub struct Sample<'a> {
     pub e2e_intended_us: u64,
     /// Sent more than [`stampede_proto::LATE`] after its intended start.
     pub late: bool,
+    /// Why the server ended the answer, when it said.
+    pub finish: Option<crate::api::Finish>,
 }
 
 /// Everything recorded over one span of time.

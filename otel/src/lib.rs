@@ -17,7 +17,7 @@ pub use export::{Exporter, Stats};
 
 /// Re-exported so that users build spans with the same types.
 pub use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-pub use opentelemetry::{KeyValue, Value};
+pub use opentelemetry::{KeyValue, StringValue, Value};
 pub use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 /// A finished span with the parts every stampede span shares filled in.

@@ -104,6 +104,49 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
+/// Why the server ended an answer: `gen_ai.response.finish_reasons` of the
+/// request's span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// A natural end or a stop sequence.
+    Stop,
+    /// The token limit.
+    Length,
+    /// The server's content filter.
+    ContentFilter,
+    /// The model called a tool.
+    ToolCalls,
+    /// A reason this client does not know.
+    Other,
+    /// Complete, with no reason given.
+    Unstated,
+}
+
+impl Finish {
+    /// From the OpenAI `finish_reason` value.
+    pub fn from_openai(reason: &str) -> Finish {
+        match reason {
+            "stop" | "eos" | "stop_sequence" => Finish::Stop,
+            "length" | "max_tokens" => Finish::Length,
+            "content_filter" => Finish::ContentFilter,
+            "tool_calls" | "function_call" => Finish::ToolCalls,
+            _ => Finish::Other,
+        }
+    }
+
+    /// The OpenTelemetry GenAI name; `None` when no reason was given.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ContentFilter => "content_filter",
+            Finish::ToolCalls => "tool_calls",
+            Finish::Other => "other",
+            Finish::Unstated => return None,
+        })
+    }
+}
+
 /// What one event (or one whole response) says.
 #[derive(Debug)]
 pub enum Parsed {
@@ -111,8 +154,8 @@ pub enum Parsed {
     Chunk {
         /// Events in this chunk that carry generated text.
         content_events: u32,
-        /// The server says the answer is complete.
-        finished: bool,
+        /// The server says the answer is complete, and why.
+        finished: Option<Finish>,
         /// Token counts, when the chunk carries them.
         usage: Option<Usage>,
     },

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Parsed, Spec, Usage};
+use super::{Finish, Parsed, Spec, Usage};
 
 /// Request path, appended to the target's base URL.
 pub(super) const PATH: &str = "/v1/chat/completions";
@@ -124,7 +124,11 @@ pub(super) fn event(data: &[u8]) -> Parsed {
         .count();
     Parsed::Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
-        finished: chunk.choices.iter().any(|c| c.finish_reason.is_some()),
+        finished: chunk
+            .choices
+            .iter()
+            .find_map(|c| c.finish_reason.as_deref())
+            .map(Finish::from_openai),
         usage: usage(chunk.usage),
     }
 }
@@ -144,7 +148,12 @@ pub(super) fn whole(body: &[u8]) -> Parsed {
     let has_text = choice.message.as_ref().is_some_and(Delta::has_text);
     Parsed::Chunk {
         content_events: u32::from(has_text),
-        finished: true,
+        finished: Some(
+            choice
+                .finish_reason
+                .as_deref()
+                .map_or(Finish::Unstated, Finish::from_openai),
+        ),
         usage: usage(chunk.usage),
     }
 }
@@ -188,12 +197,20 @@ mod tests {
             event(role),
             Parsed::Chunk {
                 content_events: 0,
-                finished: false,
+                finished: None,
                 usage: None
             }
         ));
         let token = br#"{"choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]}"#;
         assert!(matches!(event(token), Parsed::Chunk { content_events: 1, .. }));
+        let last = br#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#;
+        assert!(matches!(
+            event(last),
+            Parsed::Chunk {
+                finished: Some(Finish::Length),
+                ..
+            }
+        ));
         let reasoning = br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#;
         assert!(matches!(event(reasoning), Parsed::Chunk { content_events: 1, .. }));
     }
@@ -227,7 +244,7 @@ mod tests {
             whole(body),
             Parsed::Chunk {
                 content_events: 1,
-                finished: true,
+                finished: Some(Finish::Stop),
                 usage: Some(_)
             }
         ));

@@ -263,6 +263,12 @@ impl Tracing {
                     a.push(KeyValue::new("gen_ai.usage.input_tokens", n as i64));
                 }
                 a.push(KeyValue::new("gen_ai.usage.output_tokens", s.output_tokens as i64));
+                if let Some(reason) = s.finish.and_then(crate::api::Finish::name) {
+                    a.push(KeyValue::new(
+                        "gen_ai.response.finish_reasons",
+                        stampede_otel::Value::Array(vec![stampede_otel::StringValue::from(reason)].into()),
+                    ));
+                }
                 a.push(KeyValue::new("stampede.e2e_ms", ms(s.e2e_us)));
                 if let Some(ttft) = s.ttft_us {
                     a.push(KeyValue::new("stampede.ttft_ms", ms(ttft)));
