@@ -194,23 +194,24 @@ pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
     ))
 }
 
-/// Cold start: the first interval's TTFT median against steady state.
-pub fn cold_start(first_p50_ms: f64, steady_p50_ms: f64, first_interval: u64) -> Option<Finding> {
-    if steady_p50_ms <= 0.0 || first_p50_ms < COLD_RATIO * steady_p50_ms {
+/// Cold start: the first answers' TTFT (the first interval's p95) against
+/// steady state (the median of the later intervals' medians).
+pub fn cold_start(first_p95_ms: f64, steady_p50_ms: f64, first_interval: u64) -> Option<Finding> {
+    if steady_p50_ms <= 0.0 || first_p95_ms < COLD_RATIO * steady_p50_ms {
         return None;
     }
     Some(finding(
         "cold_start",
         format!(
-            "cold start: the first requests were {:.1}x slower to first token than steady state ({first_p50_ms:.0} ms against {steady_p50_ms:.0} ms)",
-            first_p50_ms / steady_p50_ms
+            "cold start: the first requests were {:.1}x slower to first token than steady state ({first_p95_ms:.0} ms against {steady_p50_ms:.0} ms)",
+            first_p95_ms / steady_p50_ms
         ),
-        "TTFT median of the first interval with successes against the median of the later intervals' medians",
+        "TTFT p95 of the first interval with successes against the median of its step's later interval medians",
         &[
             ("first_interval", json!(first_interval)),
-            ("first_ttft_p50_ms", round(first_p50_ms, 3)),
+            ("first_ttft_p95_ms", round(first_p95_ms, 3)),
             ("steady_ttft_p50_ms", round(steady_p50_ms, 3)),
-            ("ratio", round(first_p50_ms / steady_p50_ms, 3)),
+            ("ratio", round(first_p95_ms / steady_p50_ms, 3)),
         ],
     ))
 }
@@ -282,7 +283,10 @@ pub fn client_bound(reasons: &[String], lag_p99_ms: f64, cpu_max: f64) -> Option
     }
     Some(finding(
         "client_bound",
-        format!("client-bound: the results understate the server ({})", reasons.join("; ")),
+        format!(
+            "client-bound: the results understate the server ({})",
+            reasons.join("; ")
+        ),
         "the agents' scheduling lag and CPU",
         &[
             ("schedule_lag_p99_ms", round(lag_p99_ms, 3)),
@@ -341,7 +345,12 @@ mod tests {
         let f = gpu_idle(&u(0.25, Some(9.0))).unwrap();
         assert!(f.title.starts_with("GPU idle while requests wait"), "{}", f.title);
         assert_eq!(f.evidence["idle_share"], json!(0.75));
-        assert!(gpu_idle(&u(0.25, Some(0.0))).unwrap().title.contains("does not keep it busy"));
+        assert!(
+            gpu_idle(&u(0.25, Some(0.0)))
+                .unwrap()
+                .title
+                .contains("does not keep it busy")
+        );
         assert!(gpu_idle(&u(0.9, Some(9.0))).is_none());
     }
 

@@ -217,15 +217,19 @@ const POWER_BUSY_W: f64 = 350.0;
 /// as DCGM's is of its sampling period; memory and power are modelled from
 /// the batch and the busy share.
 fn dcgm(model: &str, share: f64, running: u32, o: &mut String) {
-    let labels = format!(
-        "gpu=\"0\",UUID=\"GPU-llm-sim-0\",device=\"nvidia0\",modelName=\"{model}\",Hostname=\"llm-sim\""
-    );
+    let labels =
+        format!("gpu=\"0\",UUID=\"GPU-llm-sim-0\",device=\"nvidia0\",modelName=\"{model}\",Hostname=\"llm-sim\"");
     let gauge = |o: &mut String, name: &str, help: &str, value: String| {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} gauge");
         let _ = writeln!(o, "{name}{{{labels}}} {value}");
     };
-    gauge(o, "DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", format!("{}", (share * 100.0).round()));
+    gauge(
+        o,
+        "DCGM_FI_DEV_GPU_UTIL",
+        "GPU utilization (in %).",
+        format!("{}", (share * 100.0).round()),
+    );
     gauge(
         o,
         "DCGM_FI_DEV_FB_USED",

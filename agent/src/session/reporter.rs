@@ -115,7 +115,7 @@ impl Reporter {
         report.sequence = self.sequence;
         report.elapsed_us = micros(self.start.elapsed());
         if let Some(gpu) = &self.gpu {
-            report.gpu = gpu.drain(self.start.into_std());
+            report.gpu = gpu.drain(self.start);
         }
         self.next_index += 1;
         report

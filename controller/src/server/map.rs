@@ -137,7 +137,12 @@ const RULES: &[Rule] = &[
     rule("llm-sim", "llmsim_time_to_first_token_seconds", Canon::Ttft, 1.0),
     rule("llm-sim", "llmsim_request_duration_seconds", Canon::E2e, 1.0),
     rule("llm-sim", "llmsim_prompt_tokens_total", Canon::PromptTokens, 1.0),
-    rule("llm-sim", "llmsim_generation_tokens_total", Canon::GenerationTokens, 1.0),
+    rule(
+        "llm-sim",
+        "llmsim_generation_tokens_total",
+        Canon::GenerationTokens,
+        1.0,
+    ),
     rule("llm-sim", "llmsim_requests_served_total", Canon::RequestsDone, 1.0),
     rule("llm-sim", "llmsim_busy_seconds_total", Canon::BusySeconds, 1.0),
 ];

@@ -52,7 +52,9 @@ pub struct Series {
 pub fn split_url(url: &str) -> Result<(Endpoint, String), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Err(format!("{url:?} is not an absolute URL such as http://host:8000/metrics"));
+        return Err(format!(
+            "{url:?} is not an absolute URL such as http://host:8000/metrics"
+        ));
     };
     let endpoint = Endpoint::parse(&format!("{scheme}://{authority}")).map_err(|e| e.to_string())?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -118,7 +120,9 @@ async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File
                 }
                 let reading = map::map(&page.samples);
                 series.unmapped.extend(reading.unmapped.iter().cloned());
-                series.sources.extend(reading.sources.iter().map(|(k, v)| (*k, v.clone())));
+                series
+                    .sources
+                    .extend(reading.sources.iter().map(|(k, v)| (*k, v.clone())));
                 series.scrapes.push(Scrape { at, reading });
             }
             Err(e) => {
@@ -137,7 +141,10 @@ async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File
 }
 
 fn write_raw(file: &mut std::fs::File, at: SystemTime, samples: &[prom::Sample]) -> std::io::Result<()> {
-    let t = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let t = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let values: serde_json::Map<String, serde_json::Value> = samples
         .iter()
         .map(|s| {
@@ -290,9 +297,18 @@ mod tests {
     #[test]
     fn histogram_windows_give_the_mean_of_what_was_observed_in_them() {
         let (s, start) = series(&[
-            (0.0, "llmsim_queue_time_seconds_sum 1\nllmsim_queue_time_seconds_count 2\n"),
-            (1.0, "llmsim_queue_time_seconds_sum 4\nllmsim_queue_time_seconds_count 4\n"),
-            (2.0, "llmsim_queue_time_seconds_sum 0.5\nllmsim_queue_time_seconds_count 1\n"),
+            (
+                0.0,
+                "llmsim_queue_time_seconds_sum 1\nllmsim_queue_time_seconds_count 2\n",
+            ),
+            (
+                1.0,
+                "llmsim_queue_time_seconds_sum 4\nllmsim_queue_time_seconds_count 4\n",
+            ),
+            (
+                2.0,
+                "llmsim_queue_time_seconds_sum 0.5\nllmsim_queue_time_seconds_count 1\n",
+            ),
         ]);
         assert_eq!(
             s.window(Canon::QueueTime, start, 0.0, 1.0),

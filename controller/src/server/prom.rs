@@ -3,13 +3,16 @@
 
 use std::fmt;
 
+/// Label pairs, in the order written.
+pub type Labels = Vec<(String, String)>;
+
 /// One sample line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Metric name, with its `_sum`, `_count` or `_bucket` suffix if any.
     pub name: String,
     /// Labels in the order written.
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     /// The value. `NaN` and `±Inf` are kept.
     pub value: f64,
 }
@@ -31,7 +34,11 @@ impl fmt::Display for Sample {
                 if i > 0 {
                     f.write_str(",")?;
                 }
-                write!(f, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))?;
+                write!(
+                    f,
+                    "{k}=\"{}\"",
+                    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+                )?;
             }
             f.write_str("}")?;
         }
@@ -92,7 +99,7 @@ fn sample(line: &str) -> Result<Sample, String> {
 }
 
 /// Reads `a="x",b="y"}` and returns the labels and what follows the `}`.
-fn label_set(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn label_set(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();
@@ -101,7 +108,12 @@ fn label_set(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
         }
         let eq = s.find('=').ok_or("a label without '='")?;
         let key = s[..eq].trim().to_owned();
-        if key.is_empty() || !key.chars().enumerate().all(|(i, c)| is_name_char(c, i == 0) && c != ':') {
+        if key.is_empty()
+            || !key
+                .chars()
+                .enumerate()
+                .all(|(i, c)| is_name_char(c, i == 0) && c != ':')
+        {
             return Err(format!("bad label name {key:?}"));
         }
         s = s[eq + 1..].trim_start();
@@ -160,7 +172,10 @@ mod tests {
         assert_eq!(s[2].label("a"), Some("q\"uote\\ and\nline"));
         assert_eq!(s[2].value, f64::NEG_INFINITY);
         assert_eq!(s[3].value, 0.001);
-        assert_eq!(s[0].to_string(), "vllm:num_requests_running{engine=\"0\",model_name=\"m\"}");
+        assert_eq!(
+            s[0].to_string(),
+            "vllm:num_requests_running{engine=\"0\",model_name=\"m\"}"
+        );
     }
 
     #[test]

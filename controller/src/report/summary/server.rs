@@ -96,9 +96,7 @@ fn unit(canon: Canon) -> &'static str {
         Canon::BusySeconds => "s",
         Canon::GpuMemoryMib => "MiB",
         Canon::GpuPowerW => "W",
-        Canon::QueueTime | Canon::Ttft | Canon::Itl | Canon::Tpot | Canon::E2e | Canon::Prefill | Canon::Decode => {
-            "ms"
-        }
+        Canon::QueueTime | Canon::Ttft | Canon::Itl | Canon::Tpot | Canon::E2e | Canon::Prefill | Canon::Decode => "ms",
     }
 }
 
@@ -144,7 +142,11 @@ fn measured_from(s: &Summary) -> f64 {
 /// The server summary, over the measured time and per interval.
 pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) -> ServerSummary {
     let mut note = series.first_error.clone().map(|e| {
-        format!("{e}; {} of {} scrapes failed", series.failed, series.failed + series.scrapes.len() as u64)
+        format!(
+            "{e}; {} of {} scrapes failed",
+            series.failed,
+            series.failed + series.scrapes.len() as u64
+        )
     });
     let families: Vec<&'static str> = series.families().into_iter().collect();
     if families.is_empty() && !series.scrapes.is_empty() {
@@ -160,9 +162,20 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
     if let Some(start) = start {
         let from = measured_from(s);
         for (canon, source) in &series.sources {
-            if let Some(w) = series.window(*canon, start, from, f64::MAX) {
-                mapped.insert(*canon, figure(source.clone(), *canon, w));
-            }
+            let f = match series.window(*canon, start, from, f64::MAX) {
+                Some(w) => figure(source.clone(), *canon, w),
+                // Recognised, but nothing happened to it in the window.
+                None => Figure {
+                    source: source.clone(),
+                    kind: canon.kind(),
+                    unit: unit(*canon),
+                    mean: None,
+                    max: None,
+                    count: None,
+                    per_s: None,
+                },
+            };
+            mapped.insert(*canon, f);
         }
         for i in &s.intervals {
             let (a, b) = (i.end_s - s.load.interval_s, i.end_s);
@@ -354,9 +367,10 @@ pub(super) fn findings(s: &Summary, c: &Collected) -> Vec<Finding> {
         }
     }
 
-    // Cold start: the first interval with successes against the rest of
+    // Cold start: the slowest of the first answers (the first interval
+    // with successes, its p95) against the typical answer of the rest of
     // its step.
-    if let Some(first) = s.intervals.iter().find(|i| i.ok > 0 && i.ttft_p50_ms.is_some()) {
+    if let Some(first) = s.intervals.iter().find(|i| i.ok > 0 && i.ttft_p95_ms.is_some()) {
         let mut later: Vec<f64> = s
             .intervals
             .iter()
@@ -367,7 +381,7 @@ pub(super) fn findings(s: &Summary, c: &Collected) -> Vec<Finding> {
             later.sort_by(f64::total_cmp);
             let steady = later[later.len() / 2];
             out.extend(findings::cold_start(
-                first.ttft_p50_ms.unwrap_or(0.0),
+                first.ttft_p95_ms.unwrap_or(0.0),
                 steady,
                 first.interval,
             ));
