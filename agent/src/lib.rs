@@ -11,6 +11,7 @@ pub mod api;
 pub mod assignment;
 pub mod cpu;
 pub mod exec;
+pub mod gpu;
 pub mod http;
 pub mod load;
 pub mod prompts;
@@ -44,6 +45,8 @@ pub struct Config {
     /// does not say (from this agent's own `OTEL_*` environment); the
     /// controller's settings, when it sends some, win.
     pub trace: Option<stampede_proto::pb::Trace>,
+    /// Sample this host's GPUs and send the readings.
+    pub gpu: bool,
 }
 
 impl std::fmt::Debug for Config {

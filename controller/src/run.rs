@@ -23,6 +23,7 @@ use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::report::summary::{self, Context, Summary};
+use crate::server::Scraper;
 use crate::trace::RunSpan;
 
 /// Pause between "all ready" and the start, so that every agent receives
@@ -56,6 +57,8 @@ pub struct Options {
     pub agents: Agents,
     /// Serve live Prometheus metrics here during the run.
     pub metrics: Option<SocketAddr>,
+    /// In-process agents sample this host's GPUs.
+    pub gpu: bool,
 }
 
 /// Where a run's agents come from.
@@ -302,6 +305,19 @@ async fn run_traced(
         );
     }
 
+    let scraper = profile.server_metrics.enabled.then(|| {
+        let page = profile
+            .server_metrics
+            .url
+            .clone()
+            .unwrap_or_else(|| default_metrics_url(&url));
+        let path = dir.join("server-metrics.jsonl");
+        let raw = std::fs::File::create(&path)
+            .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
+            .ok();
+        Scraper::start(page, profile.server_metrics.interval, raw)
+    });
+
     let agent_stop = CancellationToken::new();
     let mut local = JoinSet::new();
     if let Agents::Local = &agents {
@@ -313,11 +329,18 @@ async fn run_traced(
                 ca: None,
                 wait: Duration::from_secs(10),
                 trace: None,
+                gpu: options.gpu,
             };
             local.spawn(stampede_agent::run(config, agent_stop.clone()).in_current_span());
         }
     }
     let collected = control.collected().await;
+    // The last scrape sees the server after the last request, before the
+    // built-in simulator stops.
+    let series = match scraper {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
 
     // Wind down: agents have ended (or been given up on), then the
     // server, then the simulator.
@@ -349,6 +372,7 @@ async fn run_traced(
         model: &model,
         trace: span.config.as_ref(),
         run_trace_id: &span.context.trace_id.to_string(),
+        server: series.as_ref(),
     };
     let summary = summary::build(&ctx, &collected);
     let path = dir.join("summary.json");
@@ -356,6 +380,14 @@ async fn run_traced(
     std::fs::write(&path, json).map_err(write_error(path))?;
     control.join().await;
     Ok(Finished { summary, dir })
+}
+
+/// The target's own metrics page: `/metrics` at its root (a trailing
+/// `/v1` is not part of the server's root).
+fn default_metrics_url(target: &str) -> String {
+    let base = target.trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base);
+    format!("{base}/metrics")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -410,6 +442,13 @@ async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_metrics_page_is_at_the_servers_root() {
+        assert_eq!(default_metrics_url("http://h:8000"), "http://h:8000/metrics");
+        assert_eq!(default_metrics_url("http://h:8000/v1/"), "http://h:8000/metrics");
+        assert_eq!(default_metrics_url("https://h/llm"), "https://h/llm/metrics");
+    }
 
     #[test]
     fn a_token_is_required_off_loopback() {

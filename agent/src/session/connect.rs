@@ -174,6 +174,7 @@ mod tests {
             ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
             wait: Duration::from_secs(1),
             trace: None,
+            gpu: false,
         };
         let e = endpoint(&config).unwrap_err().to_string();
         assert!(e.contains("not https"), "{e}");

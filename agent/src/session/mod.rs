@@ -115,11 +115,16 @@ impl Link {
 /// Takes part in one run: connects, receives the assignment, runs the load
 /// when told, and reports until the load is over.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, Error> {
+    let gpu = config.gpu.then(|| Arc::new(crate::gpu::Sampler::start()));
+    if let Some(g) = &gpu {
+        tracing::info!("{}", g.note);
+    }
     let hello = pb::Hello {
         name: config.name.clone(),
         protocol_version: PROTOCOL_VERSION,
         capabilities: capabilities(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        gpu: gpu.as_ref().map(|g| g.note.clone()).unwrap_or_default(),
     };
     let (out, inbound) = connect::open(config, hello, &shutdown).await?;
     let mut link = Link {
@@ -183,7 +188,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
             other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
         }
     };
-    running(plan, start, offset, link).instrument(logs).await
+    running(plan, start, offset, link, gpu).instrument(logs).await
 }
 
 /// When to begin: at the controller's `start_at` in this host's clock when
@@ -216,7 +221,13 @@ fn capabilities() -> Vec<String> {
     caps
 }
 
-async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: Link) -> Result<Ended, Error> {
+async fn running(
+    plan: Plan,
+    start: Instant,
+    offset: Option<Offset>,
+    mut link: Link,
+    gpu: Option<Arc<crate::gpu::Sampler>>,
+) -> Result<Ended, Error> {
     let recorder = Recorder::new();
     let active = Arc::new(AtomicU32::new(0));
     let control = Control::default();
@@ -235,7 +246,7 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
     });
     let tracing = Arc::clone(&plan.executor.trace);
     tracing.began(start);
-    let mut reporter = Reporter::new(recorder, Arc::clone(&tracing), active, start, plan.interval);
+    let mut reporter = Reporter::new(recorder, Arc::clone(&tracing), active, start, plan.interval, gpu);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {

@@ -68,6 +68,7 @@ pub(super) struct Reporter {
     interval: Duration,
     next_index: u64,
     sequence: u64,
+    gpu: Option<Arc<crate::gpu::Sampler>>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -77,12 +78,14 @@ fn micros(d: Duration) -> u64 {
 impl Reporter {
     /// A reporter of `recorder`'s outcomes, with intervals counted from
     /// `start`.
+    /// `gpu`'s readings go with each report.
     pub(super) fn new(
         recorder: Recorder,
         tracing: Arc<Tracing>,
         active: Arc<AtomicU32>,
         start: Instant,
         interval: Duration,
+        gpu: Option<Arc<crate::gpu::Sampler>>,
     ) -> Reporter {
         Reporter {
             work: Some(Work {
@@ -98,6 +101,7 @@ impl Reporter {
             interval,
             next_index: 0,
             sequence: 0,
+            gpu,
         }
     }
 
@@ -134,6 +138,9 @@ impl Reporter {
         report.interval = self.next_index;
         report.sequence = self.sequence;
         report.elapsed_us = micros(self.start.elapsed());
+        if let Some(gpu) = &self.gpu {
+            report.gpu = gpu.drain(self.start);
+        }
         self.next_index += 1;
         report
     }

@@ -92,6 +92,10 @@ pub struct AgentRecord {
     pub clock_offset_us: Option<i64>,
     /// Round trip of that estimate, microseconds.
     pub clock_rtt_us: Option<u64>,
+    /// What its GPU sampler found, when it was asked to sample.
+    pub gpu_note: Option<String>,
+    /// Its GPU readings, in the order received.
+    pub gpu: Vec<pb::GpuSample>,
 }
 
 /// What a run collected.
@@ -445,6 +449,8 @@ impl Coordinator {
                 began_at_us: None,
                 clock_offset_us: None,
                 clock_rtt_us: None,
+                gpu_note: (!hello.gpu.is_empty()).then_some(hello.gpu),
+                gpu: Vec::new(),
             },
             conn,
             ready: false,
@@ -524,6 +530,11 @@ impl Coordinator {
             }
         };
         let (merged, rows) = self.merger.add(index, &report);
+        if merged == merge::Merged::Added
+            && let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut)
+        {
+            slot.record.gpu.extend(wire.gpu.iter().copied());
+        }
         if merged == merge::Merged::Added
             && let Some(live) = &self.setup.live
         {
@@ -727,6 +738,8 @@ impl Coordinator {
                     began_at_us: None,
                     clock_offset_us: None,
                     clock_rtt_us: None,
+                    gpu_note: None,
+                    gpu: Vec::new(),
                 },
             })
             .collect();

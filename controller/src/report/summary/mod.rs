@@ -1,6 +1,7 @@
 //! `summary.json`: the run's figures, its verdict, and the definitions of
 //! its metrics.
 
+mod server;
 mod types;
 
 use std::time::{Duration, SystemTime};
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, Metric};
 
 pub mod trace;
+pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
 pub use types::*;
 
 use crate::analysis::{self, Level};
@@ -33,6 +35,8 @@ pub struct Context<'a> {
     pub trace: Option<&'a stampede_otel::Config>,
     /// Trace id of the run's span.
     pub run_trace_id: &'a str,
+    /// The server's own metrics, when scraped.
+    pub server: Option<&'a crate::server::Series>,
 }
 
 fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
@@ -404,7 +408,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
     let measured_s = (duration_s - warmups).max(0.0);
     let steps = steps(p, m.steps());
     let warmup = m.warmup();
-    Summary {
+    let mut summary = Summary {
         schema: SCHEMA,
         run_id: ctx.run_id.to_owned(),
         profile: ProfileInfo {
@@ -462,8 +466,14 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         start_skew: start_skew(c),
         intervals: intervals(c, p.report.interval.as_secs_f64()),
         tracing: trace::build(ctx.trace, ctx.run_trace_id, c),
+        server: None,
+        gpu: server::gpu(c),
+        findings: Vec::new(),
         definitions: DEFINITIONS,
-    }
+    };
+    summary.server = ctx.server.map(|series| server::server(series, c.started_at, &summary));
+    summary.findings = server::findings(&summary, c);
+    summary
 }
 
 /// RFC 3339 with milliseconds, in UTC.
