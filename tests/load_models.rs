@@ -169,7 +169,7 @@ fn an_overloaded_client_is_called_client_bound() {
     // server: the agent falls behind its schedule and says so.
     let profile = r#"
         [load]
-        rate = 10000
+        rate = 20000
         arrival = "constant"
         duration = "2s"
         drain = "5s"
