@@ -6,6 +6,14 @@
 //! the first event carrying generated text; each ITL sample is the gap
 //! between the first bytes of consecutive such events; E2E ends when the
 //! response body ends.
+//!
+//! Output tokens come from the best source at hand, and the sample says
+//! which ([`TokenSource`]): the server's own count (OpenAI `usage`, Ollama
+//! `eval_count`, TGI `details.generated_tokens`, an `http-json` token
+//! pointer); else, for SSE and NDJSON streams, the number of events that
+//! carried text; else (whole answers, plain-text streams) the number of
+//! whitespace-separated words in the text, an approximation that is exact
+//! only for servers whose tokens are words.
 
 use std::time::Duration;
 
@@ -16,9 +24,10 @@ use hyper::body::Incoming;
 use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
-use crate::api::{Dialect, Framing, Parsed, Spec, Usage};
+use crate::api::{Api, Chunk, Framing, Parsed, ServerTimes, Spec, Usage};
 use crate::http::{Conn, Endpoint};
-use crate::record::{Outcome, Sample};
+use crate::record::{Outcome, Sample, TokenSource};
+use crate::stream::ndjson;
 use crate::stream::sse::{self, PushError};
 
 /// Largest error body kept for a message, and largest whole answer read.
@@ -31,7 +40,7 @@ pub struct Executor {
     /// Where to send requests.
     pub endpoint: Endpoint,
     /// How to talk to the server.
-    pub dialect: Dialect,
+    pub api: Api,
     /// Model name sent with each request.
     pub model: String,
     /// Generation parameters.
@@ -47,10 +56,10 @@ pub struct Executor {
 
 impl Executor {
     /// An executor for `endpoint`.
-    pub fn new(endpoint: Endpoint, dialect: Dialect, model: String, spec: Spec, timeout: Duration) -> Executor {
+    pub fn new(endpoint: Endpoint, api: Api, model: String, spec: Spec, timeout: Duration) -> Executor {
         Executor {
             endpoint,
-            dialect,
+            api,
             model,
             spec,
             timeout,
@@ -159,19 +168,21 @@ impl Executor {
     }
 
     fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
-        Request::post(self.endpoint.path(self.dialect.path()))
+        let accept = if self.api.streams(&self.spec) {
+            self.api.framing().accept()
+        } else {
+            "application/json"
+        };
+        let mut request = Request::post(self.endpoint.path(self.api.path(&self.spec)))
             .header(header::HOST, self.endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::ACCEPT,
-                if self.spec.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
+            .header(header::ACCEPT, accept);
+        for (name, value) in self.api.headers() {
+            request = request.header(name, value);
+        }
+        request
             .body(Full::new(body))
-            .expect("method, path and headers are valid")
+            .expect("method, path and headers are valid (checked when the API was resolved)")
     }
 
     async fn attempt(
@@ -181,7 +192,7 @@ impl Executor {
         intended: Instant,
         gaps: &mut Vec<u64>,
     ) -> Result<Sample<'static>, Failure> {
-        let body = Bytes::from(self.dialect.body(&self.model, prompt, &self.spec));
+        let body = Bytes::from(self.api.body(&self.model, prompt, &self.spec));
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
         let (t0, response) = loop {
@@ -207,9 +218,15 @@ impl Executor {
             let t0 = Instant::now();
             match c.sender.try_send_request(self.request(body.clone())).await {
                 Ok(response) => break (t0, response),
-                // Never written: a keep-alive connection the server closed
-                // just now. Safe to send again on a new connection.
-                Err(e) if reused && e.message().is_some() => reused = false,
+                // Never written, or written to a keep-alive connection the
+                // server had already closed (it closed without a byte of
+                // response: some servers, llama.cpp's among them, close
+                // after each streamed answer). The server never saw it, so
+                // it is sent again on a new connection, as browsers and
+                // curl do; t0 restarts with the new attempt.
+                Err(e) if reused && (e.message().is_some() || e.error().is_incomplete_message()) => {
+                    reused = false;
+                }
                 Err(e) => {
                     return fail(ErrorClass::Stream, format!("no response: {}", e.into_error()));
                 }
@@ -225,15 +242,18 @@ impl Executor {
                 format!("HTTP {status}: {}", text.trim()),
             );
         }
-        let read = if self.spec.stream {
+        let streamed = self.api.streams(&self.spec);
+        let read = if streamed {
             self.read_stream(response.into_body(), gaps).await?
         } else {
             self.read_whole(response.into_body()).await?
         };
         let end = Instant::now();
-        let (output_tokens, input_tokens, tokens_from_usage) = match read.usage {
-            Some(u) => (u.output_tokens, u.input_tokens, true),
-            None => (u64::from(read.content_events), None, false),
+        let counts_events = streamed && self.api.framing() != Framing::Text;
+        let (output_tokens, input_tokens, token_source) = match read.usage {
+            Some(u) => (u.output_tokens, u.input_tokens, TokenSource::Server),
+            None if counts_events => (u64::from(read.content_events), None, TokenSource::Events),
+            None => (read.words, None, TokenSource::Words),
         };
         let e2e = end - t0;
         let ttft = read.first_token_at.map(|t| t - t0);
@@ -251,7 +271,9 @@ impl Executor {
             connect_us,
             input_tokens,
             output_tokens,
-            tokens_from_usage,
+            token_source,
+            counted_events: counts_events.then_some(u64::from(read.content_events)),
+            server: read.server,
             schedule_lag_us: 0,
             ttft_intended_us: ttft.map(|t| micros(t + queued)),
             e2e_intended_us: micros(e2e + queued),
@@ -260,10 +282,16 @@ impl Executor {
     }
 
     async fn read_stream(&self, mut body: Incoming, gaps: &mut Vec<u64>) -> Result<Read, Failure> {
-        debug_assert_eq!(self.dialect.framing(), Framing::Sse);
-        let mut framer = sse::Framer::new();
-        let mut read = Read::default();
-        let mut last_token_at: Option<Instant> = None;
+        let framing = self.api.framing();
+        let mut sse = sse::Framer::new();
+        let mut lines = ndjson::Framer::new();
+        let mut words = WordCounter::default();
+        let mut tokens = Tokens {
+            api: &self.api,
+            read: Read::default(),
+            last_token_at: None,
+            gaps,
+        };
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(f) => f,
@@ -273,46 +301,38 @@ impl Executor {
                 continue; // Trailers carry no tokens.
             };
             let at = Instant::now();
-            let pushed = framer.push(&data, at, |event| {
-                match self.dialect.event(event.data) {
-                    Parsed::Chunk {
-                        content_events,
-                        finished,
-                        usage,
-                    } => {
-                        if content_events > 0 {
-                            let t = event.first_byte_at;
-                            match last_token_at {
-                                None => read.first_token_at = Some(t),
-                                Some(prev) => gaps.push(micros(t - prev)),
-                            }
-                            last_token_at = Some(t);
-                            read.content_events += content_events;
-                        }
-                        read.finished |= finished;
-                        read.usage = usage.or(read.usage);
+            let pushed = match framing {
+                Framing::Sse => sse.push(&data, at, |event| tokens.event(event.data, event.first_byte_at)),
+                Framing::Ndjson => lines.push(&data, at, |line| tokens.event(line.data, line.first_byte_at)),
+                Framing::Text => {
+                    if !data.is_empty() {
+                        tokens.content(1, at);
+                        tokens.read.words += words.feed(&data);
                     }
-                    Parsed::Done => read.done = true,
-                    Parsed::ServerError(m) => {
-                        return fail(ErrorClass::Stream, format!("server error in stream: {m}"));
-                    }
-                    Parsed::Malformed(m) => return fail(ErrorClass::Malformed, m),
+                    Ok(())
                 }
-                Ok(())
-            });
+            };
             match pushed {
                 Ok(()) => {}
                 Err(PushError::Event(failure)) => return Err(failure),
                 Err(PushError::Frame(e)) => return fail(ErrorClass::Malformed, e.to_string()),
             }
         }
-        if framer.is_mid_event() && !read.done {
+        if framing == Framing::Ndjson {
+            // A last line without its newline still counts.
+            lines.finish(|line| tokens.event(line.data, line.first_byte_at))?;
+        }
+        let read = tokens.read;
+        if sse.is_mid_event() && !read.done {
             return fail(ErrorClass::Stream, "stream ended in the middle of an event");
         }
-        if !read.done && !read.finished {
+        if self.api.needs_end_marker() && !read.done && !read.finished {
             return fail(
                 ErrorClass::Stream,
-                "stream ended before the answer was complete (no finish_reason, no [DONE])",
+                format!(
+                    "stream ended before the answer was complete (no end marker for {})",
+                    self.api.dialect()
+                ),
             );
         }
         Ok(read)
@@ -323,12 +343,18 @@ impl Executor {
             Ok(b) => b.to_bytes(),
             Err(e) => return fail(ErrorClass::Stream, format!("reading the response: {e}")),
         };
-        match self.dialect.whole(&bytes) {
-            Parsed::Chunk {
-                content_events, usage, ..
-            } => Ok(Read {
+        match self.api.whole(&bytes) {
+            Parsed::Chunk(Chunk {
                 content_events,
+                words,
                 usage,
+                server,
+                ..
+            }) => Ok(Read {
+                content_events,
+                words,
+                usage,
+                server,
                 finished: true,
                 ..Read::default()
             }),
@@ -339,12 +365,77 @@ impl Executor {
     }
 }
 
+/// The token events of one stream as they arrive.
+struct Tokens<'a> {
+    api: &'a Api,
+    read: Read,
+    last_token_at: Option<Instant>,
+    gaps: &'a mut Vec<u64>,
+}
+
+impl Tokens<'_> {
+    /// `n` content events whose first byte arrived at `t`.
+    fn content(&mut self, n: u32, t: Instant) {
+        if n == 0 {
+            return;
+        }
+        match self.last_token_at {
+            None => self.read.first_token_at = Some(t),
+            Some(prev) => self.gaps.push(micros(t - prev)),
+        }
+        self.last_token_at = Some(t);
+        self.read.content_events = self.read.content_events.saturating_add(n);
+    }
+
+    /// One SSE event or NDJSON line.
+    fn event(&mut self, data: &[u8], first_byte_at: Instant) -> Result<(), Failure> {
+        match self.api.event(data) {
+            Parsed::Chunk(c) => {
+                self.content(c.content_events, first_byte_at);
+                self.read.words += c.words;
+                self.read.finished |= c.finished;
+                self.read.usage = c.usage.or(self.read.usage);
+                self.read.server = self.read.server.or(c.server);
+            }
+            Parsed::Done => self.read.done = true,
+            Parsed::ServerError(m) => {
+                return fail(ErrorClass::Stream, format!("server error in stream: {m}"));
+            }
+            Parsed::Malformed(m) => return fail(ErrorClass::Malformed, m),
+        }
+        Ok(())
+    }
+}
+
+/// Counts whitespace-separated words across chunks that may split a word.
+#[derive(Debug, Default)]
+struct WordCounter {
+    in_word: bool,
+}
+
+impl WordCounter {
+    /// Words that start in `bytes`.
+    fn feed(&mut self, bytes: &[u8]) -> u64 {
+        let mut n = 0;
+        for b in bytes {
+            let space = b.is_ascii_whitespace();
+            if !space && !self.in_word {
+                n += 1;
+            }
+            self.in_word = !space;
+        }
+        n
+    }
+}
+
 /// What was read from one answer.
 #[derive(Debug, Default)]
 struct Read {
     first_token_at: Option<Instant>,
     content_events: u32,
+    words: u64,
     usage: Option<Usage>,
+    server: ServerTimes,
     finished: bool,
     done: bool,
 }

@@ -13,6 +13,21 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 
+use crate::api::ServerTimes;
+
+/// Where a request's output-token count came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The server's own count (usage, `eval_count`, TGI details, an
+    /// `http-json` token pointer).
+    #[default]
+    Server,
+    /// Stream events that carried text.
+    Events,
+    /// Whitespace-separated words of the answer.
+    Words,
+}
+
 /// How one request ended.
 #[derive(Debug)]
 pub enum Outcome<'a> {
@@ -57,9 +72,13 @@ pub struct Sample<'a> {
     pub input_tokens: Option<u64>,
     /// Generated tokens.
     pub output_tokens: u64,
-    /// True when token counts came from the server's usage, false when
-    /// counted from stream events.
-    pub tokens_from_usage: bool,
+    /// Where `output_tokens` came from.
+    pub token_source: TokenSource,
+    /// Stream events that carried text, when the answer was an SSE or
+    /// NDJSON stream: compared with the server's count when both exist.
+    pub counted_events: Option<u64>,
+    /// Times the server reported.
+    pub server: ServerTimes,
     /// Intended start to dispatch.
     pub schedule_lag_us: u64,
     /// Time to first token from the intended start.
@@ -109,10 +128,27 @@ impl Interval {
                 }
                 h.record(Metric::OutputTokens, s.output_tokens);
                 c.output_tokens += s.output_tokens;
-                if s.tokens_from_usage {
-                    c.tokens_from_usage += 1;
-                } else {
-                    c.tokens_counted += 1;
+                match s.token_source {
+                    TokenSource::Server => {
+                        c.tokens_from_usage += 1;
+                        if let Some(events) = s.counted_events {
+                            c.compared_server_tokens += s.output_tokens;
+                            c.compared_event_tokens += events;
+                        }
+                    }
+                    TokenSource::Events => c.tokens_counted += 1,
+                    TokenSource::Words => c.tokens_from_words += 1,
+                }
+                let server = [
+                    (Metric::ServerPrefill, s.server.prefill_us),
+                    (Metric::ServerDecode, s.server.decode_us),
+                    (Metric::ModelLoad, s.server.load_us),
+                    (Metric::ServerTime, s.server.total_us),
+                ];
+                for (metric, value) in server {
+                    if let Some(v) = value {
+                        h.record(metric, v);
+                    }
                 }
                 h.record(Metric::ScheduleLag, s.schedule_lag_us);
                 if let Some(v) = s.ttft_intended_us {
@@ -239,7 +275,7 @@ mod tests {
             connect_us: None,
             input_tokens: Some(10),
             output_tokens: gaps.len() as u64 + 1,
-            tokens_from_usage: true,
+            token_source: TokenSource::Server,
             ..Sample::default()
         })
     }

@@ -171,6 +171,16 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
 /// is in the summary.
 pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
     let agents = options.agents;
+    if matches!(agents, Agents::Local) {
+        // In-process agents share this environment: a secret header whose
+        // variable is missing is a mistake to report before anything runs.
+        // Remote agents read their own environment and report it themselves.
+        profile
+            .target
+            .api
+            .resolve(|var| std::env::var(var).ok())
+            .map_err(|e| RunError::Plan(format!("[target] {e}")))?;
+    }
     let run_id = summary::run_id(&profile.name, SystemTime::now());
     let dir = profile.report.out.join(&run_id);
     std::fs::create_dir_all(&dir).map_err(write_error(dir.clone()))?;
@@ -219,11 +229,15 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
     let setup = Setup {
         run_id: run_id.clone(),
         slices: plan::slices(&profile, count).map_err(RunError::Plan)?,
-        target: pb::Target {
-            url: url.clone(),
-            api: profile.target.api.name().to_owned(),
-            model: model.clone(),
-            timeout_ms: millis(profile.target.timeout),
+        target: {
+            let mut target = pb::Target {
+                url: url.clone(),
+                model: model.clone(),
+                timeout_ms: millis(profile.target.timeout),
+                ..pb::Target::default()
+            };
+            stampede_agent::assignment::target_fields(&profile.target.api, &mut target);
+            target
         },
         request: pb::RequestSpec {
             max_tokens: profile.request.max_tokens,
@@ -236,7 +250,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         interval: profile.report.interval,
         start_delay: START_DELAY,
         join_timeout,
-        capabilities: required_capabilities(profile.target.api),
+        capabilities: required_capabilities(profile.target.api.dialect),
         on_agent_loss: profile.on_agent_loss,
         live: options.metrics.map(|_| live.clone()),
     };
@@ -327,6 +341,16 @@ fn required_capabilities(api: Dialect) -> Vec<String> {
 async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<String, RunError> {
     if let Some(model) = &profile.target.model {
         return Ok(model.clone());
+    }
+    let dialect = profile.target.api.dialect;
+    if !dialect.lists_models() && !simulated {
+        // Only the OpenAI dialects list their models at /v1/models.
+        return match dialect {
+            Dialect::Ollama | Dialect::OllamaChat => Err(RunError::Model(format!(
+                "api {dialect} needs a model name: set [target] model in the profile"
+            ))),
+            _ => Ok(String::new()),
+        };
     }
     if simulated {
         return Ok(profile.sim.model.clone());

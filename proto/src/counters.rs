@@ -79,6 +79,12 @@ pub struct Counters {
     pub late: u64,
     /// Scheduled arrivals never sent.
     pub dropped: u64,
+    /// Successful requests whose output tokens were counted as words.
+    pub tokens_from_words: u64,
+    /// Server-counted output tokens of requests that also counted events.
+    pub compared_server_tokens: u64,
+    /// Counted events of those same requests.
+    pub compared_event_tokens: u64,
 }
 
 /// A request sent this long after its intended start is late.
@@ -110,6 +116,9 @@ impl Counters {
         self.active_users += other.active_users;
         self.late += other.late;
         self.dropped += other.dropped;
+        self.tokens_from_words += other.tokens_from_words;
+        self.compared_server_tokens += other.compared_server_tokens;
+        self.compared_event_tokens += other.compared_event_tokens;
     }
 
     /// The wire form.
@@ -125,6 +134,9 @@ impl Counters {
             active_users: self.active_users,
             late: self.late,
             dropped: self.dropped,
+            tokens_from_words: self.tokens_from_words,
+            compared_server_tokens: self.compared_server_tokens,
+            compared_event_tokens: self.compared_event_tokens,
         }
     }
 
@@ -145,6 +157,9 @@ impl Counters {
             active_users: wire.active_users,
             late: wire.late,
             dropped: wire.dropped,
+            tokens_from_words: wire.tokens_from_words,
+            compared_server_tokens: wire.compared_server_tokens,
+            compared_event_tokens: wire.compared_event_tokens,
         })
     }
 }
@@ -176,6 +191,9 @@ mod tests {
             output_tokens: 60,
             tokens_from_usage: 3,
             active_users: 2,
+            tokens_from_words: 1,
+            compared_server_tokens: 50,
+            compared_event_tokens: 49,
             ..Counters::default()
         };
         a.count_error(ErrorClass::Status(500));

@@ -30,6 +30,8 @@ pub(crate) struct Token {
     pub(crate) text: String,
     /// True for the last token of the answer.
     pub(crate) last: bool,
+    /// When the request entered the batch (its prefill began).
+    pub(crate) admitted: Instant,
 }
 
 /// The engine shared by every connection.
@@ -145,6 +147,7 @@ impl Engine {
             let token = Token {
                 text: text::token(job.text_seed, index),
                 last,
+                admitted: admission.admitted,
             };
             if tokens.send(token).is_err() {
                 return; // The client went away; `admission` counts it.

@@ -218,15 +218,26 @@ pub fn run_profile(profile: &str, args: &[&str]) -> Run {
 
 /// Runs a shipped profile from `load-profiles/`.
 pub fn run_shipped(name: &str, args: &[&str]) -> Run {
+    run_shipped_with_env(name, args, &[])
+}
+
+/// Runs a shipped profile with extra environment variables (such as the
+/// API key an example's header names).
+pub fn run_shipped_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let path = repo().join("load-profiles").join(name);
-    run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
+    run_controller_with_env(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat(), env)
 }
 
 fn run_controller(tmp: tempfile::TempDir, args: &[&str]) -> Run {
+    run_controller_with_env(tmp, args, &[])
+}
+
+fn run_controller_with_env(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = tmp.path().join("results");
     let output = Command::new(bin("controller"))
         .args(args)
+        .envs(env.iter().copied())
         .args(["--out", out.to_str().expect("utf-8 path")])
         .current_dir(tmp.path())
         .output()

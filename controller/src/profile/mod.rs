@@ -6,13 +6,14 @@
 
 mod doc;
 mod load;
+mod target;
 
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stampede_agent::api::Dialect;
+use stampede_agent::api::{ApiConfig, Dialect};
 use stampede_agent::http::Endpoint;
 use stampede_sim::OutputLength;
 
@@ -27,8 +28,9 @@ use crate::dataset::{self, Prompt};
 pub struct Target {
     /// Base URL; `None` runs the built-in simulator.
     pub url: Option<String>,
-    /// Server dialect.
-    pub api: Dialect,
+    /// Server dialect, path, headers, extra body fields and, for
+    /// `http-json`, the template and pointers.
+    pub api: ApiConfig,
     /// Model name; `None` asks the server (`/v1/models`).
     pub model: Option<String>,
     /// Per-request timeout.
@@ -204,7 +206,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
 
     let mut t = top.table(p, "target");
     let url = t.string(p, "url");
-    let api = t.choice(p, "api", &Dialect::ALL.map(Dialect::name));
+    let api = target::walk(&mut t, p);
     let model = t.string(p, "model");
     let timeout = t.duration(p, "timeout", false);
     let url = match &o.target {
@@ -296,6 +298,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             }
         });
     let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
+    let generate_shape = s.choice(p, "generate_shape", &["tgi", "seconds", "ms"]);
     s.finish(p);
 
     let mut th = top.table(p, "thresholds");
@@ -342,9 +345,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         seed: seed.unwrap_or(0),
         target: Target {
             url,
-            api: api.map_or(Dialect::OpenAiChat, |a| {
-                a.parse().expect("validated against Dialect::ALL")
-            }),
+            api: api.unwrap_or_else(|| ApiConfig::plain(Dialect::OpenAiChat)),
             model,
             timeout: timeout.unwrap_or(Duration::from_secs(120)),
         },
@@ -378,6 +379,12 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
             model: defaults.model,
             seed: sim_seed.unwrap_or(defaults.seed),
+            generate_shape: match generate_shape.as_deref() {
+                Some("seconds") => stampede_sim::GenerateShape::Seconds,
+                Some("ms") => stampede_sim::GenerateShape::Millis,
+                Some(_) => stampede_sim::GenerateShape::Tgi,
+                None => defaults.generate_shape,
+            },
         },
         thresholds: Thresholds {
             max_error_rate: max_error_rate.unwrap_or(0.0),

@@ -409,7 +409,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         },
         target: TargetInfo {
             url: ctx.target_url.to_owned(),
-            api: p.target.api.to_string(),
+            api: p.target.api.dialect.to_string(),
             model: ctx.model.to_owned(),
             simulated: ctx.simulated,
         },
@@ -439,13 +439,25 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         tokens: Tokens {
             input: counters.input_tokens,
             output: counters.output_tokens,
-            source: match (counters.tokens_from_usage, counters.tokens_counted) {
-                (_, 0) => "server usage",
-                (0, _) => "counted stream events",
+            source: match (
+                counters.tokens_from_usage,
+                counters.tokens_counted,
+                counters.tokens_from_words,
+            ) {
+                (_, 0, 0) => "server usage",
+                (0, _, 0) => "counted stream events",
+                (0, 0, _) => "counted words",
                 _ => "mixed",
             },
             from_usage: counters.tokens_from_usage,
             counted: counters.tokens_counted,
+            words: counters.tokens_from_words,
+            agreement: (counters.compared_server_tokens > 0).then(|| Agreement {
+                server: counters.compared_server_tokens,
+                events: counters.compared_event_tokens,
+                relative_difference: (counters.compared_event_tokens as f64 - counters.compared_server_tokens as f64)
+                    / counters.compared_server_tokens as f64,
+            }),
         },
         metrics: Metrics::of(&m.measured().histograms),
         load_table: load_table(&steps),

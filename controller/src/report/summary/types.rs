@@ -113,6 +113,14 @@ pub struct Metrics {
     pub input_tokens: MetricSummary,
     /// Output tokens per request.
     pub output_tokens: MetricSummary,
+    /// Prompt processing time the server reported (Ollama).
+    pub server_prefill: MetricSummary,
+    /// Token generation time the server reported (Ollama).
+    pub server_decode: MetricSummary,
+    /// Model load time the server reported (Ollama; cold starts).
+    pub model_load: MetricSummary,
+    /// Whole-request time the server reported (`http-json` duration).
+    pub server_time: MetricSummary,
 }
 
 impl Metrics {
@@ -131,6 +139,10 @@ impl Metrics {
             connect: m(Metric::Connect),
             input_tokens: m(Metric::InputTokens),
             output_tokens: m(Metric::OutputTokens),
+            server_prefill: m(Metric::ServerPrefill),
+            server_decode: m(Metric::ServerDecode),
+            model_load: m(Metric::ModelLoad),
+            server_time: m(Metric::ServerTime),
         }
     }
 }
@@ -313,12 +325,32 @@ pub struct Tokens {
     pub input: u64,
     /// Output tokens.
     pub output: u64,
-    /// `server usage`, `counted stream events`, or `mixed`.
+    /// `server usage`, `counted stream events`, `counted words`, or
+    /// `mixed`.
     pub source: &'static str,
     /// Requests whose counts came from the server's usage.
     pub from_usage: u64,
     /// Requests whose output tokens were counted from stream events.
     pub counted: u64,
+    /// Requests whose output tokens were counted as whitespace-separated
+    /// words of the answer (no server count, no token events).
+    pub words: u64,
+    /// How far the server's counts and the counted stream events disagree,
+    /// over requests that had both; absent when none had.
+    pub agreement: Option<Agreement>,
+}
+
+/// The server's output-token count against counted stream events.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    /// Server-counted output tokens of the compared requests.
+    pub server: u64,
+    /// Stream events carrying text of the same requests.
+    pub events: u64,
+    /// `(events - server) / server`: 0 when every event is one token;
+    /// negative when the server sends several tokens per event or counts
+    /// tokens it does not send (an end-of-sequence token).
+    pub relative_difference: f64,
 }
 
 /// One step of the load.
@@ -546,7 +578,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     client_queue: "intended start to t0: waiting for a turn, a concurrency slot or a connection",
     schedule_lag: "intended start to the moment the agent released the request: how well the agent kept time",
     connect: "time to open a new connection (TCP, and TLS for https), one sample per connection opened by a successful request",
-    tokens: "the server's usage figures when given (OpenAI stream_options.include_usage), else counted stream events carrying text; tokens.source says which",
+    tokens: "the server's own count when given (OpenAI usage with stream_options.include_usage, Ollama eval_count, TGI details.generated_tokens, an http-json token pointer), else counted SSE or NDJSON events carrying text, else whitespace-separated words of the answer; tokens.source says which, tokens.agreement how far server counts and events differ",
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,
