@@ -76,7 +76,9 @@ impl Plan {
                 positive(target.timeout_ms, "request timeout")?,
             )),
             load,
-            prompts: Arc::new(Prompts::new(prompts.prompts.into_iter().map(|p| p.text).collect())),
+            prompts: Arc::new(Prompts::with_limits(
+                prompts.prompts.into_iter().map(|p| (p.text, p.max_tokens)).collect(),
+            )),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, Chunk, Framing, Parsed, ServerTimes, Spec, Usage};
 use crate::http::{Conn, Endpoint};
+use crate::prompts::Prompt;
 use crate::record::{Outcome, Sample, TokenSource};
 use crate::stream::ndjson;
 use crate::stream::sse::{self, PushError};
@@ -113,7 +114,7 @@ impl Executor {
     pub async fn run<'s>(
         &self,
         conn: &mut Option<Conn>,
-        prompt: &str,
+        prompt: Prompt<'_>,
         timing: Timing,
         scratch: &'s mut Scratch,
     ) -> Outcome<'s> {
@@ -188,11 +189,15 @@ impl Executor {
     async fn attempt(
         &self,
         conn: &mut Option<Conn>,
-        prompt: &str,
+        prompt: Prompt<'_>,
         intended: Instant,
         gaps: &mut Vec<u64>,
     ) -> Result<Sample<'static>, Failure> {
-        let body = Bytes::from(self.api.body(&self.model, prompt, &self.spec));
+        let spec = Spec {
+            max_tokens: prompt.max_tokens.or(self.spec.max_tokens),
+            ..self.spec
+        };
+        let body = Bytes::from(self.api.body(&self.model, prompt.text, &spec));
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
         let (t0, response) = loop {

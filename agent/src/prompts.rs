@@ -5,12 +5,44 @@
 #[derive(Clone, Debug, Default)]
 pub struct Prompts {
     texts: Vec<String>,
+    /// Each prompt's own output-token limit (datasets may give one); empty
+    /// when none has one.
+    max_tokens: Vec<Option<u32>>,
+}
+
+/// One prompt as a request sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prompt<'a> {
+    /// The text.
+    pub text: &'a str,
+    /// Its own output-token limit, which wins over the profile's.
+    pub max_tokens: Option<u32>,
+}
+
+impl<'a> From<&'a str> for Prompt<'a> {
+    fn from(text: &'a str) -> Self {
+        Prompt { text, max_tokens: None }
+    }
 }
 
 impl Prompts {
     /// A share holding these prompts.
     pub fn new(texts: Vec<String>) -> Self {
-        Prompts { texts }
+        Prompts {
+            texts,
+            max_tokens: Vec::new(),
+        }
+    }
+
+    /// A share whose prompts carry their own output-token limits.
+    pub fn with_limits(prompts: Vec<(String, Option<u32>)>) -> Self {
+        let (texts, max_tokens): (Vec<_>, Vec<_>) = prompts.into_iter().unzip();
+        let max_tokens = if max_tokens.iter().all(Option::is_none) {
+            Vec::new()
+        } else {
+            max_tokens
+        };
+        Prompts { texts, max_tokens }
     }
 
     /// Number of prompts in the share.
@@ -33,8 +65,12 @@ impl Prompts {
     }
 
     /// The prompt at position `i`, wrapping around the share.
-    pub fn get(&self, i: usize) -> &str {
-        &self.texts[i % self.texts.len()]
+    pub fn get(&self, i: usize) -> Prompt<'_> {
+        let i = i % self.texts.len();
+        Prompt {
+            text: &self.texts[i],
+            max_tokens: self.max_tokens.get(i).copied().flatten(),
+        }
     }
 }
 
@@ -56,6 +92,9 @@ mod tests {
         let starts: Vec<_> = (0..6).map(|u| p.first_for(u, 9)).collect();
         assert_eq!(starts, (0..6).map(|u| p.first_for(u, 9)).collect::<Vec<_>>());
         assert!(starts.iter().all(|s| *s < 3));
-        assert_eq!(p.get(4), "b");
+        assert_eq!(p.get(4).text, "b");
+        let limited = Prompts::with_limits(vec![("a".into(), None), ("b".into(), Some(7))]);
+        assert_eq!(limited.get(3).max_tokens, Some(7));
+        assert_eq!(limited.get(2).max_tokens, None);
     }
 }

@@ -76,7 +76,7 @@ async fn run(api: Api, stream: bool, head: &'static str, reads: Vec<Vec<u8>>) ->
     );
     let mut scratch = Scratch::default();
     let seen = match executor
-        .run(&mut None, "hello there", Timing::now(), &mut scratch)
+        .run(&mut None, "hello there".into(), Timing::now(), &mut scratch)
         .await
     {
         Outcome::Ok(s) => Seen::Ok {

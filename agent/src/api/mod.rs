@@ -108,7 +108,7 @@ impl Framing {
 }
 
 /// The generation parameters of each request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spec {
     /// Upper bound on output tokens, when set.
     pub max_tokens: Option<u32>,

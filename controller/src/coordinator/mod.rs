@@ -421,6 +421,7 @@ impl Coordinator {
                     .map(|p| pb::Prompt {
                         text: p.text.clone(),
                         class: p.class.clone(),
+                        max_tokens: p.max_tokens,
                     })
                     .collect(),
                 offset: slice.prompts.start as u64,

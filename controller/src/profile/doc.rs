@@ -364,6 +364,13 @@ impl<'t, 'i> Table<'t, 'i> {
         )
     }
 
+    /// True when the key holds a table.
+    pub(crate) fn is_table(&self, key: &str) -> bool {
+        self.table
+            .and_then(|t| t.get(key))
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Table(_)))
+    }
+
     /// Where a key's value is, for problems found after reading it.
     pub(crate) fn span_of(&self, key: &str) -> Option<Range<usize>> {
         self.table?.get(key).map(Spanned::span)

@@ -6,6 +6,7 @@
 
 mod doc;
 mod load;
+mod prompts;
 mod target;
 
 use std::fmt;
@@ -21,7 +22,7 @@ pub use doc::{Problem, parse_duration};
 use doc::{Problems, Table};
 pub use load::{Load, Model, Shape, Step};
 
-use crate::dataset::{self, Prompt};
+use crate::dataset::Prompt;
 
 /// The server under test.
 #[derive(Clone, Debug, PartialEq)]
@@ -247,33 +248,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     r.finish(p);
 
     let mut d = top.table(p, "prompts");
-    let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
-    let inline = d.strings(p, "inline");
-    if let (Some(_), Some(_)) = (&builtin, &inline) {
-        p.at(
-            d.span_of("inline"),
-            &d.path_of("inline"),
-            "set either builtin or inline prompts, not both",
-        );
-    }
-    if let Some(list) = &inline {
-        if list.is_empty() {
-            p.at(
-                d.span_of("inline"),
-                &d.path_of("inline"),
-                "expected at least one prompt",
-            );
-        }
-        for (i, text) in list.iter().enumerate() {
-            if text.trim().is_empty() {
-                p.at(
-                    d.span_of("inline"),
-                    &format!("{}[{i}]", d.path_of("inline")),
-                    "a prompt must not be empty",
-                );
-            }
-        }
-    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0));
     d.finish(p);
 
     let mut a = top.table(p, "agents");
@@ -306,20 +282,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     th.finish(p);
     top.finish(p);
 
-    let prompts = match (&inline, &builtin) {
-        (Some(list), _) => list
-            .iter()
-            .map(|text| Prompt {
-                text: text.clone(),
-                class: "inline".to_owned(),
-            })
-            .collect(),
-        (None, b) => dataset::builtin(b.as_deref().unwrap_or("mixed"))?,
-    };
-    let prompt_source = match (&inline, &builtin) {
-        (Some(list), _) => format!("inline ({} prompts)", list.len()),
-        (None, b) => format!("builtin:{}", b.as_deref().unwrap_or("mixed")),
-    };
+    let (prompts, prompt_source) = dataset?;
     let agents = o
         .agents
         .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
