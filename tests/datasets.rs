@@ -97,3 +97,66 @@ fn synthetic_prompts_have_the_input_lengths_the_simulator_counts() {
         sim.metrics()["llmsim_generation_tokens_total"]
     );
 }
+
+#[test]
+fn every_metric_is_broken_down_by_prompt_class() {
+    let _machine = exclusive();
+    // Prefill 1 ms per input word: long prompts wait visibly longer for
+    // their first token.
+    let sim = Sim::start(&[
+        "--decode-step",
+        "3ms",
+        "--prefill-base",
+        "1ms",
+        "--prefill-per-token",
+        "1ms",
+    ]);
+    let profile = format!(
+        r#"
+        [target]
+        url = "{}"
+        [load]
+        users = 6
+        duration = "3s"
+        [request]
+        max_tokens = 6
+        [prompts]
+        builtin = "mixed"
+        [agents]
+        count = 2
+        "#,
+        sim.url
+    );
+    let run = run_profile(&profile, &[]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let s = run.summary();
+    let classes = s["classes"].as_array().expect("classes");
+    let names: Vec<&str> = classes.iter().map(|c| c["class"].as_str().unwrap()).collect();
+    assert_eq!(names, ["short", "medium", "long"], "shortest prompts first");
+    let sum = |key: &str| classes.iter().map(|c| c[key].as_f64().unwrap()).sum::<f64>();
+    // The classes partition the run (no warm-up here, so the totals agree).
+    assert_eq!(sum("requests"), num(s, "/requests/ok"));
+    assert_eq!(sum("output_tokens"), num(s, "/tokens/output"));
+    assert_eq!(sum("input_tokens"), num(s, "/tokens/input"));
+    assert_eq!(sum("input_tokens"), sim.metrics()["llmsim_prompt_tokens_total"]);
+    let ttft: Vec<f64> = classes.iter().map(|c| c["ttft"]["p50"].as_f64().unwrap()).collect();
+    let tokens_in: Vec<f64> = classes
+        .iter()
+        .map(|c| c["tokens_in"]["mean"].as_f64().unwrap())
+        .collect();
+    eprintln!("per class: TTFT p50 {ttft:?} ms, mean input tokens {tokens_in:?}");
+    // TTFT is prefill: 1 ms + 1 ms per input token, plus timer lateness.
+    for (t, n) in ttft.iter().zip(&tokens_in) {
+        assert!(
+            *t >= 1.0 + n * 0.9,
+            "TTFT p50 {t} ms is below the prefill of {n} tokens"
+        );
+    }
+    assert!(ttft[0] < ttft[1] && ttft[1] < ttft[2], "{ttft:?}");
+    for c in classes {
+        assert!(c["tpm"].as_f64().unwrap() > 0.0);
+        assert_eq!(c["tokens_out"]["max"], 6.0);
+        assert!(c["itl"]["count"].as_f64().unwrap() > 0.0);
+        assert!(c["e2e"]["p95"].as_f64().unwrap() >= c["ttft"]["p50"].as_f64().unwrap());
+    }
+}

@@ -77,7 +77,11 @@ impl Plan {
             )),
             load,
             prompts: Arc::new(Prompts::with_limits(
-                prompts.prompts.into_iter().map(|p| (p.text, p.max_tokens)).collect(),
+                prompts
+                    .prompts
+                    .into_iter()
+                    .map(|p| (p.text, p.max_tokens, p.class))
+                    .collect(),
             )),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),

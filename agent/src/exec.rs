@@ -283,6 +283,7 @@ impl Executor {
             ttft_intended_us: ttft.map(|t| micros(t + queued)),
             e2e_intended_us: micros(e2e + queued),
             late: queued > LATE,
+            class: prompt.class,
         })
     }
 

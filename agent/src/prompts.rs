@@ -8,6 +8,11 @@ pub struct Prompts {
     /// Each prompt's own output-token limit (datasets may give one); empty
     /// when none has one.
     max_tokens: Vec<Option<u32>>,
+    /// Each prompt's class, as an index into `class_names`; empty when
+    /// every prompt is of class 0.
+    classes: Vec<u16>,
+    /// Class labels, in order of first appearance.
+    class_names: Vec<String>,
 }
 
 /// One prompt as a request sends it.
@@ -17,11 +22,17 @@ pub struct Prompt<'a> {
     pub text: &'a str,
     /// Its own output-token limit, which wins over the profile's.
     pub max_tokens: Option<u32>,
+    /// Its class, an index into [`Prompts::class_names`].
+    pub class: u16,
 }
 
 impl<'a> From<&'a str> for Prompt<'a> {
     fn from(text: &'a str) -> Self {
-        Prompt { text, max_tokens: None }
+        Prompt {
+            text,
+            max_tokens: None,
+            class: 0,
+        }
     }
 }
 
@@ -30,19 +41,43 @@ impl Prompts {
     pub fn new(texts: Vec<String>) -> Self {
         Prompts {
             texts,
-            max_tokens: Vec::new(),
+            ..Prompts::default()
         }
     }
 
-    /// A share whose prompts carry their own output-token limits.
-    pub fn with_limits(prompts: Vec<(String, Option<u32>)>) -> Self {
-        let (texts, max_tokens): (Vec<_>, Vec<_>) = prompts.into_iter().unzip();
-        let max_tokens = if max_tokens.iter().all(Option::is_none) {
-            Vec::new()
-        } else {
-            max_tokens
-        };
-        Prompts { texts, max_tokens }
+    /// A share whose prompts carry their own output-token limits and
+    /// class labels: `(text, max_tokens, class)`.
+    pub fn with_limits(prompts: Vec<(String, Option<u32>, String)>) -> Self {
+        let mut texts = Vec::with_capacity(prompts.len());
+        let mut max_tokens = Vec::with_capacity(prompts.len());
+        let mut classes = Vec::with_capacity(prompts.len());
+        let mut class_names: Vec<String> = Vec::new();
+        for (text, limit, class) in prompts {
+            let index = match class_names.iter().position(|c| *c == class) {
+                Some(i) => i,
+                None => {
+                    class_names.push(class);
+                    class_names.len() - 1
+                }
+            };
+            texts.push(text);
+            max_tokens.push(limit);
+            classes.push(u16::try_from(index).unwrap_or(u16::MAX));
+        }
+        if max_tokens.iter().all(Option::is_none) {
+            max_tokens.clear();
+        }
+        Prompts {
+            texts,
+            max_tokens,
+            classes,
+            class_names,
+        }
+    }
+
+    /// Class labels, indexed by [`Prompt::class`].
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
     }
 
     /// Number of prompts in the share.
@@ -70,6 +105,7 @@ impl Prompts {
         Prompt {
             text: &self.texts[i],
             max_tokens: self.max_tokens.get(i).copied().flatten(),
+            class: self.classes.get(i).copied().unwrap_or(0),
         }
     }
 }
@@ -93,8 +129,14 @@ mod tests {
         assert_eq!(starts, (0..6).map(|u| p.first_for(u, 9)).collect::<Vec<_>>());
         assert!(starts.iter().all(|s| *s < 3));
         assert_eq!(p.get(4).text, "b");
-        let limited = Prompts::with_limits(vec![("a".into(), None), ("b".into(), Some(7))]);
-        assert_eq!(limited.get(3).max_tokens, Some(7));
+        let limited = Prompts::with_limits(vec![
+            ("a".into(), None, "short".into()),
+            ("b".into(), Some(7), "long".into()),
+            ("c".into(), None, "short".into()),
+        ]);
+        assert_eq!(limited.get(4).max_tokens, Some(7));
         assert_eq!(limited.get(2).max_tokens, None);
+        assert_eq!((limited.get(1).class, limited.get(2).class), (1, 0));
+        assert_eq!(limited.class_names(), ["short", "long"]);
     }
 }

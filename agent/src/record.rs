@@ -87,7 +87,21 @@ pub struct Sample<'a> {
     pub e2e_intended_us: u64,
     /// Sent more than [`stampede_proto::LATE`] after its intended start.
     pub late: bool,
+    /// Its prompt's class, an index into the share's class names.
+    pub class: u16,
 }
+
+/// One prompt class's successful requests.
+#[derive(Clone, Debug, Default)]
+pub struct ClassTotals {
+    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    pub histograms: Histograms,
+    /// Requests and token totals.
+    pub counters: Counters,
+}
+
+/// The metrics kept per prompt class.
+const CLASS_METRICS: [Metric; 4] = [Metric::Ttft, Metric::Tpot, Metric::E2e, Metric::InputTokens];
 
 /// Everything recorded over one span of time.
 #[derive(Clone, Debug, Default)]
@@ -98,6 +112,8 @@ pub struct Interval {
     pub counters: Counters,
     /// The first message of each error class.
     pub samples: BTreeMap<ErrorClass, String>,
+    /// Successful requests by prompt class index.
+    pub classes: BTreeMap<u16, ClassTotals>,
 }
 
 impl Interval {
@@ -156,6 +172,26 @@ impl Interval {
                 }
                 h.record(Metric::E2eIntended, s.e2e_intended_us);
                 c.late += u64::from(s.late);
+                let class = self.classes.entry(s.class).or_default();
+                let ch = &mut class.histograms;
+                for metric in CLASS_METRICS {
+                    let value = match metric {
+                        Metric::Ttft => s.ttft_us,
+                        Metric::Tpot => s.tpot_us,
+                        Metric::E2e => Some(s.e2e_us),
+                        _ => s.input_tokens,
+                    };
+                    if let Some(v) = value {
+                        ch.record(metric, v);
+                    }
+                }
+                for &gap in s.itl_us {
+                    ch.record(Metric::Itl, gap);
+                }
+                ch.record(Metric::OutputTokens, s.output_tokens);
+                class.counters.ok += 1;
+                class.counters.input_tokens += s.input_tokens.unwrap_or(0);
+                class.counters.output_tokens += s.output_tokens;
             }
             Outcome::Failed {
                 class,
@@ -180,6 +216,11 @@ impl Interval {
         for (class, message) in &other.samples {
             self.samples.entry(*class).or_insert_with(|| message.clone());
         }
+        for (class, totals) in &other.classes {
+            let mine = self.classes.entry(*class).or_default();
+            mine.histograms.add(&totals.histograms);
+            mine.counters.add(&totals.counters);
+        }
     }
 
     /// Empties the interval, keeping the histogram allocations.
@@ -187,6 +228,10 @@ impl Interval {
         self.histograms.reset();
         self.counters = Counters::default();
         self.samples.clear();
+        for totals in self.classes.values_mut() {
+            totals.histograms.reset();
+            totals.counters = Counters::default();
+        }
     }
 }
 

@@ -217,6 +217,7 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
     let mut load = tokio::spawn(async move {
         work.run(shared, gate, start, end, drain, load_control).await;
     });
+    let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
     let mut reporter = Reporter::new(recorder, active, start, plan.interval);
     let mut began = false;
     let mut lost: Option<String> = None;
@@ -279,7 +280,7 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
     let elapsed = start.elapsed();
     let last = reporter.report().await;
     link.send(agent_message::Kind::Report(last)).await;
-    let (finished, counters) = reporter.finished(elapsed);
+    let (finished, counters) = reporter.finished(elapsed, plan_classes.as_slice());
     link.send(agent_message::Kind::Finished(finished)).await;
     if let Some(reason) = lost {
         return Err(Error::ControllerLost(reason));

@@ -5,7 +5,7 @@
 
 pub(crate) mod service;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -112,6 +112,18 @@ pub struct Collected {
     pub failure: Option<String>,
     /// Reports that could not be decoded.
     pub unreadable: u64,
+    /// Successful requests by prompt class, summed over the agents' final
+    /// totals.
+    pub classes: BTreeMap<String, ClassTotals>,
+}
+
+/// One prompt class's successful requests over the run.
+#[derive(Clone, Debug, Default)]
+pub struct ClassTotals {
+    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    pub histograms: Histograms,
+    /// Requests and token totals.
+    pub counters: Counters,
 }
 
 struct Conn {
@@ -151,6 +163,7 @@ struct Coordinator {
     aborted: Option<String>,
     failure: Option<String>,
     unreadable: u64,
+    classes: BTreeMap<String, ClassTotals>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
 }
@@ -192,6 +205,7 @@ pub(crate) async fn run(
         aborted: None,
         failure: None,
         unreadable: 0,
+        classes: BTreeMap::new(),
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -492,6 +506,18 @@ impl Coordinator {
 
     fn finished(&mut self, conn: u64, index: u32, wire: pb::Finished) {
         let name = self.name(index);
+        for class in &wire.classes {
+            let decoded = Histograms::from_wire(&class.histograms)
+                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
+            match decoded {
+                Ok((histograms, counters)) => {
+                    let totals = self.classes.entry(class.class.clone()).or_default();
+                    totals.histograms.add(&histograms);
+                    totals.counters.add(&counters);
+                }
+                Err(e) => tracing::warn!(agent = %name, "unreadable totals of prompt class {:?}: {e}", class.class),
+            }
+        }
         let decoded = Histograms::from_wire(&wire.histograms).and_then(|histograms| {
             Ok(merge::Finished {
                 histograms,
@@ -675,6 +701,7 @@ impl Coordinator {
             })
             .collect();
         Collected {
+            classes: self.classes,
             merger: self.merger,
             agents,
             rows: self.rows,

@@ -180,6 +180,8 @@ pub struct Summary {
     pub tokens: Tokens,
     /// Latency and token statistics of successful requests.
     pub metrics: Metrics,
+    /// Every metric broken down by prompt class, shortest prompts first.
+    pub classes: Vec<ClassSummary>,
     /// Each step of the load, with its own statistics.
     pub steps: Vec<StepSummary>,
     /// Throughput and latency against load, one row per step.
@@ -338,6 +340,36 @@ pub struct Tokens {
     /// How far the server's counts and the counted stream events disagree,
     /// over requests that had both; absent when none had.
     pub agreement: Option<Agreement>,
+}
+
+/// One prompt class's successful requests over the whole run (warm-ups
+/// included, unlike the run-wide figures).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassSummary {
+    /// The class label, such as `short`.
+    pub class: String,
+    /// Successful requests.
+    pub requests: u64,
+    /// Input tokens, in total.
+    pub input_tokens: u64,
+    /// Output tokens, in total.
+    pub output_tokens: u64,
+    /// Input plus output tokens per minute over `duration_s`.
+    pub tpm: f64,
+    /// Output tokens per second over `duration_s`.
+    pub output_tokens_per_s: f64,
+    /// Input tokens per request.
+    pub tokens_in: MetricSummary,
+    /// Output tokens per request.
+    pub tokens_out: MetricSummary,
+    /// Time to first token.
+    pub ttft: MetricSummary,
+    /// Inter-token latency.
+    pub itl: MetricSummary,
+    /// Time per output token.
+    pub tpot: MetricSummary,
+    /// End-to-end latency.
+    pub e2e: MetricSummary,
 }
 
 /// The server's output-token count against counted stream events.
