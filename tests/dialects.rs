@@ -154,7 +154,9 @@ fn http_json_streams_as_ndjson_and_plain_text() {
     "#;
     let s = check(ndjson, true, &[], "server usage");
     // Both sources were there, and they agree exactly.
-    assert_eq!(s["tokens"]["agreement"]["relative_difference"], 0.0);
+    let agreement = &s["tokens"]["agreement"]["server_vs_events"];
+    assert_eq!(agreement["relative_difference"], 0.0, "{agreement}");
+    assert_eq!(agreement["requests_differing"], 0, "{agreement}");
     let text = r#"
         api = "http-json"
         path = "/generate_text"

@@ -14,6 +14,7 @@ use crate::load::open::{Open, Timer};
 use crate::load::schedule::{self, Process, RatePhase, UsersPhase};
 use crate::load::users::Closed;
 use crate::prompts::Prompts;
+use crate::tokenizer::Tokenizer;
 
 /// This agent's part of a run, validated.
 #[derive(Debug)]
@@ -54,6 +55,12 @@ impl Plan {
         if sends && prompts.prompts.is_empty() {
             return Err("the assignment has load but no prompts".to_owned());
         }
+        let tokenizer = match &target.tokenizer {
+            Some(t) if !t.json.is_empty() => Some(Arc::new(
+                Tokenizer::from_json(&t.name, &t.json).map_err(|e| format!("the run's tokenizer: {e}"))?,
+            )),
+            _ => None,
+        };
         let positive = |ms: u64, what: &str| {
             if ms == 0 {
                 Err(format!("the assignment's {what} is zero"))
@@ -64,17 +71,20 @@ impl Plan {
         Ok(Plan {
             run_id: a.run_id,
             agent_index: a.agent_index,
-            executor: Arc::new(Executor::new(
-                endpoint,
-                api,
-                target.model,
-                Spec {
-                    max_tokens: request.max_tokens,
-                    temperature: request.temperature,
-                    stream: request.stream,
-                },
-                positive(target.timeout_ms, "request timeout")?,
-            )),
+            executor: Arc::new(
+                Executor::new(
+                    endpoint,
+                    api,
+                    target.model,
+                    Spec {
+                        max_tokens: request.max_tokens,
+                        temperature: request.temperature,
+                        stream: request.stream,
+                    },
+                    positive(target.timeout_ms, "request timeout")?,
+                )
+                .with_tokenizer(tokenizer),
+            ),
             load,
             prompts: Arc::new(Prompts::with_limits(
                 prompts

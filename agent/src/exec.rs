@@ -10,11 +10,18 @@
 //! Output tokens come from the best source at hand, and the sample says
 //! which ([`TokenSource`]): the server's own count (OpenAI `usage`, Ollama
 //! `eval_count`, TGI `details.generated_tokens`, an `http-json` token
-//! pointer); else, for SSE and NDJSON streams, the number of events that
+//! pointer); else, with a client tokenizer, its count of the answer's
+//! text; else, for SSE and NDJSON streams, the number of events that
 //! carried text; else (whole answers, plain-text streams) the number of
 //! whitespace-separated words in the text, an approximation that is exact
-//! only for servers whose tokens are words.
+//! only for servers whose tokens are words. Every source at hand is kept
+//! in the sample, so that the summary can say how far they disagree.
+//!
+//! The tokenizer counts after the answer has ended and been timed, on the
+//! blocking pool, so that it neither adds to any measured time nor holds
+//! up the runtime threads that read other users' streams.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +37,7 @@ use crate::prompts::Prompt;
 use crate::record::{Outcome, Sample, TokenSource};
 use crate::stream::ndjson;
 use crate::stream::sse::{self, PushError};
+use crate::tokenizer::Tokenizer;
 
 /// Largest error body kept for a message, and largest whole answer read.
 const MAX_ERROR_BODY: usize = 2 * 1024;
@@ -48,6 +56,9 @@ pub struct Executor {
     pub spec: Spec,
     /// Limit on one request, connection included.
     pub timeout: Duration,
+    /// The target model's tokenizer, when the run has one: it counts each
+    /// answer's tokens (and each prompt's, when the server does not).
+    pub tokenizer: Option<Arc<Tokenizer>>,
     /// Unit tests of the load models: answer every request after these
     /// service times in turn, without a network, so that schedules can be
     /// checked on a paused clock.
@@ -64,9 +75,16 @@ impl Executor {
             model,
             spec,
             timeout,
+            tokenizer: None,
             #[cfg(test)]
             service_times: None,
         }
+    }
+
+    /// The same executor, counting tokens with `tokenizer` as well.
+    pub fn with_tokenizer(mut self, tokenizer: Option<Arc<Tokenizer>>) -> Executor {
+        self.tokenizer = tokenizer;
+        self
     }
 }
 
@@ -95,6 +113,10 @@ impl Timing {
 #[derive(Debug, Default)]
 pub struct Scratch {
     gaps: Vec<u64>,
+    /// The answer's text, kept only when a tokenizer will count it.
+    text: String,
+    /// The prompt, copied only when a tokenizer will count it.
+    prompt: String,
 }
 
 /// A failure on its way to becoming an [`Outcome::Failed`].
@@ -119,6 +141,7 @@ impl Executor {
         scratch: &'s mut Scratch,
     ) -> Outcome<'s> {
         scratch.gaps.clear();
+        scratch.text.clear();
         let intended = timing.intended;
         let lag_us = micros(timing.dispatched.saturating_duration_since(intended));
         #[cfg(test)]
@@ -137,7 +160,8 @@ impl Executor {
                 ..Sample::default()
             });
         }
-        let attempt = self.attempt(conn, prompt, intended, &mut scratch.gaps);
+        let keep_text = self.tokenizer.is_some().then_some(&mut scratch.text);
+        let attempt = self.attempt(conn, prompt.text, prompt.max_tokens, &mut scratch.gaps, keep_text);
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => fail(
@@ -146,7 +170,15 @@ impl Executor {
             ),
         };
         match result {
-            Ok(mut sample) => {
+            Ok(answer) => {
+                let counted = match &self.tokenizer {
+                    Some(t) => {
+                        let input = answer.read.usage.and_then(|u| u.input_tokens).is_none();
+                        count(t, &mut scratch.text, input.then_some(prompt.text), &mut scratch.prompt).await
+                    }
+                    None => Counted::default(),
+                };
+                let mut sample = answer.sample(intended, counted, prompt.class);
                 sample.itl_us = &scratch.gaps;
                 sample.schedule_lag_us = lag_us;
                 Outcome::Ok(sample)
@@ -189,15 +221,16 @@ impl Executor {
     async fn attempt(
         &self,
         conn: &mut Option<Conn>,
-        prompt: Prompt<'_>,
-        intended: Instant,
+        prompt: &str,
+        max_tokens: Option<u32>,
         gaps: &mut Vec<u64>,
-    ) -> Result<Sample<'static>, Failure> {
+        text: Option<&mut String>,
+    ) -> Result<Answer, Failure> {
         let spec = Spec {
-            max_tokens: prompt.max_tokens.or(self.spec.max_tokens),
+            max_tokens: max_tokens.or(self.spec.max_tokens),
             ..self.spec
         };
-        let body = Bytes::from(self.api.body(&self.model, prompt.text, &spec));
+        let body = Bytes::from(self.api.body(&self.model, prompt, &spec));
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
         let (t0, response) = loop {
@@ -237,7 +270,6 @@ impl Executor {
                 }
             }
         };
-        let client_queue_us = micros(t0 - intended);
         let status = response.status();
         if !status.is_success() {
             let snippet = read_limited(response.into_body(), MAX_ERROR_BODY).await;
@@ -249,54 +281,38 @@ impl Executor {
         }
         let streamed = self.api.streams(&self.spec);
         let read = if streamed {
-            self.read_stream(response.into_body(), gaps).await?
+            self.read_stream(response.into_body(), gaps, text).await?
         } else {
-            self.read_whole(response.into_body()).await?
+            self.read_whole(response.into_body(), text).await?
         };
-        let end = Instant::now();
-        let counts_events = streamed && self.api.framing() != Framing::Text;
-        let (output_tokens, input_tokens, token_source) = match read.usage {
-            Some(u) => (u.output_tokens, u.input_tokens, TokenSource::Server),
-            None if counts_events => (u64::from(read.content_events), None, TokenSource::Events),
-            None => (read.words, None, TokenSource::Words),
-        };
-        let e2e = end - t0;
-        let ttft = read.first_token_at.map(|t| t - t0);
-        let tpot_us = match (ttft, output_tokens) {
-            (Some(ttft), n) if n >= 2 => Some(micros(e2e.saturating_sub(ttft)) / (n - 1)),
-            _ => None,
-        };
-        let queued = t0 - intended;
-        Ok(Sample {
-            ttft_us: ttft.map(micros),
-            itl_us: &[],
-            tpot_us,
-            e2e_us: micros(e2e),
-            client_queue_us,
+        Ok(Answer {
+            t0,
+            end: Instant::now(),
             connect_us,
-            input_tokens,
-            output_tokens,
-            token_source,
-            counted_events: counts_events.then_some(u64::from(read.content_events)),
-            server: read.server,
-            schedule_lag_us: 0,
-            ttft_intended_us: ttft.map(|t| micros(t + queued)),
-            e2e_intended_us: micros(e2e + queued),
-            late: queued > LATE,
-            class: prompt.class,
+            counts_events: streamed && self.api.framing() != Framing::Text,
+            read,
         })
     }
 
-    async fn read_stream(&self, mut body: Incoming, gaps: &mut Vec<u64>) -> Result<Read, Failure> {
+    async fn read_stream(
+        &self,
+        mut body: Incoming,
+        gaps: &mut Vec<u64>,
+        text: Option<&mut String>,
+    ) -> Result<Read, Failure> {
         let framing = self.api.framing();
         let mut sse = sse::Framer::new();
         let mut lines = ndjson::Framer::new();
         let mut words = WordCounter::default();
+        // A plain-text stream's bytes, kept whole when the text is kept: a
+        // character may be split between chunks. Decoded once, at the end.
+        let mut raw = Vec::new();
         let mut tokens = Tokens {
             api: &self.api,
             read: Read::default(),
             last_token_at: None,
             gaps,
+            text,
         };
         while let Some(frame) = body.frame().await {
             let frame = match frame {
@@ -314,6 +330,9 @@ impl Executor {
                     if !data.is_empty() {
                         tokens.content(1, at);
                         tokens.read.words += words.feed(&data);
+                        if tokens.text.is_some() {
+                            raw.extend_from_slice(&data);
+                        }
                     }
                     Ok(())
                 }
@@ -327,6 +346,9 @@ impl Executor {
         if framing == Framing::Ndjson {
             // A last line without its newline still counts.
             lines.finish(|line| tokens.event(line.data, line.first_byte_at))?;
+        }
+        if let Some(text) = tokens.text {
+            text.push_str(&String::from_utf8_lossy(&raw));
         }
         let read = tokens.read;
         if sse.is_mid_event() && !read.done {
@@ -344,12 +366,12 @@ impl Executor {
         Ok(read)
     }
 
-    async fn read_whole(&self, body: Incoming) -> Result<Read, Failure> {
+    async fn read_whole(&self, body: Incoming, text: Option<&mut String>) -> Result<Read, Failure> {
         let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return fail(ErrorClass::Stream, format!("reading the response: {e}")),
         };
-        match self.api.whole(&bytes) {
+        match self.api.whole(&bytes, text) {
             Parsed::Chunk(Chunk {
                 content_events,
                 words,
@@ -377,6 +399,8 @@ struct Tokens<'a> {
     read: Read,
     last_token_at: Option<Instant>,
     gaps: &'a mut Vec<u64>,
+    /// Where the generated text goes, when it is kept.
+    text: Option<&'a mut String>,
 }
 
 impl Tokens<'_> {
@@ -395,7 +419,7 @@ impl Tokens<'_> {
 
     /// One SSE event or NDJSON line.
     fn event(&mut self, data: &[u8], first_byte_at: Instant) -> Result<(), Failure> {
-        match self.api.event(data) {
+        match self.api.event(data, self.text.as_deref_mut()) {
             Parsed::Chunk(c) => {
                 self.content(c.content_events, first_byte_at);
                 self.read.words += c.words;
@@ -431,6 +455,115 @@ impl WordCounter {
             self.in_word = !space;
         }
         n
+    }
+}
+
+/// A complete answer, timed, before its tokens are settled.
+struct Answer {
+    /// Just before the request was written.
+    t0: Instant,
+    /// When the answer ended.
+    end: Instant,
+    /// Time to open the connection, when this request opened one.
+    connect_us: Option<u64>,
+    /// The answer was an SSE or NDJSON stream, whose text events count.
+    counts_events: bool,
+    /// What it said.
+    read: Read,
+}
+
+/// The client tokenizer's counts of one request.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counted {
+    /// Tokens of the answer's text.
+    output: Option<u64>,
+    /// Tokens of the prompt, counted only when the server gave none.
+    input: Option<u64>,
+}
+
+impl Answer {
+    /// The request's measurements, with its tokens from the best source at
+    /// hand (see the module documentation).
+    fn sample(self, intended: Instant, counted: Counted, class: u16) -> Sample<'static> {
+        let Answer {
+            t0,
+            end,
+            connect_us,
+            counts_events,
+            read,
+        } = self;
+        let events = counts_events.then_some(u64::from(read.content_events));
+        let server_input = read.usage.and_then(|u| u.input_tokens);
+        let (output_tokens, token_source) = match (read.usage, counted.output, events) {
+            (Some(u), _, _) => (u.output_tokens, TokenSource::Server),
+            (None, Some(n), _) => (n, TokenSource::Tokenizer),
+            (None, None, Some(n)) => (n, TokenSource::Events),
+            (None, None, None) => (read.words, TokenSource::Words),
+        };
+        let (input_tokens, input_source) = match (server_input, counted.input) {
+            (Some(n), _) => (Some(n), Some(TokenSource::Server)),
+            (None, Some(n)) => (Some(n), Some(TokenSource::Tokenizer)),
+            (None, None) => (None, None),
+        };
+        let e2e = end - t0;
+        let ttft = read.first_token_at.map(|t| t - t0);
+        let tpot_us = match (ttft, output_tokens) {
+            (Some(ttft), n) if n >= 2 => Some(micros(e2e.saturating_sub(ttft)) / (n - 1)),
+            _ => None,
+        };
+        let queued = t0 - intended;
+        Sample {
+            ttft_us: ttft.map(micros),
+            itl_us: &[],
+            tpot_us,
+            e2e_us: micros(e2e),
+            client_queue_us: micros(queued),
+            connect_us,
+            input_tokens,
+            input_source,
+            output_tokens,
+            token_source,
+            server_tokens: read.usage.map(|u| u.output_tokens),
+            counted_events: events,
+            tokenizer_tokens: counted.output,
+            server: read.server,
+            schedule_lag_us: 0,
+            ttft_intended_us: ttft.map(|t| micros(t + queued)),
+            e2e_intended_us: micros(e2e + queued),
+            late: queued > LATE,
+            class,
+        }
+    }
+}
+
+/// Counts the answer's `text`, and the `prompt` when given, with the
+/// tokenizer on the blocking pool. The buffers are lent to it and come
+/// back for the next request.
+async fn count(tokenizer: &Arc<Tokenizer>, text: &mut String, prompt: Option<&str>, copy: &mut String) -> Counted {
+    let tokenizer = Arc::clone(tokenizer);
+    let answer = std::mem::take(text);
+    let mut prompt_copy = std::mem::take(copy);
+    prompt_copy.clear();
+    let with_prompt = prompt.is_some();
+    prompt_copy.push_str(prompt.unwrap_or_default());
+    let job = tokio::task::spawn_blocking(move || {
+        let output = tokenizer.count(&answer);
+        let input = if with_prompt {
+            tokenizer.count(&prompt_copy)
+        } else {
+            None
+        };
+        (answer, prompt_copy, Counted { output, input })
+    });
+    match job.await {
+        Ok((answer, prompt_copy, counted)) => {
+            *text = answer;
+            *copy = prompt_copy;
+            counted
+        }
+        // The count panicked on this text, or the runtime is shutting
+        // down: no count, as if there were no tokenizer.
+        Err(_) => Counted::default(),
     }
 }
 

@@ -26,9 +26,15 @@ pub enum TokenSource {
     Events,
     /// Whitespace-separated words of the answer.
     Words,
+    /// The client tokenizer's count of the text (the run's
+    /// `tokenizer.json`).
+    Tokenizer,
 }
 
 /// How one request ended.
+// Built on the stack once per request and recorded at once: boxing the
+// large `Ok` sample would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome<'a> {
     /// It completed: a latency sample.
@@ -68,15 +74,22 @@ pub struct Sample<'a> {
     pub client_queue_us: u64,
     /// Time to open the connection, when this request opened one.
     pub connect_us: Option<u64>,
-    /// Prompt tokens, when the server reported them.
+    /// Prompt tokens: the server's count, else the client tokenizer's.
     pub input_tokens: Option<u64>,
-    /// Generated tokens.
+    /// Where `input_tokens` came from (`Server` or `Tokenizer`).
+    pub input_source: Option<TokenSource>,
+    /// Generated tokens, from the best source at hand.
     pub output_tokens: u64,
     /// Where `output_tokens` came from.
     pub token_source: TokenSource,
+    /// The server's own count of generated tokens, when it gave one.
+    pub server_tokens: Option<u64>,
     /// Stream events that carried text, when the answer was an SSE or
-    /// NDJSON stream: compared with the server's count when both exist.
+    /// NDJSON stream.
     pub counted_events: Option<u64>,
+    /// The client tokenizer's count of the generated text, when the run
+    /// has a tokenizer.
+    pub tokenizer_tokens: Option<u64>,
     /// Times the server reported.
     pub server: ServerTimes,
     /// Intended start to dispatch.
@@ -142,19 +155,22 @@ impl Interval {
                     h.record(Metric::InputTokens, n);
                     c.input_tokens += n;
                 }
+                match s.input_source {
+                    Some(TokenSource::Server) => c.inputs_from_server += 1,
+                    Some(TokenSource::Tokenizer) => c.inputs_from_tokenizer += 1,
+                    _ => {}
+                }
                 h.record(Metric::OutputTokens, s.output_tokens);
                 c.output_tokens += s.output_tokens;
                 match s.token_source {
-                    TokenSource::Server => {
-                        c.tokens_from_usage += 1;
-                        if let Some(events) = s.counted_events {
-                            c.compared_server_tokens += s.output_tokens;
-                            c.compared_event_tokens += events;
-                        }
-                    }
+                    TokenSource::Server => c.tokens_from_usage += 1,
+                    TokenSource::Tokenizer => c.tokens_from_tokenizer += 1,
                     TokenSource::Events => c.tokens_counted += 1,
                     TokenSource::Words => c.tokens_from_words += 1,
                 }
+                c.server_vs_events.record(s.server_tokens, s.counted_events);
+                c.server_vs_tokenizer.record(s.server_tokens, s.tokenizer_tokens);
+                c.events_vs_tokenizer.record(s.counted_events, s.tokenizer_tokens);
                 let server = [
                     (Metric::ServerPrefill, s.server.prefill_us),
                     (Metric::ServerDecode, s.server.decode_us),
@@ -380,6 +396,53 @@ mod tests {
         assert_eq!(cut.counters.failed(), 1);
         assert_eq!(cut.counters.cancelled, 1);
         assert_eq!(cut.samples[&ErrorClass::Status(503)], "busy");
+    }
+
+    #[test]
+    fn every_token_source_is_counted_and_compared() {
+        let mut i = Interval::default();
+        // The server said 12; 12 events carried text; the tokenizer counts 15.
+        i.record(&Outcome::Ok(Sample {
+            output_tokens: 12,
+            token_source: TokenSource::Server,
+            server_tokens: Some(12),
+            counted_events: Some(12),
+            tokenizer_tokens: Some(15),
+            input_tokens: Some(7),
+            input_source: Some(TokenSource::Server),
+            ..Sample::default()
+        }));
+        // No server count: the tokenizer's wins over 9 events, and it
+        // counted the prompt too.
+        i.record(&Outcome::Ok(Sample {
+            output_tokens: 10,
+            token_source: TokenSource::Tokenizer,
+            counted_events: Some(9),
+            tokenizer_tokens: Some(10),
+            input_tokens: Some(4),
+            input_source: Some(TokenSource::Tokenizer),
+            ..Sample::default()
+        }));
+        let c = &i.counters;
+        assert_eq!((c.tokens_from_usage, c.tokens_from_tokenizer), (1, 1));
+        assert_eq!(
+            (c.inputs_from_server, c.inputs_from_tokenizer, c.input_tokens),
+            (1, 1, 11)
+        );
+        assert_eq!((c.server_vs_events.requests, c.server_vs_events.differing), (1, 0));
+        assert_eq!(
+            (
+                c.server_vs_tokenizer.first,
+                c.server_vs_tokenizer.second,
+                c.server_vs_tokenizer.abs_difference
+            ),
+            (12, 15, 3)
+        );
+        let e = c.events_vs_tokenizer;
+        assert_eq!(
+            (e.requests, e.first, e.second, e.abs_difference, e.differing),
+            (2, 21, 25, 4, 2)
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! server that writes exact bytes (in the reads the case chooses) and the
 //! executor's classified outcome. Nothing here may panic.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -9,6 +10,7 @@ use stampede_agent::api::{Api, ApiConfig, Dialect, HttpJson, Spec, StreamFormat,
 use stampede_agent::exec::{Executor, Scratch, Timing};
 use stampede_agent::http::Endpoint;
 use stampede_agent::record::{Outcome, TokenSource};
+use stampede_agent::tokenizer::Tokenizer;
 use stampede_proto::ErrorClass;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -60,6 +62,37 @@ const JSON_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nco
 
 /// Runs one request against a server that answers with `reads`.
 async fn run(api: Api, stream: bool, head: &'static str, reads: Vec<Vec<u8>>) -> (Seen, Vec<u8>) {
+    let (counted, request) = run_counted(api, stream, head, reads, None).await;
+    let seen = match counted {
+        Ok(c) => Seen::Ok {
+            tokens: c.output,
+            source: c.source,
+        },
+        Err(failed) => failed,
+    };
+    (seen, request)
+}
+
+/// Every token count of one successful answer.
+#[derive(Debug, PartialEq)]
+struct Counts {
+    output: u64,
+    source: TokenSource,
+    server: Option<u64>,
+    events: Option<u64>,
+    tokenizer: Option<u64>,
+    input: Option<u64>,
+    input_source: Option<TokenSource>,
+}
+
+/// [`run`], with a client tokenizer, keeping every count.
+async fn run_counted(
+    api: Api,
+    stream: bool,
+    head: &'static str,
+    reads: Vec<Vec<u8>>,
+    tokenizer: Option<Tokenizer>,
+) -> (Result<Counts, Seen>, Vec<u8>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let url = format!("http://{}", listener.local_addr().expect("an address"));
     let server = tokio::spawn(serve_once(listener, head, reads));
@@ -73,17 +106,23 @@ async fn run(api: Api, stream: bool, head: &'static str, reads: Vec<Vec<u8>>) ->
             stream,
         },
         Duration::from_secs(20),
-    );
+    )
+    .with_tokenizer(tokenizer.map(Arc::new));
     let mut scratch = Scratch::default();
     let seen = match executor
         .run(&mut None, "hello there".into(), Timing::now(), &mut scratch)
         .await
     {
-        Outcome::Ok(s) => Seen::Ok {
-            tokens: s.output_tokens,
+        Outcome::Ok(s) => Ok(Counts {
+            output: s.output_tokens,
             source: s.token_source,
-        },
-        Outcome::Failed { class, message, .. } => Seen::Failed(class, message),
+            server: s.server_tokens,
+            events: s.counted_events,
+            tokenizer: s.tokenizer_tokens,
+            input: s.input_tokens,
+            input_source: s.input_source,
+        }),
+        Outcome::Failed { class, message, .. } => Err(Seen::Failed(class, message)),
         other => panic!("unexpected outcome {other:?}"),
     };
     let request = server.await.expect("the server task ends");
@@ -272,4 +311,74 @@ async fn plain_text_streams_with_non_utf8_bytes_count_words_across_reads() {
             source: TokenSource::Words
         }
     );
+}
+
+/// A tokenizer whose tokens are single characters (printable ASCII, and
+/// `[UNK]` for anything else): a text has as many tokens as non-space
+/// characters.
+fn characters() -> Tokenizer {
+    let mut vocab: serde_json::Map<String, serde_json::Value> = ('!'..='~')
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i.into()))
+        .collect();
+    vocab.insert("[UNK]".to_owned(), vocab.len().into());
+    let json = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "[UNK]", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    Tokenizer::from_json("characters", json.to_string().as_bytes()).expect("a valid tokenizer")
+}
+
+const USAGE_DONE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+
+#[tokio::test]
+async fn a_client_tokenizer_counts_beside_the_server_and_the_events() {
+    // "a" and " b": two events, two tokens by the server's usage, and
+    // two characters.
+    let body = format!("{TOKEN_A}{TOKEN_B_END}{USAGE_DONE}");
+    let (counts, _) = run_counted(chat(), true, SSE_HEAD, one(body.as_bytes()), Some(characters())).await;
+    assert_eq!(
+        counts.expect("a complete answer"),
+        Counts {
+            output: 2,
+            source: TokenSource::Server,
+            server: Some(2),
+            events: Some(2),
+            tokenizer: Some(2),
+            input: Some(3),
+            input_source: Some(TokenSource::Server),
+        }
+    );
+    // Without usage the tokenizer's count wins over the events, and it
+    // counts the prompt too ("hello there": 10 characters).
+    let body = "data: {\"choices\":[{\"delta\":{\"content\":\"abc\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" de\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let (counts, _) = run_counted(chat(), true, SSE_HEAD, one(body.as_bytes()), Some(characters())).await;
+    assert_eq!(
+        counts.expect("a complete answer"),
+        Counts {
+            output: 5,
+            source: TokenSource::Tokenizer,
+            server: None,
+            events: Some(2),
+            tokenizer: Some(5),
+            input: Some(10),
+            input_source: Some(TokenSource::Tokenizer),
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_character_split_between_plain_text_reads_is_counted_once() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+    // "alpha b\u{e9}ta": the two bytes of \u{e9} arrive in separate reads;
+    // decoded apart they would be two replacement characters.
+    let reads = vec![b"alpha b\xc3".to_vec(), b"\xa9ta".to_vec()];
+    let (counts, _) = run_counted(http_json(StreamFormat::Text), true, head, reads, Some(characters())).await;
+    let counts = counts.expect("a complete answer");
+    assert_eq!((counts.output, counts.source), (9, TokenSource::Tokenizer));
+    assert_eq!(counts.events, None, "plain-text chunks are not token events");
 }

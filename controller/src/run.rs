@@ -237,6 +237,10 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
                 ..pb::Target::default()
             };
             stampede_agent::assignment::target_fields(&profile.target.api, &mut target);
+            target.tokenizer = profile.target.tokenizer.as_ref().map(|t| pb::Tokenizer {
+                name: t.name.clone(),
+                json: t.json.to_vec(),
+            });
             target
         },
         request: pb::RequestSpec {
@@ -250,7 +254,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         interval: profile.report.interval,
         start_delay: START_DELAY,
         join_timeout,
-        capabilities: required_capabilities(profile.target.api.dialect),
+        capabilities: required_capabilities(&profile),
         on_agent_loss: profile.on_agent_loss,
         live: options.metrics.map(|_| live.clone()),
     };
@@ -332,8 +336,13 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn required_capabilities(api: Dialect) -> Vec<String> {
-    vec![format!("api:{api}"), "load:users".to_owned()]
+fn required_capabilities(profile: &Profile) -> Vec<String> {
+    let mut caps = vec![format!("api:{}", profile.target.api.dialect), "load:users".to_owned()];
+    if profile.target.tokenizer.is_some() {
+        // An agent that cannot count would silently leave its share out.
+        caps.push("tokens:tokenizer".to_owned());
+    }
+    caps
 }
 
 /// The model to send: the profile's, the simulator's, or the first the

@@ -2,7 +2,9 @@
 //! tokenizer: a byte-pair-encoding `tokenizer.json` built here with the
 //! `tokenizers` crate (letters, a few dozen merges, whitespace
 //! pre-tokenizer), so that words split into several tokens and the
-//! generator cannot simply count words.
+//! generator cannot simply count words. And the target's tokenizer
+//! (`target.tokenizer`, `--tokenizer`) is read, checked and lent to
+//! synthetic prompts.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -135,4 +137,53 @@ fn an_unusable_tokenizer_file_is_named() {
         e.contains("prompts.synthetic.tokenizer") && e.contains("not a usable tokenizer.json"),
         "{e}"
     );
+}
+
+#[test]
+fn the_targets_tokenizer_is_read_checked_and_lent_to_synthetic_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    let path = dir.path().join("model/tokenizer.json");
+    write_tokenizer(&path);
+    let counter = Counter::from_file(&path).expect("the tokenizer loads");
+    let profile = dir.path().join("p.toml");
+    let write = |tokenizer: &str| {
+        let text = format!(
+            "[target]\ntokenizer = {tokenizer:?}\n[load]\nusers = 1\n[prompts.synthetic]\ncount = 5\ninput_tokens = 40\n"
+        );
+        std::fs::write(&profile, text).unwrap();
+    };
+    // Relative to the profile's folder; synthetic prompts without a
+    // tokenizer of their own are built with it.
+    write("model/tokenizer.json");
+    let p = Profile::load(&profile, &Overrides::default()).unwrap();
+    let t = p.target.tokenizer.as_ref().expect("the target's tokenizer");
+    assert_eq!(t.name, "model/tokenizer.json");
+    assert_eq!(&*t.json, std::fs::read(&path).unwrap().as_slice());
+    assert_eq!(t.vocab_size, 26 + 26 + 10 + 16 + 1);
+    assert!(
+        p.prompt_source.contains("tokens of model/tokenizer.json"),
+        "{}",
+        p.prompt_source
+    );
+    for prompt in &p.prompts {
+        let n = counter.count(&prompt.text).unwrap();
+        assert!((38..=42).contains(&n), "{n} tokens for a 40-token prompt");
+    }
+    // --tokenizer wins over the profile.
+    let other = dir.path().join("other.json");
+    std::fs::copy(&path, &other).unwrap();
+    let cli = Overrides {
+        tokenizer: Some(other.clone()),
+        ..Overrides::default()
+    };
+    let p = Profile::load(&profile, &cli).unwrap();
+    assert_eq!(p.target.tokenizer.unwrap().name, other.display().to_string());
+    // A missing or unusable file is named with its key, or its flag.
+    write("model/missing.json");
+    let e = Profile::load(&profile, &Overrides::default()).unwrap_err().to_string();
+    assert!(e.contains("target.tokenizer") && e.contains("cannot read"), "{e}");
+    std::fs::write(&other, "[1, 2]").unwrap();
+    let e = Profile::load(&profile, &cli).unwrap_err().to_string();
+    assert!(e.contains("--tokenizer") && e.contains("not a usable"), "{e}");
 }

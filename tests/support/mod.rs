@@ -155,6 +155,27 @@ pub fn http_post(addr: &str, path: &str) -> String {
     response.lines().next().unwrap_or_default().to_owned()
 }
 
+/// A minimal HTTP/1.0 POST of a JSON body; returns the JSON answer (which
+/// must be a 200).
+pub fn post_json(addr: &str, path: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout set");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let (head, answer) = response.split_once("\r\n\r\n").expect("a complete response");
+    assert!(head.contains(" 200 "), "POST {path}: {head}\n{answer}");
+    serde_json::from_str(answer).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {answer}"))
+}
+
 /// A minimal HTTP/1.0 GET, enough for `/metrics` on loopback.
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connects");

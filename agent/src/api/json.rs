@@ -16,7 +16,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Chunk, Parsed, ServerTimes, Spec, Usage, words};
+use super::{Chunk, Parsed, ServerTimes, Spec, Usage, keep, words};
 
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: [&str; 5] = ["prompt", "model", "max_tokens", "temperature", "stream"];
@@ -187,22 +187,22 @@ impl HttpJson {
     }
 
     /// Parses one NDJSON line.
-    pub(super) fn event(&self, data: &[u8]) -> Parsed {
+    pub(super) fn event(&self, data: &[u8], out: Option<&mut String>) -> Parsed {
         match serde_json::from_slice::<Value>(data) {
-            Ok(v) => self.read(&v, true),
+            Ok(v) => self.read(&v, true, out),
             Err(e) => Parsed::Malformed(format!("invalid JSON in a stream line: {e}")),
         }
     }
 
     /// Parses a whole answer.
-    pub(super) fn whole(&self, body: &[u8]) -> Parsed {
+    pub(super) fn whole(&self, body: &[u8], out: Option<&mut String>) -> Parsed {
         match serde_json::from_slice::<Value>(body) {
-            Ok(v) => self.read(&v, false),
+            Ok(v) => self.read(&v, false, out),
             Err(e) => Parsed::Malformed(format!("invalid JSON response: {e}")),
         }
     }
 
-    fn read(&self, v: &Value, streamed: bool) -> Parsed {
+    fn read(&self, v: &Value, streamed: bool, out: Option<&mut String>) -> Parsed {
         let text = v.pointer(&self.text);
         let text = match text {
             Some(Value::String(s)) => Some(s.as_str()),
@@ -219,6 +219,7 @@ impl HttpJson {
         if text.is_none() && !streamed {
             return Parsed::Malformed(format!("the answer has no text at {}", self.text));
         }
+        keep(out, text);
         let count = |pointer: &Option<String>| pointer.as_ref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
         let usage = count(&self.tokens).map(|output_tokens| Usage {
             input_tokens: count(&self.input_tokens),
@@ -346,16 +347,19 @@ mod tests {
     fn answers_give_text_tokens_and_the_servers_time() {
         let h = seed_server();
         let body = br#"{"generated_text":"one two three","tokens_generated":3,"inference_time_ms":812.5,"gpu_name":"NVIDIA A10G","gpu_memory_used_gb":7.1}"#;
-        let Parsed::Chunk(c) = h.whole(body) else {
+        let Parsed::Chunk(c) = h.whole(body, None) else {
             panic!("not parsed")
         };
         assert_eq!((c.words, c.finished), (3, true));
         assert_eq!(c.usage.map(|u| u.output_tokens), Some(3));
         assert_eq!(c.server.total_us, Some(812_500));
-        assert!(matches!(h.whole(br#"{"text":"x"}"#), Parsed::Malformed(m) if m.contains("/generated_text")));
-        assert!(matches!(h.whole(br#"{"detail":"model busy"}"#), Parsed::ServerError(m) if m == "model busy"));
-        assert!(matches!(h.whole(br#"{"generated_text":5}"#), Parsed::Malformed(_)));
-        assert!(matches!(h.whole(b"<html>"), Parsed::Malformed(_)));
+        assert!(matches!(h.whole(br#"{"text":"x"}"#, None), Parsed::Malformed(m) if m.contains("/generated_text")));
+        assert!(matches!(h.whole(br#"{"detail":"model busy"}"#, None), Parsed::ServerError(m) if m == "model busy"));
+        assert!(matches!(
+            h.whole(br#"{"generated_text":5}"#, None),
+            Parsed::Malformed(_)
+        ));
+        assert!(matches!(h.whole(b"<html>", None), Parsed::Malformed(_)));
     }
 
     #[test]
@@ -379,7 +383,7 @@ mod tests {
         h.text = "/token".to_owned();
         h.done = Some("/done".to_owned());
         assert!(matches!(
-            h.event(br#"{"token":" a"}"#),
+            h.event(br#"{"token":" a"}"#, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 finished: false,
@@ -387,7 +391,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            h.event(br#"{"done":true,"tokens_generated":9}"#),
+            h.event(br#"{"done":true,"tokens_generated":9}"#, None),
             Parsed::Chunk(Chunk {
                 content_events: 0,
                 finished: true,

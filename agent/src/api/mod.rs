@@ -188,6 +188,16 @@ pub(crate) fn words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
+/// Appends the generated text `pieces` to `out`, when the caller keeps the
+/// text (to count its tokens with a client tokenizer).
+fn keep<'t>(out: Option<&mut String>, pieces: impl IntoIterator<Item = &'t str>) {
+    if let Some(out) = out {
+        for piece in pieces {
+            out.push_str(piece);
+        }
+    }
+}
+
 /// Where a header's value comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum HeaderSource {
@@ -413,23 +423,25 @@ impl Api {
     }
 
     /// Parses one streamed event's data (an SSE event or an NDJSON line).
-    pub fn event(&self, data: &[u8]) -> Parsed {
+    /// With `text`, the generated text it carries is appended there.
+    pub fn event(&self, data: &[u8], text: Option<&mut String>) -> Parsed {
         match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::event(data),
-            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(data, true),
-            (Dialect::Tgi, _) => tgi::event(data),
-            (Dialect::HttpJson, Some(h)) => h.event(data),
+            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::event(data, text),
+            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(data, true, text),
+            (Dialect::Tgi, _) => tgi::event(data, text),
+            (Dialect::HttpJson, Some(h)) => h.event(data, text),
             (Dialect::HttpJson, None) => Parsed::Malformed("no http-json configuration".to_owned()),
         }
     }
 
-    /// Parses a whole, non-streamed response body.
-    pub fn whole(&self, body: &[u8]) -> Parsed {
+    /// Parses a whole, non-streamed response body. With `text`, the
+    /// generated text is appended there.
+    pub fn whole(&self, body: &[u8], text: Option<&mut String>) -> Parsed {
         match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::whole(body),
-            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(body, false),
-            (Dialect::Tgi, _) => tgi::whole(body),
-            (Dialect::HttpJson, Some(h)) => h.whole(body),
+            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::whole(body, text),
+            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(body, false, text),
+            (Dialect::Tgi, _) => tgi::whole(body, text),
+            (Dialect::HttpJson, Some(h)) => h.whole(body, text),
             (Dialect::HttpJson, None) => Parsed::Malformed("no http-json configuration".to_owned()),
         }
     }
@@ -483,6 +495,79 @@ mod tests {
         );
         c.headers = vec![("bad header".to_owned(), HeaderSource::Literal("x".to_owned()))];
         assert!(c.problems()[0].contains("\"bad header\""));
+    }
+
+    #[test]
+    fn every_dialect_hands_over_its_generated_text() {
+        let streamed = |api: &Api, events: &[&str]| {
+            let mut text = String::new();
+            for e in events {
+                assert!(
+                    matches!(api.event(e.as_bytes(), Some(&mut text)), Parsed::Chunk(_)),
+                    "{e}"
+                );
+            }
+            text
+        };
+        let whole = |api: &Api, body: &str| {
+            let mut text = String::new();
+            assert!(
+                matches!(api.whole(body.as_bytes(), Some(&mut text)), Parsed::Chunk(_)),
+                "{body}"
+            );
+            text
+        };
+        let chat = Api::plain(Dialect::OpenAiChat);
+        let events = [
+            r#"{"choices":[{"delta":{"role":"assistant"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"Hel"}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"lo"},"finish_reason":"stop"}]}"#,
+        ];
+        assert_eq!(streamed(&chat, &events), "Hello");
+        assert_eq!(
+            whole(&chat, r#"{"choices":[{"message":{"content":"Hi you"}}]}"#),
+            "Hi you"
+        );
+        let completions = Api::plain(Dialect::OpenAiCompletions);
+        assert_eq!(whole(&completions, r#"{"choices":[{"text":"Hi"}]}"#), "Hi");
+        let ollama = Api::plain(Dialect::Ollama);
+        let lines = [
+            r#"{"response":"a","done":false}"#,
+            r#"{"response":" b","done":true,"eval_count":2}"#,
+        ];
+        assert_eq!(streamed(&ollama, &lines), "a b");
+        let chat_lines = [r#"{"message":{"content":"c"},"done":false}"#, r#"{"done":true}"#];
+        assert_eq!(streamed(&Api::plain(Dialect::OllamaChat), &chat_lines), "c");
+        let tgi = Api::plain(Dialect::Tgi);
+        let tokens = [
+            r#"{"token":{"text":"x","special":false}}"#,
+            r#"{"token":{"text":"</s>","special":true},"generated_text":"x","details":{"generated_tokens":2}}"#,
+        ];
+        assert_eq!(streamed(&tgi, &tokens), "x", "special tokens are not text");
+        assert_eq!(whole(&tgi, r#"{"generated_text":"y z"}"#), "y z");
+        let mut c = ApiConfig::plain(Dialect::HttpJson);
+        c.path = Some("/generate".to_owned());
+        c.http_json = Some(HttpJson {
+            template: serde_json::json!({"prompt": "{{prompt}}"}),
+            text: "/generated_text".to_owned(),
+            tokens: None,
+            input_tokens: None,
+            duration: None,
+            duration_unit: TimeUnit::Seconds,
+            stream: StreamFormat::Ndjson,
+            done: None,
+        });
+        let json = c.resolve(|_| None).unwrap();
+        assert_eq!(whole(&json, r#"{"generated_text":"w"}"#), "w");
+        assert_eq!(
+            streamed(&json, &[r#"{"generated_text":"u"}"#, r#"{"generated_text":"v"}"#]),
+            "uv"
+        );
+        // Without a place to keep it, nothing is kept and nothing changes.
+        assert!(matches!(
+            chat.event(events[1].as_bytes(), None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
     }
 
     #[test]

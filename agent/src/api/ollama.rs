@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Chunk, Parsed, ServerTimes, Spec, Usage, words};
+use super::{Chunk, Parsed, ServerTimes, Spec, Usage, keep, words};
 
 /// Generate request path.
 pub(super) const GENERATE_PATH: &str = "/api/generate";
@@ -78,7 +78,7 @@ fn micros(ns: Option<u64>) -> Option<u64> {
 }
 
 /// Parses one NDJSON line (`streamed`) or a whole answer.
-pub(super) fn parse(data: &[u8], streamed: bool) -> Parsed {
+pub(super) fn parse(data: &[u8], streamed: bool, text: Option<&mut String>) -> Parsed {
     let line: Line<'_> = match serde_json::from_slice(data) {
         Ok(l) => l,
         Err(e) if streamed => return Parsed::Malformed(format!("invalid JSON in an Ollama stream line: {e}")),
@@ -98,6 +98,7 @@ pub(super) fn parse(data: &[u8], streamed: bool) -> Parsed {
     if !streamed && !line.done {
         return Parsed::Malformed("the Ollama answer is not marked \"done\": true".to_owned());
     }
+    keep(text, texts.iter().flatten().copied());
     let usage = match (line.done, line.eval_count) {
         (true, Some(output_tokens)) => Some(Usage {
             input_tokens: line.prompt_eval_count,
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn token_lines_and_the_final_accounting() {
         assert_eq!(
-            parse(TOKEN, true),
+            parse(TOKEN, true, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 words: 1,
@@ -140,10 +141,10 @@ mod tests {
             })
         );
         assert!(matches!(
-            parse(CHAT_TOKEN, true),
+            parse(CHAT_TOKEN, true, None),
             Parsed::Chunk(Chunk { content_events: 1, .. })
         ));
-        let Parsed::Chunk(last) = parse(FINAL, true) else {
+        let Parsed::Chunk(last) = parse(FINAL, true, None) else {
             panic!("final line not parsed")
         };
         assert_eq!(last.content_events, 0);
@@ -162,10 +163,10 @@ mod tests {
 
     #[test]
     fn whole_answers_must_be_done_and_errors_are_the_servers() {
-        assert!(matches!(parse(TOKEN, false), Parsed::Malformed(m) if m.contains("done")));
+        assert!(matches!(parse(TOKEN, false, None), Parsed::Malformed(m) if m.contains("done")));
         let whole = br#"{"model":"m","response":"two words","done":true,"eval_count":2,"prompt_eval_count":3}"#;
         assert!(matches!(
-            parse(whole, false),
+            parse(whole, false, None),
             Parsed::Chunk(Chunk {
                 words: 2,
                 finished: true,
@@ -174,11 +175,11 @@ mod tests {
             })
         ));
         let err = br#"{"error":"model \"x\" not found, try pulling it first"}"#;
-        assert!(matches!(parse(err, true), Parsed::ServerError(m) if m.contains("not found")));
-        assert!(matches!(parse(b"{\"response\":", true), Parsed::Malformed(_)));
+        assert!(matches!(parse(err, true, None), Parsed::ServerError(m) if m.contains("not found")));
+        assert!(matches!(parse(b"{\"response\":", true, None), Parsed::Malformed(_)));
         // A final line without counts leaves the tokens to be counted.
         assert!(matches!(
-            parse(br#"{"done":true}"#, true),
+            parse(br#"{"done":true}"#, true, None),
             Parsed::Chunk(Chunk {
                 usage: None,
                 finished: true,

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Chunk, Parsed, Spec, Usage, words};
+use super::{Chunk, Parsed, Spec, Usage, keep, words};
 
 /// Chat request path, appended to the target's base URL.
 pub(super) const CHAT_PATH: &str = "/v1/chat/completions";
@@ -144,7 +144,7 @@ fn usage(u: Option<WireUsage>) -> Option<Usage> {
 }
 
 /// Parses the data of one SSE event.
-pub(super) fn event(data: &[u8]) -> Parsed {
+pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     if data == b"[DONE]" {
         return Parsed::Done;
     }
@@ -156,6 +156,7 @@ pub(super) fn event(data: &[u8]) -> Parsed {
         return Parsed::ServerError(error.message());
     }
     let content = chunk.choices.iter().filter(|c| c.has_text()).count();
+    keep(text, chunk.choices.iter().flat_map(Choice::texts));
     Parsed::Chunk(Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
         words: chunk.choices.iter().map(Choice::words).sum(),
@@ -166,7 +167,7 @@ pub(super) fn event(data: &[u8]) -> Parsed {
 }
 
 /// Parses a whole (non-streamed) response body.
-pub(super) fn whole(body: &[u8]) -> Parsed {
+pub(super) fn whole(body: &[u8], text: Option<&mut String>) -> Parsed {
     let chunk: Wire<'_> = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => return Parsed::Malformed(format!("invalid JSON response: {e}")),
@@ -177,6 +178,7 @@ pub(super) fn whole(body: &[u8]) -> Parsed {
     let Some(choice) = chunk.choices.first() else {
         return Parsed::Malformed("response has no choices".to_owned());
     };
+    keep(text, choice.texts());
     Parsed::Chunk(Chunk {
         content_events: u32::from(choice.has_text()),
         words: choice.words(),
@@ -221,12 +223,15 @@ mod tests {
     #[test]
     fn role_only_and_empty_chunks_are_not_tokens() {
         let role = br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
-        assert_eq!(event(role), Parsed::Chunk(Chunk::default()));
+        assert_eq!(event(role, None), Parsed::Chunk(Chunk::default()));
         let token = br#"{"choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]}"#;
-        assert!(matches!(event(token), Parsed::Chunk(Chunk { content_events: 1, .. })));
+        assert!(matches!(
+            event(token, None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
         let reasoning = br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#;
         assert!(matches!(
-            event(reasoning),
+            event(reasoning, None),
             Parsed::Chunk(Chunk { content_events: 1, .. })
         ));
     }
@@ -234,30 +239,33 @@ mod tests {
     #[test]
     fn usage_chunk_and_done() {
         let usage = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
-        match event(usage) {
+        match event(usage, None) {
             Parsed::Chunk(Chunk { usage: Some(u), .. }) => {
                 assert_eq!((u.input_tokens, u.output_tokens), (Some(12), 34));
             }
             _ => panic!("usage not parsed"),
         }
-        assert!(matches!(event(b"[DONE]"), Parsed::Done));
+        assert!(matches!(event(b"[DONE]", None), Parsed::Done));
     }
 
     #[test]
     fn escaped_text_and_errors() {
         let escaped = br#"{"choices":[{"delta":{"content":"a\"b\u00e9"}}]}"#;
-        assert!(matches!(event(escaped), Parsed::Chunk(Chunk { content_events: 1, .. })));
+        assert!(matches!(
+            event(escaped, None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
         let err = br#"{"error":{"message":"out of memory","code":500}}"#;
-        assert!(matches!(event(err), Parsed::ServerError(m) if m == "out of memory"));
-        assert!(matches!(event(b"{not json"), Parsed::Malformed(_)));
-        assert!(matches!(event(&[0xff, 0xfe]), Parsed::Malformed(_)));
+        assert!(matches!(event(err, None), Parsed::ServerError(m) if m == "out of memory"));
+        assert!(matches!(event(b"{not json", None), Parsed::Malformed(_)));
+        assert!(matches!(event(&[0xff, 0xfe], None), Parsed::Malformed(_)));
     }
 
     #[test]
     fn whole_response() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
         assert!(matches!(
-            whole(body),
+            whole(body, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 words: 1,
@@ -268,7 +276,7 @@ mod tests {
         ));
         let text = br#"{"choices":[{"text":" two words","index":0,"finish_reason":"length"}]}"#;
         assert!(matches!(
-            whole(text),
+            whole(text, None),
             Parsed::Chunk(Chunk {
                 words: 2,
                 usage: None,
@@ -277,13 +285,13 @@ mod tests {
         ));
         let streamed = br#"{"choices":[{"text":" tok","index":0,"finish_reason":null}]}"#;
         assert!(matches!(
-            event(streamed),
+            event(streamed, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 finished: false,
                 ..
             })
         ));
-        assert!(matches!(whole(br#"{"choices":[]}"#), Parsed::Malformed(_)));
+        assert!(matches!(whole(br#"{"choices":[]}"#, None), Parsed::Malformed(_)));
     }
 }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Chunk, Parsed, Spec, Usage, words};
+use super::{Chunk, Parsed, Spec, Usage, keep, words};
 
 /// Non-streamed request path.
 pub(super) const PATH: &str = "/generate";
@@ -71,7 +71,7 @@ fn usage(details: Option<&Details>) -> Option<Usage> {
 }
 
 /// Parses the data of one SSE event.
-pub(super) fn event(data: &[u8]) -> Parsed {
+pub(super) fn event(data: &[u8], out: Option<&mut String>) -> Parsed {
     let e: Event<'_> = match serde_json::from_slice(data) {
         Ok(e) => e,
         Err(e) => return Parsed::Malformed(format!("invalid JSON in a TGI stream event: {e}")),
@@ -81,6 +81,7 @@ pub(super) fn event(data: &[u8]) -> Parsed {
     }
     let text = e.token.as_ref().filter(|t| !t.special).and_then(|t| t.text.as_deref());
     let has_text = text.is_some_and(|t| !t.is_empty());
+    keep(out, text);
     let finished = e.generated_text.is_some() || e.details.as_ref().is_some_and(|d| d.finish_reason.is_some());
     Parsed::Chunk(Chunk {
         content_events: u32::from(has_text),
@@ -93,7 +94,7 @@ pub(super) fn event(data: &[u8]) -> Parsed {
 
 /// Parses a whole answer: an object, or a one-element list as TGI's `/`
 /// route returns.
-pub(super) fn whole(body: &[u8]) -> Parsed {
+pub(super) fn whole(body: &[u8], out: Option<&mut String>) -> Parsed {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return Parsed::Malformed(format!("invalid JSON response: {e}")),
@@ -109,6 +110,7 @@ pub(super) fn whole(body: &[u8]) -> Parsed {
         return Parsed::Malformed("the TGI answer has no generated_text".to_owned());
     };
     let details: Option<Details> = answer.get("details").and_then(|d| Details::deserialize(d).ok());
+    keep(out, [text]);
     Parsed::Chunk(Chunk {
         content_events: u32::from(!text.is_empty()),
         words: words(text),
@@ -130,14 +132,14 @@ mod tests {
     #[test]
     fn token_events_and_the_last_with_details() {
         assert_eq!(
-            event(TOKEN),
+            event(TOKEN, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 words: 1,
                 ..Chunk::default()
             })
         );
-        let Parsed::Chunk(last) = event(LAST) else {
+        let Parsed::Chunk(last) = event(LAST, None) else {
             panic!("last event not parsed")
         };
         // The end-of-sequence token is special: no text.
@@ -155,7 +157,7 @@ mod tests {
     fn whole_answers_errors_and_garbage() {
         let body = br#"{"generated_text":"a b c","details":{"finish_reason":"length","generated_tokens":3,"seed":null,"prefill":[],"tokens":[]}}"#;
         assert!(matches!(
-            whole(body),
+            whole(body, None),
             Parsed::Chunk(Chunk {
                 words: 3,
                 usage: Some(Usage { output_tokens: 3, .. }),
@@ -163,13 +165,13 @@ mod tests {
             })
         ));
         assert!(matches!(
-            whole(br#"[{"generated_text":"x"}]"#),
+            whole(br#"[{"generated_text":"x"}]"#, None),
             Parsed::Chunk(Chunk { usage: None, .. })
         ));
-        assert!(matches!(whole(br#"{"details":{}}"#), Parsed::Malformed(_)));
+        assert!(matches!(whole(br#"{"details":{}}"#, None), Parsed::Malformed(_)));
         let err = br#"{"error":"Input validation error: `inputs` must have less than 4096 tokens","error_type":"validation"}"#;
-        assert!(matches!(event(err), Parsed::ServerError(m) if m.contains("validation")));
-        assert!(matches!(event(b"{\"token\""), Parsed::Malformed(_)));
+        assert!(matches!(event(err, None), Parsed::ServerError(m) if m.contains("validation")));
+        assert!(matches!(event(b"{\"token\"", None), Parsed::Malformed(_)));
     }
 
     #[test]

@@ -197,6 +197,7 @@ fn capabilities() -> Vec<String> {
     caps.push("load:users".to_owned());
     caps.push("load:rate".to_owned());
     caps.push("clock:probe".to_owned());
+    caps.push("tokens:tokenizer".to_owned());
     caps
 }
 

@@ -25,8 +25,9 @@ pub(crate) enum Event {
         out: Outbound,
         peer: Option<SocketAddr>,
     },
-    /// A message on stream `conn`.
-    Message { conn: u64, message: pb::AgentMessage },
+    /// A message on stream `conn` (boxed: a report is far larger than the
+    /// other events, and arrives only once an interval).
+    Message { conn: u64, message: Box<pb::AgentMessage> },
     /// Stream `conn` ended, with the transport's reason if it broke.
     Closed { conn: u64, reason: Option<String> },
 }
@@ -128,7 +129,14 @@ impl pb::coordinator_server::Coordinator for Service {
                         }
                     }
                     Ok(Some(message)) => {
-                        if events.send(Event::Message { conn, message }).await.is_err() {
+                        if events
+                            .send(Event::Message {
+                                conn,
+                                message: Box::new(message),
+                            })
+                            .await
+                            .is_err()
+                        {
                             return; // The coordinator has finished.
                         }
                     }

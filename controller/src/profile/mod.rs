@@ -12,6 +12,7 @@ mod target;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use stampede_agent::api::{ApiConfig, Dialect};
@@ -36,6 +37,54 @@ pub struct Target {
     pub model: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// The target model's tokenizer: agents count tokens with it.
+    pub tokenizer: Option<TokenizerFile>,
+}
+
+/// A Hugging Face `tokenizer.json`, read and checked when the profile is
+/// loaded; its content is sent to every agent.
+#[derive(Clone, PartialEq)]
+pub struct TokenizerFile {
+    /// The path as given (in the profile, relative to the profile's
+    /// folder; on the command line, to the working directory).
+    pub name: String,
+    /// The whole file.
+    pub json: Arc<[u8]>,
+    /// Tokens in its vocabulary, added tokens included.
+    pub vocab_size: usize,
+}
+
+impl fmt::Debug for TokenizerFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenizerFile")
+            .field("name", &self.name)
+            .field("bytes", &self.json.len())
+            .field("vocab_size", &self.vocab_size)
+            .finish()
+    }
+}
+
+/// Largest tokenizer file sent to agents: half of what an agent accepts in
+/// one assignment, leaving the rest for its prompts.
+const MAX_TOKENIZER_BYTES: usize = stampede_proto::MAX_ASSIGNMENT_BYTES / 2;
+
+impl TokenizerFile {
+    /// Reads and checks the tokenizer at `path`, named `name`.
+    fn read(path: &Path, name: &str) -> Result<TokenizerFile, String> {
+        let (tokenizer, json) = stampede_agent::tokenizer::Tokenizer::from_file(path)?;
+        if json.len() > MAX_TOKENIZER_BYTES {
+            return Err(format!(
+                "{name} is {} MiB; agents take a tokenizer of at most {} MiB",
+                json.len() >> 20,
+                MAX_TOKENIZER_BYTES >> 20
+            ));
+        }
+        Ok(TokenizerFile {
+            name: name.to_owned(),
+            json: json.into(),
+            vocab_size: tokenizer.vocab_size(),
+        })
+    }
 }
 
 /// The generation parameters of each request.
@@ -110,6 +159,8 @@ pub struct Profile {
 pub struct Overrides {
     /// `--target URL`.
     pub target: Option<String>,
+    /// `--tokenizer PATH`.
+    pub tokenizer: Option<PathBuf>,
     /// `--agents N`.
     pub agents: Option<NonZeroU32>,
     /// `--duration D`.
@@ -210,6 +261,24 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let api = target::walk(&mut t, p);
     let model = t.string(p, "model");
     let timeout = t.duration(p, "timeout", false);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let tokenizer = match (&o.tokenizer, t.string(p, "tokenizer")) {
+        (Some(cli), _) => {
+            let name = cli.display().to_string();
+            TokenizerFile::read(cli, &name)
+                .map_err(|e| p.at(None, "--tokenizer", e))
+                .ok()
+        }
+        (None, Some(name)) => TokenizerFile::read(&base.join(&name), &name)
+            .map_err(|e| p.at(t.span_of("tokenizer"), &t.path_of("tokenizer"), e))
+            .ok(),
+        (None, None) => None,
+    };
+    let tokenizer_path = match (&o.tokenizer, &tokenizer) {
+        (Some(cli), Some(_)) => Some(cli.clone()),
+        (None, Some(t)) => Some(base.join(&t.name)),
+        _ => None,
+    };
     let url = match &o.target {
         Some(cli) => {
             if let Err(e) = Endpoint::parse(cli) {
@@ -248,8 +317,10 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     r.finish(p);
 
     let mut d = top.table(p, "prompts");
-    let base = path.parent().unwrap_or(Path::new("."));
-    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0));
+    let default_tokenizer = tokenizer_path
+        .as_deref()
+        .zip(tokenizer.as_ref().map(|t| t.name.as_str()));
+    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0), default_tokenizer);
     d.finish(p);
 
     let mut a = top.table(p, "agents");
@@ -311,6 +382,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             api: api.unwrap_or_else(|| ApiConfig::plain(Dialect::OpenAiChat)),
             model,
             timeout: timeout.unwrap_or(Duration::from_secs(120)),
+            tokenizer,
         },
         load,
         request: Request {

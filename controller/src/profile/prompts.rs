@@ -15,12 +15,14 @@ const MAX_LENGTH: u64 = 1_000_000;
 
 /// Reads `[prompts]`; the prompts and a description of where they came
 /// from. Files are read relative to `base` (the profile's folder) and
-/// shuffled with `seed`.
+/// shuffled with `seed`. Synthetic prompts without a tokenizer of their
+/// own use `default_tokenizer` (the target's: its path and its name).
 pub(super) fn walk(
     d: &mut Table<'_, '_>,
     p: &mut Problems<'_>,
     base: &Path,
     seed: u64,
+    default_tokenizer: Option<(&Path, &str)>,
 ) -> Option<(Vec<Prompt>, String)> {
     let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
     let inline = d.strings(p, "inline");
@@ -93,8 +95,11 @@ pub(super) fn walk(
     }
     if synthetic {
         let spec = spec?;
+        let tokenizer = tokenizer
+            .map(|t| (base.join(&t), t))
+            .or_else(|| default_tokenizer.map(|(path, name)| (path.to_owned(), name.to_owned())));
         let counter = match &tokenizer {
-            Some(t) => match Counter::from_file(&base.join(t)) {
+            Some((path, _)) => match Counter::from_file(path) {
                 Ok(c) => c,
                 Err(e) => {
                     p.at(tokenizer_at.0.clone(), &tokenizer_at.1, e);
@@ -105,7 +110,7 @@ pub(super) fn walk(
         };
         return match synthetic::generate(&spec, seed, &counter) {
             Ok(prompts) => {
-                let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |t| format!("tokens of {t}"));
+                let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
                 let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
                 Some((prompts, source))
             }

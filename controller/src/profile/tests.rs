@@ -182,6 +182,7 @@ fn command_line_wins_over_profile_which_wins_over_default() {
         agents: NonZeroU32::new(3),
         duration: Some(Duration::from_secs(5)),
         out: Some(PathBuf::from("cli")),
+        ..Overrides::default()
     };
     let p = Profile::parse(text, Path::new("p.toml"), &o).unwrap();
     assert_eq!(p.target.url.as_deref(), Some("http://b:2"));

@@ -55,15 +55,42 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         grouped(r.cancelled),
         s.throughput.requests_per_s
     );
+    let t = &s.tokens;
+    let input_source = if t.input_source == "server usage" {
+        String::new()
+    } else {
+        format!(" ({})", t.input_source)
+    };
     let _ = writeln!(
         o,
-        "tokens    in {} · out {} ({}) · {:.1} out tok/s · TPM {}",
-        grouped(s.tokens.input),
-        grouped(s.tokens.output),
-        s.tokens.source,
+        "tokens    in {}{input_source} · out {} ({}) · {:.1} out tok/s · TPM {}",
+        grouped(t.input),
+        grouped(t.output),
+        t.source,
         s.throughput.output_tokens_per_s,
         grouped(s.throughput.tpm.round() as u64)
     );
+    let pairs = [
+        ("server vs events", &t.agreement.server_vs_events),
+        ("server vs tokenizer", &t.agreement.server_vs_tokenizer),
+        ("events vs tokenizer", &t.agreement.events_vs_tokenizer),
+    ];
+    let compared: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, d)| {
+            let d = d.as_ref()?;
+            Some(format!(
+                "{name} {:+.1}% ({} of {} requests differ, mean |diff| {:.1})",
+                d.relative_difference * 100.0,
+                grouped(d.requests_differing),
+                grouped(d.requests),
+                d.mean_abs_difference
+            ))
+        })
+        .collect();
+    if !compared.is_empty() {
+        let _ = writeln!(o, "counts    {}", compared.join(" · "));
+    }
     if let (Some(max), Some(spread)) = (s.start_skew.max_ms, s.start_skew.spread_ms) {
         let _ = writeln!(
             o,

@@ -1,12 +1,14 @@
 //! `summary.json`: the run's figures, its verdict, and the definitions of
 //! its metrics.
 
+mod tokens;
 mod types;
 
 use std::time::{Duration, SystemTime};
 
 use stampede_proto::{Counters, Metric};
 
+pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
 pub use types::*;
 
 use crate::analysis::{self, Level};
@@ -436,29 +438,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
             .collect(),
         requests,
         throughput: throughput(counters, measured_s),
-        tokens: Tokens {
-            input: counters.input_tokens,
-            output: counters.output_tokens,
-            source: match (
-                counters.tokens_from_usage,
-                counters.tokens_counted,
-                counters.tokens_from_words,
-            ) {
-                (_, 0, 0) => "server usage",
-                (0, _, 0) => "counted stream events",
-                (0, 0, _) => "counted words",
-                _ => "mixed",
-            },
-            from_usage: counters.tokens_from_usage,
-            counted: counters.tokens_counted,
-            words: counters.tokens_from_words,
-            agreement: (counters.compared_server_tokens > 0).then(|| Agreement {
-                server: counters.compared_server_tokens,
-                events: counters.compared_event_tokens,
-                relative_difference: (counters.compared_event_tokens as f64 - counters.compared_server_tokens as f64)
-                    / counters.compared_server_tokens as f64,
-            }),
-        },
+        tokens: tokens::tokens(counters, p.target.tokenizer.as_ref()),
         metrics: Metrics::of(&m.measured().histograms),
         classes: classes(c, duration_s),
         load_table: load_table(&steps),

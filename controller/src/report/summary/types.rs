@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use stampede_proto::{Histograms, Metric, Unit};
 
+use super::Tokens;
 use crate::stats::Stats;
 
 /// Version of the summary format. Bumped on incompatible changes.
@@ -320,28 +321,6 @@ pub struct Throughput {
     pub tpm: f64,
 }
 
-/// Token totals.
-#[derive(Clone, Debug, Serialize)]
-pub struct Tokens {
-    /// Input tokens reported by the server.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// `server usage`, `counted stream events`, `counted words`, or
-    /// `mixed`.
-    pub source: &'static str,
-    /// Requests whose counts came from the server's usage.
-    pub from_usage: u64,
-    /// Requests whose output tokens were counted from stream events.
-    pub counted: u64,
-    /// Requests whose output tokens were counted as whitespace-separated
-    /// words of the answer (no server count, no token events).
-    pub words: u64,
-    /// How far the server's counts and the counted stream events disagree,
-    /// over requests that had both; absent when none had.
-    pub agreement: Option<Agreement>,
-}
-
 /// One prompt class's successful requests over the whole run (warm-ups
 /// included, unlike the run-wide figures).
 #[derive(Clone, Debug, Serialize)]
@@ -370,19 +349,6 @@ pub struct ClassSummary {
     pub tpot: MetricSummary,
     /// End-to-end latency.
     pub e2e: MetricSummary,
-}
-
-/// The server's output-token count against counted stream events.
-#[derive(Clone, Debug, Serialize)]
-pub struct Agreement {
-    /// Server-counted output tokens of the compared requests.
-    pub server: u64,
-    /// Stream events carrying text of the same requests.
-    pub events: u64,
-    /// `(events - server) / server`: 0 when every event is one token;
-    /// negative when the server sends several tokens per event or counts
-    /// tokens it does not send (an end-of-sequence token).
-    pub relative_difference: f64,
 }
 
 /// One step of the load.
@@ -610,7 +576,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     client_queue: "intended start to t0: waiting for a turn, a concurrency slot or a connection",
     schedule_lag: "intended start to the moment the agent released the request: how well the agent kept time",
     connect: "time to open a new connection (TCP, and TLS for https), one sample per connection opened by a successful request",
-    tokens: "the server's own count when given (OpenAI usage with stream_options.include_usage, Ollama eval_count, TGI details.generated_tokens, an http-json token pointer), else counted SSE or NDJSON events carrying text, else whitespace-separated words of the answer; tokens.source says which, tokens.agreement how far server counts and events differ",
+    tokens: "output tokens per request: the server's own count when given (OpenAI usage with stream_options.include_usage, Ollama eval_count, TGI details.generated_tokens, an http-json token pointer), else the client tokenizer's count of the generated text (target.tokenizer, special tokens left out), else counted SSE or NDJSON events carrying text, else whitespace-separated words of the answer; input tokens: the server's count, else the client tokenizer's count of the prompt; tokens.source and tokens.input_source say which, and every output-token figure (TPOT, tokens/s, TPM, classes) uses tokens.source; tokens.agreement compares each pair of sources over the requests that had both",
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,
