@@ -4,6 +4,12 @@
 //! output-token totals must equal what the server itself counted
 //! (`llamacpp:tokens_predicted_total` on its Prometheus `/metrics`).
 //!
+//! The server is started with `--api-key`: every run sends the key in a
+//! header whose value comes from an environment variable, as a profile
+//! must. One more run sends llama.cpp's own body fields (`n_predict`,
+//! `ignore_eos`) through `target.body`, and every answer has exactly the
+//! length they ask for.
+//!
 //! Without the peer installed the test prints why and passes; CI installs
 //! it.
 
@@ -12,7 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use stampede_tests::{exclusive, metrics, num, repo, run_profile};
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+
+use serde_json::Value;
+use stampede_tests::{exclusive, num, repo, run_profile_with_env};
+
+/// The key llama-server demands, and the variable a profile names for it.
+const KEY: &str = "stampede-peer-test-key";
+const KEY_VAR: &str = "STAMPEDE_TEST_LLAMA_KEY";
 
 /// The server binary and the model, from the environment or `.ci/peers`.
 fn peer() -> Result<(PathBuf, PathBuf), String> {
@@ -69,7 +83,7 @@ fn start(bin: &Path, model: &Path) -> LlamaServer {
         .args(["--alias", "gemma3-270m", "--host", "127.0.0.1"])
         .args(["--port", &port.to_string()])
         .args(["--metrics", "-np", "4", "-c", "8192", "-t", "1", "-tb", "1"])
-        .args(["--chat-template", "gemma"])
+        .args(["--chat-template", "gemma", "--api-key", KEY])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -89,7 +103,6 @@ fn start(bin: &Path, model: &Path) -> LlamaServer {
 }
 
 fn health(addr: &str) -> bool {
-    use std::io::{Read as _, Write as _};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;
     };
@@ -102,11 +115,66 @@ fn health(addr: &str) -> bool {
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
+/// The server's Prometheus metrics (behind its API key, like every route
+/// but `/health`).
+fn metrics(addr: &str) -> HashMap<String, f64> {
+    let mut s = std::net::TcpStream::connect(addr).expect("llama-server accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout set");
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    )
+    .expect("request written");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
+    assert!(head.contains(" 200 "), "GET /metrics: {head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn predicted(addr: &str) -> f64 {
     metrics(addr)
         .get("llamacpp:tokens_predicted_total")
         .copied()
         .expect("llama-server exposes llamacpp:tokens_predicted_total")
+}
+
+/// A two-user, 3-second run against the server; `request` and `extra`
+/// complete the profile.
+fn profile(addr: &str, api: &str, request: &str, extra: &str) -> String {
+    format!(
+        r#"
+        name = "llama-server"
+        [target]
+        url = "http://{addr}"
+        api = "{api}"
+        model = "gemma3-270m"
+        timeout = "60s"
+        headers = {{ Authorization = {{ env = "{KEY_VAR}" }} }}
+        {extra}
+        [load]
+        users = 2
+        duration = "3s"
+        drain = "60s"
+        [request]
+        temperature = 0.0
+        {request}
+        [prompts]
+        builtin = "short"
+        "#
+    )
+}
+
+fn run(profile: &str) -> (i32, String, Value) {
+    let bearer = format!("Bearer {KEY}");
+    let run = run_profile_with_env(profile, &[], &[(KEY_VAR, &bearer)]);
+    (run.code(), run.stderr(), run.summary().clone())
 }
 
 #[test]
@@ -123,30 +191,10 @@ fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() {
     for api in ["openai-chat", "openai-completions"] {
         for stream in [true, false] {
             let before = predicted(&server.addr);
-            let profile = format!(
-                r#"
-                name = "llama-server"
-                [target]
-                url = "http://{}"
-                api = "{api}"
-                model = "gemma3-270m"
-                timeout = "60s"
-                [load]
-                users = 2
-                duration = "3s"
-                drain = "60s"
-                [request]
-                max_tokens = 16
-                temperature = 0.0
-                stream = {stream}
-                [prompts]
-                builtin = "short"
-                "#,
-                server.addr
-            );
-            let run = run_profile(&profile, &[]);
-            assert_eq!(run.code(), 0, "{api} stream={stream}: stderr:\n{}", run.stderr());
-            let s = run.summary();
+            let request = format!("max_tokens = 16\nstream = {stream}");
+            let (code, stderr, summary) = run(&profile(&server.addr, api, &request, ""));
+            assert_eq!(code, 0, "{api} stream={stream}: stderr:\n{stderr}");
+            let s = &summary;
             let served = predicted(&server.addr) - before;
             eprintln!(
                 "llama-server {api} stream={stream}: {} requests, stampede output tokens {}, server tokens_predicted {served}, source {}, events vs usage {}",
@@ -165,4 +213,21 @@ fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() {
             );
         }
     }
+    // llama.cpp's own fields, unknown to stampede, through target.body:
+    // no max_tokens in the request, n_predict = 5 and ignore_eos = true
+    // in the body, so every answer is exactly 5 tokens.
+    let before = predicted(&server.addr);
+    let extra = "body = { n_predict = 5, ignore_eos = true }";
+    let (code, stderr, s) = run(&profile(&server.addr, "openai-chat", "stream = true", extra));
+    assert_eq!(code, 0, "extra body fields: stderr:\n{stderr}");
+    let ok = num(&s, "/requests/ok");
+    eprintln!(
+        "llama-server body {{ n_predict = 5, ignore_eos = true }}: {ok} requests, output tokens {}",
+        num(&s, "/tokens/output")
+    );
+    assert!(ok >= 2.0, "too few requests");
+    assert_eq!(num(&s, "/requests/failed"), 0.0, "{:#}", s["errors"]);
+    assert_eq!(num(&s, "/tokens/output"), ok * 5.0, "n_predict reached the server");
+    assert_eq!(num(&s, "/metrics/output_tokens/max"), 5.0);
+    assert_eq!(predicted(&server.addr) - before, ok * 5.0);
 }

@@ -237,6 +237,15 @@ pub fn run_profile(profile: &str, args: &[&str]) -> Run {
     run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
 }
 
+/// [`run_profile`] with extra environment variables (such as an API key a
+/// header names).
+pub fn run_profile_with_env(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = tmp.path().join("profile.toml");
+    std::fs::write(&path, profile).expect("profile written");
+    run_controller_with_env(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat(), env)
+}
+
 /// Runs a shipped profile from `load-profiles/`.
 pub fn run_shipped(name: &str, args: &[&str]) -> Run {
     run_shipped_with_env(name, args, &[])
