@@ -716,6 +716,7 @@ mod refusals {
                 protocol_version: 99,
                 capabilities: vec!["api:openai-chat".into(), "load:users".into()],
                 agent_version: "9.9.9".into(),
+                gpu: String::new(),
             };
             tx.send(pb::AgentMessage {
                 kind: Some(pb::agent_message::Kind::Hello(hello)),

@@ -59,18 +59,26 @@ mod tests {
 
     #[test]
     fn a_busy_loop_shows_up() {
+        let before = used().expect("this test runs on Linux");
         let mut meter = Meter::default();
-        assert!(used().is_some(), "this test runs on Linux");
-        let start = std::time::SystemTime::now();
+        let wall = std::time::SystemTime::now();
+        // Spin until this process has used 200 ms more CPU, however long a
+        // loaded machine makes that take (at most 20 s).
         let mut x = 0u64;
-        while start.elapsed().unwrap_or_default() < Duration::from_millis(200) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while used().unwrap_or_default().saturating_sub(before) < Duration::from_millis(200)
+            && wall.elapsed().unwrap_or_default() < Duration::from_secs(20)
+        {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
         }
         std::hint::black_box(x);
         let busy = meter.sample();
+        let elapsed = wall.elapsed().unwrap_or_default().as_secs_f64();
         let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-        // One thread spinning is 1/cores of the machine, give or take the
-        // 10 ms resolution of the counters.
-        assert!(busy > 0.5 / cores && busy <= 1.0, "busy {busy}");
+        // At least 190 ms of CPU (the counters tick every 10 ms) over the
+        // wall time, on `cores` cores.
+        let least = 0.19 / elapsed / cores;
+        assert!(busy >= least && busy <= 1.0, "busy {busy}, expected at least {least}");
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod assignment;
 pub mod cpu;
 pub mod exec;
+pub mod gpu;
 pub mod http;
 pub mod load;
 pub mod prompts;
@@ -41,6 +42,8 @@ pub struct Config {
     pub ca: Option<Vec<u8>>,
     /// How long to keep trying to reach the controller.
     pub wait: Duration,
+    /// Sample this host's GPUs and send the readings.
+    pub gpu: bool,
 }
 
 impl std::fmt::Debug for Config {

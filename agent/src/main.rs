@@ -31,6 +31,12 @@ struct Cli {
     /// How long to keep trying to reach the controller, such as 60s.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// Sample this host's NVIDIA GPUs (utilisation, memory, power) every
+    /// 200 ms through NVML and send the readings with the reports. Without
+    /// a driver or a device the run goes on, and the summary says "no GPU
+    /// found".
+    #[arg(long, env = "STAMPEDE_GPU")]
+    gpu: bool,
 }
 
 /// Reads a secret or a certificate file; the error names the flag.
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         token,
         ca,
         wait: cli.wait,
+        gpu: cli.gpu,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -3,17 +3,20 @@
 //!
 //! The data path reads from the module list: [`profile`] → [`plan`] →
 //! [`coordinator`] (agents' sessions) → [`merge`] → [`report`]; [`run`]
-//! puts them together for one run.
+//! puts them together for one run. [`server`] scrapes the server's own
+//! metrics and [`findings`] says where the time went.
 
 pub mod analysis;
 mod control;
 pub mod coordinator;
 pub mod dataset;
+pub mod findings;
 pub mod merge;
 pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod server;
 pub mod stats;
 
 pub use run::{Agents, Finished, Interrupt, Listen, Options, RunError, run};

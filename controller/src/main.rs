@@ -89,6 +89,10 @@ struct RunArgs {
     /// read (a Kubernetes Job, a compose service).
     #[arg(long)]
     print_summary: bool,
+    /// The in-process agents sample this host's NVIDIA GPUs every 200 ms
+    /// (for a server on this host; remote agents take `agent --gpu`).
+    #[arg(long)]
+    gpu: bool,
 }
 
 fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -209,6 +213,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
     let options = Options {
         agents,
         metrics: args.metrics_addr,
+        gpu: args.gpu,
     };
     match runtime.block_on(run(profile, options, interrupt)) {
         Ok(finished) => {

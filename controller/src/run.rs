@@ -22,6 +22,7 @@ use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::report::summary::{self, Context, Summary};
+use crate::server::Scraper;
 
 /// Pause between "all ready" and the start, so that every agent receives
 /// Start before it is due.
@@ -54,6 +55,8 @@ pub struct Options {
     pub agents: Agents,
     /// Serve live Prometheus metrics here during the run.
     pub metrics: Option<SocketAddr>,
+    /// In-process agents sample this host's GPUs.
+    pub gpu: bool,
 }
 
 /// Where a run's agents come from.
@@ -279,6 +282,19 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         );
     }
 
+    let scraper = profile.server_metrics.enabled.then(|| {
+        let page = profile
+            .server_metrics
+            .url
+            .clone()
+            .unwrap_or_else(|| default_metrics_url(&url));
+        let path = dir.join("server-metrics.jsonl");
+        let raw = std::fs::File::create(&path)
+            .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
+            .ok();
+        Scraper::start(page, profile.server_metrics.interval, raw)
+    });
+
     let agent_stop = CancellationToken::new();
     let mut local = JoinSet::new();
     if let Agents::Local = &agents {
@@ -289,11 +305,18 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
                 token: None,
                 ca: None,
                 wait: Duration::from_secs(10),
+                gpu: options.gpu,
             };
             local.spawn(stampede_agent::run(config, agent_stop.clone()));
         }
     }
     let collected = control.collected().await;
+    // The last scrape sees the server after the last request, before the
+    // built-in simulator stops.
+    let series = match scraper {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
 
     // Wind down: agents have ended (or been given up on), then the
     // server, then the simulator.
@@ -323,6 +346,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
         target_url: &url,
         simulated: profile.target.url.is_none(),
         model: &model,
+        server: series.as_ref(),
     };
     let summary = summary::build(&ctx, &collected);
     let path = dir.join("summary.json");
@@ -330,6 +354,14 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
     std::fs::write(&path, json).map_err(write_error(path))?;
     control.join().await;
     Ok(Finished { summary, dir })
+}
+
+/// The target's own metrics page: `/metrics` at its root (a trailing
+/// `/v1` is not part of the server's root).
+fn default_metrics_url(target: &str) -> String {
+    let base = target.trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base);
+    format!("{base}/metrics")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -399,6 +431,13 @@ async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_metrics_page_is_at_the_servers_root() {
+        assert_eq!(default_metrics_url("http://h:8000"), "http://h:8000/metrics");
+        assert_eq!(default_metrics_url("http://h:8000/v1/"), "http://h:8000/metrics");
+        assert_eq!(default_metrics_url("https://h/llm"), "https://h/llm/metrics");
+    }
 
     #[test]
     fn a_token_is_required_off_loopback() {

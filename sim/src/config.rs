@@ -121,6 +121,24 @@ pub struct Config {
     #[arg(long, default_value = "500us", value_parser = parse_duration)]
     pub decode_step_per_seq: Duration,
 
+    /// Part of each decode step spent off the accelerator (scheduling,
+    /// sampling, detokenizing, writing the answer): the engine counts as
+    /// busy only for the rest. With one sequence at a time, a large share
+    /// leaves the accelerator idle while requests wait.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub step_overhead: Duration,
+
+    /// Model load time before the first request can prefill (a cold
+    /// start, as Ollama's `load_duration` reports it).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub load_time: Duration,
+
+    /// Also expose the busy share, memory and power under the NVIDIA DCGM
+    /// exporter's metric names (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_FB_USED`,
+    /// `DCGM_FI_DEV_POWER_USAGE`), as a GPU node would.
+    #[arg(long)]
+    pub dcgm: bool,
+
     /// Answer length when a request sets no `max_tokens`: `N` or `MIN..MAX`.
     #[arg(long, default_value = "16..256")]
     pub output_tokens: OutputLength,
@@ -149,6 +167,9 @@ impl Default for Config {
             prefill_per_token: Duration::from_micros(200),
             decode_step: Duration::from_millis(20),
             decode_step_per_seq: Duration::from_micros(500),
+            step_overhead: Duration::ZERO,
+            load_time: Duration::ZERO,
+            dcgm: false,
             output_tokens: OutputLength::Uniform { min: 16, max: 256 },
             model: "llm-sim".to_owned(),
             seed: 0,
@@ -166,6 +187,22 @@ impl Config {
     /// Decode step time with `running` sequences in the batch.
     pub fn step(&self, running: u32) -> Duration {
         self.decode_step + self.decode_step_per_seq * running.saturating_sub(1)
+    }
+
+    /// The accelerator's part of a step of length `step`.
+    pub fn compute(&self, step: Duration) -> Duration {
+        step.saturating_sub(self.step_overhead)
+    }
+
+    /// Checks what the flags cannot: the overhead is part of a step.
+    pub fn check(&self) -> Result<(), String> {
+        if self.step_overhead >= self.decode_step {
+            return Err(format!(
+                "the step overhead ({:?}) must be shorter than the decode step ({:?}), of which it is a part",
+                self.step_overhead, self.decode_step
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! `max_batch` running sequences, and the ground-truth accounting that
 //! `/metrics` exposes.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,7 +44,17 @@ pub(crate) struct Engine {
     slots: Arc<Semaphore>,
     state: Mutex<State>,
     started: Instant,
+    /// When the model is loaded and the first prefill may begin.
+    loaded_at: Instant,
+    /// Recent (instant, busy time) pairs, for the busy share of the last
+    /// second that the DCGM-named gauge reports.
+    history: Mutex<VecDeque<(Instant, Duration)>>,
 }
+
+/// How far back the recent busy share looks.
+pub(crate) const RECENT: Duration = Duration::from_secs(1);
+/// How often the busy history is sampled.
+pub(crate) const HISTORY_TICK: Duration = Duration::from_millis(100);
 
 /// Ground truth, updated at each admission and completion.
 #[derive(Debug)]
@@ -55,8 +66,17 @@ pub(crate) struct State {
     pub(crate) running: u32,
     pub(crate) prompt_tokens: u64,
     pub(crate) generation_tokens: u64,
+    /// Busy time of closed busy stretches, plus the current stretch whole.
     busy: Duration,
-    busy_since: Option<Instant>,
+    /// The current busy stretch: its start and its planned end. The engine
+    /// is busy while a prefill or the accelerator's part of a decode step
+    /// runs; stretches of concurrent sequences are joined.
+    stretch: Option<(Instant, Instant)>,
+    /// Requests received and not yet answered or abandoned.
+    present: u32,
+    /// Time with at least one request present, closed stretches.
+    occupied: Duration,
+    occupied_since: Option<Instant>,
     /// Until when the engine is frozen (an injected stall).
     stalled_until: Option<Instant>,
     last_arrival: Option<Instant>,
@@ -72,7 +92,9 @@ pub(crate) struct State {
 
 impl Engine {
     pub(crate) fn new(config: Config) -> Engine {
+        let started = Instant::now();
         Engine {
+            loaded_at: started + config.load_time,
             slots: Arc::new(Semaphore::new(config.max_batch as usize)),
             config,
             state: Mutex::new(State {
@@ -84,7 +106,10 @@ impl Engine {
                 prompt_tokens: 0,
                 generation_tokens: 0,
                 busy: Duration::ZERO,
-                busy_since: None,
+                stretch: None,
+                present: 0,
+                occupied: Duration::ZERO,
+                occupied_since: None,
                 stalled_until: None,
                 last_arrival: None,
                 gaps: (0, 0.0, 0.0),
@@ -92,7 +117,8 @@ impl Engine {
                 ttft: PromHistogram::latency(),
                 e2e: PromHistogram::latency(),
             }),
-            started: Instant::now(),
+            started,
+            history: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -107,10 +133,46 @@ impl Engine {
         self.started.elapsed()
     }
 
-    /// Time the engine has spent with at least one sequence running.
+    /// Time the engine has spent computing (prefill, or the accelerator's
+    /// part of a decode step), up to now.
     pub(crate) fn busy_time(&self) -> Duration {
+        self.state().busy_at(Instant::now())
+    }
+
+    /// Time with at least one request received and not yet done, up to now.
+    pub(crate) fn occupied_time(&self) -> Duration {
         let state = self.state();
-        state.busy + state.busy_since.map_or(Duration::ZERO, |t| t.elapsed())
+        state.occupied + state.occupied_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Records the busy time now, for [`Engine::recent_busy_share`].
+    pub(crate) fn tick(&self) {
+        let now = Instant::now();
+        let busy = self.state().busy_at(now);
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.push_back((now, busy));
+        while h.len() > 2 && h[1].0 + RECENT <= now {
+            h.pop_front();
+        }
+    }
+
+    /// Share of the last second (or of the uptime, if shorter) spent busy.
+    pub(crate) fn recent_busy_share(&self) -> f64 {
+        let now = Instant::now();
+        let busy = self.state().busy_at(now);
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let (from, base) = h
+            .iter()
+            .rev()
+            .find(|(t, _)| *t + RECENT <= now)
+            .or(h.front())
+            .copied()
+            .unwrap_or((self.started, Duration::ZERO));
+        let span = (now - from).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        ((busy.saturating_sub(base)).as_secs_f64() / span).clamp(0.0, 1.0)
     }
 
     /// Freezes the engine for `length`: no sequence makes progress until it
@@ -130,7 +192,9 @@ impl Engine {
         let config = &self.config;
         // Deadlines are absolute, so timer rounding never accumulates and
         // the gap between tokens is exactly one step.
-        let mut due = admission.admitted + config.prefill(job.input_tokens);
+        let begin = admission.admitted.max(self.loaded_at);
+        let mut due = begin + config.prefill(job.input_tokens);
+        self.state().compute(begin, due);
         let mut first_token_at = None;
         for index in 0..job.output_tokens {
             sleep_until(due).await;
@@ -153,10 +217,73 @@ impl Engine {
                 return; // The client went away; `admission` counts it.
             }
             if !last {
-                due += config.step(self.state().running);
+                let mut state = self.state();
+                let step = config.step(state.running);
+                // The accelerator's part comes first; the host's follows
+                // and ends with the token written.
+                state.compute(due, due + config.compute(step));
+                drop(state);
+                due += step;
             }
         }
         admission.finish(&job, first_token_at.unwrap_or(arrived));
+    }
+}
+
+impl State {
+    /// Busy time up to `now`: closed stretches, and the current one up to
+    /// `now` if it has begun.
+    fn busy_at(&self, now: Instant) -> Duration {
+        match self.stretch {
+            Some((from, until)) if until > now => self.busy - (until - now.max(from)),
+            _ => self.busy,
+        }
+    }
+
+    /// Marks `[from, until)` as computing. Intervals arrive in about the
+    /// order they begin; one that overlaps the current stretch extends it.
+    fn compute(&mut self, from: Instant, until: Instant) {
+        if until <= from {
+            return;
+        }
+        match &mut self.stretch {
+            Some((_, end)) if from <= *end => {
+                if until > *end {
+                    self.busy += until - *end;
+                    *end = until;
+                }
+            }
+            _ => {
+                self.busy += until - from;
+                self.stretch = Some((from, until));
+            }
+        }
+    }
+
+    /// Ends the current stretch at `now` if it was planned to last longer.
+    fn cut_stretch(&mut self, now: Instant) {
+        if let Some((from, until)) = self.stretch
+            && until > now
+        {
+            self.busy -= until - now.max(from);
+            self.stretch = Some((from, now.max(from)));
+        }
+    }
+
+    fn arrive(&mut self, now: Instant) {
+        self.present += 1;
+        if self.present == 1 {
+            self.occupied_since = Some(now);
+        }
+    }
+
+    fn leave(&mut self, now: Instant) {
+        self.present -= 1;
+        if self.present == 0
+            && let Some(since) = self.occupied_since.take()
+        {
+            self.occupied += now - since;
+        }
     }
 }
 
@@ -176,6 +303,7 @@ impl Admission {
             let mut state = engine.state();
             state.received += 1;
             state.queued += 1;
+            state.arrive(arrived);
             if let Some(previous) = state.last_arrival.replace(arrived) {
                 let gap = (arrived - previous).as_secs_f64();
                 state.gaps.0 += 1;
@@ -195,9 +323,6 @@ impl Admission {
         let mut state = engine.state();
         state.queued -= 1;
         state.running += 1;
-        if state.running == 1 {
-            state.busy_since = Some(admitted);
-        }
         state.queue_time.observe(admitted - arrived);
         drop(state);
         Admission {
@@ -226,11 +351,12 @@ impl Drop for Admission {
         let now = Instant::now();
         let mut state = self.engine.state();
         state.running -= 1;
-        if state.running == 0
-            && let Some(since) = state.busy_since.take()
-        {
-            state.busy += now - since;
+        if state.running == 0 {
+            // Work planned past now (a client that left mid-step) was not
+            // done.
+            state.cut_stretch(now);
         }
+        state.leave(now);
         if !self.finished {
             state.cancelled += 1;
         }
@@ -246,6 +372,7 @@ impl Drop for Queued<'_> {
         let mut state = self.0.state();
         state.queued -= 1;
         state.cancelled += 1;
+        state.leave(Instant::now());
     }
 }
 
@@ -375,6 +502,67 @@ mod tests {
         collect(Arc::clone(&engine), job(0, 1)).await; // 10 ms busy
         tokio::time::sleep(Duration::from_millis(90)).await; // idle
         assert_eq!(engine.busy_time(), Duration::from_millis(10));
+        assert_eq!(engine.occupied_time(), Duration::from_millis(10));
         assert_eq!(engine.uptime(), Duration::from_millis(100));
+    }
+
+    fn with_overhead(max_batch: u32) -> Config {
+        Config {
+            step_overhead: Duration::from_millis(15),
+            ..config(max_batch)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_accelerators_part_of_a_step_is_busy() {
+        let engine = Arc::new(Engine::new(with_overhead(1)));
+        let tokens = collect(Arc::clone(&engine), job(0, 4)).await;
+        let times: Vec<_> = tokens.iter().map(|(t, _)| t.as_millis()).collect();
+        assert_eq!(times, [10, 30, 50, 70], "the overhead is inside the step");
+        // Prefill 10 ms, then 5 ms of each of the three 20 ms steps.
+        assert_eq!(engine.busy_time(), Duration::from_millis(25));
+        assert_eq!(engine.occupied_time(), Duration::from_millis(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_sequences_are_busy_together_not_twice() {
+        let engine = Arc::new(Engine::new(with_overhead(2)));
+        let runs: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(collect(Arc::clone(&engine), job(0, 2))))
+            .collect();
+        for run in runs {
+            let times: Vec<_> = run.await.unwrap().iter().map(|(t, _)| t.as_millis()).collect();
+            assert_eq!(times, [10, 35]);
+        }
+        // Prefills [0, 10) together, then [10, 20) of the 25 ms step.
+        assert_eq!(engine.busy_time(), Duration::from_millis(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_behind_one_slot_keeps_the_server_occupied_not_busy() {
+        let engine = Arc::new(Engine::new(with_overhead(1)));
+        let runs: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(collect(Arc::clone(&engine), job(0, 3))))
+            .collect();
+        for run in runs {
+            run.await.unwrap();
+        }
+        // Each request: 10 ms prefill, two 20 ms steps (5 ms computing).
+        assert_eq!(engine.occupied_time(), Duration::from_millis(150));
+        assert_eq!(engine.busy_time(), Duration::from_millis(60));
+        let recent = engine.recent_busy_share();
+        assert!((recent - 0.4).abs() < 1e-9, "{recent}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_prefill_waits_for_the_model_to_load() {
+        let engine = Arc::new(Engine::new(Config {
+            load_time: Duration::from_millis(500),
+            ..config(4)
+        }));
+        let first = collect(Arc::clone(&engine), job(0, 1)).await;
+        assert_eq!(first[0].0.as_millis(), 510);
+        let second = collect(Arc::clone(&engine), job(0, 1)).await;
+        assert_eq!(second[0].0.as_millis(), 10);
     }
 }

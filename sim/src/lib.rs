@@ -7,7 +7,8 @@
 //! Every timing follows from the [`Config`], so tests can compare what a
 //! client measures with what really happened: `/metrics` exposes the
 //! ground truth (requests served, queue depth, running sequences, busy
-//! fraction, and histograms of queue time, TTFT and duration).
+//! time, and histograms of queue time, TTFT and duration), optionally
+//! also under the DCGM exporter's GPU metric names.
 //!
 //! Endpoints, every one streaming and not where the dialect does:
 //! `POST /v1/chat/completions` and `POST /v1/completions` (OpenAI),
@@ -89,6 +90,22 @@ async fn stall(
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let engine = Arc::new(Engine::new(config));
+    // Samples the busy time for the recent busy share; ends with the server.
+    let history = Arc::downgrade(&engine);
+    let ticking = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(engine::HISTORY_TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = ticking.cancelled() => return,
+            }
+            match history.upgrade() {
+                Some(engine) => engine.tick(),
+                None => return,
+            }
+        }
+    });
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
     // the client's delayed ACK hold them back by up to 40 ms.
     let listener = listener.tap_io(|tcp| {

@@ -25,6 +25,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.config.check() {
+        use clap::CommandFactory as _;
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

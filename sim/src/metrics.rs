@@ -75,6 +75,10 @@ fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: impl std:
 pub(crate) fn render(engine: &Engine) -> String {
     let uptime = engine.uptime().as_secs_f64();
     let busy = engine.busy_time().as_secs_f64();
+    let occupied = engine.occupied_time().as_secs_f64();
+    let recent = engine.recent_busy_share();
+    // Every figure that takes the lock is read above: the lock is not
+    // reentrant.
     let state = engine.state();
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
@@ -132,8 +136,15 @@ pub(crate) fn render(engine: &Engine) -> String {
         o,
         "counter",
         "llmsim_busy_seconds_total",
-        "Time with at least one sequence running.",
+        "Time spent computing: a prefill, or the accelerator's part of a decode step.",
         busy,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_occupied_seconds_total",
+        "Time with at least one request received and not yet answered.",
+        occupied,
     );
     metric(
         o,
@@ -147,9 +158,12 @@ pub(crate) fn render(engine: &Engine) -> String {
         o,
         "gauge",
         "llmsim_busy_fraction",
-        "Share of uptime with at least one sequence running.",
+        "Share of uptime spent computing.",
         fraction,
     );
+    if engine.config.dcgm {
+        dcgm(&engine.config.model, recent, state.running, o);
+    }
     let (n, sum, sumsq) = state.gaps;
     metric(
         o,
@@ -190,9 +204,72 @@ pub(crate) fn render(engine: &Engine) -> String {
     out
 }
 
+/// Memory the modelled weights take, MiB.
+const WEIGHTS_MIB: u64 = 16_384;
+/// KV cache per running sequence, MiB.
+const KV_MIB_PER_SEQUENCE: u64 = 256;
+/// Power draw idle and at full use, W.
+const POWER_IDLE_W: f64 = 70.0;
+const POWER_BUSY_W: f64 = 350.0;
+
+/// The busy share, memory and power as NVIDIA's DCGM exporter names them,
+/// for one modelled GPU. Utilisation is the busy share of the last second,
+/// as DCGM's is of its sampling period; memory and power are modelled from
+/// the batch and the busy share.
+fn dcgm(model: &str, share: f64, running: u32, o: &mut String) {
+    let labels =
+        format!("gpu=\"0\",UUID=\"GPU-llm-sim-0\",device=\"nvidia0\",modelName=\"{model}\",Hostname=\"llm-sim\"");
+    let gauge = |o: &mut String, name: &str, help: &str, value: String| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        let _ = writeln!(o, "{name}{{{labels}}} {value}");
+    };
+    gauge(
+        o,
+        "DCGM_FI_DEV_GPU_UTIL",
+        "GPU utilization (in %).",
+        format!("{}", (share * 100.0).round()),
+    );
+    gauge(
+        o,
+        "DCGM_FI_DEV_FB_USED",
+        "Framebuffer memory used (in MiB).",
+        format!("{}", WEIGHTS_MIB + KV_MIB_PER_SEQUENCE * u64::from(running)),
+    );
+    gauge(
+        o,
+        "DCGM_FI_DEV_POWER_USAGE",
+        "Power draw (in W).",
+        format!("{:.3}", POWER_IDLE_W + (POWER_BUSY_W - POWER_IDLE_W) * share),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_page_renders_ground_truth_and_dcgm_names() {
+        let engine = Engine::new(crate::Config {
+            dcgm: true,
+            ..crate::Config::default()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let page = render(&engine);
+        for line in [
+            "llmsim_busy_seconds_total 0\n",
+            "llmsim_occupied_seconds_total 0\n",
+            "llmsim_busy_fraction 0\n",
+            "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",",
+            "} 0\n",
+            "DCGM_FI_DEV_FB_USED{",
+            "DCGM_FI_DEV_POWER_USAGE{",
+        ] {
+            assert!(page.contains(line), "{line:?} missing from\n{page}");
+        }
+        let plain = render(&Engine::new(crate::Config::default()));
+        assert!(!plain.contains("DCGM_"), "{plain}");
+    }
 
     #[test]
     fn histogram_renders_cumulative_buckets_sum_and_count() {

@@ -177,6 +177,7 @@ mod tests {
             token: None,
             ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
             wait: Duration::from_secs(1),
+            gpu: false,
         };
         let e = endpoint(&config).unwrap_err().to_string();
         assert!(e.contains("not https"), "{e}");

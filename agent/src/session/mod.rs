@@ -113,11 +113,16 @@ impl Link {
 /// Takes part in one run: connects, receives the assignment, runs the load
 /// when told, and reports until the load is over.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, Error> {
+    let gpu = config.gpu.then(|| Arc::new(crate::gpu::Sampler::start()));
+    if let Some(g) = &gpu {
+        tracing::info!("{}", g.note);
+    }
     let hello = pb::Hello {
         name: config.name.clone(),
         protocol_version: PROTOCOL_VERSION,
         capabilities: capabilities(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        gpu: gpu.as_ref().map(|g| g.note.clone()).unwrap_or_default(),
     };
     let (out, inbound) = connect::open(config, hello, &shutdown).await?;
     let mut link = Link {
@@ -167,7 +172,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
             other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
         }
     };
-    running(plan, start, offset, link).await
+    running(plan, start, offset, link, gpu).await
 }
 
 /// When to begin: at the controller's `start_at` in this host's clock when
@@ -201,7 +206,13 @@ fn capabilities() -> Vec<String> {
     caps
 }
 
-async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: Link) -> Result<Ended, Error> {
+async fn running(
+    plan: Plan,
+    start: Instant,
+    offset: Option<Offset>,
+    mut link: Link,
+    gpu: Option<Arc<crate::gpu::Sampler>>,
+) -> Result<Ended, Error> {
     let recorder = Recorder::new();
     let active = Arc::new(AtomicU32::new(0));
     let control = Control::default();
@@ -219,7 +230,7 @@ async fn running(plan: Plan, start: Instant, offset: Option<Offset>, mut link: L
         work.run(shared, gate, start, end, drain, load_control).await;
     });
     let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
-    let mut reporter = Reporter::new(recorder, active, start, plan.interval);
+    let mut reporter = Reporter::new(recorder, active, start, plan.interval, gpu);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {

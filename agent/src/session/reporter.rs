@@ -58,6 +58,7 @@ pub(super) struct Reporter {
     interval: Duration,
     next_index: u64,
     sequence: u64,
+    gpu: Option<Arc<crate::gpu::Sampler>>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -67,7 +68,14 @@ fn micros(d: Duration) -> u64 {
 impl Reporter {
     /// A reporter of `recorder`'s outcomes, with intervals counted from
     /// `start`.
-    pub(super) fn new(recorder: Recorder, active: Arc<AtomicU32>, start: Instant, interval: Duration) -> Reporter {
+    /// `gpu`'s readings go with each report.
+    pub(super) fn new(
+        recorder: Recorder,
+        active: Arc<AtomicU32>,
+        start: Instant,
+        interval: Duration,
+        gpu: Option<Arc<crate::gpu::Sampler>>,
+    ) -> Reporter {
         Reporter {
             work: Some(Work {
                 recorder,
@@ -81,6 +89,7 @@ impl Reporter {
             interval,
             next_index: 0,
             sequence: 0,
+            gpu,
         }
     }
 
@@ -105,6 +114,9 @@ impl Reporter {
         report.interval = self.next_index;
         report.sequence = self.sequence;
         report.elapsed_us = micros(self.start.elapsed());
+        if let Some(gpu) = &self.gpu {
+            report.gpu = gpu.drain(self.start);
+        }
         self.next_index += 1;
         report
     }

@@ -90,6 +90,10 @@ pub struct AgentRecord {
     pub clock_offset_us: Option<i64>,
     /// Round trip of that estimate, microseconds.
     pub clock_rtt_us: Option<u64>,
+    /// What its GPU sampler found, when it was asked to sample.
+    pub gpu_note: Option<String>,
+    /// Its GPU readings, in the order received.
+    pub gpu: Vec<pb::GpuSample>,
 }
 
 /// What a run collected.
@@ -404,6 +408,8 @@ impl Coordinator {
                 began_at_us: None,
                 clock_offset_us: None,
                 clock_rtt_us: None,
+                gpu_note: (!hello.gpu.is_empty()).then_some(hello.gpu),
+                gpu: Vec::new(),
             },
             conn,
             ready: false,
@@ -483,6 +489,11 @@ impl Coordinator {
             }
         };
         let (merged, rows) = self.merger.add(index, &report);
+        if merged == merge::Merged::Added
+            && let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut)
+        {
+            slot.record.gpu.extend(wire.gpu.iter().copied());
+        }
         if merged == merge::Merged::Added
             && let Some(live) = &self.setup.live
         {
@@ -697,6 +708,8 @@ impl Coordinator {
                     began_at_us: None,
                     clock_offset_us: None,
                     clock_rtt_us: None,
+                    gpu_note: None,
+                    gpu: Vec::new(),
                 },
             })
             .collect();

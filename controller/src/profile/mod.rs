@@ -116,6 +116,17 @@ pub enum OnAgentLoss {
     Continue,
 }
 
+/// The server's own Prometheus metrics, scraped during the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerMetrics {
+    /// Scrape at all.
+    pub enabled: bool,
+    /// The page; `None` tries the target's `/metrics`.
+    pub url: Option<String>,
+    /// Time between scrapes.
+    pub interval: Duration,
+}
+
 /// Limits that make a run fail.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
@@ -150,6 +161,8 @@ pub struct Profile {
     pub report: Report,
     /// The built-in simulator, used when no target URL is given.
     pub sim: stampede_sim::Config,
+    /// The server's own metrics.
+    pub server_metrics: ServerMetrics,
     /// Pass/fail limits.
     pub thresholds: Thresholds,
 }
@@ -250,6 +263,8 @@ impl Profile {
 /// run long before they exhaust memory.
 const MAX_AGENTS: u64 = 10_000;
 const MAX_TOKENS: u64 = 10_000_000;
+/// Most frequent scrape of the server's metrics.
+const MIN_SCRAPE_INTERVAL: Duration = Duration::from_millis(100);
 
 fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Problems<'_>) -> Option<Profile> {
     let mut top = Table::root(root);
@@ -346,7 +361,32 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         });
     let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
     let generate_shape = s.choice(p, "generate_shape", &["tgi", "seconds", "ms"]);
+    let step_overhead = s.duration(p, "step_overhead", true);
+    let load_time = s.duration(p, "load_time", true);
+    let dcgm = s.bool(p, "dcgm");
+    let sim_span = s.span_of("step_overhead");
+    let sim_key = s.path_of("step_overhead");
     s.finish(p);
+
+    let mut sm = top.table(p, "server_metrics");
+    let sm_enabled = sm.bool(p, "enabled");
+    let sm_url = sm.string(p, "url");
+    if let Some(u) = &sm_url
+        && let Err(e) = crate::server::split_url(u)
+    {
+        p.at(sm.span_of("url"), &sm.path_of("url"), e);
+    }
+    let sm_interval = sm.duration(p, "interval", false);
+    if let Some(d) = sm_interval
+        && d < MIN_SCRAPE_INTERVAL
+    {
+        p.at(
+            sm.span_of("interval"),
+            &sm.path_of("interval"),
+            format!("scraping more often than every {MIN_SCRAPE_INTERVAL:?} would load the server; use 100ms or more"),
+        );
+    }
+    sm.finish(p);
 
     let mut th = top.table(p, "thresholds");
     let max_error_rate = th.number_in(p, "max_error_rate", 0.0, 1.0);
@@ -369,6 +409,28 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
                 prompts.len()
             ),
         );
+    }
+    let sim = stampede_sim::Config {
+        max_batch: max_batch.map_or(defaults.max_batch, |n| n as u32),
+        prefill_base: prefill_base.unwrap_or(defaults.prefill_base),
+        prefill_per_token: prefill_per_token.unwrap_or(defaults.prefill_per_token),
+        decode_step: decode_step.unwrap_or(defaults.decode_step),
+        decode_step_per_seq: decode_step_per_seq.unwrap_or(defaults.decode_step_per_seq),
+        step_overhead: step_overhead.unwrap_or(defaults.step_overhead),
+        load_time: load_time.unwrap_or(defaults.load_time),
+        dcgm: dcgm.unwrap_or(defaults.dcgm),
+        output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
+        model: defaults.model,
+        seed: sim_seed.unwrap_or(defaults.seed),
+        generate_shape: match generate_shape.as_deref() {
+            Some("seconds") => stampede_sim::GenerateShape::Seconds,
+            Some("ms") => stampede_sim::GenerateShape::Millis,
+            Some(_) => stampede_sim::GenerateShape::Tgi,
+            None => defaults.generate_shape,
+        },
+    };
+    if let Err(e) = sim.check() {
+        p.at(sim_span, &sim_key, e);
     }
     let default_name = path
         .file_stem()
@@ -405,21 +467,11 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
                 .or(out.map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("results")),
         },
-        sim: stampede_sim::Config {
-            max_batch: max_batch.map_or(defaults.max_batch, |n| n as u32),
-            prefill_base: prefill_base.unwrap_or(defaults.prefill_base),
-            prefill_per_token: prefill_per_token.unwrap_or(defaults.prefill_per_token),
-            decode_step: decode_step.unwrap_or(defaults.decode_step),
-            decode_step_per_seq: decode_step_per_seq.unwrap_or(defaults.decode_step_per_seq),
-            output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
-            model: defaults.model,
-            seed: sim_seed.unwrap_or(defaults.seed),
-            generate_shape: match generate_shape.as_deref() {
-                Some("seconds") => stampede_sim::GenerateShape::Seconds,
-                Some("ms") => stampede_sim::GenerateShape::Millis,
-                Some(_) => stampede_sim::GenerateShape::Tgi,
-                None => defaults.generate_shape,
-            },
+        sim,
+        server_metrics: ServerMetrics {
+            enabled: sm_enabled.unwrap_or(true),
+            url: sm_url,
+            interval: sm_interval.unwrap_or(Duration::from_secs(1)),
         },
         thresholds: Thresholds {
             max_error_rate: max_error_rate.unwrap_or(0.0),

@@ -103,7 +103,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
             "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, thresholds",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, thresholds",
         ]
     );
 }
@@ -433,4 +433,46 @@ fn target_mistakes_are_named() {
     assert!(got.contains("{{promt}}"), "{got}");
     let got = problems("[target]\napi = \"http-json\"\n[load]\nusers = 1\n").join("\n");
     assert!(got.contains("needs [target.http_json]"), "{got}");
+}
+
+#[test]
+fn server_metrics_and_the_simulated_accelerator_are_read() {
+    let p = parse(
+        "[load]\nusers = 1\n[server_metrics]\nurl = \"http://gpu:9400/metrics\"\ninterval = \"250ms\"\n\
+         [sim]\nstep_overhead = \"5ms\"\nload_time = \"2s\"\ndcgm = true\n",
+    )
+    .unwrap();
+    assert!(p.server_metrics.enabled);
+    assert_eq!(p.server_metrics.url.as_deref(), Some("http://gpu:9400/metrics"));
+    assert_eq!(p.server_metrics.interval, Duration::from_millis(250));
+    assert_eq!(p.sim.step_overhead, Duration::from_millis(5));
+    assert_eq!(p.sim.load_time, Duration::from_secs(2));
+    assert!(p.sim.dcgm);
+
+    let d = parse("[load]\nusers = 1\n").unwrap();
+    assert!(d.server_metrics.enabled && d.server_metrics.url.is_none());
+    assert_eq!(d.server_metrics.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn bad_server_metrics_and_sim_keys_say_what_to_write() {
+    let found = problems(
+        "[load]\nusers = 1\n[server_metrics]\nurl = \"metrics\"\ninterval = \"10ms\"\n\
+         [sim]\ndecode_step = \"10ms\"\nstep_overhead = \"10ms\"\n",
+    );
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        found[0].starts_with("4:7 server_metrics.url:") && found[0].contains("absolute URL"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with("5:12 server_metrics.interval:") && found[1].contains("100ms or more"),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("8:17 sim.step_overhead:") && f.contains("must be shorter than the decode step")),
+        "{found:?}"
+    );
 }

@@ -243,6 +243,33 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             let _ = writeln!(o, "          {reason}");
         }
     }
+    if let Some(sv) = &s.server {
+        match &sv.note {
+            Some(note) => {
+                let _ = writeln!(o, "server    {note}");
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "server    {} scrapes of {} ({})",
+                    sv.scrapes,
+                    sv.url,
+                    sv.families.join(", ")
+                );
+            }
+        }
+    }
+    if let Some(g) = &s.gpu {
+        for (agent, note) in &g.notes {
+            let _ = writeln!(o, "gpu       {agent}: {note}");
+        }
+    }
+    if !s.findings.is_empty() {
+        let _ = writeln!(o, "\nfindings");
+        for f in &s.findings {
+            let _ = writeln!(o, "  - {}", f.title);
+        }
+    }
     let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);
     for reason in &s.verdict.reasons {
         let _ = writeln!(o, "          {reason}");

@@ -1,6 +1,7 @@
 //! `summary.json`: the run's figures, its verdict, and the definitions of
 //! its metrics.
 
+mod server;
 mod tokens;
 mod types;
 
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use stampede_proto::{Counters, Metric};
 
+pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
 pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
 pub use types::*;
 
@@ -30,6 +32,8 @@ pub struct Context<'a> {
     pub simulated: bool,
     /// Model name sent.
     pub model: &'a str,
+    /// The server's own metrics, when scraped.
+    pub server: Option<&'a crate::server::Series>,
 }
 
 fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
@@ -401,7 +405,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
     let measured_s = (duration_s - warmups).max(0.0);
     let steps = steps(p, m.steps());
     let warmup = m.warmup();
-    Summary {
+    let mut summary = Summary {
         schema: SCHEMA,
         run_id: ctx.run_id.to_owned(),
         profile: ProfileInfo {
@@ -449,8 +453,14 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         lost: lost(p, c),
         start_skew: start_skew(c),
         intervals: intervals(c, p.report.interval.as_secs_f64()),
+        server: None,
+        gpu: server::gpu(c),
+        findings: Vec::new(),
         definitions: DEFINITIONS,
-    }
+    };
+    summary.server = ctx.server.map(|series| server::server(series, c.started_at, &summary));
+    summary.findings = server::findings(&summary, c);
+    summary
 }
 
 /// RFC 3339 with milliseconds, in UTC.

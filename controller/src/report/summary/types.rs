@@ -199,6 +199,12 @@ pub struct Summary {
     pub start_skew: StartSkew,
     /// One row per interval.
     pub intervals: Vec<IntervalSummary>,
+    /// The server's own metrics, when scraped.
+    pub server: Option<super::ServerSummary>,
+    /// The accelerators the agents sampled, when asked to.
+    pub gpu: Option<super::GpuSummary>,
+    /// Where the time went, each conclusion with its evidence.
+    pub findings: Vec<crate::findings::Finding>,
     /// What each figure means.
     pub definitions: Definitions,
 }
@@ -562,6 +568,10 @@ pub struct Definitions {
     pub percentiles: &'static str,
     /// Failures.
     pub failures: &'static str,
+    /// Server metrics.
+    pub server_metrics: &'static str,
+    /// Findings.
+    pub findings: &'static str,
 }
 
 /// The definitions every summary carries.
@@ -582,5 +592,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     knee: crate::analysis::KNEE_RULE,
     client_bound: "the run is client-bound, and its results understate the server, when the scheduling lag p99 exceeds 5 ms or an agent used more than 90% of its CPU",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
+    server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
+    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
 };

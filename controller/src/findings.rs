@@ -1,0 +1,386 @@
+//! Where the time went: findings drawn from the merged histograms, the
+//! server's own metrics and the accelerator samples, each with the numbers
+//! behind it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Queued time above this share of TTFT is a finding.
+pub const QUEUE_SHARE: f64 = 0.25;
+/// An accelerator idle above this share of the time requests were present
+/// is a finding.
+pub const IDLE_SHARE: f64 = 0.3;
+/// First requests this many times slower than steady state are a cold start.
+pub const COLD_RATIO: f64 = 3.0;
+
+/// One conclusion and its evidence.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Finding {
+    /// `queueing`, `saturation`, `gpu_idle`, `cold_start`, `client_bound`
+    /// or `errors`.
+    pub kind: &'static str,
+    /// The conclusion in one line.
+    pub title: String,
+    /// The numbers it rests on, by name.
+    pub evidence: BTreeMap<&'static str, Value>,
+    /// Where the numbers come from.
+    pub basis: String,
+}
+
+fn finding(kind: &'static str, title: String, basis: impl Into<String>, evidence: &[(&'static str, Value)]) -> Finding {
+    Finding {
+        kind,
+        title,
+        evidence: evidence.iter().cloned().collect(),
+        basis: basis.into(),
+    }
+}
+
+fn round(x: f64, places: i32) -> Value {
+    let k = 10f64.powi(places);
+    json!((x * k).round() / k)
+}
+
+/// Queueing seen by the server: its mean queue time against the client's
+/// mean TTFT over the same measured time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerQueue {
+    /// Server's mean queue time, ms.
+    pub queue_mean_ms: f64,
+    /// Requests the server saw queue (observations).
+    pub observed: f64,
+    /// Client's mean TTFT, ms.
+    pub ttft_mean_ms: f64,
+    /// Server's own mean TTFT, ms, when it says.
+    pub server_ttft_mean_ms: Option<f64>,
+    /// Mean requests waiting while the load ran.
+    pub waiting_mean: Option<f64>,
+    /// The server's name for its queue time.
+    pub source: String,
+}
+
+/// Queueing: the share of TTFT spent queued in the server.
+pub fn queueing(q: &ServerQueue) -> Option<Finding> {
+    if q.ttft_mean_ms <= 0.0 || q.observed <= 0.0 {
+        return None;
+    }
+    let share = q.queue_mean_ms / q.ttft_mean_ms;
+    if share < QUEUE_SHARE {
+        return None;
+    }
+    let mut evidence = vec![
+        ("queue_share_of_ttft", round(share, 4)),
+        ("server_queue_mean_ms", round(q.queue_mean_ms, 3)),
+        ("client_ttft_mean_ms", round(q.ttft_mean_ms, 3)),
+        ("queued_requests_observed", json!(q.observed)),
+    ];
+    if let Some(t) = q.server_ttft_mean_ms {
+        evidence.push(("server_ttft_mean_ms", round(t, 3)));
+    }
+    if let Some(w) = q.waiting_mean {
+        evidence.push(("waiting_mean", round(w, 2)));
+    }
+    Some(finding(
+        "queueing",
+        format!(
+            "queueing: {:.0}% of TTFT was spent waiting in the server's queue (mean {:.0} ms of a {:.0} ms TTFT)",
+            share * 100.0,
+            q.queue_mean_ms,
+            q.ttft_mean_ms
+        ),
+        format!(
+            "server metric {} (mean over the measured time) against the client's mean TTFT",
+            q.source
+        ),
+        &evidence,
+    ))
+}
+
+/// One load level, for queueing inferred without server data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LevelLatency {
+    /// Users or arrivals per second.
+    pub level: f64,
+    /// TTFT median, ms.
+    pub ttft_p50_ms: f64,
+    /// TPOT median, ms.
+    pub tpot_p50_ms: f64,
+}
+
+/// Queueing inferred from the client alone: TTFT grows with load while
+/// TPOT stays flat, so the added time is spent before the first token.
+pub fn inferred_queueing(levels: &[LevelLatency], label: impl Fn(f64) -> String) -> Option<Finding> {
+    let lo = levels.iter().min_by(|a, b| a.level.total_cmp(&b.level))?;
+    let hi = levels.iter().max_by(|a, b| a.level.total_cmp(&b.level))?;
+    if hi.level <= lo.level || lo.ttft_p50_ms <= 0.0 || lo.tpot_p50_ms <= 0.0 {
+        return None;
+    }
+    let ttft_growth = hi.ttft_p50_ms / lo.ttft_p50_ms;
+    let tpot_growth = hi.tpot_p50_ms / lo.tpot_p50_ms;
+    if ttft_growth < 2.0 || tpot_growth > 1.5 {
+        return None;
+    }
+    Some(finding(
+        "queueing",
+        format!(
+            "queueing (inferred): TTFT p50 grew {ttft_growth:.1}x from {} to {} while TPOT p50 grew {tpot_growth:.2}x",
+            label(lo.level),
+            label(hi.level)
+        ),
+        "client histograms only (no server queue metric): time added before the first token while decoding kept its pace",
+        &[
+            ("ttft_p50_low_ms", round(lo.ttft_p50_ms, 3)),
+            ("ttft_p50_high_ms", round(hi.ttft_p50_ms, 3)),
+            ("tpot_p50_low_ms", round(lo.tpot_p50_ms, 3)),
+            ("tpot_p50_high_ms", round(hi.tpot_p50_ms, 3)),
+            ("ttft_growth", round(ttft_growth, 3)),
+            ("tpot_growth", round(tpot_growth, 3)),
+        ],
+    ))
+}
+
+/// The accelerator over the intervals in which requests were present.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Utilisation {
+    /// Mean utilisation, 0 to 1, over those intervals.
+    pub mean: f64,
+    /// Intervals counted.
+    pub intervals: usize,
+    /// Mean requests waiting over them, when the server says.
+    pub waiting_mean: Option<f64>,
+    /// Mean requests running over them, when the server says.
+    pub running_mean: Option<f64>,
+    /// Where the utilisation comes from.
+    pub source: String,
+}
+
+/// GPU idle while requests were present.
+pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
+    let idle = 1.0 - u.mean;
+    if u.intervals == 0 || idle < IDLE_SHARE {
+        return None;
+    }
+    let waited = u.waiting_mean.is_some_and(|w| w >= 0.5);
+    let title = if waited {
+        format!(
+            "GPU idle while requests wait: the server is not batching (idle {:.0}% of the time while {:.1} requests waited on average)",
+            idle * 100.0,
+            u.waiting_mean.unwrap_or(0.0)
+        )
+    } else {
+        format!(
+            "GPU idle {:.0}% of the time while requests were in flight: the load does not keep it busy",
+            idle * 100.0
+        )
+    };
+    let mut evidence = vec![
+        ("utilisation_mean", round(u.mean, 4)),
+        ("idle_share", round(idle, 4)),
+        ("intervals", json!(u.intervals)),
+    ];
+    if let Some(w) = u.waiting_mean {
+        evidence.push(("waiting_mean", round(w, 2)));
+    }
+    if let Some(r) = u.running_mean {
+        evidence.push(("running_mean", round(r, 2)));
+    }
+    Some(finding(
+        "gpu_idle",
+        title,
+        format!("{} over the intervals with requests in flight or queued", u.source),
+        &evidence,
+    ))
+}
+
+/// Cold start: the first answers' TTFT (the first interval's p95) against
+/// steady state (the median of the later intervals' medians).
+pub fn cold_start(first_p95_ms: f64, steady_p50_ms: f64, first_interval: u64) -> Option<Finding> {
+    if steady_p50_ms <= 0.0 || first_p95_ms < COLD_RATIO * steady_p50_ms {
+        return None;
+    }
+    Some(finding(
+        "cold_start",
+        format!(
+            "cold start: the first requests were {:.1}x slower to first token than steady state ({first_p95_ms:.0} ms against {steady_p50_ms:.0} ms)",
+            first_p95_ms / steady_p50_ms
+        ),
+        "TTFT p95 of the first interval with successes against the median of its step's later interval medians",
+        &[
+            ("first_interval", json!(first_interval)),
+            ("first_ttft_p95_ms", round(first_p95_ms, 3)),
+            ("steady_ttft_p50_ms", round(steady_p50_ms, 3)),
+            ("ratio", round(first_p95_ms / steady_p50_ms, 3)),
+        ],
+    ))
+}
+
+/// One error class over the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorClass {
+    /// Its name.
+    pub class: String,
+    /// Failed requests.
+    pub count: u64,
+    /// When the first one was reported, seconds after the start.
+    pub first_s: Option<f64>,
+}
+
+/// Errors: the top classes and when each began.
+pub fn errors(classes: &[ErrorClass], attempted: u64) -> Option<Finding> {
+    let mut top: Vec<&ErrorClass> = classes.iter().filter(|c| c.count > 0).collect();
+    if top.is_empty() {
+        return None;
+    }
+    top.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
+    top.truncate(3);
+    let total: u64 = classes.iter().map(|c| c.count).sum();
+    let words: Vec<String> = top
+        .iter()
+        .map(|c| match c.first_s {
+            Some(t) => format!("{} {} from {t:.0} s", c.count, c.class),
+            None => format!("{} {}", c.count, c.class),
+        })
+        .collect();
+    let classes = top
+        .iter()
+        .map(|c| json!({"class": c.class, "count": c.count, "first_s": c.first_s}))
+        .collect();
+    Some(finding(
+        "errors",
+        format!("errors: {total} of {attempted} requests failed ({})", words.join(", ")),
+        "error counters of the interval reports; a class begins in the first interval that reported it",
+        &[
+            ("failed", json!(total)),
+            ("attempted", json!(attempted)),
+            ("top", Value::Array(classes)),
+        ],
+    ))
+}
+
+/// Saturation: the knee of a stepped load.
+pub fn saturation(label: &str, max_rps: f64, base_p95_ms: f64, knee_p95_ms: f64) -> Finding {
+    finding(
+        "saturation",
+        format!(
+            "saturation: throughput tops out near {max_rps:.1} req/s from {label}, where TTFT p95 is {knee_p95_ms:.0} ms (against {base_p95_ms:.0} ms at the lowest load)"
+        ),
+        crate::analysis::KNEE_RULE,
+        &[
+            ("knee", json!(label)),
+            ("max_requests_per_s", round(max_rps, 3)),
+            ("baseline_ttft_p95_ms", round(base_p95_ms, 3)),
+            ("knee_ttft_p95_ms", round(knee_p95_ms, 3)),
+        ],
+    )
+}
+
+/// Client-bound: the agents, not the server, were the limit.
+pub fn client_bound(reasons: &[String], lag_p99_ms: f64, cpu_max: f64) -> Option<Finding> {
+    if reasons.is_empty() {
+        return None;
+    }
+    Some(finding(
+        "client_bound",
+        format!(
+            "client-bound: the results understate the server ({})",
+            reasons.join("; ")
+        ),
+        "the agents' scheduling lag and CPU",
+        &[
+            ("schedule_lag_p99_ms", round(lag_p99_ms, 3)),
+            ("cpu_max", round(cpu_max, 4)),
+        ],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(queue_mean_ms: f64, ttft_mean_ms: f64) -> ServerQueue {
+        ServerQueue {
+            queue_mean_ms,
+            observed: 10.0,
+            ttft_mean_ms,
+            server_ttft_mean_ms: None,
+            waiting_mean: Some(8.0),
+            source: "llmsim_queue_time_seconds".to_owned(),
+        }
+    }
+
+    #[test]
+    fn queueing_needs_a_quarter_of_ttft() {
+        let f = queueing(&queue(900.0, 1000.0)).expect("90% queued");
+        assert_eq!(f.evidence["queue_share_of_ttft"], json!(0.9));
+        assert!(f.title.contains("90% of TTFT"), "{}", f.title);
+        assert!(queueing(&queue(100.0, 1000.0)).is_none());
+        assert!(queueing(&queue(0.0, 0.0)).is_none());
+    }
+
+    #[test]
+    fn inferred_queueing_wants_ttft_up_and_tpot_flat() {
+        let l = |level, ttft, tpot| LevelLatency {
+            level,
+            ttft_p50_ms: ttft,
+            tpot_p50_ms: tpot,
+        };
+        let label = |x: f64| format!("{x} users");
+        assert!(inferred_queueing(&[l(1.0, 100.0, 20.0), l(8.0, 900.0, 22.0)], label).is_some());
+        assert!(inferred_queueing(&[l(1.0, 100.0, 20.0), l(8.0, 900.0, 60.0)], label).is_none());
+        assert!(inferred_queueing(&[l(1.0, 100.0, 20.0), l(8.0, 120.0, 21.0)], label).is_none());
+        assert!(inferred_queueing(&[l(1.0, 100.0, 20.0)], label).is_none());
+    }
+
+    #[test]
+    fn idle_gpu_with_a_queue_says_the_server_is_not_batching() {
+        let u = |mean, waiting| Utilisation {
+            mean,
+            intervals: 20,
+            waiting_mean: waiting,
+            running_mean: Some(1.0),
+            source: "DCGM_FI_DEV_GPU_UTIL".to_owned(),
+        };
+        let f = gpu_idle(&u(0.25, Some(9.0))).unwrap();
+        assert!(f.title.starts_with("GPU idle while requests wait"), "{}", f.title);
+        assert_eq!(f.evidence["idle_share"], json!(0.75));
+        assert!(
+            gpu_idle(&u(0.25, Some(0.0)))
+                .unwrap()
+                .title
+                .contains("does not keep it busy")
+        );
+        assert!(gpu_idle(&u(0.9, Some(9.0))).is_none());
+    }
+
+    #[test]
+    fn errors_name_the_top_classes_and_when_they_began() {
+        let c = |class: &str, count, first_s| ErrorClass {
+            class: class.to_owned(),
+            count,
+            first_s,
+        };
+        let f = errors(
+            &[
+                c("timeout", 3, Some(12.0)),
+                c("http_503", 9, Some(4.0)),
+                c("connect", 1, None),
+                c("stream", 2, Some(1.0)),
+            ],
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            f.title,
+            "errors: 15 of 100 requests failed (9 http_503 from 4 s, 3 timeout from 12 s, 2 stream from 1 s)"
+        );
+        assert!(errors(&[c("timeout", 0, None)], 10).is_none());
+    }
+
+    #[test]
+    fn cold_start_is_three_times_slower() {
+        assert!(cold_start(900.0, 100.0, 0).is_some());
+        assert!(cold_start(250.0, 100.0, 0).is_none());
+    }
+}

@@ -1,0 +1,414 @@
+//! The server's side of the summary: its own metrics over the run, the
+//! accelerators, and the findings drawn from them with the client's
+//! figures.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::{IntervalSummary, Summary};
+use crate::coordinator::Collected;
+use crate::findings::{self, Finding, LevelLatency, ServerQueue, Utilisation};
+use crate::server::{Canon, Kind, Series, Source, Window};
+
+/// The server's own metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerSummary {
+    /// The page scraped.
+    pub url: String,
+    /// Good scrapes.
+    pub scrapes: usize,
+    /// Failed scrapes.
+    pub failed_scrapes: u64,
+    /// What went wrong, or what was not understood, in words.
+    pub note: Option<String>,
+    /// Metric families recognised: `vllm`, `tgi`, `dcgm`, `llm-sim`.
+    pub families: Vec<&'static str>,
+    /// Each figure understood, over the measured time.
+    pub mapped: BTreeMap<Canon, Figure>,
+    /// Names of metrics not understood; every scrape is kept whole in
+    /// `server-metrics.jsonl`.
+    pub unmapped: Vec<String>,
+    /// Lines of the pages that could not be read.
+    pub skipped_lines: u64,
+    /// The figures per run interval.
+    pub intervals: Vec<ServerInterval>,
+}
+
+/// One figure over the measured time.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    /// The server's name for it.
+    pub source: Source,
+    /// `gauge`, `counter` or `histogram`.
+    pub kind: Kind,
+    /// `ms`, `share`, `requests`, `tokens`, `MiB`, `W` or `s`.
+    pub unit: &'static str,
+    /// Gauge mean or histogram mean.
+    pub mean: Option<f64>,
+    /// Gauge maximum.
+    pub max: Option<f64>,
+    /// Counter increase, or histogram observations.
+    pub count: Option<f64>,
+    /// Counter increase per second.
+    pub per_s: Option<f64>,
+}
+
+/// The server's figures in one run interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerInterval {
+    /// Index, as in `intervals`.
+    pub interval: u64,
+    /// Mean requests running.
+    pub running: Option<f64>,
+    /// Mean requests waiting.
+    pub waiting: Option<f64>,
+    /// Mean KV-cache use, 0 to 1.
+    pub kv_cache_usage: Option<f64>,
+    /// Accelerator utilisation, 0 to 1 (GPU samples, DCGM, or the
+    /// simulator's busy time).
+    pub utilisation: Option<f64>,
+    /// Mean server queue time of requests admitted in it, ms.
+    pub queue_time_ms: Option<f64>,
+}
+
+/// The accelerators the agents sampled.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuSummary {
+    /// What each sampling agent found, by agent name.
+    pub notes: BTreeMap<String, String>,
+    /// Readings received.
+    pub samples: usize,
+    /// Mean utilisation over all readings, 0 to 1.
+    pub utilisation_mean: Option<f64>,
+    /// Largest memory in use, MiB.
+    pub memory_used_max_mib: Option<f64>,
+    /// Mean power draw, W.
+    pub power_mean_w: Option<f64>,
+}
+
+fn unit(canon: Canon) -> &'static str {
+    match canon {
+        Canon::Running | Canon::Waiting | Canon::RequestsDone | Canon::Preemptions => "requests",
+        Canon::KvCacheUsage | Canon::GpuUtil => "share",
+        Canon::PromptTokens | Canon::GenerationTokens => "tokens",
+        Canon::BusySeconds => "s",
+        Canon::GpuMemoryMib => "MiB",
+        Canon::GpuPowerW => "W",
+        Canon::QueueTime | Canon::Ttft | Canon::Itl | Canon::Tpot | Canon::E2e | Canon::Prefill | Canon::Decode => "ms",
+    }
+}
+
+fn figure(source: Source, canon: Canon, w: Window) -> Figure {
+    let mut f = Figure {
+        source,
+        kind: canon.kind(),
+        unit: unit(canon),
+        mean: None,
+        max: None,
+        count: None,
+        per_s: None,
+    };
+    match w {
+        Window::Level { mean, max } => {
+            f.mean = Some(mean);
+            f.max = Some(max);
+        }
+        Window::Increase { delta, rate } => {
+            f.count = Some(delta);
+            f.per_s = Some(rate);
+        }
+        Window::Observed { count, mean } => {
+            f.count = Some(count);
+            f.mean = Some(mean * 1e3);
+        }
+    }
+    f
+}
+
+fn level(w: Option<Window>) -> Option<f64> {
+    match w? {
+        Window::Level { mean, .. } => Some(mean),
+        _ => None,
+    }
+}
+
+/// Where the run's measured time starts, seconds after the start.
+fn measured_from(s: &Summary) -> f64 {
+    s.steps.first().map_or(0.0, |step| step.duration_s - step.measured_s)
+}
+
+/// The server summary, over the measured time and per interval.
+pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) -> ServerSummary {
+    let mut note = series.first_error.clone().map(|e| {
+        format!(
+            "{e}; {} of {} scrapes failed",
+            series.failed,
+            series.failed + series.scrapes.len() as u64
+        )
+    });
+    let families: Vec<&'static str> = series.families().into_iter().collect();
+    if families.is_empty() && !series.scrapes.is_empty() {
+        note.get_or_insert_with(|| {
+            format!(
+                "{} answered, but with no metric stampede understands (vLLM, TGI, DCGM, llm-sim); every scrape is kept in server-metrics.jsonl",
+                series.url
+            )
+        });
+    }
+    let mut mapped = BTreeMap::new();
+    let mut rows = Vec::new();
+    if let Some(start) = start {
+        let from = measured_from(s);
+        for (canon, source) in &series.sources {
+            let f = match series.window(*canon, start, from, f64::MAX) {
+                Some(w) => figure(source.clone(), *canon, w),
+                // Recognised, but nothing happened to it in the window.
+                None => Figure {
+                    source: source.clone(),
+                    kind: canon.kind(),
+                    unit: unit(*canon),
+                    mean: None,
+                    max: None,
+                    count: None,
+                    per_s: None,
+                },
+            };
+            mapped.insert(*canon, f);
+        }
+        for i in &s.intervals {
+            let (a, b) = (i.end_s - s.load.interval_s, i.end_s);
+            let util = utilisation(series, start, a, b);
+            rows.push(ServerInterval {
+                interval: i.interval,
+                running: level(series.window(Canon::Running, start, a, b)),
+                waiting: level(series.window(Canon::Waiting, start, a, b)),
+                kv_cache_usage: level(series.window(Canon::KvCacheUsage, start, a, b)),
+                utilisation: util,
+                queue_time_ms: match series.window(Canon::QueueTime, start, a, b) {
+                    Some(Window::Observed { mean, .. }) => Some(mean * 1e3),
+                    _ => None,
+                },
+            });
+        }
+    }
+    ServerSummary {
+        url: series.url.clone(),
+        scrapes: series.scrapes.len(),
+        failed_scrapes: series.failed,
+        note,
+        families,
+        mapped,
+        unmapped: series.unmapped.iter().cloned().collect(),
+        skipped_lines: series.skipped_lines,
+        intervals: rows,
+    }
+}
+
+/// The server's utilisation in a window: DCGM's gauge, else the share of
+/// the window the engine was busy.
+fn utilisation(series: &Series, start: SystemTime, a: f64, b: f64) -> Option<f64> {
+    if let Some(u) = level(series.window(Canon::GpuUtil, start, a, b)) {
+        return Some(u);
+    }
+    match series.window(Canon::BusySeconds, start, a, b)? {
+        Window::Increase { rate, .. } => Some(rate.clamp(0.0, 1.0)),
+        _ => None,
+    }
+}
+
+/// The accelerators the agents sampled.
+pub(super) fn gpu(c: &Collected) -> Option<GpuSummary> {
+    let notes: BTreeMap<String, String> = c
+        .agents
+        .iter()
+        .filter_map(|a| a.gpu_note.clone().map(|n| (a.name.clone(), n)))
+        .collect();
+    if notes.is_empty() {
+        return None;
+    }
+    let all: Vec<_> = c.agents.iter().flat_map(|a| a.gpu.iter()).collect();
+    let mean = |f: &dyn Fn(&stampede_proto::pb::GpuSample) -> f64| {
+        (!all.is_empty()).then(|| all.iter().map(|s| f(s)).sum::<f64>() / all.len() as f64)
+    };
+    Some(GpuSummary {
+        notes,
+        samples: all.len(),
+        utilisation_mean: mean(&|s| f64::from(s.utilization_pct) / 100.0),
+        memory_used_max_mib: all
+            .iter()
+            .map(|s| s.memory_used_bytes as f64 / 1_048_576.0)
+            .reduce(f64::max),
+        power_mean_w: mean(&|s| f64::from(s.power_mw) / 1e3),
+    })
+}
+
+/// Agent GPU readings per run interval: the mean utilisation of the
+/// readings taken in it.
+fn sampled_utilisation(c: &Collected, interval_s: f64) -> BTreeMap<u64, f64> {
+    let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
+    for s in c.agents.iter().flat_map(|a| a.gpu.iter()) {
+        let k = (s.elapsed_us as f64 / 1e6 / interval_s) as u64;
+        let e = sums.entry(k).or_default();
+        e.0 += f64::from(s.utilization_pct) / 100.0;
+        e.1 += 1;
+    }
+    sums.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect()
+}
+
+/// Requests were present in an interval: the server says some ran or
+/// waited, or, without server data, the client had some in flight.
+fn occupied(row: Option<&ServerInterval>, i: &IntervalSummary) -> bool {
+    match row.map(|r| (r.running, r.waiting)) {
+        Some((Some(r), w)) => r + w.unwrap_or(0.0) > 0.0,
+        _ => i.active > 0 || i.ok + i.failed > 0,
+    }
+}
+
+/// Every finding the run supports.
+pub(super) fn findings(s: &Summary, c: &Collected) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let server = s.server.as_ref();
+    let figure = |canon: Canon| server.and_then(|sv| sv.mapped.get(&canon));
+
+    // Queueing: from the server's queue time, else inferred from steps.
+    match figure(Canon::QueueTime) {
+        Some(q) if s.metrics.ttft.count > 0 => {
+            let sq = ServerQueue {
+                queue_mean_ms: q.mean.unwrap_or(0.0),
+                observed: q.count.unwrap_or(0.0),
+                ttft_mean_ms: s.metrics.ttft.mean,
+                server_ttft_mean_ms: figure(Canon::Ttft).and_then(|f| f.mean),
+                waiting_mean: figure(Canon::Waiting).and_then(|f| f.mean),
+                source: q.source.metric.to_owned(),
+            };
+            out.extend(findings::queueing(&sq));
+        }
+        _ => {
+            let levels: Vec<LevelLatency> = s
+                .steps
+                .iter()
+                .filter(|st| st.metrics.ttft.count > 0 && st.metrics.tpot.count > 0)
+                .map(|st| LevelLatency {
+                    level: st.level,
+                    ttft_p50_ms: st.metrics.ttft.p50,
+                    tpot_p50_ms: st.metrics.tpot.p50,
+                })
+                .collect();
+            if levels.len() >= 2 {
+                let label = |x: f64| {
+                    s.steps
+                        .iter()
+                        .find(|st| st.level == x)
+                        .map_or_else(|| x.to_string(), |st| st.label.clone())
+                };
+                out.extend(findings::inferred_queueing(&levels, label));
+            }
+        }
+    }
+
+    // Saturation: the knee.
+    if let Some(k) = &s.knee
+        && let (Some(step), Some(label)) = (k.step, &k.label)
+    {
+        out.push(findings::saturation(
+            label,
+            k.max_requests_per_s,
+            k.baseline_ttft_p95_ms,
+            s.steps[step].metrics.ttft.p95,
+        ));
+    }
+
+    // GPU idle while requests were present.
+    let sampled = sampled_utilisation(c, s.load.interval_s);
+    let source = if !sampled.is_empty() {
+        Some("GPU readings of the agents (NVML)".to_owned())
+    } else if let Some(f) = figure(Canon::GpuUtil) {
+        Some(format!("server metric {}", f.source.metric))
+    } else {
+        figure(Canon::BusySeconds).map(|f| format!("busy time of the server ({})", f.source.metric))
+    };
+    if let Some(source) = source {
+        let rows: BTreeMap<u64, &ServerInterval> = server
+            .map(|sv| sv.intervals.iter().map(|r| (r.interval, r)).collect())
+            .unwrap_or_default();
+        let (mut sum, mut n, mut waiting, mut running, mut with_counts) = (0.0, 0, 0.0, 0.0, 0);
+        for i in &s.intervals {
+            let row = rows.get(&i.interval).copied();
+            if !occupied(row, i) {
+                continue;
+            }
+            let util = if sampled.is_empty() {
+                row.and_then(|r| r.utilisation)
+            } else {
+                sampled.get(&i.interval).copied()
+            };
+            let Some(util) = util else { continue };
+            sum += util;
+            n += 1;
+            if let Some(r) = row
+                && let (Some(run), Some(w)) = (r.running, r.waiting)
+            {
+                running += run;
+                waiting += w;
+                with_counts += 1;
+            }
+        }
+        if n > 0 {
+            let avg = |x: f64| (with_counts > 0).then(|| x / f64::from(with_counts));
+            out.extend(findings::gpu_idle(&Utilisation {
+                mean: sum / f64::from(n),
+                intervals: n as usize,
+                waiting_mean: avg(waiting),
+                running_mean: avg(running),
+                source,
+            }));
+        }
+    }
+
+    // Cold start: the slowest of the first answers (the first interval
+    // with successes, its p95) against the typical answer of the rest of
+    // its step.
+    if let Some(first) = s.intervals.iter().find(|i| i.ok > 0 && i.ttft_p95_ms.is_some()) {
+        let mut later: Vec<f64> = s
+            .intervals
+            .iter()
+            .filter(|i| i.interval > first.interval && i.step == first.step && i.step.is_some())
+            .filter_map(|i| i.ttft_p50_ms)
+            .collect();
+        if later.len() >= 3 {
+            later.sort_by(f64::total_cmp);
+            let steady = later[later.len() / 2];
+            out.extend(findings::cold_start(
+                first.ttft_p95_ms.unwrap_or(0.0),
+                steady,
+                first.interval,
+            ));
+        }
+    }
+
+    // Client-bound.
+    out.extend(findings::client_bound(
+        &s.client.reasons,
+        s.client.schedule_lag_p99_ms,
+        s.client.cpu_max,
+    ));
+
+    // Errors: top classes and when each began.
+    let classes: Vec<findings::ErrorClass> = s
+        .errors
+        .iter()
+        .map(|(class, e)| findings::ErrorClass {
+            class: class.clone(),
+            count: e.count,
+            first_s: c
+                .rows
+                .iter()
+                .find(|r| r.counters.errors.iter().any(|(k, n)| k.to_string() == *class && *n > 0))
+                .map(|r| r.interval as f64 * s.load.interval_s),
+        })
+        .collect();
+    out.extend(findings::errors(&classes, s.requests.ok + s.requests.failed));
+    out
+}

@@ -1,0 +1,303 @@
+//! What the servers' own metrics mean: vLLM, TGI, NVIDIA's DCGM exporter
+//! and llm-sim, mapped onto one vocabulary. Everything else is kept raw.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::prom::Sample;
+
+/// A figure stampede understands, whatever the server calls it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Canon {
+    /// Requests in the running batch (gauge).
+    Running,
+    /// Requests waiting for a batch slot (gauge).
+    Waiting,
+    /// Share of the KV cache in use, 0 to 1 (gauge).
+    KvCacheUsage,
+    /// Arrival to admission into the batch (histogram, seconds).
+    QueueTime,
+    /// Time to first token as the server measures it (histogram, seconds).
+    Ttft,
+    /// Gap between output tokens (histogram, seconds).
+    Itl,
+    /// Time per output token of a request (histogram, seconds).
+    Tpot,
+    /// Arrival to last token (histogram, seconds).
+    E2e,
+    /// Prefill phase of a request (histogram, seconds).
+    Prefill,
+    /// Decode phase of a request (histogram, seconds).
+    Decode,
+    /// Input tokens processed (counter).
+    PromptTokens,
+    /// Output tokens generated (counter).
+    GenerationTokens,
+    /// Requests completed (counter).
+    RequestsDone,
+    /// Requests preempted from the batch (counter).
+    Preemptions,
+    /// Seconds the engine was computing (counter): busy share by its rate.
+    BusySeconds,
+    /// Accelerator utilisation, 0 to 1 (gauge).
+    GpuUtil,
+    /// Accelerator memory in use, MiB (gauge).
+    GpuMemoryMib,
+    /// Accelerator power draw, W (gauge).
+    GpuPowerW,
+}
+
+/// How a figure behaves over time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A level: averaged over an interval.
+    Gauge,
+    /// A running total: its increase over an interval.
+    Counter,
+    /// `_sum` and `_count` running totals: the interval's mean.
+    Histogram,
+}
+
+impl Canon {
+    /// How it behaves.
+    pub fn kind(self) -> Kind {
+        use Canon::*;
+        match self {
+            Running | Waiting | KvCacheUsage | GpuUtil | GpuMemoryMib | GpuPowerW => Kind::Gauge,
+            QueueTime | Ttft | Itl | Tpot | E2e | Prefill | Decode => Kind::Histogram,
+            PromptTokens | GenerationTokens | RequestsDone | Preemptions | BusySeconds => Kind::Counter,
+        }
+    }
+
+    /// Series with other labels (GPUs, engines, models) add up, except
+    /// shares, which average.
+    fn averages(self) -> bool {
+        matches!(self, Canon::KvCacheUsage | Canon::GpuUtil)
+    }
+}
+
+/// One name a server uses for a figure.
+struct Rule {
+    family: &'static str,
+    name: &'static str,
+    canon: Canon,
+    /// Multiplies the value into the figure's unit.
+    scale: f64,
+}
+
+const fn rule(family: &'static str, name: &'static str, canon: Canon, scale: f64) -> Rule {
+    Rule {
+        family,
+        name,
+        canon,
+        scale,
+    }
+}
+
+/// Every known name, best first for each figure: when a page carries two
+/// names for one figure (vLLM's renamed KV-cache gauge), the first wins.
+const RULES: &[Rule] = &[
+    // vLLM
+    rule("vllm", "vllm:num_requests_running", Canon::Running, 1.0),
+    rule("vllm", "vllm:num_requests_waiting", Canon::Waiting, 1.0),
+    rule("vllm", "vllm:kv_cache_usage_perc", Canon::KvCacheUsage, 1.0),
+    rule("vllm", "vllm:gpu_cache_usage_perc", Canon::KvCacheUsage, 1.0),
+    rule("vllm", "vllm:request_queue_time_seconds", Canon::QueueTime, 1.0),
+    rule("vllm", "vllm:time_to_first_token_seconds", Canon::Ttft, 1.0),
+    rule("vllm", "vllm:inter_token_latency_seconds", Canon::Itl, 1.0),
+    rule("vllm", "vllm:time_per_output_token_seconds", Canon::Itl, 1.0),
+    rule("vllm", "vllm:request_time_per_output_token_seconds", Canon::Tpot, 1.0),
+    rule("vllm", "vllm:e2e_request_latency_seconds", Canon::E2e, 1.0),
+    rule("vllm", "vllm:request_prefill_time_seconds", Canon::Prefill, 1.0),
+    rule("vllm", "vllm:request_decode_time_seconds", Canon::Decode, 1.0),
+    rule("vllm", "vllm:prompt_tokens_total", Canon::PromptTokens, 1.0),
+    rule("vllm", "vllm:generation_tokens_total", Canon::GenerationTokens, 1.0),
+    rule("vllm", "vllm:request_success_total", Canon::RequestsDone, 1.0),
+    rule("vllm", "vllm:num_preemptions_total", Canon::Preemptions, 1.0),
+    // Text Generation Inference
+    rule("tgi", "tgi_batch_current_size", Canon::Running, 1.0),
+    rule("tgi", "tgi_queue_size", Canon::Waiting, 1.0),
+    rule("tgi", "tgi_request_queue_duration", Canon::QueueTime, 1.0),
+    rule("tgi", "tgi_request_mean_time_per_token_duration", Canon::Tpot, 1.0),
+    rule("tgi", "tgi_request_duration", Canon::E2e, 1.0),
+    rule("tgi", "tgi_request_input_length_sum", Canon::PromptTokens, 1.0),
+    rule("tgi", "tgi_request_generated_tokens_sum", Canon::GenerationTokens, 1.0),
+    rule("tgi", "tgi_request_success", Canon::RequestsDone, 1.0),
+    // NVIDIA DCGM exporter
+    rule("dcgm", "DCGM_FI_DEV_GPU_UTIL", Canon::GpuUtil, 0.01),
+    rule("dcgm", "DCGM_FI_DEV_FB_USED", Canon::GpuMemoryMib, 1.0),
+    rule("dcgm", "DCGM_FI_DEV_POWER_USAGE", Canon::GpuPowerW, 1.0),
+    // llm-sim
+    rule("llm-sim", "llmsim_running_sequences", Canon::Running, 1.0),
+    rule("llm-sim", "llmsim_queue_depth", Canon::Waiting, 1.0),
+    rule("llm-sim", "llmsim_queue_time_seconds", Canon::QueueTime, 1.0),
+    rule("llm-sim", "llmsim_time_to_first_token_seconds", Canon::Ttft, 1.0),
+    rule("llm-sim", "llmsim_request_duration_seconds", Canon::E2e, 1.0),
+    rule("llm-sim", "llmsim_prompt_tokens_total", Canon::PromptTokens, 1.0),
+    rule(
+        "llm-sim",
+        "llmsim_generation_tokens_total",
+        Canon::GenerationTokens,
+        1.0,
+    ),
+    rule("llm-sim", "llmsim_requests_served_total", Canon::RequestsDone, 1.0),
+    rule("llm-sim", "llmsim_busy_seconds_total", Canon::BusySeconds, 1.0),
+];
+
+/// A figure's value in one scrape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    /// A gauge or counter.
+    Scalar(f64),
+    /// A histogram's running sum (in the figure's unit) and count.
+    Histogram {
+        /// Sum of observations.
+        sum: f64,
+        /// Observations.
+        count: f64,
+    },
+}
+
+/// Where a mapped figure came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Source {
+    /// `vllm`, `tgi`, `dcgm` or `llm-sim`.
+    pub family: &'static str,
+    /// The server's name for it.
+    pub metric: &'static str,
+    /// How many labelled series were combined.
+    pub series: usize,
+}
+
+/// One scrape, mapped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    /// Each figure found.
+    pub values: BTreeMap<Canon, Value>,
+    /// Where each came from.
+    pub sources: BTreeMap<Canon, Source>,
+    /// Metric names no rule knows, kept raw.
+    pub unmapped: BTreeSet<String>,
+}
+
+/// The base name of a histogram's `_sum` or `_count` series.
+fn histogram_part(name: &str) -> Option<(&str, bool)> {
+    if let Some(base) = name.strip_suffix("_sum") {
+        Some((base, true))
+    } else {
+        name.strip_suffix("_count").map(|base| (base, false))
+    }
+}
+
+/// Maps one scrape's samples.
+pub fn map(samples: &[Sample]) -> Reading {
+    let mut reading = Reading::default();
+    let mut claimed = BTreeSet::new();
+    for rule in RULES {
+        if reading.values.contains_key(&rule.canon) {
+            // A better name for this figure is on the page; the older one
+            // is still claimed, not "unknown".
+            claimed.insert(rule.name);
+            continue;
+        }
+        let (value, series) = match rule.canon.kind() {
+            Kind::Histogram => {
+                let (mut sum, mut count, mut n) = (0.0, 0.0, 0);
+                for s in samples {
+                    if let Some((base, is_sum)) = histogram_part(&s.name)
+                        && base == rule.name
+                    {
+                        if is_sum {
+                            sum += s.value * rule.scale;
+                            n += 1;
+                        } else {
+                            count += s.value;
+                        }
+                    }
+                }
+                (Value::Histogram { sum, count }, n)
+            }
+            Kind::Gauge | Kind::Counter => {
+                let values: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.name == rule.name && s.value.is_finite())
+                    .map(|s| s.value * rule.scale)
+                    .collect();
+                let total: f64 = values.iter().sum();
+                let v = if rule.canon.averages() && !values.is_empty() {
+                    total / values.len() as f64
+                } else {
+                    total
+                };
+                (Value::Scalar(v), values.len())
+            }
+        };
+        if series == 0 {
+            continue;
+        }
+        claimed.insert(rule.name);
+        reading.values.insert(rule.canon, value);
+        reading.sources.insert(
+            rule.canon,
+            Source {
+                family: rule.family,
+                metric: rule.name,
+                series,
+            },
+        );
+    }
+    for s in samples {
+        let base = histogram_part(&s.name)
+            .map(|(b, _)| b)
+            .or_else(|| s.name.strip_suffix("_bucket"))
+            .unwrap_or(&s.name);
+        if !claimed.contains(s.name.as_str()) && !claimed.contains(base) {
+            reading.unmapped.insert(base.to_owned());
+        }
+    }
+    reading
+}
+
+/// The families a reading recognised.
+pub fn families(reading: &Reading) -> BTreeSet<&'static str> {
+    reading.sources.values().map(|s| s.family).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::prom::parse;
+
+    #[test]
+    fn the_new_kv_cache_name_wins_and_the_old_is_still_known() {
+        let page = parse(
+            "vllm:kv_cache_usage_perc{engine=\"0\"} 0.25\nvllm:gpu_cache_usage_perc{engine=\"0\"} 0.5\nother_thing 1\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.values[&Canon::KvCacheUsage], Value::Scalar(0.25));
+        assert_eq!(r.sources[&Canon::KvCacheUsage].metric, "vllm:kv_cache_usage_perc");
+        assert_eq!(r.unmapped.iter().collect::<Vec<_>>(), ["other_thing"]);
+        let old = map(&parse("vllm:gpu_cache_usage_perc 0.5\n").samples);
+        assert_eq!(old.values[&Canon::KvCacheUsage], Value::Scalar(0.5));
+    }
+
+    #[test]
+    fn series_add_up_shares_average_and_histograms_keep_sum_and_count() {
+        let page = parse(
+            "vllm:num_requests_running{model_name=\"a\"} 2\nvllm:num_requests_running{model_name=\"b\"} 3\n\
+             DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"} 40\nDCGM_FI_DEV_GPU_UTIL{gpu=\"1\"} 60\n\
+             vllm:request_queue_time_seconds_bucket{le=\"1\"} 2\nvllm:request_queue_time_seconds_sum 1.5\n\
+             vllm:request_queue_time_seconds_count 3\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.values[&Canon::Running], Value::Scalar(5.0));
+        assert_eq!(r.sources[&Canon::Running].series, 2);
+        assert_eq!(r.values[&Canon::GpuUtil], Value::Scalar(0.5));
+        assert_eq!(r.values[&Canon::QueueTime], Value::Histogram { sum: 1.5, count: 3.0 });
+        assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
+        assert_eq!(families(&r).into_iter().collect::<Vec<_>>(), ["dcgm", "vllm"]);
+    }
+}

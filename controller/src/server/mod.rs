@@ -1,0 +1,331 @@
+//! The server's own metrics: scraped during the run, mapped onto one
+//! vocabulary, and aligned to the run's intervals. Every scrape is kept raw
+//! in `server-metrics.jsonl`.
+
+pub mod map;
+pub mod prom;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use stampede_agent::http::Endpoint;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use map::{Canon, Kind, Reading, Source, Value};
+
+/// Largest page read.
+const PAGE_LIMIT: usize = 8 << 20;
+
+/// One scrape, mapped.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// When the answer arrived.
+    pub at: SystemTime,
+    /// Its figures.
+    pub reading: Reading,
+}
+
+/// Everything scraped in a run.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// The page's URL.
+    pub url: String,
+    /// Good scrapes, in time order.
+    pub scrapes: Vec<Scrape>,
+    /// Scrapes that failed.
+    pub failed: u64,
+    /// The first failure, as a user can act on it.
+    pub first_error: Option<String>,
+    /// Lines of the pages that could not be read, over all scrapes.
+    pub skipped_lines: u64,
+    /// Metric names no rule knows.
+    pub unmapped: BTreeSet<String>,
+    /// Where each figure came from (the last scrape that had it).
+    pub sources: BTreeMap<Canon, Source>,
+    /// The raw file could not be written.
+    pub raw_error: Option<String>,
+}
+
+/// Splits a metrics URL into the server and the path to ask for.
+pub fn split_url(url: &str) -> Result<(Endpoint, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!(
+            "{url:?} is not an absolute URL such as http://host:8000/metrics"
+        ));
+    };
+    let endpoint = Endpoint::parse(&format!("{scheme}://{authority}")).map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    Ok((endpoint, path))
+}
+
+/// Scrapes one page every `every` until stopped.
+#[derive(Debug)]
+pub struct Scraper {
+    stop: CancellationToken,
+    task: JoinHandle<Series>,
+}
+
+impl Scraper {
+    /// Starts scraping `url` now, appending every page raw to `raw`.
+    pub fn start(url: String, every: Duration, raw: Option<std::fs::File>) -> Scraper {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(scrape_loop(url, every, raw, stop.clone()));
+        Scraper { stop, task }
+    }
+
+    /// Takes one last scrape, stops, and returns what was gathered.
+    pub async fn finish(self) -> Series {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File>, stop: CancellationToken) -> Series {
+    let mut series = Series {
+        url: url.clone(),
+        ..Series::default()
+    };
+    let target = split_url(&url);
+    let timeout = every.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.cancelled() => true,
+        };
+        let answer = match &target {
+            Ok((endpoint, path)) => match tokio::time::timeout(timeout, endpoint.get(path, PAGE_LIMIT)).await {
+                Ok(Ok((200, body))) => Ok(body),
+                Ok(Ok((status, _))) => Err(format!("GET {url} answered HTTP {status}")),
+                Ok(Err(e)) => Err(format!("GET {url}: {e}")),
+                Err(_) => Err(format!("GET {url}: no answer within {timeout:?}")),
+            },
+            Err(e) => Err(e.clone()),
+        };
+        let at = SystemTime::now();
+        match answer {
+            Ok(body) => {
+                let text = String::from_utf8_lossy(&body);
+                let page = prom::parse(&text);
+                series.skipped_lines += page.skipped.len() as u64;
+                if let Some(file) = &mut raw
+                    && let Err(e) = write_raw(file, at, &page.samples)
+                {
+                    series.raw_error.get_or_insert(e.to_string());
+                    raw = None;
+                }
+                let reading = map::map(&page.samples);
+                series.unmapped.extend(reading.unmapped.iter().cloned());
+                series
+                    .sources
+                    .extend(reading.sources.iter().map(|(k, v)| (*k, v.clone())));
+                series.scrapes.push(Scrape { at, reading });
+            }
+            Err(e) => {
+                if series.first_error.is_none() {
+                    tracing::warn!("server metrics: {e} (the run goes on without them)");
+                    series.first_error = Some(e);
+                }
+                series.failed += 1;
+            }
+        }
+        if last || target.is_err() {
+            break;
+        }
+    }
+    series
+}
+
+fn write_raw(file: &mut std::fs::File, at: SystemTime, samples: &[prom::Sample]) -> std::io::Result<()> {
+    let t = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let values: serde_json::Map<String, serde_json::Value> = samples
+        .iter()
+        .map(|s| {
+            let v = serde_json::Number::from_f64(s.value).map_or(serde_json::Value::Null, serde_json::Value::Number);
+            (s.to_string(), v)
+        })
+        .collect();
+    let line = serde_json::json!({ "unix_s": t, "samples": values });
+    serde_json::to_writer(&mut *file, &line)?;
+    file.write_all(b"\n")
+}
+
+/// One figure over a window of the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Window {
+    /// A gauge's mean and largest value.
+    Level {
+        /// Mean of the scrapes in the window.
+        mean: f64,
+        /// Largest.
+        max: f64,
+    },
+    /// A counter's increase, and that per second.
+    Increase {
+        /// Increase.
+        delta: f64,
+        /// Per second.
+        rate: f64,
+    },
+    /// A histogram's observations in the window and their mean.
+    Observed {
+        /// Observations.
+        count: f64,
+        /// Their mean, in the figure's unit.
+        mean: f64,
+    },
+}
+
+impl Series {
+    /// Seconds after `start` of each scrape.
+    fn offsets(&self, start: SystemTime) -> impl Iterator<Item = (f64, &Reading)> {
+        self.scrapes.iter().map(move |s| {
+            let t = match s.at.duration_since(start) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            (t, &s.reading)
+        })
+    }
+
+    /// `canon` between `from` and `to` seconds after `start`: gauges from
+    /// the scrapes inside the window, running totals from the last scrape
+    /// at or before each end (a reset in between restarts the count).
+    pub fn window(&self, canon: Canon, start: SystemTime, from: f64, to: f64) -> Option<Window> {
+        match canon.kind() {
+            Kind::Gauge => {
+                let inside: Vec<f64> = self
+                    .offsets(start)
+                    .filter(|(t, _)| *t > from && *t <= to)
+                    .filter_map(|(_, r)| match r.values.get(&canon) {
+                        Some(Value::Scalar(v)) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                (!inside.is_empty()).then(|| Window::Level {
+                    mean: inside.iter().sum::<f64>() / inside.len() as f64,
+                    max: inside.iter().copied().fold(f64::MIN, f64::max),
+                })
+            }
+            Kind::Counter | Kind::Histogram => {
+                let at = |edge: f64| {
+                    self.offsets(start)
+                        .filter(|(t, r)| *t <= edge && r.values.contains_key(&canon))
+                        .last()
+                        .map(|(t, r)| (t, r.values[&canon]))
+                };
+                let (t0, a) = at(from)?;
+                let (t1, b) = at(to)?;
+                if t1 <= t0 {
+                    return None;
+                }
+                match (a, b) {
+                    (Value::Scalar(a), Value::Scalar(b)) => {
+                        let delta = if b >= a { b - a } else { b };
+                        Some(Window::Increase {
+                            delta,
+                            rate: delta / (t1 - t0),
+                        })
+                    }
+                    (Value::Histogram { sum: s0, count: c0 }, Value::Histogram { sum: s1, count: c1 }) => {
+                        let (sum, count) = if c1 >= c0 { (s1 - s0, c1 - c0) } else { (s1, c1) };
+                        (count > 0.0).then(|| Window::Observed {
+                            count,
+                            mean: sum / count,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Families recognised in any scrape.
+    pub fn families(&self) -> BTreeSet<&'static str> {
+        self.sources.values().map(|s| s.family).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(points: &[(f64, &str)]) -> (Series, SystemTime) {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let scrapes = points
+            .iter()
+            .map(|(t, page)| Scrape {
+                at: start + Duration::from_secs_f64(*t),
+                reading: map::map(&prom::parse(page).samples),
+            })
+            .collect();
+        (
+            Series {
+                scrapes,
+                ..Series::default()
+            },
+            start,
+        )
+    }
+
+    #[test]
+    fn gauges_average_inside_and_totals_increase_between_edges() {
+        let (s, start) = series(&[
+            (0.0, "llmsim_queue_depth 1\nllmsim_busy_seconds_total 10\n"),
+            (1.0, "llmsim_queue_depth 3\nllmsim_busy_seconds_total 10.5\n"),
+            (2.0, "llmsim_queue_depth 5\nllmsim_busy_seconds_total 11.5\n"),
+        ]);
+        assert_eq!(
+            s.window(Canon::Waiting, start, 0.0, 2.0),
+            Some(Window::Level { mean: 4.0, max: 5.0 })
+        );
+        assert_eq!(
+            s.window(Canon::BusySeconds, start, 0.0, 2.0),
+            Some(Window::Increase { delta: 1.5, rate: 0.75 })
+        );
+        assert_eq!(s.window(Canon::BusySeconds, start, -1.0, 2.0), None);
+        assert_eq!(s.window(Canon::Running, start, 0.0, 2.0), None);
+    }
+
+    #[test]
+    fn histogram_windows_give_the_mean_of_what_was_observed_in_them() {
+        let (s, start) = series(&[
+            (
+                0.0,
+                "llmsim_queue_time_seconds_sum 1\nllmsim_queue_time_seconds_count 2\n",
+            ),
+            (
+                1.0,
+                "llmsim_queue_time_seconds_sum 4\nllmsim_queue_time_seconds_count 4\n",
+            ),
+            (
+                2.0,
+                "llmsim_queue_time_seconds_sum 0.5\nllmsim_queue_time_seconds_count 1\n",
+            ),
+        ]);
+        assert_eq!(
+            s.window(Canon::QueueTime, start, 0.0, 1.0),
+            Some(Window::Observed { count: 2.0, mean: 1.5 })
+        );
+        // The server restarted: the window counts from zero.
+        assert_eq!(
+            s.window(Canon::QueueTime, start, 1.0, 2.0),
+            Some(Window::Observed { count: 1.0, mean: 0.5 })
+        );
+    }
+
+    #[test]
+    fn urls_split_into_server_and_path() {
+        let (e, path) = split_url("http://127.0.0.1:9400/metrics").unwrap();
+        assert_eq!((e.authority(), path.as_str()), ("127.0.0.1:9400", "/metrics"));
+        assert!(split_url("/metrics").unwrap_err().contains("absolute URL"));
+        assert!(split_url("ftp://x/metrics").is_err());
+    }
+}
