@@ -134,6 +134,38 @@ fn ollama_generate_and_chat_with_the_servers_timings() {
 }
 
 #[test]
+fn a_cold_start_shows_in_ollamas_model_load() {
+    let _machine = exclusive();
+    // The model loads for 4 s from the simulator's start. The controller
+    // starts in well under that, so the first requests (one per user) wait
+    // for the load and report it as load_duration; the rest, sent after
+    // it, report none.
+    let sim = sim(&["--load-time", "4s"]);
+    let text = profile(&sim.url, r#"api = "ollama""#, true).replace(r#"duration = "2s""#, r#"duration = "6s""#);
+    let run = run_profile(&text, &[]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    let s = run.summary();
+    let ok = num(s, "/requests/ok");
+    let load = &s["metrics"]["model_load"];
+    eprintln!("ollama cold start: {ok} requests, model load {load}");
+    assert_eq!(num(s, "/requests/failed"), 0.0, "{:#}", s["errors"]);
+    assert!(ok >= 20.0, "too few requests to judge: {ok}");
+    assert_eq!(num(load, "/count"), ok);
+    let max = num(load, "/max");
+    assert!(
+        (100.0..=4100.0).contains(&max),
+        "the first requests waited for the load: {max} ms"
+    );
+    assert!(num(load, "/p50") < 1.0, "later requests did not: {load}");
+    // Prefill is timed from the end of the load, not from admission.
+    assert!(
+        num(s, "/metrics/server_prefill/max") < 100.0,
+        "{}",
+        s["metrics"]["server_prefill"]
+    );
+}
+
+#[test]
 fn tgi() {
     for stream in [true, false] {
         check(r#"api = "tgi""#, stream, &[], "server usage");

@@ -63,6 +63,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Token>) -> Option<(String, Timi
 struct Timing {
     received: Instant,
     admitted: Option<Instant>,
+    began: Option<Instant>,
     first: Option<Instant>,
     last: Option<Instant>,
 }
@@ -72,6 +73,7 @@ impl Default for Timing {
         Timing {
             received: Instant::now(),
             admitted: None,
+            began: None,
             first: None,
             last: None,
         }
@@ -82,6 +84,7 @@ impl Timing {
     fn saw(&mut self, token: &Token) {
         let now = Instant::now();
         self.admitted.get_or_insert(token.admitted);
+        self.began.get_or_insert(token.began);
         self.first.get_or_insert(now);
         self.last = Some(now);
     }
@@ -93,14 +96,16 @@ impl Timing {
         }
     }
 
-    /// Ollama's accounting, in nanoseconds. The simulator loads no model:
-    /// `load_duration` is zero.
+    /// Ollama's accounting, in nanoseconds. `load_duration` is the time
+    /// this request waited, once admitted, for the model to finish loading
+    /// (`--load-time`): non-zero only for requests that came during a cold
+    /// start.
     fn ollama(&self, input_tokens: u32, output_tokens: u32) -> Value {
         json!({
             "total_duration": Timing::nanos(Some(self.received), self.last),
-            "load_duration": 0,
+            "load_duration": Timing::nanos(self.admitted, self.began),
             "prompt_eval_count": input_tokens,
-            "prompt_eval_duration": Timing::nanos(self.admitted, self.first),
+            "prompt_eval_duration": Timing::nanos(self.began, self.first),
             "eval_count": output_tokens,
             "eval_duration": Timing::nanos(self.first, self.last),
         })
