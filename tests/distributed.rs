@@ -241,6 +241,60 @@ fn four_agents_split_high_13_13_12_12_and_agree_with_one_agent() {
     );
 }
 
+/// A word-level tokenizer.json of `words` entries (one token per
+/// whitespace-separated word, as llm-sim counts): about 16 bytes a word.
+fn write_word_tokenizer(path: &Path, words: usize) {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".to_owned(), 0.into());
+    for i in 1..=words {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+#[test]
+fn remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it() {
+    if !netns::available() {
+        return;
+    }
+    let _machine = exclusive();
+    let c = Cluster::new(2);
+    // Over 4 MiB, tonic's default message limit: the assignment must still
+    // reach the agents, which have no copy of their own.
+    let tokenizer = c.path("tokenizer.json");
+    write_word_tokenizer(&tokenizer, 400_000);
+    let size = std::fs::metadata(&tokenizer).unwrap().len();
+    assert!(size > 4 << 20, "{size} bytes");
+    let profile = c.path("tokenizer.toml");
+    let text = "[load]\nusers = 4\n[request]\nmax_tokens = 8\n[prompts]\nbuiltin = \"short\"\n";
+    std::fs::write(&profile, text).unwrap();
+    let t = tokenizer.display().to_string();
+    let (_, s) = run(&c, &profile, "tokenizer", 2, &["--duration", "3s", "--tokenizer", &t]);
+    let ok = num(&s, "/requests/ok");
+    eprintln!(
+        "remote agents with a {} MiB tokenizer: {ok} requests, agreement {}",
+        size >> 20,
+        s["tokens"]["agreement"]
+    );
+    assert!(ok > 0.0);
+    assert_eq!(s["tokens"]["tokenizer"]["file"], t);
+    assert_eq!(num(&s, "/tokens/tokenizer/vocab_size"), 400_001.0);
+    for a in s["agents"].as_array().unwrap() {
+        assert!(num(a, "/ok") > 0.0, "every agent counted: {a:#}");
+    }
+    // Every request was counted by the tokenizer on its agent; word for
+    // word, it agrees with the simulator.
+    let d = &s["tokens"]["agreement"]["server_vs_tokenizer"];
+    assert_eq!(num(d, "/requests"), ok, "{d}");
+    assert_eq!(num(d, "/requests_differing"), 0.0, "{d}");
+    assert_eq!(num(d, "/second"), num(&s, "/tokens/output"), "{d}");
+}
+
 #[test]
 fn a_killed_agent_is_lost_and_with_continue_the_run_completes() {
     if !netns::available() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use stampede_proto::pb;
 
-use crate::api::{Dialect, Spec};
+use crate::api::{ApiConfig, Dialect, HeaderSource, HttpJson, Spec, StreamFormat, TimeUnit};
 use crate::exec::Executor;
 use crate::http::Endpoint;
 use crate::load::Load;
@@ -14,6 +14,7 @@ use crate::load::open::{Open, Timer};
 use crate::load::schedule::{self, Process, RatePhase, UsersPhase};
 use crate::load::users::Closed;
 use crate::prompts::Prompts;
+use crate::tokenizer::Tokenizer;
 use crate::trace::Tracing;
 use stampede_otel::{Exporter, KeyValue, Protocol, Traceparent};
 
@@ -44,6 +45,7 @@ impl Plan {
     pub fn from_wire(a: pb::Assignment) -> Result<Plan, String> {
         let target = a.target.ok_or("the assignment has no target")?;
         let dialect: Dialect = target.api.parse()?;
+        let api = api_config(dialect, &target)?.resolve(|var| std::env::var(var).ok())?;
         let endpoint = Endpoint::parse(&target.url).map_err(|e| e.to_string())?;
         let request = a.request.unwrap_or_default();
         let load = load(a.load.and_then(|l| l.kind), a.seed)?;
@@ -55,6 +57,12 @@ impl Plan {
         if sends && prompts.prompts.is_empty() {
             return Err("the assignment has load but no prompts".to_owned());
         }
+        let tokenizer = match &target.tokenizer {
+            Some(t) if !t.json.is_empty() => Some(Arc::new(
+                Tokenizer::from_json(&t.name, &t.json).map_err(|e| format!("the run's tokenizer: {e}"))?,
+            )),
+            _ => None,
+        };
         let positive = |ms: u64, what: &str| {
             if ms == 0 {
                 Err(format!("the assignment's {what} is zero"))
@@ -85,18 +93,25 @@ impl Plan {
         );
         let mut executor = Executor::new(
             endpoint,
-            dialect,
+            api,
             target.model,
             spec,
             positive(target.timeout_ms, "request timeout")?,
-        );
+        )
+        .with_tokenizer(tokenizer);
         executor.trace = Arc::new(tracing);
         Ok(Plan {
             run_id: a.run_id,
             agent_index: a.agent_index,
             executor: Arc::new(executor),
             load,
-            prompts: Arc::new(Prompts::new(prompts.prompts.into_iter().map(|p| p.text).collect())),
+            prompts: Arc::new(Prompts::with_limits(
+                prompts
+                    .prompts
+                    .into_iter()
+                    .map(|p| (p.text, p.max_tokens, p.class))
+                    .collect(),
+            )),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,
@@ -216,4 +231,76 @@ fn load(kind: Option<pb::load::Kind>, seed: u64) -> Result<Load, String> {
         }
         None => Err("the assignment has no load".to_owned()),
     }
+}
+
+/// The API configuration a target describes. Secret headers are read
+/// later, from this agent's environment.
+pub fn api_config(dialect: Dialect, target: &pb::Target) -> Result<ApiConfig, String> {
+    let mut config = ApiConfig::plain(dialect);
+    config.path = (!target.path.is_empty()).then(|| target.path.clone());
+    for h in &target.headers {
+        let source = match (h.value.is_empty(), h.env.is_empty()) {
+            (_, false) => HeaderSource::Env(h.env.clone()),
+            _ => HeaderSource::Literal(h.value.clone()),
+        };
+        config.headers.push((h.name.clone(), source));
+    }
+    if !target.extra_body_json.is_empty() {
+        match serde_json::from_str(&target.extra_body_json) {
+            Ok(serde_json::Value::Object(map)) => config.body = map,
+            _ => return Err("the target's extra body fields are not a JSON object".to_owned()),
+        }
+    }
+    if let Some(h) = &target.http_json {
+        let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        config.http_json = Some(HttpJson {
+            template: serde_json::from_str(&h.template_json)
+                .map_err(|e| format!("the http-json body template is not JSON: {e}"))?,
+            text: h.text_pointer.clone(),
+            tokens: optional(&h.tokens_pointer),
+            input_tokens: optional(&h.input_tokens_pointer),
+            duration: optional(&h.duration_pointer),
+            duration_unit: TimeUnit::from_name(&h.duration_unit).unwrap_or(TimeUnit::Seconds),
+            stream: StreamFormat::from_name(&h.stream).unwrap_or(StreamFormat::None),
+            done: optional(&h.done_pointer),
+        });
+    }
+    Ok(config)
+}
+
+/// The wire form of an API configuration (the inverse of [`api_config`]).
+pub fn target_fields(config: &ApiConfig, target: &mut pb::Target) {
+    target.api = config.dialect.name().to_owned();
+    target.path = config.path.clone().unwrap_or_default();
+    target.headers = config
+        .headers
+        .iter()
+        .map(|(name, source)| match source {
+            HeaderSource::Literal(v) => pb::Header {
+                name: name.clone(),
+                value: v.clone(),
+                env: String::new(),
+            },
+            HeaderSource::Env(var) => pb::Header {
+                name: name.clone(),
+                value: String::new(),
+                env: var.clone(),
+            },
+        })
+        .collect();
+    target.extra_body_json = if config.body.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Object(config.body.clone()).to_string()
+    };
+    target.http_json = config.http_json.as_ref().map(|h| pb::HttpJson {
+        template_json: h.template.to_string(),
+        text_pointer: h.text.clone(),
+        tokens_pointer: h.tokens.clone().unwrap_or_default(),
+        input_tokens_pointer: h.input_tokens.clone().unwrap_or_default(),
+        duration_pointer: h.duration.clone().unwrap_or_default(),
+        duration_unit: h.duration_unit.name().to_owned(),
+        stream: h.stream.name().to_owned(),
+        done_pointer: h.done.clone().unwrap_or_default(),
+    });
 }

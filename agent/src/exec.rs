@@ -6,7 +6,22 @@
 //! the first event carrying generated text; each ITL sample is the gap
 //! between the first bytes of consecutive such events; E2E ends when the
 //! response body ends.
+//!
+//! Output tokens come from the best source at hand, and the sample says
+//! which ([`TokenSource`]): the server's own count (OpenAI `usage`, Ollama
+//! `eval_count`, TGI `details.generated_tokens`, an `http-json` token
+//! pointer); else, with a client tokenizer, its count of the answer's
+//! text; else, for SSE and NDJSON streams, the number of events that
+//! carried text; else (whole answers, plain-text streams) the number of
+//! whitespace-separated words in the text, an approximation that is exact
+//! only for servers whose tokens are words. Every source at hand is kept
+//! in the sample, so that the summary can say how far they disagree.
+//!
+//! The tokenizer counts after the answer has ended and been timed, on the
+//! blocking pool, so that it neither adds to any measured time nor holds
+//! up the runtime threads that read other users' streams.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,10 +31,13 @@ use hyper::body::Incoming;
 use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
-use crate::api::{Dialect, Finish, Framing, Parsed, Spec, Usage};
+use crate::api::{Api, Chunk, Finish, Framing, Parsed, ServerTimes, Spec, Usage};
 use crate::http::{Conn, Endpoint};
-use crate::record::{Outcome, Sample};
+use crate::prompts::Prompt;
+use crate::record::{Outcome, Sample, TokenSource};
+use crate::stream::ndjson;
 use crate::stream::sse::{self, PushError};
+use crate::tokenizer::Tokenizer;
 use crate::trace::{self, Trail};
 
 /// Largest error body kept for a message, and largest whole answer read.
@@ -32,13 +50,16 @@ pub struct Executor {
     /// Where to send requests.
     pub endpoint: Endpoint,
     /// How to talk to the server.
-    pub dialect: Dialect,
+    pub api: Api,
     /// Model name sent with each request.
     pub model: String,
     /// Generation parameters.
     pub spec: Spec,
     /// Limit on one request, connection included.
     pub timeout: Duration,
+    /// The target model's tokenizer, when the run has one: it counts each
+    /// answer's tokens (and each prompt's, when the server does not).
+    pub tokenizer: Option<Arc<Tokenizer>>,
     /// Trace context for every request, and spans when tracing is on.
     pub trace: trace::Shared,
     /// Unit tests of the load models: answer every request after these
@@ -50,17 +71,24 @@ pub struct Executor {
 
 impl Executor {
     /// An executor for `endpoint`.
-    pub fn new(endpoint: Endpoint, dialect: Dialect, model: String, spec: Spec, timeout: Duration) -> Executor {
+    pub fn new(endpoint: Endpoint, api: Api, model: String, spec: Spec, timeout: Duration) -> Executor {
         Executor {
             endpoint,
-            dialect,
+            api,
             model,
             spec,
             timeout,
+            tokenizer: None,
             trace: Default::default(),
             #[cfg(test)]
             service_times: None,
         }
+    }
+
+    /// The same executor, counting tokens with `tokenizer` as well.
+    pub fn with_tokenizer(mut self, tokenizer: Option<Arc<Tokenizer>>) -> Executor {
+        self.tokenizer = tokenizer;
+        self
     }
 }
 
@@ -92,6 +120,10 @@ impl Timing {
 #[derive(Debug, Default)]
 pub struct Scratch {
     gaps: Vec<u64>,
+    /// The answer's text, kept only when a tokenizer will count it.
+    text: String,
+    /// The prompt, copied only when a tokenizer will count it.
+    prompt: String,
 }
 
 /// A failure on its way to becoming an [`Outcome::Failed`].
@@ -112,7 +144,7 @@ impl Executor {
     pub async fn run<'s>(
         &self,
         conn: &mut Option<Conn>,
-        prompt: &str,
+        prompt: Prompt<'_>,
         timing: Timing,
         scratch: &'s mut Scratch,
     ) -> Outcome<'s> {
@@ -131,12 +163,13 @@ impl Executor {
     async fn measure<'s>(
         &self,
         conn: &mut Option<Conn>,
-        prompt: &str,
+        prompt: Prompt<'_>,
         timing: Timing,
         scratch: &'s mut Scratch,
         trail: &mut Trail,
     ) -> Outcome<'s> {
         scratch.gaps.clear();
+        scratch.text.clear();
         let intended = timing.intended;
         let lag_us = micros(timing.dispatched.saturating_duration_since(intended));
         #[cfg(test)]
@@ -155,7 +188,15 @@ impl Executor {
                 ..Sample::default()
             });
         }
-        let attempt = self.attempt(conn, prompt, intended, &mut scratch.gaps, trail);
+        let keep_text = self.tokenizer.is_some().then_some(&mut scratch.text);
+        let attempt = self.attempt(
+            conn,
+            prompt.text,
+            prompt.max_tokens,
+            &mut scratch.gaps,
+            keep_text,
+            trail,
+        );
         let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => fail(
@@ -164,7 +205,15 @@ impl Executor {
             ),
         };
         match result {
-            Ok(mut sample) => {
+            Ok(answer) => {
+                let counted = match &self.tokenizer {
+                    Some(t) => {
+                        let input = answer.read.usage.and_then(|u| u.input_tokens).is_none();
+                        count(t, &mut scratch.text, input.then_some(prompt.text), &mut scratch.prompt).await
+                    }
+                    None => Counted::default(),
+                };
+                let mut sample = answer.sample(intended, counted, prompt.class);
                 sample.itl_us = &scratch.gaps;
                 sample.schedule_lag_us = lag_us;
                 Outcome::Ok(sample)
@@ -187,31 +236,38 @@ impl Executor {
     }
 
     fn request(&self, body: Bytes, traceparent: &str) -> Request<Full<Bytes>> {
-        Request::post(self.endpoint.path(self.dialect.path()))
-            .header(stampede_otel::Traceparent::HEADER, traceparent)
+        let accept = if self.api.streams(&self.spec) {
+            self.api.framing().accept()
+        } else {
+            "application/json"
+        };
+        let mut request = Request::post(self.endpoint.path(self.api.path(&self.spec)))
             .header(header::HOST, self.endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::ACCEPT,
-                if self.spec.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
+            .header(header::ACCEPT, accept)
+            .header(stampede_otel::Traceparent::HEADER, traceparent);
+        for (name, value) in self.api.headers() {
+            request = request.header(name, value);
+        }
+        request
             .body(Full::new(body))
-            .expect("method, path and headers are valid")
+            .expect("method, path and headers are valid (checked when the API was resolved)")
     }
 
     async fn attempt(
         &self,
         conn: &mut Option<Conn>,
         prompt: &str,
-        intended: Instant,
+        max_tokens: Option<u32>,
         gaps: &mut Vec<u64>,
+        text: Option<&mut String>,
         trail: &mut Trail,
-    ) -> Result<Sample<'static>, Failure> {
-        let body = Bytes::from(self.dialect.body(&self.model, prompt, &self.spec));
+    ) -> Result<Answer, Failure> {
+        let spec = Spec {
+            max_tokens: max_tokens.or(self.spec.max_tokens),
+            ..self.spec
+        };
+        let body = Bytes::from(self.api.body(&self.model, prompt, &spec));
         let traceparent = trail.parent.to_string();
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
@@ -243,15 +299,20 @@ impl Executor {
                 .await
             {
                 Ok(response) => break (t0, response),
-                // Never written: a keep-alive connection the server closed
-                // just now. Safe to send again on a new connection.
-                Err(e) if reused && e.message().is_some() => reused = false,
+                // Never written, or written to a keep-alive connection the
+                // server had already closed (it closed without a byte of
+                // response: some servers, llama.cpp's among them, close
+                // after each streamed answer). The server never saw it, so
+                // it is sent again on a new connection, as browsers and
+                // curl do; t0 restarts with the new attempt.
+                Err(e) if reused && (e.message().is_some() || e.error().is_incomplete_message()) => {
+                    reused = false;
+                }
                 Err(e) => {
                     return fail(ErrorClass::Stream, format!("no response: {}", e.into_error()));
                 }
             }
         };
-        let client_queue_us = micros(t0 - intended);
         let status = response.status();
         trail.status = Some(status.as_u16());
         if !status.is_success() {
@@ -262,46 +323,41 @@ impl Executor {
                 format!("HTTP {status}: {}", text.trim()),
             );
         }
-        let read = if self.spec.stream {
-            self.read_stream(response.into_body(), gaps).await?
+        let streamed = self.api.streams(&self.spec);
+        let read = if streamed {
+            self.read_stream(response.into_body(), gaps, text).await?
         } else {
-            self.read_whole(response.into_body()).await?
+            self.read_whole(response.into_body(), text).await?
         };
-        let end = Instant::now();
-        let (output_tokens, input_tokens, tokens_from_usage) = match read.usage {
-            Some(u) => (u.output_tokens, u.input_tokens, true),
-            None => (u64::from(read.content_events), None, false),
-        };
-        let e2e = end - t0;
-        let ttft = read.first_token_at.map(|t| t - t0);
-        let tpot_us = match (ttft, output_tokens) {
-            (Some(ttft), n) if n >= 2 => Some(micros(e2e.saturating_sub(ttft)) / (n - 1)),
-            _ => None,
-        };
-        let queued = t0 - intended;
-        Ok(Sample {
-            ttft_us: ttft.map(micros),
-            itl_us: &[],
-            tpot_us,
-            e2e_us: micros(e2e),
-            client_queue_us,
+        Ok(Answer {
+            t0,
+            end: Instant::now(),
             connect_us,
-            input_tokens,
-            output_tokens,
-            tokens_from_usage,
-            schedule_lag_us: 0,
-            ttft_intended_us: ttft.map(|t| micros(t + queued)),
-            e2e_intended_us: micros(e2e + queued),
-            late: queued > LATE,
-            finish: read.finished,
+            counts_events: streamed && self.api.framing() != Framing::Text,
+            read,
         })
     }
 
-    async fn read_stream(&self, mut body: Incoming, gaps: &mut Vec<u64>) -> Result<Read, Failure> {
-        debug_assert_eq!(self.dialect.framing(), Framing::Sse);
-        let mut framer = sse::Framer::new();
-        let mut read = Read::default();
-        let mut last_token_at: Option<Instant> = None;
+    async fn read_stream(
+        &self,
+        mut body: Incoming,
+        gaps: &mut Vec<u64>,
+        text: Option<&mut String>,
+    ) -> Result<Read, Failure> {
+        let framing = self.api.framing();
+        let mut sse = sse::Framer::new();
+        let mut lines = ndjson::Framer::new();
+        let mut words = WordCounter::default();
+        // A plain-text stream's bytes, kept whole when the text is kept: a
+        // character may be split between chunks. Decoded once, at the end.
+        let mut raw = Vec::new();
+        let mut tokens = Tokens {
+            api: &self.api,
+            read: Read::default(),
+            last_token_at: None,
+            gaps,
+            text,
+        };
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(f) => f,
@@ -311,65 +367,69 @@ impl Executor {
                 continue; // Trailers carry no tokens.
             };
             let at = Instant::now();
-            let pushed = framer.push(&data, at, |event| {
-                match self.dialect.event(event.data) {
-                    Parsed::Chunk {
-                        content_events,
-                        finished,
-                        usage,
-                    } => {
-                        if content_events > 0 {
-                            let t = event.first_byte_at;
-                            match last_token_at {
-                                None => read.first_token_at = Some(t),
-                                Some(prev) => gaps.push(micros(t - prev)),
-                            }
-                            last_token_at = Some(t);
-                            read.content_events += content_events;
+            let pushed = match framing {
+                Framing::Sse => sse.push(&data, at, |event| tokens.event(event.data, event.first_byte_at)),
+                Framing::Ndjson => lines.push(&data, at, |line| tokens.event(line.data, line.first_byte_at)),
+                Framing::Text => {
+                    if !data.is_empty() {
+                        tokens.content(1, at);
+                        tokens.read.words += words.feed(&data);
+                        if tokens.text.is_some() {
+                            raw.extend_from_slice(&data);
                         }
-                        read.finished = read.finished.or(finished);
-                        read.usage = usage.or(read.usage);
                     }
-                    Parsed::Done => read.done = true,
-                    Parsed::ServerError(m) => {
-                        return fail(ErrorClass::Stream, format!("server error in stream: {m}"));
-                    }
-                    Parsed::Malformed(m) => return fail(ErrorClass::Malformed, m),
+                    Ok(())
                 }
-                Ok(())
-            });
+            };
             match pushed {
                 Ok(()) => {}
                 Err(PushError::Event(failure)) => return Err(failure),
                 Err(PushError::Frame(e)) => return fail(ErrorClass::Malformed, e.to_string()),
             }
         }
-        if framer.is_mid_event() && !read.done {
+        if framing == Framing::Ndjson {
+            // A last line without its newline still counts.
+            lines.finish(|line| tokens.event(line.data, line.first_byte_at))?;
+        }
+        if let Some(text) = tokens.text {
+            text.push_str(&String::from_utf8_lossy(&raw));
+        }
+        let read = tokens.read;
+        if sse.is_mid_event() && !read.done {
             return fail(ErrorClass::Stream, "stream ended in the middle of an event");
         }
-        if !read.done && read.finished.is_none() {
+        if self.api.needs_end_marker() && !read.done && !read.finished {
             return fail(
                 ErrorClass::Stream,
-                "stream ended before the answer was complete (no finish_reason, no [DONE])",
+                format!(
+                    "stream ended before the answer was complete (no end marker for {})",
+                    self.api.dialect()
+                ),
             );
         }
         Ok(read)
     }
 
-    async fn read_whole(&self, body: Incoming) -> Result<Read, Failure> {
+    async fn read_whole(&self, body: Incoming, text: Option<&mut String>) -> Result<Read, Failure> {
         let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return fail(ErrorClass::Stream, format!("reading the response: {e}")),
         };
-        match self.dialect.whole(&bytes) {
-            Parsed::Chunk {
+        match self.api.whole(&bytes, text) {
+            Parsed::Chunk(Chunk {
                 content_events,
+                words,
                 usage,
-                finished,
-            } => Ok(Read {
+                server,
+                finish,
+                ..
+            }) => Ok(Read {
                 content_events,
+                words,
                 usage,
-                finished: Some(finished.unwrap_or(Finish::Unstated)),
+                server,
+                finished: true,
+                finish,
                 ..Read::default()
             }),
             Parsed::Done => fail(ErrorClass::Malformed, "unexpected [DONE] in a whole response"),
@@ -379,13 +439,193 @@ impl Executor {
     }
 }
 
+/// The token events of one stream as they arrive.
+struct Tokens<'a> {
+    api: &'a Api,
+    read: Read,
+    last_token_at: Option<Instant>,
+    gaps: &'a mut Vec<u64>,
+    /// Where the generated text goes, when it is kept.
+    text: Option<&'a mut String>,
+}
+
+impl Tokens<'_> {
+    /// `n` content events whose first byte arrived at `t`.
+    fn content(&mut self, n: u32, t: Instant) {
+        if n == 0 {
+            return;
+        }
+        match self.last_token_at {
+            None => self.read.first_token_at = Some(t),
+            Some(prev) => self.gaps.push(micros(t - prev)),
+        }
+        self.last_token_at = Some(t);
+        self.read.content_events = self.read.content_events.saturating_add(n);
+    }
+
+    /// One SSE event or NDJSON line.
+    fn event(&mut self, data: &[u8], first_byte_at: Instant) -> Result<(), Failure> {
+        match self.api.event(data, self.text.as_deref_mut()) {
+            Parsed::Chunk(c) => {
+                self.content(c.content_events, first_byte_at);
+                self.read.words += c.words;
+                self.read.finished |= c.finished;
+                self.read.finish = self.read.finish.or(c.finish);
+                self.read.usage = c.usage.or(self.read.usage);
+                self.read.server = self.read.server.or(c.server);
+            }
+            Parsed::Done => self.read.done = true,
+            Parsed::ServerError(m) => {
+                return fail(ErrorClass::Stream, format!("server error in stream: {m}"));
+            }
+            Parsed::Malformed(m) => return fail(ErrorClass::Malformed, m),
+        }
+        Ok(())
+    }
+}
+
+/// Counts whitespace-separated words across chunks that may split a word.
+#[derive(Debug, Default)]
+struct WordCounter {
+    in_word: bool,
+}
+
+impl WordCounter {
+    /// Words that start in `bytes`.
+    fn feed(&mut self, bytes: &[u8]) -> u64 {
+        let mut n = 0;
+        for b in bytes {
+            let space = b.is_ascii_whitespace();
+            if !space && !self.in_word {
+                n += 1;
+            }
+            self.in_word = !space;
+        }
+        n
+    }
+}
+
+/// A complete answer, timed, before its tokens are settled.
+struct Answer {
+    /// Just before the request was written.
+    t0: Instant,
+    /// When the answer ended.
+    end: Instant,
+    /// Time to open the connection, when this request opened one.
+    connect_us: Option<u64>,
+    /// The answer was an SSE or NDJSON stream, whose text events count.
+    counts_events: bool,
+    /// What it said.
+    read: Read,
+}
+
+/// The client tokenizer's counts of one request.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counted {
+    /// Tokens of the answer's text.
+    output: Option<u64>,
+    /// Tokens of the prompt, counted only when the server gave none.
+    input: Option<u64>,
+}
+
+impl Answer {
+    /// The request's measurements, with its tokens from the best source at
+    /// hand (see the module documentation).
+    fn sample(self, intended: Instant, counted: Counted, class: u16) -> Sample<'static> {
+        let Answer {
+            t0,
+            end,
+            connect_us,
+            counts_events,
+            read,
+        } = self;
+        let events = counts_events.then_some(u64::from(read.content_events));
+        let server_input = read.usage.and_then(|u| u.input_tokens);
+        let (output_tokens, token_source) = match (read.usage, counted.output, events) {
+            (Some(u), _, _) => (u.output_tokens, TokenSource::Server),
+            (None, Some(n), _) => (n, TokenSource::Tokenizer),
+            (None, None, Some(n)) => (n, TokenSource::Events),
+            (None, None, None) => (read.words, TokenSource::Words),
+        };
+        let (input_tokens, input_source) = match (server_input, counted.input) {
+            (Some(n), _) => (Some(n), Some(TokenSource::Server)),
+            (None, Some(n)) => (Some(n), Some(TokenSource::Tokenizer)),
+            (None, None) => (None, None),
+        };
+        let e2e = end - t0;
+        let ttft = read.first_token_at.map(|t| t - t0);
+        let tpot_us = match (ttft, output_tokens) {
+            (Some(ttft), n) if n >= 2 => Some(micros(e2e.saturating_sub(ttft)) / (n - 1)),
+            _ => None,
+        };
+        let queued = t0 - intended;
+        Sample {
+            ttft_us: ttft.map(micros),
+            itl_us: &[],
+            tpot_us,
+            e2e_us: micros(e2e),
+            client_queue_us: micros(queued),
+            connect_us,
+            input_tokens,
+            input_source,
+            output_tokens,
+            token_source,
+            server_tokens: read.usage.map(|u| u.output_tokens),
+            counted_events: events,
+            tokenizer_tokens: counted.output,
+            server: read.server,
+            schedule_lag_us: 0,
+            ttft_intended_us: ttft.map(|t| micros(t + queued)),
+            e2e_intended_us: micros(e2e + queued),
+            late: queued > LATE,
+            class,
+            finish: read.finish.or(read.finished.then_some(Finish::Unstated)),
+        }
+    }
+}
+
+/// Counts the answer's `text`, and the `prompt` when given, with the
+/// tokenizer on the blocking pool. The buffers are lent to it and come
+/// back for the next request.
+async fn count(tokenizer: &Arc<Tokenizer>, text: &mut String, prompt: Option<&str>, copy: &mut String) -> Counted {
+    let tokenizer = Arc::clone(tokenizer);
+    let answer = std::mem::take(text);
+    let mut prompt_copy = std::mem::take(copy);
+    prompt_copy.clear();
+    let with_prompt = prompt.is_some();
+    prompt_copy.push_str(prompt.unwrap_or_default());
+    let job = tokio::task::spawn_blocking(move || {
+        let output = tokenizer.count(&answer);
+        let input = if with_prompt {
+            tokenizer.count(&prompt_copy)
+        } else {
+            None
+        };
+        (answer, prompt_copy, Counted { output, input })
+    });
+    match job.await {
+        Ok((answer, prompt_copy, counted)) => {
+            *text = answer;
+            *copy = prompt_copy;
+            counted
+        }
+        // The count panicked on this text, or the runtime is shutting
+        // down: no count, as if there were no tokenizer.
+        Err(_) => Counted::default(),
+    }
+}
+
 /// What was read from one answer.
 #[derive(Debug, Default)]
 struct Read {
     first_token_at: Option<Instant>,
     content_events: u32,
+    words: u64,
     usage: Option<Usage>,
-    finished: Option<Finish>,
+    server: ServerTimes,
+    finished: bool,
+    /// Why the answer ended, when the server said.
+    finish: Option<Finish>,
     done: bool,
 }
 

@@ -5,7 +5,8 @@
 //! The data path reads from the module list: [`session`] receives the
 //! assignment, [`load`] decides when each request starts, [`exec`] runs it
 //! through an [`api`] dialect and [`stream`] framing over an [`http`]
-//! connection, and [`record`] keeps the measurements.
+//! connection (counting tokens with a [`tokenizer`] when the run has one),
+//! and [`record`] keeps the measurements.
 
 pub mod api;
 pub mod assignment;
@@ -18,6 +19,7 @@ pub mod prompts;
 pub mod record;
 pub mod session;
 pub mod stream;
+pub mod tokenizer;
 pub mod trace;
 
 use std::time::Duration;

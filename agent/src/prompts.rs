@@ -5,12 +5,79 @@
 #[derive(Clone, Debug, Default)]
 pub struct Prompts {
     texts: Vec<String>,
+    /// Each prompt's own output-token limit (datasets may give one); empty
+    /// when none has one.
+    max_tokens: Vec<Option<u32>>,
+    /// Each prompt's class, as an index into `class_names`; empty when
+    /// every prompt is of class 0.
+    classes: Vec<u16>,
+    /// Class labels, in order of first appearance.
+    class_names: Vec<String>,
+}
+
+/// One prompt as a request sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prompt<'a> {
+    /// The text.
+    pub text: &'a str,
+    /// Its own output-token limit, which wins over the profile's.
+    pub max_tokens: Option<u32>,
+    /// Its class, an index into [`Prompts::class_names`].
+    pub class: u16,
+}
+
+impl<'a> From<&'a str> for Prompt<'a> {
+    fn from(text: &'a str) -> Self {
+        Prompt {
+            text,
+            max_tokens: None,
+            class: 0,
+        }
+    }
 }
 
 impl Prompts {
     /// A share holding these prompts.
     pub fn new(texts: Vec<String>) -> Self {
-        Prompts { texts }
+        Prompts {
+            texts,
+            ..Prompts::default()
+        }
+    }
+
+    /// A share whose prompts carry their own output-token limits and
+    /// class labels: `(text, max_tokens, class)`.
+    pub fn with_limits(prompts: Vec<(String, Option<u32>, String)>) -> Self {
+        let mut texts = Vec::with_capacity(prompts.len());
+        let mut max_tokens = Vec::with_capacity(prompts.len());
+        let mut classes = Vec::with_capacity(prompts.len());
+        let mut class_names: Vec<String> = Vec::new();
+        for (text, limit, class) in prompts {
+            let index = match class_names.iter().position(|c| *c == class) {
+                Some(i) => i,
+                None => {
+                    class_names.push(class);
+                    class_names.len() - 1
+                }
+            };
+            texts.push(text);
+            max_tokens.push(limit);
+            classes.push(u16::try_from(index).unwrap_or(u16::MAX));
+        }
+        if max_tokens.iter().all(Option::is_none) {
+            max_tokens.clear();
+        }
+        Prompts {
+            texts,
+            max_tokens,
+            classes,
+            class_names,
+        }
+    }
+
+    /// Class labels, indexed by [`Prompt::class`].
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
     }
 
     /// Number of prompts in the share.
@@ -33,8 +100,13 @@ impl Prompts {
     }
 
     /// The prompt at position `i`, wrapping around the share.
-    pub fn get(&self, i: usize) -> &str {
-        &self.texts[i % self.texts.len()]
+    pub fn get(&self, i: usize) -> Prompt<'_> {
+        let i = i % self.texts.len();
+        Prompt {
+            text: &self.texts[i],
+            max_tokens: self.max_tokens.get(i).copied().flatten(),
+            class: self.classes.get(i).copied().unwrap_or(0),
+        }
     }
 }
 
@@ -56,6 +128,15 @@ mod tests {
         let starts: Vec<_> = (0..6).map(|u| p.first_for(u, 9)).collect();
         assert_eq!(starts, (0..6).map(|u| p.first_for(u, 9)).collect::<Vec<_>>());
         assert!(starts.iter().all(|s| *s < 3));
-        assert_eq!(p.get(4), "b");
+        assert_eq!(p.get(4).text, "b");
+        let limited = Prompts::with_limits(vec![
+            ("a".into(), None, "short".into()),
+            ("b".into(), Some(7), "long".into()),
+            ("c".into(), None, "short".into()),
+        ]);
+        assert_eq!(limited.get(4).max_tokens, Some(7));
+        assert_eq!(limited.get(2).max_tokens, None);
+        assert_eq!((limited.get(1).class, limited.get(2).class), (1, 0));
+        assert_eq!(limited.class_names(), ["short", "long"]);
     }
 }

@@ -13,7 +13,28 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 
+use crate::api::ServerTimes;
+
+/// Where a request's output-token count came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The server's own count (usage, `eval_count`, TGI details, an
+    /// `http-json` token pointer).
+    #[default]
+    Server,
+    /// Stream events that carried text.
+    Events,
+    /// Whitespace-separated words of the answer.
+    Words,
+    /// The client tokenizer's count of the text (the run's
+    /// `tokenizer.json`).
+    Tokenizer,
+}
+
 /// How one request ended.
+// Built on the stack once per request and recorded at once: boxing the
+// large `Ok` sample would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome<'a> {
     /// It completed: a latency sample.
@@ -53,13 +74,24 @@ pub struct Sample<'a> {
     pub client_queue_us: u64,
     /// Time to open the connection, when this request opened one.
     pub connect_us: Option<u64>,
-    /// Prompt tokens, when the server reported them.
+    /// Prompt tokens: the server's count, else the client tokenizer's.
     pub input_tokens: Option<u64>,
-    /// Generated tokens.
+    /// Where `input_tokens` came from (`Server` or `Tokenizer`).
+    pub input_source: Option<TokenSource>,
+    /// Generated tokens, from the best source at hand.
     pub output_tokens: u64,
-    /// True when token counts came from the server's usage, false when
-    /// counted from stream events.
-    pub tokens_from_usage: bool,
+    /// Where `output_tokens` came from.
+    pub token_source: TokenSource,
+    /// The server's own count of generated tokens, when it gave one.
+    pub server_tokens: Option<u64>,
+    /// Stream events that carried text, when the answer was an SSE or
+    /// NDJSON stream.
+    pub counted_events: Option<u64>,
+    /// The client tokenizer's count of the generated text, when the run
+    /// has a tokenizer.
+    pub tokenizer_tokens: Option<u64>,
+    /// Times the server reported.
+    pub server: ServerTimes,
     /// Intended start to dispatch.
     pub schedule_lag_us: u64,
     /// Time to first token from the intended start.
@@ -70,7 +102,21 @@ pub struct Sample<'a> {
     pub late: bool,
     /// Why the server ended the answer, when it said.
     pub finish: Option<crate::api::Finish>,
+    /// Its prompt's class, an index into the share's class names.
+    pub class: u16,
 }
+
+/// One prompt class's successful requests.
+#[derive(Clone, Debug, Default)]
+pub struct ClassTotals {
+    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    pub histograms: Histograms,
+    /// Requests and token totals.
+    pub counters: Counters,
+}
+
+/// The metrics kept per prompt class.
+const CLASS_METRICS: [Metric; 4] = [Metric::Ttft, Metric::Tpot, Metric::E2e, Metric::InputTokens];
 
 /// Everything recorded over one span of time.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +127,8 @@ pub struct Interval {
     pub counters: Counters,
     /// The first message of each error class.
     pub samples: BTreeMap<ErrorClass, String>,
+    /// Successful requests by prompt class index.
+    pub classes: BTreeMap<u16, ClassTotals>,
 }
 
 impl Interval {
@@ -109,12 +157,32 @@ impl Interval {
                     h.record(Metric::InputTokens, n);
                     c.input_tokens += n;
                 }
+                match s.input_source {
+                    Some(TokenSource::Server) => c.inputs_from_server += 1,
+                    Some(TokenSource::Tokenizer) => c.inputs_from_tokenizer += 1,
+                    _ => {}
+                }
                 h.record(Metric::OutputTokens, s.output_tokens);
                 c.output_tokens += s.output_tokens;
-                if s.tokens_from_usage {
-                    c.tokens_from_usage += 1;
-                } else {
-                    c.tokens_counted += 1;
+                match s.token_source {
+                    TokenSource::Server => c.tokens_from_usage += 1,
+                    TokenSource::Tokenizer => c.tokens_from_tokenizer += 1,
+                    TokenSource::Events => c.tokens_counted += 1,
+                    TokenSource::Words => c.tokens_from_words += 1,
+                }
+                c.server_vs_events.record(s.server_tokens, s.counted_events);
+                c.server_vs_tokenizer.record(s.server_tokens, s.tokenizer_tokens);
+                c.events_vs_tokenizer.record(s.counted_events, s.tokenizer_tokens);
+                let server = [
+                    (Metric::ServerPrefill, s.server.prefill_us),
+                    (Metric::ServerDecode, s.server.decode_us),
+                    (Metric::ModelLoad, s.server.load_us),
+                    (Metric::ServerTime, s.server.total_us),
+                ];
+                for (metric, value) in server {
+                    if let Some(v) = value {
+                        h.record(metric, v);
+                    }
                 }
                 h.record(Metric::ScheduleLag, s.schedule_lag_us);
                 if let Some(v) = s.ttft_intended_us {
@@ -122,6 +190,26 @@ impl Interval {
                 }
                 h.record(Metric::E2eIntended, s.e2e_intended_us);
                 c.late += u64::from(s.late);
+                let class = self.classes.entry(s.class).or_default();
+                let ch = &mut class.histograms;
+                for metric in CLASS_METRICS {
+                    let value = match metric {
+                        Metric::Ttft => s.ttft_us,
+                        Metric::Tpot => s.tpot_us,
+                        Metric::E2e => Some(s.e2e_us),
+                        _ => s.input_tokens,
+                    };
+                    if let Some(v) = value {
+                        ch.record(metric, v);
+                    }
+                }
+                for &gap in s.itl_us {
+                    ch.record(Metric::Itl, gap);
+                }
+                ch.record(Metric::OutputTokens, s.output_tokens);
+                class.counters.ok += 1;
+                class.counters.input_tokens += s.input_tokens.unwrap_or(0);
+                class.counters.output_tokens += s.output_tokens;
             }
             Outcome::Failed {
                 class,
@@ -146,6 +234,11 @@ impl Interval {
         for (class, message) in &other.samples {
             self.samples.entry(*class).or_insert_with(|| message.clone());
         }
+        for (class, totals) in &other.classes {
+            let mine = self.classes.entry(*class).or_default();
+            mine.histograms.add(&totals.histograms);
+            mine.counters.add(&totals.counters);
+        }
     }
 
     /// Empties the interval, keeping the histogram allocations.
@@ -153,6 +246,10 @@ impl Interval {
         self.histograms.reset();
         self.counters = Counters::default();
         self.samples.clear();
+        for totals in self.classes.values_mut() {
+            totals.histograms.reset();
+            totals.counters = Counters::default();
+        }
     }
 }
 
@@ -241,7 +338,7 @@ mod tests {
             connect_us: None,
             input_tokens: Some(10),
             output_tokens: gaps.len() as u64 + 1,
-            tokens_from_usage: true,
+            token_source: TokenSource::Server,
             ..Sample::default()
         })
     }
@@ -301,6 +398,53 @@ mod tests {
         assert_eq!(cut.counters.failed(), 1);
         assert_eq!(cut.counters.cancelled, 1);
         assert_eq!(cut.samples[&ErrorClass::Status(503)], "busy");
+    }
+
+    #[test]
+    fn every_token_source_is_counted_and_compared() {
+        let mut i = Interval::default();
+        // The server said 12; 12 events carried text; the tokenizer counts 15.
+        i.record(&Outcome::Ok(Sample {
+            output_tokens: 12,
+            token_source: TokenSource::Server,
+            server_tokens: Some(12),
+            counted_events: Some(12),
+            tokenizer_tokens: Some(15),
+            input_tokens: Some(7),
+            input_source: Some(TokenSource::Server),
+            ..Sample::default()
+        }));
+        // No server count: the tokenizer's wins over 9 events, and it
+        // counted the prompt too.
+        i.record(&Outcome::Ok(Sample {
+            output_tokens: 10,
+            token_source: TokenSource::Tokenizer,
+            counted_events: Some(9),
+            tokenizer_tokens: Some(10),
+            input_tokens: Some(4),
+            input_source: Some(TokenSource::Tokenizer),
+            ..Sample::default()
+        }));
+        let c = &i.counters;
+        assert_eq!((c.tokens_from_usage, c.tokens_from_tokenizer), (1, 1));
+        assert_eq!(
+            (c.inputs_from_server, c.inputs_from_tokenizer, c.input_tokens),
+            (1, 1, 11)
+        );
+        assert_eq!((c.server_vs_events.requests, c.server_vs_events.differing), (1, 0));
+        assert_eq!(
+            (
+                c.server_vs_tokenizer.first,
+                c.server_vs_tokenizer.second,
+                c.server_vs_tokenizer.abs_difference
+            ),
+            (12, 15, 3)
+        );
+        let e = c.events_vs_tokenizer;
+        assert_eq!(
+            (e.requests, e.first, e.second, e.abs_difference, e.differing),
+            (2, 21, 25, 4, 2)
+        );
     }
 
     #[test]

@@ -44,6 +44,11 @@ struct RunArgs {
     /// [default: the profile's target.url, else the built-in simulator].
     #[arg(long)]
     target: Option<String>,
+    /// The target model's Hugging Face tokenizer.json: agents count each
+    /// answer's tokens with it, beside the server's count [default: the
+    /// profile's target.tokenizer].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Agents to start in this process [default: the profile's agents.count].
     #[arg(long)]
     agents: Option<NonZeroU32>,
@@ -183,6 +188,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
     };
     let overrides = Overrides {
         target: args.target,
+        tokenizer: args.tokenizer,
         agents: args.agents,
         duration: args.duration,
         out: args.out,

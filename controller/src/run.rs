@@ -180,6 +180,16 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
 pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
     let env = stampede_otel::from_env(|k| std::env::var(k).ok()).map_err(RunError::Trace)?;
     let trace = profile.trace.resolve(&env);
+    if matches!(options.agents, Agents::Local) {
+        // In-process agents share this environment: a secret header whose
+        // variable is missing is a mistake to report before anything runs.
+        // Remote agents read their own environment and report it themselves.
+        profile
+            .target
+            .api
+            .resolve(|var| std::env::var(var).ok())
+            .map_err(|e| RunError::Plan(format!("[target] {e}")))?;
+    }
     let run_id = summary::run_id(&profile.name, SystemTime::now());
     // Every log line of the run carries the run's trace id, the span
     // exporters' included.
@@ -262,11 +272,19 @@ async fn run_traced(
     let setup = Setup {
         run_id: run_id.clone(),
         slices: plan::slices(&profile, count).map_err(RunError::Plan)?,
-        target: pb::Target {
-            url: url.clone(),
-            api: profile.target.api.name().to_owned(),
-            model: model.clone(),
-            timeout_ms: millis(profile.target.timeout),
+        target: {
+            let mut target = pb::Target {
+                url: url.clone(),
+                model: model.clone(),
+                timeout_ms: millis(profile.target.timeout),
+                ..pb::Target::default()
+            };
+            stampede_agent::assignment::target_fields(&profile.target.api, &mut target);
+            target.tokenizer = profile.target.tokenizer.as_ref().map(|t| pb::Tokenizer {
+                name: t.name.clone(),
+                json: t.json.to_vec(),
+            });
+            target
         },
         request: pb::RequestSpec {
             max_tokens: profile.request.max_tokens,
@@ -279,7 +297,7 @@ async fn run_traced(
         interval: profile.report.interval,
         start_delay: START_DELAY,
         join_timeout,
-        capabilities: required_capabilities(profile.target.api),
+        capabilities: required_capabilities(&profile),
         on_agent_loss: profile.on_agent_loss,
         live: options.metrics.map(|_| live.clone()),
         trace: span.wire(),
@@ -394,8 +412,13 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn required_capabilities(api: Dialect) -> Vec<String> {
-    vec![format!("api:{api}"), "load:users".to_owned()]
+fn required_capabilities(profile: &Profile) -> Vec<String> {
+    let mut caps = vec![format!("api:{}", profile.target.api.dialect), "load:users".to_owned()];
+    if profile.target.tokenizer.is_some() {
+        // An agent that cannot count would silently leave its share out.
+        caps.push("tokens:tokenizer".to_owned());
+    }
+    caps
 }
 
 /// The model to send: the profile's, the simulator's, or the first the
@@ -403,6 +426,16 @@ fn required_capabilities(api: Dialect) -> Vec<String> {
 async fn resolve_model(profile: &Profile, url: &str, simulated: bool) -> Result<String, RunError> {
     if let Some(model) = &profile.target.model {
         return Ok(model.clone());
+    }
+    let dialect = profile.target.api.dialect;
+    if !dialect.lists_models() && !simulated {
+        // Only the OpenAI dialects list their models at /v1/models.
+        return match dialect {
+            Dialect::Ollama | Dialect::OllamaChat => Err(RunError::Model(format!(
+                "api {dialect} needs a model name: set [target] model in the profile"
+            ))),
+            _ => Ok(String::new()),
+        };
     }
     if simulated {
         return Ok(profile.sim.model.clone());

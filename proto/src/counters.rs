@@ -84,6 +84,82 @@ pub struct Counters {
     /// Request spans lost (queue full, collector failing, flush out of
     /// time).
     pub spans_dropped: u64,
+    /// Successful requests whose output tokens were counted as words.
+    pub tokens_from_words: u64,
+    /// The server's count against counted stream events.
+    pub server_vs_events: Comparison,
+    /// The server's count against the client tokenizer's.
+    pub server_vs_tokenizer: Comparison,
+    /// Counted stream events against the client tokenizer's count.
+    pub events_vs_tokenizer: Comparison,
+    /// Successful requests whose output tokens the client tokenizer
+    /// counted (the server gave no count).
+    pub tokens_from_tokenizer: u64,
+    /// Successful requests whose input tokens the server reported.
+    pub inputs_from_server: u64,
+    /// Successful requests whose input tokens the client tokenizer counted
+    /// from the prompt (the server gave none).
+    pub inputs_from_tokenizer: u64,
+}
+
+/// Two output-token counts of the same requests, summed over the requests
+/// that had both. Adding two gives the comparison over both spans.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Requests that had both counts.
+    pub requests: u64,
+    /// The first source's tokens.
+    pub first: u64,
+    /// The second source's tokens.
+    pub second: u64,
+    /// Sum over the requests of `|first - second|`.
+    pub abs_difference: u64,
+    /// Requests whose counts differ.
+    pub differing: u64,
+}
+
+impl Comparison {
+    /// Counts one request, when it has both counts.
+    pub fn record(&mut self, first: Option<u64>, second: Option<u64>) {
+        if let (Some(a), Some(b)) = (first, second) {
+            self.requests += 1;
+            self.first += a;
+            self.second += b;
+            self.abs_difference += a.abs_diff(b);
+            self.differing += u64::from(a != b);
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Comparison) {
+        self.requests += other.requests;
+        self.first += other.first;
+        self.second += other.second;
+        self.abs_difference += other.abs_difference;
+        self.differing += other.differing;
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> pb::TokenComparison {
+        pb::TokenComparison {
+            requests: self.requests,
+            first: self.first,
+            second: self.second,
+            abs_difference: self.abs_difference,
+            differing: self.differing,
+        }
+    }
+
+    /// Decodes the wire form (absent is empty).
+    pub fn from_wire(wire: Option<&pb::TokenComparison>) -> Comparison {
+        wire.map_or_else(Comparison::default, |w| Comparison {
+            requests: w.requests,
+            first: w.first,
+            second: w.second,
+            abs_difference: w.abs_difference,
+            differing: w.differing,
+        })
+    }
 }
 
 /// A request sent this long after its intended start is late.
@@ -117,6 +193,13 @@ impl Counters {
         self.dropped += other.dropped;
         self.spans_exported += other.spans_exported;
         self.spans_dropped += other.spans_dropped;
+        self.tokens_from_words += other.tokens_from_words;
+        self.server_vs_events.add(&other.server_vs_events);
+        self.server_vs_tokenizer.add(&other.server_vs_tokenizer);
+        self.events_vs_tokenizer.add(&other.events_vs_tokenizer);
+        self.tokens_from_tokenizer += other.tokens_from_tokenizer;
+        self.inputs_from_server += other.inputs_from_server;
+        self.inputs_from_tokenizer += other.inputs_from_tokenizer;
     }
 
     /// The wire form.
@@ -134,6 +217,13 @@ impl Counters {
             dropped: self.dropped,
             spans_exported: self.spans_exported,
             spans_dropped: self.spans_dropped,
+            tokens_from_words: self.tokens_from_words,
+            server_vs_events: Some(self.server_vs_events.to_wire()),
+            server_vs_tokenizer: Some(self.server_vs_tokenizer.to_wire()),
+            events_vs_tokenizer: Some(self.events_vs_tokenizer.to_wire()),
+            tokens_from_tokenizer: self.tokens_from_tokenizer,
+            inputs_from_server: self.inputs_from_server,
+            inputs_from_tokenizer: self.inputs_from_tokenizer,
         }
     }
 
@@ -156,6 +246,13 @@ impl Counters {
             dropped: wire.dropped,
             spans_exported: wire.spans_exported,
             spans_dropped: wire.spans_dropped,
+            tokens_from_words: wire.tokens_from_words,
+            server_vs_events: Comparison::from_wire(wire.server_vs_events.as_ref()),
+            server_vs_tokenizer: Comparison::from_wire(wire.server_vs_tokenizer.as_ref()),
+            events_vs_tokenizer: Comparison::from_wire(wire.events_vs_tokenizer.as_ref()),
+            tokens_from_tokenizer: wire.tokens_from_tokenizer,
+            inputs_from_server: wire.inputs_from_server,
+            inputs_from_tokenizer: wire.inputs_from_tokenizer,
         })
     }
 }
@@ -187,8 +284,15 @@ mod tests {
             output_tokens: 60,
             tokens_from_usage: 3,
             active_users: 2,
+            tokens_from_words: 1,
+            tokens_from_tokenizer: 2,
+            inputs_from_server: 3,
+            inputs_from_tokenizer: 1,
             ..Counters::default()
         };
+        a.server_vs_events.record(Some(50), Some(49));
+        a.server_vs_tokenizer.record(Some(50), Some(53));
+        a.events_vs_tokenizer.record(Some(49), None);
         a.count_error(ErrorClass::Status(500));
         let mut b = a.clone();
         b.count_error(ErrorClass::Connect);
@@ -198,5 +302,30 @@ mod tests {
         assert_eq!(a.errors[&ErrorClass::Connect], 1);
         assert_eq!(a.failed(), 3);
         assert_eq!(Counters::from_wire(&a.to_wire()).unwrap(), a);
+        assert_eq!(a.server_vs_tokenizer.requests, 2);
+        assert_eq!(a.events_vs_tokenizer, Comparison::default());
+    }
+
+    #[test]
+    fn comparisons_keep_what_totals_hide() {
+        let mut c = Comparison::default();
+        // One request 3 over, one 3 under: the totals agree, the
+        // requests do not.
+        c.record(Some(10), Some(13));
+        c.record(Some(10), Some(7));
+        c.record(Some(5), Some(5));
+        c.record(None, Some(5));
+        assert_eq!(
+            c,
+            Comparison {
+                requests: 3,
+                first: 25,
+                second: 25,
+                abs_difference: 6,
+                differing: 2,
+            }
+        );
+        assert_eq!(Comparison::from_wire(Some(&c.to_wire())), c);
+        assert_eq!(Comparison::from_wire(None), Comparison::default());
     }
 }

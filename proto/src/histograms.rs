@@ -46,11 +46,19 @@ pub enum Metric {
     TtftIntended,
     /// End-to-end latency from the intended start.
     E2eIntended,
+    /// Prompt processing time reported by the server.
+    ServerPrefill,
+    /// Token generation time reported by the server.
+    ServerDecode,
+    /// Model load time reported by the server.
+    ModelLoad,
+    /// Whole-request time reported by the server.
+    ServerTime,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Ttft,
         Metric::Itl,
         Metric::Tpot,
@@ -62,6 +70,10 @@ impl Metric {
         Metric::ScheduleLag,
         Metric::TtftIntended,
         Metric::E2eIntended,
+        Metric::ServerPrefill,
+        Metric::ServerDecode,
+        Metric::ModelLoad,
+        Metric::ServerTime,
     ];
 
     /// Short stable name used in files and on the terminal.
@@ -78,6 +90,10 @@ impl Metric {
             Metric::ScheduleLag => "schedule_lag",
             Metric::TtftIntended => "ttft_intended",
             Metric::E2eIntended => "e2e_intended",
+            Metric::ServerPrefill => "server_prefill",
+            Metric::ServerDecode => "server_decode",
+            Metric::ModelLoad => "model_load",
+            Metric::ServerTime => "server_time",
         }
     }
 
@@ -119,6 +135,10 @@ impl Metric {
             Metric::ScheduleLag => pb::Metric::ScheduleLag,
             Metric::TtftIntended => pb::Metric::TtftIntended,
             Metric::E2eIntended => pb::Metric::E2eIntended,
+            Metric::ServerPrefill => pb::Metric::ServerPrefill,
+            Metric::ServerDecode => pb::Metric::ServerDecode,
+            Metric::ModelLoad => pb::Metric::ModelLoad,
+            Metric::ServerTime => pb::Metric::ServerTime,
         }
     }
 
@@ -136,6 +156,10 @@ impl Metric {
             Ok(pb::Metric::ScheduleLag) => Metric::ScheduleLag,
             Ok(pb::Metric::TtftIntended) => Metric::TtftIntended,
             Ok(pb::Metric::E2eIntended) => Metric::E2eIntended,
+            Ok(pb::Metric::ServerPrefill) => Metric::ServerPrefill,
+            Ok(pb::Metric::ServerDecode) => Metric::ServerDecode,
+            Ok(pb::Metric::ModelLoad) => Metric::ModelLoad,
+            Ok(pb::Metric::ServerTime) => Metric::ServerTime,
             Ok(pb::Metric::Unspecified) | Err(_) => return Err(WireError::UnknownMetric(number)),
         };
         Ok(metric)

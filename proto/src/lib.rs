@@ -9,7 +9,7 @@
 mod counters;
 mod histograms;
 
-pub use counters::{Counters, ErrorClass, LATE};
+pub use counters::{Comparison, Counters, ErrorClass, LATE};
 pub use histograms::{Histograms, Metric, Unit};
 
 /// Generated protobuf and gRPC bindings (`stampede.coordinator.v1`).
@@ -21,6 +21,12 @@ pub mod pb {
 /// Version of the coordinator protocol this build speaks. A controller
 /// refuses agents that speak another version.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest message an agent accepts from its controller. An assignment
+/// carries the agent's prompt share and may carry the model's whole
+/// `tokenizer.json`, tens of megabytes for some models; the controller
+/// refuses a tokenizer that would not fit.
+pub const MAX_ASSIGNMENT_BYTES: usize = 256 * 1024 * 1024;
 
 /// A message from the wire that does not make sense.
 #[derive(Debug, thiserror::Error)]

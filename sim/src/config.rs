@@ -51,6 +51,43 @@ impl fmt::Display for OutputLength {
     }
 }
 
+/// What `POST /generate` answers: TGI's shape, or one of the JSON shapes
+/// of home-made Flask and FastAPI servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GenerateShape {
+    /// `{"generated_text", "details": {"generated_tokens", …}}` (TGI).
+    #[default]
+    Tgi,
+    /// `{"generated_text", "inference_time_seconds"}`.
+    Seconds,
+    /// `{"generated_text", "tokens_generated", "inference_time_ms",
+    /// "gpu_name", "gpu_memory_used_gb"}`.
+    Millis,
+}
+
+impl FromStr for GenerateShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tgi" => Ok(GenerateShape::Tgi),
+            "seconds" => Ok(GenerateShape::Seconds),
+            "ms" => Ok(GenerateShape::Millis),
+            _ => Err(format!("expected tgi, seconds or ms, got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for GenerateShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GenerateShape::Tgi => "tgi",
+            GenerateShape::Seconds => "seconds",
+            GenerateShape::Millis => "ms",
+        })
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 20ms, 500us, 1s)"))
 }
@@ -113,6 +150,13 @@ pub struct Config {
     /// Seed for answer lengths and text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+
+    /// What `POST /generate` answers: TGI's JSON (`tgi`), or a home-made
+    /// server's `{"generated_text", "inference_time_seconds"}` (`seconds`)
+    /// or `{"generated_text", "tokens_generated", "inference_time_ms",
+    /// "gpu_name", "gpu_memory_used_gb"}` (`ms`).
+    #[arg(long, default_value = "tgi")]
+    pub generate_shape: GenerateShape,
 }
 
 impl Default for Config {
@@ -129,6 +173,7 @@ impl Default for Config {
             output_tokens: OutputLength::Uniform { min: 16, max: 256 },
             model: "llm-sim".to_owned(),
             seed: 0,
+            generate_shape: GenerateShape::Tgi,
         }
     }
 }

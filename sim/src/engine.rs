@@ -33,6 +33,11 @@ pub(crate) struct Token {
     pub(crate) text: String,
     /// True for the last token of the answer.
     pub(crate) last: bool,
+    /// When the request entered the batch.
+    pub(crate) admitted: Instant,
+    /// When its prefill began: at admission, or when the model finished
+    /// loading if that was later (a cold start).
+    pub(crate) began: Instant,
 }
 
 /// The engine shared by every connection.
@@ -217,6 +222,8 @@ impl Engine {
             let token = Token {
                 text: text::token(job.text_seed, index),
                 last,
+                admitted: admission.admitted,
+                began: begin,
             };
             if tokens.send(token).is_err() {
                 // The client went away; `admission` counts it.

@@ -10,13 +10,20 @@
 //! time, and histograms of queue time, TTFT and duration), optionally
 //! also under the DCGM exporter's GPU metric names.
 //!
-//! Endpoints: `POST /v1/chat/completions` (streaming and not),
-//! `GET /v1/models`, `GET /health`, `GET /metrics`, and `POST
-//! /admin/stall?for=2s` to freeze the engine on demand.
+//! Endpoints, every one streaming and not where the dialect does:
+//! `POST /v1/chat/completions` and `POST /v1/completions` (OpenAI),
+//! `POST /api/generate` and `POST /api/chat` (Ollama, NDJSON),
+//! `POST /generate_stream` and `POST /generate` (TGI, or with
+//! `--generate-shape` the JSON of a home-made server), `POST
+//! /generate_ndjson` and `POST /generate_text` (NDJSON and plain-text
+//! streams for `http-json` clients), `GET /v1/models`, `GET /health`,
+//! `GET /metrics`, and `POST /admin/stall?for=2s` to freeze the engine on
+//! demand.
 
 mod config;
 mod engine;
 mod metrics;
+mod native;
 mod openai;
 mod text;
 pub mod trace;
@@ -33,13 +40,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, OutputLength};
+pub use config::{Config, GenerateShape, OutputLength};
 
 use engine::Engine;
 
 fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/completions", post(openai::completions))
+        .route("/api/generate", post(native::ollama_generate))
+        .route("/api/chat", post(native::ollama_chat))
+        .route("/generate", post(native::generate))
+        .route("/generate_stream", post(native::generate_stream))
+        .route("/generate_ndjson", post(native::generate_ndjson))
+        .route("/generate_text", post(native::generate_text))
         .route("/v1/models", get(openai::models))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(prometheus))

@@ -1,5 +1,6 @@
-//! The OpenAI chat completions dialect: `/v1/chat/completions`, streaming
-//! (SSE, with `stream_options.include_usage`) and not, and `/v1/models`.
+//! The OpenAI dialects: `/v1/chat/completions` and `/v1/completions`,
+//! streaming (SSE, with `stream_options.include_usage`) and not, and
+//! `/v1/models`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +114,56 @@ pub(crate) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
     }))
 }
 
+/// A request the engine will run, and its answer's token count.
+/// The W3C trace context a request carries, if any.
+pub(crate) fn parent(headers: &axum::http::HeaderMap) -> Option<stampede_otel::Traceparent> {
+    headers
+        .get(stampede_otel::Traceparent::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(stampede_otel::Traceparent::parse)
+}
+
+/// The engine's work for one request; its spans are children of `parent`
+/// when the request is traced.
+pub(crate) fn job(
+    engine: &Engine,
+    key: u64,
+    input_tokens: u32,
+    max_tokens: Option<u32>,
+    parent: Option<stampede_otel::Traceparent>,
+) -> Result<Job, Box<Response>> {
+    let config = &engine.config;
+    let output_tokens = match max_tokens {
+        Some(0) => {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "max_tokens must be at least 1",
+            )));
+        }
+        Some(n) => n,
+        None => match config.output_tokens {
+            OutputLength::Fixed(n) => n,
+            OutputLength::Uniform { min, max } => {
+                let span = u64::from(max - min) + 1;
+                min + (text::mix(config.seed ^ key) % span) as u32
+            }
+        },
+    };
+    Ok(Job {
+        input_tokens,
+        output_tokens,
+        text_seed: text::mix(config.seed.wrapping_add(key)),
+        trace: crate::trace::Request::new(&engine.spans, parent),
+    })
+}
+
+/// Starts `job` on the engine; its tokens arrive on the receiver.
+pub(crate) fn start(engine: &Arc<Engine>, job: Job) -> mpsc::UnboundedReceiver<Token> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(Arc::clone(engine).run(job, tx));
+    rx
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     let request: ChatRequest = match serde_json::from_slice(&body) {
@@ -124,43 +175,30 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
     if request.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "messages must not be empty");
     }
-    let config = &engine.config;
     let key = match request.seed {
         Some(seed) => text::mix(seed as u64),
         None => request.messages.iter().fold(0, |h, m| m.content.key(h)),
     };
-    let output_tokens = match request.max_completion_tokens.or(request.max_tokens) {
-        Some(0) => return error(StatusCode::BAD_REQUEST, "max_tokens must be at least 1"),
-        Some(n) => n,
-        None => match config.output_tokens {
-            OutputLength::Fixed(n) => n,
-            OutputLength::Uniform { min, max } => {
-                let span = u64::from(max - min) + 1;
-                min + (text::mix(config.seed ^ key) % span) as u32
-            }
-        },
-    };
-    let job = Job {
-        input_tokens: request.messages.iter().map(|m| m.content.tokens()).sum(),
-        output_tokens,
-        text_seed: text::mix(config.seed.wrapping_add(key)),
-        trace: crate::trace::Request::new(
-            &engine.spans,
-            headers
-                .get(stampede_otel::Traceparent::HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(stampede_otel::Traceparent::parse),
-        ),
+    let input_tokens = request.messages.iter().map(|m| m.content.tokens()).sum();
+    let job = match job(
+        &engine,
+        key,
+        input_tokens,
+        request.max_completion_tokens.or(request.max_tokens),
+        parent(&headers),
+    ) {
+        Ok(j) => j,
+        Err(response) => return *response,
     };
     let answer = Answer {
         id: format!("chatcmpl-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-        model: request.model.unwrap_or_else(|| config.model.clone()),
+        kind: Kind::Chat,
+        model: request.model.unwrap_or_else(|| engine.config.model.clone()),
         created: unix_now(),
         input_tokens: job.input_tokens,
         output_tokens: job.output_tokens,
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(Arc::clone(&engine).run(job, tx));
+    let rx = start(&engine, job);
     if request.stream {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
         stream(answer, rx, include_usage)
@@ -169,8 +207,81 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
     }
 }
 
+#[derive(Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    prompt: Prompt,
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    seed: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(engine): State<Arc<Engine>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: CompletionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}"));
+        }
+    };
+    let prompt = match &request.prompt {
+        Prompt::One(p) => p.clone(),
+        Prompt::Many(list) if list.len() == 1 => list[0].clone(),
+        Prompt::Many(_) => return error(StatusCode::BAD_REQUEST, "the simulator takes one prompt per request"),
+    };
+    let key = match request.seed {
+        Some(seed) => text::mix(seed as u64),
+        None => text::mix(text::hash(&prompt)),
+    };
+    let job = match job(
+        &engine,
+        key,
+        text::count_tokens(&prompt),
+        request.max_tokens,
+        parent(&headers),
+    ) {
+        Ok(j) => j,
+        Err(response) => return *response,
+    };
+    let answer = Answer {
+        id: format!("cmpl-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        kind: Kind::Completions,
+        model: request.model.unwrap_or_else(|| engine.config.model.clone()),
+        created: unix_now(),
+        input_tokens: job.input_tokens,
+        output_tokens: job.output_tokens,
+    };
+    let rx = start(&engine, job);
+    if request.stream {
+        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+        stream(answer, rx, include_usage)
+    } else {
+        whole(answer, rx).await
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completions,
+}
+
 struct Answer {
     id: String,
+    kind: Kind,
     model: String,
     created: u64,
     input_tokens: u32,
@@ -187,9 +298,13 @@ impl Answer {
     }
 
     fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completions => "text_completion",
+        };
         let mut chunk = json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": object,
             "created": self.created,
             "model": self.model,
             "choices": choices,
@@ -210,13 +325,18 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, include_usage:
         let (answer, mut tokens, first) = state?;
         let token = tokens.recv().await?;
         let mut out = String::new();
-        if first {
+        if first && answer.kind == Kind::Chat {
             // Like vLLM: the role arrives first, with empty content.
             let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             out.push_str(&answer.chunk(role, None));
         }
         let finish = if token.last { json!(FINISH_REASON) } else { Value::Null };
-        let delta = json!([{"index": 0, "delta": {"content": token.text}, "logprobs": null, "finish_reason": finish}]);
+        let delta = match answer.kind {
+            Kind::Chat => {
+                json!([{"index": 0, "delta": {"content": token.text}, "logprobs": null, "finish_reason": finish}])
+            }
+            Kind::Completions => json!([{"index": 0, "text": token.text, "logprobs": null, "finish_reason": finish}]),
+        };
         out.push_str(&answer.chunk(delta, None));
         if token.last {
             if include_usage {
@@ -244,17 +364,22 @@ async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Re
     if !complete {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
     }
+    let (object, choice) = match answer.kind {
+        Kind::Chat => (
+            "chat.completion",
+            json!({"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": FINISH_REASON}),
+        ),
+        Kind::Completions => (
+            "text_completion",
+            json!({"index": 0, "text": content, "logprobs": null, "finish_reason": FINISH_REASON}),
+        ),
+    };
     Json(json!({
         "id": answer.id,
-        "object": "chat.completion",
+        "object": object,
         "created": answer.created,
         "model": answer.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "logprobs": null,
-            "finish_reason": FINISH_REASON,
-        }],
+        "choices": [choice],
         "usage": answer.usage(),
     }))
     .into_response()

@@ -155,6 +155,27 @@ pub fn http_post(addr: &str, path: &str) -> String {
     response.lines().next().unwrap_or_default().to_owned()
 }
 
+/// A minimal HTTP/1.0 POST of a JSON body; returns the JSON answer (which
+/// must be a 200).
+pub fn post_json(addr: &str, path: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout set");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let (head, answer) = response.split_once("\r\n\r\n").expect("a complete response");
+    assert!(head.contains(" 200 "), "POST {path}: {head}\n{answer}");
+    serde_json::from_str(answer).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {answer}"))
+}
+
 /// A minimal HTTP/1.0 GET, enough for `/metrics` on loopback.
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connects");
@@ -216,17 +237,37 @@ pub fn run_profile(profile: &str, args: &[&str]) -> Run {
     run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
 }
 
+/// [`run_profile`] with extra environment variables (such as an API key a
+/// header names).
+pub fn run_profile_with_env(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = tmp.path().join("profile.toml");
+    std::fs::write(&path, profile).expect("profile written");
+    run_controller_with_env(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat(), env)
+}
+
 /// Runs a shipped profile from `load-profiles/`.
 pub fn run_shipped(name: &str, args: &[&str]) -> Run {
+    run_shipped_with_env(name, args, &[])
+}
+
+/// Runs a shipped profile with extra environment variables (such as the
+/// API key an example's header names).
+pub fn run_shipped_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let path = repo().join("load-profiles").join(name);
-    run_controller(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat())
+    run_controller_with_env(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat(), env)
 }
 
 fn run_controller(tmp: tempfile::TempDir, args: &[&str]) -> Run {
+    run_controller_with_env(tmp, args, &[])
+}
+
+fn run_controller_with_env(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = tmp.path().join("results");
     let output = Command::new(bin("controller"))
         .args(args)
+        .envs(env.iter().copied())
         .args(["--out", out.to_str().expect("utf-8 path")])
         .current_dir(tmp.path())
         .output()

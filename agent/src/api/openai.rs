@@ -1,24 +1,44 @@
-//! The OpenAI chat completions dialect (`POST /v1/chat/completions`), as
-//! spoken by vLLM, llama.cpp, TGI's Messages API, Ollama's OpenAI layer and
-//! others.
+//! The OpenAI dialects, chat completions (`POST /v1/chat/completions`) and
+//! text completions (`POST /v1/completions`), as spoken by vLLM, llama.cpp,
+//! TGI's Messages API, Ollama's OpenAI layer and others.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Finish, Parsed, Spec, Usage};
+use super::{Chunk, Finish, Parsed, Spec, Usage, keep, words};
 
-/// Request path, appended to the target's base URL.
-pub(super) const PATH: &str = "/v1/chat/completions";
+/// Chat request path, appended to the target's base URL.
+pub(super) const CHAT_PATH: &str = "/v1/chat/completions";
+/// Text completions request path.
+pub(super) const COMPLETIONS_PATH: &str = "/v1/completions";
 
-/// The JSON body of one request.
-pub(super) fn body(model: &str, prompt: &str, spec: &Spec) -> Vec<u8> {
-    let mut body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": spec.stream,
-    });
+/// The JSON body of one chat request.
+pub(super) fn chat_body(model: &str, prompt: &str, spec: &Spec) -> serde_json::Value {
+    common(
+        json!({
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": spec.stream,
+        }),
+        spec,
+    )
+}
+
+/// The JSON body of one text completions request.
+pub(super) fn completions_body(model: &str, prompt: &str, spec: &Spec) -> serde_json::Value {
+    common(
+        json!({
+            "model": model,
+            "prompt": prompt,
+            "stream": spec.stream,
+        }),
+        spec,
+    )
+}
+
+fn common(mut body: serde_json::Value, spec: &Spec) -> serde_json::Value {
     if spec.stream {
         // Ask for a final usage chunk so token counts come from the server.
         body["stream_options"] = json!({"include_usage": true});
@@ -29,11 +49,11 @@ pub(super) fn body(model: &str, prompt: &str, spec: &Spec) -> Vec<u8> {
     if let Some(t) = spec.temperature {
         body["temperature"] = json!(t);
     }
-    serde_json::to_vec(&body).expect("a JSON value always serializes")
+    body
 }
 
 #[derive(Deserialize)]
-struct Chunk<'a> {
+struct Wire<'a> {
     #[serde(borrow, default)]
     choices: Vec<Choice<'a>>,
     usage: Option<WireUsage>,
@@ -47,8 +67,34 @@ struct Choice<'a> {
     delta: Option<Delta<'a>>,
     #[serde(borrow)]
     message: Option<Delta<'a>>,
+    /// Text completions put the text here.
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(borrow)]
     finish_reason: Option<Cow<'a, str>>,
+}
+
+impl Choice<'_> {
+    /// The generated text of a streamed choice (`delta`) or a whole one
+    /// (`message`), or of a text completion (`text`).
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        let d = self.delta.as_ref().or(self.message.as_ref());
+        let from_delta = d
+            .into_iter()
+            .flat_map(|d| [&d.content, &d.reasoning_content, &d.reasoning]);
+        from_delta
+            .chain([&self.text])
+            .filter_map(|t| t.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+
+    fn has_text(&self) -> bool {
+        self.texts().next().is_some()
+    }
+
+    fn words(&self) -> u64 {
+        self.texts().map(words).sum()
+    }
 }
 
 /// A streamed delta or a whole message. Reasoning models stream their
@@ -61,14 +107,6 @@ struct Delta<'a> {
     reasoning_content: Option<Cow<'a, str>>,
     #[serde(borrow)]
     reasoning: Option<Cow<'a, str>>,
-}
-
-impl Delta<'_> {
-    fn has_text(&self) -> bool {
-        [&self.content, &self.reasoning_content, &self.reasoning]
-            .into_iter()
-            .any(|t| t.as_deref().is_some_and(|t| !t.is_empty()))
-    }
 }
 
 #[derive(Deserialize)]
@@ -106,36 +144,36 @@ fn usage(u: Option<WireUsage>) -> Option<Usage> {
 }
 
 /// Parses the data of one SSE event.
-pub(super) fn event(data: &[u8]) -> Parsed {
+pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     if data == b"[DONE]" {
         return Parsed::Done;
     }
-    let chunk: Chunk<'_> = match serde_json::from_slice(data) {
+    let chunk: Wire<'_> = match serde_json::from_slice(data) {
         Ok(c) => c,
         Err(e) => return Parsed::Malformed(format!("invalid JSON in stream event: {e}")),
     };
     if let Some(error) = chunk.error {
         return Parsed::ServerError(error.message());
     }
-    let content = chunk
-        .choices
-        .iter()
-        .filter(|c| c.delta.as_ref().is_some_and(Delta::has_text))
-        .count();
-    Parsed::Chunk {
+    let content = chunk.choices.iter().filter(|c| c.has_text()).count();
+    keep(text, chunk.choices.iter().flat_map(Choice::texts));
+    Parsed::Chunk(Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
-        finished: chunk
+        words: chunk.choices.iter().map(Choice::words).sum(),
+        finished: chunk.choices.iter().any(|c| c.finish_reason.is_some()),
+        finish: chunk
             .choices
             .iter()
             .find_map(|c| c.finish_reason.as_deref())
             .map(Finish::from_openai),
         usage: usage(chunk.usage),
-    }
+        ..Chunk::default()
+    })
 }
 
 /// Parses a whole (non-streamed) response body.
-pub(super) fn whole(body: &[u8]) -> Parsed {
-    let chunk: Chunk<'_> = match serde_json::from_slice(body) {
+pub(super) fn whole(body: &[u8], text: Option<&mut String>) -> Parsed {
+    let chunk: Wire<'_> = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => return Parsed::Malformed(format!("invalid JSON response: {e}")),
     };
@@ -145,17 +183,15 @@ pub(super) fn whole(body: &[u8]) -> Parsed {
     let Some(choice) = chunk.choices.first() else {
         return Parsed::Malformed("response has no choices".to_owned());
     };
-    let has_text = choice.message.as_ref().is_some_and(Delta::has_text);
-    Parsed::Chunk {
-        content_events: u32::from(has_text),
-        finished: Some(
-            choice
-                .finish_reason
-                .as_deref()
-                .map_or(Finish::Unstated, Finish::from_openai),
-        ),
+    keep(text, choice.texts());
+    Parsed::Chunk(Chunk {
+        content_events: u32::from(choice.has_text()),
+        words: choice.words(),
+        finished: true,
+        finish: choice.finish_reason.as_deref().map(Finish::from_openai),
         usage: usage(chunk.usage),
-    }
+        ..Chunk::default()
+    })
 }
 
 #[cfg(test)]
@@ -169,7 +205,7 @@ mod tests {
             temperature: Some(0.5),
             stream: true,
         };
-        let body: serde_json::Value = serde_json::from_slice(&body("m", "hi \"there\"", &spec)).unwrap();
+        let body = chat_body("m", "hi \"there\"", &spec);
         assert_eq!(body["model"], "m");
         assert_eq!(body["messages"][0]["content"], "hi \"there\"");
         assert_eq!(body["max_tokens"], 64);
@@ -184,7 +220,7 @@ mod tests {
             temperature: None,
             stream: false,
         };
-        let body: serde_json::Value = serde_json::from_slice(&body("m", "x", &spec)).unwrap();
+        let body = chat_body("m", "x", &spec);
         assert!(body.get("max_tokens").is_none());
         assert!(body.get("temperature").is_none());
         assert!(body.get("stream_options").is_none());
@@ -193,61 +229,85 @@ mod tests {
     #[test]
     fn role_only_and_empty_chunks_are_not_tokens() {
         let role = br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
-        assert!(matches!(
-            event(role),
-            Parsed::Chunk {
-                content_events: 0,
-                finished: None,
-                usage: None
-            }
-        ));
+        assert_eq!(event(role, None), Parsed::Chunk(Chunk::default()));
         let token = br#"{"choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]}"#;
-        assert!(matches!(event(token), Parsed::Chunk { content_events: 1, .. }));
+        assert!(matches!(
+            event(token, None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
         let last = br#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#;
         assert!(matches!(
-            event(last),
-            Parsed::Chunk {
-                finished: Some(Finish::Length),
+            event(last, None),
+            Parsed::Chunk(Chunk {
+                finished: true,
+                finish: Some(Finish::Length),
                 ..
-            }
+            })
         ));
         let reasoning = br#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#;
-        assert!(matches!(event(reasoning), Parsed::Chunk { content_events: 1, .. }));
+        assert!(matches!(
+            event(reasoning, None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
     }
 
     #[test]
     fn usage_chunk_and_done() {
         let usage = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
-        match event(usage) {
-            Parsed::Chunk { usage: Some(u), .. } => {
+        match event(usage, None) {
+            Parsed::Chunk(Chunk { usage: Some(u), .. }) => {
                 assert_eq!((u.input_tokens, u.output_tokens), (Some(12), 34));
             }
             _ => panic!("usage not parsed"),
         }
-        assert!(matches!(event(b"[DONE]"), Parsed::Done));
+        assert!(matches!(event(b"[DONE]", None), Parsed::Done));
     }
 
     #[test]
     fn escaped_text_and_errors() {
         let escaped = br#"{"choices":[{"delta":{"content":"a\"b\u00e9"}}]}"#;
-        assert!(matches!(event(escaped), Parsed::Chunk { content_events: 1, .. }));
+        assert!(matches!(
+            event(escaped, None),
+            Parsed::Chunk(Chunk { content_events: 1, .. })
+        ));
         let err = br#"{"error":{"message":"out of memory","code":500}}"#;
-        assert!(matches!(event(err), Parsed::ServerError(m) if m == "out of memory"));
-        assert!(matches!(event(b"{not json"), Parsed::Malformed(_)));
-        assert!(matches!(event(&[0xff, 0xfe]), Parsed::Malformed(_)));
+        assert!(matches!(event(err, None), Parsed::ServerError(m) if m == "out of memory"));
+        assert!(matches!(event(b"{not json", None), Parsed::Malformed(_)));
+        assert!(matches!(event(&[0xff, 0xfe], None), Parsed::Malformed(_)));
     }
 
     #[test]
     fn whole_response() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
         assert!(matches!(
-            whole(body),
-            Parsed::Chunk {
+            whole(body, None),
+            Parsed::Chunk(Chunk {
                 content_events: 1,
-                finished: Some(Finish::Stop),
-                usage: Some(_)
-            }
+                words: 1,
+                finished: true,
+                finish: Some(Finish::Stop),
+                usage: Some(_),
+                ..
+            })
         ));
-        assert!(matches!(whole(br#"{"choices":[]}"#), Parsed::Malformed(_)));
+        let text = br#"{"choices":[{"text":" two words","index":0,"finish_reason":"length"}]}"#;
+        assert!(matches!(
+            whole(text, None),
+            Parsed::Chunk(Chunk {
+                words: 2,
+                usage: None,
+                ..
+            })
+        ));
+        let streamed = br#"{"choices":[{"text":" tok","index":0,"finish_reason":null}]}"#;
+        assert!(matches!(
+            event(streamed, None),
+            Parsed::Chunk(Chunk {
+                content_events: 1,
+                finished: false,
+                ..
+            })
+        ));
+        assert!(matches!(whole(br#"{"choices":[]}"#, None), Parsed::Malformed(_)));
     }
 }

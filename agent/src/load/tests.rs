@@ -13,7 +13,7 @@ use super::open::{Open, Timer};
 use super::schedule::{self, Arrivals, Process, RatePhase, UsersPhase, Window};
 use super::users::Closed;
 use super::{Control, Gate, Shared};
-use crate::api::{Dialect, Spec};
+use crate::api::{Api, Dialect, Spec};
 use crate::exec::Executor;
 use crate::http::Endpoint;
 use crate::prompts::Prompts;
@@ -26,7 +26,7 @@ fn ms(n: u64) -> Duration {
 fn shared(service_ms: &[u64]) -> Shared {
     let mut executor = Executor::new(
         Endpoint::parse("http://127.0.0.1:9").unwrap(),
-        Dialect::OpenAiChat,
+        Api::plain(Dialect::OpenAiChat),
         "m".into(),
         Spec {
             max_tokens: None,

@@ -96,7 +96,11 @@ async fn try_open(endpoint: &Endpoint, config: &Config, hello: &pb::Hello) -> Re
         }
         Attempt::Retry(reason)
     })?;
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+    // The assignment carries the prompt share and, when the run has one,
+    // the model's whole tokenizer.json (tens of megabytes for some
+    // models): far above tonic's 4 MiB default.
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel)
+        .max_decoding_message_size(stampede_proto::MAX_ASSIGNMENT_BYTES);
     let (out, out_rx) = mpsc::channel(1024);
     out.try_send(pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Hello(hello.clone())),

@@ -218,6 +218,7 @@ fn capabilities() -> Vec<String> {
     caps.push("load:users".to_owned());
     caps.push("load:rate".to_owned());
     caps.push("clock:probe".to_owned());
+    caps.push("tokens:tokenizer".to_owned());
     caps
 }
 
@@ -246,6 +247,7 @@ async fn running(
     });
     let tracing = Arc::clone(&plan.executor.trace);
     tracing.began(start);
+    let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
     let mut reporter = Reporter::new(recorder, Arc::clone(&tracing), active, start, plan.interval, gpu);
     let mut began = false;
     let mut lost: Option<String> = None;
@@ -310,7 +312,7 @@ async fn running(
     // time, and counts them as exported or dropped.
     let last = reporter.report_last().await;
     link.send(agent_message::Kind::Report(last)).await;
-    let (finished, counters) = reporter.finished(elapsed);
+    let (finished, counters) = reporter.finished(elapsed, plan_classes.as_slice());
     link.send(agent_message::Kind::Finished(finished)).await;
     if let Some(reason) = lost {
         return Err(Error::ControllerLost(reason));

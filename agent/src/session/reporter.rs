@@ -146,7 +146,8 @@ impl Reporter {
     }
 
     /// The run's totals, once the last report is cut.
-    pub(super) fn finished(&self, elapsed: Duration) -> (pb::Finished, stampede_proto::Counters) {
+    /// `classes` names the prompt classes by index.
+    pub(super) fn finished(&self, elapsed: Duration, classes: &[String]) -> (pb::Finished, stampede_proto::Counters) {
         let total = &self.work.as_ref().expect("the work is put back after every cut").total;
         let mut counters = total.counters.clone();
         counters.active_users = 0;
@@ -155,6 +156,16 @@ impl Reporter {
             counters: Some(counters.to_wire()),
             elapsed_us: micros(elapsed),
             last_sequence: self.sequence,
+            classes: total
+                .classes
+                .iter()
+                .filter(|(_, t)| t.counters.ok > 0)
+                .map(|(index, t)| pb::ClassTotals {
+                    class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
+                    histograms: t.histograms.to_wire(),
+                    counters: Some(t.counters.to_wire()),
+                })
+                .collect(),
         };
         (finished, counters)
     }

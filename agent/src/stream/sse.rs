@@ -8,7 +8,7 @@
 use tokio::time::Instant;
 
 /// Longest line accepted, to bound memory against a broken server.
-const MAX_LINE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// One dispatched event.
 #[derive(Debug)]
@@ -21,11 +21,11 @@ pub struct Event<'a> {
     pub first_byte_at: Instant,
 }
 
-/// A framing failure: the stream is not SSE.
+/// A framing failure: the stream cannot be cut into events.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     /// A line grew beyond the limit without ending.
-    #[error("an SSE line exceeded {MAX_LINE} bytes")]
+    #[error("a streamed line exceeded {MAX_LINE} bytes")]
     LineTooLong,
 }
 
@@ -253,7 +253,23 @@ mod tests {
         assert_eq!(r, Err(PushError::Frame(FrameError::LineTooLong)));
     }
 
+    #[test]
+    fn every_split_offset_gives_the_same_events() {
+        let base = Instant::now();
+        let strip = |v: &Collected| v.iter().map(|e| (e.0.clone(), e.1.clone())).collect::<Vec<_>>();
+        let whole = strip(&feed(&[STREAM], base));
+        for cut in 0..=STREAM.len() {
+            let split = feed(&[&STREAM[..cut], &STREAM[cut..]], base);
+            assert_eq!(strip(&split), whole, "split at byte {cut}");
+        }
+    }
+
+    /// Cases each fuzz property runs (see README: Testing).
+    const FUZZ_CASES: u32 = 4096;
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(FUZZ_CASES))]
+
         /// Splitting a stream at any byte offsets gives the same events.
         #[test]
         fn any_split_gives_the_same_events(cuts in prop::collection::btree_set(0..STREAM.len(), 0..12)) {

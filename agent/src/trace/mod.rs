@@ -82,7 +82,7 @@ impl Tracing {
         stage_ends: Vec<Duration>,
     ) -> Tracing {
         let mut attributes = vec![
-            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.operation.name", operation(dialect)),
             KeyValue::new("gen_ai.provider.name", provider(dialect)),
             KeyValue::new("gen_ai.system", provider(dialect)),
             KeyValue::new("gen_ai.request.model", model.to_owned()),
@@ -300,7 +300,18 @@ fn ms(us: u64) -> f64 {
 /// The GenAI provider a dialect speaks for.
 fn provider(dialect: Dialect) -> &'static str {
     match dialect {
-        Dialect::OpenAiChat => "openai",
+        Dialect::OpenAiChat | Dialect::OpenAiCompletions => "openai",
+        Dialect::Ollama | Dialect::OllamaChat => "ollama",
+        Dialect::Tgi => "huggingface.tgi",
+        Dialect::HttpJson => "http-json",
+    }
+}
+
+/// The GenAI operation a dialect performs.
+fn operation(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::OpenAiChat | Dialect::OllamaChat => "chat",
+        Dialect::OpenAiCompletions | Dialect::Ollama | Dialect::Tgi | Dialect::HttpJson => "text_completion",
     }
 }
 

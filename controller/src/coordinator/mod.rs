@@ -5,7 +5,7 @@
 
 pub(crate) mod service;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +120,18 @@ pub struct Collected {
     pub unreadable: u64,
     /// The slowest requests the agents named, slowest first per metric.
     pub exemplars: Vec<Exemplar>,
+    /// Successful requests by prompt class, summed over the agents' final
+    /// totals.
+    pub classes: BTreeMap<String, ClassTotals>,
+}
+
+/// One prompt class's successful requests over the run.
+#[derive(Clone, Debug, Default)]
+pub struct ClassTotals {
+    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    pub histograms: Histograms,
+    /// Requests and token totals.
+    pub counters: Counters,
 }
 
 /// Exemplars kept per metric over the whole run.
@@ -209,6 +221,7 @@ struct Coordinator {
     failure: Option<String>,
     unreadable: u64,
     exemplars: Vec<Exemplar>,
+    classes: BTreeMap<String, ClassTotals>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
 }
@@ -251,6 +264,7 @@ pub(crate) async fn run(
         failure: None,
         unreadable: 0,
         exemplars: Vec::new(),
+        classes: BTreeMap::new(),
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -483,6 +497,7 @@ impl Coordinator {
                     .map(|p| pb::Prompt {
                         text: p.text.clone(),
                         class: p.class.clone(),
+                        max_tokens: p.max_tokens,
                     })
                     .collect(),
                 offset: slice.prompts.start as u64,
@@ -559,6 +574,18 @@ impl Coordinator {
 
     fn finished(&mut self, conn: u64, index: u32, wire: pb::Finished) {
         let name = self.name(index);
+        for class in &wire.classes {
+            let decoded = Histograms::from_wire(&class.histograms)
+                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
+            match decoded {
+                Ok((histograms, counters)) => {
+                    let totals = self.classes.entry(class.class.clone()).or_default();
+                    totals.histograms.add(&histograms);
+                    totals.counters.add(&counters);
+                }
+                Err(e) => tracing::warn!(agent = %name, "unreadable totals of prompt class {:?}: {e}", class.class),
+            }
+        }
         let decoded = Histograms::from_wire(&wire.histograms).and_then(|histograms| {
             Ok(merge::Finished {
                 histograms,
@@ -744,6 +771,7 @@ impl Coordinator {
             })
             .collect();
         Collected {
+            classes: self.classes,
             merger: self.merger,
             agents,
             rows: self.rows,

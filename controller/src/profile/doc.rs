@@ -61,6 +61,10 @@ pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
+/// One entry of a free-form table: its key, its dotted key path, where its
+/// value is, and the value.
+pub(crate) type Entry<'t, 'i> = (String, String, Range<usize>, &'t DeValue<'i>);
+
 /// One table of the document, with the path that leads to it.
 pub(crate) struct Table<'t, 'i> {
     path: String,
@@ -341,6 +345,32 @@ impl<'t, 'i> Table<'t, 'i> {
         ok.then_some(out)
     }
 
+    /// A table whose keys are free-form (header names, body fields): its
+    /// entries with their key paths and spans, in file order.
+    pub(crate) fn entries(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<Vec<Entry<'t, 'i>>> {
+        let v = self.get(key)?;
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong(p, key, v, "a table");
+            return None;
+        };
+        let base = self.key_path(key);
+        Some(
+            t.iter()
+                .map(|(k, v)| {
+                    let name: &str = k.get_ref();
+                    (name.to_owned(), format!("{base}.{name}"), v.span(), v.get_ref())
+                })
+                .collect(),
+        )
+    }
+
+    /// True when the key holds a table.
+    pub(crate) fn is_table(&self, key: &str) -> bool {
+        self.table
+            .and_then(|t| t.get(key))
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Table(_)))
+    }
+
     /// Where a key's value is, for problems found after reading it.
     pub(crate) fn span_of(&self, key: &str) -> Option<Range<usize>> {
         self.table?.get(key).map(Spanned::span)
@@ -349,6 +379,26 @@ impl<'t, 'i> Table<'t, 'i> {
     /// The dotted path of a key of this table.
     pub(crate) fn path_of(&self, key: &str) -> String {
         self.key_path(key)
+    }
+}
+
+/// A TOML value as JSON; dates and times become strings.
+pub(crate) fn to_json(v: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        DeValue::Float(_) => number(v).map_or(Value::Null, Value::from),
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::String(d.to_string()),
+        DeValue::Array(items) => Value::Array(items.iter().map(|i| to_json(i.get_ref())).collect()),
+        DeValue::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+                .collect(),
+        ),
     }
 }
 

@@ -6,14 +6,17 @@
 
 mod doc;
 mod load;
+mod prompts;
+mod target;
 mod trace;
 
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use stampede_agent::api::Dialect;
+use stampede_agent::api::{ApiConfig, Dialect};
 use stampede_agent::http::Endpoint;
 use stampede_sim::OutputLength;
 
@@ -22,19 +25,68 @@ use doc::{Problems, Table};
 pub use load::{Load, Model, Shape, Step};
 pub use trace::{DEFAULT_SERVICE, TraceTable};
 
-use crate::dataset::{self, Prompt};
+use crate::dataset::Prompt;
 
 /// The server under test.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     /// Base URL; `None` runs the built-in simulator.
     pub url: Option<String>,
-    /// Server dialect.
-    pub api: Dialect,
+    /// Server dialect, path, headers, extra body fields and, for
+    /// `http-json`, the template and pointers.
+    pub api: ApiConfig,
     /// Model name; `None` asks the server (`/v1/models`).
     pub model: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// The target model's tokenizer: agents count tokens with it.
+    pub tokenizer: Option<TokenizerFile>,
+}
+
+/// A Hugging Face `tokenizer.json`, read and checked when the profile is
+/// loaded; its content is sent to every agent.
+#[derive(Clone, PartialEq)]
+pub struct TokenizerFile {
+    /// The path as given (in the profile, relative to the profile's
+    /// folder; on the command line, to the working directory).
+    pub name: String,
+    /// The whole file.
+    pub json: Arc<[u8]>,
+    /// Tokens in its vocabulary, added tokens included.
+    pub vocab_size: usize,
+}
+
+impl fmt::Debug for TokenizerFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenizerFile")
+            .field("name", &self.name)
+            .field("bytes", &self.json.len())
+            .field("vocab_size", &self.vocab_size)
+            .finish()
+    }
+}
+
+/// Largest tokenizer file sent to agents: half of what an agent accepts in
+/// one assignment, leaving the rest for its prompts.
+const MAX_TOKENIZER_BYTES: usize = stampede_proto::MAX_ASSIGNMENT_BYTES / 2;
+
+impl TokenizerFile {
+    /// Reads and checks the tokenizer at `path`, named `name`.
+    fn read(path: &Path, name: &str) -> Result<TokenizerFile, String> {
+        let (tokenizer, json) = stampede_agent::tokenizer::Tokenizer::from_file(path)?;
+        if json.len() > MAX_TOKENIZER_BYTES {
+            return Err(format!(
+                "{name} is {} MiB; agents take a tokenizer of at most {} MiB",
+                json.len() >> 20,
+                MAX_TOKENIZER_BYTES >> 20
+            ));
+        }
+        Ok(TokenizerFile {
+            name: name.to_owned(),
+            json: json.into(),
+            vocab_size: tokenizer.vocab_size(),
+        })
+    }
 }
 
 /// The generation parameters of each request.
@@ -124,6 +176,8 @@ pub struct Profile {
 pub struct Overrides {
     /// `--target URL`.
     pub target: Option<String>,
+    /// `--tokenizer PATH`.
+    pub tokenizer: Option<PathBuf>,
     /// `--agents N`.
     pub agents: Option<NonZeroU32>,
     /// `--duration D`.
@@ -223,9 +277,27 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
 
     let mut t = top.table(p, "target");
     let url = t.string(p, "url");
-    let api = t.choice(p, "api", &Dialect::ALL.map(Dialect::name));
+    let api = target::walk(&mut t, p);
     let model = t.string(p, "model");
     let timeout = t.duration(p, "timeout", false);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let tokenizer = match (&o.tokenizer, t.string(p, "tokenizer")) {
+        (Some(cli), _) => {
+            let name = cli.display().to_string();
+            TokenizerFile::read(cli, &name)
+                .map_err(|e| p.at(None, "--tokenizer", e))
+                .ok()
+        }
+        (None, Some(name)) => TokenizerFile::read(&base.join(&name), &name)
+            .map_err(|e| p.at(t.span_of("tokenizer"), &t.path_of("tokenizer"), e))
+            .ok(),
+        (None, None) => None,
+    };
+    let tokenizer_path = match (&o.tokenizer, &tokenizer) {
+        (Some(cli), Some(_)) => Some(cli.clone()),
+        (None, Some(t)) => Some(base.join(&t.name)),
+        _ => None,
+    };
     let url = match &o.target {
         Some(cli) => {
             if let Err(e) = Endpoint::parse(cli) {
@@ -264,33 +336,10 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     r.finish(p);
 
     let mut d = top.table(p, "prompts");
-    let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
-    let inline = d.strings(p, "inline");
-    if let (Some(_), Some(_)) = (&builtin, &inline) {
-        p.at(
-            d.span_of("inline"),
-            &d.path_of("inline"),
-            "set either builtin or inline prompts, not both",
-        );
-    }
-    if let Some(list) = &inline {
-        if list.is_empty() {
-            p.at(
-                d.span_of("inline"),
-                &d.path_of("inline"),
-                "expected at least one prompt",
-            );
-        }
-        for (i, text) in list.iter().enumerate() {
-            if text.trim().is_empty() {
-                p.at(
-                    d.span_of("inline"),
-                    &format!("{}[{i}]", d.path_of("inline")),
-                    "a prompt must not be empty",
-                );
-            }
-        }
-    }
+    let default_tokenizer = tokenizer_path
+        .as_deref()
+        .zip(tokenizer.as_ref().map(|t| t.name.as_str()));
+    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0), default_tokenizer);
     d.finish(p);
 
     let mut a = top.table(p, "agents");
@@ -315,6 +364,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             }
         });
     let sim_seed = s.int_in(p, "seed", 0, u64::MAX);
+    let generate_shape = s.choice(p, "generate_shape", &["tgi", "seconds", "ms"]);
     let step_overhead = s.duration(p, "step_overhead", true);
     let load_time = s.duration(p, "load_time", true);
     let dcgm = s.bool(p, "dcgm");
@@ -351,20 +401,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     th.finish(p);
     top.finish(p);
 
-    let prompts = match (&inline, &builtin) {
-        (Some(list), _) => list
-            .iter()
-            .map(|text| Prompt {
-                text: text.clone(),
-                class: "inline".to_owned(),
-            })
-            .collect(),
-        (None, b) => dataset::builtin(b.as_deref().unwrap_or("mixed"))?,
-    };
-    let prompt_source = match (&inline, &builtin) {
-        (Some(list), _) => format!("inline ({} prompts)", list.len()),
-        (None, b) => format!("builtin:{}", b.as_deref().unwrap_or("mixed")),
-    };
+    let (prompts, prompt_source) = dataset?;
     let agents = o
         .agents
         .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
@@ -393,6 +430,12 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
         seed: sim_seed.unwrap_or(defaults.seed),
+        generate_shape: match generate_shape.as_deref() {
+            Some("seconds") => stampede_sim::GenerateShape::Seconds,
+            Some("ms") => stampede_sim::GenerateShape::Millis,
+            Some(_) => stampede_sim::GenerateShape::Tgi,
+            None => defaults.generate_shape,
+        },
     };
     if let Err(e) = sim.check() {
         p.at(sim_span, &sim_key, e);
@@ -406,11 +449,10 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         seed: seed.unwrap_or(0),
         target: Target {
             url,
-            api: api.map_or(Dialect::OpenAiChat, |a| {
-                a.parse().expect("validated against Dialect::ALL")
-            }),
+            api: api.unwrap_or_else(|| ApiConfig::plain(Dialect::OpenAiChat)),
             model,
             timeout: timeout.unwrap_or(Duration::from_secs(120)),
+            tokenizer,
         },
         load,
         request: Request {

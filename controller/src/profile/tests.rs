@@ -21,7 +21,7 @@ fn a_minimal_profile_gets_every_default() {
     assert_eq!(p.name, "p");
     assert_eq!(p.load.peak() as u32, 5);
     assert_eq!(p.target.url, None);
-    assert_eq!(p.target.api, Dialect::OpenAiChat);
+    assert_eq!(p.target.api.dialect, Dialect::OpenAiChat);
     assert_eq!(p.target.timeout, Duration::from_secs(120));
     assert_eq!(p.load.duration(), Duration::from_secs(30));
     assert_eq!(p.load.drain, Duration::from_secs(30));
@@ -182,6 +182,7 @@ fn command_line_wins_over_profile_which_wins_over_default() {
         agents: NonZeroU32::new(3),
         duration: Some(Duration::from_secs(5)),
         out: Some(PathBuf::from("cli")),
+        ..Overrides::default()
     };
     let p = Profile::parse(text, Path::new("p.toml"), &o).unwrap();
     assert_eq!(p.target.url.as_deref(), Some("http://b:2"));
@@ -411,6 +412,106 @@ fn a_bad_trace_table_says_what_to_write() {
         assert!(all.contains(expected), "{expected:?} not in:\n{all}");
     }
     assert_eq!(found.len(), 6, "{all}");
+}
+
+#[test]
+fn target_headers_body_and_http_json_are_read() {
+    let p = parse(
+        r#"
+        [target]
+        api = "http-json"
+        path = "/generate"
+        headers = { Authorization = { env = "LLM_KEY" }, "X-Team" = "infra" }
+        body = { ignore_eos = true, min_tokens = 8 }
+        [target.http_json]
+        body = { prompt = "{{prompt}}", options = { n = "{{max_tokens}}" } }
+        text = "/generated_text"
+        tokens = "/usage/out"
+        duration = "/t"
+        duration_unit = "ms"
+        stream = "ndjson"
+        done = "/done"
+        [load]
+        users = 1
+        "#,
+    )
+    .unwrap();
+    let api = &p.target.api;
+    assert_eq!(api.dialect, Dialect::HttpJson);
+    assert_eq!(api.path.as_deref(), Some("/generate"));
+    assert_eq!(
+        api.headers,
+        [
+            (
+                "Authorization".to_owned(),
+                stampede_agent::api::HeaderSource::Env("LLM_KEY".to_owned())
+            ),
+            (
+                "X-Team".to_owned(),
+                stampede_agent::api::HeaderSource::Literal("infra".to_owned())
+            ),
+        ]
+    );
+    assert_eq!(api.body["min_tokens"], 8);
+    let h = api.http_json.as_ref().unwrap();
+    assert_eq!(h.template["options"]["n"], "{{max_tokens}}");
+    assert_eq!(
+        (h.tokens.as_deref(), h.done.as_deref()),
+        (Some("/usage/out"), Some("/done"))
+    );
+}
+
+#[test]
+fn target_mistakes_are_named() {
+    let got = problems(
+        r#"
+        [target]
+        api = "vllm"
+        headers = { Authorization = "Bearer sk-123", "bad header" = "x", X-Key = { env = "1BAD" } }
+        [load]
+        users = 1
+        "#,
+    )
+    .join("\n");
+    assert!(got.contains("target.api: expected one of \"openai-chat\""), "{got}");
+    assert!(
+        got.contains("target.headers.Authorization: Authorization holds a credential"),
+        "{got}"
+    );
+    assert!(!got.contains("sk-123"), "a secret is never echoed: {got}");
+    assert!(got.contains("\"bad header\" is not a valid HTTP header name"), "{got}");
+    assert!(
+        got.contains("target.headers.X-Key: expected a string or { env"),
+        "{got}"
+    );
+    let got = problems(
+        r#"
+        [target]
+        api = "http-json"
+        [target.http_json]
+        body = { input = "{{promt}}" }
+        text = "generated_text"
+        [load]
+        users = 1
+        "#,
+    )
+    .join("\n");
+    assert!(got.contains("target.http_json.text: expected a JSON pointer"), "{got}");
+    let got = problems(
+        r#"
+        [target]
+        api = "http-json"
+        [target.http_json]
+        body = { input = "{{promt}}" }
+        text = "/generated_text"
+        [load]
+        users = 1
+        "#,
+    )
+    .join("\n");
+    assert!(got.contains("{{promt}}"), "{got}");
+    let got = problems("[target]\napi = \"http-json\"\n[load]\nusers = 1\n").join("\n");
+    assert!(got.contains("needs [target.http_json]"), "{got}");
 }
 
 #[test]

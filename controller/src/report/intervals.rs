@@ -63,6 +63,13 @@ fn line(agent: &str, index: u32, r: &pb::Report) -> Value {
             "output_tokens": c.output_tokens,
             "tokens_from_usage": c.tokens_from_usage,
             "tokens_counted": c.tokens_counted,
+            "tokens_from_words": c.tokens_from_words,
+            "tokens_from_tokenizer": c.tokens_from_tokenizer,
+            "inputs_from_server": c.inputs_from_server,
+            "inputs_from_tokenizer": c.inputs_from_tokenizer,
+            "server_vs_events": comparison(c.server_vs_events.as_ref()),
+            "server_vs_tokenizer": comparison(c.server_vs_tokenizer.as_ref()),
+            "events_vs_tokenizer": comparison(c.events_vs_tokenizer.as_ref()),
             "active_users": c.active_users,
             "spans_exported": c.spans_exported,
             "spans_dropped": c.spans_dropped,
@@ -75,6 +82,21 @@ fn line(agent: &str, index: u32, r: &pb::Report) -> Value {
         "error_samples": r.error_samples.iter().map(|s| json!({"class": s.class, "message": s.message})).collect::<Vec<_>>(),
         "histograms": histograms,
     })
+}
+
+/// A token comparison as JSON: the summed counts of the requests that had
+/// both (`null` when none had).
+fn comparison(c: Option<&pb::TokenComparison>) -> Value {
+    match c {
+        Some(c) if c.requests > 0 => json!({
+            "requests": c.requests,
+            "first": c.first,
+            "second": c.second,
+            "abs_difference": c.abs_difference,
+            "differing": c.differing,
+        }),
+        _ => Value::Null,
+    }
 }
 
 #[cfg(test)]

@@ -55,15 +55,42 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         grouped(r.cancelled),
         s.throughput.requests_per_s
     );
+    let t = &s.tokens;
+    let input_source = if t.input_source == "server usage" {
+        String::new()
+    } else {
+        format!(" ({})", t.input_source)
+    };
     let _ = writeln!(
         o,
-        "tokens    in {} · out {} ({}) · {:.1} out tok/s · TPM {}",
-        grouped(s.tokens.input),
-        grouped(s.tokens.output),
-        s.tokens.source,
+        "tokens    in {}{input_source} · out {} ({}) · {:.1} out tok/s · TPM {}",
+        grouped(t.input),
+        grouped(t.output),
+        t.source,
         s.throughput.output_tokens_per_s,
         grouped(s.throughput.tpm.round() as u64)
     );
+    let pairs = [
+        ("server vs events", &t.agreement.server_vs_events),
+        ("server vs tokenizer", &t.agreement.server_vs_tokenizer),
+        ("events vs tokenizer", &t.agreement.events_vs_tokenizer),
+    ];
+    let compared: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, d)| {
+            let d = d.as_ref()?;
+            Some(format!(
+                "{name} {:+.1}% ({} of {} requests differ, mean |diff| {:.1})",
+                d.relative_difference * 100.0,
+                grouped(d.requests_differing),
+                grouped(d.requests),
+                d.mean_abs_difference
+            ))
+        })
+        .collect();
+    if !compared.is_empty() {
+        let _ = writeln!(o, "counts    {}", compared.join(" · "));
+    }
     if let (Some(max), Some(spread)) = (s.start_skew.max_ms, s.start_skew.spread_ms) {
         let _ = writeln!(
             o,
@@ -108,6 +135,17 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
     metric_row(o, "connect (ms)", &m.connect);
     metric_row(o, "tokens in", &m.input_tokens);
     metric_row(o, "tokens out", &m.output_tokens);
+    // What the server says it spent, when it says (Ollama, http-json).
+    for (label, metric) in [
+        ("srv prefill", &m.server_prefill),
+        ("srv decode", &m.server_decode),
+        ("model load", &m.model_load),
+        ("srv time", &m.server_time),
+    ] {
+        if metric.count > 0 {
+            metric_row(o, &format!("{label} (ms)"), metric);
+        }
+    }
     let verdict = match s.verdict.status {
         Status::Passed => "passed".to_owned(),
         other => format!("{other:?}").to_lowercase(),
@@ -119,6 +157,44 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         o,
         "          * from the intended start; lag: intended start to dispatch"
     );
+    if !s.classes.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:<10}{:>9}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}",
+            "class",
+            "requests",
+            "tok in",
+            "tok out",
+            "TPM",
+            "out tok/s",
+            "TTFT p50",
+            "TTFT p95",
+            "ITL p50",
+            "E2E p50",
+            "E2E p95"
+        );
+        for c in &s.classes {
+            let _ = writeln!(
+                o,
+                "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}",
+                c.class,
+                grouped(c.requests),
+                c.tokens_in.mean,
+                c.tokens_out.mean,
+                grouped(c.tpm.round() as u64),
+                c.output_tokens_per_s,
+                c.ttft.p50,
+                c.ttft.p95,
+                c.itl.p50,
+                c.e2e.p50,
+                c.e2e.p95
+            );
+        }
+        let _ = writeln!(
+            o,
+            "          tok in / tok out: mean per request; times in ms; whole run"
+        );
+    }
     if s.steps.len() > 1 {
         let _ = writeln!(
             o,

@@ -2,6 +2,7 @@
 //! its metrics.
 
 mod server;
+mod tokens;
 mod types;
 
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,7 @@ use stampede_proto::{Counters, Metric};
 
 pub mod trace;
 pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
+pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
 pub use types::*;
 
 use crate::analysis::{self, Level};
@@ -418,7 +420,7 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         },
         target: TargetInfo {
             url: ctx.target_url.to_owned(),
-            api: p.target.api.to_string(),
+            api: p.target.api.dialect.to_string(),
             model: ctx.model.to_owned(),
             simulated: ctx.simulated,
         },
@@ -445,18 +447,9 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
             .collect(),
         requests,
         throughput: throughput(counters, measured_s),
-        tokens: Tokens {
-            input: counters.input_tokens,
-            output: counters.output_tokens,
-            source: match (counters.tokens_from_usage, counters.tokens_counted) {
-                (_, 0) => "server usage",
-                (0, _) => "counted stream events",
-                _ => "mixed",
-            },
-            from_usage: counters.tokens_from_usage,
-            counted: counters.tokens_counted,
-        },
+        tokens: tokens::tokens(counters, p.target.tokenizer.as_ref()),
         metrics: Metrics::of(&m.measured().histograms),
+        classes: classes(c, duration_s),
         load_table: load_table(&steps),
         knee: knee(p, &steps),
         steps,
@@ -505,6 +498,39 @@ pub fn run_id(name: &str, now: SystemTime) -> String {
         })
         .collect();
     format!("{stamp}-{name}-{suffix:04x}")
+}
+
+/// The per-class table, shortest prompts first.
+fn classes(c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
+    let per_s = |n: u64| if duration_s > 0.0 { n as f64 / duration_s } else { 0.0 };
+    let mut out: Vec<ClassSummary> = c
+        .classes
+        .iter()
+        .map(|(class, t)| {
+            let m = |metric| MetricSummary::of(metric, &Stats::of(t.histograms.get(metric)));
+            ClassSummary {
+                class: class.clone(),
+                requests: t.counters.ok,
+                input_tokens: t.counters.input_tokens,
+                output_tokens: t.counters.output_tokens,
+                tpm: per_s(t.counters.input_tokens + t.counters.output_tokens) * 60.0,
+                output_tokens_per_s: per_s(t.counters.output_tokens),
+                tokens_in: m(Metric::InputTokens),
+                tokens_out: m(Metric::OutputTokens),
+                ttft: m(Metric::Ttft),
+                itl: m(Metric::Itl),
+                tpot: m(Metric::Tpot),
+                e2e: m(Metric::E2e),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.tokens_in
+            .mean
+            .total_cmp(&b.tokens_in.mean)
+            .then_with(|| a.class.cmp(&b.class))
+    });
+    out
 }
 
 #[cfg(test)]

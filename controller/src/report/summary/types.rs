@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use stampede_proto::{Histograms, Metric, Unit};
 
+use super::Tokens;
 use crate::stats::Stats;
 
 /// Version of the summary format. Bumped on incompatible changes.
@@ -113,6 +114,14 @@ pub struct Metrics {
     pub input_tokens: MetricSummary,
     /// Output tokens per request.
     pub output_tokens: MetricSummary,
+    /// Prompt processing time the server reported (Ollama).
+    pub server_prefill: MetricSummary,
+    /// Token generation time the server reported (Ollama).
+    pub server_decode: MetricSummary,
+    /// Model load time the server reported (Ollama; cold starts).
+    pub model_load: MetricSummary,
+    /// Whole-request time the server reported (`http-json` duration).
+    pub server_time: MetricSummary,
 }
 
 impl Metrics {
@@ -131,6 +140,10 @@ impl Metrics {
             connect: m(Metric::Connect),
             input_tokens: m(Metric::InputTokens),
             output_tokens: m(Metric::OutputTokens),
+            server_prefill: m(Metric::ServerPrefill),
+            server_decode: m(Metric::ServerDecode),
+            model_load: m(Metric::ModelLoad),
+            server_time: m(Metric::ServerTime),
         }
     }
 }
@@ -168,6 +181,8 @@ pub struct Summary {
     pub tokens: Tokens,
     /// Latency and token statistics of successful requests.
     pub metrics: Metrics,
+    /// Every metric broken down by prompt class, shortest prompts first.
+    pub classes: Vec<ClassSummary>,
     /// Each step of the load, with its own statistics.
     pub steps: Vec<StepSummary>,
     /// Throughput and latency against load, one row per step.
@@ -315,19 +330,34 @@ pub struct Throughput {
     pub tpm: f64,
 }
 
-/// Token totals.
+/// One prompt class's successful requests over the whole run (warm-ups
+/// included, unlike the run-wide figures).
 #[derive(Clone, Debug, Serialize)]
-pub struct Tokens {
-    /// Input tokens reported by the server.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// `server usage`, `counted stream events`, or `mixed`.
-    pub source: &'static str,
-    /// Requests whose counts came from the server's usage.
-    pub from_usage: u64,
-    /// Requests whose output tokens were counted from stream events.
-    pub counted: u64,
+pub struct ClassSummary {
+    /// The class label, such as `short`.
+    pub class: String,
+    /// Successful requests.
+    pub requests: u64,
+    /// Input tokens, in total.
+    pub input_tokens: u64,
+    /// Output tokens, in total.
+    pub output_tokens: u64,
+    /// Input plus output tokens per minute over `duration_s`.
+    pub tpm: f64,
+    /// Output tokens per second over `duration_s`.
+    pub output_tokens_per_s: f64,
+    /// Input tokens per request.
+    pub tokens_in: MetricSummary,
+    /// Output tokens per request.
+    pub tokens_out: MetricSummary,
+    /// Time to first token.
+    pub ttft: MetricSummary,
+    /// Inter-token latency.
+    pub itl: MetricSummary,
+    /// Time per output token.
+    pub tpot: MetricSummary,
+    /// End-to-end latency.
+    pub e2e: MetricSummary,
 }
 
 /// One step of the load.
@@ -559,7 +589,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     client_queue: "intended start to t0: waiting for a turn, a concurrency slot or a connection",
     schedule_lag: "intended start to the moment the agent released the request: how well the agent kept time",
     connect: "time to open a new connection (TCP, and TLS for https), one sample per connection opened by a successful request",
-    tokens: "the server's usage figures when given (OpenAI stream_options.include_usage), else counted stream events carrying text; tokens.source says which",
+    tokens: "output tokens per request: the server's own count when given (OpenAI usage with stream_options.include_usage, Ollama eval_count, TGI details.generated_tokens, an http-json token pointer), else the client tokenizer's count of the generated text (target.tokenizer, special tokens left out), else counted SSE or NDJSON events carrying text, else whitespace-separated words of the answer; input tokens: the server's count, else the client tokenizer's count of the prompt; tokens.source and tokens.input_source say which, and every output-token figure (TPOT, tokens/s, TPM, classes) uses tokens.source; tokens.agreement compares each pair of sources over the requests that had both",
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,

@@ -1,10 +1,15 @@
-//! Prompt datasets: the built-in sets and inline lists from a profile.
+//! Prompt datasets: the built-in sets, inline lists, JSONL and ShareGPT
+//! files ([`file`]) and synthetic prompts of chosen token lengths
+//! ([`synthetic`]).
 //!
 //! Built-in sets come in three sizes, like the classes of a capacity study:
 //! `short` (a question, about 10–25 words), `medium` (one passage and a
 //! task, about 90–140 words) and `long` (several passages and a task, about
 //! 400–650 words). `mixed` interleaves the three so that any contiguous
 //! share of it holds every class.
+
+pub mod file;
+pub mod synthetic;
 
 /// One prompt and its class label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +18,20 @@ pub struct Prompt {
     pub text: String,
     /// Class label for breakdowns, such as `short`.
     pub class: String,
+    /// Its own output-token limit, when the dataset gives one.
+    pub max_tokens: Option<u32>,
+}
+
+/// Shuffles `prompts` reproducibly from `seed` (Fisher–Yates with
+/// SplitMix64), so that every agent's contiguous share is a fair sample
+/// and the same seed gives the same shares.
+pub fn shuffle(prompts: &mut [Prompt], seed: u64) {
+    let mut state = seed;
+    for i in (1..prompts.len()).rev() {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let j = (crate::plan::mix(state) % (i as u64 + 1)) as usize;
+        prompts.swap(i, j);
+    }
 }
 
 /// Names of the built-in sets.
@@ -64,6 +83,7 @@ fn short() -> Vec<Prompt> {
         .map(|q| Prompt {
             text: (*q).to_owned(),
             class: "short".to_owned(),
+            max_tokens: None,
         })
         .collect()
 }
@@ -75,6 +95,7 @@ fn medium() -> Vec<Prompt> {
         .map(|(i, passage)| Prompt {
             text: format!("{passage}\n\n{}", TASKS[i % TASKS.len()]),
             class: "medium".to_owned(),
+            max_tokens: None,
         })
         .collect()
 }
@@ -88,6 +109,7 @@ fn long() -> Vec<Prompt> {
             Prompt {
                 text: format!("{}\n\n{}", context.join("\n\n"), TASKS[(start + 2) % TASKS.len()]),
                 class: "long".to_owned(),
+                max_tokens: None,
             }
         })
         .collect()

@@ -1,0 +1,275 @@
+//! Prompt files: JSONL (one `{"prompt": …}` or `{"messages": […]}` object
+//! per line, with optional `max_tokens` and `class`) and ShareGPT JSON (a
+//! list of `{"conversations": [{"from", "value"}, …]}`).
+//!
+//! Errors name the file and the line (JSONL) or the entry (ShareGPT).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::Prompt;
+
+/// Most problems listed before the rest are only counted.
+const MAX_LISTED: usize = 10;
+
+/// The format of a prompt file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// ShareGPT conversations.
+    ShareGpt,
+}
+
+impl Format {
+    /// Names used in profiles.
+    pub const NAMES: [&str; 2] = ["jsonl", "sharegpt"];
+
+    /// The format a file name suggests: `.jsonl` is JSONL, anything else
+    /// ShareGPT.
+    pub fn of(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "ndjson") => Format::Jsonl,
+            _ => Format::ShareGpt,
+        }
+    }
+
+    /// The format with this profile name.
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "jsonl" => Some(Format::Jsonl),
+            "sharegpt" => Some(Format::ShareGpt),
+            _ => None,
+        }
+    }
+}
+
+/// Class of a prompt by its length in words, like the built-in sets:
+/// `short` up to 50 words, `medium` up to 300, `long` beyond.
+pub fn class_of(text: &str) -> &'static str {
+    match text.split_whitespace().count() {
+        0..=50 => "short",
+        51..=300 => "medium",
+        _ => "long",
+    }
+}
+
+/// Reads a prompt file. The error lists what is wrong, with places.
+pub fn load(path: &Path, format: Format) -> Result<Vec<Prompt>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read the prompt file: {e}", path.display()))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        format!(
+            "{}: not UTF-8 text (first bad byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let prompts = match format {
+        Format::Jsonl => jsonl(&text),
+        Format::ShareGpt => sharegpt(&text),
+    }
+    .map_err(|problems| {
+        let n = problems.len();
+        let mut out: Vec<String> = problems
+            .into_iter()
+            .take(MAX_LISTED)
+            .map(|p| format!("{}:{p}", path.display()))
+            .collect();
+        if n > MAX_LISTED {
+            out.push(format!("{}: and {} more problems", path.display(), n - MAX_LISTED));
+        }
+        out.join("\n")
+    })?;
+    if prompts.is_empty() {
+        return Err(format!("{}: holds no prompts", path.display()));
+    }
+    Ok(prompts)
+}
+
+fn positive(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
+}
+
+/// A JSONL file; problems are `LINE: message`.
+fn jsonl(text: &str) -> Result<Vec<Prompt>, Vec<String>> {
+    let mut prompts = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("{n}: invalid JSON: {e}"));
+                continue;
+            }
+        };
+        let text = match (v.get("prompt"), v.get("messages")) {
+            (Some(Value::String(p)), _) => Some(p.clone()),
+            (None, Some(Value::Array(messages))) => {
+                let parts: Option<Vec<&str>> = messages.iter().map(|m| m.get("content")?.as_str()).collect();
+                parts.map(|p| p.join("\n\n"))
+            }
+            _ => None,
+        };
+        let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+            problems.push(format!(
+                "{n}: expected \"prompt\" (a non-empty string) or \"messages\" (a list of {{\"role\", \"content\"}} with string contents)"
+            ));
+            continue;
+        };
+        let max_tokens = match v.get("max_tokens") {
+            None | Some(Value::Null) => None,
+            Some(m) => match positive(m) {
+                Some(m) => Some(m),
+                None => {
+                    problems.push(format!("{n}: max_tokens: expected a positive integer, got {m}"));
+                    continue;
+                }
+            },
+        };
+        let class = match v.get("class") {
+            Some(Value::String(c)) => c.clone(),
+            _ => class_of(&text).to_owned(),
+        };
+        prompts.push(Prompt {
+            text,
+            class,
+            max_tokens,
+        });
+    }
+    if problems.is_empty() {
+        Ok(prompts)
+    } else {
+        Err(problems)
+    }
+}
+
+/// A ShareGPT file: each conversation's first human turn is a prompt, and
+/// the turn answering it, when there is one, gives its output length in
+/// words (as `max_tokens`). Conversations without a human turn are
+/// skipped. Problems are ` entry N: message`.
+fn sharegpt(text: &str) -> Result<Vec<Prompt>, Vec<String>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| vec![format!("{}: invalid JSON: {e}", e.line())])?;
+    let Value::Array(entries) = v else {
+        return Err(vec![" expected a JSON list of conversations (ShareGPT)".to_owned()]);
+    };
+    let mut prompts = Vec::new();
+    let mut problems = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let Some(Value::Array(turns)) = entry.get("conversations") else {
+            problems.push(format!(
+                " entry {i}: expected \"conversations\", a list of {{\"from\", \"value\"}}"
+            ));
+            continue;
+        };
+        let from = |t: &Value| t.get("from").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let Some(first) = turns.iter().position(|t| matches!(from(t).as_str(), "human" | "user")) else {
+            continue;
+        };
+        let Some(text) = turns[first]
+            .get("value")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+        else {
+            continue;
+        };
+        let reference = turns
+            .get(first + 1)
+            .filter(|t| matches!(from(t).as_str(), "gpt" | "assistant"))
+            .and_then(|t| t.get("value")?.as_str());
+        let max_tokens = reference
+            .map(|r| r.split_whitespace().count())
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0);
+        prompts.push(Prompt {
+            text: text.to_owned(),
+            class: class_of(text).to_owned(),
+            max_tokens,
+        });
+    }
+    if problems.is_empty() {
+        Ok(prompts)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn jsonl_prompts_messages_limits_and_classes() {
+        let (_d, path) = write(
+            "p.jsonl",
+            concat!(
+                "{\"prompt\": \"What is a queue?\", \"max_tokens\": 32}\n",
+                "\n",
+                "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}], \"class\": \"chat\"}\n",
+            ),
+        );
+        let p = load(&path, Format::of(&path)).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].text.as_str(), p[0].max_tokens, p[0].class.as_str()),
+            ("What is a queue?", Some(32), "short")
+        );
+        assert_eq!((p[1].text.as_str(), p[1].class.as_str()), ("Be brief.\n\nHi", "chat"));
+    }
+
+    #[test]
+    fn jsonl_problems_name_their_lines() {
+        let (_d, path) = write(
+            "bad.jsonl",
+            "{\"prompt\": \"ok\"}\n{\"prompt\": 5}\n{not json\n{\"prompt\": \"x\", \"max_tokens\": -1}\n",
+        );
+        let e = load(&path, Format::Jsonl).unwrap_err();
+        let shown = path.display().to_string();
+        assert!(e.contains(&format!("{shown}:2: expected \"prompt\"")), "{e}");
+        assert!(e.contains(&format!("{shown}:3: invalid JSON")), "{e}");
+        assert!(
+            e.contains(&format!("{shown}:4: max_tokens: expected a positive integer, got -1")),
+            "{e}"
+        );
+        let e = load(Path::new("/no/such/prompts.jsonl"), Format::Jsonl).unwrap_err();
+        assert!(e.contains("/no/such/prompts.jsonl: cannot read the prompt file"), "{e}");
+        let (_d, path) = write("bin.jsonl", "{\"prompt\": \"\u{e9}\"}\n");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.push(0xff);
+        std::fs::write(&path, bytes).unwrap();
+        assert!(load(&path, Format::Jsonl).unwrap_err().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn sharegpt_takes_the_first_human_turn_and_the_answers_length() {
+        let (_d, path) = write(
+            "sg.json",
+            r#"[
+              {"id": "a", "conversations": [{"from": "human", "value": "Tell me a story"}, {"from": "gpt", "value": "Once upon a time"}]},
+              {"id": "b", "conversations": [{"from": "gpt", "value": "no question here"}]},
+              {"id": "c", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "Why?"}]}
+            ]"#,
+        );
+        let p = load(&path, Format::of(&path)).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].text.as_str(), p[0].max_tokens), ("Tell me a story", Some(4)));
+        assert_eq!((p[1].text.as_str(), p[1].max_tokens), ("Why?", None));
+        let (_d, path) = write("sg.json", r#"{"conversations": []}"#);
+        assert!(
+            load(&path, Format::ShareGpt)
+                .unwrap_err()
+                .contains("expected a JSON list")
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Synthetic prompts of chosen input and output token lengths, drawn from
+//! distributions (fixed, uniform, normal with bounds) with the run seed.
+//!
+//! With a Hugging Face `tokenizer.json`, each prompt is built to the
+//! requested input length under that tokenizer: words are added while the
+//! count stays at or under the target, then one-letter words top it up, so
+//! a prompt lands within a token or two of its target (the tests hold it
+//! within 5 %). Without one, a token is taken to be a whitespace-separated
+//! word: exact for llm-sim, and about 1.3 tokens per word for the BPE
+//! tokenizers of most models, which the summary's server counts will show.
+//! Counts leave out special tokens and chat templates, which servers add.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use super::Prompt;
+use crate::plan::mix;
+
+/// A distribution of token counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Length {
+    /// Always this many.
+    Fixed(u32),
+    /// Uniform between the bounds, inclusive.
+    Uniform {
+        /// Fewest.
+        min: u32,
+        /// Most.
+        max: u32,
+    },
+    /// Normal, rounded and clamped to the bounds.
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        stddev: f64,
+        /// Fewest.
+        min: u32,
+        /// Most.
+        max: u32,
+    },
+}
+
+impl Length {
+    /// Draws one length from two independent uniform numbers in [0, 1).
+    fn draw(self, u1: f64, u2: f64) -> u32 {
+        match self {
+            Length::Fixed(n) => n,
+            Length::Uniform { min, max } => {
+                let span = f64::from(max - min) + 1.0;
+                (min + (u1 * span) as u32).min(max)
+            }
+            Length::Normal { mean, stddev, min, max } => {
+                // Box–Muller.
+                let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (mean + stddev * z).round().clamp(f64::from(min), f64::from(max)) as u32
+            }
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    /// How many prompts.
+    pub count: u32,
+    /// Input (prompt) tokens.
+    pub input: Length,
+    /// Output tokens, sent as each prompt's `max_tokens`.
+    pub output: Option<Length>,
+}
+
+/// Words prompts are made of: common, short, and tokenized the same way
+/// with or without a leading space by most BPE vocabularies.
+const WORDS: [&str; 48] = [
+    "the", "system", "reads", "every", "request", "from", "a", "queue", "and", "answers", "with", "short", "text",
+    "while", "other", "users", "wait", "their", "turn", "under", "heavy", "load", "when", "memory", "runs", "low",
+    "server", "keeps", "some", "work", "for", "later", "so", "that", "each", "reply", "stays", "fast", "enough", "to",
+    "meet", "its", "goal", "on", "time", "as", "planned", "today",
+];
+
+/// Counts a text's tokens: with the tokenizer, or as words.
+pub struct Counter {
+    tokenizer: Option<Tokenizer>,
+}
+
+impl Counter {
+    /// Counts words.
+    pub fn words() -> Counter {
+        Counter { tokenizer: None }
+    }
+
+    /// Counts tokens of the `tokenizer.json` at `path`.
+    pub fn from_file(path: &Path) -> Result<Counter, String> {
+        let tokenizer =
+            Tokenizer::from_file(path).map_err(|e| format!("{}: not a usable tokenizer.json: {e}", path.display()))?;
+        Ok(Counter {
+            tokenizer: Some(tokenizer),
+        })
+    }
+
+    /// Tokens of `text`, special tokens left out.
+    pub fn count(&self, text: &str) -> Result<usize, String> {
+        match &self.tokenizer {
+            None => Ok(text.split_whitespace().count()),
+            Some(t) => t
+                .encode(text, false)
+                .map(|e| e.len())
+                .map_err(|e| format!("the tokenizer failed: {e}")),
+        }
+    }
+
+    /// True when a tokenizer counts.
+    pub fn is_tokenizer(&self) -> bool {
+        self.tokenizer.is_some()
+    }
+}
+
+/// Generates the prompts of `spec` with `seed`.
+pub fn generate(spec: &Spec, seed: u64, counter: &Counter) -> Result<Vec<Prompt>, String> {
+    let mut out = Vec::with_capacity(spec.count as usize);
+    let mut state = mix(seed ^ 0x5EED_5EED);
+    let mut uniform = || {
+        state = mix(state);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for i in 0..spec.count {
+        let target = spec.input.draw(uniform(), uniform()).max(1);
+        let max_tokens = spec.output.map(|o| o.draw(uniform(), uniform()).max(1));
+        let words = seed ^ u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let text = build(target as usize, words, counter)?;
+        out.push(Prompt {
+            class: super::file::class_of(&text).to_owned(),
+            text,
+            max_tokens,
+        });
+    }
+    Ok(out)
+}
+
+/// The `n`-th word of the sequence seeded with `seed`.
+fn word(seed: u64, n: usize) -> &'static str {
+    WORDS[(mix(seed ^ n as u64) % WORDS.len() as u64) as usize]
+}
+
+fn text_of(seed: u64, words: usize) -> String {
+    let mut text = String::with_capacity(words * 6);
+    for n in 0..words {
+        if n > 0 {
+            text.push(' ');
+        }
+        text.push_str(word(seed, n));
+    }
+    text
+}
+
+/// A text of `target` tokens under `counter` (or as close as the
+/// tokenizer allows).
+fn build(target: usize, seed: u64, counter: &Counter) -> Result<String, String> {
+    if !counter.is_tokenizer() {
+        return Ok(text_of(seed, target));
+    }
+    // The longest prefix of the word sequence within the target: token
+    // counts grow with words, so a binary search finds it.
+    let (mut lo, mut hi) = (0usize, target.max(1));
+    while counter.count(&text_of(seed, hi))? <= target {
+        lo = hi;
+        hi *= 2;
+        if hi > 64 * target + 64 {
+            return Err("the tokenizer gives no tokens for words: cannot build prompts with it".to_owned());
+        }
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if counter.count(&text_of(seed, mid))? <= target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // Top up with one-letter words, one token each in most vocabularies,
+    // while that brings the count closer.
+    let mut text = text_of(seed, lo);
+    let mut count = counter.count(&text)?;
+    while count < target {
+        let candidate = if text.is_empty() {
+            "a".to_owned()
+        } else {
+            format!("{text} a")
+        };
+        let next = counter.count(&candidate)?;
+        if next > target && next - target >= target - count {
+            break;
+        }
+        text = candidate;
+        count = next;
+        if next > target {
+            break;
+        }
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_tokenizer_prompts_have_exactly_their_word_counts() {
+        let spec = Spec {
+            count: 50,
+            input: Length::Uniform { min: 10, max: 400 },
+            output: Some(Length::Normal {
+                mean: 100.0,
+                stddev: 30.0,
+                min: 20,
+                max: 200,
+            }),
+        };
+        let counter = Counter::words();
+        let a = generate(&spec, 7, &counter).unwrap();
+        assert_eq!(a, generate(&spec, 7, &counter).unwrap(), "reproducible from the seed");
+        assert_ne!(a, generate(&spec, 8, &counter).unwrap());
+        let lengths: Vec<usize> = a.iter().map(|p| p.text.split_whitespace().count()).collect();
+        assert!(lengths.iter().all(|n| (10..=400).contains(n)), "{lengths:?}");
+        assert!(
+            lengths.iter().max() > Some(&300) && lengths.iter().min() < Some(&100),
+            "{lengths:?}"
+        );
+        let out: Vec<u32> = a.iter().map(|p| p.max_tokens.unwrap()).collect();
+        assert!(out.iter().all(|n| (20..=200).contains(n)));
+        let mean = out.iter().map(|n| f64::from(*n)).sum::<f64>() / out.len() as f64;
+        assert!((80.0..120.0).contains(&mean), "normal mean {mean}");
+    }
+
+    #[test]
+    fn fixed_lengths_are_fixed() {
+        let spec = Spec {
+            count: 3,
+            input: Length::Fixed(64),
+            output: Some(Length::Fixed(16)),
+        };
+        for p in generate(&spec, 1, &Counter::words()).unwrap() {
+            assert_eq!(p.text.split_whitespace().count(), 64);
+            assert_eq!(p.max_tokens, Some(16));
+        }
+    }
+}

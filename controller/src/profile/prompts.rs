@@ -1,0 +1,196 @@
+//! `[prompts]`: a built-in set, an inline list, a JSONL or ShareGPT file,
+//! or synthetic prompts of chosen token lengths. Exactly one.
+
+use std::path::Path;
+
+use super::doc::{Problems, Table};
+use crate::dataset::file::{self, Format};
+use crate::dataset::synthetic::{self, Counter, Length};
+use crate::dataset::{self, Prompt};
+
+/// Most synthetic prompts a profile may ask for.
+const MAX_SYNTHETIC: u64 = 1_000_000;
+/// Longest synthetic prompt or answer, in tokens.
+const MAX_LENGTH: u64 = 1_000_000;
+
+/// Reads `[prompts]`; the prompts and a description of where they came
+/// from. Files are read relative to `base` (the profile's folder) and
+/// shuffled with `seed`. Synthetic prompts without a tokenizer of their
+/// own use `default_tokenizer` (the target's: its path and its name).
+pub(super) fn walk(
+    d: &mut Table<'_, '_>,
+    p: &mut Problems<'_>,
+    base: &Path,
+    seed: u64,
+    default_tokenizer: Option<(&Path, &str)>,
+) -> Option<(Vec<Prompt>, String)> {
+    let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
+    let inline = d.strings(p, "inline");
+    let path = d.string(p, "file");
+    let format = d.choice(p, "format", &Format::NAMES);
+    let synthetic = d.has("synthetic");
+    let mut s = d.table(p, "synthetic");
+    let spec = if synthetic { synthetic_spec(&mut s, p) } else { None };
+    let tokenizer = s.string(p, "tokenizer");
+    let tokenizer_at = (s.span_of("tokenizer"), s.path_of("tokenizer"));
+    s.finish(p);
+    let chosen = [builtin.is_some(), inline.is_some(), path.is_some(), synthetic];
+    if chosen.iter().filter(|c| **c).count() > 1 {
+        p.at(None, "prompts", "set only one of builtin, inline, file and synthetic");
+        return None;
+    }
+    if format.is_some() && path.is_none() {
+        p.at(
+            d.span_of("format"),
+            &d.path_of("format"),
+            "format applies to a prompt file: set file too",
+        );
+    }
+    if let Some(list) = inline {
+        if list.is_empty() {
+            p.at(
+                d.span_of("inline"),
+                &d.path_of("inline"),
+                "expected at least one prompt",
+            );
+        }
+        for (i, text) in list.iter().enumerate() {
+            if text.trim().is_empty() {
+                p.at(
+                    d.span_of("inline"),
+                    &format!("{}[{i}]", d.path_of("inline")),
+                    "a prompt must not be empty",
+                );
+            }
+        }
+        let source = format!("inline ({} prompts)", list.len());
+        let prompts = list
+            .into_iter()
+            .map(|text| Prompt {
+                text,
+                class: "inline".to_owned(),
+                max_tokens: None,
+            })
+            .collect();
+        return Some((prompts, source));
+    }
+    if let Some(name) = path {
+        let full = base.join(&name);
+        let format = format
+            .as_deref()
+            .and_then(Format::from_name)
+            .unwrap_or(Format::of(&full));
+        return match file::load(&full, format) {
+            Ok(mut prompts) => {
+                dataset::shuffle(&mut prompts, seed);
+                let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
+                let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
+                Some((prompts, source))
+            }
+            Err(e) => {
+                p.at(d.span_of("file"), &d.path_of("file"), e);
+                None
+            }
+        };
+    }
+    if synthetic {
+        let spec = spec?;
+        let tokenizer = tokenizer
+            .map(|t| (base.join(&t), t))
+            .or_else(|| default_tokenizer.map(|(path, name)| (path.to_owned(), name.to_owned())));
+        let counter = match &tokenizer {
+            Some((path, _)) => match Counter::from_file(path) {
+                Ok(c) => c,
+                Err(e) => {
+                    p.at(tokenizer_at.0.clone(), &tokenizer_at.1, e);
+                    return None;
+                }
+            },
+            None => Counter::words(),
+        };
+        return match synthetic::generate(&spec, seed, &counter) {
+            Ok(prompts) => {
+                let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
+                let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
+                Some((prompts, source))
+            }
+            Err(e) => {
+                p.at(None, "prompts.synthetic", e);
+                None
+            }
+        };
+    }
+    let name = builtin.as_deref().unwrap_or("mixed");
+    Some((dataset::builtin(name)?, format!("builtin:{name}")))
+}
+
+fn synthetic_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<synthetic::Spec> {
+    let count = s.int_in(p, "count", 1, MAX_SYNTHETIC);
+    if count.is_none() && !s.has("count") {
+        p.at(
+            None,
+            &s.path_of("count"),
+            "missing: how many prompts, such as count = 200",
+        );
+    }
+    if !s.has("input_tokens") {
+        p.at(
+            None,
+            &s.path_of("input_tokens"),
+            "missing: the prompt length, such as input_tokens = 512 or { min = 128, max = 1024 }",
+        );
+    }
+    let input = length(s, p, "input_tokens");
+    let output = if s.has("output_tokens") {
+        Some(length(s, p, "output_tokens")?)
+    } else {
+        None
+    };
+    Some(synthetic::Spec {
+        count: u32::try_from(count?).ok()?,
+        input: input?,
+        output,
+    })
+}
+
+/// A length: an integer (fixed), `{ min, max }` (uniform) or `{ mean,
+/// stddev, min, max }` (normal, clamped to the bounds).
+fn length(s: &mut Table<'_, '_>, p: &mut Problems<'_>, key: &'static str) -> Option<Length> {
+    if !s.is_table(key) {
+        return s.int_in(p, key, 1, MAX_LENGTH).map(|n| Length::Fixed(n as u32));
+    }
+    let mut t = s.table(p, key);
+    let min = t.int_in(p, "min", 1, MAX_LENGTH);
+    let max = t.int_in(p, "max", 1, MAX_LENGTH);
+    let mean = t.number_in(p, "mean", 1.0, MAX_LENGTH as f64);
+    let stddev = t.number_in(p, "stddev", 0.0, MAX_LENGTH as f64);
+    let normal = t.has("mean") || t.has("stddev");
+    t.finish(p);
+    let (Some(min), Some(max)) = (min, max) else {
+        p.at(
+            s.span_of(key),
+            &s.path_of(key),
+            "expected min and max: { min = 128, max = 1024 } (uniform) or { mean = 512, stddev = 128, min = 64, max = 2048 } (normal)",
+        );
+        return None;
+    };
+    if min > max {
+        p.at(s.span_of(key), &s.path_of(key), format!("min {min} is above max {max}"));
+        return None;
+    }
+    let (min, max) = (min as u32, max as u32);
+    if !normal {
+        return Some(Length::Uniform { min, max });
+    }
+    match (mean, stddev) {
+        (Some(mean), Some(stddev)) => Some(Length::Normal { mean, stddev, min, max }),
+        _ => {
+            p.at(
+                s.span_of(key),
+                &s.path_of(key),
+                "a normal length needs both mean and stddev",
+            );
+            None
+        }
+    }
+}
