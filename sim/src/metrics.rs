@@ -254,6 +254,8 @@ mod tests {
             dcgm: true,
             ..crate::Config::default()
         });
+        // On the paused clock: one second of history, so the DCGM share
+        // has a window to cover; it costs no real time.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let page = render(&engine);
         for line in [

@@ -190,21 +190,8 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
         Ok(j) => j,
         Err(response) => return *response,
     };
-    let answer = Answer {
-        id: format!("chatcmpl-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-        kind: Kind::Chat,
-        model: request.model.unwrap_or_else(|| engine.config.model.clone()),
-        created: unix_now(),
-        input_tokens: job.input_tokens,
-        output_tokens: job.output_tokens,
-    };
-    let rx = start(&engine, job);
-    if request.stream {
-        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        stream(answer, rx, include_usage)
-    } else {
-        whole(answer, rx).await
-    }
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    respond(&engine, job, Kind::Chat, request.model, request.stream, include_usage).await
 }
 
 #[derive(Deserialize)]
@@ -256,17 +243,42 @@ pub(crate) async fn completions(
         Ok(j) => j,
         Err(response) => return *response,
     };
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    respond(
+        &engine,
+        job,
+        Kind::Completions,
+        request.model,
+        request.stream,
+        include_usage,
+    )
+    .await
+}
+
+/// Runs `job` and answers as an OpenAI `kind` endpoint: streamed, with a
+/// usage chunk when asked, or whole.
+async fn respond(
+    engine: &Arc<Engine>,
+    job: Job,
+    kind: Kind,
+    model: Option<String>,
+    streamed: bool,
+    include_usage: bool,
+) -> Response {
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completions => "cmpl",
+    };
     let answer = Answer {
-        id: format!("cmpl-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-        kind: Kind::Completions,
-        model: request.model.unwrap_or_else(|| engine.config.model.clone()),
+        id: format!("{prefix}-sim-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        kind,
+        model: model.unwrap_or_else(|| engine.config.model.clone()),
         created: unix_now(),
         input_tokens: job.input_tokens,
         output_tokens: job.output_tokens,
     };
-    let rx = start(&engine, job);
-    if request.stream {
-        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    let rx = start(engine, job);
+    if streamed {
         stream(answer, rx, include_usage)
     } else {
         whole(answer, rx).await
