@@ -437,6 +437,90 @@ fn over_http_through_a_real_collector_every_request_is_one_client_span() {
     check_traces(&c, service, &run, &sim);
 }
 
+/// llm-sim's Ollama, TGI and JSON endpoints read `traceparent` as its
+/// OpenAI ones do: every request's trace holds the client span, named for
+/// its dialect, and the server's phases beneath it.
+#[test]
+fn every_dialect_joins_the_servers_spans() {
+    let _machine = exclusive();
+    let c = Collector::start();
+    let sim = traced_sim(&c.grpc_url(), "grpc", 2);
+    let dialects = [
+        ("ollama", "api = \"ollama\"", "ollama"),
+        ("tgi", "api = \"tgi\"", "huggingface.tgi"),
+        (
+            "json",
+            r#"api = "http-json"
+            path = "/generate_ndjson"
+            [target.http_json]
+            body = { prompt = "{{prompt}}", max_tokens = "{{max_tokens}}" }
+            text = "/token"
+            tokens = "/tokens_generated"
+            done = "/done"
+            stream = "ndjson""#,
+            "http-json",
+        ),
+    ];
+    for (name, target, provider) in dialects {
+        let service = format!("stampede-{name}");
+        let url = &sim.url;
+        let profile = format!(
+            r#"
+            name = "traced-{name}"
+            [target]
+            url = "{url}"
+            model = "llm-sim"
+            timeout = "30s"
+            {target}
+            [load]
+            users = 2
+            duration = "1s"
+            drain = "30s"
+            [request]
+            max_tokens = 4
+            stream = true
+            [prompts]
+            inline = ["{}"]
+            [trace]
+            endpoint = "{}"
+            protocol = "grpc"
+            service_name = "{service}"
+            "#,
+            prompt_of(12),
+            c.grpc_url()
+        );
+        let run = run_profile(&profile, &[]);
+        assert_eq!(run.code(), 0, "{name}: stderr:\n{}", run.stderr());
+        let ok = num(run.summary(), "/requests/ok") as usize;
+        assert!(ok >= 4, "{name}: too few requests to judge ({ok})");
+        assert_eq!(num(run.summary(), "/tracing/spans_exported") as usize, ok, "{name}");
+        wait_until(&format!("{name}: {ok} traces with their server spans"), || {
+            let traces = c.traces(&service, "llm.request");
+            traces.len() == ok && traces.iter().all(|t| spans_named(t, "decode").len() == 1)
+        });
+        for trace in c.traces(&service, "llm.request") {
+            let clients = spans_named(&trace, "llm.request");
+            assert_eq!(clients.len(), 1, "{name}: one client span per trace: {trace:#}");
+            let client = clients[0];
+            assert_eq!(
+                tag(client, "gen_ai.provider.name"),
+                Some(&Value::from(provider)),
+                "{name}: {client:#}"
+            );
+            for phase in ["queue", "prefill", "decode"] {
+                let p = spans_named(&trace, phase);
+                assert_eq!(p.len(), 1, "{name}, {phase}: {trace:#}");
+                assert_eq!(
+                    parent_of(p[0]).as_deref(),
+                    client["spanID"].as_str(),
+                    "{name}: {phase}'s parent"
+                );
+            }
+        }
+        eprintln!("{name}: {ok} requests, each joined with llm-sim's queue, prefill and decode spans");
+    }
+}
+
 #[test]
 fn sampling_keeps_every_failure_and_each_intervals_slowest() {
     let _machine = exclusive();

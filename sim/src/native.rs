@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::{Engine, Token};
-use crate::openai::{error, job, start};
+use crate::openai::{error, job, parent, start};
 use crate::{GenerateShape, text};
 
 /// A body streamed token by token: `render` turns each token into bytes.
@@ -156,16 +156,16 @@ fn ollama_error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `POST /api/generate`.
-pub(crate) async fn ollama_generate(state: State<Arc<Engine>>, body: Bytes) -> Response {
-    ollama(state, body, false).await
+pub(crate) async fn ollama_generate(state: State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    ollama(state, &headers, body, false).await
 }
 
 /// `POST /api/chat`.
-pub(crate) async fn ollama_chat(state: State<Arc<Engine>>, body: Bytes) -> Response {
-    ollama(state, body, true).await
+pub(crate) async fn ollama_chat(state: State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    ollama(state, &headers, body, true).await
 }
 
-async fn ollama(State(engine): State<Arc<Engine>>, body: Bytes, chat: bool) -> Response {
+async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: Bytes, chat: bool) -> Response {
     let request: OllamaRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return ollama_error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
@@ -187,7 +187,7 @@ async fn ollama(State(engine): State<Arc<Engine>>, body: Bytes, chat: bool) -> R
     };
     // Ollama takes -1 (and -2) for "no limit".
     let max = request.options.num_predict.and_then(|n| u32::try_from(n).ok());
-    let job = match job(&engine, key, text::count_tokens(&prompt), max, None) {
+    let job = match job(&engine, key, text::count_tokens(&prompt), max, parent(headers)) {
         Ok(j) => j,
         Err(response) => return *response,
     };
@@ -271,7 +271,7 @@ struct Generate {
     rx: mpsc::UnboundedReceiver<Token>,
 }
 
-fn generate_request(engine: &Arc<Engine>, body: &[u8]) -> Result<Generate, Box<Response>> {
+fn generate_request(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> Result<Generate, Box<Response>> {
     let request: GenerateRequest = serde_json::from_slice(body).map_err(|e| {
         let body = json!({"error": format!("invalid request body: {e}"), "error_type": "validation"});
         Box::new((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
@@ -289,7 +289,7 @@ fn generate_request(engine: &Arc<Engine>, body: &[u8]) -> Result<Generate, Box<R
         .max_new_tokens
         .or(request.max_new_tokens)
         .or(request.max_tokens);
-    let job = job(engine, key, text::count_tokens(&prompt), max, None)?;
+    let job = job(engine, key, text::count_tokens(&prompt), max, parent(headers))?;
     let (input, output) = (job.input_tokens, job.output_tokens);
     Ok(Generate {
         details: request.parameters.details,
@@ -301,8 +301,8 @@ fn generate_request(engine: &Arc<Engine>, body: &[u8]) -> Result<Generate, Box<R
 
 /// `POST /generate`: TGI's answer, or a home-made server's JSON shape
 /// (`--generate-shape`).
-pub(crate) async fn generate(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &body) {
+pub(crate) async fn generate(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    let g = match generate_request(&engine, &headers, &body) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -341,8 +341,8 @@ pub(crate) async fn generate(State(engine): State<Arc<Engine>>, body: Bytes) -> 
 
 /// `POST /generate_stream`: TGI's SSE, one event per token; the last
 /// carries the whole text and `details`.
-pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &body) {
+pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    let g = match generate_request(&engine, &headers, &body) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -378,8 +378,8 @@ pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, body: Byt
 
 /// `POST /generate_ndjson`: one `{"token": …}` line per token, then
 /// `{"done": true, "generated_text": …, "tokens_generated": N}`.
-pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &body) {
+pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    let g = match generate_request(&engine, &headers, &body) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -404,8 +404,8 @@ pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, body: Byt
 
 /// `POST /generate_text`: the answer as plain chunked text, a chunk per
 /// token.
-pub(crate) async fn generate_text(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &body) {
+pub(crate) async fn generate_text(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    let g = match generate_request(&engine, &headers, &body) {
         Ok(g) => g,
         Err(response) => return *response,
     };

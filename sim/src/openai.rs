@@ -114,7 +114,6 @@ pub(crate) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
     }))
 }
 
-/// A request the engine will run, and its answer's token count.
 /// The W3C trace context a request carries, if any.
 pub(crate) fn parent(headers: &axum::http::HeaderMap) -> Option<stampede_otel::Traceparent> {
     headers
