@@ -5,7 +5,7 @@
 //! its server's shape.
 
 use serde_json::Value;
-use stampede_tests::{Sim, exclusive, num, repo, run_profile, run_shipped_with_env};
+use stampede_tests::{SIM_NDJSON_TARGET, Sim, exclusive, num, repo, run_profile, run_shipped_with_env};
 
 /// A simulator fast enough that a 2 s run completes dozens of requests.
 fn sim(extra: &[&str]) -> Sim {
@@ -174,17 +174,7 @@ fn tgi() {
 
 #[test]
 fn http_json_streams_as_ndjson_and_plain_text() {
-    let ndjson = r#"
-        api = "http-json"
-        path = "/generate_ndjson"
-        [target.http_json]
-        body = { prompt = "{{prompt}}", max_tokens = "{{max_tokens}}" }
-        text = "/token"
-        tokens = "/tokens_generated"
-        done = "/done"
-        stream = "ndjson"
-    "#;
-    let s = check(ndjson, true, &[], "server usage");
+    let s = check(SIM_NDJSON_TARGET, true, &[], "server usage");
     // Both sources were there, and they agree exactly.
     let agreement = &s["tokens"]["agreement"]["server_vs_events"];
     assert_eq!(agreement["relative_difference"], 0.0, "{agreement}");

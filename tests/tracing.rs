@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use otlp_embedded::{Config, State, StateRef, TraceServiceImpl, TraceServiceServer, ui_app};
 use serde_json::Value;
 use stampede_tests::prom::{free_port, get};
-use stampede_tests::{Run, Sim, exclusive, http_post, num, prompt_of, relative_error, run_profile};
+use stampede_tests::{Run, SIM_NDJSON_TARGET, Sim, exclusive, http_post, num, prompt_of, relative_error, run_profile};
 
 /// An OTLP/gRPC collector answering Jaeger's query API, in this process.
 struct Collector {
@@ -304,6 +304,21 @@ fn check_client_span(span: &Value, s: &Value, sim: &Sim) {
     );
 }
 
+/// The simulator's spans: one per phase, in the client span's trace, each
+/// naming the client span as its parent.
+fn check_server_phases(trace: &Value, client: &Value, what: &str) {
+    for phase in ["queue", "prefill", "decode"] {
+        let p = spans_named(trace, phase);
+        assert_eq!(p.len(), 1, "{what}, {phase}: {trace:#}");
+        assert_eq!(p[0]["traceID"], client["traceID"]);
+        assert_eq!(
+            parent_of(p[0]).as_deref(),
+            client["spanID"].as_str(),
+            "{what}: {phase}'s parent"
+        );
+    }
+}
+
 /// Every successful request has exactly one client span with the GenAI
 /// attributes; the server's spans share its trace and name it as parent.
 /// Returns the queue-wait spans' total, microseconds.
@@ -347,18 +362,7 @@ fn check_traces(c: &Collector, service: &str, run: &Run, sim: &Sim) -> f64 {
         assert_eq!(clients.len(), 1, "one client span per trace: {trace:#}");
         let client = clients[0];
         check_client_span(client, s, sim);
-        // The simulator's spans: one per phase, in the same trace, each
-        // naming the client span as its parent.
-        for phase in ["queue", "prefill", "decode"] {
-            let p = spans_named(trace, phase);
-            assert_eq!(p.len(), 1, "{phase}: {trace:#}");
-            assert_eq!(p[0]["traceID"], client["traceID"]);
-            assert_eq!(
-                parent_of(p[0]).as_deref(),
-                client["spanID"].as_str(),
-                "{phase}'s parent"
-            );
-        }
+        check_server_phases(trace, client, "openai-chat");
         queue_us += spans_named(trace, "queue")[0]["duration"].as_f64().unwrap();
         sampled.get_or_insert_with(|| {
             (
@@ -448,18 +452,7 @@ fn every_dialect_joins_the_servers_spans() {
     let dialects = [
         ("ollama", "api = \"ollama\"", "ollama"),
         ("tgi", "api = \"tgi\"", "huggingface.tgi"),
-        (
-            "json",
-            r#"api = "http-json"
-            path = "/generate_ndjson"
-            [target.http_json]
-            body = { prompt = "{{prompt}}", max_tokens = "{{max_tokens}}" }
-            text = "/token"
-            tokens = "/tokens_generated"
-            done = "/done"
-            stream = "ndjson""#,
-            "http-json",
-        ),
+        ("json", SIM_NDJSON_TARGET, "http-json"),
     ];
     for (name, target, provider) in dialects {
         let service = format!("stampede-{name}");
@@ -507,15 +500,7 @@ fn every_dialect_joins_the_servers_spans() {
                 Some(&Value::from(provider)),
                 "{name}: {client:#}"
             );
-            for phase in ["queue", "prefill", "decode"] {
-                let p = spans_named(&trace, phase);
-                assert_eq!(p.len(), 1, "{name}, {phase}: {trace:#}");
-                assert_eq!(
-                    parent_of(p[0]).as_deref(),
-                    client["spanID"].as_str(),
-                    "{name}: {phase}'s parent"
-                );
-            }
+            check_server_phases(&trace, client, name);
         }
         eprintln!("{name}: {ok} requests, each joined with llm-sim's queue, prefill and decode spans");
     }

@@ -297,6 +297,20 @@ pub fn controller(args: &[&str]) -> Output {
         .expect("controller runs")
 }
 
+/// `[target]` lines, ending in the `[target.http_json]` table, that read
+/// llm-sim's `/generate_ndjson` as `http-json`: a token a line, the count
+/// and the end on the last.
+pub const SIM_NDJSON_TARGET: &str = r#"
+    api = "http-json"
+    path = "/generate_ndjson"
+    [target.http_json]
+    body = { prompt = "{{prompt}}", max_tokens = "{{max_tokens}}" }
+    text = "/token"
+    tokens = "/tokens_generated"
+    done = "/done"
+    stream = "ndjson"
+"#;
+
 /// A prompt of exactly `words` whitespace-separated words.
 pub fn prompt_of(words: usize) -> String {
     (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
