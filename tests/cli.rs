@@ -147,6 +147,56 @@ fn a_missing_profile_and_bad_flags_exit_64() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"));
     }
+    // A flag's value gets the words a profile's value gets.
+    for flag in [["--duration", "thirty"], ["--duration", "0s"]] {
+        let out = controller(&["run", smoke, flag[0], flag[1]]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid value '{}' for '--duration <DURATION>': expected a positive duration such as \"30s\", \"2m\" or \"250ms\"",
+                flag[1]
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_prompt_source_problem_shows_at_once() {
+    let (code, stderr) = bad_profile(
+        "[load]\nusers = 1\nduration = \"1s\"\n[prompts]\nbuiltin = \"short\"\ninline = [\"\"]\nformat = \"jsonl\"\n[prompts.synthetic]\ninput_tokens = { min = 9, max = 2 }\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    for expected in [
+        "prompts: set only one of builtin, inline, file and synthetic",
+        "prompts.format: format applies to a prompt file: set file too",
+        "prompts.inline[0]: a prompt must not be empty",
+        "prompts.synthetic.count: missing",
+        "prompts.synthetic.input_tokens: min 9 is above max 2",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("5 problems in"), "{stderr}");
+}
+
+#[test]
+fn validate_warns_of_a_header_variable_that_is_not_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("keyed.toml");
+    std::fs::write(
+        &path,
+        "[target]\nurl = \"http://127.0.0.1:9\"\nheaders = { Authorization = { env = \"STAMPEDE_TEST_UNSET_KEY\" } }\n[load]\nusers = 1\n",
+    )
+    .unwrap();
+    let out = controller(&["validate", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: header \"Authorization\" takes its value from the environment variable STAMPEDE_TEST_UNSET_KEY, which is not set here"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keyed.toml: ok (up to 1 user, 1 step, 1 agent,"));
 }
 
 #[test]

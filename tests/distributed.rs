@@ -3,7 +3,8 @@
 //! `/etc/netns/<ns>/hosts` as a Kubernetes Service would. Faults are real:
 //! `kill -9` by PID and links cut with `ip link set ... down`.
 //!
-//! These tests need root; without it they say so and pass.
+//! These tests need root; without it each is reported as ignored, saying
+//! so (and fails when `STAMPEDE_REQUIRE_PEERS=1`, as in CI).
 
 // These tests time real processes from outside; there is no tokio clock to
 // share here. Their helpers panic on failure: that is how a test fails.
@@ -14,8 +15,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stampede_tests::harness::Outcome;
 use stampede_tests::netns::{self, Net, Proc};
 use stampede_tests::{bin, exclusive, metrics, num, relative_error, repo};
+
+stampede_tests::suite![
+    four_agents_split_high_13_13_12_12_and_agree_with_one_agent,
+    remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it,
+    a_killed_agent_is_lost_and_with_continue_the_run_completes,
+    a_killed_agent_with_abort_stops_every_agent,
+    a_killed_controller_stops_every_agent_within_5s,
+    a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself,
+    agents_started_before_the_controller_wait_for_it,
+    refusals::wrong_and_missing_tokens_are_refused_before_any_load,
+    refusals::tls_mismatches_are_refused_and_the_right_ca_is_accepted,
+    refusals::a_protocol_version_mismatch_is_refused_naming_both_versions,
+];
 
 const TOKEN: &str = "s3cret-token-for-tests";
 /// A server with a fixed 100 ms prefill and no queueing for 50 users, so
@@ -187,12 +202,8 @@ fn run(c: &Cluster, profile: &Path, out: &str, agents: usize, extra: &[&str]) ->
     assert_eq!(code, 0, "controller:\n{}", controller.stderr());
     (code, c.summary(out))
 }
-
-#[test]
-fn four_agents_split_high_13_13_12_12_and_agree_with_one_agent() {
-    if !netns::available() {
-        return;
-    }
+fn four_agents_split_high_13_13_12_12_and_agree_with_one_agent() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
 
@@ -239,6 +250,7 @@ fn four_agents_split_high_13_13_12_12_and_agree_with_one_agent() {
         relative_error(p4, p1) < 0.05,
         "TTFT p50 over 4 agents {p4} ms vs 1 agent {p1} ms"
     );
+    Ok(())
 }
 
 /// A word-level tokenizer.json of `words` entries (one token per
@@ -256,12 +268,8 @@ fn write_word_tokenizer(path: &Path, words: usize) {
     });
     std::fs::write(path, json.to_string()).unwrap();
 }
-
-#[test]
-fn remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it() {
-    if !netns::available() {
-        return;
-    }
+fn remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(2);
     // Over 4 MiB, tonic's default message limit: the assignment must still
@@ -293,13 +301,10 @@ fn remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it
     assert_eq!(num(d, "/requests"), ok, "{d}");
     assert_eq!(num(d, "/requests_differing"), 0.0, "{d}");
     assert_eq!(num(d, "/second"), num(&s, "/tokens/output"), "{d}");
+    Ok(())
 }
-
-#[test]
-fn a_killed_agent_is_lost_and_with_continue_the_run_completes() {
-    if !netns::available() {
-        return;
-    }
+fn a_killed_agent_is_lost_and_with_continue_the_run_completes() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
     let profile = high_continuing(&c);
@@ -349,13 +354,10 @@ fn a_killed_agent_is_lost_and_with_continue_the_run_completes() {
         "{}",
         controller.stdout()
     );
+    Ok(())
 }
-
-#[test]
-fn a_killed_agent_with_abort_stops_every_agent() {
-    if !netns::available() {
-        return;
-    }
+fn a_killed_agent_with_abort_stops_every_agent() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
     let mut controller = c.controller(&high(), "out", 4, &["--duration", "20s"]);
@@ -396,13 +398,10 @@ fn a_killed_agent_with_abort_stops_every_agent() {
             .contains("agent-1 was lost"),
         "{s:#}"
     );
+    Ok(())
 }
-
-#[test]
-fn a_killed_controller_stops_every_agent_within_5s() {
-    if !netns::available() {
-        return;
-    }
+fn a_killed_controller_stops_every_agent_within_5s() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
     let mut controller = c.controller(&high(), "out", 4, &["--duration", "30s"]);
@@ -440,13 +439,10 @@ fn a_killed_controller_stops_every_agent_within_5s() {
         assert_ne!(code, 0, "{}: {}", a.name, a.stderr());
         assert!(a.stderr().contains("lost the controller"), "{}: {}", a.name, a.stderr());
     }
+    Ok(())
 }
-
-#[test]
-fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() {
-    if !netns::available() {
-        return;
-    }
+fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
     let profile = high_continuing(&c);
@@ -503,13 +499,10 @@ fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() {
     let s = c.summary("out");
     assert_eq!(agent_named(&s, "agent-3")["end"], "lost");
     assert_eq!(agent_named(&s, "agent-3")["reason"], "silent for 3s");
+    Ok(())
 }
-
-#[test]
-fn agents_started_before_the_controller_wait_for_it() {
-    if !netns::available() {
-        return;
-    }
+fn agents_started_before_the_controller_wait_for_it() -> Outcome {
+    netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(2);
     let mut agents: Vec<Proc> = (0..2).map(|i| c.agent(i, &[])).collect();
@@ -531,6 +524,7 @@ fn agents_started_before_the_controller_wait_for_it() {
         );
     }
     assert!(num(&c.summary("out"), "/requests/ok") > 0.0);
+    Ok(())
 }
 
 mod refusals {
@@ -563,12 +557,8 @@ mod refusals {
         );
         assert_eq!(c.received(), 0.0, "no load may reach the server");
     }
-
-    #[test]
-    fn wrong_and_missing_tokens_are_refused_before_any_load() {
-        if !netns::available() {
-            return;
-        }
+    pub(super) fn wrong_and_missing_tokens_are_refused_before_any_load() -> Outcome {
+        netns::available()?;
         let _machine = exclusive();
         let c = Cluster::new(1);
         std::fs::write(c.path("wrong"), "not-the-token").unwrap();
@@ -617,6 +607,7 @@ mod refusals {
             "{}",
             open.stderr()
         );
+        Ok(())
     }
 
     fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
@@ -629,12 +620,8 @@ mod refusals {
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
     }
-
-    #[test]
-    fn tls_mismatches_are_refused_and_the_right_ca_is_accepted() {
-        if !netns::available() {
-            return;
-        }
+    pub(super) fn tls_mismatches_are_refused_and_the_right_ca_is_accepted() -> Outcome {
+        netns::available()?;
         let _machine = exclusive();
         let c = Cluster::new(1);
         let (ours, theirs) = (ca("stampede test CA"), ca("some other CA"));
@@ -687,13 +674,10 @@ mod refusals {
             controller.stderr()
         );
         assert!(c.received() > 0.0);
+        Ok(())
     }
-
-    #[test]
-    fn a_protocol_version_mismatch_is_refused_naming_both_versions() {
-        if !netns::available() {
-            return;
-        }
+    pub(super) fn a_protocol_version_mismatch_is_refused_naming_both_versions() -> Outcome {
+        netns::available()?;
         let _machine = exclusive();
         let c = Cluster::new(1);
         let mut controller = controller_waiting(&c, &[]);
@@ -744,5 +728,6 @@ mod refusals {
             controller.stderr()
         );
         assert_eq!(c.received(), 0.0);
+        Ok(())
     }
 }

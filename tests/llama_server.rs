@@ -10,8 +10,8 @@
 //! `ignore_eos`) through `target.body`, and every answer has exactly the
 //! length they ask for.
 //!
-//! Without the peer installed the test prints why and passes; CI installs
-//! it.
+//! Without the peer installed the test is reported as ignored, saying why
+//! (a failure with `STAMPEDE_REQUIRE_PEERS=1`); CI installs it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,14 +22,17 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 
 use serde_json::Value;
+use stampede_tests::harness::{Missing, Outcome};
 use stampede_tests::{exclusive, num, repo, run_profile_with_env};
+
+stampede_tests::suite![llama_server_usage_matches_stampedes_counts_in_both_openai_dialects];
 
 /// The key llama-server demands, and the variable a profile names for it.
 const KEY: &str = "stampede-peer-test-key";
 const KEY_VAR: &str = "STAMPEDE_TEST_LLAMA_KEY";
 
 /// The server binary and the model, from the environment or `.ci/peers`.
-fn peer() -> Result<(PathBuf, PathBuf), String> {
+fn peer() -> Result<(PathBuf, PathBuf), Missing> {
     if let (Some(bin), Some(model)) = (
         std::env::var_os("STAMPEDE_LLAMA_SERVER"),
         std::env::var_os("STAMPEDE_GEMMA_GGUF"),
@@ -41,20 +44,22 @@ fn peer() -> Result<(PathBuf, PathBuf), String> {
         .arg(&script)
         .arg("--check")
         .status()
-        .map_err(|e| format!("cannot run .ci/peers: {e}"))?;
+        .map_err(|e| Missing::new(format!("cannot run .ci/peers: {e}")))?;
     if !check.success() {
-        return Err("llama-server and the Gemma model are not installed (run .ci/peers)".to_owned());
+        return Err(Missing::new(
+            "llama-server and the Gemma model are not installed (.ci/run builds them with .ci/peers)",
+        ));
     }
     let out = Command::new("bash")
         .arg(&script)
         .output()
-        .map_err(|e| format!("cannot run .ci/peers: {e}"))?;
+        .map_err(|e| Missing::new(format!("cannot run .ci/peers: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let var = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("export {name}=")))
             .map(PathBuf::from)
-            .ok_or_else(|| format!(".ci/peers printed no {name}"))
+            .ok_or_else(|| Missing::new(format!(".ci/peers printed no {name}")))
     };
     Ok((var("STAMPEDE_LLAMA_SERVER")?, var("STAMPEDE_GEMMA_GGUF")?))
 }
@@ -176,16 +181,8 @@ fn run(profile: &str) -> (i32, String, Value) {
     let run = run_profile_with_env(profile, &[], &[(KEY_VAR, &bearer)]);
     (run.code(), run.stderr(), run.summary().clone())
 }
-
-#[test]
-fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() {
-    let (bin, model) = match peer() {
-        Ok(p) => p,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
+fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() -> Outcome {
+    let (bin, model) = peer()?;
     let _machine = exclusive();
     let server = start(&bin, &model);
     for api in ["openai-chat", "openai-completions"] {
@@ -230,4 +227,5 @@ fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() {
     assert_eq!(num(&s, "/tokens/output"), ok * 5.0, "n_predict reached the server");
     assert_eq!(num(&s, "/metrics/output_tokens/max"), 5.0);
     assert_eq!(predicted(&server.addr) - before, ok * 5.0);
+    Ok(())
 }

@@ -1,112 +1,31 @@
 //! Every request a trace: spans found through Jaeger's query API, as a
-//! user finds them, in a real in-memory OTLP collector (otlp-embedded),
-//! directly over gRPC and over HTTP through a real collector hop (rotel).
+//! user finds them, in an in-memory OTLP collector (the OpenTelemetry
+//! project's generated receiver, `stampede_tests::collector`), directly
+//! over gRPC and over HTTP through a real collector hop (rotel).
 
 // These tests watch real processes from outside; there is no tokio clock to
 // share here. Their helpers panic on failure: that is how a test fails.
 #![allow(clippy::disallowed_types, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use otlp_embedded::{Config, State, StateRef, TraceServiceImpl, TraceServiceServer, ui_app};
 use serde_json::Value;
-use stampede_tests::prom::{free_port, get};
+use stampede_tests::collector::Collector;
+use stampede_tests::harness::{Missing, Outcome};
+use stampede_tests::prom::free_port;
 use stampede_tests::{Run, SIM_NDJSON_TARGET, Sim, exclusive, http_post, num, prompt_of, relative_error, run_profile};
 
-/// An OTLP/gRPC collector answering Jaeger's query API, in this process.
-struct Collector {
-    runtime: tokio::runtime::Runtime,
-    state: StateRef,
-    grpc: SocketAddr,
-    query: SocketAddr,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let state = State::new(Config {
-            max_length: 100_000,
-            max_memory_usage: 1 << 30,
-        });
-        let ui_state = state.clone();
-        let ingest = state.clone();
-        let (grpc, query) = runtime.block_on(async move {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let query = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addrs = (grpc.local_addr().expect("addr"), query.local_addr().expect("addr"));
-            let service = TraceServiceServer::new(TraceServiceImpl::new(ingest))
-                // Collectors such as rotel send gzip whatever they are told.
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
-            );
-            tokio::spawn(async move { axum::serve(query, ui_app(ui_state, "/")).await });
-            addrs
-        });
-        Collector {
-            runtime,
-            state,
-            grpc,
-            query,
-        }
-    }
-
-    fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// `GET` on the query API; the JSON body of a 200.
-    fn api(&self, path: &str) -> Option<Value> {
-        match get(self.query, path) {
-            Some((200, body)) => Some(serde_json::from_str(&body).expect("the query API answers JSON")),
-            _ => None,
-        }
-    }
-
-    /// Complete traces whose root span is `operation` of `service`.
-    fn traces(&self, service: &str, operation: &str) -> Vec<Value> {
-        let path = format!("/api/traces?service={service}&operation={operation}&limit=1000000");
-        let v = self.api(&path).expect("the traces query answers");
-        v["data"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// The raw OTLP spans of one trace (kind and status, which the Jaeger
-    /// JSON leaves out), by span id.
-    fn otlp_spans(&self, trace_id: &str) -> HashMap<String, Value> {
-        let id: Vec<u8> = (0..trace_id.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
-            .collect();
-        let trace = self.runtime.block_on(async { self.state.write().await.get_by_id(&id) });
-        let batch = trace.expect("the trace is held").to_tempo_batch();
-        let mut out = HashMap::new();
-        for entry in batch["batches"].as_array().expect("batches") {
-            for span in entry["instrumentationLibrarySpans"][0]["spans"]
-                .as_array()
-                .expect("spans")
-            {
-                let hex: String = span["span_id"]
-                    .as_array()
-                    .expect("span id bytes")
-                    .iter()
-                    .map(|b| format!("{:02x}", b.as_u64().expect("a byte")))
-                    .collect();
-                out.insert(hex, span.clone());
-            }
-        }
-        out
-    }
-}
+stampede_tests::suite![
+    over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans,
+    over_http_through_a_real_collector_every_request_is_one_client_span,
+    every_dialect_joins_the_servers_spans,
+    sampling_keeps_every_failure_and_each_intervals_slowest,
+    with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans,
+];
 
 /// A real OTLP collector hop: rotel, HTTP and gRPC in, gRPC out.
 struct Rotel {
@@ -116,22 +35,19 @@ struct Rotel {
 }
 
 impl Rotel {
-    fn binary() -> Option<PathBuf> {
+    fn binary() -> Result<PathBuf, Missing> {
         let path = std::env::var_os("STAMPEDE_ROTEL").map(PathBuf::from).or_else(|| {
             let home = std::env::var_os("HOME")?;
             Some(
                 PathBuf::from(home)
                     .join(".cache/stampede/rotel-0.0.1a15/venv/lib/python3.11/site-packages/rotel/rotel-agent"),
             )
-        })?;
-        if path.is_file() {
-            Some(path)
-        } else {
-            eprintln!(
-                "skipped: rotel is not installed at {} (.ci/run installs it)",
-                path.display()
-            );
-            None
+        });
+        match path {
+            Some(path) if path.is_file() => Ok(path),
+            _ => Err(Missing::new(
+                "rotel is not installed (.ci/run installs it from PyPI and sets STAMPEDE_ROTEL)",
+            )),
         }
     }
 
@@ -384,9 +300,7 @@ fn check_traces(c: &Collector, service: &str, run: &Run, sim: &Sim) -> f64 {
     assert_eq!(one["data"][0]["traceID"], trace_id.as_str());
     queue_us
 }
-
-#[test]
-fn over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans() {
+fn over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans() -> Outcome {
     let _machine = exclusive();
     let c = Collector::start();
     let sim = traced_sim(&c.grpc_url(), "grpc", 2);
@@ -422,11 +336,10 @@ fn over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans() {
     let id = worst["trace_id"].as_str().unwrap();
     assert_eq!(worst["link"], format!("http://localhost:16686/trace/{id}"));
     assert!(run.stdout().contains(id), "{}", run.stdout());
+    Ok(())
 }
-
-#[test]
-fn over_http_through_a_real_collector_every_request_is_one_client_span() {
-    let Some(rotel) = Rotel::binary() else { return };
+fn over_http_through_a_real_collector_every_request_is_one_client_span() -> Outcome {
+    let rotel = Rotel::binary()?;
     let _machine = exclusive();
     let c = Collector::start();
     let hop = Rotel::start(&rotel, &c.grpc_url());
@@ -439,13 +352,13 @@ fn over_http_through_a_real_collector_every_request_is_one_client_span() {
     assert!(num(run.summary(), "/requests/ok") > 20.0, "too few requests to judge");
     assert_eq!(run.summary()["tracing"]["protocol"], "http/protobuf");
     check_traces(&c, service, &run, &sim);
+    Ok(())
 }
 
 /// llm-sim's Ollama, TGI and JSON endpoints read `traceparent` as its
 /// OpenAI ones do: every request's trace holds the client span, named for
 /// its dialect, and the server's phases beneath it.
-#[test]
-fn every_dialect_joins_the_servers_spans() {
+fn every_dialect_joins_the_servers_spans() -> Outcome {
     let _machine = exclusive();
     let c = Collector::start();
     let sim = traced_sim(&c.grpc_url(), "grpc", 2);
@@ -504,10 +417,9 @@ fn every_dialect_joins_the_servers_spans() {
         }
         eprintln!("{name}: {ok} requests, each joined with llm-sim's queue, prefill and decode spans");
     }
+    Ok(())
 }
-
-#[test]
-fn sampling_keeps_every_failure_and_each_intervals_slowest() {
+fn sampling_keeps_every_failure_and_each_intervals_slowest() -> Outcome {
     let _machine = exclusive();
     let c = Collector::start();
     let sim = traced_sim(&c.grpc_url(), "grpc", 8);
@@ -605,10 +517,9 @@ fn sampling_keeps_every_failure_and_each_intervals_slowest() {
             assert_eq!(found["data"][0]["traceID"], e["trace_id"]);
         }
     }
+    Ok(())
 }
-
-#[test]
-fn with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans() {
+fn with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans() -> Outcome {
     let _machine = exclusive();
     let sim = Sim::start(&[]);
     // A port that was free a moment ago: nothing listens there.
@@ -632,4 +543,5 @@ fn with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans() {
     // the warning), not per span.
     let complaints = run.stderr().matches("cannot export spans").count();
     assert_eq!(complaints, 1, "{}", run.stderr());
+    Ok(())
 }

@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// How long to keep trying to reach the controller, such as 60s.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
     wait: Duration,
     /// Sample this host's NVIDIA GPUs (utilisation, memory, power) every
     /// 200 ms through NVML and send the readings with the reports. Without
@@ -37,6 +37,14 @@ struct Cli {
     /// found".
     #[arg(long, env = "STAMPEDE_GPU")]
     gpu: bool,
+}
+
+/// A duration flag, refused with the words the controller's flags use.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(r#"expected a positive duration such as "30s", "2m" or "250ms""#.to_owned()),
+    }
 }
 
 /// Reads a secret or a certificate file; the error names the flag.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use stampede_controller::profile::{Overrides, Profile, parse_duration};
+use stampede_controller::profile::{Overrides, Profile, parse_positive_duration};
 use stampede_controller::report::terminal;
 use stampede_controller::{Agents, Interrupt, Listen, Options, run};
 
@@ -54,7 +54,7 @@ struct RunArgs {
     agents: Option<NonZeroU32>,
     /// How long to issue new requests, such as 30s or 2m [default: the
     /// profile's load.duration].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_positive_duration)]
     duration: Option<Duration>,
     /// Directory for results; each run writes <out>/<run-id>/ [default: the
     /// profile's report.out].
@@ -68,7 +68,7 @@ struct RunArgs {
     #[arg(long, requires = "listen")]
     expect_agents: Option<NonZeroU32>,
     /// How long to wait for the remote agents, such as 60s.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "listen")]
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration, requires = "listen")]
     wait: Duration,
     /// File holding the token agents must present; required when listening
     /// on an address other than loopback.
@@ -156,15 +156,21 @@ fn validate(profiles: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in profiles {
         match Profile::load(path, &Overrides::default()) {
-            Ok(p) => println!(
-                "{}: ok (up to {}, {} step{}, {} agents, {:?})",
-                path.display(),
-                p.load.label(p.load.peak()),
-                p.load.steps.len(),
-                if p.load.steps.len() == 1 { "" } else { "s" },
-                p.agents,
-                p.load.duration()
-            ),
+            Ok(p) => {
+                println!(
+                    "{}: ok (up to {}, {} step{}, {} agent{}, {:?})",
+                    path.display(),
+                    p.load.label(p.load.peak()),
+                    p.load.steps.len(),
+                    if p.load.steps.len() == 1 { "" } else { "s" },
+                    p.agents,
+                    if p.agents.get() == 1 { "" } else { "s" },
+                    p.load.duration()
+                );
+                for warning in unset_header_variables(&p) {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ok = false;
@@ -176,6 +182,22 @@ fn validate(profiles: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EX_USAGE)
     }
+}
+
+/// Headers whose variable is not set here: a local run would stop on them,
+/// and a remote agent needs it set in its own environment.
+fn unset_header_variables(p: &Profile) -> Vec<String> {
+    p.target
+        .api
+        .headers
+        .iter()
+        .filter_map(|(name, source)| match source {
+            stampede_agent::api::HeaderSource::Env(var) if std::env::var_os(var).is_none() => Some(format!(
+                "header {name:?} takes its value from the environment variable {var}, which is not set here; a local run stops on it, and remote agents need it in their own environment"
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 fn run_profile(args: RunArgs) -> ExitCode {

@@ -15,6 +15,7 @@ use std::process::Command;
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::harness::Missing;
 use crate::{bin, repo};
 
 /// Where the image keeps the binaries (`docker/Dockerfile`).
@@ -22,10 +23,10 @@ pub const IMAGE_BIN: &str = "/usr/local/bin/";
 
 /// The kubectl that renders the overlays: `$STAMPEDE_KUBECTL` (set by
 /// `.ci/run`), else the copy `.ci/deploy-checks` caches, else `kubectl` on
-/// the PATH. None, with the reason printed, when there is none.
-pub fn kubectl() -> Option<PathBuf> {
+/// the PATH; else what is missing.
+pub fn kubectl() -> Result<PathBuf, Missing> {
     if let Some(path) = std::env::var_os("STAMPEDE_KUBECTL") {
-        return Some(path.into());
+        return Ok(path.into());
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -39,14 +40,15 @@ pub fn kubectl() -> Option<PathBuf> {
         .map(|e| e.path().join("kubectl"))
         .filter(|p| p.is_file())
         .max();
-    if cached.is_some() {
-        return cached;
+    if let Some(cached) = cached {
+        return Ok(cached);
     }
     if Command::new("kubectl").args(["version", "--client"]).output().is_ok() {
-        return Some("kubectl".into());
+        return Ok("kubectl".into());
     }
-    eprintln!("skipped: no kubectl to render the overlays (run `.ci/deploy-checks --kubectl`)");
-    None
+    Err(Missing::new(
+        "no kubectl to render the overlays (.ci/run installs one with `.ci/deploy-checks --kubectl`)",
+    ))
 }
 
 /// Every object an overlay renders to.

@@ -6,6 +6,8 @@
 //! handle drops. Timing-sensitive tests hold [`exclusive`] so that two
 //! loads never share the machine's cores.
 
+pub mod collector;
+pub mod harness;
 pub mod kube;
 pub mod netns;
 pub mod prom;

@@ -12,10 +12,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::harness::Missing;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// True when this process may create network namespaces. Prints why not.
-pub fn available() -> bool {
+/// `Ok` when this process may create network namespaces; else what is
+/// missing.
+pub fn available() -> Result<(), Missing> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -25,14 +28,16 @@ pub fn available() -> bool {
         })
         .unwrap_or(false);
     if !root {
-        eprintln!("skipped: network namespaces need root (CI runs these tests as root)");
-        return false;
+        return Err(Missing::new(
+            "network namespaces need root (.ci/run runs as root in CI)",
+        ));
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: the `ip` command (iproute2) is not installed");
-        return false;
+        return Err(Missing::new(
+            "the `ip` command is not installed (.ci/run installs iproute2)",
+        ));
     }
-    true
+    Ok(())
 }
 
 fn ip(args: &[&str]) {

@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// The `prometheus` binary on the PATH, if installed. Prints why not.
-pub fn binary() -> Option<PathBuf> {
+/// The `prometheus` binary on the PATH, if installed; else what is missing.
+pub fn binary() -> Result<PathBuf, crate::harness::Missing> {
     match Command::new("prometheus").arg("--version").output() {
-        Ok(out) if out.status.success() => Some("prometheus".into()),
-        _ => {
-            eprintln!("skipped: prometheus is not installed (apt-get install prometheus; .ci/run does)");
-            None
-        }
+        Ok(out) if out.status.success() => Ok("prometheus".into()),
+        _ => Err(crate::harness::Missing::new(
+            "prometheus is not installed (.ci/run installs the Debian package)",
+        )),
     }
 }
 

@@ -262,7 +262,7 @@ impl<'t, 'i> Table<'t, 'i> {
                 } else {
                     "a positive duration"
                 };
-                self.wrong(p, key, v, &format!("{what} such as \"30s\", \"2m\" or \"250ms\""));
+                self.wrong(p, key, v, &format!("{what} such as {DURATION_EXAMPLES}"));
                 None
             }
         }
@@ -411,6 +411,9 @@ fn number(v: &DeValue<'_>) -> Option<f64> {
     }
 }
 
+/// How the messages about a bad duration show a good one.
+const DURATION_EXAMPLES: &str = r#""30s", "2m" or "250ms""#;
+
 /// Parses durations such as `30s`, `1m30s`, `250ms`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -427,6 +430,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(number * scale).map_err(|e| e.to_string());
     }
     humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// A command-line duration flag, read as the profile reads durations and
+/// refused with the profile's words (clap prints the flag and the value
+/// before them).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("expected a positive duration such as {DURATION_EXAMPLES}")),
+    }
 }
 
 /// `"1.5s"` → `(1.5, "s")`; `None` unless the text is one decimal number

@@ -20,7 +20,7 @@ use stampede_agent::api::{ApiConfig, Dialect};
 use stampede_agent::http::Endpoint;
 use stampede_sim::OutputLength;
 
-pub use doc::{Problem, parse_duration};
+pub use doc::{Problem, parse_duration, parse_positive_duration};
 use doc::{Problems, Table};
 pub use load::{Load, Model, Shape, Step};
 pub use trace::{DEFAULT_SERVICE, TraceTable};

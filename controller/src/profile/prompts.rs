@@ -35,9 +35,9 @@ pub(super) fn walk(
     let tokenizer_at = (s.span_of("tokenizer"), s.path_of("tokenizer"));
     s.finish(p);
     let chosen = [builtin.is_some(), inline.is_some(), path.is_some(), synthetic];
-    if chosen.iter().filter(|c| **c).count() > 1 {
+    let several = chosen.iter().filter(|c| **c).count() > 1;
+    if several {
         p.at(None, "prompts", "set only one of builtin, inline, file and synthetic");
-        return None;
     }
     if format.is_some() && path.is_none() {
         p.at(
@@ -46,82 +46,114 @@ pub(super) fn walk(
             "format applies to a prompt file: set file too",
         );
     }
+    // Every source given is checked, so that all its problems show at once
+    // even beside the one above.
+    let mut found = Vec::new();
     if let Some(list) = inline {
-        if list.is_empty() {
-            p.at(
-                d.span_of("inline"),
-                &d.path_of("inline"),
-                "expected at least one prompt",
-            );
-        }
-        for (i, text) in list.iter().enumerate() {
-            if text.trim().is_empty() {
-                p.at(
-                    d.span_of("inline"),
-                    &format!("{}[{i}]", d.path_of("inline")),
-                    "a prompt must not be empty",
-                );
-            }
-        }
-        let source = format!("inline ({} prompts)", list.len());
-        let prompts = list
-            .into_iter()
-            .map(|text| Prompt {
-                text,
-                class: "inline".to_owned(),
-                max_tokens: None,
-            })
-            .collect();
-        return Some((prompts, source));
+        found.push(inline_prompts(d, p, list));
     }
     if let Some(name) = path {
-        let full = base.join(&name);
-        let format = format
-            .as_deref()
-            .and_then(Format::from_name)
-            .unwrap_or(Format::of(&full));
-        return match file::load(&full, format) {
-            Ok(mut prompts) => {
-                dataset::shuffle(&mut prompts, seed);
-                let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
-                let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
-                Some((prompts, source))
-            }
-            Err(e) => {
-                p.at(d.span_of("file"), &d.path_of("file"), e);
-                None
-            }
-        };
+        found.push(file_prompts(d, p, base, seed, &name, format.as_deref()));
     }
     if synthetic {
-        let spec = spec?;
         let tokenizer = tokenizer
             .map(|t| (base.join(&t), t))
             .or_else(|| default_tokenizer.map(|(path, name)| (path.to_owned(), name.to_owned())));
-        let counter = match &tokenizer {
-            Some((path, _)) => match Counter::from_file(path) {
-                Ok(c) => c,
-                Err(e) => {
-                    p.at(tokenizer_at.0.clone(), &tokenizer_at.1, e);
-                    return None;
-                }
-            },
-            None => Counter::words(),
-        };
-        return match synthetic::generate(&spec, seed, &counter) {
-            Ok(prompts) => {
-                let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
-                let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
-                Some((prompts, source))
-            }
-            Err(e) => {
-                p.at(None, "prompts.synthetic", e);
-                None
-            }
-        };
+        found.push(spec.and_then(|spec| synthetic_prompts(p, &spec, seed, tokenizer, tokenizer_at)));
+    }
+    if several {
+        return None;
+    }
+    if let Some(prompts) = found.pop() {
+        return prompts;
     }
     let name = builtin.as_deref().unwrap_or("mixed");
     Some((dataset::builtin(name)?, format!("builtin:{name}")))
+}
+
+fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) -> Option<(Vec<Prompt>, String)> {
+    if list.is_empty() {
+        p.at(
+            d.span_of("inline"),
+            &d.path_of("inline"),
+            "expected at least one prompt",
+        );
+    }
+    for (i, text) in list.iter().enumerate() {
+        if text.trim().is_empty() {
+            p.at(
+                d.span_of("inline"),
+                &format!("{}[{i}]", d.path_of("inline")),
+                "a prompt must not be empty",
+            );
+        }
+    }
+    let source = format!("inline ({} prompts)", list.len());
+    let prompts = list
+        .into_iter()
+        .map(|text| Prompt {
+            text,
+            class: "inline".to_owned(),
+            max_tokens: None,
+        })
+        .collect();
+    Some((prompts, source))
+}
+
+fn file_prompts(
+    d: &Table<'_, '_>,
+    p: &mut Problems<'_>,
+    base: &Path,
+    seed: u64,
+    name: &str,
+    format: Option<&str>,
+) -> Option<(Vec<Prompt>, String)> {
+    let full = base.join(name);
+    let format = format.and_then(Format::from_name).unwrap_or(Format::of(&full));
+    match file::load(&full, format) {
+        Ok(mut prompts) => {
+            dataset::shuffle(&mut prompts, seed);
+            let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
+            let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
+            Some((prompts, source))
+        }
+        Err(e) => {
+            p.at(d.span_of("file"), &d.path_of("file"), e);
+            None
+        }
+    }
+}
+
+/// `tokenizer`: the file and its name as the profile gives it; `at`: where
+/// the profile names it.
+fn synthetic_prompts(
+    p: &mut Problems<'_>,
+    spec: &synthetic::Spec,
+    seed: u64,
+    tokenizer: Option<(std::path::PathBuf, String)>,
+    at: (Option<std::ops::Range<usize>>, String),
+) -> Option<(Vec<Prompt>, String)> {
+    let counter = match &tokenizer {
+        Some((path, _)) => match Counter::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                p.at(at.0, &at.1, e);
+                return None;
+            }
+        },
+        None => Counter::words(),
+    };
+    match synthetic::generate(spec, seed, &counter) {
+        Ok(prompts) => {
+            let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
+            let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
+            Some((prompts, source))
+        }
+        Err(e) => {
+            p.at(None, "prompts.synthetic", e);
+            None
+        }
+    }
 }
 
 fn synthetic_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<synthetic::Spec> {
