@@ -166,7 +166,10 @@ fn a_stall_hidden_by_closed_loop_service_times_shows_from_the_intended_start() {
 fn an_overloaded_client_is_called_client_bound() {
     let _machine = exclusive();
     // Far more arrivals than two cores can serve while also playing the
-    // server: the agent falls behind its schedule and says so.
+    // server: the agent falls behind its schedule and says so. How many
+    // requests fail on the way (sockets run out on some machines) is the
+    // machine's business; the run itself must complete, its agent never
+    // lost however starved the load is.
     let profile = r#"
         [load]
         rate = 20000
@@ -181,10 +184,14 @@ fn an_overloaded_client_is_called_client_bound() {
         max_batch = 100000
         prefill_base = "0s"
         prefill_per_token = "0s"
+        [thresholds]
+        max_error_rate = 1.0
     "#;
     let run = stampede_tests::run_profile(profile, &[]);
     let s = run.summary();
     eprintln!("client: {:#}", s["client"]);
+    assert_eq!(run.code(), 0, "{:#}\n{}", s["verdict"], run.stderr());
+    assert!(num(s, "/requests/ok") > 1000.0, "{:#}", s["requests"]);
     assert_eq!(s["client"]["bound"], true, "{:#}", s["client"]);
     assert!(!s["client"]["reasons"].as_array().unwrap().is_empty());
     assert!(

@@ -93,11 +93,60 @@ pub enum Error {
     /// Interrupted before the load started.
     #[error("interrupted before the run started")]
     Interrupted,
+
+    /// The session's own thread or runtime could not be started.
+    #[error("cannot start the session: {0}")]
+    Start(String),
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// load generators do: every request in flight holds a socket (two when
+/// the built-in simulator shares the process), and the common default of
+/// 1,024 would turn a heavy load into connect errors. Returns the limit now
+/// in force, when known.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum;
+        }
+    }
+    limit.current
 }
 
 /// Takes part in one run, from connecting to the controller until the
 /// load is over and reported. Cancelling `shutdown` stops new requests and
 /// lets in-flight ones finish within the drain time.
+///
+/// The load runs on the caller's runtime; the session (the stream to the
+/// controller, heartbeats, reports, the dead-man switch) runs on a
+/// single-threaded runtime of its own thread, so that a load too heavy for
+/// the machine delays requests, which the figures show, and never the
+/// heartbeats, which would make the controller and this agent give each
+/// other up.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Ended, Error> {
-    session::run(&config, shutdown).await
+    let load = tokio::runtime::Handle::current();
+    let logs = tracing::Span::current();
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("stampede-session-{}", config.name))
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(tracing::Instrument::instrument(
+                    session::run(&config, shutdown, load),
+                    logs,
+                )),
+                Err(e) => Err(Error::Start(format!("its runtime: {e}"))),
+            };
+            let _ = done.send(result);
+        })
+        .map_err(|e| Error::Start(format!("its thread: {e}")))?;
+    ended
+        .await
+        .unwrap_or_else(|_| Err(Error::Start("the session's thread ended without a result".to_owned())))
 }

@@ -139,6 +139,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let files = stampede_agent::raise_open_file_limit();
+    tracing::debug!(?files, "open-file limit");
     let shutdown = CancellationToken::new();
     runtime.spawn(stop_on_signal(shutdown.clone()));
     match runtime.block_on(stampede_agent::run(config, shutdown)) {

@@ -230,6 +230,10 @@ fn run_profile(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // In-process agents and the built-in simulator share this process's
+    // open files.
+    let files = stampede_agent::raise_open_file_limit();
+    tracing::debug!(?files, "open-file limit");
     let interrupt = Interrupt::default();
     runtime.spawn(watch_signals(interrupt.clone()));
     let options = Options {

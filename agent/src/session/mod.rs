@@ -113,8 +113,8 @@ impl Link {
 }
 
 /// Takes part in one run: connects, receives the assignment, runs the load
-/// when told, and reports until the load is over.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, Error> {
+/// on `load` when told, and reports until the load is over.
+pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runtime::Handle) -> Result<Ended, Error> {
     let gpu = config.gpu.then(|| Arc::new(crate::gpu::Sampler::start()));
     if let Some(g) = &gpu {
         tracing::info!("{}", g.note);
@@ -188,7 +188,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<Ended, 
             other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
         }
     };
-    running(plan, start, offset, link, gpu).instrument(logs).await
+    running(plan, start, offset, link, gpu, load).instrument(logs).await
 }
 
 /// When to begin: at the controller's `start_at` in this host's clock when
@@ -228,6 +228,7 @@ async fn running(
     offset: Option<Offset>,
     mut link: Link,
     gpu: Option<Arc<crate::gpu::Sampler>>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<Ended, Error> {
     let recorder = Recorder::new();
     let active = Arc::new(AtomicU32::new(0));
@@ -242,9 +243,12 @@ async fn running(
     let (end, drain) = (start + plan.duration, plan.drain);
     let load_control = control.clone();
     let (opener, gate) = Gate::new();
-    let mut load = tokio::spawn(async move {
-        work.run(shared, gate, start, end, drain, load_control).await;
-    });
+    let mut load = runtime.spawn(
+        async move {
+            work.run(shared, gate, start, end, drain, load_control).await;
+        }
+        .in_current_span(),
+    );
     let tracing = Arc::clone(&plan.executor.trace);
     tracing.began(start);
     let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
