@@ -17,7 +17,18 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
     let run = run_shipped("high.toml", &["--duration", "4s"]);
     assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
     let stdout = run.stdout();
-    for row in ["TTFT (ms)", "ITL (ms)", "TPOT (ms)", "E2E (ms)", "summary.json"] {
+    for row in [
+        "TTFT (ms)",
+        "ITL (ms)",
+        "TPOT (ms)",
+        "E2E (ms)",
+        "client queue (ms)",
+        "  server queue (ms)",
+        "  running",
+        "  waiting",
+        "summary.json",
+        "{metrics,intervals,classes,steps}.csv",
+    ] {
         assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
     }
     assert!(run.stderr().contains("no target given: using the built-in simulator"));
@@ -37,6 +48,45 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
         assert!(num(s, &format!("/metrics/{metric}/p99")) >= num(s, &format!("/metrics/{metric}/p50")));
     }
     assert!(s["definitions"]["ttft"].as_str().unwrap().contains("first byte"));
+
+    // The CSV files say what the summary says.
+    let dir = run.dir.as_ref().unwrap();
+    let csv = |name: &str| -> Vec<Vec<String>> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .collect()
+    };
+    let metrics = csv("metrics.csv");
+    let col = |rows: &[Vec<String>], name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let ttft = metrics.iter().find(|r| r[0] == "ttft").unwrap();
+    for q in ["count", "mean", "p50", "p95", "p99", "max"] {
+        let cell: f64 = ttft[col(&metrics, q)].parse().unwrap();
+        assert_eq!(cell, num(s, &format!("/metrics/ttft/{q}")), "metrics.csv ttft {q}");
+    }
+    let intervals = csv("intervals.csv");
+    assert_eq!(intervals.len() - 1, s["intervals"].as_array().unwrap().len());
+    let ok: f64 = intervals[1..]
+        .iter()
+        .map(|r| r[col(&intervals, "ok")].parse::<f64>().unwrap())
+        .sum();
+    let listed: f64 = s["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ok"].as_f64().unwrap())
+        .sum();
+    assert_eq!(ok, listed);
+    assert!(
+        intervals[1..]
+            .iter()
+            .any(|r| !r[col(&intervals, "server_running")].is_empty()),
+        "the built-in simulator's metrics were scraped"
+    );
+    let classes = csv("classes.csv");
+    assert_eq!(classes.len() - 1, s["classes"].as_array().unwrap().len());
+    assert_eq!(csv("steps.csv").len() - 1, s["steps"].as_array().unwrap().len());
 
     // intervals.jsonl holds every report exactly: merging its histograms
     // rebuilds the summary's figures, and its counters add up to the totals.
@@ -352,7 +402,7 @@ fn a_terminated_run_drains_and_still_writes_its_summary() {
     );
     assert_eq!(status.code(), Some(130), "{rest:#?}");
     let dir = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
-    let s: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let s: Value = stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap());
     assert_eq!(s["verdict"]["status"], "interrupted");
     assert!(num(&s, "/requests/ok") > 0.0);
     assert_eq!(

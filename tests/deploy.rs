@@ -247,7 +247,7 @@ fn high_overlay_runs_in_namespaces_as_rendered() -> Outcome {
     // summary.json is on the results volume, and the last line of the log.
     let results = controller.local(controller.arg("--out").unwrap());
     let run_dir = std::fs::read_dir(&results).unwrap().next().unwrap().unwrap().path();
-    let summary: Value = serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = stampede_tests::read_summary(&std::fs::read(run_dir.join("summary.json")).unwrap());
     let logged: Value = serde_json::from_str(ctl.stdout().lines().last().unwrap()).unwrap();
     assert_eq!(logged, summary, "the log's last line is summary.json");
 
@@ -458,7 +458,7 @@ fn prometheus_reports_the_request_rate_of_a_live_run() -> Outcome {
     assert!(status.success(), "{stdout}\n{}", std::fs::read_to_string(&log).unwrap());
 
     let dir = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
-    let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap());
     let expected = num(&summary, "/throughput/requests_per_s");
     // Prometheus saw the endpoint up, with the run's identity.
     let up = prometheus.query("up{job=\"stampede-controller\"}", unix_now());

@@ -146,7 +146,7 @@ impl Cluster {
             .unwrap()
             .unwrap()
             .path();
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+        stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap())
     }
 
     fn intervals(&self, out: &str) -> Vec<Value> {

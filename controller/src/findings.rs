@@ -16,7 +16,7 @@ pub const IDLE_SHARE: f64 = 0.3;
 pub const COLD_RATIO: f64 = 3.0;
 
 /// One conclusion and its evidence.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema, PartialEq)]
 pub struct Finding {
     /// `queueing`, `saturation`, `gpu_idle`, `cold_start`, `client_bound`
     /// or `errors`.

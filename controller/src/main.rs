@@ -34,6 +34,9 @@ enum Command {
         #[arg(required = true)]
         profiles: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of summary.json (also kept in the repository
+    /// as docs/summary.schema.json).
+    Schema,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +151,10 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Validate { profiles } => validate(&profiles),
+        Command::Schema => {
+            print!("{}", stampede_controller::report::schema::summary_text());
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => run_profile(*args),
     }
 }
@@ -243,8 +250,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
     };
     match runtime.block_on(run(profile, options, interrupt)) {
         Ok(finished) => {
-            let path = finished.dir.join("summary.json");
-            print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
+            print!("{}", terminal::render(&finished.summary, &finished.files));
             if print_summary {
                 let json = serde_json::to_string(&finished.summary).expect("the summary always serializes");
                 println!("{json}");

@@ -130,6 +130,8 @@ pub struct Finished {
     pub summary: Summary,
     /// Its results directory.
     pub dir: PathBuf,
+    /// The files written at the end, as (what, where), for the terminal.
+    pub files: Vec<(&'static str, String)>,
 }
 
 /// Why a run could not be carried out.
@@ -395,9 +397,13 @@ async fn run_traced(
     let summary = summary::build(&ctx, &collected);
     let path = dir.join("summary.json");
     let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
-    std::fs::write(&path, json).map_err(write_error(path))?;
+    std::fs::write(&path, json).map_err(write_error(path.clone()))?;
+    let mut files = vec![("summary", path.display().to_string())];
+    let csv = crate::report::csv::write(&dir, &summary).map_err(write_error(dir.join("metrics.csv")))?;
+    let names: Vec<&str> = csv.iter().map(|(name, _)| name.trim_end_matches(".csv")).collect();
+    files.push(("csv", format!("{}/{{{}}}.csv", dir.display(), names.join(","))));
     control.join().await;
-    Ok(Finished { summary, dir })
+    Ok(Finished { summary, dir, files })
 }
 
 /// The target's own metrics page: `/metrics` at its root (a trailing

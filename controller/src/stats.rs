@@ -15,7 +15,7 @@ pub const QUANTILES: [(&str, f64); 6] = [
 ];
 
 /// Count, mean, extremes and quantiles, in the histogram's unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Stats {
     /// Samples.
     pub count: u64,

@@ -282,13 +282,41 @@ fn run_controller_with_env(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, 
     let summary = dir
         .as_ref()
         .and_then(|d| std::fs::read(d.join("summary.json")).ok())
-        .map(|bytes| serde_json::from_slice(&bytes).expect("summary.json is JSON"));
+        .map(|bytes| read_summary(&bytes));
     Run {
         output,
         summary,
         dir,
         _tmp: tmp,
     }
+}
+
+/// Reads a `summary.json` and checks it against the schema the repository
+/// keeps (`docs/summary.schema.json`): every summary a test looks at is
+/// checked on the way.
+pub fn read_summary(bytes: &[u8]) -> Value {
+    let summary: Value = serde_json::from_slice(bytes).expect("summary.json is JSON");
+    check_summary(&summary);
+    summary
+}
+
+/// Panics, naming every violation, unless `summary` fits the schema.
+pub fn check_summary(summary: &Value) {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let text = std::fs::read_to_string(repo().join("docs/summary.schema.json")).expect("docs/summary.schema.json");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    });
+    let problems: Vec<String> = validator
+        .iter_errors(summary)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "summary.json does not fit docs/summary.schema.json:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// Runs `controller` with arbitrary arguments (no `--out` added).

@@ -1,9 +1,11 @@
 //! What a run produces: the interval log, the live progress line, the
-//! JSON summary and the terminal table.
+//! JSON summary, the CSV files and the terminal table.
 
+pub mod csv;
 pub mod intervals;
 pub mod live;
 pub mod progress;
+pub mod schema;
 pub mod summary;
 pub mod terminal;
 

@@ -1,34 +1,50 @@
-//! The summary table printed at the end of a run.
+//! The summary table printed at the end of a run: one function per block,
+//! each reading the summary and writing its lines.
 
 use std::fmt::Write as _;
 
 use super::grouped;
-use super::summary::{MetricSummary, Status, Summary};
+use super::summary::{Figure, MetricSummary, Status, Summary};
+use crate::server::Canon;
 
-fn metric_row(out: &mut String, label: &str, m: &MetricSummary) {
-    if m.count == 0 {
-        let _ = writeln!(out, "{label:<14}{:>9}  (no samples)", 0);
-        return;
-    }
-    let precision = if m.unit == "ms" { 1 } else { 0 };
-    let _ = write!(out, "{label:<14}{:>9}", grouped(m.count));
-    for v in [m.mean, m.min, m.p50, m.p90, m.p95, m.p99, m.p99_9, m.max] {
-        let _ = write!(out, "{v:>10.precision$}");
-    }
-    out.push('\n');
-}
+/// Width of a row's label in the metric tables.
+const LABEL: usize = 20;
 
-/// The table, as printed.
-pub fn render(s: &Summary, summary_path: &str) -> String {
+/// The table, as printed. `files`: what the run wrote, as (label, path),
+/// listed last.
+pub fn render(s: &Summary, files: &[(&'static str, String)]) -> String {
     let mut out = String::new();
     let o = &mut out;
+    header(o, s);
+    totals(o, s);
+    agents(o, s);
+    errors(o, s);
+    metrics(o, s);
+    classes(o, s);
+    steps(o, s);
+    schedule(o, s);
+    tracing(o, s);
+    server(o, s);
+    findings(o, s);
+    verdict(o, s);
+    for (label, path) in files {
+        let _ = writeln!(o, "{label:<10}{path}");
+    }
+    out
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn header(o: &mut String, s: &Summary) {
     let target = if s.target.simulated {
         format!("{} (built-in llm-sim)", s.target.url)
     } else {
         s.target.url.clone()
     };
     let load = match (s.load.users, s.load.rate) {
-        (Some(u), _) => format!("{u} users"),
+        (Some(u), _) => format!("{u} user{}", plural(u64::from(u))),
         (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
         _ => String::new(),
     };
@@ -42,10 +58,18 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         "\nstampede run {} · {load}{shape} over {} agent{} · {:.1}s",
         s.run_id,
         s.load.agents,
-        if s.load.agents == 1 { "" } else { "s" },
+        plural(u64::from(s.load.agents)),
         s.duration_s
     );
-    let _ = writeln!(o, "target    {target} · {} · model {}", s.target.api, s.target.model);
+    let model = if s.target.model.is_empty() {
+        "no model named".to_owned()
+    } else {
+        format!("model {}", s.target.model)
+    };
+    let _ = writeln!(o, "target    {target} · {} · {model}", s.target.api);
+}
+
+fn totals(o: &mut String, s: &Summary) {
     let r = &s.requests;
     let _ = writeln!(
         o,
@@ -91,12 +115,20 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
     if !compared.is_empty() {
         let _ = writeln!(o, "counts    {}", compared.join(" · "));
     }
-    if let (Some(max), Some(spread)) = (s.start_skew.max_ms, s.start_skew.spread_ms) {
-        let _ = writeln!(
-            o,
-            "agents    {} began within {spread:.1} ms of each other (max {max:.1} ms from the planned start)",
-            s.start_skew.measured
-        );
+}
+
+fn agents(o: &mut String, s: &Summary) {
+    match (s.start_skew.measured, s.start_skew.max_ms, s.start_skew.spread_ms) {
+        (1, Some(max), _) => {
+            let _ = writeln!(o, "agents    1 began {max:.1} ms from the planned start");
+        }
+        (n, Some(max), Some(spread)) => {
+            let _ = writeln!(
+                o,
+                "agents    {n} began within {spread:.1} ms of each other (max {max:.1} ms from the planned start)"
+            );
+        }
+        _ => {}
     }
     for a in s.agents.iter().filter(|a| a.lost_at_s.is_some()) {
         let _ = writeln!(
@@ -117,13 +149,32 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             s.lost.load_share * 100.0
         );
     }
+}
+
+fn errors(o: &mut String, s: &Summary) {
     for (class, e) in &s.errors {
         let first = e.first_message.as_deref().unwrap_or("");
         let _ = writeln!(o, "errors    {class} × {}: {first}", grouped(e.count));
     }
+}
+
+fn metric_row(o: &mut String, label: &str, m: &MetricSummary) {
+    if m.count == 0 {
+        let _ = writeln!(o, "{label:<LABEL$}{:>9}  (no samples)", 0);
+        return;
+    }
+    let precision = if m.unit == "ms" { 1 } else { 0 };
+    let _ = write!(o, "{label:<LABEL$}{:>9}", grouped(m.count));
+    for v in [m.mean, m.min, m.p50, m.p90, m.p95, m.p99, m.p99_9, m.max] {
+        let _ = write!(o, "{v:>10.precision$}");
+    }
+    o.push('\n');
+}
+
+fn metrics(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
-        "\n{:<14}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "\n{:<LABEL$}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
         "", "count", "mean", "min", "p50", "p90", "p95", "p99", "p99.9", "max"
     );
     let m = &s.metrics;
@@ -131,70 +182,74 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
     metric_row(o, "ITL (ms)", &m.itl);
     metric_row(o, "TPOT (ms)", &m.tpot);
     metric_row(o, "E2E (ms)", &m.e2e);
-    metric_row(o, "queue (ms)", &m.client_queue);
+    metric_row(o, "client queue (ms)", &m.client_queue);
     metric_row(o, "connect (ms)", &m.connect);
     metric_row(o, "tokens in", &m.input_tokens);
     metric_row(o, "tokens out", &m.output_tokens);
-    // What the server says it spent, when it says (Ollama, http-json).
+    // What the server says each request spent, when it says (Ollama,
+    // http-json).
     for (label, metric) in [
-        ("srv prefill", &m.server_prefill),
-        ("srv decode", &m.server_decode),
-        ("model load", &m.model_load),
-        ("srv time", &m.server_time),
+        ("server prefill (ms)", &m.server_prefill),
+        ("server decode (ms)", &m.server_decode),
+        ("model load (ms)", &m.model_load),
+        ("server time (ms)", &m.server_time),
     ] {
         if metric.count > 0 {
-            metric_row(o, &format!("{label} (ms)"), metric);
+            metric_row(o, label, metric);
         }
     }
-    let verdict = match s.verdict.status {
-        Status::Passed => "passed".to_owned(),
-        other => format!("{other:?}").to_lowercase(),
-    };
     metric_row(o, "TTFT* (ms)", &m.ttft_intended);
     metric_row(o, "E2E* (ms)", &m.e2e_intended);
     metric_row(o, "lag (ms)", &m.schedule_lag);
     let _ = writeln!(
         o,
-        "          * from the intended start; lag: intended start to dispatch"
+        "          * from the intended start; lag: intended start to dispatch\n          client queue: intended start to the request's write, on this side (the server's queue is below)"
     );
-    if !s.classes.is_empty() {
+}
+
+fn classes(o: &mut String, s: &Summary) {
+    if s.classes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<10}{:>9}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}",
+        "class",
+        "requests",
+        "tok in",
+        "tok out",
+        "TPM",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p95",
+        "ITL p50",
+        "E2E p50",
+        "E2E p95"
+    );
+    for c in &s.classes {
         let _ = writeln!(
             o,
-            "\n{:<10}{:>9}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}",
-            "class",
-            "requests",
-            "tok in",
-            "tok out",
-            "TPM",
-            "out tok/s",
-            "TTFT p50",
-            "TTFT p95",
-            "ITL p50",
-            "E2E p50",
-            "E2E p95"
-        );
-        for c in &s.classes {
-            let _ = writeln!(
-                o,
-                "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}",
-                c.class,
-                grouped(c.requests),
-                c.tokens_in.mean,
-                c.tokens_out.mean,
-                grouped(c.tpm.round() as u64),
-                c.output_tokens_per_s,
-                c.ttft.p50,
-                c.ttft.p95,
-                c.itl.p50,
-                c.e2e.p50,
-                c.e2e.p95
-            );
-        }
-        let _ = writeln!(
-            o,
-            "          tok in / tok out: mean per request; times in ms; whole run"
+            "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}",
+            c.class,
+            grouped(c.requests),
+            c.tokens_in.mean,
+            c.tokens_out.mean,
+            grouped(c.tpm.round() as u64),
+            c.output_tokens_per_s,
+            c.ttft.p50,
+            c.ttft.p95,
+            c.itl.p50,
+            c.e2e.p50,
+            c.e2e.p95
         );
     }
+    let _ = writeln!(
+        o,
+        "          tok in / tok out: mean per request; times in ms; whole run"
+    );
+}
+
+fn steps(o: &mut String, s: &Summary) {
     if s.steps.len() > 1 {
         let _ = writeln!(
             o,
@@ -229,6 +284,9 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             }
         }
     }
+}
+
+fn schedule(o: &mut String, s: &Summary) {
     if s.requests.late > 0 || s.requests.dropped > 0 {
         let _ = writeln!(
             o,
@@ -243,20 +301,24 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             let _ = writeln!(o, "          {reason}");
         }
     }
+}
+
+fn tracing(o: &mut String, s: &Summary) {
     let t = &s.tracing;
-    if t.enabled {
-        let _ = writeln!(
-            o,
-            "traces    {} spans exported, {} dropped · {} · run trace {}",
-            grouped(t.spans_exported),
-            grouped(t.spans_dropped),
-            t.endpoint.as_deref().unwrap_or(""),
-            t.run_trace_id
-        );
+    if !t.enabled {
+        return;
     }
+    let _ = writeln!(
+        o,
+        "traces    {} spans exported, {} dropped · {} · run trace {}",
+        grouped(t.spans_exported),
+        grouped(t.spans_dropped),
+        t.endpoint.as_deref().unwrap_or(""),
+        t.run_trace_id
+    );
     // The worst request, linked to its trace (with tracing off its trace
     // id leads nowhere, and summary.json still lists it).
-    if let Some(worst) = t.slowest_e2e.first().filter(|_| t.enabled) {
+    if let Some(worst) = t.slowest_e2e.first() {
         let ttft = t
             .slowest_ttft
             .first()
@@ -275,6 +337,25 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
             worst.link.as_deref().unwrap_or(&worst.trace_id)
         );
     }
+}
+
+/// A figure's mean and largest value (or its 99th percentile), scaled for
+/// printing; `-` where the server did not say.
+fn figure_row(o: &mut String, label: &str, f: Option<&Figure>, scale: f64) {
+    let Some(f) = f else { return };
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}", v * scale));
+    let _ = writeln!(
+        o,
+        "{label:<LABEL$}{:>10}{:>10}  {}",
+        show(f.mean),
+        show(f.max),
+        f.source.metric
+    );
+}
+
+/// The server's own figures whenever they were scraped, named so that its
+/// queue is never taken for the client's.
+fn server(o: &mut String, s: &Summary) {
     if let Some(sv) = &s.server {
         match &sv.note {
             Some(note) => {
@@ -290,22 +371,66 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
                 );
             }
         }
+        if sv.scrapes > 0 && !sv.mapped.is_empty() {
+            let _ = writeln!(o, "{:<LABEL$}{:>10}{:>10}  from", "  server's view", "mean", "max");
+            let m = |c: Canon| sv.mapped.get(&c);
+            figure_row(o, "  server queue (ms)", m(Canon::QueueTime), 1.0);
+            figure_row(o, "  running", m(Canon::Running), 1.0);
+            figure_row(o, "  waiting", m(Canon::Waiting), 1.0);
+            figure_row(o, "  KV cache (%)", m(Canon::KvCacheUsage), 100.0);
+            figure_row(o, "  GPU util (%)", m(Canon::GpuUtil), 100.0);
+            if let Some(busy) = m(Canon::BusySeconds).and_then(|f| f.per_s) {
+                let _ = writeln!(
+                    o,
+                    "{:<LABEL$}{:>10.1}{:>10}  {}",
+                    "  busy (%)",
+                    busy * 100.0,
+                    "-",
+                    m(Canon::BusySeconds).map_or("", |f| f.source.metric)
+                );
+            }
+        }
     }
     if let Some(g) = &s.gpu {
         for (agent, note) in &g.notes {
             let _ = writeln!(o, "gpu       {agent}: {note}");
         }
-    }
-    if !s.findings.is_empty() {
-        let _ = writeln!(o, "\nfindings");
-        for f in &s.findings {
-            let _ = writeln!(o, "  - {}", f.title);
+        if let Some(util) = g.utilisation_mean {
+            let memory = g
+                .memory_used_max_mib
+                .map(|m| format!(" · memory up to {m:.0} MiB"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "          utilisation mean {:.1}% over {} readings{memory}",
+                util * 100.0,
+                g.samples
+            );
         }
     }
+}
+
+fn findings(o: &mut String, s: &Summary) {
+    if s.findings.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nfindings");
+    for f in &s.findings {
+        let _ = writeln!(o, "  - {}", f.title);
+    }
+}
+
+fn verdict(o: &mut String, s: &Summary) {
+    let verdict = match s.verdict.status {
+        Status::Passed => "passed".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
     let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);
     for reason in &s.verdict.reasons {
         let _ = writeln!(o, "          {reason}");
     }
-    let _ = writeln!(o, "summary   {summary_path}");
-    out
 }
+
+#[cfg(test)]
+#[path = "terminal_tests.rs"]
+mod tests;

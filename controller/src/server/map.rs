@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::prom::Sample;
 
 /// A figure stampede understands, whatever the server calls it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Canon {
     /// Requests in the running batch (gauge).
@@ -50,7 +50,7 @@ pub enum Canon {
 }
 
 /// How a figure behaves over time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A level: averaged over an interval.
@@ -162,7 +162,7 @@ pub enum Value {
 }
 
 /// Where a mapped figure came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Source {
     /// `vllm`, `tgi`, `dcgm` or `llm-sim`.
     pub family: &'static str,

@@ -13,7 +13,7 @@ use crate::findings::{self, Finding, LevelLatency, ServerQueue, Utilisation};
 use crate::server::{Canon, Kind, Series, Source, Window};
 
 /// The server's own metrics.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ServerSummary {
     /// The page scraped.
     pub url: String,
@@ -37,7 +37,7 @@ pub struct ServerSummary {
 }
 
 /// One figure over the measured time.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Figure {
     /// The server's name for it.
     pub source: Source,
@@ -56,7 +56,7 @@ pub struct Figure {
 }
 
 /// The server's figures in one run interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ServerInterval {
     /// Index, as in `intervals`.
     pub interval: u64,
@@ -74,7 +74,7 @@ pub struct ServerInterval {
 }
 
 /// The accelerators the agents sampled.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GpuSummary {
     /// What each sampling agent found, by agent name.
     pub notes: BTreeMap<String, String>,

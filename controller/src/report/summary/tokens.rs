@@ -14,7 +14,7 @@ use stampede_proto::{Comparison, Counters};
 use crate::profile::TokenizerFile;
 
 /// Token totals and where they came from.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Tokens {
     /// Input tokens: the server's counts, else the client tokenizer's count
     /// of each prompt (see `input_source`).
@@ -54,7 +54,7 @@ pub struct Tokens {
 }
 
 /// The client tokenizer of a run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct TokenizerInfo {
     /// The file, as the profile or `--tokenizer` named it.
     pub file: String,
@@ -63,7 +63,7 @@ pub struct TokenizerInfo {
 }
 
 /// Each pair of output-token sources; absent when no request had both.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Agreement {
     /// The server's count (first) against counted stream events (second).
     pub server_vs_events: Option<Disagreement>,
@@ -75,7 +75,7 @@ pub struct Agreement {
 }
 
 /// Two output-token counts of the same requests.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Disagreement {
     /// Requests that had both counts.
     pub requests: u64,

@@ -7,7 +7,7 @@ use stampede_proto::Metric;
 use crate::coordinator::Collected;
 
 /// Request spans of the run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Tracing {
     /// Spans were exported.
     pub enabled: bool,
@@ -34,7 +34,7 @@ pub struct Tracing {
 }
 
 /// One slow request.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Exemplar {
     /// Its W3C trace id.
     pub trace_id: String,

@@ -12,7 +12,7 @@ use crate::stats::Stats;
 pub const SCHEMA: &str = "stampede.summary/1";
 
 /// How a run went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Every check held.
@@ -28,7 +28,7 @@ pub enum Status {
 }
 
 /// The verdict and why.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Verdict {
     /// Overall status.
     pub status: Status,
@@ -40,7 +40,7 @@ pub struct Verdict {
 }
 
 /// Statistics of one metric, in its reporting unit.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MetricSummary {
     /// `ms` for times, `tokens` for counts.
     pub unit: &'static str,
@@ -90,7 +90,7 @@ impl MetricSummary {
 }
 
 /// Every metric, by name.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Metrics {
     /// Time to first token.
     pub ttft: MetricSummary,
@@ -149,7 +149,7 @@ impl Metrics {
 }
 
 /// The summary file.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     /// Format version.
     pub schema: &'static str,
@@ -213,7 +213,7 @@ pub struct Summary {
 }
 
 /// Which profile ran.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ProfileInfo {
     /// Its name.
     pub name: String,
@@ -224,7 +224,7 @@ pub struct ProfileInfo {
 }
 
 /// The server under test.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct TargetInfo {
     /// Base URL.
     pub url: String,
@@ -237,7 +237,7 @@ pub struct TargetInfo {
 }
 
 /// The planned load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LoadInfo {
     /// `users` (closed loop) or `rate` (open loop).
     pub mode: &'static str,
@@ -276,7 +276,7 @@ pub struct LoadInfo {
 }
 
 /// Request outcomes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Requests {
     /// Completed successfully.
     pub ok: u64,
@@ -293,7 +293,7 @@ pub struct Requests {
 }
 
 /// What the warm-ups held.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Warmup {
     /// Seconds at the start of each step.
     pub per_step_s: f64,
@@ -304,7 +304,7 @@ pub struct Warmup {
 }
 
 /// One error class.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ErrorInfo {
     /// Failed requests of this class.
     pub count: u64,
@@ -313,7 +313,7 @@ pub struct ErrorInfo {
 }
 
 /// Rates over the measured time.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Throughput {
     /// Successful requests per second.
     pub requests_per_s: f64,
@@ -332,7 +332,7 @@ pub struct Throughput {
 
 /// One prompt class's successful requests over the whole run (warm-ups
 /// included, unlike the run-wide figures).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ClassSummary {
     /// The class label, such as `short`.
     pub class: String,
@@ -361,7 +361,7 @@ pub struct ClassSummary {
 }
 
 /// One step of the load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StepSummary {
     /// Position in the load.
     pub index: usize,
@@ -384,7 +384,7 @@ pub struct StepSummary {
 }
 
 /// Throughput and latency at one load.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LoadRow {
     /// Users or arrivals per second.
     pub level: f64,
@@ -405,7 +405,7 @@ pub struct LoadRow {
 }
 
 /// Where the server saturates.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Knee {
     /// A step met the rule.
     pub found: bool,
@@ -424,7 +424,7 @@ pub struct Knee {
 }
 
 /// Whether the client was the limit.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Client {
     /// The results understate the server.
     pub bound: bool,
@@ -437,7 +437,7 @@ pub struct Client {
 }
 
 /// One agent's part.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AgentSummary {
     /// Name.
     pub name: String,
@@ -476,7 +476,7 @@ pub struct AgentSummary {
 }
 
 /// Agents lost mid-run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Lost {
     /// Their names.
     pub agents: Vec<String>,
@@ -488,7 +488,7 @@ pub struct Lost {
 }
 
 /// When the agents began, against the planned start.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StartSkew {
     /// Agents that said when they began.
     pub measured: usize,
@@ -499,7 +499,7 @@ pub struct StartSkew {
 }
 
 /// One interval over all agents.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct IntervalSummary {
     /// Index.
     pub interval: u64,
@@ -535,7 +535,7 @@ pub struct IntervalSummary {
 }
 
 /// The metric contract, stated in every summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Definitions {
     /// t0.
     pub t0: &'static str,
