@@ -287,10 +287,15 @@ mod tests {
         let readme = include_str!("../../../README.md");
         for line in columns().lines() {
             let (file, names) = line.split_once(": ").expect("file: columns");
-            let documented = readme
+            // The file's bullet: its first line and those that continue it.
+            let documented: String = readme
                 .lines()
-                .find(|l| l.starts_with(&format!("- `{file}`")))
-                .unwrap_or_else(|| panic!("the README does not list {file}"));
+                .skip_while(|l| !l.starts_with(&format!("- `{file}`")))
+                .enumerate()
+                .take_while(|(i, l)| *i == 0 || l.starts_with("  "))
+                .map(|(_, l)| format!("{l} "))
+                .collect();
+            assert!(!documented.is_empty(), "the README does not list {file}");
             for name in names.split(", ") {
                 assert!(
                     documented.contains(&format!("`{name}`")),
