@@ -189,7 +189,7 @@ fn answer(store: &Store, uri: &axum::http::Uri) -> (axum::http::StatusCode, axum
         })
         .collect();
     // Newest first, as Jaeger lists them.
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|t| std::cmp::Reverse(t.0));
     let data: Vec<Value> = found.into_iter().take(limit).map(|(_, t)| t).collect();
     (StatusCode::OK, axum::Json(json!({ "total": data.len(), "data": data })))
 }

@@ -36,6 +36,9 @@ impl fmt::Display for Missing {
 /// What a test returns: `Ok` when it ran (a failed assertion panics).
 pub type Outcome = Result<(), Missing>;
 
+/// A test: its name and its function.
+pub type Test = (&'static str, fn() -> Outcome);
+
 /// Whether skips are failures here.
 pub fn strict() -> bool {
     std::env::var_os(REQUIRE_PEERS).is_some_and(|v| v == "1")
@@ -43,7 +46,7 @@ pub fn strict() -> bool {
 
 /// Runs the named tests as libtest does (filters, `--list`, threads), with
 /// a missing peer reported as ignored, or as a failure when [`strict`].
-pub fn run(tests: &[(&'static str, fn() -> Outcome)]) -> ExitCode {
+pub fn run(tests: &[Test]) -> ExitCode {
     let args = Arguments::from_args();
     let strict = strict();
     let trials = tests
