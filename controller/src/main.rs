@@ -240,7 +240,15 @@ fn run_profile(args: RunArgs) -> ExitCode {
     match runtime.block_on(run(profile, options, interrupt)) {
         Ok(finished) => {
             let path = finished.dir.join("summary.json");
-            print!("{}", terminal::render(&finished.summary, &path.display().to_string()));
+            let report = finished.dir.join(stampede_controller::run::REPORT_HTML);
+            print!(
+                "{}",
+                terminal::render(
+                    &finished.summary,
+                    &path.display().to_string(),
+                    &report.display().to_string()
+                )
+            );
             if print_summary {
                 let json = serde_json::to_string(&finished.summary).expect("the summary always serializes");
                 println!("{json}");

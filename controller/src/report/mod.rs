@@ -1,6 +1,7 @@
 //! What a run produces: the interval log, the live progress line, the
-//! JSON summary and the terminal table.
+//! JSON summary, the HTML report and the terminal table.
 
+pub mod html;
 pub mod intervals;
 pub mod live;
 pub mod progress;

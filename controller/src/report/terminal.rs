@@ -18,8 +18,9 @@ fn metric_row(out: &mut String, label: &str, m: &MetricSummary) {
     out.push('\n');
 }
 
-/// The table, as printed.
-pub fn render(s: &Summary, summary_path: &str) -> String {
+/// The table, as printed, ending with where the summary and the HTML
+/// report were written.
+pub fn render(s: &Summary, summary_path: &str, report_path: &str) -> String {
     let mut out = String::new();
     let o = &mut out;
     let target = if s.target.simulated {
@@ -307,5 +308,6 @@ pub fn render(s: &Summary, summary_path: &str) -> String {
         let _ = writeln!(o, "          {reason}");
     }
     let _ = writeln!(o, "summary   {summary_path}");
+    let _ = writeln!(o, "report    {report_path}");
     out
 }
