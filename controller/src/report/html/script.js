@@ -1,5 +1,7 @@
 // One cursor across every time chart: hovering over any of them moves it
-// in all, and each legend reads its series at that interval.
+// in all, and each legend reads its series at that interval. Intervals
+// run on from data-first without a gap (the merger makes a row of every
+// interval any agent reported), so the k-th value is interval first + k.
 (function () {
   "use strict";
   var charts = Array.prototype.slice.call(document.querySelectorAll('svg[data-kind="time"]'));
