@@ -33,15 +33,15 @@ stampede_tests::suite![a_sweeps_report_opens_offline_in_chromium_and_draws_every
 
 /// Chromium: `STAMPEDE_CHROMIUM`, else `chromium` on the `PATH`.
 fn chromium() -> Result<PathBuf, Missing> {
-    if let Some(path) = std::env::var_os("STAMPEDE_CHROMIUM") {
-        return Ok(path.into());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("chromium"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Missing::new("chromium is not installed (.ci/run installs the Debian package)"))
+    let found = match std::env::var_os("STAMPEDE_CHROMIUM") {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|dir| dir.join("chromium"))
+            .find(|p| p.is_file()),
+    };
+    found.ok_or_else(|| Missing::new("chromium is not installed (.ci/run installs the Debian package)"))
 }
 
 /// One headless Chromium run on `page`; its own profile directory under
