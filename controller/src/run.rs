@@ -19,6 +19,7 @@ use crate::control::{ControlPlane, Listener, Parts};
 use crate::coordinator::Setup;
 use crate::plan;
 use crate::profile::Profile;
+use crate::report::html::{self, ReportData};
 use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
@@ -29,6 +30,8 @@ use crate::trace::RunSpan;
 /// Pause between "all ready" and the start, so that every agent receives
 /// Start before it is due.
 const START_DELAY: Duration = Duration::from_millis(250);
+/// The HTML report's file name in the run directory.
+pub const REPORT_HTML: &str = "report.html";
 /// How long in-process agents get to join.
 const LOCAL_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the model discovery request may take.
@@ -399,6 +402,10 @@ async fn run_traced(
     let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
     std::fs::write(&path, json).map_err(write_error(path.clone()))?;
     let mut files = vec![("summary", path.display().to_string())];
+    let data = ReportData::of(&collected, profile.report.interval.as_secs_f64());
+    let path = dir.join(REPORT_HTML);
+    std::fs::write(&path, html::render(&summary, &data)).map_err(write_error(path.clone()))?;
+    files.push(("report", path.display().to_string()));
     let csv = crate::report::csv::write(&dir, &summary).map_err(write_error(dir.join("metrics.csv")))?;
     let names: Vec<&str> = csv.iter().map(|(name, _)| name.trim_end_matches(".csv")).collect();
     files.push(("csv", format!("{}/{{{}}}.csv", dir.display(), names.join(","))));

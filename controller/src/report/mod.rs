@@ -1,7 +1,8 @@
 //! What a run produces: the interval log, the live progress line, the
-//! JSON summary, the CSV files and the terminal table.
+//! JSON summary, the CSV files, the HTML report and the terminal table.
 
 pub mod csv;
+pub mod html;
 pub mod intervals;
 pub mod live;
 pub mod progress;

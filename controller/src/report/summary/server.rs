@@ -71,6 +71,9 @@ pub struct ServerInterval {
     pub utilisation: Option<f64>,
     /// Mean server queue time of requests admitted in it, ms.
     pub queue_time_ms: Option<f64>,
+    /// Mean prefill time of requests that finished prefill in it, ms
+    /// (vLLM's `request_prefill_time_seconds`).
+    pub prefill_ms: Option<f64>,
 }
 
 /// The accelerators the agents sampled.
@@ -134,6 +137,14 @@ fn level(w: Option<Window>) -> Option<f64> {
     }
 }
 
+/// A histogram's mean over a window, ms.
+fn observed_ms(w: Option<Window>) -> Option<f64> {
+    match w? {
+        Window::Observed { mean, .. } => Some(mean * 1e3),
+        _ => None,
+    }
+}
+
 /// Where the run's measured time starts, seconds after the start.
 fn measured_from(s: &Summary) -> f64 {
     s.steps.first().map_or(0.0, |step| step.duration_s - step.measured_s)
@@ -186,10 +197,8 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
                 waiting: level(series.window(Canon::Waiting, start, a, b)),
                 kv_cache_usage: level(series.window(Canon::KvCacheUsage, start, a, b)),
                 utilisation: util,
-                queue_time_ms: match series.window(Canon::QueueTime, start, a, b) {
-                    Some(Window::Observed { mean, .. }) => Some(mean * 1e3),
-                    _ => None,
-                },
+                queue_time_ms: observed_ms(series.window(Canon::QueueTime, start, a, b)),
+                prefill_ms: observed_ms(series.window(Canon::Prefill, start, a, b)),
             });
         }
     }
