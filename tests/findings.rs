@@ -2,10 +2,8 @@
 //! queued and how busy it was; the run's findings must agree. And the
 //! server-metrics mapping against pages in vLLM's format, served over HTTP.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use serde_json::Value;
+use stampede_tests::files::Files;
 use stampede_tests::{Sim, exclusive, num, prompt_of, relative_error, repo, run_profile};
 
 fn profile(url: &str, users: u32, duration: &str, max_tokens: u32, extra: &str) -> String {
@@ -145,43 +143,8 @@ fn an_unreachable_metrics_page_is_a_note_not_a_failure() {
     assert!(run.stdout().contains(&format!("server    {note}")), "{}", run.stdout());
 }
 
-/// Python's own HTTP server, serving the fixtures directory.
-struct Files(Child, String);
-
-impl Files {
-    fn serve() -> Files {
-        let mut child = Command::new("python3")
-            .args(["-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
-            .arg(repo().join("tests/fixtures"))
-            .env("PYTHONUNBUFFERED", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("the server says where it listens");
-        // "Serving HTTP on 127.0.0.1 port 40511 (http://127.0.0.1:40511/) ..."
-        let port = line
-            .split_whitespace()
-            .skip_while(|w| *w != "port")
-            .nth(1)
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        Files(child, format!("http://127.0.0.1:{port}"))
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn scrape_page(files: &Files, sim: &Sim, page: &str) -> Value {
-    let extra = format!("[server_metrics]\nurl = \"{}/{page}\"\ninterval = \"500ms\"", files.1);
+    let extra = format!("[server_metrics]\nurl = \"{}/{page}\"\ninterval = \"500ms\"", files.url);
     let run = run_profile(&profile(&sim.url, 2, "2s", 8, &extra), &[]);
     assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
     run.summary()["server"].clone()
@@ -190,7 +153,7 @@ fn scrape_page(files: &Files, sim: &Sim, page: &str) -> Value {
 #[test]
 fn vllm_pages_map_every_listed_metric_under_old_and_new_names() {
     let _machine = exclusive();
-    let files = Files::serve();
+    let files = Files::serve(&repo().join("tests/fixtures"));
     let sim = Sim::start(&[]);
     let expected = [
         ("running", "vllm:num_requests_running"),

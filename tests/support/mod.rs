@@ -7,6 +7,7 @@
 //! loads never share the machine's cores.
 
 pub mod collector;
+pub mod files;
 pub mod harness;
 pub mod kube;
 pub mod netns;
@@ -61,6 +62,27 @@ fn build_binaries() -> PathBuf {
         Some("debug") | None => {}
         Some(profile) => {
             build.args(["--profile", profile]);
+        }
+    }
+    // Cargo gives a test the variables of its own package (its manifest
+    // folder, name, version); a build script that watches one (ring's
+    // watches CARGO_MANIFEST_DIR) would see it change, and everything
+    // above it would be rebuilt here and again by the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
         }
     }
     let out = build.output().expect("cargo runs");
