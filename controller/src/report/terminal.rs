@@ -290,8 +290,9 @@ fn schedule(o: &mut String, s: &Summary) {
     if s.requests.late > 0 || s.requests.dropped > 0 {
         let _ = writeln!(
             o,
-            "schedule  {} requests sent late (over 5 ms), {} never sent",
+            "schedule  {} request{} sent late (over 5 ms), {} never sent",
             grouped(s.requests.late),
+            plural(s.requests.late),
             grouped(s.requests.dropped)
         );
     }
