@@ -91,7 +91,11 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
     // intervals.jsonl holds every report exactly: merging its histograms
     // rebuilds the summary's figures, and its counters add up to the totals.
     let log = std::fs::read_to_string(run.dir.as_ref().unwrap().join("intervals.jsonl")).unwrap();
-    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["event"] == "report")
+        .collect();
     let reports: u64 = s["agents"]
         .as_array()
         .unwrap()

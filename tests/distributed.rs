@@ -149,6 +149,7 @@ impl Cluster {
         stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap())
     }
 
+    /// The run log's reports.
     fn intervals(&self, out: &str) -> Vec<Value> {
         let dir = std::fs::read_dir(self.path(out))
             .unwrap()
@@ -157,7 +158,10 @@ impl Cluster {
             .unwrap()
             .path();
         let text = std::fs::read_to_string(dir.join("intervals.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["event"] == "report")
+            .collect()
     }
 }
 

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use stampede_controller::coordinator::{AgentEnd, AgentRecord, Collected, Exemplar};
 use stampede_controller::merge::{Merger, Report, Timeline};
 use stampede_controller::profile::{Overrides, Profile};
 use stampede_controller::report::html::{self, ReportData};
-use stampede_controller::report::summary::{self, Context, Figure, ServerInterval, ServerSummary, Summary};
+use stampede_controller::report::summary::{self, Figure, ServerInterval, ServerSummary, Summary};
+use stampede_controller::results::spec::TargetRef;
+use stampede_controller::results::{AgentEnd, AgentRecord, Collected, Exemplar, Spec};
 use stampede_controller::server::{Canon, Kind, Source};
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 use tokio::time::Instant;
@@ -205,17 +206,17 @@ fn main() {
         exemplars,
         classes: BTreeMap::new(),
     };
-    let ctx = Context {
-        run_id: "20270115T080000Z-hour-0001",
-        profile: &profile,
-        target_url: "http://gpu-box:8000",
-        simulated: false,
-        model: "example",
-        trace: None,
-        run_trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
-        server: None,
+    let spec = Spec {
+        target: TargetRef {
+            url: "http://gpu-box:8000".to_owned(),
+            api: "openai-chat".to_owned(),
+            model: "example".to_owned(),
+            simulated: false,
+            tokenizer: None,
+        },
+        ..Spec::sample(&profile, "20270115T080000Z-hour-0001", AGENTS)
     };
-    let mut s = summary::build(&ctx, &collected);
+    let mut s = summary::build(&spec, &collected, None);
     s.server = Some(server(&s));
     let data = ReportData::of(&collected, profile.report.interval.as_secs_f64());
     let setup = built.elapsed();

@@ -14,10 +14,10 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::{self, Collected, Setup, service::Service};
-use crate::report::intervals::Log;
+use crate::coordinator::{self, Setup, service::Service};
 use crate::report::live::{self, Live};
 use crate::report::progress::Progress;
+use crate::results::{Collected, Ledger};
 use crate::run::{Interrupt, RunError};
 
 /// How the agents reach the control plane.
@@ -42,7 +42,8 @@ pub(crate) struct ControlPlane {
 pub(crate) struct Parts {
     pub(crate) listener: Listener,
     pub(crate) setup: Setup,
-    pub(crate) log: Log,
+    /// Where the run's entries go (and are logged).
+    pub(crate) ledger: Ledger,
     pub(crate) progress: Progress,
     pub(crate) interrupt: Interrupt,
     /// Serve these live metrics here, and keep serving them this long
@@ -106,7 +107,7 @@ async fn serve(
     let Parts {
         listener,
         setup,
-        log,
+        ledger,
         progress,
         interrupt,
         metrics,
@@ -152,7 +153,7 @@ async fn serve(
             .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), server_stop.clone().cancelled_owned()),
     );
     let _ = ready.send(Ok(addr));
-    let result = coordinator::run(setup, events, log, progress, interrupt).await;
+    let result = coordinator::run(setup, events, ledger, progress, interrupt).await;
     let _ = collected.send(result);
     // Let agents see their streams end before the server goes.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,13 +2,15 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use stampede_controller::compare::{self, figure::Limit};
 use stampede_controller::profile::{Overrides, Profile, parse_positive_duration};
-use stampede_controller::report::terminal;
+use stampede_controller::report::{self, terminal};
+use stampede_controller::results;
 use stampede_controller::{Agents, Interrupt, Listen, Options, run};
 
 /// Exit code for bad input: a profile or flag that cannot be used.
@@ -34,9 +36,55 @@ enum Command {
         #[arg(required = true)]
         profiles: Vec<PathBuf>,
     },
+    /// Rebuild a finished run's summary.json, report.html and CSV files
+    /// from its directory alone (intervals.jsonl, server-metrics.jsonl),
+    /// print its summary, and exit with its verdict's code.
+    Report {
+        /// The run's results directory, such as results/<run-id>.
+        dir: PathBuf,
+        /// Write the rebuilt files into this directory instead of the run's.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Compare runs: every figure of each run against the first (the
+    /// baseline), with the difference and whether it changed beyond noise;
+    /// writes compare.json and compare.html. Exits 99 when a --fail-if
+    /// limit is broken.
+    Compare(CompareArgs),
     /// Print the JSON Schema of summary.json (also kept in the repository
     /// as docs/summary.schema.json).
     Schema,
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Run directories (results/<run-id>); the first is the baseline.
+    #[arg(required = true, num_args = 2..)]
+    runs: Vec<PathBuf>,
+    /// A regression limit, such as ttft.p95=+10%, requests_per_s=-5% or
+    /// tpot.p50=+2ms: a change past it, beyond noise, fails the
+    /// comparison. Repeat for several.
+    #[arg(long = "fail-if", value_name = "FIGURE=±AMOUNT", value_parser = Limit::parse)]
+    fail_if: Vec<Limit>,
+    /// The smallest change counted as one, as a share of the baseline;
+    /// smaller differences are within noise whatever the test says.
+    #[arg(long, default_value = "1%", value_parser = parse_share)]
+    min_change: f64,
+    /// Directory for compare.json and compare.html [default: the last
+    /// run's directory].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A share written as a percentage (`2%`) or a fraction (`0.02`).
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    };
+    v.ok()
+        .filter(|v| (0.0..1.0).contains(v))
+        .ok_or_else(|| format!("expected a share such as \"1%\" or \"0.01\", from 0 up to 100%, got {s:?}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +204,91 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run_profile(*args),
+        Command::Report { dir, out } => rebuild(&dir, out.as_deref()),
+        Command::Compare(args) => compare_runs(&args),
+    }
+}
+
+fn compare_runs(args: &CompareArgs) -> ExitCode {
+    let mut sides = Vec::new();
+    for dir in &args.runs {
+        match compare::Side::load(dir) {
+            Ok(side) => {
+                for note in &side.notes {
+                    eprintln!("controller: warning: {note}");
+                }
+                sides.push(side);
+            }
+            Err(e @ results::LoadError::NotARun { .. }) => {
+                eprintln!("controller: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+            Err(e) => {
+                eprintln!("controller: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let options = compare::Options {
+        min_change: args.min_change,
+        limits: args.fail_if.clone(),
+    };
+    let comparison = compare::compare(&sides, &options);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.runs[args.runs.len() - 1].clone());
+    let written = (|| {
+        std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        let json = out.join("compare.json");
+        let text = serde_json::to_vec_pretty(&comparison).expect("a comparison serializes");
+        std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+        let html = out.join("compare.html");
+        std::fs::write(&html, report::html::render_compare(&comparison, &sides))
+            .map_err(|e| format!("cannot write {}: {e}", html.display()))?;
+        Ok::<_, String>(vec![json.display().to_string(), html.display().to_string()])
+    })();
+    match written {
+        Ok(files) => {
+            print!("{}", compare::terminal::render(&comparison, &files));
+            ExitCode::from(comparison.exit_code)
+        }
+        Err(e) => {
+            eprintln!("controller: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rebuild(dir: &Path, out: Option<&Path>) -> ExitCode {
+    let loaded = match results::load(dir) {
+        Ok(l) => l,
+        Err(e @ results::LoadError::NotARun { .. }) => {
+            eprintln!("controller: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            eprintln!("controller: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for note in &loaded.notes {
+        eprintln!("controller: warning: {note}");
+    }
+    let out = out.unwrap_or(dir);
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("controller: cannot create {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    match report::write(out, &loaded.run) {
+        Ok(written) => {
+            print!("{}", terminal::render(&written.summary, &written.files));
+            ExitCode::from(written.summary.verdict.exit_code)
+        }
+        Err(e) => {
+            eprintln!("controller: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -212,6 +212,13 @@ impl Merger {
         }
     }
 
+    /// Agent `agent`'s report `sequence` was added before.
+    pub fn has(&self, agent: u32, sequence: u64) -> bool {
+        self.agents
+            .get(agent as usize)
+            .is_some_and(|a| a.seen.contains(&sequence))
+    }
+
     /// Adds one report of agent `agent`, then returns rows of intervals
     /// that became complete, in order.
     pub fn add(&mut self, agent: u32, report: &Report) -> (Merged, Vec<Row>) {

@@ -19,19 +19,20 @@ use crate::control::{ControlPlane, Listener, Parts};
 use crate::coordinator::Setup;
 use crate::plan;
 use crate::profile::Profile;
-use crate::report::html::{self, ReportData};
-use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
-use crate::report::summary::{self, Context, Summary};
-use crate::server::Scraper;
+use crate::report::summary::{self, Summary};
+use crate::results::log::{self, Log};
+use crate::results::spec::{Facts, Spec};
+use crate::results::{Ledger, Run};
+use crate::server::{Scraper, scrapes};
 use crate::trace::RunSpan;
 
 /// Pause between "all ready" and the start, so that every agent receives
 /// Start before it is due.
 const START_DELAY: Duration = Duration::from_millis(250);
-/// The HTML report's file name in the run directory.
-pub const REPORT_HTML: &str = "report.html";
+/// The copy of the profile, as read, in the run directory.
+pub const PROFILE_COPY: &str = "profile.toml";
 /// How long in-process agents get to join.
 const LOCAL_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the model discovery request may take.
@@ -272,11 +273,34 @@ async fn run_traced(
     };
     tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, trace_id = %span.context.trace_id, "run {run_id}");
     let live = Live::new(&run_id, &profile.name, &url);
-    let log_path = dir.join("intervals.jsonl");
+    let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
+    let metrics_page = profile.server_metrics.enabled.then(|| {
+        profile
+            .server_metrics
+            .url
+            .clone()
+            .unwrap_or_else(|| default_metrics_url(&url))
+    });
+    let spec = Spec::new(
+        &profile,
+        Facts {
+            run_id: &run_id,
+            target_url: &url,
+            model: &model,
+            agents: slices.iter().map(plan::Slice::peak_users).collect(),
+            trace: span.config.as_ref(),
+            run_trace_id: &span.context.trace_id.to_string(),
+            server_metrics: metrics_page.clone(),
+        },
+    );
+    let copy = dir.join(PROFILE_COPY);
+    std::fs::write(&copy, &profile.source).map_err(write_error(copy))?;
+    let log_path = dir.join(log::FILE);
     let log = Log::create(&log_path).map_err(write_error(log_path))?;
+    let ledger = Ledger::new(&spec, Some(log));
     let setup = Setup {
         run_id: run_id.clone(),
-        slices: plan::slices(&profile, count).map_err(RunError::Plan)?,
+        slices,
         target: {
             let mut target = pb::Target {
                 url: url.clone(),
@@ -313,7 +337,7 @@ async fn run_traced(
     let mut control = ControlPlane::start(Parts {
         listener: Listener { bind, token, tls },
         setup,
-        log,
+        ledger,
         progress,
         interrupt,
         metrics: options.metrics.map(|at| (at, live, METRICS_LINGER)),
@@ -328,13 +352,8 @@ async fn run_traced(
         );
     }
 
-    let scraper = profile.server_metrics.enabled.then(|| {
-        let page = profile
-            .server_metrics
-            .url
-            .clone()
-            .unwrap_or_else(|| default_metrics_url(&url));
-        let path = dir.join("server-metrics.jsonl");
+    let scraper = metrics_page.map(|page| {
+        let path = dir.join(scrapes::FILE);
         let raw = std::fs::File::create(&path)
             .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
             .ok();
@@ -387,30 +406,24 @@ async fn run_traced(
     {
         return Err(RunError::Failed(failure.clone()));
     }
-    let ctx = Context {
-        run_id: &run_id,
-        profile: &profile,
-        target_url: &url,
-        simulated: profile.target.url.is_none(),
-        model: &model,
-        trace: span.config.as_ref(),
-        run_trace_id: &span.context.trace_id.to_string(),
-        server: series.as_ref(),
-    };
-    let summary = summary::build(&ctx, &collected);
-    let path = dir.join("summary.json");
-    let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
-    std::fs::write(&path, json).map_err(write_error(path.clone()))?;
-    let mut files = vec![("summary", path.display().to_string())];
-    let data = ReportData::of(&collected, profile.report.interval.as_secs_f64());
-    let path = dir.join(REPORT_HTML);
-    std::fs::write(&path, html::render(&summary, &data)).map_err(write_error(path.clone()))?;
-    files.push(("report", path.display().to_string()));
-    let csv = crate::report::csv::write(&dir, &summary).map_err(write_error(dir.join("metrics.csv")))?;
-    let names: Vec<&str> = csv.iter().map(|(name, _)| name.trim_end_matches(".csv")).collect();
-    files.push(("csv", format!("{}/{{{}}}.csv", dir.display(), names.join(","))));
+    let written = crate::report::write(
+        &dir,
+        &Run {
+            spec,
+            collected,
+            series,
+        },
+    )
+    .map_err(|e| RunError::Write {
+        path: e.path,
+        source: e.source,
+    })?;
     control.join().await;
-    Ok(Finished { summary, dir, files })
+    Ok(Finished {
+        summary: written.summary,
+        dir,
+        files: written.files,
+    })
 }
 
 /// The target's own metrics page: `/metrics` at its root (a trailing

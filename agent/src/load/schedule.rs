@@ -80,7 +80,8 @@ impl Rng {
 }
 
 /// How gaps between arrivals are distributed.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Process {
     /// Evenly spaced.
     Constant,

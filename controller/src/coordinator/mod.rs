@@ -1,27 +1,30 @@
-//! The coordinator: one task that owns the run's state. It admits agents,
-//! hands out assignments, holds the start barrier, merges reports (writing
-//! each to the interval log before acknowledging it), and declares agents
-//! lost when their stream ends or they fall silent.
+//! The coordinator: one task that owns the run's connections. It admits
+//! agents, hands out assignments, holds the start barrier, takes in
+//! reports, and declares agents lost when their stream ends or they fall
+//! silent. Everything the run's results depend on goes through the
+//! [`Ledger`], which logs it before it takes effect (a report before its
+//! acknowledgement).
 
 pub(crate) mod service;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use stampede_proto::PROTOCOL_VERSION;
 use stampede_proto::pb::{self, agent_message, controller_message};
-use stampede_proto::{Counters, Histograms, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tonic::Status;
 
 use crate::dataset::Prompt;
-use crate::merge::{self, Merger, Row, Timeline};
+use crate::merge::Row;
 use crate::plan::Slice;
 use crate::profile::{Load, Model, OnAgentLoss};
-use crate::report::intervals::Log;
 use crate::report::live::Live;
 use crate::report::progress::Progress;
+use crate::results::log::{End, Entry, FinishedEntry, Joined, ReportEntry};
+use crate::results::{AgentEnd, Collected, Ledger};
 use crate::run::Interrupt;
 use service::{Event, Outbound};
 
@@ -56,133 +59,6 @@ pub(crate) struct Setup {
     pub(crate) trace: Option<pb::Trace>,
 }
 
-/// How an agent's part ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AgentEnd {
-    /// It sent its totals.
-    Finished,
-    /// Its stream ended, or it fell silent, before it finished.
-    Lost(String),
-    /// It said it could not carry out its assignment.
-    Failed(String),
-    /// It never ended (the run was closed without it).
-    Unfinished,
-}
-
-/// One agent of the run.
-#[derive(Clone, Debug)]
-pub struct AgentRecord {
-    /// Its name.
-    pub name: String,
-    /// Its position.
-    pub index: u32,
-    /// Users it ran.
-    pub users: u32,
-    /// Its software version.
-    pub version: String,
-    /// Where it connected from.
-    pub peer: Option<SocketAddr>,
-    /// How it ended.
-    pub end: AgentEnd,
-    /// When it was declared lost, after the start.
-    pub lost_at: Option<Duration>,
-    /// When its load began, controller clock, microseconds since the epoch.
-    pub began_at_us: Option<u64>,
-    /// Its estimate of controller clock minus its clock, microseconds.
-    pub clock_offset_us: Option<i64>,
-    /// Round trip of that estimate, microseconds.
-    pub clock_rtt_us: Option<u64>,
-    /// What its GPU sampler found, when it was asked to sample.
-    pub gpu_note: Option<String>,
-    /// Its GPU readings, in the order received.
-    pub gpu: Vec<pb::GpuSample>,
-}
-
-/// What a run collected.
-pub struct Collected {
-    /// Every merged report.
-    pub merger: Merger,
-    /// Each agent, by index.
-    pub agents: Vec<AgentRecord>,
-    /// One row per interval.
-    pub rows: Vec<Row>,
-    /// When the load began (wall clock, for the summary).
-    pub started_at: Option<SystemTime>,
-    /// The planned start, controller clock, microseconds since the epoch.
-    pub start_at_us: Option<u64>,
-    /// The run was interrupted.
-    pub interrupted: bool,
-    /// The run was aborted because an agent was lost.
-    pub aborted: Option<String>,
-    /// Why the run could not be carried out, if it could not.
-    pub failure: Option<String>,
-    /// Reports that could not be decoded.
-    pub unreadable: u64,
-    /// The slowest requests the agents named, slowest first per metric.
-    pub exemplars: Vec<Exemplar>,
-    /// Successful requests by prompt class, summed over the agents' final
-    /// totals.
-    pub classes: BTreeMap<String, ClassTotals>,
-}
-
-/// One prompt class's successful requests over the run.
-#[derive(Clone, Debug, Default)]
-pub struct ClassTotals {
-    /// TTFT, ITL, TPOT, E2E, input and output tokens.
-    pub histograms: Histograms,
-    /// Requests and token totals.
-    pub counters: Counters,
-}
-
-/// Exemplars kept per metric over the whole run.
-pub const EXEMPLARS: usize = 10;
-
-/// One slow request an agent named.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Exemplar {
-    /// The agent.
-    pub agent: u32,
-    /// TTFT or E2E.
-    pub metric: stampede_proto::Metric,
-    /// Its value, microseconds.
-    pub value_us: u64,
-    /// Its trace id.
-    pub trace_id: String,
-    /// The interval it completed in.
-    pub interval: u64,
-}
-
-/// Adds an interval's exemplars, keeping the [`EXEMPLARS`] slowest of
-/// each metric.
-fn keep_exemplars(kept: &mut Vec<Exemplar>, agent: u32, wire: &[pb::Exemplar]) {
-    for e in wire {
-        let metric = match pb::Metric::try_from(e.metric) {
-            Ok(pb::Metric::Ttft) => stampede_proto::Metric::Ttft,
-            Ok(pb::Metric::E2e) => stampede_proto::Metric::E2e,
-            _ => continue,
-        };
-        kept.push(Exemplar {
-            agent,
-            metric,
-            value_us: e.value_us,
-            trace_id: e.trace_id.clone(),
-            interval: e.interval,
-        });
-    }
-    kept.sort_by(|a, b| (a.metric as u8, b.value_us).cmp(&(b.metric as u8, a.value_us)));
-    let mut per_metric: Vec<(stampede_proto::Metric, usize)> = Vec::new();
-    kept.retain(|e| match per_metric.iter_mut().find(|(m, _)| *m == e.metric) {
-        Some((_, n)) => {
-            *n += 1;
-            *n <= EXEMPLARS
-        }
-        None => {
-            per_metric.push((e.metric, 1));
-            true
-        }
-    });
-}
-
 struct Conn {
     /// `None` once the coordinator has ended the stream.
     out: Option<Outbound>,
@@ -190,8 +66,10 @@ struct Conn {
     peer: Option<SocketAddr>,
 }
 
+/// An agent's connection; what it has done is in the ledger.
 struct Slot {
-    record: AgentRecord,
+    name: String,
+    index: u32,
     conn: u64,
     ready: bool,
     heard: Instant,
@@ -207,21 +85,14 @@ struct Coordinator {
     setup: Setup,
     conns: HashMap<u64, Conn>,
     slots: Vec<Option<Slot>>,
-    merger: Merger,
-    log: Log,
+    ledger: Ledger,
     progress: Progress,
-    rows: Vec<Row>,
     phase: Phase,
     deadline: Instant,
     started: Option<Instant>,
-    started_at: Option<SystemTime>,
-    start_at_us: Option<u64>,
     interrupted: bool,
     aborted: Option<String>,
     failure: Option<String>,
-    unreadable: u64,
-    exemplars: Vec<Exemplar>,
-    classes: BTreeMap<String, ClassTotals>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
 }
@@ -241,30 +112,23 @@ fn wall_us() -> u64 {
 pub(crate) async fn run(
     setup: Setup,
     mut events: mpsc::Receiver<Event>,
-    log: Log,
+    ledger: Ledger,
     progress: Progress,
     interrupt: Interrupt,
 ) -> Collected {
     let n = setup.slices.len();
     let mut c = Coordinator {
         deadline: Instant::now() + setup.join_timeout,
-        merger: Merger::new(n as u32, Timeline::new(&setup.load, setup.interval)),
         slots: (0..n).map(|_| None).collect(),
         setup,
         conns: HashMap::new(),
-        log,
+        ledger,
         progress,
-        rows: Vec::new(),
         phase: Phase::Joining,
         started: None,
-        started_at: None,
-        start_at_us: None,
         interrupted: false,
         aborted: None,
         failure: None,
-        unreadable: 0,
-        exemplars: Vec::new(),
-        classes: BTreeMap::new(),
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -312,7 +176,12 @@ impl Coordinator {
             || self
                 .slots
                 .iter()
-                .all(|s| s.as_ref().is_some_and(|s| s.record.end != AgentEnd::Unfinished))
+                .all(|s| s.as_ref().is_some_and(|s| !self.unfinished(s.index)))
+    }
+
+    /// Agent `index` has a place and has not ended.
+    fn unfinished(&self, index: u32) -> bool {
+        self.ledger.agent(index).is_some_and(|a| a.end == AgentEnd::Unfinished)
     }
 
     /// Queues a message without waiting: an agent that does not read its
@@ -326,7 +195,7 @@ impl Coordinator {
 
     fn broadcast(&self, kind: controller_message::Kind) {
         for slot in self.slots.iter().flatten() {
-            if slot.record.end == AgentEnd::Unfinished {
+            if self.unfinished(slot.index) {
                 self.send(slot.conn, kind.clone());
             }
         }
@@ -378,9 +247,10 @@ impl Coordinator {
                     }
                     (agent_message::Kind::Ready(r), Some(i)) => self.ready(i, &r),
                     (agent_message::Kind::Began(b), Some(i)) => {
-                        if let Some(slot) = self.slots[i as usize].as_mut() {
-                            slot.record.began_at_us = Some(b.started_at_us);
-                        }
+                        self.ledger.record(Entry::Began {
+                            agent_index: i,
+                            at_us: b.started_at_us,
+                        });
                     }
                     (agent_message::Kind::Report(r), Some(i)) => self.report(conn, i, r),
                     (agent_message::Kind::Finished(f), Some(i)) => self.finished(conn, i, f),
@@ -393,7 +263,7 @@ impl Coordinator {
                 let Some(i) = c.agent else { return };
                 let unfinished = self.slots[i as usize]
                     .as_ref()
-                    .is_some_and(|s| s.conn == conn && s.record.end == AgentEnd::Unfinished);
+                    .is_some_and(|s| s.conn == conn && self.unfinished(i));
                 if unfinished {
                     let why =
                         reason.map_or_else(|| "its stream ended".to_owned(), |r| format!("its stream broke: {r}"));
@@ -407,14 +277,14 @@ impl Coordinator {
     fn count_agents(&self) {
         let Some(live) = &self.setup.live else { return };
         let (mut running, mut finished, mut lost) = (0, 0, 0);
-        for slot in self.slots.iter().flatten() {
-            match slot.record.end {
+        for agent in self.ledger.agents() {
+            match agent.end {
                 AgentEnd::Unfinished => running += 1,
                 AgentEnd::Finished => finished += 1,
                 AgentEnd::Lost(_) | AgentEnd::Failed(_) => lost += 1,
             }
-            if slot.record.end != AgentEnd::Unfinished {
-                live.agent_ended(slot.record.index);
+            if agent.end != AgentEnd::Unfinished {
+                live.agent_ended(agent.index);
             }
         }
         live.agents(running, finished, lost);
@@ -438,7 +308,7 @@ impl Coordinator {
             );
             return self.refuse(conn, Status::failed_precondition(text));
         }
-        if self.slots.iter().flatten().any(|s| s.record.name == hello.name) {
+        if self.slots.iter().flatten().any(|s| s.name == hello.name) {
             let text = format!("an agent named {:?} has already joined this run", hello.name);
             return self.refuse(conn, Status::already_exists(text));
         }
@@ -451,21 +321,17 @@ impl Coordinator {
             c.agent = Some(index as u32);
             c.peer
         });
+        self.ledger.record(Entry::Joined(Joined {
+            agent_index: index as u32,
+            name: hello.name.clone(),
+            users: slice.peak_users(),
+            version: hello.agent_version,
+            peer: peer.map(|p| p.to_string()),
+            gpu_note: (!hello.gpu.is_empty()).then_some(hello.gpu),
+        }));
         self.slots[index] = Some(Slot {
-            record: AgentRecord {
-                name: hello.name.clone(),
-                index: index as u32,
-                users: slice.peak_users(),
-                version: hello.agent_version,
-                peer,
-                end: AgentEnd::Unfinished,
-                lost_at: None,
-                began_at_us: None,
-                clock_offset_us: None,
-                clock_rtt_us: None,
-                gpu_note: (!hello.gpu.is_empty()).then_some(hello.gpu),
-                gpu: Vec::new(),
-            },
+            name: hello.name.clone(),
+            index: index as u32,
             conn,
             ready: false,
             heard: Instant::now(),
@@ -510,10 +376,12 @@ impl Coordinator {
     fn ready(&mut self, index: u32, ready: &pb::Ready) {
         if let Some(slot) = self.slots[index as usize].as_mut() {
             slot.ready = true;
-            if ready.clock_rtt_us > 0 {
-                slot.record.clock_offset_us = Some(ready.clock_offset_us);
-                slot.record.clock_rtt_us = Some(ready.clock_rtt_us);
-            }
+            let measured = ready.clock_rtt_us > 0;
+            self.ledger.record(Entry::Ready {
+                agent_index: index,
+                clock_offset_us: measured.then_some(ready.clock_offset_us),
+                clock_rtt_us: measured.then_some(ready.clock_rtt_us),
+            });
         }
         let all_ready = self.slots.iter().all(|s| s.as_ref().is_some_and(|s| s.ready));
         if !matches!(self.phase, Phase::Joining) || !all_ready {
@@ -523,8 +391,13 @@ impl Coordinator {
         let start_at_us = wall_us() + u64::try_from(delay.as_micros()).unwrap_or(0);
         self.phase = Phase::Running;
         self.started = Some(Instant::now() + delay);
-        self.started_at = Some(SystemTime::now() + delay);
-        self.start_at_us = Some(start_at_us);
+        let started_at = SystemTime::now() + delay;
+        self.ledger.record(Entry::Started {
+            unix_ns: started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            start_at_us,
+        });
         self.deadline = Instant::now() + delay + self.setup.load.duration() + self.setup.load.drain + OVERRUN;
         tracing::info!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
         let start = pb::Start {
@@ -535,93 +408,50 @@ impl Coordinator {
     }
 
     fn report(&mut self, conn: u64, index: u32, wire: pb::Report) {
-        let name = self.name(index);
-        let report = match decode_report(&wire) {
-            Ok(r) => r,
-            Err(e) => {
-                self.unreadable += 1;
-                tracing::error!(agent = %name, sequence = wire.sequence, "unreadable report, left out: {e}");
-                return;
-            }
-        };
-        let (merged, rows) = self.merger.add(index, &report);
-        if merged == merge::Merged::Added
-            && let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut)
-        {
-            slot.record.gpu.extend(wire.gpu.iter().copied());
+        let sequence = wire.sequence;
+        // Logged before acknowledged: a crash after the ack loses nothing
+        // the agent was told is safe.
+        let effect = self.ledger.record(Entry::Report(ReportEntry {
+            agent: self.name(index),
+            agent_index: index,
+            report: wire,
+        }));
+        if let Some(why) = &effect.unreadable {
+            tracing::error!("{why}");
         }
-        if merged == merge::Merged::Added
-            && let Some(live) = &self.setup.live
-        {
+        if let (Some(report), Some(live)) = (&effect.added, &self.setup.live) {
             live.report(index, &report.histograms, &report.counters);
         }
-        if merged == merge::Merged::Added {
-            keep_exemplars(&mut self.exemplars, index, &wire.exemplars);
-            // Durable before acknowledged: a crash after the ack loses
-            // nothing the agent was told is safe.
-            if let Err(e) = self.log.append(&name, index, &wire) {
-                tracing::error!("cannot append to {}: {e}", self.log.path().display());
-            }
-        }
-        self.send(
-            conn,
-            controller_message::Kind::Ack(pb::ReportAck {
-                sequence: wire.sequence,
-            }),
-        );
-        self.on_rows(rows);
+        self.send(conn, controller_message::Kind::Ack(pb::ReportAck { sequence }));
+        self.on_rows(effect.rows);
     }
 
     fn finished(&mut self, conn: u64, index: u32, wire: pb::Finished) {
         let name = self.name(index);
-        for class in &wire.classes {
-            let decoded = Histograms::from_wire(&class.histograms)
-                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
-            match decoded {
-                Ok((histograms, counters)) => {
-                    let totals = self.classes.entry(class.class.clone()).or_default();
-                    totals.histograms.add(&histograms);
-                    totals.counters.add(&counters);
-                }
-                Err(e) => tracing::warn!(agent = %name, "unreadable totals of prompt class {:?}: {e}", class.class),
-            }
+        let effect = self.ledger.record(Entry::Finished(FinishedEntry {
+            agent: name.clone(),
+            agent_index: index,
+            finished: wire,
+        }));
+        if let Some(why) = &effect.unreadable {
+            tracing::error!("{why}");
         }
-        let decoded = Histograms::from_wire(&wire.histograms).and_then(|histograms| {
-            Ok(merge::Finished {
-                histograms,
-                counters: Counters::from_wire(&wire.counters.unwrap_or_default())?,
-                elapsed_us: wire.elapsed_us,
-                last_sequence: wire.last_sequence,
-            })
-        });
-        let rows = match decoded {
-            Ok(finished) => self.merger.finish(index, &finished),
-            Err(e) => {
-                tracing::error!(agent = %name, "unreadable final totals: {e}");
-                self.merger.gone(index)
-            }
-        };
-        if let Some(mismatch) = &self.merger.agents()[index as usize].mismatch {
+        if let Some(mismatch) = &effect.mismatch {
             tracing::warn!(agent = %name, "{mismatch}");
-        }
-        if let Some(slot) = self.slots[index as usize].as_mut()
-            && slot.record.end == AgentEnd::Unfinished
-        {
-            slot.record.end = AgentEnd::Finished;
         }
         // Ending the stream tells the agent everything was received.
         self.hang_up(conn, None);
-        self.on_rows(rows);
+        self.on_rows(effect.rows);
     }
 
     fn failed(&mut self, index: u32, reason: String) {
         let name = self.name(index);
         tracing::error!(agent = %name, "agent cannot carry out its assignment: {reason}");
-        if let Some(slot) = self.slots[index as usize].as_mut() {
-            slot.record.end = AgentEnd::Failed(reason.clone());
-        }
-        let rows = self.merger.gone(index);
-        self.on_rows(rows);
+        let effect = self.ledger.record(Entry::Failed {
+            agent_index: index,
+            reason: reason.clone(),
+        });
+        self.on_rows(effect.rows);
         self.failure = Some(format!("agent {name} cannot carry out its assignment: {reason}"));
         self.stop("an agent failed", true);
     }
@@ -629,28 +459,35 @@ impl Coordinator {
     /// Declares agent `index` lost: keeps everything it reported, tells it
     /// to stop, ends its stream, and applies the profile's policy.
     fn lose(&mut self, index: u32, reason: String) {
-        let Some(slot) = self.slots[index as usize].as_mut() else {
+        let Some(slot) = self.slots[index as usize].as_ref() else {
             return;
         };
-        let (name, conn) = (slot.record.name.clone(), slot.conn);
+        let (name, conn) = (slot.name.clone(), slot.conn);
         if matches!(self.phase, Phase::Joining) {
             // Nothing ran: free its place for another agent.
             tracing::warn!(agent = %name, "agent left before the start ({reason}); its place is open");
+            self.ledger.record(Entry::Left {
+                agent_index: index,
+                reason,
+            });
             self.slots[index as usize] = None;
             self.hang_up(conn, None);
             return;
         }
         tracing::warn!(agent = %name, "agent lost: {reason}");
-        slot.record.end = AgentEnd::Lost(reason.clone());
-        slot.record.lost_at = self.started.map(|s| Instant::now().saturating_duration_since(s));
+        let after_start = self.started.map(|s| Instant::now().saturating_duration_since(s));
+        let effect = self.ledger.record(Entry::Lost {
+            agent_index: index,
+            reason: reason.clone(),
+            after_start_us: after_start.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        });
         let stop = pb::Stop {
             reason: format!("this agent was declared lost: {reason}"),
             abort: true,
         };
         self.send(conn, controller_message::Kind::Stop(stop));
         self.hang_up(conn, None);
-        let rows = self.merger.gone(index);
-        self.on_rows(rows);
+        self.on_rows(effect.rows);
         if self.setup.on_agent_loss == OnAgentLoss::Abort && self.aborted.is_none() && !self.interrupted {
             let why = format!("agent {name} was lost ({reason}) and agents.on_agent_loss is \"abort\"");
             self.aborted = Some(why.clone());
@@ -659,10 +496,7 @@ impl Coordinator {
     }
 
     fn watching(&self) -> bool {
-        self.slots
-            .iter()
-            .flatten()
-            .any(|s| s.record.end == AgentEnd::Unfinished)
+        self.slots.iter().flatten().any(|s| self.unfinished(s.index))
     }
 
     /// When the earliest silence among running agents reaches [`SILENCE`].
@@ -670,7 +504,7 @@ impl Coordinator {
         self.slots
             .iter()
             .flatten()
-            .filter(|s| s.record.end == AgentEnd::Unfinished)
+            .filter(|s| self.unfinished(s.index))
             .map(|s| s.heard + SILENCE)
             .min()
             .unwrap_or_else(|| Instant::now() + SILENCE)
@@ -682,8 +516,8 @@ impl Coordinator {
             .slots
             .iter()
             .flatten()
-            .filter(|s| s.record.end == AgentEnd::Unfinished && s.heard.elapsed() >= SILENCE)
-            .map(|s| s.record.index)
+            .filter(|s| self.unfinished(s.index) && s.heard.elapsed() >= SILENCE)
+            .map(|s| s.index)
             .collect();
         for index in silent {
             self.lose(index, format!("silent for {SILENCE:?}"));
@@ -734,72 +568,25 @@ impl Coordinator {
     fn name(&self, index: u32) -> String {
         self.slots[index as usize]
             .as_ref()
-            .map_or_else(|| format!("#{index}"), |s| s.record.name.clone())
+            .map_or_else(|| format!("#{index}"), |s| s.name.clone())
     }
 
     fn on_rows(&mut self, rows: Vec<Row>) {
-        for row in rows {
-            self.progress.row(&row);
-            self.rows.push(row);
+        for row in &rows {
+            self.progress.row(row);
         }
     }
 
     fn close(mut self) -> Collected {
-        let rows = self.merger.flush();
+        let rows = self.ledger.flush();
         self.on_rows(rows);
         self.progress.finish();
-        let agents = self
-            .slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, slot)| match slot {
-                Some(slot) => slot.record,
-                None => AgentRecord {
-                    name: format!("#{i}"),
-                    index: i as u32,
-                    users: self.setup.slices[i].peak_users(),
-                    version: String::new(),
-                    peer: None,
-                    end: AgentEnd::Lost("never joined".to_owned()),
-                    lost_at: None,
-                    began_at_us: None,
-                    clock_offset_us: None,
-                    clock_rtt_us: None,
-                    gpu_note: None,
-                    gpu: Vec::new(),
-                },
-            })
-            .collect();
-        Collected {
-            classes: self.classes,
-            merger: self.merger,
-            agents,
-            rows: self.rows,
-            started_at: self.started_at,
-            start_at_us: self.start_at_us,
+        self.ledger.close(End {
             interrupted: self.interrupted,
             aborted: self.aborted,
             failure: self.failure,
-            unreadable: self.unreadable,
-            exemplars: std::mem::take(&mut self.exemplars),
-        }
+        })
     }
-}
-
-fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::WireError> {
-    let mut samples = std::collections::BTreeMap::new();
-    for s in &wire.error_samples {
-        samples.insert(s.class.parse()?, s.message.clone());
-    }
-    Ok(merge::Report {
-        interval: wire.interval,
-        sequence: wire.sequence,
-        elapsed_us: wire.elapsed_us,
-        histograms: Histograms::from_wire(&wire.histograms)?,
-        counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
-        samples,
-        cpu: wire.cpu,
-    })
 }
 
 /// This agent's load on the wire.

@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use stampede_agent::load::schedule::Process;
 
 use super::doc::{Problems, Table};
@@ -15,7 +16,8 @@ const MAX_RATE: f64 = 1_000_000.0;
 const MAX_CONCURRENCY: u64 = 10_000_000;
 
 /// How load is generated.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Model {
     /// Closed-loop users: each waits for its answer before the next request.
     Users {
@@ -35,7 +37,7 @@ pub enum Model {
 }
 
 /// One level of load held for a while.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// Users (closed loop) or arrivals per second (open loop).
     pub level: f64,
@@ -46,7 +48,8 @@ pub struct Step {
 }
 
 /// How the steps were asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Shape {
     /// One level (`users = …` or `rate = …`).
     Single,
@@ -57,7 +60,7 @@ pub enum Shape {
 }
 
 /// The validated `[load]` table.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Load {
     /// How load is generated.
     pub model: Model,

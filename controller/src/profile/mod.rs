@@ -90,7 +90,7 @@ impl TokenizerFile {
 }
 
 /// The generation parameters of each request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     /// Upper bound on output tokens.
     pub max_tokens: Option<u32>,
@@ -141,6 +141,8 @@ pub struct Thresholds {
 pub struct Profile {
     /// The file it came from.
     pub path: PathBuf,
+    /// The file's text, as read; each run keeps a copy.
+    pub source: String,
     /// Profile name (default: the file name without extension).
     pub name: String,
     /// Run seed: prompt order and every agent's seed derive from it.
@@ -254,7 +256,10 @@ impl Profile {
         let mut problems = p.list;
         problems.sort_by_key(|p| (p.line, p.column));
         match profile {
-            Some(profile) if problems.is_empty() => Ok(profile),
+            Some(profile) if problems.is_empty() => Ok(Profile {
+                source: source.to_owned(),
+                ..profile
+            }),
             _ => Err(ProfileError::Invalid {
                 path: path.to_owned(),
                 problems,
@@ -445,6 +450,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         .map_or_else(|| "run".to_owned(), |s| s.to_string_lossy().into_owned());
     Some(Profile {
         path: path.to_owned(),
+        source: String::new(),
         name: name.unwrap_or(default_name),
         seed: seed.unwrap_or(0),
         target: Target {

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 
 use super::render;
-use crate::coordinator::{AgentEnd, AgentRecord, Collected};
 use crate::merge::{Finished, Merger, Report, Timeline};
 use crate::profile::{Overrides, Profile};
-use crate::report::summary::{self, Context};
+use crate::report::summary;
+use crate::results::spec::TargetRef;
+use crate::results::{AgentEnd, AgentRecord, Collected, Spec};
 use crate::server::{Scrape, Series, map, prom};
 
 const PROFILE: &str = r#"
@@ -139,17 +140,17 @@ fn the_table_reads_as_it_did() {
         classes: BTreeMap::new(),
     };
     let server = series(start);
-    let ctx = Context {
-        run_id: "20270115T080000Z-snapshot-0001",
-        profile: &profile,
-        target_url: "http://gpu-box:8000",
-        simulated: false,
-        model: "",
-        trace: None,
-        run_trace_id: "0af7651916cd43dd8448eb211c80319c",
-        server: Some(&server),
+    let spec = Spec {
+        target: TargetRef {
+            url: "http://gpu-box:8000".to_owned(),
+            api: "openai-chat".to_owned(),
+            model: String::new(),
+            simulated: false,
+            tokenizer: None,
+        },
+        ..Spec::sample(&profile, "20270115T080000Z-snapshot-0001", 1)
     };
-    let summary = summary::build(&ctx, &collected);
+    let summary = summary::build(&spec, &collected, Some(&server));
     let files = [
         (
             "summary",

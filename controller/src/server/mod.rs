@@ -4,6 +4,7 @@
 
 pub mod map;
 pub mod prom;
+pub mod scrapes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -111,26 +112,16 @@ async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File
             Ok(body) => {
                 let text = String::from_utf8_lossy(&body);
                 let page = prom::parse(&text);
-                series.skipped_lines += page.skipped.len() as u64;
-                if let Some(file) = &mut raw
-                    && let Err(e) = write_raw(file, at, &page.samples)
-                {
-                    series.raw_error.get_or_insert(e.to_string());
-                    raw = None;
-                }
-                let reading = map::map(&page.samples);
-                series.unmapped.extend(reading.unmapped.iter().cloned());
-                series
-                    .sources
-                    .extend(reading.sources.iter().map(|(k, v)| (*k, v.clone())));
-                series.scrapes.push(Scrape { at, reading });
+                let skipped = page.skipped.len() as u64;
+                keep_raw(&mut raw, &mut series, &scrapes::page(at, &page.samples, skipped));
+                series.add_page(at, &page.samples, skipped);
             }
             Err(e) => {
                 if series.first_error.is_none() {
                     tracing::warn!("server metrics: {e} (the run goes on without them)");
-                    series.first_error = Some(e);
                 }
-                series.failed += 1;
+                keep_raw(&mut raw, &mut series, &scrapes::failure(at, &e));
+                series.add_failure(e);
             }
         }
         if last || target.is_err() {
@@ -140,21 +131,17 @@ async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File
     series
 }
 
-fn write_raw(file: &mut std::fs::File, at: SystemTime, samples: &[prom::Sample]) -> std::io::Result<()> {
-    let t = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let values: serde_json::Map<String, serde_json::Value> = samples
-        .iter()
-        .map(|s| {
-            let v = serde_json::Number::from_f64(s.value).map_or(serde_json::Value::Null, serde_json::Value::Number);
-            (s.to_string(), v)
-        })
-        .collect();
-    let line = serde_json::json!({ "unix_s": t, "samples": values });
-    serde_json::to_writer(&mut *file, &line)?;
-    file.write_all(b"\n")
+/// Appends a line to the raw file; the first failure stops the copy and
+/// is kept in the series.
+fn keep_raw(raw: &mut Option<std::fs::File>, series: &mut Series, line: &serde_json::Value) {
+    let Some(file) = raw else { return };
+    let written = serde_json::to_writer(&mut *file, line)
+        .map_err(std::io::Error::from)
+        .and_then(|()| file.write_all(b"\n"));
+    if let Err(e) = written {
+        series.raw_error.get_or_insert(e.to_string());
+        *raw = None;
+    }
 }
 
 /// One figure over a window of the run.
@@ -184,6 +171,24 @@ pub enum Window {
 }
 
 impl Series {
+    /// Takes in a page read at `at` (with `skipped` lines it could not
+    /// read). Live scrapes and `server-metrics.jsonl` read back both come
+    /// through here.
+    pub fn add_page(&mut self, at: SystemTime, samples: &[prom::Sample], skipped: u64) {
+        self.skipped_lines += skipped;
+        let reading = map::map(samples);
+        self.unmapped.extend(reading.unmapped.iter().cloned());
+        self.sources
+            .extend(reading.sources.iter().map(|(k, v)| (*k, v.clone())));
+        self.scrapes.push(Scrape { at, reading });
+    }
+
+    /// Takes in a failed scrape.
+    pub fn add_failure(&mut self, error: String) {
+        self.first_error.get_or_insert(error);
+        self.failed += 1;
+    }
+
     /// Seconds after `start` of each scrape.
     fn offsets(&self, start: SystemTime) -> impl Iterator<Item = (f64, &Reading)> {
         self.scrapes.iter().map(move |s| {

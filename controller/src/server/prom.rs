@@ -72,6 +72,14 @@ pub fn parse(text: &str) -> Page {
     page
 }
 
+/// The sample of series `key` (as [`Sample`]'s `Display` writes it:
+/// `name{a="x"}`) with `value`.
+pub fn series(key: &str, value: f64) -> Result<Sample, String> {
+    let mut s = sample(&format!("{key} 0"))?;
+    s.value = value;
+    Ok(s)
+}
+
 fn is_name_char(c: char, first: bool) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
 }

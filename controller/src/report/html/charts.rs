@@ -239,20 +239,37 @@ const QUANTILE_TICKS: [(f64, &str); 7] = [
     (1e6, "99.9999%"),
 ];
 
-fn percentile_chart(out: &mut String, dist: &Distribution) {
-    let (title, c) = match dist.metric {
+/// One run's curve on a percentile chart.
+pub(super) struct Curve<'a> {
+    /// Its name in the chart (`data-series`).
+    pub(super) name: String,
+    /// Its colour.
+    pub(super) color: &'static str,
+    /// Its points.
+    pub(super) dist: &'a Distribution,
+}
+
+/// A metric's title and colour.
+pub(super) fn metric_style(metric: Metric) -> (&'static str, &'static str) {
+    match metric {
         Metric::Ttft => ("TTFT", color::P95),
         Metric::Itl => ("ITL", color::P50),
         Metric::Tpot => ("TPOT", color::GREEN),
         _ => ("E2E", color::PURPLE),
-    };
-    let name = dist.metric.name();
+    }
+}
+
+/// A metric's percentile distribution, one curve per run.
+pub(super) fn percentile_chart(out: &mut String, metric: Metric, unit: &str, curves: &[Curve<'_>]) {
+    let (title, _) = metric_style(metric);
+    let name = metric.name();
     let _ = write!(
         out,
-        r#"<figure class="chart dist" id="dist-{name}"><figcaption><h3>{title}</h3><span class="unit">ms · {} samples</span></figcaption>"#,
-        crate::report::grouped(dist.count)
+        r#"<figure class="chart dist" id="dist-{name}"><figcaption><h3>{title}</h3><span class="unit">{}</span></figcaption>"#,
+        esc(unit)
     );
-    if dist.points.is_empty() {
+    let drawn: Vec<&Curve<'_>> = curves.iter().filter(|c| !c.dist.points.is_empty()).collect();
+    if drawn.is_empty() {
         out.push_str(r#"<p class="empty">No samples.</p></figure>"#);
         return;
     }
@@ -266,15 +283,19 @@ fn percentile_chart(out: &mut String, dist: &Distribution) {
     };
     // The x axis reaches the decade past the last finite quantile: as far
     // as the samples say anything, and at least to 99%.
-    let reach = dist
-        .points
+    let reach = drawn
         .iter()
+        .flat_map(|c| c.dist.points.iter())
         .filter(|q| q.quantile < 1.0)
         .map(|q| 1.0 / (1.0 - q.quantile))
         .fold(1.0, f64::max);
     let x_max = 10f64.powf(reach.log10().ceil()).clamp(100.0, 1e6);
     let x = Scale::log(1.0, x_max, f.x0(), f.x1());
-    let max = dist.points.iter().map(|q| q.value_ms).fold(0.0, f64::max);
+    let max = drawn
+        .iter()
+        .flat_map(|c| c.dist.points.iter())
+        .map(|q| q.value_ms)
+        .fold(0.0, f64::max);
     let (ticks, top) = svg::ticks(max, 4);
     let y = Scale::linear(0.0, top, f.y0(), f.y1());
     f.open(
@@ -296,33 +317,37 @@ fn percentile_chart(out: &mut String, dist: &Distribution) {
         p(f.height - 4.0)
     );
     let at = |q: f64| if q >= 1.0 { x_max } else { (1.0 / (1.0 - q)).min(x_max) };
-    let d = svg::line(
-        dist.points
+    for curve in &drawn {
+        let (dist, c) = (curve.dist, curve.color);
+        let d = svg::line(
+            dist.points
+                .iter()
+                .map(|q| (x.at(at(q.quantile)), Some(y.at(q.value_ms)))),
+        );
+        let values: Vec<String> = dist
+            .points
             .iter()
-            .map(|q| (x.at(at(q.quantile)), Some(y.at(q.value_ms)))),
-    );
-    let values: Vec<String> = dist
-        .points
-        .iter()
-        .map(|q| format!("{}:{}", sig(q.quantile * 100.0), sig(q.value_ms)))
-        .collect();
-    let _ = write!(
-        out,
-        r#"<path class="series" d="{d}" stroke="{c}" data-series="{name}" data-points="{}" data-values="{}"/>"#,
-        dist.points.len(),
-        values.join(" ")
-    );
-    if let Some(last) = dist.points.last() {
-        let (mx, my) = (x.at(x_max), y.at(last.value_ms));
+            .map(|q| format!("{}:{}", sig(q.quantile * 100.0), sig(q.value_ms)))
+            .collect();
         let _ = write!(
             out,
-            r#"<circle class="max" cx="{}" cy="{}" r="3" fill="{c}"/><text class="note" x="{}" y="{}">max {} ms</text>"#,
-            p(mx),
-            p(my),
-            p(mx - 6.0),
-            p(my - 6.0),
-            sig(last.value_ms)
+            r#"<path class="series" d="{d}" stroke="{c}" data-series="{}" data-points="{}" data-values="{}"/>"#,
+            esc(&curve.name),
+            dist.points.len(),
+            values.join(" ")
         );
+        if let Some(last) = dist.points.last() {
+            let (mx, my) = (x.at(x_max), y.at(last.value_ms));
+            let _ = write!(
+                out,
+                r#"<circle class="max" cx="{}" cy="{}" r="3" fill="{c}"/><text class="note" x="{}" y="{}">max {} ms</text>"#,
+                p(mx),
+                p(my),
+                p(mx - 6.0),
+                p(my - 6.0),
+                sig(last.value_ms)
+            );
+        }
     }
     out.push_str("</svg></figure>");
 }
@@ -333,19 +358,38 @@ pub(super) fn distributions(out: &mut String, d: &ReportData) {
         r#"<section id="distributions"><h2>Latency distributions</h2><p class="caption">Every successful request of the measured time (warm-ups left out), from the exact merged HDR histograms: the value at each percentile, with the tail stretched out to the right as HdrHistogram's plotter draws it. The last point is the largest sample.</p><div class="grid2">"#,
     );
     for dist in &d.distributions {
-        percentile_chart(out, dist);
+        let curve = Curve {
+            name: dist.metric.name().to_owned(),
+            color: metric_style(dist.metric).1,
+            dist,
+        };
+        let unit = format!("ms · {} samples", crate::report::grouped(dist.count));
+        percentile_chart(out, dist.metric, &unit, &[curve]);
     }
     out.push_str("</div></section>");
 }
 
 /// One point of the load-against-latency charts.
-struct StepPoint {
-    label: String,
-    x: f64,
-    y: f64,
+pub(super) struct StepPoint {
+    pub(super) label: String,
+    pub(super) x: f64,
+    pub(super) y: f64,
 }
 
-fn scatter(out: &mut String, id: &str, title: &str, x_label: &str, points: &[StepPoint], knee: Option<usize>) {
+/// One run's steps on a load-against-latency chart.
+pub(super) struct Track {
+    /// Its name in the chart (`data-series`).
+    pub(super) name: String,
+    /// Its colour.
+    pub(super) color: &'static str,
+    /// One point per step.
+    pub(super) points: Vec<StepPoint>,
+    /// The step at the knee, ringed.
+    pub(super) knee: Option<usize>,
+}
+
+/// Latency against throughput, a line of points per run.
+pub(super) fn scatter(out: &mut String, id: &str, title: &str, x_label: &str, tracks: &[Track]) {
     let f = Frame {
         width: 320.0,
         height: 230.0,
@@ -359,8 +403,9 @@ fn scatter(out: &mut String, id: &str, title: &str, x_label: &str, points: &[Ste
         r#"<figure class="chart xy"><figcaption><h3>{}</h3></figcaption>"#,
         esc(title)
     );
-    let (xt, x_top) = svg::ticks(points.iter().map(|q| q.x).fold(0.0, f64::max), 3);
-    let (yt, y_top) = svg::ticks(points.iter().map(|q| q.y).fold(0.0, f64::max), 4);
+    let all = || tracks.iter().flat_map(|t| t.points.iter());
+    let (xt, x_top) = svg::ticks(all().map(|q| q.x).fold(0.0, f64::max), 3);
+    let (yt, y_top) = svg::ticks(all().map(|q| q.y).fold(0.0, f64::max), 4);
     let x = Scale::linear(0.0, x_top, f.x0(), f.x1());
     let y = Scale::linear(0.0, y_top, f.y0(), f.y1());
     f.open(
@@ -378,76 +423,107 @@ fn scatter(out: &mut String, id: &str, title: &str, x_label: &str, points: &[Ste
         p(f.height - 4.0),
         esc(x_label)
     );
-    let d = svg::line(points.iter().map(|q| (x.at(q.x), Some(y.at(q.y)))));
-    let _ = write!(
-        out,
-        r#"<path class="series" d="{d}" stroke="{}" data-series="{}" data-points="{}"/>"#,
-        color::P95,
-        esc(title),
-        points.len()
-    );
     // Labels go above their points, else below, left or right, wherever
     // they do not cover one already placed (steps past the knee often
     // share a throughput).
     let mut placed: Vec<(f64, f64, f64)> = Vec::new();
-    for (k, q) in points.iter().enumerate() {
-        let (cx, cy) = (x.at(q.x), y.at(q.y));
-        let is_knee = knee == Some(k);
+    for track in tracks {
+        let d = svg::line(track.points.iter().map(|q| (x.at(q.x), Some(y.at(q.y)))));
         let _ = write!(
             out,
-            r#"<circle cx="{}" cy="{}" r="3.5" fill="{}"><title>{}: {} at {}</title></circle>"#,
-            p(cx),
-            p(cy),
-            color::P95,
-            esc(&q.label),
-            sig(q.y),
-            sig(q.x)
+            r#"<path class="series" d="{d}" stroke="{}" data-series="{}" data-points="{}"/>"#,
+            track.color,
+            esc(&track.name),
+            track.points.len()
         );
-        if is_knee {
+        for (k, q) in track.points.iter().enumerate() {
+            let (cx, cy) = (x.at(q.x), y.at(q.y));
+            let is_knee = track.knee == Some(k);
             let _ = write!(
                 out,
-                r#"<circle class="knee" cx="{}" cy="{}" r="9" data-knee="{}"/>"#,
+                r#"<circle cx="{}" cy="{}" r="3.5" fill="{}"><title>{}: {} at {}</title></circle>"#,
                 p(cx),
                 p(cy),
-                esc(&q.label)
+                track.color,
+                esc(&q.label),
+                sig(q.y),
+                sig(q.x)
+            );
+            if is_knee {
+                let _ = write!(
+                    out,
+                    r#"<circle class="knee" cx="{}" cy="{}" r="9" data-knee="{}"/>"#,
+                    p(cx),
+                    p(cy),
+                    esc(&q.label)
+                );
+            }
+            let text = if is_knee {
+                format!("{} · knee", q.label)
+            } else {
+                q.label.clone()
+            };
+            // About 5.6 units a character at the labels' 10-unit size.
+            let half = text.chars().count() as f64 * 2.8;
+            let gap = if is_knee { 12.0 } else { 6.0 };
+            let candidates = [
+                (cx, cy - gap - 2.0),
+                (cx, cy + gap + 10.0),
+                (cx - half - gap - 2.0, cy + 3.5),
+                (cx + half + gap + 2.0, cy + 3.5),
+            ];
+            let free = |(lx, ly): (f64, f64)| {
+                placed
+                    .iter()
+                    .all(|&(px, py, ph)| (lx - px).abs() > half + ph + 2.0 || (ly - py).abs() > 11.0)
+            };
+            let Some((lx, ly)) = candidates.into_iter().find(|c| free(*c)).or_else(|| {
+                // A second run's labels that find no room are left out: its
+                // points carry their titles.
+                (tracks.len() == 1).then_some(candidates[0])
+            }) else {
+                continue;
+            };
+            let lx = lx.clamp(half + 2.0, f.width - half - 2.0);
+            placed.push((lx, ly, half));
+            let _ = write!(
+                out,
+                r#"<text class="ptlabel{}" x="{}" y="{}">{}</text>"#,
+                if is_knee { " kneept" } else { "" },
+                p(lx),
+                p(ly),
+                esc(&text)
             );
         }
-        let text = if is_knee {
-            format!("{} · knee", q.label)
-        } else {
-            q.label.clone()
-        };
-        // About 5.6 units a character at the labels' 10-unit size.
-        let half = text.chars().count() as f64 * 2.8;
-        let gap = if is_knee { 12.0 } else { 6.0 };
-        let candidates = [
-            (cx, cy - gap - 2.0),
-            (cx, cy + gap + 10.0),
-            (cx - half - gap - 2.0, cy + 3.5),
-            (cx + half + gap + 2.0, cy + 3.5),
-        ];
-        let free = |(lx, ly): (f64, f64)| {
-            placed
-                .iter()
-                .all(|&(px, py, ph)| (lx - px).abs() > half + ph + 2.0 || (ly - py).abs() > 11.0)
-        };
-        let (lx, ly) = candidates.into_iter().find(|c| free(*c)).unwrap_or(candidates[0]);
-        let lx = lx.clamp(half + 2.0, f.width - half - 2.0);
-        placed.push((lx, ly, half));
-        let _ = write!(
-            out,
-            r#"<text class="ptlabel{}" x="{}" y="{}">{}</text>"#,
-            if is_knee { " kneept" } else { "" },
-            p(lx),
-            p(ly),
-            esc(&text)
-        );
     }
     out.push_str("</svg></figure>");
 }
 
 /// Where a step falls on one of the charts: (throughput, latency).
-type Pick = fn(&StepSummary) -> (f64, f64);
+pub(super) type Pick = fn(&StepSummary) -> (f64, f64);
+
+/// The four load-against-latency charts: id, title, x axis, and where a
+/// step falls.
+pub(super) const LOAD_CHARTS: [(&str, &str, &str, Pick); 4] = [
+    ("ttft-rps", "TTFT p95 (ms) against requests/s", "requests/s", |st| {
+        (st.throughput.requests_per_s, st.metrics.ttft.p95)
+    }),
+    (
+        "ttft-tps",
+        "TTFT p95 (ms) against output tokens/s",
+        "output tokens/s",
+        |st| (st.throughput.output_tokens_per_s, st.metrics.ttft.p95),
+    ),
+    ("tpot-rps", "TPOT p95 (ms) against requests/s", "requests/s", |st| {
+        (st.throughput.requests_per_s, st.metrics.tpot.p95)
+    }),
+    (
+        "tpot-tps",
+        "TPOT p95 (ms) against output tokens/s",
+        "output tokens/s",
+        |st| (st.throughput.output_tokens_per_s, st.metrics.tpot.p95),
+    ),
+];
 
 /// Latency against throughput, one point per step, with the knee ringed.
 pub(super) fn load_latency(out: &mut String, s: &Summary) {
@@ -466,27 +542,7 @@ pub(super) fn load_latency(out: &mut String, s: &Summary) {
         y,
     };
     out.push_str(r#"<div class="grid4">"#);
-    let charts: [(&str, &str, &str, Pick); 4] = [
-        ("ttft-rps", "TTFT p95 (ms) against requests/s", "requests/s", |st| {
-            (st.throughput.requests_per_s, st.metrics.ttft.p95)
-        }),
-        (
-            "ttft-tps",
-            "TTFT p95 (ms) against output tokens/s",
-            "output tokens/s",
-            |st| (st.throughput.output_tokens_per_s, st.metrics.ttft.p95),
-        ),
-        ("tpot-rps", "TPOT p95 (ms) against requests/s", "requests/s", |st| {
-            (st.throughput.requests_per_s, st.metrics.tpot.p95)
-        }),
-        (
-            "tpot-tps",
-            "TPOT p95 (ms) against output tokens/s",
-            "output tokens/s",
-            |st| (st.throughput.output_tokens_per_s, st.metrics.tpot.p95),
-        ),
-    ];
-    for (id, title, x_label, f) in charts {
+    for (id, title, x_label, f) in LOAD_CHARTS {
         let points: Vec<StepPoint> = steps
             .iter()
             .map(|st| {
@@ -494,7 +550,13 @@ pub(super) fn load_latency(out: &mut String, s: &Summary) {
                 point(x, y, &st.label)
             })
             .collect();
-        scatter(out, id, title, x_label, &points, knee);
+        let track = Track {
+            name: title.to_owned(),
+            color: color::P95,
+            points,
+            knee,
+        };
+        scatter(out, id, title, x_label, &[track]);
     }
     out.push_str("</div>");
 }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stampede_proto::{ErrorClass, Histograms, Metric, pb};
 
-use crate::coordinator::Collected;
 use crate::merge::Row;
+use crate::results::Collected;
 use crate::stats::Stats;
 
 /// The metrics whose percentile distributions the report draws.

@@ -9,6 +9,7 @@
 //! check what the page draws against `summary.json`.
 
 mod charts;
+mod compare;
 mod data;
 mod over_time;
 mod svg;
@@ -17,6 +18,7 @@ mod timeline;
 
 use std::fmt::Write as _;
 
+pub use compare::render_compare;
 pub use data::{DISTRIBUTIONS, Distribution, IntervalData, Quantile, ReportData, TtftParts};
 
 use crate::report::grouped;

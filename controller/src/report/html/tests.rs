@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
 
 use super::*;
-use crate::coordinator::{AgentEnd, AgentRecord, Collected};
 use crate::findings::Finding;
 use crate::merge::{Merger, Report, Timeline as Places};
 use crate::profile::{Overrides, Profile};
-use crate::report::summary::{self, Context, Figure, IntervalSummary, ServerInterval, ServerSummary, trace::Exemplar};
+use crate::report::summary::{self, Figure, IntervalSummary, ServerInterval, ServerSummary, trace};
+use crate::results::{AgentEnd, AgentRecord, Collected, Exemplar, Spec};
 use crate::server::{Canon, Kind, Source};
 
 const STAGES: &str = r#"
@@ -88,7 +88,7 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         })
         .collect();
     let exemplars = (0..3)
-        .map(|k| crate::coordinator::Exemplar {
+        .map(|k| Exemplar {
             agent: 0,
             metric: Metric::E2e,
             value_us: 900_000 - k * 1_000,
@@ -109,17 +109,8 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         exemplars,
         classes: BTreeMap::new(),
     };
-    let ctx = Context {
-        run_id: "20270115T080000Z-test-0001",
-        profile: &p,
-        target_url: "http://127.0.0.1:1",
-        simulated: true,
-        model: "llm-sim",
-        trace: None,
-        run_trace_id: "0123",
-        server: None,
-    };
-    let mut s = summary::build(&ctx, &collected);
+    let spec = Spec::sample(&p, "20270115T080000Z-test-0001", agents);
+    let mut s = summary::build(&spec, &collected, None);
     s.server = Some(server(&s));
     let d = ReportData::of(&collected, 1.0);
     (s, d)
@@ -242,7 +233,7 @@ fn every_time_chart_has_one_point_per_interval() {
 #[test]
 fn the_page_names_no_url_but_its_trace_links() {
     let (mut s, d) = run(STAGES, 2, 12);
-    s.tracing.slowest_e2e = vec![Exemplar {
+    s.tracing.slowest_e2e = vec![trace::Exemplar {
         trace_id: "ab".repeat(16),
         value_ms: 900.0,
         agent: 0,

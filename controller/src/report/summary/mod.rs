@@ -15,33 +15,13 @@ pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
 pub use types::*;
 
 use crate::analysis::{self, Level};
-use crate::coordinator::{AgentEnd, Collected};
 use crate::merge::{Place, Totals};
-use crate::profile::{Model, Profile, Shape};
+use crate::profile::{Model, Shape};
+use crate::results::{AgentEnd, Collected, Spec};
+use crate::server::Series;
 use crate::stats::Stats;
 
-/// What the summary needs besides the collected data.
-#[derive(Clone, Debug)]
-pub struct Context<'a> {
-    /// Run identifier.
-    pub run_id: &'a str,
-    /// The profile as run.
-    pub profile: &'a Profile,
-    /// Base URL requests went to.
-    pub target_url: &'a str,
-    /// The built-in simulator was the target.
-    pub simulated: bool,
-    /// Model name sent.
-    pub model: &'a str,
-    /// Where request spans went; `None`: tracing was off.
-    pub trace: Option<&'a stampede_otel::Config>,
-    /// Trace id of the run's span.
-    pub run_trace_id: &'a str,
-    /// The server's own metrics, when scraped.
-    pub server: Option<&'a crate::server::Series>,
-}
-
-fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
+fn verdict(spec: &Spec, c: &Collected, requests: &Requests) -> Verdict {
     let mut reasons = Vec::new();
     let mut status = Status::Passed;
     let attempted = requests.ok + requests.failed;
@@ -52,12 +32,12 @@ fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
             format!("no request succeeded: all {attempted} failed")
         });
         status = Status::Failed;
-    } else if requests.error_rate > profile.thresholds.max_error_rate {
+    } else if requests.error_rate > spec.max_error_rate {
         reasons.push(format!(
             "{} of {attempted} requests failed ({:.2}%), above the allowed {:.2}% (thresholds.max_error_rate)",
             requests.failed,
             requests.error_rate * 100.0,
-            profile.thresholds.max_error_rate * 100.0
+            spec.max_error_rate * 100.0
         ));
         status = Status::Failed;
     }
@@ -101,7 +81,7 @@ fn verdict(profile: &Profile, c: &Collected, requests: &Requests) -> Verdict {
     }
 }
 
-fn lost(p: &Profile, c: &Collected) -> Lost {
+fn lost(p: &Spec, c: &Collected) -> Lost {
     let users: f64 = c.agents.iter().map(|a| f64::from(a.users)).sum();
     let planned = p.load.duration().as_secs_f64();
     let lost: Vec<_> = c.agents.iter().filter(|a| a.lost_at.is_some()).collect();
@@ -183,7 +163,7 @@ fn throughput(c: &Counters, secs: f64) -> Throughput {
     }
 }
 
-fn steps(p: &Profile, totals: &[Totals]) -> Vec<StepSummary> {
+fn steps(p: &Spec, totals: &[Totals]) -> Vec<StepSummary> {
     let mut start = Duration::ZERO;
     p.load
         .steps
@@ -225,7 +205,7 @@ fn load_table(steps: &[StepSummary]) -> Vec<LoadRow> {
         .collect()
 }
 
-fn knee(p: &Profile, steps: &[StepSummary]) -> Option<Knee> {
+fn knee(p: &Spec, steps: &[StepSummary]) -> Option<Knee> {
     if steps.len() < 2 {
         return None;
     }
@@ -270,7 +250,7 @@ fn client(c: &Collected) -> Client {
     }
 }
 
-fn load_info(p: &Profile, agents: u32) -> LoadInfo {
+fn load_info(p: &Spec, agents: u32) -> LoadInfo {
     let l = &p.load;
     let (users, rate) = if l.is_users() {
         (Some(l.peak() as u32), None)
@@ -311,7 +291,7 @@ fn load_info(p: &Profile, agents: u32) -> LoadInfo {
         planned_duration_s: l.duration().as_secs_f64(),
         warmup_s: l.warmup.as_secs_f64(),
         drain_s: l.drain.as_secs_f64(),
-        interval_s: p.report.interval.as_secs_f64(),
+        interval_s: p.interval_s(),
         think_s,
         pace_s,
         arrival,
@@ -389,9 +369,9 @@ fn intervals(c: &Collected, interval_s: f64) -> Vec<IntervalSummary> {
         .collect()
 }
 
-/// Builds the summary of a finished run.
-pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
-    let p = ctx.profile;
+/// Builds the summary of a finished run, with the server's metrics when
+/// they were scraped.
+pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
     let m = &c.merger;
     let counters = &m.measured().counters;
     let requests = requests(counters);
@@ -412,17 +392,17 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
     let warmup = m.warmup();
     let mut summary = Summary {
         schema: SCHEMA,
-        run_id: ctx.run_id.to_owned(),
+        run_id: p.run_id.clone(),
         profile: ProfileInfo {
-            name: p.name.clone(),
-            path: p.path.display().to_string(),
-            seed: p.seed,
+            name: p.profile.name.clone(),
+            path: p.profile.path.clone(),
+            seed: p.profile.seed,
         },
         target: TargetInfo {
-            url: ctx.target_url.to_owned(),
-            api: p.target.api.dialect.to_string(),
-            model: ctx.model.to_owned(),
-            simulated: ctx.simulated,
+            url: p.target.url.clone(),
+            api: p.target.api.clone(),
+            model: p.target.model.clone(),
+            simulated: p.target.simulated,
         },
         load: load_info(p, c.agents.len() as u32),
         started_at: c.started_at.map(rfc3339),
@@ -457,14 +437,14 @@ pub fn build(ctx: &Context<'_>, c: &Collected) -> Summary {
         agents: agents(c),
         lost: lost(p, c),
         start_skew: start_skew(c),
-        intervals: intervals(c, p.report.interval.as_secs_f64()),
-        tracing: trace::build(ctx.trace, ctx.run_trace_id, c),
+        intervals: intervals(c, p.interval_s()),
+        tracing: trace::build(p.trace.as_ref(), &p.run_trace_id, c),
         server: None,
         gpu: server::gpu(c),
         findings: Vec::new(),
         definitions: DEFINITIONS,
     };
-    summary.server = ctx.server.map(|series| server::server(series, c.started_at, &summary));
+    summary.server = server.map(|series| server::server(series, c.started_at, &summary));
     summary.findings = server::findings(&summary, c);
     summary
 }

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::{IntervalSummary, Summary};
-use crate::coordinator::Collected;
 use crate::findings::{self, Finding, LevelLatency, ServerQueue, Utilisation};
+use crate::results::Collected;
 use crate::server::{Canon, Kind, Series, Source, Window};
 
 /// The server's own metrics.

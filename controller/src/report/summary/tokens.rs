@@ -11,7 +11,7 @@
 use serde::Serialize;
 use stampede_proto::{Comparison, Counters};
 
-use crate::profile::TokenizerFile;
+use crate::results::spec::TokenizerRef;
 
 /// Token totals and where they came from.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -112,7 +112,7 @@ impl Disagreement {
 }
 
 /// The `tokens` section of a run with these counters.
-pub(super) fn tokens(c: &Counters, tokenizer: Option<&TokenizerFile>) -> Tokens {
+pub(super) fn tokens(c: &Counters, tokenizer: Option<&TokenizerRef>) -> Tokens {
     let output_sources = [
         (c.tokens_from_usage, "server usage"),
         (c.tokens_from_tokenizer, "client tokenizer"),

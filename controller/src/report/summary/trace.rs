@@ -4,7 +4,8 @@
 use serde::Serialize;
 use stampede_proto::Metric;
 
-use crate::coordinator::Collected;
+use crate::results::Collected;
+use crate::results::spec::TraceRef;
 
 /// Request spans of the run.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -49,7 +50,7 @@ pub struct Exemplar {
 }
 
 /// The section, from the run's settings and what the agents reported.
-pub fn build(config: Option<&stampede_otel::Config>, run_trace_id: &str, c: &Collected) -> Tracing {
+pub fn build(config: Option<&TraceRef>, run_trace_id: &str, c: &Collected) -> Tracing {
     let m = &c.merger;
     let (measured, warmup) = (&m.measured().counters, m.warmup());
     let list = |metric: Metric| -> Vec<Exemplar> {
@@ -68,7 +69,7 @@ pub fn build(config: Option<&stampede_otel::Config>, run_trace_id: &str, c: &Col
     Tracing {
         enabled: config.is_some(),
         endpoint: config.map(|t| t.endpoint.clone()),
-        protocol: config.map(|t| t.protocol.to_string()),
+        protocol: config.map(|t| t.protocol.clone()),
         sample_ratio: config.map(|t| t.sample_ratio),
         service_name: config.map(|t| t.service_name.clone()),
         run_trace_id: run_trace_id.to_owned(),

@@ -1,0 +1,496 @@
+//! What a run's entries add up to. The coordinator records each entry as
+//! it happens (the log first, then the effect); `controller report`
+//! applies the same entries read back from the log. Both end in the same
+//! [`Collected`], because [`Ledger::apply`] is the only place where an
+//! entry changes anything.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stampede_proto::{Counters, Histograms, Metric, pb};
+
+use super::log::{End, Entry, FinishedEntry, Joined, Log, ReportEntry};
+use super::spec::Spec;
+use crate::merge::{self, Merger, Row, Timeline};
+
+/// Exemplars kept per metric over the whole run.
+pub const EXEMPLARS: usize = 10;
+
+/// How an agent's part ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// It sent its totals.
+    Finished,
+    /// Its stream ended, or it fell silent, before it finished.
+    Lost(String),
+    /// It said it could not carry out its assignment.
+    Failed(String),
+    /// It never ended (the run was closed without it).
+    Unfinished,
+}
+
+/// One agent of the run.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    /// Its name.
+    pub name: String,
+    /// Its position.
+    pub index: u32,
+    /// Users it ran.
+    pub users: u32,
+    /// Its software version.
+    pub version: String,
+    /// Where it connected from.
+    pub peer: Option<SocketAddr>,
+    /// How it ended.
+    pub end: AgentEnd,
+    /// When it was declared lost, after the start.
+    pub lost_at: Option<Duration>,
+    /// When its load began, controller clock, microseconds since the epoch.
+    pub began_at_us: Option<u64>,
+    /// Its estimate of controller clock minus its clock, microseconds.
+    pub clock_offset_us: Option<i64>,
+    /// Round trip of that estimate, microseconds.
+    pub clock_rtt_us: Option<u64>,
+    /// What its GPU sampler found, when it was asked to sample.
+    pub gpu_note: Option<String>,
+    /// Its GPU readings, in the order received.
+    pub gpu: Vec<pb::GpuSample>,
+}
+
+impl AgentRecord {
+    /// A place nobody took.
+    fn never_joined(index: u32, users: u32) -> AgentRecord {
+        AgentRecord {
+            name: format!("#{index}"),
+            index,
+            users,
+            version: String::new(),
+            peer: None,
+            end: AgentEnd::Lost("never joined".to_owned()),
+            lost_at: None,
+            began_at_us: None,
+            clock_offset_us: None,
+            clock_rtt_us: None,
+            gpu_note: None,
+            gpu: Vec::new(),
+        }
+    }
+}
+
+/// What a run collected.
+pub struct Collected {
+    /// Every merged report.
+    pub merger: Merger,
+    /// Each agent, by index.
+    pub agents: Vec<AgentRecord>,
+    /// One row per interval.
+    pub rows: Vec<Row>,
+    /// When the load began (wall clock, for the summary).
+    pub started_at: Option<SystemTime>,
+    /// The planned start, controller clock, microseconds since the epoch.
+    pub start_at_us: Option<u64>,
+    /// The run was interrupted.
+    pub interrupted: bool,
+    /// The run was aborted because an agent was lost.
+    pub aborted: Option<String>,
+    /// Why the run could not be carried out, if it could not.
+    pub failure: Option<String>,
+    /// Reports that could not be decoded.
+    pub unreadable: u64,
+    /// The slowest requests the agents named, slowest first per metric.
+    pub exemplars: Vec<Exemplar>,
+    /// Successful requests by prompt class, summed over the agents' final
+    /// totals.
+    pub classes: BTreeMap<String, ClassTotals>,
+}
+
+/// One prompt class's successful requests over the run.
+#[derive(Clone, Debug, Default)]
+pub struct ClassTotals {
+    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    pub histograms: Histograms,
+    /// Requests and token totals.
+    pub counters: Counters,
+}
+
+/// One slow request an agent named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    /// The agent.
+    pub agent: u32,
+    /// TTFT or E2E.
+    pub metric: Metric,
+    /// Its value, microseconds.
+    pub value_us: u64,
+    /// Its trace id.
+    pub trace_id: String,
+    /// The interval it completed in.
+    pub interval: u64,
+}
+
+/// What taking in one entry did, for whoever acts on it live.
+#[derive(Debug, Default)]
+pub struct Effect {
+    /// Interval rows that became complete, in order.
+    pub rows: Vec<Row>,
+    /// The report, decoded, when it was new and readable.
+    pub added: Option<merge::Report>,
+    /// The report's sequence number was seen before: nothing changed.
+    pub duplicate: bool,
+    /// Something could not be decoded and was left out: what and why.
+    pub unreadable: Option<String>,
+    /// An agent's final totals disagree with its reports.
+    pub mismatch: Option<String>,
+}
+
+/// The state a run's entries build up.
+pub struct Ledger {
+    planned: Vec<u32>,
+    agents: Vec<Option<AgentRecord>>,
+    merger: Merger,
+    rows: Vec<Row>,
+    started_at: Option<SystemTime>,
+    start_at_us: Option<u64>,
+    unreadable: u64,
+    exemplars: Vec<Exemplar>,
+    classes: BTreeMap<String, ClassTotals>,
+    end: Option<End>,
+    log: Option<Log>,
+    log_failed: bool,
+}
+
+impl Ledger {
+    /// An empty ledger for the run `spec` describes. With a log, the
+    /// description is its first line and every entry recorded follows.
+    pub fn new(spec: &Spec, log: Option<Log>) -> Ledger {
+        let n = spec.agents.len();
+        let mut ledger = Ledger {
+            planned: spec.agents.clone(),
+            agents: vec![None; n],
+            merger: Merger::new(n as u32, Timeline::new(&spec.load, spec.interval)),
+            rows: Vec::new(),
+            started_at: None,
+            start_at_us: None,
+            unreadable: 0,
+            exemplars: Vec::new(),
+            classes: BTreeMap::new(),
+            end: None,
+            log,
+            log_failed: false,
+        };
+        ledger.write(&Entry::Run(Box::new(spec.clone())));
+        ledger
+    }
+
+    /// Appends `entry` to the log, then applies it. A report already
+    /// taken in is neither logged again nor applied.
+    pub fn record(&mut self, entry: Entry) -> Effect {
+        if let Entry::Report(r) = &entry
+            && self.merger.has(r.agent_index, r.report.sequence)
+        {
+            return Effect {
+                duplicate: true,
+                ..Effect::default()
+            };
+        }
+        self.write(&entry);
+        self.apply(entry)
+    }
+
+    fn write(&mut self, entry: &Entry) {
+        let Some(log) = &mut self.log else { return };
+        if let Err(e) = log.append(entry)
+            && !self.log_failed
+        {
+            self.log_failed = true;
+            tracing::error!(
+                "cannot append to {}: {e}; the run goes on, but `controller report` cannot rebuild it",
+                log.path().display()
+            );
+        }
+    }
+
+    /// The agent at `index`, once it has a place.
+    pub fn agent(&self, index: u32) -> Option<&AgentRecord> {
+        self.agents.get(index as usize).and_then(Option::as_ref)
+    }
+
+    /// Agents with a place.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.iter().flatten()
+    }
+
+    /// When the load started, once it has.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.started_at
+    }
+
+    /// What merging has found of each agent.
+    pub fn merged(&self) -> &[merge::Agent] {
+        self.merger.agents()
+    }
+
+    /// Takes in one entry. The only place where an entry changes the
+    /// ledger, live or replayed.
+    pub fn apply(&mut self, entry: Entry) -> Effect {
+        let mut effect = Effect::default();
+        match entry {
+            Entry::Run(_) => {}
+            Entry::Joined(j) => self.joined(j),
+            Entry::Left { agent_index, .. } => {
+                if let Some(slot) = self.agents.get_mut(agent_index as usize) {
+                    *slot = None;
+                }
+            }
+            Entry::Ready {
+                agent_index,
+                clock_offset_us,
+                clock_rtt_us,
+            } => {
+                if let Some(a) = self.agent_mut(agent_index) {
+                    a.clock_offset_us = clock_offset_us;
+                    a.clock_rtt_us = clock_rtt_us;
+                }
+            }
+            Entry::Started { unix_ns, start_at_us } => {
+                self.started_at = Some(UNIX_EPOCH + Duration::from_nanos(unix_ns));
+                self.start_at_us = Some(start_at_us);
+            }
+            Entry::Began { agent_index, at_us } => {
+                if let Some(a) = self.agent_mut(agent_index) {
+                    a.began_at_us = Some(at_us);
+                }
+            }
+            Entry::Report(r) => self.report(r, &mut effect),
+            Entry::Finished(f) => self.finished(f, &mut effect),
+            Entry::Failed { agent_index, reason } => {
+                if let Some(a) = self.agent_mut(agent_index) {
+                    a.end = AgentEnd::Failed(reason);
+                }
+                effect.rows = self.gone(agent_index);
+            }
+            Entry::Lost {
+                agent_index,
+                reason,
+                after_start_us,
+            } => {
+                if let Some(a) = self.agent_mut(agent_index) {
+                    a.end = AgentEnd::Lost(reason);
+                    a.lost_at = after_start_us.map(Duration::from_micros);
+                }
+                effect.rows = self.gone(agent_index);
+            }
+            Entry::End(end) => self.end = Some(end),
+        }
+        self.rows.extend(effect.rows.iter().cloned());
+        effect
+    }
+
+    fn agent_mut(&mut self, index: u32) -> Option<&mut AgentRecord> {
+        self.agents.get_mut(index as usize).and_then(Option::as_mut)
+    }
+
+    fn joined(&mut self, j: Joined) {
+        let Some(slot) = self.agents.get_mut(j.agent_index as usize) else {
+            return;
+        };
+        *slot = Some(AgentRecord {
+            name: j.name,
+            index: j.agent_index,
+            users: j.users,
+            version: j.version,
+            peer: j.peer.and_then(|p| p.parse().ok()),
+            end: AgentEnd::Unfinished,
+            lost_at: None,
+            began_at_us: None,
+            clock_offset_us: None,
+            clock_rtt_us: None,
+            gpu_note: j.gpu_note,
+            gpu: Vec::new(),
+        });
+    }
+
+    fn gone(&mut self, index: u32) -> Vec<Row> {
+        if (index as usize) < self.planned.len() {
+            self.merger.gone(index)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn report(&mut self, entry: ReportEntry, effect: &mut Effect) {
+        let ReportEntry {
+            agent,
+            agent_index,
+            report: wire,
+        } = entry;
+        if agent_index as usize >= self.planned.len() {
+            return;
+        }
+        let report = match decode_report(&wire) {
+            Ok(r) => r,
+            Err(e) => {
+                self.unreadable += 1;
+                effect.unreadable = Some(format!(
+                    "report {} of agent {agent} is unreadable and left out: {e}",
+                    wire.sequence
+                ));
+                return;
+            }
+        };
+        let (merged, rows) = self.merger.add(agent_index, &report);
+        effect.rows = rows;
+        if merged == merge::Merged::Duplicate {
+            effect.duplicate = true;
+            return;
+        }
+        if let Some(a) = self.agent_mut(agent_index) {
+            a.gpu.extend(wire.gpu.iter().copied());
+        }
+        keep_exemplars(&mut self.exemplars, agent_index, &wire.exemplars);
+        effect.added = Some(report);
+    }
+
+    fn finished(&mut self, entry: FinishedEntry, effect: &mut Effect) {
+        let FinishedEntry {
+            agent,
+            agent_index,
+            finished: wire,
+        } = entry;
+        if agent_index as usize >= self.planned.len() {
+            return;
+        }
+        for class in &wire.classes {
+            let decoded = Histograms::from_wire(&class.histograms)
+                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
+            match decoded {
+                Ok((histograms, counters)) => {
+                    let totals = self.classes.entry(class.class.clone()).or_default();
+                    totals.histograms.add(&histograms);
+                    totals.counters.add(&counters);
+                }
+                Err(e) => {
+                    effect.unreadable = Some(format!(
+                        "agent {agent}'s totals of prompt class {:?} are unreadable and left out: {e}",
+                        class.class
+                    ));
+                }
+            }
+        }
+        let decoded = Histograms::from_wire(&wire.histograms).and_then(|histograms| {
+            Ok(merge::Finished {
+                histograms,
+                counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
+                elapsed_us: wire.elapsed_us,
+                last_sequence: wire.last_sequence,
+            })
+        });
+        effect.rows = match decoded {
+            Ok(finished) => self.merger.finish(agent_index, &finished),
+            Err(e) => {
+                effect.unreadable = Some(format!("agent {agent}'s final totals are unreadable: {e}"));
+                self.merger.gone(agent_index)
+            }
+        };
+        effect.mismatch = self.merger.agents()[agent_index as usize].mismatch.clone();
+        if let Some(a) = self.agent_mut(agent_index)
+            && a.end == AgentEnd::Unfinished
+        {
+            a.end = AgentEnd::Finished;
+        }
+    }
+
+    /// Rows of every interval still open, as they stand: the run is over.
+    pub fn flush(&mut self) -> Vec<Row> {
+        let rows = self.merger.flush();
+        self.rows.extend(rows.iter().cloned());
+        rows
+    }
+
+    /// Records how the run ended and hands over what it collected.
+    pub fn close(mut self, end: End) -> Collected {
+        self.record(Entry::End(end));
+        self.into_collected()
+    }
+
+    /// What the ledger collected, ended as its log says (or, for a log
+    /// cut short, as if closed with nothing to add).
+    pub fn into_collected(mut self) -> Collected {
+        self.flush();
+        let end = self.end.take().unwrap_or_default();
+        let agents = self
+            .agents
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.unwrap_or_else(|| AgentRecord::never_joined(i as u32, self.planned[i])))
+            .collect();
+        Collected {
+            merger: self.merger,
+            agents,
+            rows: self.rows,
+            started_at: self.started_at,
+            start_at_us: self.start_at_us,
+            interrupted: end.interrupted,
+            aborted: end.aborted,
+            failure: end.failure,
+            unreadable: self.unreadable,
+            exemplars: self.exemplars,
+            classes: self.classes,
+        }
+    }
+
+    /// The log ended with the run closed.
+    pub fn closed(&self) -> bool {
+        self.end.is_some()
+    }
+}
+
+/// A report's domain form.
+fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::WireError> {
+    let mut samples = BTreeMap::new();
+    for s in &wire.error_samples {
+        samples.insert(s.class.parse()?, s.message.clone());
+    }
+    Ok(merge::Report {
+        interval: wire.interval,
+        sequence: wire.sequence,
+        elapsed_us: wire.elapsed_us,
+        histograms: Histograms::from_wire(&wire.histograms)?,
+        counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
+        samples,
+        cpu: wire.cpu,
+    })
+}
+
+/// Adds an interval's exemplars, keeping the [`EXEMPLARS`] slowest of
+/// each metric.
+fn keep_exemplars(kept: &mut Vec<Exemplar>, agent: u32, wire: &[pb::Exemplar]) {
+    for e in wire {
+        let metric = match pb::Metric::try_from(e.metric) {
+            Ok(pb::Metric::Ttft) => Metric::Ttft,
+            Ok(pb::Metric::E2e) => Metric::E2e,
+            _ => continue,
+        };
+        kept.push(Exemplar {
+            agent,
+            metric,
+            value_us: e.value_us,
+            trace_id: e.trace_id.clone(),
+            interval: e.interval,
+        });
+    }
+    kept.sort_by(|a, b| (a.metric as u8, b.value_us).cmp(&(b.metric as u8, a.value_us)));
+    let mut per_metric: Vec<(Metric, usize)> = Vec::new();
+    kept.retain(|e| match per_metric.iter_mut().find(|(m, _)| *m == e.metric) {
+        Some((_, n)) => {
+            *n += 1;
+            *n <= EXEMPLARS
+        }
+        None => {
+            per_metric.push((e.metric, 1));
+            true
+        }
+    });
+}
