@@ -341,6 +341,8 @@ fn help_texts_are_stable() {
     for (name, program, args) in [
         ("controller-help.txt", "controller", vec!["--help"]),
         ("controller-run-help.txt", "controller", vec!["run", "--help"]),
+        ("controller-report-help.txt", "controller", vec!["report", "--help"]),
+        ("controller-compare-help.txt", "controller", vec!["compare", "--help"]),
         ("agent-help.txt", "agent", vec!["--help"]),
         ("llm-sim-help.txt", "llm-sim", vec!["--help"]),
     ] {

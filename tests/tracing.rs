@@ -466,7 +466,7 @@ fn sampling_keeps_every_failure_and_each_intervals_slowest() -> Outcome {
     let mut exemplars = std::collections::HashSet::new();
     for line in log.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
-        if v["counters"]["ok"].as_u64().unwrap_or(0) == 0 {
+        if v["event"] != "report" || v["counters"]["ok"].as_u64().unwrap_or(0) == 0 {
             continue;
         }
         let ex = v["exemplars"].as_array().unwrap();

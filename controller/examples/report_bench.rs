@@ -1,26 +1,32 @@
-//! How long `report.html` takes to render, and how large it is, for a
-//! one-hour run of four agents (3,600 one-second intervals) with server
-//! metrics, errors and a four-step sweep.
+//! What an hour-long run costs the tools that read it: a one-hour run of
+//! four agents (3,600 one-second intervals, a four-step sweep, errors)
+//! recorded through the real ledger into a run log, then
+//!
+//! - `report.html` rendered from its summary, with server metrics (best of
+//!   five), and its size;
+//! - `controller report`'s path: the log read back and replayed, the
+//!   summary, page and CSV files written;
+//! - `controller compare`'s path: two such runs read back and every figure
+//!   compared with its bootstrap interval, and `compare.html` rendered.
 //!
 //! ```sh
 //! cargo run --release -p stampede-controller --example report_bench [-- OUT.html]
 //! ```
-//!
-//! The run is synthesised through the real merge and summary code; only
-//! the rendering is timed (best of five).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use stampede_controller::merge::{Merger, Report, Timeline};
+use stampede_controller::compare::{self, Side};
+use stampede_controller::merge::Report;
 use stampede_controller::profile::{Overrides, Profile};
 use stampede_controller::report::html::{self, ReportData};
 use stampede_controller::report::summary::{self, Figure, ServerInterval, ServerSummary, Summary};
+use stampede_controller::results::log::{End, Entry, FinishedEntry, Joined, Log, ReportEntry};
 use stampede_controller::results::spec::TargetRef;
-use stampede_controller::results::{AgentEnd, AgentRecord, Collected, Exemplar, Spec};
+use stampede_controller::results::{self, Ledger, Spec};
 use stampede_controller::server::{Canon, Kind, Source};
-use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric, pb};
 use tokio::time::Instant;
 
 const AGENTS: u32 = 4;
@@ -41,8 +47,8 @@ fn jitter(seed: u64) -> f64 {
 }
 
 /// One agent's report of one interval: load grows by step, and with it
-/// TTFT; a few errors now and then.
-fn report(agent: u32, interval: u64) -> Report {
+/// TTFT; a few errors now and then. `slower` stretches the decode step.
+fn report(agent: u32, interval: u64, slower: f64) -> Report {
     let step = interval / 900;
     let users = 2u64 << step;
     let mut h = Histograms::new();
@@ -52,12 +58,18 @@ fn report(agent: u32, interval: u64) -> Report {
         let queue = if step >= 2 { 200_000 * (step - 1) } else { 0 };
         h.record(Metric::Ttft, 30_000 + queue + (j * 40_000.0) as u64);
         h.record(Metric::ClientQueue, 50 + (j * 500.0) as u64);
-        h.record(Metric::Tpot, 15_000 + step * 2_000 + (j * 3_000.0) as u64);
+        h.record(
+            Metric::Tpot,
+            ((15_000 + step * 2_000 + (j * 3_000.0) as u64) as f64 * slower) as u64,
+        );
         h.record(Metric::E2e, 1_000_000 + queue + (j * 300_000.0) as u64);
         h.record(Metric::OutputTokens, 64);
         h.record(Metric::InputTokens, 200);
         for g in 0..16 {
-            h.record(Metric::Itl, 14_000 + step * 2_000 + g * 50 + (j * 2_000.0) as u64);
+            h.record(
+                Metric::Itl,
+                ((14_000 + step * 2_000 + g * 50 + (j * 2_000.0) as u64) as f64 * slower) as u64,
+            );
         }
     }
     let mut errors = BTreeMap::new();
@@ -151,61 +163,38 @@ fn server(s: &Summary) -> ServerSummary {
     }
 }
 
-fn main() {
-    let profile = Profile::parse(PROFILE, Path::new("hour.toml"), &Overrides::default()).expect("a valid profile");
-    let intervals = profile.load.duration().as_secs();
-    let built = Instant::now();
-    let mut merger = Merger::new(AGENTS, Timeline::new(&profile.load, profile.report.interval));
-    let mut rows = Vec::new();
-    for i in 0..intervals {
-        for a in 0..AGENTS {
-            rows.extend(merger.add(a, &report(a, i)).1);
-        }
-    }
-    for a in 0..AGENTS {
-        rows.extend(merger.gone(a));
-    }
-    rows.extend(merger.flush());
-    let agents = (0..AGENTS)
-        .map(|a| AgentRecord {
-            name: format!("agent-{a}"),
-            index: a,
-            users: 16,
-            version: env!("CARGO_PKG_VERSION").into(),
-            peer: None,
-            end: AgentEnd::Finished,
-            lost_at: None,
-            began_at_us: Some(1_000_000 + u64::from(a) * 250),
-            clock_offset_us: Some(120),
-            clock_rtt_us: Some(300),
-            gpu_note: None,
-            gpu: Vec::new(),
-        })
-        .collect();
-    let exemplars = (0..10)
-        .flat_map(|k| {
-            [Metric::Ttft, Metric::E2e].map(|metric| Exemplar {
-                agent: (k % u64::from(AGENTS)) as u32,
-                metric,
-                value_us: 2_000_000 - k * 10_000,
-                trace_id: format!("{:032x}", k * 7919 + 1),
-                interval: 2_700 + k * 61,
+/// The report as the agent sends it, naming its slowest request.
+fn wire(r: &Report, agent: u32) -> pb::Report {
+    let slowest = r.histograms.get(Metric::E2e).max();
+    pb::Report {
+        interval: r.interval,
+        sequence: r.sequence,
+        elapsed_us: r.elapsed_us,
+        histograms: r.histograms.to_wire(),
+        counters: Some(r.counters.to_wire()),
+        error_samples: r
+            .counters
+            .errors
+            .keys()
+            .map(|class| pb::ErrorSample {
+                class: class.to_string(),
+                message: format!("a {class} now and then"),
             })
-        })
-        .collect();
-    let collected = Collected {
-        merger,
-        agents,
-        rows,
-        started_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
-        start_at_us: Some(1_000_000),
-        interrupted: false,
-        aborted: None,
-        failure: None,
-        unreadable: 0,
-        exemplars,
-        classes: BTreeMap::new(),
-    };
+            .collect(),
+        cpu: r.cpu,
+        gpu: Vec::new(),
+        exemplars: vec![pb::Exemplar {
+            metric: pb::Metric::E2e as i32,
+            value_us: slowest,
+            trace_id: format!("{:016x}{:016x}", r.interval, agent),
+            interval: r.interval,
+        }],
+    }
+}
+
+/// Records a one-hour run into `dir` through the ledger, as the
+/// coordinator would, and returns its description.
+fn record(profile: &Profile, dir: &Path, run_id: &str, slower: f64) -> Spec {
     let spec = Spec {
         target: TargetRef {
             url: "http://gpu-box:8000".to_owned(),
@@ -214,13 +203,89 @@ fn main() {
             simulated: false,
             tokenizer: None,
         },
-        ..Spec::sample(&profile, "20270115T080000Z-hour-0001", AGENTS)
+        ..Spec::sample(profile, run_id, AGENTS)
     };
-    let mut s = summary::build(&spec, &collected, None);
-    s.server = Some(server(&s));
-    let data = ReportData::of(&collected, profile.report.interval.as_secs_f64());
-    let setup = built.elapsed();
+    std::fs::create_dir_all(dir).expect("the run directory is made");
+    let log = Log::create(&dir.join(results::log::FILE)).expect("the log is created");
+    let mut ledger = Ledger::new(&spec, Some(log));
+    for a in 0..AGENTS {
+        ledger.record(Entry::Joined(Joined {
+            agent_index: a,
+            name: format!("agent-{a}"),
+            users: 16,
+            version: env!("CARGO_PKG_VERSION").into(),
+            peer: None,
+            gpu_note: None,
+        }));
+        ledger.record(Entry::Ready {
+            agent_index: a,
+            clock_offset_us: Some(120),
+            clock_rtt_us: Some(300),
+        });
+    }
+    ledger.record(Entry::Started {
+        unix_ns: 1_800_000_000_000_000_000,
+        start_at_us: 1_800_000_000_000_000,
+    });
+    let mut totals: Vec<(Histograms, Counters)> = (0..AGENTS).map(|_| Default::default()).collect();
+    for a in 0..AGENTS {
+        ledger.record(Entry::Began {
+            agent_index: a,
+            at_us: 1_800_000_000_000_000 + u64::from(a) * 250,
+        });
+    }
+    let intervals = profile.load.duration().as_secs();
+    for i in 0..intervals {
+        for a in 0..AGENTS {
+            let r = report(a, i, slower);
+            let (h, c) = &mut totals[a as usize];
+            h.add(&r.histograms);
+            let mut counters = r.counters.clone();
+            counters.active_users = 0;
+            c.add(&counters);
+            ledger.record(Entry::Report(ReportEntry {
+                agent: format!("agent-{a}"),
+                agent_index: a,
+                report: wire(&r, a),
+            }));
+        }
+    }
+    for (a, (h, c)) in totals.iter().enumerate() {
+        ledger.record(Entry::Finished(FinishedEntry {
+            agent: format!("agent-{a}"),
+            agent_index: a as u32,
+            finished: pb::Finished {
+                histograms: h.to_wire(),
+                counters: Some(c.to_wire()),
+                elapsed_us: intervals * 1_000_000,
+                last_sequence: intervals,
+                classes: Vec::new(),
+            },
+        }));
+    }
+    ledger.close(End::default());
+    spec
+}
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let profile = Profile::parse(PROFILE, Path::new("hour.toml"), &Overrides::default()).expect("a valid profile");
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let t = Instant::now();
+    record(&profile, &a, "20270115T080000Z-hour-0001", 1.0);
+    let recorded = t.elapsed();
+    record(&profile, &b, "20270115T090000Z-hour-0002", 1.05);
+    let log_bytes = std::fs::metadata(a.join(results::log::FILE)).map_or(0, |m| m.len());
+
+    // The page alone, from a summary with the server's figures.
+    let loaded = results::load(&a).expect("the run reads back");
+    let mut s = summary::build(&loaded.run.spec, &loaded.run.collected, None);
+    s.server = Some(server(&s));
+    let data = ReportData::of(&loaded.run.collected, profile.report.interval.as_secs_f64());
     let mut best = Duration::MAX;
     let mut page = String::new();
     for _ in 0..5 {
@@ -229,15 +294,56 @@ fn main() {
         best = best.min(t.elapsed());
     }
     println!(
-        "report.html of {} intervals from {AGENTS} agents: rendered in {:.1} ms (best of 5), {:.2} MB ({} bytes); synthesising the run took {:.1} s",
+        "report.html of {} intervals from {AGENTS} agents: rendered in {:.1} ms (best of 5), {:.2} MB ({} bytes)",
         s.intervals.len(),
-        best.as_secs_f64() * 1e3,
+        ms(best),
         page.len() as f64 / 1e6,
         page.len(),
-        setup.as_secs_f64()
+    );
+
+    // controller report: the log read back, replayed and rendered.
+    let out = tmp.path().join("rebuilt");
+    std::fs::create_dir_all(&out).expect("made");
+    let t = Instant::now();
+    let loaded = results::load(&a).expect("the run reads back");
+    let read = t.elapsed();
+    stampede_controller::report::write(&out, &loaded.run).expect("written");
+    let rebuilt = t.elapsed();
+    println!(
+        "controller report: the {:.1} MB run log read and replayed in {:.0} ms, every file written after {:.0} ms (recording it through the ledger took {:.0} ms)",
+        log_bytes as f64 / 1e6,
+        ms(read),
+        ms(rebuilt),
+        ms(recorded)
+    );
+
+    // controller compare: two runs, every figure with its interval.
+    let t = Instant::now();
+    let sides = [Side::load(&a).expect("a"), Side::load(&b).expect("b")];
+    let read = t.elapsed();
+    let options = compare::Options {
+        min_change: 0.01,
+        limits: Vec::new(),
+    };
+    let c = compare::compare(&sides, &options);
+    let compared = t.elapsed();
+    let page = html::render_compare(&c, &sides);
+    let figures = c.runs[0].figures.len();
+    let changed = c.runs[0]
+        .figures
+        .iter()
+        .filter(|r| r.step.is_none() && r.verdict == compare::Verdict::Changed)
+        .map(|r| r.figure.as_str())
+        .collect::<Vec<_>>();
+    println!(
+        "controller compare of two such runs: read in {:.0} ms, {figures} figures compared after {:.0} ms, compare.html {:.0} KB; changed: {}",
+        ms(read),
+        ms(compared),
+        page.len() as f64 / 1e3,
+        changed.join(", ")
     );
     if let Some(out) = std::env::args().nth(1) {
-        std::fs::write(&out, &page).expect("the page is written");
+        std::fs::write(&out, html::render(&s, &data)).expect("the page is written");
         println!("written to {out}");
     }
 }

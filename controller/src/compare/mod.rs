@@ -13,16 +13,15 @@ pub mod bootstrap;
 pub mod figure;
 pub mod terminal;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use stampede_proto::{Counters, Histograms, Metric, Unit};
+use stampede_proto::{Counters, Metric, Unit};
 
 use crate::merge::{Place, Timeline};
 use crate::report::html::{Distribution, ReportData};
 use crate::report::summary::{self, MetricSummary, Metrics, Summary};
-use crate::results::log::Entry;
 use crate::results::{self, LoadError};
 use bootstrap::{Drawn, Gather, NoInterval, Ratio, Samples, Source, Spread, Statistic, Strata};
 use figure::{Figure, Limit, Stat};
@@ -89,7 +88,6 @@ struct Gathered {
     metrics: Vec<Gather>,
     counters: BTreeMap<u64, Counters>,
     places: BTreeMap<u64, Place>,
-    seen: HashSet<(u32, u64)>,
 }
 
 impl Side {
@@ -100,23 +98,14 @@ impl Side {
             ..Gathered::default()
         };
         let mut timeline = None;
-        let loaded = results::load_with(dir, |spec, entry| {
-            let Entry::Report(r) = entry else { return };
-            if !g.seen.insert((r.agent_index, r.report.sequence)) {
-                return;
-            }
+        let loaded = results::load_with(dir, |spec, effect| {
+            // Each report the ledger took in, decoded once.
+            let Some(r) = &effect.added else { return };
             let timeline = timeline.get_or_insert_with(|| Timeline::new(&spec.load, spec.interval));
-            let (Ok(h), Some(Ok(c))) = (
-                Histograms::from_wire(&r.report.histograms),
-                r.report.counters.as_ref().map(Counters::from_wire),
-            ) else {
-                return;
-            };
-            let i = r.report.interval;
-            g.places.insert(i, timeline.place(i));
-            g.counters.entry(i).or_default().add(&c);
+            g.places.insert(r.interval, timeline.place(r.interval));
+            g.counters.entry(r.interval).or_default().add(&r.counters);
             for (gather, m) in g.metrics.iter_mut().zip(Metric::ALL) {
-                gather.add(i, h.get(m));
+                gather.add(r.interval, r.histograms.get(m));
             }
         })?;
         let run = &loaded.run;

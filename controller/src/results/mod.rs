@@ -63,8 +63,9 @@ pub fn load(dir: &Path) -> Result<Loaded, LoadError> {
     load_with(dir, |_, _| {})
 }
 
-/// [`load`], showing `visit` every entry on its way into the ledger.
-pub fn load_with(dir: &Path, mut visit: impl FnMut(&Spec, &log::Entry)) -> Result<Loaded, LoadError> {
+/// [`load`], showing `visit` what each entry did in the ledger (a report
+/// taken in comes decoded).
+pub fn load_with(dir: &Path, mut visit: impl FnMut(&Spec, &ledger::Effect)) -> Result<Loaded, LoadError> {
     let path = dir.join(log::FILE);
     if !path.is_file() {
         return Err(LoadError::NotARun { dir: dir.to_owned() });
@@ -72,8 +73,8 @@ pub fn load_with(dir: &Path, mut visit: impl FnMut(&Spec, &log::Entry)) -> Resul
     let (spec, entries) = log::read(&path)?;
     let mut ledger = Ledger::new(&spec, None);
     for entry in entries {
-        visit(&spec, &entry);
-        ledger.apply(entry);
+        let effect = ledger.apply(entry);
+        visit(&spec, &effect);
     }
     let mut notes = Vec::new();
     if !ledger.closed() {
