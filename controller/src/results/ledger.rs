@@ -106,6 +106,29 @@ pub struct Collected {
     pub classes: BTreeMap<String, ClassTotals>,
 }
 
+impl Collected {
+    /// The agents' own GPU readings per interval: the mean utilisation (0
+    /// to 1) of the readings taken in it; empty when no agent sampled.
+    pub fn gpu_utilisation(&self, interval_s: f64) -> BTreeMap<u64, f64> {
+        gpu_utilisation(self.agents.iter().flat_map(|a| a.gpu.iter()), interval_s)
+    }
+}
+
+/// GPU readings per interval: the mean utilisation of those taken in it.
+fn gpu_utilisation<'a>(samples: impl Iterator<Item = &'a pb::GpuSample>, interval_s: f64) -> BTreeMap<u64, f64> {
+    let mut sums: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
+    if interval_s <= 0.0 {
+        return BTreeMap::new();
+    }
+    for s in samples {
+        let k = (s.elapsed_us as f64 / 1e6 / interval_s) as u64;
+        let e = sums.entry(k).or_default();
+        e.0 += f64::from(s.utilization_pct) / 100.0;
+        e.1 += 1;
+    }
+    sums.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect()
+}
+
 /// One prompt class's successful requests over the run.
 #[derive(Clone, Debug, Default)]
 pub struct ClassTotals {
@@ -493,4 +516,22 @@ fn keep_exemplars(kept: &mut Vec<Exemplar>, agent: u32, wire: &[pb::Exemplar]) {
             true
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_readings_average_per_interval() {
+        let s = |us: u64, pct: u32| pb::GpuSample {
+            elapsed_us: us,
+            utilization_pct: pct,
+            ..pb::GpuSample::default()
+        };
+        let samples = [s(100_000, 50), s(900_000, 100), s(1_500_000, 20)];
+        let by = gpu_utilisation(samples.iter(), 1.0);
+        assert_eq!(by.get(&0), Some(&0.75));
+        assert_eq!(by.get(&1), Some(&0.2));
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use stampede_proto::{ErrorClass, Histograms, Metric, pb};
+use stampede_proto::{ErrorClass, Histograms, Metric};
 
 use crate::merge::Row;
 use crate::results::Collected;
@@ -144,7 +144,7 @@ impl ReportData {
     /// The figures of a finished run, with the agents' GPU readings.
     pub fn of(c: &Collected, interval_s: f64) -> ReportData {
         let mut data = ReportData::new(&c.rows, &c.merger.measured().histograms);
-        data.gpu = gpu(c.agents.iter().flat_map(|a| a.gpu.iter()), interval_s);
+        data.gpu = c.gpu_utilisation(interval_s);
         data
     }
 }
@@ -174,21 +174,6 @@ pub(super) fn distribution(metric: Metric, h: &Histograms) -> Distribution {
         count: h.len(),
         points,
     }
-}
-
-/// GPU readings per interval: the mean utilisation of those taken in it.
-pub(super) fn gpu<'a>(samples: impl Iterator<Item = &'a pb::GpuSample>, interval_s: f64) -> BTreeMap<u64, f64> {
-    let mut sums: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
-    if interval_s <= 0.0 {
-        return BTreeMap::new();
-    }
-    for s in samples {
-        let k = (s.elapsed_us as f64 / 1e6 / interval_s) as u64;
-        let e = sums.entry(k).or_default();
-        e.0 += f64::from(s.utilization_pct) / 100.0;
-        e.1 += 1;
-    }
-    sums.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect()
 }
 
 #[cfg(test)]
@@ -256,18 +241,5 @@ mod tests {
         assert!((30..200).contains(&d.points.len()), "{}", d.points.len());
         let empty = distribution(Metric::Itl, &h);
         assert_eq!((empty.count, empty.points.len()), (0, 0));
-    }
-
-    #[test]
-    fn gpu_readings_average_per_interval() {
-        let s = |us: u64, pct: u32| pb::GpuSample {
-            elapsed_us: us,
-            utilization_pct: pct,
-            ..pb::GpuSample::default()
-        };
-        let samples = [s(100_000, 50), s(900_000, 100), s(1_500_000, 20)];
-        let by = gpu(samples.iter(), 1.0);
-        assert_eq!(by.get(&0), Some(&0.75));
-        assert_eq!(by.get(&1), Some(&0.2));
     }
 }

@@ -445,7 +445,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         definitions: DEFINITIONS,
     };
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
-    summary.findings = server::findings(&summary, c);
+    summary.findings = analysis::findings::draw(&summary, c);
     summary
 }
 

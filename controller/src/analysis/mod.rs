@@ -1,5 +1,8 @@
-//! Reading the numbers: where the server saturates (the knee), and whether
-//! the client, not the server, was the limit.
+//! Reading the numbers: where the server saturates (the knee), whether
+//! the client, not the server, was the limit, and the findings a run's
+//! figures support ([`findings::draw`]).
+
+pub mod findings;
 
 /// One step of a load, as the knee sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
