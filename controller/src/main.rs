@@ -219,14 +219,7 @@ fn compare_runs(args: &CompareArgs) -> ExitCode {
                 }
                 sides.push(side);
             }
-            Err(e @ results::LoadError::NotARun { .. }) => {
-                eprintln!("controller: {e}");
-                return ExitCode::from(EX_USAGE);
-            }
-            Err(e) => {
-                eprintln!("controller: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return unreadable(&e),
         }
     }
     let options = compare::Options {
@@ -260,17 +253,19 @@ fn compare_runs(args: &CompareArgs) -> ExitCode {
     }
 }
 
+/// A run directory that cannot be read: bad input when it holds no run.
+fn unreadable(e: &results::LoadError) -> ExitCode {
+    eprintln!("controller: {e}");
+    match e {
+        results::LoadError::NotARun { .. } => ExitCode::from(EX_USAGE),
+        _ => ExitCode::FAILURE,
+    }
+}
+
 fn rebuild(dir: &Path, out: Option<&Path>) -> ExitCode {
     let loaded = match results::load(dir) {
         Ok(l) => l,
-        Err(e @ results::LoadError::NotARun { .. }) => {
-            eprintln!("controller: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-        Err(e) => {
-            eprintln!("controller: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return unreadable(&e),
     };
     for note in &loaded.notes {
         eprintln!("controller: warning: {note}");
