@@ -246,6 +246,15 @@ fn compare_tells_noise_from_a_slower_decode_step() {
     assert_eq!(code, 0, "{stdout}");
     for name in ["ttft.p50", "ttft.p95", "e2e.p95"] {
         let f = figure(&same, name);
+        eprintln!(
+            "same server, {name}: {} -> {} ms ({:+.2}%), interval [{}, {}] ms: {}",
+            f["baseline"],
+            f["value"],
+            f["relative"].as_f64().unwrap_or(0.0) * 100.0,
+            f["interval_low"],
+            f["interval_high"],
+            f["verdict"]
+        );
         assert_eq!(f["verdict"], "within_noise", "{name}: {f:#}\n{stdout}");
     }
     assert!(stdout.contains("ttft.p95"), "{stdout}");
@@ -256,6 +265,15 @@ fn compare_tells_noise_from_a_slower_decode_step() {
     assert_eq!(code, 99, "{stdout}");
     for name in ["tpot.p50", "tpot.mean", "tpot.p95", "itl.p50"] {
         let f = figure(&slower, name);
+        eprintln!(
+            "decode 20% slower, {name}: {} -> {} ms ({:+.2}%), interval [{}, {}] ms: {}",
+            f["baseline"],
+            f["value"],
+            f["relative"].as_f64().unwrap_or(0.0) * 100.0,
+            f["interval_low"],
+            f["interval_high"],
+            f["verdict"]
+        );
         assert_eq!(f["verdict"], "changed", "{name}: {f:#}\n{stdout}");
         let rel = f["relative"].as_f64().unwrap();
         assert!((0.15..0.25).contains(&rel), "{name}: {rel}\n{stdout}");
