@@ -190,7 +190,9 @@ fn an_overloaded_client_is_called_client_bound() {
     let run = stampede_tests::run_profile(profile, &[]);
     let s = run.summary();
     eprintln!("client: {:#}", s["client"]);
-    assert_eq!(run.code(), 0, "{:#}\n{}", s["verdict"], run.stderr());
+    // The figures measure the client: an invalid measurement.
+    assert_eq!(run.code(), 98, "{:#}\n{}", s["verdict"], run.stderr());
+    assert_eq!(s["verdict"]["status"], "invalid");
     assert!(num(s, "/requests/ok") > 1000.0, "{:#}", s["requests"]);
     assert_eq!(s["client"]["bound"], true, "{:#}", s["client"]);
     assert!(!s["client"]["reasons"].as_array().unwrap().is_empty());
@@ -198,6 +200,25 @@ fn an_overloaded_client_is_called_client_bound() {
         run.stdout().contains("client-bound: results understate the server"),
         "{}",
         run.stdout()
+    );
+    assert!(
+        run.stdout().contains("result    invalid measurement (exit 98)"),
+        "{}",
+        run.stdout()
+    );
+    // Allowed by the profile, the same run passes and says why.
+    let allowed = profile.replace(
+        "max_error_rate = 1.0",
+        "max_error_rate = 1.0\n        allow_client_bound = true",
+    );
+    let run = stampede_tests::run_profile(&allowed, &[]);
+    let s = run.summary();
+    assert_eq!(run.code(), 0, "{:#}\n{}", s["verdict"], run.stderr());
+    assert_eq!(s["client"]["bound"], true, "{:#}", s["client"]);
+    let reasons = s["verdict"]["reasons"].to_string();
+    assert!(
+        reasons.contains("allowed by thresholds.allow_client_bound"),
+        "{reasons}"
     );
 }
 

@@ -40,9 +40,10 @@ fn staged(sim: &Sim, collector: &Collector) -> String {
 }
 
 /// The files `controller report` writes.
-const REBUILT: [&str; 6] = [
+const REBUILT: [&str; 7] = [
     "summary.json",
     "report.html",
+    "junit.xml",
     "metrics.csv",
     "intervals.csv",
     "classes.csv",

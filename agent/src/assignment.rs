@@ -75,6 +75,7 @@ impl Plan {
             temperature: request.temperature,
             stream: request.stream,
         };
+        let slo = crate::slo::Slo::from_wire(a.slo.as_ref());
         let exporter = match &a.trace {
             Some(t) => Some(exporter(t, &a.run_id, a.agent_index)?),
             None => None,
@@ -90,7 +91,8 @@ impl Plan {
             &target.model,
             &spec,
             stage_ends(&load),
-        );
+        )
+        .with_slo(slo.is_some());
         let mut executor = Executor::new(
             endpoint,
             api,
@@ -100,6 +102,7 @@ impl Plan {
         )
         .with_tokenizer(tokenizer);
         executor.trace = Arc::new(tracing);
+        executor.slo = slo;
         Ok(Plan {
             run_id: a.run_id,
             agent_index: a.agent_index,

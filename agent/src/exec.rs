@@ -62,6 +62,9 @@ pub struct Executor {
     pub tokenizer: Option<Arc<Tokenizer>>,
     /// Trace context for every request, and spans when tracing is on.
     pub trace: trace::Shared,
+    /// The run's per-request objectives, when it has some: each success
+    /// is checked against them (goodput).
+    pub slo: Option<crate::slo::Slo>,
     /// Unit tests of the load models: answer every request after these
     /// service times in turn, without a network, so that schedules can be
     /// checked on a paused clock.
@@ -80,6 +83,7 @@ impl Executor {
             timeout,
             tokenizer: None,
             trace: Default::default(),
+            slo: None,
             #[cfg(test)]
             service_times: None,
         }
@@ -216,6 +220,7 @@ impl Executor {
                 let mut sample = answer.sample(intended, counted, prompt.class);
                 sample.itl_us = &scratch.gaps;
                 sample.schedule_lag_us = lag_us;
+                sample.good = self.slo.is_some_and(|slo| slo.met(&sample));
                 Outcome::Ok(sample)
             }
             Err(Failure(class, message)) => {
@@ -580,6 +585,7 @@ impl Answer {
             late: queued > LATE,
             class,
             finish: read.finish.or(read.finished.then_some(Finish::Unstated)),
+            good: false,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod load;
 pub mod prompts;
 pub mod record;
 pub mod session;
+pub mod slo;
 pub mod stream;
 pub mod tokenizer;
 pub mod trace;

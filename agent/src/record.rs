@@ -104,6 +104,9 @@ pub struct Sample<'a> {
     pub finish: Option<crate::api::Finish>,
     /// Its prompt's class, an index into the share's class names.
     pub class: u16,
+    /// It met every objective of the run's SLO (always false when the run
+    /// has none).
+    pub good: bool,
 }
 
 /// One prompt class's successful requests.
@@ -190,6 +193,10 @@ impl Interval {
                 }
                 h.record(Metric::E2eIntended, s.e2e_intended_us);
                 c.late += u64::from(s.late);
+                if s.good {
+                    c.good += 1;
+                    c.good_output_tokens += s.output_tokens;
+                }
                 let class = self.classes.entry(s.class).or_default();
                 let ch = &mut class.histograms;
                 for metric in CLASS_METRICS {
@@ -210,6 +217,10 @@ impl Interval {
                 class.counters.ok += 1;
                 class.counters.input_tokens += s.input_tokens.unwrap_or(0);
                 class.counters.output_tokens += s.output_tokens;
+                if s.good {
+                    class.counters.good += 1;
+                    class.counters.good_output_tokens += s.output_tokens;
+                }
             }
             Outcome::Failed {
                 class,

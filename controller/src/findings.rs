@@ -18,8 +18,8 @@ pub const COLD_RATIO: f64 = 3.0;
 /// One conclusion and its evidence.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema, PartialEq)]
 pub struct Finding {
-    /// `queueing`, `saturation`, `gpu_idle`, `cold_start`, `client_bound`
-    /// or `errors`.
+    /// `queueing`, `saturation`, `capacity`, `gpu_idle`, `cold_start`,
+    /// `client_bound` or `errors`.
     pub kind: &'static str,
     /// The conclusion in one line.
     pub title: String,
@@ -272,6 +272,38 @@ pub fn saturation(label: &str, max_rps: f64, base_p95_ms: f64, knee_p95_ms: f64)
             ("max_requests_per_s", round(max_rps, 3)),
             ("baseline_ttft_p95_ms", round(base_p95_ms, 3)),
             ("knee_ttft_p95_ms", round(knee_p95_ms, 3)),
+        ],
+    )
+}
+
+/// Capacity at SLO: the largest load held with enough good requests, or
+/// none.
+pub fn capacity(c: &crate::report::summary::Capacity, slo: &crate::report::summary::SloSummary) -> Finding {
+    let title = match (&c.label, c.ratio, c.goodput_requests_per_s) {
+        (Some(label), Some(ratio), Some(rps)) => format!(
+            "capacity: this server holds {label} with {:.0}% of requests meeting {} ({rps:.1} good req/s)",
+            ratio * 100.0,
+            slo.words
+        ),
+        _ => format!(
+            "capacity: even the lowest load had fewer than {:.0}% of requests meeting {}",
+            slo.ratio * 100.0,
+            slo.words
+        ),
+    };
+    finding(
+        "capacity",
+        title,
+        c.rule.clone(),
+        &[
+            ("level", json!(c.label)),
+            ("goodput_ratio", c.ratio.map_or(Value::Null, |r| round(r, 4))),
+            (
+                "goodput_requests_per_s",
+                c.goodput_requests_per_s.map_or(Value::Null, |r| round(r, 3)),
+            ),
+            ("target_ratio", round(slo.ratio, 4)),
+            ("objectives", json!(slo.words)),
         ],
     )
 }

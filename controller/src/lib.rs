@@ -13,6 +13,7 @@ pub mod compare;
 mod control;
 pub mod coordinator;
 pub mod dataset;
+pub mod figure;
 pub mod findings;
 pub mod merge;
 pub mod plan;

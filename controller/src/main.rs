@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use stampede_controller::compare::{self, figure::Limit};
+use stampede_controller::compare;
+use stampede_controller::figure::Limit;
 use stampede_controller::profile::{Overrides, Profile, parse_positive_duration};
 use stampede_controller::report::{self, terminal};
 use stampede_controller::results;

@@ -330,6 +330,8 @@ async fn run_traced(
         on_agent_loss: profile.on_agent_loss,
         live: options.metrics.map(|_| live.clone()),
         trace: span.wire(),
+        slo: profile.slo.as_ref().map(crate::profile::Slo::to_wire),
+        thresholds: profile.thresholds.list.clone(),
     };
     let tty = std::io::stderr().is_terminal();
     let progress = Progress::new(profile.report.interval, profile.load.duration(), tty);
@@ -443,6 +445,10 @@ fn required_capabilities(profile: &Profile) -> Vec<String> {
     if profile.target.tokenizer.is_some() {
         // An agent that cannot count would silently leave its share out.
         caps.push("tokens:tokenizer".to_owned());
+    }
+    if profile.slo.is_some() {
+        // One that cannot check objectives would count nothing good.
+        caps.push("slo:goodput".to_owned());
     }
     caps
 }

@@ -100,6 +100,10 @@ pub struct Counters {
     /// Successful requests whose input tokens the client tokenizer counted
     /// from the prompt (the server gave none).
     pub inputs_from_tokenizer: u64,
+    /// Successful requests that met every objective of the run's SLO.
+    pub good: u64,
+    /// Output tokens of those requests.
+    pub good_output_tokens: u64,
 }
 
 /// Two output-token counts of the same requests, summed over the requests
@@ -200,6 +204,8 @@ impl Counters {
         self.tokens_from_tokenizer += other.tokens_from_tokenizer;
         self.inputs_from_server += other.inputs_from_server;
         self.inputs_from_tokenizer += other.inputs_from_tokenizer;
+        self.good += other.good;
+        self.good_output_tokens += other.good_output_tokens;
     }
 
     /// The wire form.
@@ -224,6 +230,8 @@ impl Counters {
             tokens_from_tokenizer: self.tokens_from_tokenizer,
             inputs_from_server: self.inputs_from_server,
             inputs_from_tokenizer: self.inputs_from_tokenizer,
+            good: self.good,
+            good_output_tokens: self.good_output_tokens,
         }
     }
 
@@ -253,6 +261,8 @@ impl Counters {
             tokens_from_tokenizer: wire.tokens_from_tokenizer,
             inputs_from_server: wire.inputs_from_server,
             inputs_from_tokenizer: wire.inputs_from_tokenizer,
+            good: wire.good,
+            good_output_tokens: wire.good_output_tokens,
         })
     }
 }
@@ -288,6 +298,8 @@ mod tests {
             tokens_from_tokenizer: 2,
             inputs_from_server: 3,
             inputs_from_tokenizer: 1,
+            good: 2,
+            good_output_tokens: 40,
             ..Counters::default()
         };
         a.server_vs_events.record(Some(50), Some(49));
@@ -298,6 +310,7 @@ mod tests {
         b.count_error(ErrorClass::Connect);
         a.add(&b);
         assert_eq!(a.ok, 6);
+        assert_eq!((a.good, a.good_output_tokens), (4, 80));
         assert_eq!(a.errors[&ErrorClass::Status(500)], 2);
         assert_eq!(a.errors[&ErrorClass::Connect], 1);
         assert_eq!(a.failed(), 3);

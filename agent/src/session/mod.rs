@@ -219,6 +219,7 @@ fn capabilities() -> Vec<String> {
     caps.push("load:rate".to_owned());
     caps.push("clock:probe".to_owned());
     caps.push("tokens:tokenizer".to_owned());
+    caps.push("slo:goodput".to_owned());
     caps
 }
 

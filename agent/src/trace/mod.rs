@@ -47,6 +47,9 @@ pub struct Tracing {
     ttft: Slowest,
     e2e: Slowest,
     reported: std::sync::Mutex<Stats>,
+    /// The run has objectives: each success's span says whether it met
+    /// them.
+    slo: bool,
 }
 
 /// Facts of one request that are not in its outcome.
@@ -107,6 +110,13 @@ impl Tracing {
             stage_ends,
             ..Tracing::default()
         }
+    }
+
+    /// The same, for a run with per-request objectives: each success's
+    /// span carries `stampede.slo_met`.
+    pub fn with_slo(mut self, slo: bool) -> Tracing {
+        self.slo = slo;
+        self
     }
 
     /// True when spans are exported.
@@ -277,6 +287,9 @@ impl Tracing {
                 }
                 if let Some(tpot) = s.tpot_us {
                     span.attributes.push(KeyValue::new("stampede.tpot_ms", ms(tpot)));
+                }
+                if self.slo {
+                    span.attributes.push(KeyValue::new("stampede.slo_met", s.good));
                 }
                 span.status = Status::Ok;
             }

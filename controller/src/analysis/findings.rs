@@ -61,6 +61,11 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
         }
     }
 
+    // Capacity at SLO.
+    if let (Some(c), Some(slo)) = (&s.capacity, &s.slo) {
+        out.push(findings::capacity(c, slo));
+    }
+
     // Saturation: the knee.
     if let Some(k) = &s.knee
         && let (Some(step), Some(label)) = (k.step, &k.label)

@@ -2,7 +2,7 @@
 //! baseline; every figure of every other run is set against it, with its
 //! difference, a bootstrap interval of that difference ([`bootstrap`]),
 //! and a verdict: *changed* or *within noise*. Regression limits
-//! ([`figure::Limit`]) make the comparison fail.
+//! ([`crate::figure::Limit`]) make the comparison fail.
 //!
 //! Each run is read back from its directory through the same results
 //! model as `controller report`: the figures compared are the ones its
@@ -10,7 +10,6 @@
 //! merged.
 
 pub mod bootstrap;
-pub mod figure;
 pub mod terminal;
 
 use std::collections::BTreeMap;
@@ -19,12 +18,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use stampede_proto::{Counters, Metric, Unit};
 
+use crate::figure::{Figure, Limit, Scope, Stat};
 use crate::merge::{Place, Timeline};
 use crate::report::html::{Distribution, ReportData};
-use crate::report::summary::{self, MetricSummary, Metrics, Summary};
+use crate::report::summary::{self, Summary};
 use crate::results::{self, LoadError};
 use bootstrap::{Drawn, Gather, NoInterval, Ratio, Samples, Source, Spread, Statistic, Strata};
-use figure::{Figure, Limit, Stat};
 
 /// The comparison's format; changes when a field changes meaning.
 pub const SCHEMA: &str = "stampede.compare/1";
@@ -67,6 +66,9 @@ struct Stretch {
     requests: Ratio,
     output_tokens: Ratio,
     errors: Ratio,
+    good: Ratio,
+    good_per_s: Ratio,
+    good_tokens: Ratio,
 }
 
 /// One run, read back for comparing.
@@ -134,31 +136,7 @@ impl Side {
     /// The summary's value of `figure` over the measured time, or over
     /// step `step`.
     fn value(&self, figure: Figure, step: Option<usize>) -> Option<f64> {
-        let s = &self.summary;
-        let (metrics, throughput, requests) = match step {
-            None => (&s.metrics, &s.throughput, &s.requests),
-            Some(k) => {
-                let st = s.steps.get(k)?;
-                (&st.metrics, &st.throughput, &st.requests)
-            }
-        };
-        match figure {
-            Figure::Metric(m, stat) => {
-                let ms = metric(metrics, m);
-                (ms.count > 0).then_some(match stat {
-                    Stat::Mean => ms.mean,
-                    Stat::P50 => ms.p50,
-                    Stat::P90 => ms.p90,
-                    Stat::P95 => ms.p95,
-                    Stat::P99 => ms.p99,
-                    Stat::P999 => ms.p99_9,
-                    Stat::Max => ms.max,
-                })
-            }
-            Figure::RequestsPerS => Some(throughput.requests_per_s),
-            Figure::OutputTokensPerS => Some(throughput.output_tokens_per_s),
-            Figure::ErrorRate => (requests.ok + requests.failed > 0).then_some(requests.error_rate),
-        }
+        self.summary.figure(figure, &step.map_or(Scope::Run, Scope::Step))
     }
 
     fn stretch(&self, step: Option<usize>) -> Option<&Stretch> {
@@ -188,27 +166,9 @@ fn stretch(g: &Gathered, groups: &[Vec<u64>], interval_s: f64) -> Stretch {
         requests: sums(&|c| (c.ok as f64, interval_s)),
         output_tokens: sums(&|c| (c.output_tokens as f64, interval_s)),
         errors: sums(&|c| (c.failed() as f64, (c.ok + c.failed()) as f64)),
-    }
-}
-
-/// One metric's figures in a summary.
-fn metric(m: &Metrics, metric: Metric) -> &MetricSummary {
-    match metric {
-        Metric::Ttft => &m.ttft,
-        Metric::Itl => &m.itl,
-        Metric::Tpot => &m.tpot,
-        Metric::E2e => &m.e2e,
-        Metric::ClientQueue => &m.client_queue,
-        Metric::Connect => &m.connect,
-        Metric::InputTokens => &m.input_tokens,
-        Metric::OutputTokens => &m.output_tokens,
-        Metric::ScheduleLag => &m.schedule_lag,
-        Metric::TtftIntended => &m.ttft_intended,
-        Metric::E2eIntended => &m.e2e_intended,
-        Metric::ServerPrefill => &m.server_prefill,
-        Metric::ServerDecode => &m.server_decode,
-        Metric::ModelLoad => &m.model_load,
-        Metric::ServerTime => &m.server_time,
+        good: sums(&|c| (c.good as f64, (c.ok + c.failed()) as f64)),
+        good_per_s: sums(&|c| (c.good as f64, interval_s)),
+        good_tokens: sums(&|c| (c.good_output_tokens as f64, interval_s)),
     }
 }
 
@@ -466,6 +426,9 @@ fn pick(s: &Stretch, figure: Figure) -> Drawn<'_> {
         Figure::RequestsPerS => Source::Ratio(&s.requests),
         Figure::OutputTokensPerS => Source::Ratio(&s.output_tokens),
         Figure::ErrorRate => Source::Ratio(&s.errors),
+        Figure::GoodputRatio => Source::Ratio(&s.good),
+        Figure::GoodputRequestsPerS => Source::Ratio(&s.good_per_s),
+        Figure::GoodputOutputTokensPerS => Source::Ratio(&s.good_tokens),
     };
     Drawn {
         source,
@@ -477,7 +440,7 @@ fn pick(s: &Stretch, figure: Figure) -> Drawn<'_> {
 fn against(base: &Side, other: &Side, min_change: f64) -> Against {
     let mut figures = Vec::new();
     for m in Metric::ALL {
-        let has = |s: &Side| metric(&s.summary.metrics, m).count > 0;
+        let has = |s: &Side| s.summary.metrics.get(m).count > 0;
         if !has(base) && !has(other) {
             continue;
         }
@@ -487,6 +450,15 @@ fn against(base: &Side, other: &Side, min_change: f64) -> Against {
     }
     for f in [Figure::RequestsPerS, Figure::OutputTokensPerS, Figure::ErrorRate] {
         figures.push(row(base, other, f, None, min_change));
+    }
+    if base.summary.goodput.is_some() || other.summary.goodput.is_some() {
+        for f in [
+            Figure::GoodputRatio,
+            Figure::GoodputRequestsPerS,
+            Figure::GoodputOutputTokensPerS,
+        ] {
+            figures.push(row(base, other, f, None, min_change));
+        }
     }
     let (sa, sb) = (&base.summary.steps, &other.summary.steps);
     let same_steps = sa.len() == sb.len() && sa.iter().zip(sb).all(|(a, b)| a.level == b.level);

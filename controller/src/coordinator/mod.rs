@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tonic::Status;
 
+use crate::analysis::gates;
 use crate::dataset::Prompt;
-use crate::merge::Row;
+use crate::merge::{Place, Row};
 use crate::plan::Slice;
-use crate::profile::{Load, Model, OnAgentLoss};
+use crate::profile::{Load, Model, OnAgentLoss, Threshold};
 use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::results::log::{End, Entry, FinishedEntry, Joined, ReportEntry};
@@ -57,6 +58,11 @@ pub(crate) struct Setup {
     pub(crate) live: Option<Live>,
     /// How agents export request spans; `None`: tracing is off.
     pub(crate) trace: Option<pb::Trace>,
+    /// Per-request objectives agents check (goodput).
+    pub(crate) slo: Option<pb::Slo>,
+    /// The profile's thresholds; those with `abort` are checked as each
+    /// interval completes.
+    pub(crate) thresholds: Vec<Threshold>,
 }
 
 struct Conn {
@@ -93,6 +99,8 @@ struct Coordinator {
     interrupted: bool,
     aborted: Option<String>,
     failure: Option<String>,
+    /// A threshold with `abort` broke: why.
+    stopped_by: Option<String>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
 }
@@ -129,6 +137,7 @@ pub(crate) async fn run(
         interrupted: false,
         aborted: None,
         failure: None,
+        stopped_by: None,
         give_up: false,
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -370,6 +379,7 @@ impl Coordinator {
                 total: s.prompts.len() as u64,
             }),
             seed: slice.seed,
+            slo: s.slo,
         }
     }
 
@@ -575,6 +585,50 @@ impl Coordinator {
         for row in &rows {
             self.progress.row(row);
         }
+        if !rows.is_empty() {
+            self.check_thresholds();
+        }
+    }
+
+    /// Stops the load when a threshold with `abort` breaks, judged on
+    /// everything merged so far.
+    fn check_thresholds(&mut self) {
+        if self.stopped_by.is_some()
+            || !matches!(self.phase, Phase::Running)
+            || !self.setup.thresholds.iter().any(|t| t.abort)
+        {
+            return;
+        }
+        let rows = self.ledger.rows();
+        let Some(last) = rows.last() else { return };
+        let interval_s = self.setup.interval.as_secs_f64();
+        let merger = self.ledger.merger();
+        let mut steps_s = vec![0.0; merger.steps().len()];
+        let mut measured_s = 0.0;
+        for r in rows {
+            match r.place {
+                Place::Step(k) => {
+                    measured_s += interval_s;
+                    if let Some(s) = steps_s.get_mut(k) {
+                        *s += interval_s;
+                    }
+                }
+                Place::Drain => measured_s += interval_s,
+                Place::Warmup(_) => {}
+            }
+        }
+        let progress = gates::Progress {
+            measured: merger.measured(),
+            measured_s,
+            steps: merger.steps(),
+            steps_s: &steps_s,
+            elapsed_s: (last.interval + 1) as f64 * interval_s,
+        };
+        if let Some(why) = gates::breached(&self.setup.thresholds, &progress) {
+            tracing::warn!("{why}; stopping the load");
+            self.stopped_by = Some(why.clone());
+            self.stop(&why, true);
+        }
     }
 
     fn close(mut self) -> Collected {
@@ -585,6 +639,7 @@ impl Coordinator {
             interrupted: self.interrupted,
             aborted: self.aborted,
             failure: self.failure,
+            stopped_by: self.stopped_by,
         })
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct Table<'t, 'i> {
     path: String,
     table: Option<&'t DeTable<'i>>,
     asked: Vec<&'static str>,
+    /// Every key has been read (free-form keys, by [`Table::rest`]).
+    all_read: bool,
 }
 
 /// How a value is shown in a message: as it was written, shortened.
@@ -97,6 +99,17 @@ impl<'t, 'i> Table<'t, 'i> {
             path: String::new(),
             table: Some(table),
             asked: Vec::new(),
+            all_read: false,
+        }
+    }
+
+    /// A table found as a value (an inline table), at `path`.
+    pub(crate) fn at(path: String, table: &'t DeTable<'i>) -> Self {
+        Table {
+            path,
+            table: Some(table),
+            asked: Vec::new(),
+            all_read: false,
         }
     }
 
@@ -140,11 +153,33 @@ impl<'t, 'i> Table<'t, 'i> {
             path,
             table,
             asked: Vec::new(),
+            all_read: false,
         }
+    }
+
+    /// Every entry no accessor has asked for yet, in file order, for a
+    /// table whose other keys are free-form; none will be reported as
+    /// unknown.
+    pub(crate) fn rest(&mut self) -> Vec<Entry<'t, 'i>> {
+        self.all_read = true;
+        let Some(table) = self.table else { return Vec::new() };
+        let mut rest: Vec<Entry<'t, 'i>> = table
+            .iter()
+            .filter(|(k, _)| !self.asked.contains(&k.get_ref().as_ref()))
+            .map(|(k, v)| {
+                let name: &str = k.get_ref();
+                (name.to_owned(), self.key_path(name), v.span(), v.get_ref())
+            })
+            .collect();
+        rest.sort_by_key(|(_, _, span, _)| span.start);
+        rest
     }
 
     /// Reports every key that no accessor asked for.
     pub(crate) fn finish(self, p: &mut Problems<'_>) {
+        if self.all_read {
+            return;
+        }
         let Some(table) = self.table else { return };
         for (key, _) in table.iter() {
             let name: &str = key.get_ref();
@@ -309,6 +344,7 @@ impl<'t, 'i> Table<'t, 'i> {
                     path,
                     table: Some(t),
                     asked: Vec::new(),
+                    all_read: false,
                 }),
                 other => p.at(
                     Some(item.span()),

@@ -5,6 +5,7 @@
 //! then default.
 
 mod doc;
+mod gates;
 mod load;
 mod prompts;
 mod target;
@@ -22,6 +23,7 @@ use stampede_sim::OutputLength;
 
 pub use doc::{Problem, parse_duration, parse_positive_duration};
 use doc::{Problems, Table};
+pub use gates::{DEFAULT_RATIO, Slo, Threshold, Thresholds};
 pub use load::{Load, Model, Shape, Step};
 pub use trace::{DEFAULT_SERVICE, TraceTable};
 
@@ -129,13 +131,6 @@ pub struct ServerMetrics {
     pub interval: Duration,
 }
 
-/// Limits that make a run fail.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Thresholds {
-    /// Largest share of failed requests (0 to 1) for a passing run.
-    pub max_error_rate: f64,
-}
-
 /// A validated load profile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -167,6 +162,8 @@ pub struct Profile {
     pub sim: stampede_sim::Config,
     /// The server's own metrics.
     pub server_metrics: ServerMetrics,
+    /// Per-request objectives (goodput), when the profile sets some.
+    pub slo: Option<Slo>,
     /// Pass/fail limits.
     pub thresholds: Thresholds,
     /// The `[trace]` table; resolve it against the environment.
@@ -401,8 +398,16 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let trace = trace::walk(&mut tr, p, present);
     tr.finish(p);
 
+    let slo_present = top.has("slo");
+    let mut sl = top.table(p, "slo");
+    let slo = gates::slo(&mut sl, p, slo_present);
+    sl.finish(p);
     let mut th = top.table(p, "thresholds");
-    let max_error_rate = th.number_in(p, "max_error_rate", 0.0, 1.0);
+    let context = gates::Context {
+        steps: load.as_ref().map_or(1, |l| l.steps.len()),
+        slo: slo.is_some(),
+    };
+    let thresholds = gates::thresholds(&mut th, p, &context);
     th.finish(p);
     top.finish(p);
 
@@ -487,9 +492,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             url: sm_url,
             interval: sm_interval.unwrap_or(Duration::from_secs(1)),
         },
-        thresholds: Thresholds {
-            max_error_rate: max_error_rate.unwrap_or(0.0),
-        },
+        slo,
+        thresholds,
         trace,
     })
 }

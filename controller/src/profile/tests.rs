@@ -103,7 +103,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
             "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, thresholds",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, slo, thresholds",
         ]
     );
 }
@@ -554,4 +554,75 @@ fn bad_server_metrics_and_sim_keys_say_what_to_write() {
             .any(|f| f.starts_with("8:17 sim.step_overhead:") && f.contains("must be shorter than the decode step")),
         "{found:?}"
     );
+}
+
+#[test]
+fn thresholds_take_any_figure_in_any_scope() {
+    let p = parse(
+        r#"
+[load]
+stages = [{ users = 2, duration = "5s" }, { users = 8, duration = "5s" }]
+[slo]
+ttft = "500ms"
+tpot = "50ms"
+[thresholds]
+"ttft.p95" = "< 500ms"
+"tpot.p99" = "<= 40ms"
+"error_rate" = "< 1%"
+"output_tokens_per_s" = "> 1000"
+"goodput_ratio" = ">= 0.95"
+"classes.long.ttft.p95" = "< 2s"
+"steps.1.e2e.p99" = "< 3s"
+"steps.*.requests_per_s" = "> 1"
+"itl.p99" = { limit = "< 100ms", abort = true, after = "2s" }
+"#,
+    )
+    .unwrap();
+    let t = &p.thresholds;
+    assert_eq!(t.list.len(), 9);
+    assert_eq!(t.list[0].key, "ttft.p95");
+    assert_eq!(t.list[0].condition, "< 500ms");
+    let last = &t.list[8];
+    assert!(last.abort);
+    assert_eq!(last.after, Duration::from_secs(2));
+    // An error_rate threshold decides about failures: no implicit zero.
+    assert_eq!(t.max_error_rate, 1.0);
+    let slo = p.slo.as_ref().unwrap();
+    assert_eq!(slo.ttft, Some(Duration::from_millis(500)));
+    assert_eq!(slo.ratio, DEFAULT_RATIO);
+    assert_eq!(slo.words(), "TTFT ≤ 500 ms, TPOT ≤ 50 ms");
+}
+
+#[test]
+fn threshold_mistakes_name_the_key_and_what_is_allowed() {
+    let found = problems(
+        r#"
+[load]
+users = 2
+[thresholds]
+max_error_rate = 0.1
+"ttft.p96" = "< 1s"
+"goodput_ratio" = ">= 0.9"
+"steps.3.ttft.p95" = "< 1s"
+"classes.long.ttft.p95" = { limit = "< 1s", abort = true }
+"classes.long.error_rate" = "< 1%"
+"error_rate" = "< 5%"
+"e2e.p99" = "fast"
+"tpot.p50" = { abort = true }
+"#,
+    );
+    let all = found.join("\n");
+    for expected in [
+        "thresholds.\"ttft.p96\": unknown figure \"ttft.p96\": a figure is METRIC.STAT",
+        "thresholds.\"goodput_ratio\": goodput_ratio counts requests that meet the run's objectives: set them in [slo]",
+        "thresholds.\"steps.3.ttft.p95\": the load has 1 step (steps.0): there is no step 3",
+        "thresholds.\"classes.long.ttft.p95\": a class's figures are known only at the end of the run",
+        "thresholds.\"classes.long.error_rate\": error_rate is not kept per prompt class",
+        "thresholds.\"error_rate\": set either max_error_rate or an \"error_rate\" threshold, not both",
+        "thresholds.\"e2e.p99\": expected a condition such as \"< 500ms\", got \"fast\"",
+        "thresholds.\"tpot.p50\": a threshold table needs limit",
+    ] {
+        assert!(all.contains(expected), "no {expected:?} in:\n{all}");
+    }
+    assert!(problems("[load]\nusers = 2\n[slo]\nratio = 0.9\n")[0].contains("[slo] sets no objective"));
 }

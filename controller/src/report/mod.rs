@@ -1,6 +1,6 @@
 //! What a run shows: the live progress line and metrics while it runs;
 //! then, rendered from its [`Run`] by [`write`], the JSON summary, the
-//! HTML report, the CSV files and the terminal table. The end of a run and
+//! HTML report, the JUnit report, the CSV files and the terminal table. The end of a run and
 //! `controller report` both call [`write`].
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use crate::results::Run;
 
 pub mod csv;
 pub mod html;
+pub mod junit;
 pub mod live;
 pub mod progress;
 pub mod schema;
@@ -17,6 +18,8 @@ pub mod terminal;
 
 /// The HTML report's file name in a run directory.
 pub const REPORT_HTML: &str = "report.html";
+/// The JUnit report's file name in a run directory.
+pub const JUNIT_XML: &str = "junit.xml";
 /// The summary's file name in a run directory.
 pub const SUMMARY_JSON: &str = "summary.json";
 
@@ -52,6 +55,9 @@ pub fn write(dir: &Path, run: &Run) -> Result<Written, WriteError> {
     let path = dir.join(REPORT_HTML);
     std::fs::write(&path, html::render(&summary, &data)).map_err(fail(path.clone()))?;
     files.push(("report", path.display().to_string()));
+    let path = dir.join(JUNIT_XML);
+    std::fs::write(&path, junit::render(&summary)).map_err(fail(path.clone()))?;
+    files.push(("junit", path.display().to_string()));
     let csv = csv::write(dir, &summary).map_err(fail(dir.join("metrics.csv")))?;
     let names: Vec<&str> = csv.iter().map(|(name, _)| name.trim_end_matches(".csv")).collect();
     files.push(("csv", format!("{}/{{{}}}.csv", dir.display(), names.join(","))));

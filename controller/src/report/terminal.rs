@@ -26,6 +26,7 @@ pub fn render(s: &Summary, files: &[(&'static str, String)]) -> String {
     tracing(o, s);
     server(o, s);
     findings(o, s);
+    thresholds(o, s);
     verdict(o, s);
     for (label, path) in files {
         let _ = writeln!(o, "{label:<10}{path}");
@@ -114,6 +115,18 @@ fn totals(o: &mut String, s: &Summary) {
         .collect();
     if !compared.is_empty() {
         let _ = writeln!(o, "counts    {}", compared.join(" · "));
+    }
+    if let (Some(g), Some(slo)) = (&s.goodput, &s.slo) {
+        let _ = writeln!(
+            o,
+            "goodput   {} of {} requests met {} ({:.1}%) · {:.2} good req/s · {:.1} good out tok/s",
+            grouped(g.requests),
+            grouped(r.ok + r.failed),
+            slo.words,
+            g.ratio * 100.0,
+            g.requests_per_s,
+            g.output_tokens_per_s
+        );
     }
 }
 
@@ -257,9 +270,13 @@ fn steps(o: &mut String, s: &Summary) {
             "step", "req/s", "out tok/s", "TTFT p50", "TTFT p95", "E2E p95", "errors"
         );
         for row in &s.steps {
+            let good = row
+                .goodput
+                .map(|g| format!("{:>9.1}% good", g.ratio * 100.0))
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "{:<14}{:>10.2}{:>12.1}{:>12.1}{:>12.1}{:>12.1}{:>9.1}%",
+                "{:<14}{:>10.2}{:>12.1}{:>12.1}{:>12.1}{:>12.1}{:>9.1}%{good}",
                 row.label,
                 row.throughput.requests_per_s,
                 row.throughput.output_tokens_per_s,
@@ -268,6 +285,28 @@ fn steps(o: &mut String, s: &Summary) {
                 row.metrics.e2e.p95,
                 row.requests.error_rate * 100.0
             );
+        }
+    }
+    if let (Some(c), Some(slo)) = (&s.capacity, &s.slo) {
+        match (&c.label, c.ratio) {
+            (Some(label), Some(ratio)) => {
+                let _ = writeln!(
+                    o,
+                    "capacity  {label}: {:.1}% of requests met {} ({:.2} good req/s), at least {:.0}% at every load up to it",
+                    ratio * 100.0,
+                    slo.words,
+                    c.goodput_requests_per_s.unwrap_or(0.0),
+                    slo.ratio * 100.0
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "capacity  none: fewer than {:.0}% of requests met {} even at the lowest load",
+                    slo.ratio * 100.0,
+                    slo.words
+                );
+            }
         }
     }
     if let Some(knee) = &s.knee {
@@ -421,9 +460,26 @@ fn findings(o: &mut String, s: &Summary) {
     }
 }
 
+fn thresholds(o: &mut String, s: &Summary) {
+    if s.thresholds.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nthresholds");
+    for t in &s.thresholds {
+        let _ = writeln!(
+            o,
+            "  {} {}{}",
+            if t.passed { "ok  " } else { "FAIL" },
+            t.message,
+            if t.abort { " (aborts the run)" } else { "" }
+        );
+    }
+}
+
 fn verdict(o: &mut String, s: &Summary) {
     let verdict = match s.verdict.status {
         Status::Passed => "passed".to_owned(),
+        Status::Invalid => "invalid measurement".to_owned(),
         other => format!("{other:?}").to_lowercase(),
     };
     let _ = writeln!(o, "\nresult    {verdict} (exit {})", s.verdict.exit_code);

@@ -135,6 +135,7 @@ fn the_table_reads_as_it_did() {
         interrupted: false,
         aborted: None,
         failure: None,
+        stopped_by: None,
         unreadable: 0,
         exemplars: Vec::new(),
         classes: BTreeMap::new(),

@@ -97,6 +97,8 @@ pub struct Collected {
     pub aborted: Option<String>,
     /// Why the run could not be carried out, if it could not.
     pub failure: Option<String>,
+    /// The threshold that stopped the load early, in words.
+    pub stopped_by: Option<String>,
     /// Reports that could not be decoded.
     pub unreadable: u64,
     /// The slowest requests the agents named, slowest first per metric.
@@ -243,6 +245,16 @@ impl Ledger {
     /// Agents with a place.
     pub fn agents(&self) -> impl Iterator<Item = &AgentRecord> {
         self.agents.iter().flatten()
+    }
+
+    /// The rows of the intervals complete so far.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Everything merged so far.
+    pub fn merger(&self) -> &Merger {
+        &self.merger
     }
 
     /// When the load started, once it has.
@@ -458,6 +470,7 @@ impl Ledger {
             interrupted: end.interrupted,
             aborted: end.aborted,
             failure: end.failure,
+            stopped_by: end.stopped_by,
             unreadable: self.unreadable,
             exemplars: self.exemplars,
             classes: self.classes,

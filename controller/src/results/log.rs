@@ -117,6 +117,9 @@ pub struct End {
     pub aborted: Option<String>,
     /// Why it could not be carried out, if it could not.
     pub failure: Option<String>,
+    /// The threshold that stopped the load early, in words.
+    #[serde(default)]
+    pub stopped_by: Option<String>,
 }
 
 /// A report as the agent sent it.
@@ -498,6 +501,8 @@ mod tests {
             inputs_from_tokenizer: 16,
             spans_exported: 17,
             spans_dropped: 18,
+            good: 19,
+            good_output_tokens: 20,
         }
     }
 
@@ -601,6 +606,7 @@ mod tests {
                 interrupted: true,
                 aborted: Some("why".to_owned()),
                 failure: Some("what".to_owned()),
+                stopped_by: Some("threshold ttft.p95 broke".to_owned()),
             }),
         ]
     }

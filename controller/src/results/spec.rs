@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::{Load, Profile, Request};
+use crate::profile::{Load, Profile, Request, Slo, Threshold};
 
 /// A run's description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,15 @@ pub struct Spec {
     pub prompt_source: String,
     /// Largest share of failed requests for a passing run.
     pub max_error_rate: f64,
+    /// Limits on the run's figures.
+    #[serde(default)]
+    pub thresholds: Vec<Threshold>,
+    /// A client-bound run is reported rather than failed.
+    #[serde(default)]
+    pub allow_client_bound: bool,
+    /// Per-request objectives, when the run has them.
+    #[serde(default)]
+    pub slo: Option<Slo>,
     /// Users (closed loop) each agent was to run at its peak, by agent
     /// index; its length is the number of agents the run needed.
     pub agents: Vec<u32>,
@@ -151,6 +160,9 @@ impl Spec {
             request: profile.request.clone(),
             prompt_source: profile.prompt_source.clone(),
             max_error_rate: profile.thresholds.max_error_rate,
+            thresholds: profile.thresholds.list.clone(),
+            allow_client_bound: profile.thresholds.allow_client_bound,
+            slo: profile.slo.clone(),
             agents: facts.agents,
             trace: facts.trace.map(TraceRef::of),
             run_trace_id: facts.run_trace_id.to_owned(),

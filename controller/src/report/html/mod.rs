@@ -191,6 +191,7 @@ fn verdict(out: &mut String, s: &Summary) {
         Status::Passed => ("passed", "passed"),
         Status::Failed => ("failed", "failed"),
         Status::Degraded => ("degraded", "degraded"),
+        Status::Invalid => ("failed", "invalid measurement"),
         Status::Aborted => ("failed", "aborted"),
         Status::Interrupted => ("degraded", "interrupted"),
     };
@@ -215,6 +216,7 @@ fn verdict(out: &mut String, s: &Summary) {
             esc(&s.client.reasons.join("; "))
         );
     }
+    tables::thresholds(out, s);
     out.push_str("</section>");
 }
 
@@ -304,8 +306,15 @@ fn key_figures(out: &mut String, s: &Summary) {
             format!("{} late · {} never sent", grouped(r.late), grouped(r.dropped)),
         ),
     ];
+    let goodput = s.goodput.zip(s.slo.as_ref()).map(|(g, slo)| {
+        (
+            "goodput",
+            pct(g.ratio),
+            format!("{} good req/s · {}", sig(g.requests_per_s), slo.words),
+        )
+    });
     out.push_str(r#"<section id="figures"><h2>Figures of the measured time</h2><div class="cards">"#);
-    for (name, value, sub) in cards {
+    for (name, value, sub) in cards.into_iter().chain(goodput) {
         let _ = write!(
             out,
             r#"<div class="card"><div class="cl">{name}</div><div class="cv">{}</div><div class="cs">{}</div></div>"#,

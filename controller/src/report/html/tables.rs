@@ -70,8 +70,12 @@ pub(super) fn steps(out: &mut String, s: &Summary) {
     }
     let knee = s.knee.as_ref().and_then(|k| k.step);
     out.push_str(
-        r#"<table class="num" id="steps-table"><thead><tr><th>step</th><th>start</th><th>measured</th><th>ok</th><th>failed</th><th>req/s</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>TPOT p95</th><th>ITL p50</th><th>E2E p95</th><th>errors</th></tr></thead><tbody>"#,
+        r#"<table class="num" id="steps-table"><thead><tr><th>step</th><th>start</th><th>measured</th><th>ok</th><th>failed</th><th>req/s</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>TPOT p95</th><th>ITL p50</th><th>E2E p95</th><th>errors</th>"#,
     );
+    if s.goodput.is_some() {
+        out.push_str("<th>good</th><th>good req/s</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
     for st in &s.steps {
         let mark = if knee == Some(st.index) {
             r#" class="kneerow""#
@@ -81,7 +85,7 @@ pub(super) fn steps(out: &mut String, s: &Summary) {
         let m = &st.metrics;
         let _ = write!(
             out,
-            "<tr{mark}><th>{}{}</th><td>{} s</td><td>{} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{mark}><th>{}{}</th><td>{} s</td><td>{} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             esc(&st.label),
             if knee == Some(st.index) { " · knee" } else { "" },
             sig(st.start_s),
@@ -97,6 +101,10 @@ pub(super) fn steps(out: &mut String, s: &Summary) {
             sig(m.e2e.p95),
             pct(st.requests.error_rate)
         );
+        if let Some(g) = st.goodput {
+            let _ = write!(out, "<td>{}</td><td>{}</td>", pct(g.ratio), sig(g.requests_per_s));
+        }
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table>");
     if let Some(k) = &s.knee {
@@ -417,4 +425,34 @@ pub(super) fn definitions(out: &mut String, s: &Summary) {
         }
     }
     out.push_str("</dl></section>");
+}
+
+/// The profile's thresholds and how each fared.
+pub(super) fn thresholds(out: &mut String, s: &Summary) {
+    if s.thresholds.is_empty() {
+        return;
+    }
+    out.push_str(r#"<table class="num" id="thresholds"><thead><tr><th>threshold</th><th>limit</th><th>value</th><th></th></tr></thead><tbody>"#);
+    for t in &s.thresholds {
+        let value = match (t.value, t.unit) {
+            (None, _) => "–".to_owned(),
+            (Some(v), "share") => pct(v),
+            (Some(v), "ms") => format!("{} ms", sig(v)),
+            (Some(v), "/s") => format!("{}/s", sig(v)),
+            (Some(v), unit) => format!("{} {unit}", sig(v)),
+        };
+        let _ = write!(
+            out,
+            r#"<tr{} data-threshold="{}" data-passed="{}"><td class="t">{}{}</td><td class="t">{}</td><td>{}</td><td class="t">{}</td></tr>"#,
+            if t.passed { "" } else { r#" class="bad""# },
+            esc(&t.key),
+            t.passed,
+            esc(&t.key),
+            if t.abort { " (aborts)" } else { "" },
+            esc(&t.condition),
+            esc(&value),
+            if t.passed { "held" } else { "failed" }
+        );
+    }
+    out.push_str("</tbody></table>");
 }

@@ -105,6 +105,7 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         interrupted: false,
         aborted: None,
         failure: None,
+        stopped_by: None,
         unreadable: 0,
         exemplars,
         classes: BTreeMap::new(),

@@ -1,6 +1,7 @@
 //! `summary.json`: the run's figures, its verdict, and the definitions of
 //! its metrics.
 
+mod figures;
 mod server;
 mod tokens;
 mod types;
@@ -21,17 +22,47 @@ use crate::results::{AgentEnd, Collected, Spec};
 use crate::server::Series;
 use crate::stats::Stats;
 
-fn verdict(spec: &Spec, c: &Collected, requests: &Requests) -> Verdict {
+/// The verdict, the most serious case first: interrupted (130), aborted
+/// by an agent's loss (5), an invalid measurement (98), a failed
+/// threshold or a load stopped by one (99), failed requests (3), missing
+/// data (4), else passed (0). Every reason is listed, whichever decides.
+fn verdict(spec: &Spec, c: &Collected, s: &Summary) -> Verdict {
+    let requests = &s.requests;
     let mut reasons = Vec::new();
-    let mut status = Status::Passed;
+    if c.interrupted {
+        reasons.push("interrupted".to_owned());
+    }
+    if let Some(why) = &c.aborted {
+        reasons.push(format!("aborted: {why}"));
+    }
+    // With nothing measured there is nothing to invalidate: the request
+    // check says what happened.
+    let invalid = s.client.bound && !spec.allow_client_bound && requests.ok > 0;
+    if s.client.bound {
+        let why = s.client.reasons.join("; ");
+        reasons.push(if invalid {
+            format!(
+                "invalid measurement: the client, not the server, was the limit ({why}); the figures measure the client (thresholds.allow_client_bound accepts them)"
+            )
+        } else {
+            format!("client-bound ({why}), allowed by thresholds.allow_client_bound: the figures understate the server")
+        });
+    }
+    if let Some(why) = &c.stopped_by {
+        reasons.push(format!("stopped early: {why}"));
+    }
+    let broken: Vec<&ThresholdResult> = s.thresholds.iter().filter(|t| !t.passed).collect();
+    for t in &broken {
+        reasons.push(format!("threshold failed: {}", t.message));
+    }
     let attempted = requests.ok + requests.failed;
-    if requests.ok == 0 {
+    let requests_failed = if requests.ok == 0 {
         reasons.push(if attempted == 0 {
             "no request completed".to_owned()
         } else {
             format!("no request succeeded: all {attempted} failed")
         });
-        status = Status::Failed;
+        true
     } else if requests.error_rate > spec.max_error_rate {
         reasons.push(format!(
             "{} of {attempted} requests failed ({:.2}%), above the allowed {:.2}% (thresholds.max_error_rate)",
@@ -39,8 +70,10 @@ fn verdict(spec: &Spec, c: &Collected, requests: &Requests) -> Verdict {
             requests.error_rate * 100.0,
             spec.max_error_rate * 100.0
         ));
-        status = Status::Failed;
-    }
+        true
+    } else {
+        false
+    };
     for a in &c.agents {
         match &a.end {
             AgentEnd::Finished => {}
@@ -56,29 +89,53 @@ fn verdict(spec: &Spec, c: &Collected, requests: &Requests) -> Verdict {
     if mismatched {
         reasons.push("an agent's final totals disagree with its reports (see agents[].mismatch)".to_owned());
     }
-    if status == Status::Passed && (lost || mismatched || c.unreadable > 0) {
-        status = Status::Degraded;
-    }
-    if let Some(why) = &c.aborted {
-        reasons.insert(0, format!("aborted: {why}"));
-        status = Status::Aborted;
-    }
-    if c.interrupted {
-        reasons.insert(0, "interrupted".to_owned());
-        status = Status::Interrupted;
-    }
-    let exit_code = match status {
-        Status::Passed => 0,
-        Status::Failed => 3,
-        Status::Degraded => 4,
-        Status::Aborted => 5,
-        Status::Interrupted => 130,
+    let degraded = lost || mismatched || c.unreadable > 0;
+    let (status, exit_code) = if c.interrupted {
+        (Status::Interrupted, 130)
+    } else if c.aborted.is_some() {
+        (Status::Aborted, 5)
+    } else if invalid {
+        (Status::Invalid, 98)
+    } else if c.stopped_by.is_some() || !broken.is_empty() {
+        (Status::Failed, 99)
+    } else if requests_failed {
+        (Status::Failed, 3)
+    } else if degraded {
+        (Status::Degraded, 4)
+    } else {
+        (Status::Passed, 0)
     };
     Verdict {
         status,
         exit_code,
         reasons,
+        stopped_by: c.stopped_by.clone(),
     }
+}
+
+/// Good requests of `c` over `secs`, as a share of `ended`.
+fn goodput(spec: &Spec, c: &Counters, ended: u64, secs: f64) -> Option<Goodput> {
+    spec.slo.as_ref()?;
+    let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Some(Goodput {
+        requests: c.good,
+        ratio: if ended == 0 { 0.0 } else { c.good as f64 / ended as f64 },
+        requests_per_s: per_s(c.good),
+        output_tokens_per_s: per_s(c.good_output_tokens),
+    })
+}
+
+fn slo(spec: &Spec) -> Option<SloSummary> {
+    let slo = spec.slo.as_ref()?;
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    Some(SloSummary {
+        ttft_ms: ms(slo.ttft),
+        tpot_ms: ms(slo.tpot),
+        e2e_ms: ms(slo.e2e),
+        itl_ms: ms(slo.itl),
+        ratio: slo.ratio,
+        words: slo.words(),
+    })
 }
 
 fn lost(p: &Spec, c: &Collected) -> Lost {
@@ -182,6 +239,7 @@ fn steps(p: &Spec, totals: &[Totals]) -> Vec<StepSummary> {
                 requests: requests(&t.counters),
                 throughput: throughput(&t.counters, measured),
                 metrics: Metrics::of(&t.histograms),
+                goodput: goodput(p, &t.counters, t.counters.ok + t.counters.failed(), measured),
             };
             start += step.duration;
             summary
@@ -234,18 +292,27 @@ fn knee(p: &Spec, steps: &[StepSummary]) -> Option<Knee> {
 }
 
 fn client(c: &Collected) -> Client {
-    let lag = c.merger.measured().histograms.get(Metric::ScheduleLag);
-    let lag_p99_ms = if lag.is_empty() {
-        0.0
-    } else {
-        lag.value_at_quantile(0.99) as f64 / 1e3
+    let h = &c.merger.measured().histograms;
+    let ms = |m: Metric, q: f64| {
+        let h = h.get(m);
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1e3
+        }
+    };
+    let lag = analysis::Lag {
+        p90_ms: ms(Metric::ScheduleLag, 0.9),
+        p99_ms: ms(Metric::ScheduleLag, 0.99),
+        e2e_p50_ms: ms(Metric::E2e, 0.5),
     };
     let cpu_max = c.merger.agents().iter().map(|a| a.cpu).fold(0.0, f64::max);
-    let reasons = analysis::client_bound(lag_p99_ms, cpu_max);
+    let reasons = analysis::client_bound(&lag, cpu_max);
     Client {
         bound: !reasons.is_empty(),
         reasons,
-        schedule_lag_p99_ms: lag_p99_ms,
+        schedule_lag_p90_ms: lag.p90_ms,
+        schedule_lag_p99_ms: lag.p99_ms,
         cpu_max,
     }
 }
@@ -408,7 +475,12 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         started_at: c.started_at.map(rfc3339),
         duration_s,
         measured_s,
-        verdict: verdict(p, c, &requests),
+        verdict: Verdict {
+            status: Status::Passed,
+            exit_code: 0,
+            reasons: Vec::new(),
+            stopped_by: None,
+        },
         warmup: Warmup {
             per_step_s: p.load.warmup.as_secs_f64(),
             ok: warmup.ok,
@@ -425,11 +497,15 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
                 (class.to_string(), info)
             })
             .collect(),
+        goodput: goodput(p, counters, requests.ok + requests.failed, measured_s),
+        slo: slo(p),
+        capacity: analysis::gates::capacity(p.slo.as_ref(), &steps),
+        thresholds: Vec::new(),
         requests,
         throughput: throughput(counters, measured_s),
         tokens: tokens::tokens(counters, p.target.tokenizer.as_ref()),
         metrics: Metrics::of(&m.measured().histograms),
-        classes: classes(c, duration_s),
+        classes: classes(p, c, duration_s),
         load_table: load_table(&steps),
         knee: knee(p, &steps),
         steps,
@@ -446,6 +522,8 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
     };
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
     summary.findings = analysis::findings::draw(&summary, c);
+    summary.thresholds = analysis::gates::judge(&p.thresholds, &summary);
+    summary.verdict = verdict(p, c, &summary);
     summary
 }
 
@@ -481,7 +559,7 @@ pub fn run_id(name: &str, now: SystemTime) -> String {
 }
 
 /// The per-class table, shortest prompts first.
-fn classes(c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
+fn classes(spec: &Spec, c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
     let per_s = |n: u64| if duration_s > 0.0 { n as f64 / duration_s } else { 0.0 };
     let mut out: Vec<ClassSummary> = c
         .classes
@@ -501,6 +579,7 @@ fn classes(c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
                 itl: m(Metric::Itl),
                 tpot: m(Metric::Tpot),
                 e2e: m(Metric::E2e),
+                goodput: goodput(spec, &t.counters, t.counters.ok, duration_s),
             }
         })
         .collect();

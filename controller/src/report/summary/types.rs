@@ -17,8 +17,12 @@ pub const SCHEMA: &str = "stampede.summary/1";
 pub enum Status {
     /// Every check held.
     Passed,
-    /// Requests failed beyond the allowed rate, or none succeeded.
+    /// A threshold failed (exit 99), or requests failed beyond the allowed
+    /// rate, or none succeeded (exit 3).
     Failed,
+    /// The client, not the server, was the limit: the figures measure the
+    /// client (exit 98), unless `thresholds.allow_client_bound`.
+    Invalid,
     /// Some of the run's data is missing (an agent was lost).
     Degraded,
     /// An agent was lost and the profile says to abort.
@@ -32,9 +36,13 @@ pub enum Status {
 pub struct Verdict {
     /// Overall status.
     pub status: Status,
-    /// Process exit code: 0 passed, 3 failed, 4 degraded, 5 aborted, 130
-    /// interrupted.
+    /// Process exit code: 0 passed, 3 requests failed, 4 degraded, 5
+    /// aborted (an agent lost), 98 invalid measurement (client-bound), 99
+    /// a threshold failed, 130 interrupted.
     pub exit_code: u8,
+    /// The load was stopped early because a threshold with `abort` failed:
+    /// when and why.
+    pub stopped_by: Option<String>,
     /// Every reason the run did not simply pass.
     pub reasons: Vec<String>,
 }
@@ -89,6 +97,22 @@ impl MetricSummary {
     }
 }
 
+impl MetricSummary {
+    /// One statistic; `None` without samples.
+    pub fn stat(&self, stat: crate::figure::Stat) -> Option<f64> {
+        use crate::figure::Stat;
+        (self.count > 0).then_some(match stat {
+            Stat::Mean => self.mean,
+            Stat::P50 => self.p50,
+            Stat::P90 => self.p90,
+            Stat::P95 => self.p95,
+            Stat::P99 => self.p99,
+            Stat::P999 => self.p99_9,
+            Stat::Max => self.max,
+        })
+    }
+}
+
 /// Every metric, by name.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Metrics {
@@ -125,6 +149,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// One metric's statistics.
+    pub fn get(&self, metric: Metric) -> &MetricSummary {
+        match metric {
+            Metric::Ttft => &self.ttft,
+            Metric::Itl => &self.itl,
+            Metric::Tpot => &self.tpot,
+            Metric::E2e => &self.e2e,
+            Metric::ClientQueue => &self.client_queue,
+            Metric::Connect => &self.connect,
+            Metric::InputTokens => &self.input_tokens,
+            Metric::OutputTokens => &self.output_tokens,
+            Metric::ScheduleLag => &self.schedule_lag,
+            Metric::TtftIntended => &self.ttft_intended,
+            Metric::E2eIntended => &self.e2e_intended,
+            Metric::ServerPrefill => &self.server_prefill,
+            Metric::ServerDecode => &self.server_decode,
+            Metric::ModelLoad => &self.model_load,
+            Metric::ServerTime => &self.server_time,
+        }
+    }
+
     /// Every metric of a histogram set.
     pub fn of(h: &Histograms) -> Metrics {
         let m = |metric| MetricSummary::of(metric, &Stats::of(h.get(metric)));
@@ -177,6 +222,15 @@ pub struct Summary {
     pub errors: BTreeMap<String, ErrorInfo>,
     /// Rates over the measured time.
     pub throughput: Throughput,
+    /// The run's per-request objectives, when it has some.
+    pub slo: Option<SloSummary>,
+    /// Requests that met every objective, over the measured time.
+    pub goodput: Option<Goodput>,
+    /// For stages and sweeps with objectives: the largest load the server
+    /// held with enough good requests.
+    pub capacity: Option<Capacity>,
+    /// Every threshold of the profile and how it fared.
+    pub thresholds: Vec<ThresholdResult>,
     /// Token totals and their source.
     pub tokens: Tokens,
     /// Latency and token statistics of successful requests.
@@ -358,6 +412,23 @@ pub struct ClassSummary {
     pub tpot: MetricSummary,
     /// End-to-end latency.
     pub e2e: MetricSummary,
+    /// Its requests that met every objective, when the run has some.
+    pub goodput: Option<Goodput>,
+}
+
+impl ClassSummary {
+    /// One metric's statistics, for the metrics a class keeps.
+    pub fn metric(&self, metric: Metric) -> Option<&MetricSummary> {
+        match metric {
+            Metric::Ttft => Some(&self.ttft),
+            Metric::Itl => Some(&self.itl),
+            Metric::Tpot => Some(&self.tpot),
+            Metric::E2e => Some(&self.e2e),
+            Metric::InputTokens => Some(&self.tokens_in),
+            Metric::OutputTokens => Some(&self.tokens_out),
+            _ => None,
+        }
+    }
 }
 
 /// One step of the load.
@@ -381,6 +452,8 @@ pub struct StepSummary {
     pub throughput: Throughput,
     /// Its statistics.
     pub metrics: Metrics,
+    /// Its requests that met every objective, when the run has some.
+    pub goodput: Option<Goodput>,
 }
 
 /// Throughput and latency at one load.
@@ -430,6 +503,8 @@ pub struct Client {
     pub bound: bool,
     /// Why.
     pub reasons: Vec<String>,
+    /// Scheduling lag p90 over the measured run, ms.
+    pub schedule_lag_p90_ms: f64,
     /// Scheduling lag p99 over the measured run, ms.
     pub schedule_lag_p99_ms: f64,
     /// The busiest agent's mean CPU share while the load ran.
@@ -575,6 +650,12 @@ pub struct Definitions {
     pub server_metrics: &'static str,
     /// Findings.
     pub findings: &'static str,
+    /// Goodput.
+    pub goodput: &'static str,
+    /// Capacity at SLO.
+    pub capacity: &'static str,
+    /// Thresholds.
+    pub thresholds: &'static str,
 }
 
 /// The definitions every summary carries.
@@ -593,9 +674,82 @@ pub const DEFINITIONS: Definitions = Definitions {
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,
-    client_bound: "the run is client-bound, and its results understate the server, when the scheduling lag p99 exceeds 5 ms or an agent used more than 90% of its CPU",
+    client_bound: "the run is client-bound, and its results understate the server, when most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent used more than 90% of its CPU; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
     server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
-    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
+    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
+    goodput: "a request is good when it succeeded and met every objective of [slo]: TTFT (a request that streamed nothing is held to it by its end-to-end time), TPOT (requests of one token meet it), E2E, and every gap between tokens; each agent decides per request; goodput.ratio is good requests over the requests that ended (successes and failures), and over a class's successes for a class; rates divide by measured_s",
+    capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",
+    thresholds: "each [thresholds] entry judged on the merged, exact figures of the measured time (or of a class, over the whole run, or of a step); a failed one exits 99; one with abort = true is also judged as each interval completes, on everything merged so far, and stops the load when it breaks (after its grace time)",
 };
+
+/// The run's per-request objectives.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct SloSummary {
+    /// Time to first token at most this, ms.
+    pub ttft_ms: Option<f64>,
+    /// Time per output token at most this, ms.
+    pub tpot_ms: Option<f64>,
+    /// End to end at most this, ms.
+    pub e2e_ms: Option<f64>,
+    /// Every gap between tokens at most this, ms.
+    pub itl_ms: Option<f64>,
+    /// Share of good requests a step must reach to count as held.
+    pub ratio: f64,
+    /// The objectives in words.
+    pub words: String,
+}
+
+/// Requests that met every objective (goodput).
+#[derive(Clone, Copy, Debug, Serialize, schemars::JsonSchema)]
+pub struct Goodput {
+    /// Successful requests that met every objective.
+    pub requests: u64,
+    /// Their share of the requests that ended (successes and failures; for
+    /// a prompt class, of its successes).
+    pub ratio: f64,
+    /// Good requests per second.
+    pub requests_per_s: f64,
+    /// Their output tokens per second.
+    pub output_tokens_per_s: f64,
+}
+
+/// The largest load the server held with enough good requests.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Capacity {
+    /// Some step was held.
+    pub found: bool,
+    /// The step, by index.
+    pub step: Option<usize>,
+    /// Its level (users or arrivals per second).
+    pub level: Option<f64>,
+    /// Its level in words.
+    pub label: Option<String>,
+    /// Its good requests per second.
+    pub goodput_requests_per_s: Option<f64>,
+    /// Its goodput ratio.
+    pub ratio: Option<f64>,
+    /// The rule.
+    pub rule: String,
+}
+
+/// One threshold and how it fared.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ThresholdResult {
+    /// The figure and where it was read, as the profile names it
+    /// (`steps.*` expanded to one result per step).
+    pub key: String,
+    /// The condition, as read: `< 500 ms`.
+    pub condition: String,
+    /// The figure's value, in its unit; absent when the run has none.
+    pub value: Option<f64>,
+    /// `ms`, `tokens`, `/s` or `share`.
+    pub unit: &'static str,
+    /// It held.
+    pub passed: bool,
+    /// The check in words: `ttft.p95 = 812.3 ms, limit < 500 ms`.
+    pub message: String,
+    /// It stops the run when it fails.
+    pub abort: bool,
+}
