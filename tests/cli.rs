@@ -418,3 +418,113 @@ fn a_terminated_run_drains_and_still_writes_its_summary() {
     );
     assert!(s["agents"].as_array().unwrap().iter().all(|a| a["end"] == "finished"));
 }
+
+/// A run described by flags alone, against a real server: exactly the
+/// requests asked for reach it, split over the agents, and the summary
+/// records the flags.
+#[test]
+fn a_run_with_no_profile_sends_exactly_the_requests_asked() {
+    let _machine = exclusive();
+    let sim = stampede_tests::Sim::start(&["--max-batch", "64"]);
+    let out = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = controller(
+            &[
+                &[
+                    "run",
+                    "--target",
+                    sim.url.as_str(),
+                    "--out",
+                    out.path().to_str().unwrap(),
+                ],
+                args,
+            ]
+            .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let last = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max_by_key(|p| {
+                std::fs::metadata(p.join("summary.json"))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .unwrap();
+        stampede_tests::read_summary(&std::fs::read(last.join("summary.json")).unwrap())
+    };
+    let received = || sim.metrics()["llmsim_requests_received_total"];
+    let before = received();
+    let s = run(&[
+        "--users",
+        "8",
+        "--requests",
+        "40",
+        "--max-tokens",
+        "16",
+        "--agents",
+        "3",
+    ]);
+    assert_eq!(received() - before, 40.0, "the simulator counts exactly 40 requests");
+    assert_eq!(num(&s, "/requests/ok"), 40.0);
+    assert_eq!(s["load"]["requests"], 40);
+    assert_eq!(s["load"]["users"], 8);
+    assert_eq!(s["load"]["max_tokens"], 16);
+    assert_eq!(s["profile"]["name"], "command-line");
+    let overrides: Vec<&str> = s["load"]["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(overrides, ["--users 8", "--requests 40", "--max-tokens 16"]);
+    let per_agent: Vec<f64> = s["agents"].as_array().unwrap().iter().map(|a| num(a, "/ok")).collect();
+    assert_eq!(per_agent, [15.0, 15.0, 10.0], "40 over 3 agents of 3, 3 and 2 users");
+    // Open loop: 30 arrivals at 20/s, the count deciding the length.
+    let before = received();
+    let s = run(&["--rate", "20", "--requests", "30", "--max-tokens", "4"]);
+    assert_eq!(received() - before, 30.0);
+    assert_eq!(num(&s, "/load/planned_duration_s"), 1.5);
+    // A named flag wins over --set, and both over the default.
+    let s = run(&[
+        "--set",
+        "load.users=6",
+        "--users",
+        "2",
+        "--set",
+        "load.duration=2s",
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(s["load"]["users"], 2);
+    assert_eq!(num(&s, "/load/planned_duration_s"), 2.0);
+}
+
+#[test]
+fn flags_are_checked_as_the_profile_is_and_a_run_needs_a_load() {
+    let out = controller(&[
+        "run",
+        "--users",
+        "0",
+        "--max-tokens",
+        "many",
+        "--set",
+        "load.durtion=3s",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "--users 0: load.users: expected a positive integer up to 1000000, got 0",
+        "--max-tokens many: request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
+        "--set load.durtion=3s: load.durtion: unknown key (did you mean \"duration\"?)",
+    ] {
+        assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+    }
+    let out = controller(&["run", "--max-tokens", "4"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give a profile"));
+    let out = controller(&["run", "--users", "2", "--set", "nonsense"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
+}

@@ -37,6 +37,8 @@ pub struct Plan {
     pub drain: Duration,
     /// Reporting interval.
     pub interval: Duration,
+    /// Most requests to send, when the run counts them.
+    pub max_requests: Option<u64>,
 }
 
 impl Plan {
@@ -118,6 +120,7 @@ impl Plan {
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,
+            max_requests: (a.max_requests > 0).then_some(a.max_requests),
         })
     }
 }

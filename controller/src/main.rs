@@ -9,13 +9,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use stampede_controller::compare;
 use stampede_controller::figure::Limit;
-use stampede_controller::profile::{Overrides, Profile, parse_positive_duration};
+use stampede_controller::profile::{Flags, Overrides, Profile, Setting, parse_positive_duration};
 use stampede_controller::report::{self, terminal};
 use stampede_controller::results;
 use stampede_controller::{Agents, Interrupt, Listen, Options, run};
 
 /// Exit code for bad input: a profile or flag that cannot be used.
 const EX_USAGE: u8 = 64;
+/// What a run described by flags alone is named after.
+const COMMAND_LINE: &str = "command-line";
 
 /// stampede: load-test an LLM inference server and find out where the time
 /// goes.
@@ -90,8 +92,43 @@ fn parse_share(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The load profile (TOML).
-    profile: PathBuf,
+    /// The load profile (TOML); without one, the flags below describe the
+    /// run (at least --users or --rate).
+    profile: Option<PathBuf>,
+    /// Closed-loop users, replacing the profile's load model.
+    #[arg(long, value_name = "N")]
+    users: Option<String>,
+    /// Open-loop arrivals per second, replacing the profile's load model.
+    #[arg(long, value_name = "R", conflicts_with = "users")]
+    rate: Option<String>,
+    /// Send this many requests in all, then stop (or at --duration,
+    /// whichever comes first); split across agents like the users.
+    #[arg(long, value_name = "N")]
+    requests: Option<String>,
+    /// The model name to send [default: the profile's, else the first the
+    /// server lists].
+    #[arg(long)]
+    model: Option<String>,
+    /// The server's dialect, such as openai-chat, openai-completions,
+    /// ollama or tgi [default: the profile's, else openai-chat].
+    #[arg(long)]
+    api: Option<String>,
+    /// Upper bound on each answer's tokens.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<String>,
+    /// Synthetic prompts of this many tokens, replacing the profile's
+    /// prompts.
+    #[arg(long, value_name = "N")]
+    prompt_tokens: Option<String>,
+    /// The synthetic prompts' answers: this many tokens each (with
+    /// --prompt-tokens).
+    #[arg(long, value_name = "N", requires = "prompt_tokens")]
+    output_tokens: Option<String>,
+    /// Set any profile key, such as load.users=25, target.model=llama or
+    /// 'thresholds."ttft.p95"=< 500ms'; repeat for several. The named
+    /// flags above win over these, and both over the profile.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Setting::parse)]
+    set: Vec<Setting>,
     /// Base URL of the server under test, such as http://gpu-box:8000
     /// [default: the profile's target.url, else the built-in simulator].
     #[arg(long)]
@@ -344,15 +381,37 @@ fn run_profile(args: RunArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    let flags = Flags {
+        users: args.users,
+        rate: args.rate,
+        requests: args.requests,
+        model: args.model,
+        api: args.api,
+        max_tokens: args.max_tokens,
+        prompt_tokens: args.prompt_tokens,
+        output_tokens: args.output_tokens,
+        set: args.set,
+    };
+    if args.profile.is_none() && !flags.choose_load() {
+        eprintln!(
+            "controller: give a profile (controller run load-profiles/high.toml), or describe the run with flags: --users N or --rate R, and --target URL for a real server (see controller run --help)"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
     let overrides = Overrides {
         target: args.target,
         tokenizer: args.tokenizer,
         agents: args.agents,
         duration: args.duration,
         out: args.out,
+        settings: flags.settings(),
     };
     let print_summary = args.print_summary;
-    let profile = match Profile::load(&args.profile, &overrides) {
+    let loaded = match &args.profile {
+        Some(path) => Profile::load(path, &overrides),
+        None => Profile::parse("", Path::new(COMMAND_LINE), &overrides),
+    };
+    let profile = match loaded {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

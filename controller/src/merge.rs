@@ -383,6 +383,7 @@ mod tests {
             shape: Shape::Stages,
             warmup: Duration::from_secs(warmup),
             drain: Duration::ZERO,
+            requests: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Slice {
     pub first_user: u32,
     /// Its share of the concurrency cap (open loop).
     pub max_concurrency: Option<u32>,
+    /// Its share of the run's count of requests, when the run counts them.
+    pub requests: Option<u64>,
     /// Its share of the dataset, as positions in the whole dataset.
     pub prompts: Range<usize>,
     /// Its seed.
@@ -37,6 +39,31 @@ pub fn split(total: u64, parts: u32) -> Vec<u64> {
     let parts = u64::from(parts.max(1));
     let (base, extra) = (total / parts, total % parts);
     (0..parts).map(|i| base + u64::from(i < extra)).collect()
+}
+
+/// Splits `total` in proportion to `weights`, exactly: each share is its
+/// proportion rounded down, and what is left goes one by one to the
+/// largest remainders (the first agent on a tie).
+pub fn split_by(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    if sum == 0 {
+        return split(total, weights.len() as u32);
+    }
+    let exact: Vec<(u64, u128)> = weights
+        .iter()
+        .map(|w| {
+            let n = u128::from(total) * u128::from(*w);
+            ((n / sum) as u64, n % sum)
+        })
+        .collect();
+    let mut shares: Vec<u64> = exact.iter().map(|(q, _)| *q).collect();
+    let left = total - shares.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1).then(a.cmp(b)));
+    for i in order.into_iter().take(left as usize) {
+        shares[i] += 1;
+    }
+    shares
 }
 
 /// Consecutive ranges with the sizes of [`split`].
@@ -108,17 +135,32 @@ pub fn slices(profile: &Profile, agents: u32) -> Result<Vec<Slice>, String> {
         }
     }
     let prompts = ranges(profile.prompts.len(), agents);
+    // A count of requests goes with the users (closed loop), or evenly
+    // with the interleaved arrivals (open loop), the larger shares first.
+    let requests: Vec<Option<u64>> = match load.requests {
+        None => vec![None; agents as usize],
+        Some(n) if load.is_users() => {
+            let weights: Vec<u64> = users
+                .iter()
+                .map(|u| u64::from(u.iter().copied().max().unwrap_or(0)))
+                .collect();
+            split_by(n, &weights).into_iter().map(Some).collect()
+        }
+        Some(n) => split(n, agents).into_iter().map(Some).collect(),
+    };
     let mut first_user = 0;
     Ok(users
         .into_iter()
         .zip(prompts)
         .zip(caps)
+        .zip(requests)
         .zip(0..)
-        .map(|(((users, prompts), max_concurrency), index)| {
+        .map(|((((users, prompts), max_concurrency), requests), index)| {
             let slice = Slice {
                 index,
                 first_user,
                 max_concurrency,
+                requests,
                 prompts,
                 seed: mix(profile.seed ^ mix(u64::from(index))),
                 users,
@@ -180,6 +222,46 @@ mod tests {
             four.iter().map(|s| s.peak_users()).collect::<Vec<_>>(),
             [13, 13, 12, 12]
         );
+    }
+
+    #[test]
+    fn a_count_of_requests_goes_with_the_users() {
+        assert_eq!(split_by(40, &[17, 17, 16]), [14, 13, 13]);
+        assert_eq!(split_by(40, &[4, 4]), [20, 20]);
+        assert_eq!(split_by(7, &[1, 0, 2]), [2, 0, 5]);
+        assert_eq!(split_by(5, &[0, 0]), [3, 2]);
+        let text = "[load]\nusers = 8\nrequests = 41\n[agents]\ncount = 3\n";
+        let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
+        let s = slices(&profile, 3).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.requests).collect::<Vec<_>>(),
+            [Some(14), Some(14), Some(13)]
+        );
+        let text = "[load]\nrate = 10\nrequests = 41\n";
+        let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
+        assert_eq!(profile.load.duration(), std::time::Duration::from_millis(4_100));
+        let s = slices(&profile, 3).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.requests).collect::<Vec<_>>(),
+            [Some(14), Some(14), Some(13)]
+        );
+    }
+
+    proptest! {
+        /// A count split by weights adds up exactly, and no share is more
+        /// than one off its proportion.
+        #[test]
+        fn weighted_shares_add_up(total in 0u64..1_000_000, weights in proptest::collection::vec(0u64..1_000, 1..20)) {
+            let shares = split_by(total, &weights);
+            prop_assert_eq!(shares.iter().sum::<u64>(), total);
+            let sum: u64 = weights.iter().sum();
+            if sum > 0 {
+                for (s, w) in shares.iter().zip(&weights) {
+                    let exact = total as f64 * *w as f64 / sum as f64;
+                    prop_assert!((*s as f64 - exact).abs() < 1.0 + 1e-9, "{} against {}", s, exact);
+                }
+            }
+        }
     }
 
     #[test]

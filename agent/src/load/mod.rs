@@ -7,7 +7,7 @@ pub mod schedule;
 pub mod users;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -39,6 +39,58 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Users running, or requests in flight (a gauge for reports).
     pub active: Arc<AtomicU32>,
+    /// The cap on requests this agent sends, when the run has one.
+    pub budget: Budget,
+}
+
+/// A cap on the requests an agent sends (`load.requests`, split across
+/// agents): each request takes a ticket before it is sent, and when the
+/// last is taken the load ends as if its time were up.
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    left: Option<Arc<AtomicU64>>,
+    spent: CancellationToken,
+}
+
+impl Budget {
+    /// A budget of `max` requests; `None` sets no cap.
+    pub fn new(max: Option<u64>) -> Budget {
+        let budget = Budget {
+            left: max.map(|n| Arc::new(AtomicU64::new(n))),
+            spent: CancellationToken::new(),
+        };
+        if max == Some(0) {
+            budget.spent.cancel();
+        }
+        budget
+    }
+
+    /// Takes one request's ticket: false when none is left. Taking the last
+    /// one marks the budget spent.
+    pub fn take(&self) -> bool {
+        let Some(left) = &self.left else { return true };
+        match left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) {
+            Ok(before) => {
+                if before == 1 {
+                    self.spent.cancel();
+                }
+                true
+            }
+            Err(_) => {
+                self.spent.cancel();
+                false
+            }
+        }
+    }
+
+    /// Resolves once every ticket is taken; never without a cap.
+    pub async fn spent(&self) {
+        if self.left.is_some() {
+            self.spent.cancelled().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Holds users back until the load begins. One task opens it at the start

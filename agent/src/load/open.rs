@@ -117,6 +117,8 @@ impl Open {
         tokio::select! {
             _ = sleep_until(end) => {}
             _ = control.stop.cancelled() => {}
+            // Every request of the run's count is sent: the load is over.
+            () = shared.budget.spent() => {}
         }
         control.stop.cancel();
         tracker.close();
@@ -140,11 +142,17 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn launch(&mut self, intended: Instant, handle: &Handle) {
+    /// Starts the arrival due at `intended`; false when the run's count of
+    /// requests is spent.
+    fn launch(&mut self, intended: Instant, handle: &Handle) -> bool {
+        if !self.context.shared.budget.take() {
+            return false;
+        }
         let prompt = self.next_prompt;
         self.next_prompt += 1;
         self.tracker
             .spawn_on(request(self.context.clone(), intended, prompt), handle);
+        true
     }
 
     /// Sleeps on this (blocking) thread until each arrival is due.
@@ -166,7 +174,9 @@ impl Dispatch {
                 // In slices, so that a stop is noticed within 20 ms.
                 std::thread::sleep((intended - now).min(Duration::from_millis(20)));
             }
-            self.launch(intended, handle);
+            if !self.launch(intended, handle) {
+                return;
+            }
         }
     }
 
@@ -183,7 +193,9 @@ impl Dispatch {
                 _ = sleep_until(intended) => {}
                 _ = stop.cancelled() => return,
             }
-            self.launch(intended, &handle);
+            if !self.launch(intended, &handle) {
+                return;
+            }
         }
     }
 }

@@ -41,6 +41,7 @@ fn shared(service_ms: &[u64]) -> Shared {
         prompts: Arc::new(Prompts::new(vec!["hello".into()])),
         recorder: Recorder::new(),
         active: Arc::new(AtomicU32::new(0)),
+        budget: super::Budget::default(),
     }
 }
 
@@ -275,4 +276,44 @@ async fn rate_stages_ramp_and_hold_exactly() {
     assert_eq!(i.counters.ok, 30 + 4);
     assert!(i.histograms.get(Metric::ScheduleLag).max() < 1_000);
     assert_eq!(i.counters.dropped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_of_requests_ends_a_closed_load_before_its_time() {
+    let mut s = shared(&[100]);
+    s.budget = super::Budget::new(Some(7));
+    let load = Closed {
+        windows: vec![
+            vec![Window {
+                on: Duration::ZERO,
+                off: Duration::from_secs(60),
+            }];
+            3
+        ],
+        first_user: 0,
+        phase_lengths: Vec::new(),
+        seed: 0,
+        think: Duration::ZERO,
+        pace: None,
+    };
+    let started = Instant::now();
+    closed(load, &s, 60).await;
+    let i = cut(&s);
+    // Three users share seven tickets: three rounds of 100 ms, the last
+    // one short, and the load is over long before its minute.
+    assert_eq!(i.counters.ok, 7);
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_of_requests_ends_an_open_load_before_its_time() {
+    let mut s = shared(&[10]);
+    s.budget = super::Budget::new(Some(25));
+    let mut load = rate(50.0, 60, Process::Constant, None);
+    load.timer = Timer::Runtime;
+    let started = Instant::now();
+    open(load, &s, 60, 1_000).await;
+    let i = cut(&s);
+    assert_eq!(i.counters.ok, 25);
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 }

@@ -71,6 +71,8 @@ impl Closed {
         tokio::select! {
             _ = sleep_until(end) => {}
             _ = control.stop.cancelled() => {}
+            // Every request of the run's count is sent: the load is over.
+            () = shared.budget.spent() => {}
         }
         control.stop.cancel();
         let drained_by = Instant::now() + drain;
@@ -140,6 +142,9 @@ impl User {
                 return false;
             }
             if !wait_until(intended, &self.control.stop).await {
+                return false;
+            }
+            if !self.shared.budget.take() {
                 return false;
             }
             let timing = Timing {

@@ -239,6 +239,7 @@ async fn running(
         prompts: Arc::clone(&plan.prompts),
         recorder: recorder.clone(),
         active: Arc::clone(&active),
+        budget: crate::load::Budget::new(plan.max_requests),
     };
     let work = plan.load.clone();
     let (end, drain) = (start + plan.duration, plan.drain);

@@ -380,6 +380,7 @@ impl Coordinator {
             }),
             seed: slice.seed,
             slo: s.slo,
+            max_requests: slice.requests.unwrap_or(0),
         }
     }
 

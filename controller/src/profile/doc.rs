@@ -24,29 +24,47 @@ pub struct Problem {
     pub key: String,
     /// What is wrong and what was expected.
     pub message: String,
+    /// The command-line setting the value came from (`--users 0`), when it
+    /// did not come from the file.
+    pub origin: Option<String>,
 }
 
 /// Collects problems against one source text.
 pub(crate) struct Problems<'s> {
     source: &'s str,
+    /// Where each command-line setting's line is in `source`, and the
+    /// setting as typed.
+    settings: Vec<(Range<usize>, String)>,
     pub(crate) list: Vec<Problem>,
 }
 
 impl<'s> Problems<'s> {
-    pub(crate) fn new(source: &'s str) -> Self {
+    /// Problems against a profile's text followed by settings' lines.
+    pub(crate) fn with_settings(source: &'s str, settings: Vec<(Range<usize>, String)>) -> Self {
         Problems {
             source,
+            settings,
             list: Vec::new(),
         }
     }
 
     pub(crate) fn at(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
-        let (line, column) = span.map_or((0, 0), |s| line_column(self.source, s.start));
+        let origin = span.as_ref().and_then(|s| {
+            self.settings
+                .iter()
+                .find(|(range, _)| range.contains(&s.start) || (range.is_empty() && range.start == s.start))
+                .map(|(_, origin)| origin.clone())
+        });
+        let (line, column) = match (&origin, span) {
+            (None, Some(s)) => line_column(self.source, s.start),
+            _ => (0, 0),
+        };
         self.list.push(Problem {
             line,
             column,
             key: key.to_owned(),
             message: message.into(),
+            origin,
         });
     }
 }

@@ -14,6 +14,10 @@ use super::doc::{Problems, Table};
 const MAX_USERS: u64 = 1_000_000;
 const MAX_RATE: f64 = 1_000_000.0;
 const MAX_CONCURRENCY: u64 = 10_000_000;
+const MAX_REQUESTS: u64 = 1_000_000_000;
+/// How long a closed-loop load that counts its requests may run when no
+/// duration is given: the count ends it, this only bounds it.
+pub(super) const COUNTED_DURATION: Duration = Duration::from_secs(3600);
 
 /// How load is generated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +76,10 @@ pub struct Load {
     pub warmup: Duration,
     /// How long in-flight requests may finish after the last step.
     pub drain: Duration,
+    /// Most requests sent over the run: the load ends at this count or at
+    /// its duration, whichever comes first.
+    #[serde(default)]
+    pub requests: Option<u64>,
 }
 
 impl Load {
@@ -130,6 +138,7 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
     let arrival = l.choice(p, "arrival", &["constant", "poisson", "gamma"]);
     let burstiness = l.number_in(p, "burstiness", 0.01, 100.0);
     let max_concurrency = l.int_in(p, "max_concurrency", 1, MAX_CONCURRENCY);
+    let requests = l.int_in(p, "requests", 1, MAX_REQUESTS);
 
     let modes = ["users", "rate", "stages", "sweep"];
     let given: Vec<&str> = modes.iter().copied().filter(|m| l.span_of(m).is_some()).collect();
@@ -158,7 +167,15 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
                 (Some(per_s), Kind::Users) => Duration::from_secs_f64(level / per_s),
                 _ => Duration::ZERO,
             };
-            let duration = cli.duration.or(duration).unwrap_or(Duration::from_secs(30));
+            // With a count of requests and no duration, the count ends the
+            // load: an open loop lasts as long as the count takes at its
+            // rate, a closed one until its users have sent them.
+            let duration = match (cli.duration.or(duration), requests, &kind) {
+                (Some(d), _, _) => d,
+                (None, Some(n), Kind::Rate) => Duration::from_secs_f64(n as f64 / level).max(Duration::from_millis(1)),
+                (None, Some(_), Kind::Users) => COUNTED_DURATION,
+                (None, None, _) => Duration::from_secs(30),
+            };
             if ramp > duration {
                 p.at(
                     l.span_of("spawn_rate"),
@@ -229,6 +246,13 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
             };
             p.at(l.span_of(key), &l.path_of(key), format!("applies only to {which}"));
         }
+    }
+    if shape != Shape::Single && requests.is_some() {
+        p.at(
+            l.span_of("requests"),
+            &l.path_of("requests"),
+            "a count of requests applies to one level of load (users = N or rate = R), not to stages or a sweep",
+        );
     }
     if shape != Shape::Single && spawn_rate.is_some() {
         p.at(
@@ -305,6 +329,7 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
         shape,
         warmup,
         drain,
+        requests,
     })
 }
 

@@ -8,6 +8,7 @@ mod doc;
 mod gates;
 mod load;
 mod prompts;
+mod settings;
 mod target;
 mod trace;
 
@@ -25,6 +26,7 @@ pub use doc::{Problem, parse_duration, parse_positive_duration};
 use doc::{Problems, Table};
 pub use gates::{DEFAULT_RATIO, Slo, Threshold, Thresholds};
 pub use load::{Load, Model, Shape, Step};
+pub use settings::{Flags, Setting};
 pub use trace::{DEFAULT_SERVICE, TraceTable};
 
 use crate::dataset::Prompt;
@@ -138,6 +140,8 @@ pub struct Profile {
     pub path: PathBuf,
     /// The file's text, as read; each run keeps a copy.
     pub source: String,
+    /// The command line's settings laid over it, as typed.
+    pub overrides: Vec<String>,
     /// Profile name (default: the file name without extension).
     pub name: String,
     /// Run seed: prompt order and every agent's seed derive from it.
@@ -183,6 +187,9 @@ pub struct Overrides {
     pub duration: Option<Duration>,
     /// `--out DIR`.
     pub out: Option<PathBuf>,
+    /// Settings from other flags and `--set`, laid over the profile in
+    /// order (a later one wins).
+    pub settings: Vec<Setting>,
 }
 
 /// A profile that cannot be used.
@@ -214,7 +221,10 @@ impl fmt::Display for ProfileError {
             }
             ProfileError::Invalid { path, problems } => {
                 for p in problems {
-                    write!(f, "{}", path.display())?;
+                    match &p.origin {
+                        Some(origin) => write!(f, "{origin}")?,
+                        None => write!(f, "{}", path.display())?,
+                    }
                     if p.line > 0 {
                         write!(f, ":{}:{}", p.line, p.column)?;
                     }
@@ -240,11 +250,24 @@ impl Profile {
         Profile::parse(&source, path, overrides)
     }
 
-    /// Validates profile text; `path` names it in messages.
+    /// Validates profile text with the command line's settings laid over
+    /// it; `path` names it in messages.
     pub fn parse(source: &str, path: &Path, overrides: &Overrides) -> Result<Profile, ProfileError> {
-        let mut p = Problems::new(source);
-        let profile = match toml::de::DeTable::parse(source) {
-            Ok(doc) => walk(doc.get_ref(), path, overrides, &mut p),
+        let (text, ranges) = settings::text(source, &overrides.settings);
+        let labels = ranges
+            .iter()
+            .cloned()
+            .zip(overrides.settings.iter().map(|s| s.origin.clone()))
+            .collect();
+        let mut p = Problems::with_settings(&text, labels);
+        let profile = match toml::de::DeTable::parse(&text[..source.len().min(text.len())]) {
+            Ok(doc) => {
+                let mut root = doc.into_inner();
+                settings::apply(&mut root, &text, &overrides.settings, &ranges, &mut |range, message| {
+                    p.at(Some(range), "", message);
+                });
+                walk(&root, path, overrides, &mut p)
+            }
             Err(e) => {
                 p.at(e.span(), "", format!("invalid TOML: {}", e.message().trim()));
                 None
@@ -255,6 +278,7 @@ impl Profile {
         match profile {
             Some(profile) if problems.is_empty() => Ok(Profile {
                 source: source.to_owned(),
+                overrides: overrides.settings.iter().map(|s| s.origin.clone()).collect(),
                 ..profile
             }),
             _ => Err(ProfileError::Invalid {
@@ -456,6 +480,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     Some(Profile {
         path: path.to_owned(),
         source: String::new(),
+        overrides: Vec::new(),
         name: name.unwrap_or(default_name),
         seed: seed.unwrap_or(0),
         target: Target {

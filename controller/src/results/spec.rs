@@ -26,6 +26,9 @@ pub struct Spec {
     pub request: Request,
     /// Where the prompts came from.
     pub prompt_source: String,
+    /// What the command line changed in the profile, as typed.
+    #[serde(default)]
+    pub overrides: Vec<String>,
     /// Largest share of failed requests for a passing run.
     pub max_error_rate: f64,
     /// Limits on the run's figures.
@@ -159,6 +162,7 @@ impl Spec {
             interval: profile.report.interval,
             request: profile.request.clone(),
             prompt_source: profile.prompt_source.clone(),
+            overrides: profile.overrides.clone(),
             max_error_rate: profile.thresholds.max_error_rate,
             thresholds: profile.thresholds.list.clone(),
             allow_client_bound: profile.thresholds.allow_client_bound,

@@ -367,6 +367,8 @@ fn load_info(p: &Spec, agents: u32) -> LoadInfo {
         stream: p.request.stream,
         max_tokens: p.request.max_tokens,
         prompts: p.prompt_source.clone(),
+        requests: l.requests,
+        overrides: p.overrides.clone(),
     }
 }
 

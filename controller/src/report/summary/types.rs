@@ -327,6 +327,12 @@ pub struct LoadInfo {
     pub max_tokens: Option<u32>,
     /// The prompt dataset.
     pub prompts: String,
+    /// Most requests the run sends (`load.requests`): it ends at this count
+    /// or at its duration, whichever comes first.
+    pub requests: Option<u64>,
+    /// What the command line changed in the profile (`--users 8`,
+    /// `--set load.duration=30s`), in the order given.
+    pub overrides: Vec<String>,
 }
 
 /// Request outcomes.
