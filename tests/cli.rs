@@ -192,7 +192,11 @@ fn a_missing_profile_and_bad_flags_exit_64() {
     for (args, expected) in [
         (vec!["run", smoke, "--agents", "0"], "--agents"),
         (vec!["run", smoke, "--duration", "soon"], "--duration"),
-        (vec!["run", smoke, "--users", "5"], "--users"),
+        (vec!["run", smoke, "--userz", "5"], "--userz"),
+        (
+            vec!["run", smoke, "--users=-5"],
+            "--users -5: load.users: expected a positive integer",
+        ),
         (vec!["launch"], "launch"),
     ] {
         let out = controller(&args);

@@ -101,8 +101,12 @@ impl Executor {
 pub struct Timing {
     /// Its intended start, from the schedule.
     pub intended: Instant,
-    /// When the scheduler released it: `dispatched - intended` is the
-    /// scheduling lag.
+    /// When its sender could first have sent it: the intended start, or
+    /// later for a paced user still busy with its previous request when
+    /// its tick came (that wait is the server's doing, not the agent's).
+    pub ready: Instant,
+    /// When the scheduler released it: `dispatched - ready` is the
+    /// scheduling lag, how late the agent itself was.
     pub dispatched: Instant,
     /// The user sending it, for closed-loop loads.
     pub user: Option<u32>,
@@ -114,6 +118,7 @@ impl Timing {
         let now = Instant::now();
         Timing {
             intended: now,
+            ready: now,
             dispatched: now,
             user: None,
         }
@@ -175,7 +180,7 @@ impl Executor {
         scratch.gaps.clear();
         scratch.text.clear();
         let intended = timing.intended;
-        let lag_us = micros(timing.dispatched.saturating_duration_since(intended));
+        let lag_us = micros(timing.dispatched.saturating_duration_since(timing.ready.max(intended)));
         #[cfg(test)]
         if let Some((times, next)) = &self.service_times {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -233,9 +233,10 @@ mod tests {
         let text = "[load]\nusers = 8\nrequests = 41\n[agents]\ncount = 3\n";
         let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();
         let s = slices(&profile, 3).unwrap();
+        // 41 over users 3, 3 and 2: 15.375, 15.375 and 10.25.
         assert_eq!(
             s.iter().map(|s| s.requests).collect::<Vec<_>>(),
-            [Some(14), Some(14), Some(13)]
+            [Some(16), Some(15), Some(10)]
         );
         let text = "[load]\nrate = 10\nrequests = 41\n";
         let profile = Profile::parse(text, std::path::Path::new("p.toml"), &Default::default()).unwrap();

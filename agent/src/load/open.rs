@@ -205,6 +205,7 @@ async fn request(c: Context, intended: Instant, prompt: usize) {
     // run it on time is the client falling behind.
     let timing = Timing {
         intended,
+        ready: intended,
         dispatched: Instant::now(),
         user: None,
     };

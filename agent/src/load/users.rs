@@ -137,6 +137,9 @@ impl User {
     ) -> bool {
         let (mut tick, mut ready) = (on, on);
         loop {
+            // Free to send from now: a paced user whose last request ran
+            // past its tick could not have sent any sooner.
+            let free = Instant::now();
             let intended = if self.pace.is_some() { tick } else { ready };
             if intended >= off || Instant::now() >= off || self.control.stop.is_cancelled() {
                 return false;
@@ -149,6 +152,7 @@ impl User {
             }
             let timing = Timing {
                 intended,
+                ready: intended.max(free),
                 dispatched: Instant::now(),
                 user: Some(self.number),
             };

@@ -101,7 +101,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
         [
             "2:9 load.users: expected a positive integer up to 1000000, got -3",
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
-            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency",
+            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency, requests",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
             "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, slo, thresholds",
         ]

@@ -216,7 +216,7 @@ fn metrics(o: &mut String, s: &Summary) {
     metric_row(o, "lag (ms)", &m.schedule_lag);
     let _ = writeln!(
         o,
-        "          * from the intended start; lag: intended start to dispatch\n          client queue: intended start to the request's write, on this side (the server's queue is below)"
+        "          * from the intended start; lag: how late the agent sent (from the intended start, or a paced user's end of its previous request)\n          client queue: intended start to the request's write, on this side (the server's queue is below)"
     );
 }
 
@@ -240,9 +240,13 @@ fn classes(o: &mut String, s: &Summary) {
         "E2E p95"
     );
     for c in &s.classes {
+        let good = c
+            .goodput
+            .map(|g| format!("{:>9.1}% good", g.ratio * 100.0))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}",
+            "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}{good}",
             c.class,
             grouped(c.requests),
             c.tokens_in.mean,

@@ -128,13 +128,18 @@ pub(super) fn classes(out: &mut String, s: &Summary) {
         out.push_str(r#"<p class="empty">No prompt class was recorded.</p></section>"#);
         return;
     }
+    let good = s.goodput.is_some();
     out.push_str(
-        r#"<table class="num"><thead><tr><th>class</th><th>requests</th><th>tokens in (mean)</th><th>tokens out (mean)</th><th>TPM</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>ITL p50</th><th>TPOT p95</th><th>E2E p50</th><th>E2E p95</th></tr></thead><tbody>"#,
+        r#"<table class="num"><thead><tr><th>class</th><th>requests</th><th>tokens in (mean)</th><th>tokens out (mean)</th><th>TPM</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>ITL p50</th><th>TPOT p95</th><th>E2E p50</th><th>E2E p95</th>"#,
     );
+    if good {
+        out.push_str("<th>good</th><th>good out tok/s</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
     for c in &s.classes {
         let _ = write!(
             out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             esc(&c.class),
             grouped(c.requests),
             sig(c.tokens_in.mean),
@@ -148,6 +153,10 @@ pub(super) fn classes(out: &mut String, s: &Summary) {
             sig(c.e2e.p50),
             sig(c.e2e.p95)
         );
+        if let Some(g) = c.goodput {
+            let _ = write!(out, "<td>{}</td><td>{}</td>", pct(g.ratio), sig(g.output_tokens_per_s));
+        }
+        out.push_str("</tr>");
     }
     out.push_str(
         r#"</tbody></table><p class="caption">Successful requests of each prompt class over the whole run, warm-ups included; times in ms.</p></section>"#,

@@ -22,6 +22,19 @@ use crate::results::{AgentEnd, Collected, Spec};
 use crate::server::Series;
 use crate::stats::Stats;
 
+/// Every exit code of `controller run`, as the README's table lists them.
+pub const EXIT_CODES: [(u8, &str); 9] = [
+    (0, "passed"),
+    (1, "the run could not be carried out"),
+    (3, "requests failed"),
+    (4, "degraded"),
+    (5, "aborted: an agent was lost"),
+    (64, "bad profile or flag"),
+    (98, "invalid measurement"),
+    (99, "a threshold failed"),
+    (130, "interrupted"),
+];
+
 /// The verdict, the most serious case first: interrupted (130), aborted
 /// by an agent's loss (5), an invalid measurement (98), a failed
 /// threshold or a load stopped by one (99), failed requests (3), missing
@@ -597,6 +610,30 @@ fn classes(spec: &Spec, c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_lists_every_exit_code() {
+        let readme = include_str!("../../../../README.md");
+        let table = readme
+            .split("| exit | when |")
+            .nth(1)
+            .expect("the README has the exit code table");
+        let listed: Vec<u8> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("| `"))
+            .map(|l| l[3..].split('`').next().and_then(|n| n.parse().ok()).expect("a code"))
+            .collect();
+        let codes: Vec<u8> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(listed, codes);
+        for (code, meaning) in EXIT_CODES {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{code}` |")))
+                .expect("a row");
+            assert!(row.contains(meaning), "{row} does not say {meaning:?}");
+        }
+    }
 
     #[test]
     fn run_ids_are_sortable_and_safe() {
