@@ -4,31 +4,10 @@
 
 use serde_json::Value;
 use stampede_tests::files::Files;
-use stampede_tests::{Sim, exclusive, num, prompt_of, relative_error, repo, run_profile};
+use stampede_tests::{Sim, exclusive, num, relative_error, repo, run_profile, two_agent_profile};
 
 fn profile(url: &str, users: u32, duration: &str, max_tokens: u32, extra: &str) -> String {
-    format!(
-        r#"
-        name = "findings"
-        [target]
-        url = "{url}"
-        model = "llm-sim"
-        timeout = "60s"
-        [load]
-        users = {users}
-        duration = "{duration}"
-        drain = "60s"
-        [request]
-        max_tokens = {max_tokens}
-        [prompts]
-        inline = [{:?}, {:?}]
-        [agents]
-        count = 2
-        {extra}
-        "#,
-        prompt_of(50),
-        format!("b {}", prompt_of(49)),
-    )
+    two_agent_profile("findings", url, users, duration, max_tokens, extra)
 }
 
 fn finding<'a>(s: &'a Value, kind: &str) -> Option<&'a Value> {
@@ -206,4 +185,55 @@ fn vllm_pages_map_every_listed_metric_under_old_and_new_names() {
         assert!(unmapped.contains(&"vllm:request_prompt_tokens"), "{unmapped:?}");
         assert_eq!(server["skipped_lines"], 0);
     }
+}
+
+#[test]
+fn ttft_and_tpot_are_graded_by_the_default_bands_or_the_profiles() {
+    let _machine = exclusive();
+    let sim = Sim::start(&["--max-batch", "64", "--decode-step", "20ms"]);
+    let grade = |run: &stampede_tests::Run, statistic: &str| {
+        assert_eq!(run.code(), 0, "a grade is never a verdict; stderr:\n{}", run.stderr());
+        let s = run.summary().clone();
+        let g = s["grades"].clone();
+        assert_eq!(g["statistic"], statistic, "{g:#}");
+        for metric in ["ttft", "tpot"] {
+            assert_eq!(
+                num(&g, &format!("/{metric}/value_ms")),
+                num(&s, &format!("/metrics/{metric}/{statistic}")),
+                "{g:#}"
+            );
+        }
+        let line = format!(
+            "grades    TTFT {statistic} {:.1} ms {} · TPOT {statistic} {:.1} ms {}  (",
+            num(&g, "/ttft/value_ms"),
+            g["ttft"]["grade"].as_str().unwrap(),
+            num(&g, "/tpot/value_ms"),
+            g["tpot"]["grade"].as_str().unwrap()
+        );
+        assert!(run.stdout().contains(&line), "{line:?} not in\n{}", run.stdout());
+        g
+    };
+    // By default TTFT is good under 500 ms and TPOT under 50 ms, on p95:
+    // this quick server is good at both.
+    let g = grade(&run_profile(&profile(&sim.url, 4, "2s", 16, ""), &[]), "p95");
+    assert_eq!(
+        (&g["ttft"]["grade"], &g["tpot"]["grade"]),
+        (&"good".into(), &"good".into()),
+        "{g:#}"
+    );
+    assert_eq!(
+        (num(&g, "/ttft/good_under_ms"), num(&g, "/ttft/acceptable_under_ms")),
+        (500.0, 1_000.0)
+    );
+    assert_eq!(
+        (num(&g, "/tpot/good_under_ms"), num(&g, "/tpot/acceptable_under_ms")),
+        (50.0, 100.0)
+    );
+    // A profile's own bands, on the median: no TTFT is under 2 ms, and
+    // TPOT (20 ms steps) is over 1 ms but under a second.
+    let bands = "[grades]\nstatistic = \"p50\"\nttft = { good = \"1ms\", acceptable = \"2ms\" }\ntpot = { good = \"1ms\", acceptable = \"1s\" }";
+    let g = grade(&run_profile(&profile(&sim.url, 4, "2s", 16, bands), &[]), "p50");
+    assert_eq!(g["ttft"]["grade"], "poor", "{g:#}");
+    assert_eq!(g["tpot"]["grade"], "acceptable", "{g:#}");
+    assert_eq!(num(&g, "/ttft/acceptable_under_ms"), 2.0);
 }

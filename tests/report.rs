@@ -267,6 +267,9 @@ fn a_sweeps_report_opens_offline_in_chromium_and_draws_every_interval() -> Outco
         "20ms",
         "--decode-step-per-seq",
         "0s",
+        "--kv-cache-tokens",
+        "100000",
+        "--dcgm",
     ]);
     let run = run_profile(&profile(&sim, &collector), &[]);
     assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
@@ -313,6 +316,7 @@ fn a_sweeps_report_opens_offline_in_chromium_and_draws_every_interval() -> Outco
         "errors",
         "server-requests",
         "server-queue",
+        "memory",
         "utilisation",
         "ttft-parts",
     ] {
@@ -363,6 +367,15 @@ fn a_sweeps_report_opens_offline_in_chromium_and_draws_every_interval() -> Outco
         let kind = f["kind"].as_str().unwrap();
         assert!(dom.contains(&format!("data-finding=\"{kind}\"")), "{kind}");
         assert!(dom.contains(&escaped(f["title"].as_str().unwrap())), "{f:#}");
+    }
+
+    // TTFT and TPOT graded, as the summary grades them.
+    for metric in ["TTFT", "TPOT"] {
+        let grade = s["grades"][metric.to_lowercase()]["grade"].as_str().unwrap();
+        assert!(
+            dom.contains(&format!(r#"class="grade {grade}" data-grade="{metric}""#)),
+            "no {grade} grade for {metric}"
+        );
     }
 
     // Percentile distributions from the histograms.

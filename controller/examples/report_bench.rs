@@ -147,6 +147,12 @@ fn server(s: &Summary) -> ServerSummary {
                 utilisation: Some((0.4 + 0.2 * step + 0.1 * j).min(1.0)),
                 queue_time_ms: Some(if step >= 2.0 { 200.0 * (step - 1.0) } else { 1.0 + j }),
                 prefill_ms: None,
+                preemptions: Some(if step >= 3.0 { (4.0 * j).round() } else { 0.0 }),
+                vram_used_mib: Some(16_384.0 + 59_000.0 * (0.2 + 0.2 * step).min(1.0)),
+                vram_free_mib: Some(81_920.0 - 16_384.0 - 59_000.0 * (0.2 + 0.2 * step).min(1.0)),
+                vram_used_share: Some((16_384.0 + 59_000.0 * (0.2 + 0.2 * step).min(1.0)) / 81_920.0),
+                memory_bandwidth: Some((0.5 + 0.15 * step + 0.05 * j).min(1.0)),
+                compute_active: Some((0.3 + 0.05 * j).min(1.0)),
             }
         })
         .collect();

@@ -64,7 +64,8 @@ impl Stat {
         }
     }
 
-    fn parse(s: &str) -> Option<Stat> {
+    /// The statistic of a name, as thresholds and grades write it.
+    pub(crate) fn parse(s: &str) -> Option<Stat> {
         match s {
             "p99_9" | "p999" => Some(Stat::P999),
             _ => Stat::ALL.into_iter().find(|st| st.name() == s),

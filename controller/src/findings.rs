@@ -14,11 +14,21 @@ pub const QUEUE_SHARE: f64 = 0.25;
 pub const IDLE_SHARE: f64 = 0.3;
 /// First requests this many times slower than steady state are a cold start.
 pub const COLD_RATIO: f64 = 3.0;
+/// A KV cache at least this full (share of its slots) is full.
+pub const KV_FULL: f64 = 0.9;
+/// Accelerator memory in use above this share is a finding.
+pub const VRAM_SHARE: f64 = 0.9;
+/// Memory bandwidth busy at least this share of the time is near its
+/// limit...
+pub const BANDWIDTH_BUSY: f64 = 0.7;
+/// ...when compute is busy less than this share.
+pub const COMPUTE_BUSY: f64 = 0.5;
 
 /// One conclusion and its evidence.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema, PartialEq)]
 pub struct Finding {
-    /// `queueing`, `saturation`, `capacity`, `gpu_idle`, `cold_start`,
+    /// `queueing`, `saturation`, `capacity`, `gpu_idle`,
+    /// `memory_pressure`, `vram_high`, `memory_bound_decode`, `cold_start`,
     /// `client_bound` or `errors`.
     pub kind: &'static str,
     /// The conclusion in one line.
@@ -191,6 +201,184 @@ pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
         title,
         format!("{} over the intervals with requests in flight or queued", u.source),
         &evidence,
+    ))
+}
+
+/// The server's KV cache and preemptions over the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KvPressure {
+    /// Sequences preempted over the measured time, when the server counts
+    /// them.
+    pub preemptions: Option<f64>,
+    /// The server's name for its preemption counter.
+    pub preemptions_source: Option<String>,
+    /// Intervals with a preemption, and the start of the first, seconds.
+    pub preempted_intervals: usize,
+    /// Start of the first interval with a preemption, seconds.
+    pub first_preemption_s: Option<f64>,
+    /// Most preemptions in one interval.
+    pub peak_preemptions: f64,
+    /// Intervals whose mean KV-cache use was at least [`KV_FULL`] while
+    /// requests waited.
+    pub full_while_waiting: usize,
+    /// Start of the first of them, seconds.
+    pub first_full_s: Option<f64>,
+    /// Intervals with a KV-cache reading.
+    pub intervals: usize,
+    /// Largest interval mean of KV-cache use, 0 to 1.
+    pub kv_max: Option<f64>,
+    /// The server's name for its KV-cache use.
+    pub kv_source: Option<String>,
+}
+
+/// Memory pressure: the KV cache full while requests wait, or sequences
+/// preempted to make room.
+pub fn memory_pressure(k: &KvPressure) -> Option<Finding> {
+    let preempted = k.preemptions.filter(|n| *n > 0.0);
+    if preempted.is_none() && k.full_while_waiting == 0 {
+        return None;
+    }
+    let mut what = Vec::new();
+    let mut which = Vec::new();
+    if let Some(n) = preempted {
+        which.push("preemptions");
+        what.push(format!(
+            "the server preempted {n:.0} sequence{}{}{}",
+            if n == 1.0 { "" } else { "s" },
+            k.first_preemption_s
+                .map(|t| format!(" from {t:.0} s"))
+                .unwrap_or_default(),
+            if k.peak_preemptions > 0.0 {
+                format!(", up to {:.0} in one interval", k.peak_preemptions)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if k.full_while_waiting > 0 {
+        which.push("cache_full_while_waiting");
+        what.push(format!(
+            "its KV cache was at least {:.0}% full while requests waited in {} of {} intervals{}",
+            KV_FULL * 100.0,
+            k.full_while_waiting,
+            k.intervals,
+            k.first_full_s.map(|t| format!(" from {t:.0} s")).unwrap_or_default()
+        ));
+    }
+    let mut evidence = vec![
+        ("which", json!(which)),
+        ("kv_full_while_waiting_intervals", json!(k.full_while_waiting)),
+        ("kv_intervals", json!(k.intervals)),
+    ];
+    if let Some(n) = k.preemptions {
+        evidence.push(("preemptions", json!(n)));
+        evidence.push(("preempted_intervals", json!(k.preempted_intervals)));
+        evidence.push(("peak_preemptions_per_interval", json!(k.peak_preemptions)));
+    }
+    if let Some(t) = k.first_preemption_s {
+        evidence.push(("first_preemption_s", round(t, 3)));
+    }
+    if let Some(t) = k.first_full_s {
+        evidence.push(("first_full_s", round(t, 3)));
+    }
+    if let Some(m) = k.kv_max {
+        evidence.push(("kv_cache_usage_max", round(m, 4)));
+    }
+    let sources: Vec<&str> = [k.preemptions_source.as_deref(), k.kv_source.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    Some(finding(
+        "memory_pressure",
+        format!(
+            "memory pressure: {}; preempted sequences are recomputed and waiting ones wait for cache, so TTFT and TPOT jump. Fewer concurrent sequences (vLLM's max_num_seqs), more memory for the cache (gpu_memory_utilization, a smaller or quantised model) or shorter contexts (max_model_len, max_tokens) relieve it",
+            what.join(", and ")
+        ),
+        format!(
+            "server metrics {} per interval; the preemption count is the counter's increase over the measured time",
+            sources.join(" and ")
+        ),
+        &evidence,
+    ))
+}
+
+/// The accelerator's memory in use, per interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VramUse {
+    /// Largest interval mean of the share in use, 0 to 1.
+    pub max_share: f64,
+    /// Intervals above [`VRAM_SHARE`].
+    pub above: usize,
+    /// Intervals with a reading.
+    pub intervals: usize,
+    /// Start of the first interval above, seconds.
+    pub first_s: Option<f64>,
+    /// Where the share comes from.
+    pub source: String,
+}
+
+/// VRAM above 90 %.
+pub fn vram_high(v: &VramUse) -> Option<Finding> {
+    if v.above == 0 {
+        return None;
+    }
+    Some(finding(
+        "vram_high",
+        format!(
+            "VRAM above {:.0}%: the accelerator's memory was up to {:.1}% used (above {:.0}% in {} of {} intervals{}): no headroom for longer contexts or larger batches. A server that reserves its KV cache up front (vLLM's gpu_memory_utilization) holds this much by design; otherwise a smaller or quantised model, or fewer concurrent sequences, frees memory",
+            VRAM_SHARE * 100.0,
+            v.max_share * 100.0,
+            VRAM_SHARE * 100.0,
+            v.above,
+            v.intervals,
+            v.first_s.map(|t| format!(", from {t:.0} s")).unwrap_or_default()
+        ),
+        format!("{}, averaged over each interval", v.source),
+        &[
+            ("vram_used_share_max", round(v.max_share, 4)),
+            ("intervals_above", json!(v.above)),
+            ("intervals", json!(v.intervals)),
+            ("limit", json!(VRAM_SHARE)),
+        ],
+    ))
+}
+
+/// Memory bandwidth against compute over the intervals with requests
+/// running.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bandwidth {
+    /// Mean memory-bandwidth use, 0 to 1.
+    pub bandwidth_mean: f64,
+    /// Mean compute activity, 0 to 1.
+    pub compute_mean: f64,
+    /// Intervals counted.
+    pub intervals: usize,
+    /// Where the figures come from.
+    pub source: String,
+}
+
+/// Memory-bound decode: memory bandwidth near its limit while compute is
+/// not.
+pub fn memory_bound_decode(b: &Bandwidth) -> Option<Finding> {
+    if b.intervals == 0 || b.bandwidth_mean < BANDWIDTH_BUSY || b.compute_mean >= COMPUTE_BUSY {
+        return None;
+    }
+    Some(finding(
+        "memory_bound_decode",
+        format!(
+            "memory-bound decode: memory bandwidth was {:.0}% busy while compute was {:.0}% (over {} intervals with requests running): each decode step waits on reading the weights and the KV cache. Larger batches share each read; quantised weights or KV cache, or an accelerator with more bandwidth, shorten it",
+            b.bandwidth_mean * 100.0,
+            b.compute_mean * 100.0,
+            b.intervals
+        ),
+        format!("{} over the intervals with requests running", b.source),
+        &[
+            ("memory_bandwidth_mean", round(b.bandwidth_mean, 4)),
+            ("compute_active_mean", round(b.compute_mean, 4)),
+            ("intervals", json!(b.intervals)),
+            ("bandwidth_limit", json!(BANDWIDTH_BUSY)),
+            ("compute_limit", json!(COMPUTE_BUSY)),
+        ],
     ))
 }
 
@@ -408,6 +596,79 @@ mod tests {
             "errors: 15 of 100 requests failed (9 http_503 from 4 s, 3 timeout from 12 s, 2 stream from 1 s)"
         );
         assert!(errors(&[c("timeout", 0, None)], 10).is_none());
+    }
+
+    #[test]
+    fn memory_pressure_says_which_and_from_when() {
+        let k = KvPressure {
+            preemptions: Some(37.0),
+            preemptions_source: Some("vllm:num_preemptions_total".to_owned()),
+            preempted_intervals: 6,
+            first_preemption_s: Some(2.0),
+            peak_preemptions: 9.0,
+            full_while_waiting: 12,
+            first_full_s: Some(1.0),
+            intervals: 20,
+            kv_max: Some(0.99),
+            kv_source: Some("vllm:kv_cache_usage_perc".to_owned()),
+        };
+        let f = memory_pressure(&k).unwrap();
+        assert!(
+            f.title.starts_with(
+                "memory pressure: the server preempted 37 sequences from 2 s, up to 9 in one interval, and its KV cache was at least 90% full while requests waited in 12 of 20 intervals from 1 s;"
+            ),
+            "{}",
+            f.title
+        );
+        assert_eq!(f.evidence["preemptions"], json!(37.0));
+        assert_eq!(f.evidence["which"], json!(["preemptions", "cache_full_while_waiting"]));
+        let only_full = KvPressure {
+            preemptions: Some(0.0),
+            ..k.clone()
+        };
+        assert_eq!(
+            memory_pressure(&only_full).unwrap().evidence["which"],
+            json!(["cache_full_while_waiting"])
+        );
+        let calm = KvPressure {
+            full_while_waiting: 0,
+            ..only_full
+        };
+        assert!(memory_pressure(&calm).is_none());
+        assert!(memory_pressure(&KvPressure::default()).is_none());
+    }
+
+    #[test]
+    fn vram_and_bandwidth_findings_need_their_limits_passed() {
+        let v = |above| VramUse {
+            max_share: 0.92,
+            above,
+            intervals: 10,
+            first_s: Some(3.0),
+            source: "DCGM".to_owned(),
+        };
+        assert!(
+            vram_high(&v(4))
+                .unwrap()
+                .title
+                .contains("up to 92.0% used (above 90% in 4 of 10 intervals, from 3 s)")
+        );
+        assert!(vram_high(&v(0)).is_none());
+        let b = |bandwidth_mean, compute_mean| Bandwidth {
+            bandwidth_mean,
+            compute_mean,
+            intervals: 8,
+            source: "DCGM".to_owned(),
+        };
+        let f = memory_bound_decode(&b(0.88, 0.31)).unwrap();
+        assert!(
+            f.title
+                .starts_with("memory-bound decode: memory bandwidth was 88% busy while compute was 31%"),
+            "{}",
+            f.title
+        );
+        assert!(memory_bound_decode(&b(0.6, 0.3)).is_none(), "bandwidth to spare");
+        assert!(memory_bound_decode(&b(0.9, 0.8)).is_none(), "compute busy too");
     }
 
     #[test]

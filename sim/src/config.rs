@@ -133,9 +133,22 @@ pub struct Config {
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub load_time: Duration,
 
-    /// Also expose the busy share, memory and power under the NVIDIA DCGM
-    /// exporter's metric names (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_FB_USED`,
-    /// `DCGM_FI_DEV_POWER_USAGE`), as a GPU node would.
+    /// KV cache of this many token slots. A sequence holds a slot for
+    /// each prompt token and each token generated; a request waits for room
+    /// to be admitted, and a sequence that finds no room to grow preempts
+    /// the newest one, which gives up its slots and is recomputed when
+    /// room returns (as vLLM does). Cache use and preemptions are exported
+    /// under vLLM's names. Without it the cache never fills.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kv_cache_tokens: Option<u32>,
+
+    /// Also expose the accelerator under the NVIDIA DCGM exporter's metric
+    /// names, as a GPU node would: utilisation (`DCGM_FI_DEV_GPU_UTIL`),
+    /// memory-bandwidth and compute activity (`DCGM_FI_PROF_DRAM_ACTIVE`,
+    /// `DCGM_FI_PROF_SM_ACTIVE`), framebuffer use (`DCGM_FI_DEV_FB_USED`,
+    /// `DCGM_FI_DEV_FB_FREE`) and power (`DCGM_FI_DEV_POWER_USAGE`).
+    /// Utilisation and activity cover the time since the page was last
+    /// read, as DCGM's cover its sampling period.
     #[arg(long)]
     pub dcgm: bool,
 
@@ -169,6 +182,7 @@ impl Default for Config {
             decode_step_per_seq: Duration::from_micros(500),
             step_overhead: Duration::ZERO,
             load_time: Duration::ZERO,
+            kv_cache_tokens: None,
             dcgm: false,
             output_tokens: OutputLength::Uniform { min: 16, max: 256 },
             model: "llm-sim".to_owned(),

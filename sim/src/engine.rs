@@ -1,15 +1,16 @@
 //! The simulated inference engine: a FIFO queue in front of at most
-//! `max_batch` running sequences, and the ground-truth accounting that
+//! `max_batch` running sequences and, when it has one, a KV cache of a
+//! fixed number of token slots; and the ground-truth accounting that
 //! `/metrics` exposes.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 
 use crate::Config;
+use crate::cache::{Cache, Growth, Turn};
 use crate::metrics::PromHistogram;
 use crate::text;
 
@@ -47,21 +48,83 @@ pub(crate) struct Engine {
     /// One permit per batch slot. Tokio's semaphore is fair, so waiting
     /// requests are admitted in arrival order.
     slots: Arc<Semaphore>,
+    /// Woken whenever KV-cache slots are freed or the line moves.
+    room: Notify,
     state: Mutex<State>,
     started: Instant,
     /// Where request spans go, when exported.
     pub(crate) spans: crate::trace::Spans,
     /// When the model is loaded and the first prefill may begin.
     loaded_at: Instant,
-    /// Recent (instant, busy time) pairs, for the busy share of the last
-    /// second that the DCGM-named gauge reports.
-    history: Mutex<VecDeque<(Instant, Duration)>>,
 }
 
-/// How far back the recent busy share looks.
-pub(crate) const RECENT: Duration = Duration::from_secs(1);
-/// How often the busy history is sampled.
-pub(crate) const HISTORY_TICK: Duration = Duration::from_millis(100);
+/// Time spent computing, as stretches of concurrent work joined.
+#[derive(Debug, Default)]
+pub(crate) struct Busy {
+    /// Closed stretches, plus the current stretch whole.
+    total: Duration,
+    /// The current stretch: its start and its planned end.
+    stretch: Option<(Instant, Instant)>,
+}
+
+impl Busy {
+    /// Busy time up to `now`: closed stretches, and the current one up to
+    /// `now` if it has begun.
+    pub(crate) fn at(&self, now: Instant) -> Duration {
+        match self.stretch {
+            Some((from, until)) if until > now => self.total - (until - now.max(from)),
+            _ => self.total,
+        }
+    }
+
+    /// Marks `[from, until)` as busy. Intervals arrive in about the order
+    /// they begin; one that overlaps the current stretch extends it.
+    fn add(&mut self, from: Instant, until: Instant) {
+        if until <= from {
+            return;
+        }
+        match &mut self.stretch {
+            Some((_, end)) if from <= *end => {
+                if until > *end {
+                    self.total += until - *end;
+                    *end = until;
+                }
+            }
+            _ => {
+                self.total += until - from;
+                self.stretch = Some((from, until));
+            }
+        }
+    }
+
+    /// Ends the current stretch at `now` if it was planned to last longer.
+    fn cut(&mut self, now: Instant) {
+        if let Some((from, until)) = self.stretch
+            && until > now
+        {
+            self.total -= until - now.max(from);
+            self.stretch = Some((from, now.max(from)));
+        }
+    }
+}
+
+/// The busy totals at one moment: DCGM's figures cover the time since the
+/// page was last read, as the exporter's cover its sampling period.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    pub(crate) at: Instant,
+    pub(crate) busy: Duration,
+    pub(crate) prefill: Duration,
+    pub(crate) decode: Duration,
+}
+
+/// What the accelerator computes: a prefill is bound by compute, a decode
+/// step by memory bandwidth (it reads the weights and the KV cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Prefill,
+    Decode,
+}
 
 /// Ground truth, updated at each admission and completion.
 #[derive(Debug)]
@@ -69,16 +132,23 @@ pub(crate) struct State {
     pub(crate) received: u64,
     pub(crate) served: u64,
     pub(crate) cancelled: u64,
+    /// Requests waiting for a batch slot or for KV-cache room, preempted
+    /// sequences included.
     pub(crate) queued: u32,
     pub(crate) running: u32,
     pub(crate) prompt_tokens: u64,
     pub(crate) generation_tokens: u64,
-    /// Busy time of closed busy stretches, plus the current stretch whole.
-    busy: Duration,
-    /// The current busy stretch: its start and its planned end. The engine
-    /// is busy while a prefill or the accelerator's part of a decode step
-    /// runs; stretches of concurrent sequences are joined.
-    stretch: Option<(Instant, Instant)>,
+    /// Time the accelerator computed: a prefill, or its part of a decode
+    /// step. Concurrent sequences' work is counted once.
+    pub(crate) busy: Busy,
+    /// Of that, prefills.
+    pub(crate) prefill: Busy,
+    /// Of that, decode steps.
+    pub(crate) decode: Busy,
+    /// The KV cache, when the engine has one.
+    pub(crate) cache: Option<Cache>,
+    /// The busy totals when `/metrics` was last read.
+    pub(crate) read: Mark,
     /// Requests received and not yet answered or abandoned.
     present: u32,
     /// Time with at least one request present, closed stretches.
@@ -103,7 +173,7 @@ impl Engine {
         Engine {
             loaded_at: started + config.load_time,
             slots: Arc::new(Semaphore::new(config.max_batch as usize)),
-            config,
+            room: Notify::new(),
             state: Mutex::new(State {
                 received: 0,
                 served: 0,
@@ -112,8 +182,16 @@ impl Engine {
                 running: 0,
                 prompt_tokens: 0,
                 generation_tokens: 0,
-                busy: Duration::ZERO,
-                stretch: None,
+                busy: Busy::default(),
+                prefill: Busy::default(),
+                decode: Busy::default(),
+                cache: config.kv_cache_tokens.map(Cache::new),
+                read: Mark {
+                    at: started,
+                    busy: Duration::ZERO,
+                    prefill: Duration::ZERO,
+                    decode: Duration::ZERO,
+                },
                 present: 0,
                 occupied: Duration::ZERO,
                 occupied_since: None,
@@ -124,8 +202,8 @@ impl Engine {
                 ttft: PromHistogram::latency(),
                 e2e: PromHistogram::latency(),
             }),
+            config,
             started,
-            history: Mutex::new(VecDeque::new()),
             spans: None,
         }
     }
@@ -136,51 +214,22 @@ impl Engine {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Seconds since the engine started.
-    pub(crate) fn uptime(&self) -> Duration {
-        self.started.elapsed()
+    /// When the engine started.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
     }
 
     /// Time the engine has spent computing (prefill, or the accelerator's
     /// part of a decode step), up to now.
+    #[cfg(test)]
     pub(crate) fn busy_time(&self) -> Duration {
-        self.state().busy_at(Instant::now())
+        self.state().busy.at(Instant::now())
     }
 
     /// Time with at least one request received and not yet done, up to now.
+    #[cfg(test)]
     pub(crate) fn occupied_time(&self) -> Duration {
-        let state = self.state();
-        state.occupied + state.occupied_since.map_or(Duration::ZERO, |t| t.elapsed())
-    }
-
-    /// Records the busy time now, for [`Engine::recent_busy_share`].
-    pub(crate) fn tick(&self) {
-        let now = Instant::now();
-        let busy = self.state().busy_at(now);
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        h.push_back((now, busy));
-        while h.len() > 2 && h[1].0 + RECENT <= now {
-            h.pop_front();
-        }
-    }
-
-    /// Share of the last second (or of the uptime, if shorter) spent busy.
-    pub(crate) fn recent_busy_share(&self) -> f64 {
-        let now = Instant::now();
-        let busy = self.state().busy_at(now);
-        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let (from, base) = h
-            .iter()
-            .rev()
-            .find(|(t, _)| *t + RECENT <= now)
-            .or(h.front())
-            .copied()
-            .unwrap_or((self.started, Duration::ZERO));
-        let span = (now - from).as_secs_f64();
-        if span <= 0.0 {
-            return 0.0;
-        }
-        ((busy.saturating_sub(base)).as_secs_f64() / span).clamp(0.0, 1.0)
+        self.state().occupied_at(Instant::now())
     }
 
     /// Freezes the engine for `length`: no sequence makes progress until it
@@ -191,23 +240,56 @@ impl Engine {
         state.stalled_until = Some(state.stalled_until.map_or(until, |u| u.max(until)));
     }
 
+    /// Checks that a request fits the KV cache at all: its prompt and its
+    /// answer must fit together, as a server refuses a request longer than
+    /// its context.
+    pub(crate) fn fits(&self, input_tokens: u32, output_tokens: u32) -> Result<(), String> {
+        match self.config.kv_cache_tokens {
+            Some(capacity) if u64::from(input_tokens) + u64::from(output_tokens) > u64::from(capacity) => Err(format!(
+                "the prompt ({input_tokens} tokens) and the answer ({output_tokens} tokens) need {} KV-cache slots; this server has {capacity}",
+                u64::from(input_tokens) + u64::from(output_tokens)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until `turn` is first in line for the KV cache and `need`
+    /// slots are free, and takes them: the holder's key. `None` without a
+    /// cache.
+    async fn room(&self, turn: Turn, need: u32) -> Option<u64> {
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(key) = self.state().cache.as_mut()?.admit(turn, need) {
+                // The line moved: the next one may fit too.
+                self.room.notify_waiters();
+                return Some(key);
+            }
+            notified.await;
+        }
+    }
+
     /// Runs one job: waits in the queue, prefills, then decodes one token
-    /// per step, sending each token to `tokens` at its due time. Returns
-    /// early, counting the request as cancelled, when the receiver is gone.
+    /// per step, sending each token to `tokens` at its due time. A
+    /// preempted sequence waits for room again and recomputes its prompt
+    /// and what it has generated before its next token. Returns early,
+    /// counting the request as cancelled, when the receiver is gone.
     pub(crate) async fn run(self: Arc<Self>, job: Job, tokens: mpsc::UnboundedSender<Token>) {
         let arrived = Instant::now();
-        let admission = Admission::wait(&self, arrived).await;
+        let mut seq = Admission::wait(&self, arrived, job.input_tokens + 1).await;
         if let Some(t) = &job.trace {
-            t.queued(arrived, admission.admitted, self.state().running);
+            t.queued(arrived, seq.admitted, self.state().running);
         }
         let config = &self.config;
         // Deadlines are absolute, so timer rounding never accumulates and
         // the gap between tokens is exactly one step.
-        let begin = admission.admitted.max(self.loaded_at);
+        let begin = seq.admitted.max(self.loaded_at);
         let mut due = begin + config.prefill(job.input_tokens);
-        self.state().compute(begin, due);
+        self.state().work(Work::Prefill, begin, due);
         let mut first_token_at = None;
-        for index in 0..job.output_tokens {
+        let mut index = 0;
+        loop {
             sleep_until(due).await;
             let stalled = self.state().stalled_until;
             if let Some(until) = stalled
@@ -217,76 +299,63 @@ impl Engine {
                 sleep_until(until).await;
                 due = until;
             }
+            if seq.preempted() {
+                let resumed = seq.resume(job.input_tokens + index + 1).await;
+                due = resumed + config.prefill(job.input_tokens + index);
+                self.state().work(Work::Prefill, resumed, due);
+                continue;
+            }
             first_token_at.get_or_insert_with(Instant::now);
             let last = index + 1 == job.output_tokens;
             let token = Token {
                 text: text::token(job.text_seed, index),
                 last,
-                admitted: admission.admitted,
+                admitted: seq.admitted,
                 began: begin,
             };
             if tokens.send(token).is_err() {
-                // The client went away; `admission` counts it.
+                // The client went away; `seq` counts it.
                 if let Some(t) = &job.trace {
-                    t.abandoned(&job, admission.admitted, first_token_at, Instant::now(), index);
+                    t.abandoned(&job, seq.admitted, first_token_at, Instant::now(), index);
                 }
                 return;
             }
-            if !last {
-                let mut state = self.state();
-                let step = config.step(state.running);
-                // The accelerator's part comes first; the host's follows
-                // and ends with the token written.
-                state.compute(due, due + config.compute(step));
-                drop(state);
-                due += step;
+            if last {
+                break;
             }
+            index += 1;
+            if !seq.grow() {
+                // Preempted itself: no step until it has room again.
+                continue;
+            }
+            let mut state = self.state();
+            let step = config.step(state.running);
+            // The accelerator's part comes first; the host's follows
+            // and ends with the token written.
+            state.work(Work::Decode, due, due + config.compute(step));
+            drop(state);
+            due += step;
         }
         if let Some(t) = &job.trace {
-            t.done(&job, admission.admitted, first_token_at, Instant::now());
+            t.done(&job, seq.admitted, first_token_at, Instant::now());
         }
-        admission.finish(&job, first_token_at.unwrap_or(arrived));
+        seq.finish(&job, first_token_at.unwrap_or(arrived));
     }
 }
 
 impl State {
-    /// Busy time up to `now`: closed stretches, and the current one up to
-    /// `now` if it has begun.
-    fn busy_at(&self, now: Instant) -> Duration {
-        match self.stretch {
-            Some((from, until)) if until > now => self.busy - (until - now.max(from)),
-            _ => self.busy,
+    /// Marks `[from, until)` as computing `work`.
+    fn work(&mut self, work: Work, from: Instant, until: Instant) {
+        self.busy.add(from, until);
+        match work {
+            Work::Prefill => self.prefill.add(from, until),
+            Work::Decode => self.decode.add(from, until),
         }
     }
 
-    /// Marks `[from, until)` as computing. Intervals arrive in about the
-    /// order they begin; one that overlaps the current stretch extends it.
-    fn compute(&mut self, from: Instant, until: Instant) {
-        if until <= from {
-            return;
-        }
-        match &mut self.stretch {
-            Some((_, end)) if from <= *end => {
-                if until > *end {
-                    self.busy += until - *end;
-                    *end = until;
-                }
-            }
-            _ => {
-                self.busy += until - from;
-                self.stretch = Some((from, until));
-            }
-        }
-    }
-
-    /// Ends the current stretch at `now` if it was planned to last longer.
-    fn cut_stretch(&mut self, now: Instant) {
-        if let Some((from, until)) = self.stretch
-            && until > now
-        {
-            self.busy -= until - now.max(from);
-            self.stretch = Some((from, now.max(from)));
-        }
+    /// Time with at least one request present, up to `now`.
+    pub(crate) fn occupied_at(&self, now: Instant) -> Duration {
+        self.occupied + self.occupied_since.map_or(Duration::ZERO, |t| now - t)
     }
 
     fn arrive(&mut self, now: Instant) {
@@ -306,19 +375,28 @@ impl State {
     }
 }
 
-/// A request's place in the queue and then in the batch. Dropping it before
-/// [`Admission::finish`] counts the request as cancelled.
+/// A request's place in the queue and then in the batch and the KV cache.
+/// Dropping it before [`Admission::finish`] counts the request as
+/// cancelled.
 struct Admission {
     engine: Arc<Engine>,
+    /// Its number, in arrival order.
+    arrival: u64,
     arrived: Instant,
     admitted: Instant,
+    /// Its slots in the KV cache; `None` while preempted, or without a
+    /// cache.
+    holder: Option<u64>,
+    /// Waiting for room again after a preemption.
+    preempted: bool,
     finished: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Admission {
-    async fn wait(engine: &Arc<Engine>, arrived: Instant) -> Admission {
-        {
+    /// Waits for a batch slot, then for `need` slots of the KV cache.
+    async fn wait(engine: &Arc<Engine>, arrived: Instant, need: u32) -> Admission {
+        let arrival = {
             let mut state = engine.state();
             state.received += 1;
             state.queued += 1;
@@ -329,14 +407,19 @@ impl Admission {
                 state.gaps.1 += gap;
                 state.gaps.2 += gap * gap;
             }
-        }
+            state.received
+        };
         // Leaves the queue count right even if the client disappears while
         // waiting (this future is then dropped).
-        let queued = Queued(engine);
+        let queued = Queued(engine, arrival);
         let slot = Arc::clone(&engine.slots)
             .acquire_owned()
             .await
             .expect("the engine never closes its semaphore");
+        if let Some(cache) = &mut engine.state().cache {
+            cache.queue(Turn::new(arrival));
+        }
+        let holder = engine.room(Turn::new(arrival), need).await;
         std::mem::forget(queued);
         let admitted = Instant::now();
         let mut state = engine.state();
@@ -346,11 +429,56 @@ impl Admission {
         drop(state);
         Admission {
             engine: Arc::clone(engine),
+            arrival,
             arrived,
             admitted,
+            holder,
+            preempted: false,
             finished: false,
             _slot: slot,
         }
+    }
+
+    /// One more KV-cache slot for the next token; false when there was no
+    /// room and this sequence, the newest, was preempted. A sequence it
+    /// preempts instead notices at its next token.
+    fn grow(&mut self) -> bool {
+        let Some(key) = self.holder else { return true };
+        let mut state = self.engine.state();
+        let Some(cache) = &mut state.cache else { return true };
+        let growth = cache.grow(key);
+        if growth != Growth::Grew {
+            state.running -= 1;
+            state.queued += 1;
+        }
+        if growth == Growth::Itself {
+            self.holder = None;
+            self.preempted = true;
+        }
+        growth != Growth::Itself
+    }
+
+    /// True when this sequence has been preempted and waits for room.
+    fn preempted(&mut self) -> bool {
+        if !self.preempted
+            && let Some(cache) = &mut self.engine.state().cache
+            && cache.noticed(self.arrival)
+        {
+            self.holder = None;
+            self.preempted = true;
+        }
+        self.preempted
+    }
+
+    /// Waits for `need` slots, first in line before new requests; returns
+    /// when it has them.
+    async fn resume(&mut self, need: u32) -> Instant {
+        self.holder = self.engine.room(Turn::resumed(self.arrival), need).await;
+        self.preempted = false;
+        let mut state = self.engine.state();
+        state.queued -= 1;
+        state.running += 1;
+        Instant::now()
     }
 
     fn finish(mut self, job: &Job, first_token_at: Instant) {
@@ -369,29 +497,49 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let now = Instant::now();
         let mut state = self.engine.state();
-        state.running -= 1;
+        let evicted = state.cache.as_mut().is_some_and(|c| c.noticed(self.arrival));
+        if let Some(cache) = &mut state.cache {
+            match self.holder {
+                Some(key) if !evicted => cache.release(key),
+                _ => cache.leave(Turn::resumed(self.arrival)),
+            }
+        }
+        if self.preempted || evicted {
+            state.queued -= 1;
+        } else {
+            state.running -= 1;
+        }
         if state.running == 0 {
             // Work planned past now (a client that left mid-step) was not
             // done.
-            state.cut_stretch(now);
+            state.busy.cut(now);
+            state.prefill.cut(now);
+            state.decode.cut(now);
         }
         state.leave(now);
         if !self.finished {
             state.cancelled += 1;
         }
+        drop(state);
+        self.engine.room.notify_waiters();
     }
 }
 
 /// Decrements the queue count when a request leaves the queue without
 /// being admitted.
-struct Queued<'a>(&'a Arc<Engine>);
+struct Queued<'a>(&'a Arc<Engine>, u64);
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         let mut state = self.0.state();
+        if let Some(cache) = &mut state.cache {
+            cache.leave(Turn::new(self.1));
+        }
         state.queued -= 1;
         state.cancelled += 1;
         state.leave(Instant::now());
+        drop(state);
+        self.0.room.notify_waiters();
     }
 }
 
@@ -523,7 +671,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(90)).await; // idle
         assert_eq!(engine.busy_time(), Duration::from_millis(10));
         assert_eq!(engine.occupied_time(), Duration::from_millis(10));
-        assert_eq!(engine.uptime(), Duration::from_millis(100));
+        assert_eq!(engine.started().elapsed(), Duration::from_millis(100));
     }
 
     fn with_overhead(max_batch: u32) -> Config {
@@ -570,8 +718,92 @@ mod tests {
         // Each request: 10 ms prefill, two 20 ms steps (5 ms computing).
         assert_eq!(engine.occupied_time(), Duration::from_millis(150));
         assert_eq!(engine.busy_time(), Duration::from_millis(60));
-        let recent = engine.recent_busy_share();
-        assert!((recent - 0.4).abs() < 1e-9, "{recent}");
+    }
+
+    fn with_cache(max_batch: u32, slots: u32) -> Config {
+        Config {
+            kv_cache_tokens: Some(slots),
+            ..config(max_batch)
+        }
+    }
+
+    fn times(tokens: &[(Duration, Token)]) -> Vec<u128> {
+        tokens.iter().map(|(t, _)| t.as_millis()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_room_in_the_cache() {
+        let engine = Arc::new(Engine::new(with_cache(4, 5)));
+        let a = tokio::spawn(collect(Arc::clone(&engine), job(2, 3)));
+        tokio::task::yield_now().await;
+        // B needs three slots; A holds three, then four, then five.
+        let b = tokio::spawn(collect(Arc::clone(&engine), job(2, 1)));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!(times(&a), [12, 32, 52]);
+        assert_eq!(times(&b), [64], "admitted when A is done at 52 ms");
+        let state = engine.state();
+        assert_eq!(state.queue_time.count(), 2);
+        assert!((state.queue_time.sum() - 0.052).abs() < 1e-6);
+        assert_eq!(state.cache.as_ref().unwrap().preemptions, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_preempts_the_newest_sequence_which_recomputes() {
+        let engine = Arc::new(Engine::new(with_cache(4, 8)));
+        let a = tokio::spawn(collect(Arc::clone(&engine), job(1, 5)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let b = tokio::spawn(collect(Arc::clone(&engine), job(1, 5)));
+        let watch = Arc::clone(&engine);
+        let during = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(70)).await;
+            let state = watch.state();
+            (state.running, state.queued, state.cache.as_ref().unwrap().used)
+        });
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        // Both grow one slot a token; at 61 ms A finds the cache full and
+        // preempts B, which waits until A is done at 101 ms, then
+        // recomputes its prompt and two tokens (13 ms) before its third.
+        // B's times count from its arrival, 1 ms after A's.
+        assert_eq!(times(&a), [11, 36, 61, 81, 101]);
+        assert_eq!(times(&b), [11, 36, 113, 133, 153]);
+        assert!(b.iter().all(|(_, t)| t.admitted == b[0].1.admitted));
+        assert_eq!(during.await.unwrap(), (1, 1, 5), "B waits, A holds five slots");
+        let state = engine.state();
+        let cache = state.cache.as_ref().unwrap();
+        assert_eq!((cache.preemptions, cache.used), (1, 0));
+        assert_eq!((state.running, state.queued, state.served), (0, 0, 2));
+        assert_eq!(state.generation_tokens, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_while_preempted_frees_its_place() {
+        let engine = Arc::new(Engine::new(with_cache(4, 8)));
+        let a = tokio::spawn(collect(Arc::clone(&engine), job(1, 5)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let b = tokio::spawn(Arc::clone(&engine).run(job(1, 5), tx));
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await; // preempted at 61 ms
+        drop(rx);
+        a.await.unwrap();
+        b.await.unwrap();
+        let state = engine.state();
+        assert_eq!((state.running, state.queued), (0, 0));
+        assert_eq!((state.served, state.cancelled), (1, 1));
+        assert_eq!(state.cache.as_ref().unwrap().used, 0);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_cache_is_refused() {
+        let engine = Engine::new(with_cache(4, 100));
+        assert!(engine.fits(60, 40).is_ok());
+        let e = engine.fits(60, 41).unwrap_err();
+        assert_eq!(
+            e,
+            "the prompt (60 tokens) and the answer (41 tokens) need 101 KV-cache slots; this server has 100"
+        );
+        assert!(Engine::new(config(4)).fits(u32::MAX, u32::MAX).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

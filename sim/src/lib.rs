@@ -20,6 +20,7 @@
 //! `GET /metrics`, and `POST /admin/stall?for=2s` to freeze the engine on
 //! demand.
 
+mod cache;
 mod config;
 mod engine;
 mod metrics;
@@ -104,22 +105,6 @@ pub async fn serve_traced(
     let mut engine = Engine::new(config);
     engine.spans = spans;
     let engine = Arc::new(engine);
-    // Samples the busy time for the recent busy share; ends with the server.
-    let history = Arc::downgrade(&engine);
-    let ticking = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(engine::HISTORY_TICK);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = ticking.cancelled() => return,
-            }
-            match history.upgrade() {
-                Some(engine) => engine.tick(),
-                None => return,
-            }
-        }
-    });
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
     // the client's delayed ACK hold them back by up to 40 ms.
     let listener = listener.tap_io(|tcp| {

@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use tokio::time::Instant;
+
+use crate::engine::{Engine, Mark, State};
 
 /// Bucket bounds for latency histograms, in seconds.
 const LATENCY_BUCKETS: [f64; 20] = [
@@ -73,13 +75,18 @@ fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: impl std:
 /// The text exposition format (version 0.0.4) of everything the engine
 /// knows.
 pub(crate) fn render(engine: &Engine) -> String {
-    let uptime = engine.uptime().as_secs_f64();
-    let busy = engine.busy_time().as_secs_f64();
-    let occupied = engine.occupied_time().as_secs_f64();
-    let recent = engine.recent_busy_share();
-    // Every figure that takes the lock is read above: the lock is not
-    // reentrant.
-    let state = engine.state();
+    let now = Instant::now();
+    let mut state = engine.state();
+    let uptime = (now - engine.started()).as_secs_f64();
+    let mark = Mark {
+        at: now,
+        busy: state.busy.at(now),
+        prefill: state.prefill.at(now),
+        decode: state.decode.at(now),
+    };
+    let since = std::mem::replace(&mut state.read, mark);
+    let occupied = state.occupied_at(now).as_secs_f64();
+    let busy = mark.busy.as_secs_f64();
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
     metric(
@@ -121,7 +128,7 @@ pub(crate) fn render(engine: &Engine) -> String {
         o,
         "gauge",
         "llmsim_queue_depth",
-        "Requests waiting for a batch slot.",
+        "Requests waiting for a batch slot or for KV-cache room, preempted sequences included.",
         state.queued,
     );
     metric(
@@ -138,6 +145,20 @@ pub(crate) fn render(engine: &Engine) -> String {
         "llmsim_busy_seconds_total",
         "Time spent computing: a prefill, or the accelerator's part of a decode step.",
         busy,
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_prefill_busy_seconds_total",
+        "Of the busy time, time spent in prefills (bound by compute).",
+        mark.prefill.as_secs_f64(),
+    );
+    metric(
+        o,
+        "counter",
+        "llmsim_decode_busy_seconds_total",
+        "Of the busy time, time spent in decode steps (bound by memory bandwidth).",
+        mark.decode.as_secs_f64(),
     );
     metric(
         o,
@@ -161,8 +182,43 @@ pub(crate) fn render(engine: &Engine) -> String {
         "Share of uptime spent computing.",
         fraction,
     );
+    if let Some(cache) = &state.cache {
+        metric(
+            o,
+            "gauge",
+            "llmsim_kv_cache_used_tokens",
+            "KV-cache slots held by running sequences.",
+            cache.used,
+        );
+        metric(
+            o,
+            "gauge",
+            "llmsim_kv_cache_capacity_tokens",
+            "KV-cache slots in all.",
+            cache.capacity,
+        );
+        metric(
+            o,
+            "gauge",
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            cache.usage(),
+        );
+        metric(
+            o,
+            "counter",
+            "vllm:num_preemptions_total",
+            "Cumulative number of preemptions from the engine.",
+            cache.preemptions,
+        );
+    }
     if engine.config.dcgm {
-        dcgm(&engine.config.model, recent, state.running, o);
+        let gpu = Gpu {
+            model: &engine.config.model,
+            shares: Shares::between(&since, &mark),
+            memory_used_mib: memory_used_mib(&state),
+        };
+        gpu.render(o);
     }
     let (n, sum, sumsq) = state.gaps;
     metric(
@@ -204,44 +260,134 @@ pub(crate) fn render(engine: &Engine) -> String {
     out
 }
 
+/// Framebuffer of the modelled GPU, MiB (an 80 GiB card).
+const MEMORY_MIB: f64 = 81_920.0;
 /// Memory the modelled weights take, MiB.
-const WEIGHTS_MIB: u64 = 16_384;
-/// KV cache per running sequence, MiB.
-const KV_MIB_PER_SEQUENCE: u64 = 256;
+const WEIGHTS_MIB: f64 = 16_384.0;
+/// Share of the framebuffer a KV cache of stated size takes when full:
+/// with the weights, a full cache fills 92 % of the card.
+const KV_SHARE: f64 = 0.72;
+/// KV cache per running sequence, MiB, when the cache has no stated size.
+const KV_MIB_PER_SEQUENCE: f64 = 256.0;
+/// Share of the compute units a decode step keeps busy: it waits on
+/// memory, while a prefill keeps them all busy.
+const DECODE_COMPUTE: f64 = 0.3;
 /// Power draw idle and at full use, W.
 const POWER_IDLE_W: f64 = 70.0;
 const POWER_BUSY_W: f64 = 350.0;
 
-/// The busy share, memory and power as NVIDIA's DCGM exporter names them,
-/// for one modelled GPU. Utilisation is the busy share of the last second,
-/// as DCGM's is of its sampling period; memory and power are modelled from
-/// the batch and the busy share.
-fn dcgm(model: &str, share: f64, running: u32, o: &mut String) {
-    let labels =
-        format!("gpu=\"0\",UUID=\"GPU-llm-sim-0\",device=\"nvidia0\",modelName=\"{model}\",Hostname=\"llm-sim\"");
-    let gauge = |o: &mut String, name: &str, help: &str, value: String| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        let _ = writeln!(o, "{name}{{{labels}}} {value}");
+/// Framebuffer in use, MiB: the weights and the KV cache's used slots
+/// (or a fixed amount per running sequence without a stated cache).
+fn memory_used_mib(state: &State) -> f64 {
+    let kv = match &state.cache {
+        Some(cache) => KV_SHARE * MEMORY_MIB * cache.usage(),
+        None => KV_MIB_PER_SEQUENCE * f64::from(state.running),
     };
-    gauge(
-        o,
-        "DCGM_FI_DEV_GPU_UTIL",
-        "GPU utilization (in %).",
-        format!("{}", (share * 100.0).round()),
-    );
-    gauge(
-        o,
-        "DCGM_FI_DEV_FB_USED",
-        "Framebuffer memory used (in MiB).",
-        format!("{}", WEIGHTS_MIB + KV_MIB_PER_SEQUENCE * u64::from(running)),
-    );
-    gauge(
-        o,
-        "DCGM_FI_DEV_POWER_USAGE",
-        "Power draw (in W).",
-        format!("{:.3}", POWER_IDLE_W + (POWER_BUSY_W - POWER_IDLE_W) * share),
-    );
+    (WEIGHTS_MIB + kv).min(MEMORY_MIB).round()
+}
+
+/// Shares of the time between two readings spent computing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shares {
+    busy: f64,
+    prefill: f64,
+    decode: f64,
+}
+
+impl Shares {
+    fn between(from: &Mark, to: &Mark) -> Shares {
+        let span = (to.at - from.at).as_secs_f64();
+        let share = |a: Duration, b: Duration| {
+            if span > 0.0 {
+                (b.saturating_sub(a).as_secs_f64() / span).clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        };
+        Shares {
+            busy: share(from.busy, to.busy),
+            prefill: share(from.prefill, to.prefill),
+            decode: share(from.decode, to.decode),
+        }
+    }
+}
+
+/// The modelled GPU as NVIDIA's DCGM exporter names its figures.
+struct Gpu<'a> {
+    model: &'a str,
+    /// Over the time since the page was last read, as DCGM's figures are
+    /// over its sampling period.
+    shares: Shares,
+    memory_used_mib: f64,
+}
+
+impl Gpu<'_> {
+    /// Utilisation is the busy share; memory-bandwidth activity the share
+    /// spent in decode steps; compute activity all of a prefill and
+    /// [`DECODE_COMPUTE`] of a decode step; framebuffer use follows the KV
+    /// cache; power the busy share.
+    fn render(&self, o: &mut String) {
+        let labels = format!(
+            "gpu=\"0\",UUID=\"GPU-llm-sim-0\",device=\"nvidia0\",modelName=\"{}\",Hostname=\"llm-sim\"",
+            self.model
+        );
+        let gauge = |o: &mut String, name: &str, help: &str, value: String| {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            let _ = writeln!(o, "{name}{{{labels}}} {value}");
+        };
+        let s = self.shares;
+        gauge(
+            o,
+            "DCGM_FI_DEV_GPU_UTIL",
+            "GPU utilization (in %).",
+            format!("{}", (s.busy * 100.0).round()),
+        );
+        gauge(
+            o,
+            "DCGM_FI_PROF_DRAM_ACTIVE",
+            "Ratio of cycles the device memory interface is active sending or receiving data.",
+            format!("{}", s.decode),
+        );
+        gauge(
+            o,
+            "DCGM_FI_PROF_SM_ACTIVE",
+            "Ratio of cycles an SM has at least 1 warp assigned.",
+            format!("{}", (s.prefill + DECODE_COMPUTE * s.decode).min(1.0)),
+        );
+        gauge(
+            o,
+            "DCGM_FI_DEV_FB_USED",
+            "Framebuffer memory used (in MiB).",
+            format!("{}", self.memory_used_mib),
+        );
+        gauge(
+            o,
+            "DCGM_FI_DEV_FB_FREE",
+            "Framebuffer memory free (in MiB).",
+            format!("{}", MEMORY_MIB - self.memory_used_mib),
+        );
+        gauge(
+            o,
+            "DCGM_FI_DEV_POWER_USAGE",
+            "Power draw (in W).",
+            format!("{:.3}", POWER_IDLE_W + (POWER_BUSY_W - POWER_IDLE_W) * s.busy),
+        );
+        metric(
+            o,
+            "gauge",
+            "llmsim_gpu_memory_used_mib",
+            "Ground truth: memory of the modelled GPU in use, MiB.",
+            self.memory_used_mib,
+        );
+        metric(
+            o,
+            "gauge",
+            "llmsim_gpu_memory_total_mib",
+            "Ground truth: memory of the modelled GPU, MiB.",
+            MEMORY_MIB,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -254,8 +400,6 @@ mod tests {
             dcgm: true,
             ..crate::Config::default()
         });
-        // On the paused clock: one second of history, so the DCGM share
-        // has a window to cover; it costs no real time.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let page = render(&engine);
         for line in [
@@ -264,13 +408,56 @@ mod tests {
             "llmsim_busy_fraction 0\n",
             "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",",
             "} 0\n",
+            "DCGM_FI_PROF_DRAM_ACTIVE{",
+            "DCGM_FI_PROF_SM_ACTIVE{",
             "DCGM_FI_DEV_FB_USED{",
+            "} 16384\n",
+            "DCGM_FI_DEV_FB_FREE{",
+            "} 65536\n",
             "DCGM_FI_DEV_POWER_USAGE{",
+            "llmsim_gpu_memory_total_mib 81920\n",
         ] {
             assert!(page.contains(line), "{line:?} missing from\n{page}");
         }
+        assert!(!page.contains("vllm:"), "no cache of stated size: {page}");
         let plain = render(&Engine::new(crate::Config::default()));
         assert!(!plain.contains("DCGM_"), "{plain}");
+    }
+
+    #[test]
+    fn shares_cover_the_time_since_the_last_reading() {
+        let t = Instant::now();
+        let mark = |ms: u64, busy: u64, prefill: u64, decode: u64| Mark {
+            at: t + Duration::from_millis(ms),
+            busy: Duration::from_millis(busy),
+            prefill: Duration::from_millis(prefill),
+            decode: Duration::from_millis(decode),
+        };
+        let s = Shares::between(&mark(1_000, 400, 100, 300), &mark(1_500, 700, 100, 600));
+        assert_eq!(
+            s,
+            Shares {
+                busy: 0.6,
+                prefill: 0.0,
+                decode: 0.6
+            }
+        );
+        let same = mark(0, 0, 0, 0);
+        assert_eq!(Shares::between(&same, &same).busy, 0.0);
+    }
+
+    #[test]
+    fn memory_follows_the_kv_cache() {
+        let engine = Engine::new(crate::Config {
+            kv_cache_tokens: Some(1_000),
+            ..crate::Config::default()
+        });
+        let mut state = engine.state();
+        assert_eq!(memory_used_mib(&state), WEIGHTS_MIB);
+        state.cache.as_mut().unwrap().used = 1_000;
+        assert!((memory_used_mib(&state) / MEMORY_MIB - 0.92).abs() < 1e-4);
+        state.cache.as_mut().unwrap().used = 500;
+        assert_eq!(memory_used_mib(&state), (16_384.0f64 + 0.36 * 81_920.0).round());
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub(crate) fn job(
             }
         },
     };
+    if let Err(e) = engine.fits(input_tokens, output_tokens) {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, e)));
+    }
     Ok(Job {
         input_tokens,
         output_tokens,

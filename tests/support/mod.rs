@@ -363,6 +363,34 @@ pub const SIM_NDJSON_TARGET: &str = r#"
     stream = "ndjson"
 "#;
 
+/// A profile of `users` users on two agents against the simulator at
+/// `url`, with two prompts of 50 tokens, answers of `max_tokens`, and
+/// `extra` TOML at the end.
+pub fn two_agent_profile(name: &str, url: &str, users: u32, duration: &str, max_tokens: u32, extra: &str) -> String {
+    format!(
+        r#"
+        name = "{name}"
+        [target]
+        url = "{url}"
+        model = "llm-sim"
+        timeout = "60s"
+        [load]
+        users = {users}
+        duration = "{duration}"
+        drain = "60s"
+        [request]
+        max_tokens = {max_tokens}
+        [prompts]
+        inline = [{:?}, {:?}]
+        [agents]
+        count = 2
+        {extra}
+        "#,
+        prompt_of(50),
+        format!("b {}", prompt_of(49)),
+    )
+}
+
 /// A prompt of exactly `words` whitespace-separated words.
 pub fn prompt_of(words: usize) -> String {
     (0..words).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")

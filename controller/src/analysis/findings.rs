@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::findings::{self, Finding, LevelLatency, ServerQueue, Utilisation};
+use crate::findings::{self, Bandwidth, Finding, KvPressure, LevelLatency, ServerQueue, Utilisation, VramUse};
 use crate::report::summary::{IntervalSummary, ServerInterval, Summary};
-use crate::results::Collected;
+use crate::results::{Collected, GpuFigure};
 use crate::server::Canon;
 
 /// Requests were present in an interval: the server says some ran or
@@ -17,6 +17,108 @@ fn occupied(row: Option<&ServerInterval>, i: &IntervalSummary) -> bool {
         Some((Some(r), w)) => r + w.unwrap_or(0.0) > 0.0,
         _ => i.active > 0 || i.ok + i.failed > 0,
     }
+}
+
+/// The server's rows by interval, with each interval's start in seconds.
+fn server_rows(s: &Summary) -> Vec<(f64, &IntervalSummary, &ServerInterval)> {
+    let Some(sv) = &s.server else { return Vec::new() };
+    let rows: BTreeMap<u64, &ServerInterval> = sv.intervals.iter().map(|r| (r.interval, r)).collect();
+    s.intervals
+        .iter()
+        .filter_map(|i| rows.get(&i.interval).map(|r| (i.end_s - s.load.interval_s, i, *r)))
+        .collect()
+}
+
+/// The KV cache and preemptions, when the server reports either.
+fn kv_pressure(s: &Summary) -> Option<KvPressure> {
+    let mapped = &s.server.as_ref()?.mapped;
+    let preemptions = mapped.get(&Canon::Preemptions);
+    let kv = mapped.get(&Canon::KvCacheUsage);
+    if preemptions.is_none() && kv.is_none() {
+        return None;
+    }
+    let mut k = KvPressure {
+        // Recognised but never read twice: nothing was seen to change.
+        preemptions: preemptions.map(|f| f.count.unwrap_or(0.0)),
+        preemptions_source: preemptions.map(|f| f.source.metric.to_owned()),
+        kv_source: kv.map(|f| f.source.metric.to_owned()),
+        ..KvPressure::default()
+    };
+    for (start, _, r) in server_rows(s) {
+        if let Some(n) = r.preemptions
+            && n > 0.0
+        {
+            k.preempted_intervals += 1;
+            k.first_preemption_s.get_or_insert(start);
+            k.peak_preemptions = k.peak_preemptions.max(n);
+        }
+        if let Some(use_) = r.kv_cache_usage {
+            k.intervals += 1;
+            k.kv_max = Some(k.kv_max.map_or(use_, |m| m.max(use_)));
+            if use_ >= findings::KV_FULL && r.waiting.is_some_and(|w| w > 0.0) {
+                k.full_while_waiting += 1;
+                k.first_full_s.get_or_insert(start);
+            }
+        }
+    }
+    Some(k)
+}
+
+/// The share of accelerator memory in use per interval: the server's
+/// (DCGM), else the agents' own readings (NVML).
+fn vram_use(s: &Summary, c: &Collected) -> Option<VramUse> {
+    let server: Vec<(f64, f64)> = server_rows(s)
+        .into_iter()
+        .filter_map(|(start, _, r)| r.vram_used_share.map(|v| (start, v)))
+        .collect();
+    let (shares, source) = if server.is_empty() {
+        let sampled = c.gpu(GpuFigure::MemoryShare, s.load.interval_s);
+        let shares: Vec<(f64, f64)> = sampled
+            .into_iter()
+            .map(|(k, v)| (k as f64 * s.load.interval_s, v))
+            .collect();
+        (shares, "the agents' GPU readings (NVML)".to_owned())
+    } else {
+        let metric = s.server.as_ref()?.mapped.get(&Canon::GpuMemoryShare)?.source.metric;
+        (server, format!("server metrics {metric}"))
+    };
+    if shares.is_empty() {
+        return None;
+    }
+    let above: Vec<f64> = shares
+        .iter()
+        .filter(|(_, v)| *v > findings::VRAM_SHARE)
+        .map(|(t, _)| *t)
+        .collect();
+    Some(VramUse {
+        max_share: shares.iter().map(|(_, v)| *v).fold(0.0, f64::max),
+        above: above.len(),
+        intervals: shares.len(),
+        first_s: above.first().copied(),
+        source,
+    })
+}
+
+/// Memory bandwidth against compute over the intervals with requests
+/// running, when the server reports both (DCGM's profiling figures).
+fn bandwidth(s: &Summary) -> Option<Bandwidth> {
+    let mapped = &s.server.as_ref()?.mapped;
+    let (b, c) = (mapped.get(&Canon::MemoryBandwidth)?, mapped.get(&Canon::ComputeActive)?);
+    let (mut bandwidth, mut compute, mut n) = (0.0, 0.0, 0);
+    for (_, i, r) in server_rows(s) {
+        let running = r.running.map_or(i.active > 0, |n| n > 0.0);
+        if let (true, Some(bw), Some(sm)) = (running, r.memory_bandwidth, r.compute_active) {
+            bandwidth += bw;
+            compute += sm;
+            n += 1;
+        }
+    }
+    (n > 0).then(|| Bandwidth {
+        bandwidth_mean: bandwidth / f64::from(n),
+        compute_mean: compute / f64::from(n),
+        intervals: n as usize,
+        source: format!("server metrics {} and {}", b.source.metric, c.source.metric),
+    })
 }
 
 /// Every finding the run supports.
@@ -79,7 +181,7 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
     }
 
     // GPU idle while requests were present.
-    let sampled = c.gpu_utilisation(s.load.interval_s);
+    let sampled = c.gpu(GpuFigure::Utilisation, s.load.interval_s);
     let source = if !sampled.is_empty() {
         Some("GPU readings of the agents (NVML)".to_owned())
     } else if let Some(f) = figure(Canon::GpuUtil) {
@@ -123,6 +225,17 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
                 source,
             }));
         }
+    }
+
+    // Memory: the KV cache and preemptions, VRAM, memory bandwidth.
+    if let Some(k) = kv_pressure(s) {
+        out.extend(findings::memory_pressure(&k));
+    }
+    if let Some(v) = vram_use(s, c) {
+        out.extend(findings::vram_high(&v));
+    }
+    if let Some(b) = bandwidth(s) {
+        out.extend(findings::memory_bound_decode(&b));
     }
 
     // Cold start: the slowest of the first answers (the first interval

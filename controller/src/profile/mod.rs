@@ -6,6 +6,7 @@
 
 mod doc;
 mod gates;
+mod grades;
 mod load;
 mod prompts;
 mod settings;
@@ -25,6 +26,7 @@ use stampede_sim::OutputLength;
 pub use doc::{Problem, parse_duration, parse_positive_duration};
 use doc::{Problems, Table};
 pub use gates::{DEFAULT_RATIO, Slo, Threshold, Thresholds};
+pub use grades::{Band, Grade, Grades};
 pub use load::{Load, Model, Shape, Step};
 pub use settings::{Flags, Setting};
 pub use trace::{DEFAULT_SERVICE, TraceTable};
@@ -170,6 +172,8 @@ pub struct Profile {
     pub slo: Option<Slo>,
     /// Pass/fail limits.
     pub thresholds: Thresholds,
+    /// The bands TTFT and TPOT are graded by.
+    pub grades: Grades,
     /// The `[trace]` table; resolve it against the environment.
     pub trace: TraceTable,
 }
@@ -394,6 +398,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let step_overhead = s.duration(p, "step_overhead", true);
     let load_time = s.duration(p, "load_time", true);
     let dcgm = s.bool(p, "dcgm");
+    let kv_cache_tokens = s.int_in(p, "kv_cache_tokens", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
     s.finish(p);
@@ -433,6 +438,9 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     };
     let thresholds = gates::thresholds(&mut th, p, &context);
     th.finish(p);
+    let mut gr = top.table(p, "grades");
+    let grades = grades::grades(&mut gr, p);
+    gr.finish(p);
     top.finish(p);
 
     let (prompts, prompt_source) = dataset?;
@@ -460,6 +468,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         decode_step_per_seq: decode_step_per_seq.unwrap_or(defaults.decode_step_per_seq),
         step_overhead: step_overhead.unwrap_or(defaults.step_overhead),
         load_time: load_time.unwrap_or(defaults.load_time),
+        kv_cache_tokens: kv_cache_tokens.map(|n| n as u32).or(defaults.kv_cache_tokens),
         dcgm: dcgm.unwrap_or(defaults.dcgm),
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
@@ -519,6 +528,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         },
         slo,
         thresholds,
+        grades,
         trace,
     })
 }

@@ -103,7 +103,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
             "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency, requests",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, slo, thresholds",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, slo, thresholds, grades",
         ]
     );
 }
@@ -518,7 +518,7 @@ fn target_mistakes_are_named() {
 fn server_metrics_and_the_simulated_accelerator_are_read() {
     let p = parse(
         "[load]\nusers = 1\n[server_metrics]\nurl = \"http://gpu:9400/metrics\"\ninterval = \"250ms\"\n\
-         [sim]\nstep_overhead = \"5ms\"\nload_time = \"2s\"\ndcgm = true\n",
+         [sim]\nstep_overhead = \"5ms\"\nload_time = \"2s\"\ndcgm = true\nkv_cache_tokens = 4096\n",
     )
     .unwrap();
     assert!(p.server_metrics.enabled);
@@ -527,6 +527,7 @@ fn server_metrics_and_the_simulated_accelerator_are_read() {
     assert_eq!(p.sim.step_overhead, Duration::from_millis(5));
     assert_eq!(p.sim.load_time, Duration::from_secs(2));
     assert!(p.sim.dcgm);
+    assert_eq!(p.sim.kv_cache_tokens, Some(4096));
 
     let d = parse("[load]\nusers = 1\n").unwrap();
     assert!(d.server_metrics.enabled && d.server_metrics.url.is_none());
@@ -625,4 +626,35 @@ max_error_rate = 0.1
         assert!(all.contains(expected), "no {expected:?} in:\n{all}");
     }
     assert!(problems("[load]\nusers = 2\n[slo]\nratio = 0.9\n")[0].contains("[slo] sets no objective"));
+}
+
+#[test]
+fn grades_default_to_the_seeds_bands_and_a_profile_can_change_them() {
+    let d = parse("[load]\nusers = 1\n").unwrap();
+    assert_eq!(d.grades, Grades::default());
+    let p = parse(
+        "[load]\nusers = 1\n[grades]\nstatistic = \"p99\"\nttft = { good = \"200ms\", acceptable = \"400ms\" }\ntpot = { acceptable = \"80ms\" }\n",
+    )
+    .unwrap();
+    assert_eq!(p.grades.statistic, crate::figure::Stat::P99);
+    assert_eq!(
+        p.grades.ttft,
+        Band {
+            good: Duration::from_millis(200),
+            acceptable: Duration::from_millis(400)
+        }
+    );
+    assert_eq!(p.grades.tpot.good, Duration::from_millis(50), "the default good bound");
+    assert_eq!(p.grades.tpot.acceptable, Duration::from_millis(80));
+    assert_eq!(
+        problems(
+            "[load]\nusers = 1\n[grades]\nstatistic = \"max\"\nttft = { good = \"2s\" }\ntpot = { good = \"fast\", great = \"1ms\" }\n"
+        ),
+        [
+            "4:13 grades.statistic: expected one of mean, p50, p90, p95, p99 and p99.9, got \"max\"",
+            "5:8 grades.ttft: good must be under acceptable: good under 2s, acceptable under 1s",
+            "6:17 grades.tpot.good: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"fast\"",
+            "6:25 grades.tpot.great: unknown key; expected one of: good, acceptable",
+        ]
+    );
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::grouped;
-use super::summary::{Figure, MetricSummary, Status, Summary};
+use super::summary::{Figure, Grading, MetricSummary, Status, Summary};
 use crate::server::Canon;
 
 /// Width of a row's label in the metric tables.
@@ -218,6 +218,29 @@ fn metrics(o: &mut String, s: &Summary) {
         o,
         "          * from the intended start; lag: how late the agent sent (from the intended start, or a paced user's end of its previous request)\n          client queue: intended start to the request's write, on this side (the server's queue is below)"
     );
+    grades(o, &s.grades);
+}
+
+/// TTFT and TPOT with their grades and the bands that gave them.
+fn grades(o: &mut String, g: &Grading) {
+    let graded = g.graded();
+    if graded.is_empty() {
+        return;
+    }
+    let said: Vec<String> = graded
+        .iter()
+        .map(|(name, x)| format!("{name} {} {:.1} ms {}", g.statistic, x.value_ms, x.grade.name()))
+        .collect();
+    let bands: Vec<String> = graded
+        .iter()
+        .map(|(name, x)| {
+            format!(
+                "{name} good under {}, acceptable under {} ms",
+                x.good_under_ms, x.acceptable_under_ms
+            )
+        })
+        .collect();
+    let _ = writeln!(o, "grades    {}  ({})", said.join(" · "), bands.join("; "));
 }
 
 fn classes(o: &mut String, s: &Summary) {
@@ -422,7 +445,20 @@ fn server(o: &mut String, s: &Summary) {
             figure_row(o, "  running", m(Canon::Running), 1.0);
             figure_row(o, "  waiting", m(Canon::Waiting), 1.0);
             figure_row(o, "  KV cache (%)", m(Canon::KvCacheUsage), 100.0);
+            if let Some(f) = m(Canon::Preemptions) {
+                let _ = writeln!(
+                    o,
+                    "{:<LABEL$}{:>10}{:>10}  {} (in all)",
+                    "  preemptions",
+                    f.count.map_or_else(|| "0".to_owned(), |n| format!("{n:.0}")),
+                    "-",
+                    f.source.metric
+                );
+            }
             figure_row(o, "  GPU util (%)", m(Canon::GpuUtil), 100.0);
+            figure_row(o, "  VRAM used (%)", m(Canon::GpuMemoryShare), 100.0);
+            figure_row(o, "  mem bandwidth (%)", m(Canon::MemoryBandwidth), 100.0);
+            figure_row(o, "  compute (%)", m(Canon::ComputeActive), 100.0);
             if let Some(busy) = m(Canon::BusySeconds).and_then(|f| f.per_s) {
                 let _ = writeln!(
                     o,
@@ -440,9 +476,17 @@ fn server(o: &mut String, s: &Summary) {
             let _ = writeln!(o, "gpu       {agent}: {note}");
         }
         if let Some(util) = g.utilisation_mean {
+            let share = g
+                .memory_used_share_max
+                .map(|m| format!(" ({:.1}%)", m * 100.0))
+                .unwrap_or_default();
+            let bandwidth = g
+                .memory_bandwidth_mean
+                .map(|b| format!(" · memory bandwidth mean {:.1}%", b * 100.0))
+                .unwrap_or_default();
             let memory = g
                 .memory_used_max_mib
-                .map(|m| format!(" · memory up to {m:.0} MiB"))
+                .map(|m| format!(" · memory up to {m:.0} MiB{share}{bandwidth}"))
                 .unwrap_or_default();
             let _ = writeln!(
                 o,

@@ -68,9 +68,9 @@ fn report(interval: u64, scale: u64) -> Report {
 
 fn series(start: SystemTime) -> Series {
     let pages = [
-        "vllm:num_requests_running 3\nvllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.25\nvllm:request_queue_time_seconds_sum 0\nvllm:request_queue_time_seconds_count 0\n",
-        "vllm:num_requests_running 4\nvllm:num_requests_waiting 2\nvllm:kv_cache_usage_perc 0.5\nvllm:request_queue_time_seconds_sum 1.2\nvllm:request_queue_time_seconds_count 40\n",
-        "vllm:num_requests_running 4\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.75\nvllm:request_queue_time_seconds_sum 2.4\nvllm:request_queue_time_seconds_count 60\n",
+        "vllm:num_requests_running 3\nvllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.25\nvllm:num_preemptions_total 0\nvllm:request_queue_time_seconds_sum 0\nvllm:request_queue_time_seconds_count 0\n",
+        "vllm:num_requests_running 4\nvllm:num_requests_waiting 2\nvllm:kv_cache_usage_perc 0.5\nvllm:num_preemptions_total 2\nvllm:request_queue_time_seconds_sum 1.2\nvllm:request_queue_time_seconds_count 40\n",
+        "vllm:num_requests_running 4\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.75\nvllm:num_preemptions_total 5\nvllm:request_queue_time_seconds_sum 2.4\nvllm:request_queue_time_seconds_count 60\n",
     ];
     let mut s = Series {
         url: "http://gpu-box:8000/metrics".to_owned(),

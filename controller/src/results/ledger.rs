@@ -109,23 +109,52 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The agents' own GPU readings per interval: the mean utilisation (0
-    /// to 1) of the readings taken in it; empty when no agent sampled.
-    pub fn gpu_utilisation(&self, interval_s: f64) -> BTreeMap<u64, f64> {
-        gpu_utilisation(self.agents.iter().flat_map(|a| a.gpu.iter()), interval_s)
+    /// The agents' own GPU readings per interval: the mean of `figure`
+    /// over the readings taken in it; empty when no agent sampled.
+    pub fn gpu(&self, figure: GpuFigure, interval_s: f64) -> BTreeMap<u64, f64> {
+        gpu_per_interval(self.agents.iter().flat_map(|a| a.gpu.iter()), figure, interval_s)
     }
 }
 
-/// GPU readings per interval: the mean utilisation of those taken in it.
-fn gpu_utilisation<'a>(samples: impl Iterator<Item = &'a pb::GpuSample>, interval_s: f64) -> BTreeMap<u64, f64> {
+/// What one GPU reading (NVML) says, 0 to 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuFigure {
+    /// Share of the period in which a kernel ran.
+    Utilisation,
+    /// Share of the device memory in use.
+    MemoryShare,
+    /// Share of the period in which device memory was read or written.
+    MemoryBandwidth,
+}
+
+impl GpuFigure {
+    /// Its value in one reading; `None` where the reading cannot say.
+    pub fn of(self, s: &pb::GpuSample) -> Option<f64> {
+        match self {
+            GpuFigure::Utilisation => Some(f64::from(s.utilization_pct) / 100.0),
+            GpuFigure::MemoryBandwidth => Some(f64::from(s.memory_utilization_pct) / 100.0),
+            GpuFigure::MemoryShare => {
+                (s.memory_total_bytes > 0).then(|| s.memory_used_bytes as f64 / s.memory_total_bytes as f64)
+            }
+        }
+    }
+}
+
+/// GPU readings per interval: the mean of `figure` over those taken in it.
+fn gpu_per_interval<'a>(
+    samples: impl Iterator<Item = &'a pb::GpuSample>,
+    figure: GpuFigure,
+    interval_s: f64,
+) -> BTreeMap<u64, f64> {
     let mut sums: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
     if interval_s <= 0.0 {
         return BTreeMap::new();
     }
     for s in samples {
+        let Some(v) = figure.of(s) else { continue };
         let k = (s.elapsed_us as f64 / 1e6 / interval_s) as u64;
         let e = sums.entry(k).or_default();
-        e.0 += f64::from(s.utilization_pct) / 100.0;
+        e.0 += v;
         e.1 += 1;
     }
     sums.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect()
@@ -543,8 +572,17 @@ mod tests {
             ..pb::GpuSample::default()
         };
         let samples = [s(100_000, 50), s(900_000, 100), s(1_500_000, 20)];
-        let by = gpu_utilisation(samples.iter(), 1.0);
+        let by = gpu_per_interval(samples.iter(), GpuFigure::Utilisation, 1.0);
         assert_eq!(by.get(&0), Some(&0.75));
         assert_eq!(by.get(&1), Some(&0.2));
+        let memory = pb::GpuSample {
+            memory_used_bytes: 3 << 30,
+            memory_total_bytes: 4 << 30,
+            memory_utilization_pct: 60,
+            ..pb::GpuSample::default()
+        };
+        assert_eq!(GpuFigure::MemoryShare.of(&memory), Some(0.75));
+        assert_eq!(GpuFigure::MemoryBandwidth.of(&memory), Some(0.6));
+        assert_eq!(GpuFigure::MemoryShare.of(&pb::GpuSample::default()), None);
     }
 }

@@ -569,6 +569,7 @@ mod tests {
                         memory_used_bytes: 4,
                         memory_total_bytes: 5,
                         power_mw: 6,
+                        memory_utilization_pct: 7,
                     }],
                     exemplars: vec![pb::Exemplar {
                         metric: pb::Metric::E2e as i32,

@@ -17,7 +17,7 @@ pub mod spec;
 
 use std::path::{Path, PathBuf};
 
-pub use ledger::{AgentEnd, AgentRecord, ClassTotals, Collected, Exemplar, Ledger};
+pub use ledger::{AgentEnd, AgentRecord, ClassTotals, Collected, Exemplar, GpuFigure, Ledger};
 pub use spec::Spec;
 
 use crate::server::{Series, scrapes};

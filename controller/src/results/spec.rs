@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::{Load, Profile, Request, Slo, Threshold};
+use crate::profile::{Grades, Load, Profile, Request, Slo, Threshold};
 
 /// A run's description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,9 @@ pub struct Spec {
     /// Per-request objectives, when the run has them.
     #[serde(default)]
     pub slo: Option<Slo>,
+    /// The bands TTFT and TPOT are graded by.
+    #[serde(default)]
+    pub grades: Grades,
     /// Users (closed loop) each agent was to run at its peak, by agent
     /// index; its length is the number of agents the run needed.
     pub agents: Vec<u32>,
@@ -167,6 +170,7 @@ impl Spec {
             thresholds: profile.thresholds.list.clone(),
             allow_client_bound: profile.thresholds.allow_client_bound,
             slo: profile.slo.clone(),
+            grades: profile.grades,
             agents: facts.agents,
             trace: facts.trace.map(TraceRef::of),
             run_trace_id: facts.run_trace_id.to_owned(),

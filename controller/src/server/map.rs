@@ -1,5 +1,6 @@
-//! What the servers' own metrics mean: vLLM, TGI, NVIDIA's DCGM exporter
-//! and llm-sim, mapped onto one vocabulary. Everything else is kept raw.
+//! What the servers' own metrics mean: vLLM, TGI, llama.cpp, NVIDIA's DCGM
+//! exporter and llm-sim, mapped onto one vocabulary. Everything else is
+//! kept raw.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +46,17 @@ pub enum Canon {
     GpuUtil,
     /// Accelerator memory in use, MiB (gauge).
     GpuMemoryMib,
+    /// Accelerator memory free, MiB (gauge).
+    GpuMemoryFreeMib,
+    /// Share of the accelerator memory in use, 0 to 1 (gauge): used over
+    /// used and free, from one scrape.
+    GpuMemoryShare,
+    /// Memory-bandwidth utilisation, 0 to 1 (gauge): the share of time the
+    /// memory interface was busy.
+    MemoryBandwidth,
+    /// Compute activity, 0 to 1 (gauge): the share of time the
+    /// multiprocessors had work.
+    ComputeActive,
     /// Accelerator power draw, W (gauge).
     GpuPowerW,
 }
@@ -66,7 +78,8 @@ impl Canon {
     pub fn kind(self) -> Kind {
         use Canon::*;
         match self {
-            Running | Waiting | KvCacheUsage | GpuUtil | GpuMemoryMib | GpuPowerW => Kind::Gauge,
+            Running | Waiting | KvCacheUsage | GpuUtil | GpuMemoryMib | GpuMemoryFreeMib | GpuMemoryShare
+            | MemoryBandwidth | ComputeActive | GpuPowerW => Kind::Gauge,
             QueueTime | Ttft | Itl | Tpot | E2e | Prefill | Decode => Kind::Histogram,
             PromptTokens | GenerationTokens | RequestsDone | Preemptions | BusySeconds => Kind::Counter,
         }
@@ -75,7 +88,10 @@ impl Canon {
     /// Series with other labels (GPUs, engines, models) add up, except
     /// shares, which average.
     fn averages(self) -> bool {
-        matches!(self, Canon::KvCacheUsage | Canon::GpuUtil)
+        matches!(
+            self,
+            Canon::KvCacheUsage | Canon::GpuUtil | Canon::MemoryBandwidth | Canon::ComputeActive
+        )
     }
 }
 
@@ -126,9 +142,24 @@ const RULES: &[Rule] = &[
     rule("tgi", "tgi_request_input_length_sum", Canon::PromptTokens, 1.0),
     rule("tgi", "tgi_request_generated_tokens_sum", Canon::GenerationTokens, 1.0),
     rule("tgi", "tgi_request_success", Canon::RequestsDone, 1.0),
+    // llama.cpp's server
+    rule("llama.cpp", "llamacpp:requests_processing", Canon::Running, 1.0),
+    rule("llama.cpp", "llamacpp:requests_deferred", Canon::Waiting, 1.0),
+    rule("llama.cpp", "llamacpp:kv_cache_usage_ratio", Canon::KvCacheUsage, 1.0),
+    rule("llama.cpp", "llamacpp:prompt_tokens_total", Canon::PromptTokens, 1.0),
+    rule(
+        "llama.cpp",
+        "llamacpp:tokens_predicted_total",
+        Canon::GenerationTokens,
+        1.0,
+    ),
     // NVIDIA DCGM exporter
     rule("dcgm", "DCGM_FI_DEV_GPU_UTIL", Canon::GpuUtil, 0.01),
     rule("dcgm", "DCGM_FI_DEV_FB_USED", Canon::GpuMemoryMib, 1.0),
+    rule("dcgm", "DCGM_FI_DEV_FB_FREE", Canon::GpuMemoryFreeMib, 1.0),
+    rule("dcgm", "DCGM_FI_PROF_DRAM_ACTIVE", Canon::MemoryBandwidth, 1.0),
+    rule("dcgm", "DCGM_FI_DEV_MEM_COPY_UTIL", Canon::MemoryBandwidth, 0.01),
+    rule("dcgm", "DCGM_FI_PROF_SM_ACTIVE", Canon::ComputeActive, 1.0),
     rule("dcgm", "DCGM_FI_DEV_POWER_USAGE", Canon::GpuPowerW, 1.0),
     // llm-sim
     rule("llm-sim", "llmsim_running_sequences", Canon::Running, 1.0),
@@ -164,7 +195,7 @@ pub enum Value {
 /// Where a mapped figure came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Source {
-    /// `vllm`, `tgi`, `dcgm` or `llm-sim`.
+    /// `vllm`, `tgi`, `llama.cpp`, `dcgm` or `llm-sim`.
     pub family: &'static str,
     /// The server's name for it.
     pub metric: &'static str,
@@ -249,6 +280,7 @@ pub fn map(samples: &[Sample]) -> Reading {
             },
         );
     }
+    memory_share(&mut reading);
     for s in samples {
         let base = histogram_part(&s.name)
             .map(|(b, _)| b)
@@ -259,6 +291,31 @@ pub fn map(samples: &[Sample]) -> Reading {
         }
     }
     reading
+}
+
+/// The share of accelerator memory in use, where a scrape gives both what
+/// is used and what is free (DCGM), summed over the accelerators.
+fn memory_share(reading: &mut Reading) {
+    let (Some(Value::Scalar(used)), Some(Value::Scalar(free))) = (
+        reading.values.get(&Canon::GpuMemoryMib),
+        reading.values.get(&Canon::GpuMemoryFreeMib),
+    ) else {
+        return;
+    };
+    let all = used + free;
+    if all <= 0.0 {
+        return;
+    }
+    let series = reading.sources[&Canon::GpuMemoryMib].series;
+    reading.values.insert(Canon::GpuMemoryShare, Value::Scalar(used / all));
+    reading.sources.insert(
+        Canon::GpuMemoryShare,
+        Source {
+            family: "dcgm",
+            metric: "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
+            series,
+        },
+    );
 }
 
 /// The families a reading recognised.
@@ -282,6 +339,29 @@ mod tests {
         assert_eq!(r.unmapped.iter().collect::<Vec<_>>(), ["other_thing"]);
         let old = map(&parse("vllm:gpu_cache_usage_perc 0.5\n").samples);
         assert_eq!(old.values[&Canon::KvCacheUsage], Value::Scalar(0.5));
+    }
+
+    #[test]
+    fn memory_share_comes_from_used_and_free_and_copy_util_is_a_percent() {
+        let page = parse(
+            "DCGM_FI_DEV_FB_USED{gpu=\"0\"} 60\nDCGM_FI_DEV_FB_USED{gpu=\"1\"} 20\n\
+             DCGM_FI_DEV_FB_FREE{gpu=\"0\"} 40\nDCGM_FI_DEV_FB_FREE{gpu=\"1\"} 80\n\
+             DCGM_FI_DEV_MEM_COPY_UTIL{gpu=\"0\"} 90\nDCGM_FI_DEV_MEM_COPY_UTIL{gpu=\"1\"} 70\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.values[&Canon::GpuMemoryShare], Value::Scalar(0.4));
+        assert_eq!(r.sources[&Canon::GpuMemoryShare].series, 2);
+        assert_eq!(r.values[&Canon::MemoryBandwidth], Value::Scalar(0.8));
+        // DCGM's profiling field wins over the copy utilisation.
+        let both = map(&parse("DCGM_FI_DEV_MEM_COPY_UTIL 90\nDCGM_FI_PROF_DRAM_ACTIVE 0.5\n").samples);
+        assert_eq!(both.values[&Canon::MemoryBandwidth], Value::Scalar(0.5));
+        assert!(both.unmapped.is_empty(), "{:?}", both.unmapped);
+        // Used without free: no share.
+        assert!(
+            !map(&parse("DCGM_FI_DEV_FB_USED 60\n").samples)
+                .values
+                .contains_key(&Canon::GpuMemoryShare)
+        );
     }
 
     #[test]

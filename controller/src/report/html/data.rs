@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use stampede_proto::{ErrorClass, Histograms, Metric};
 
 use crate::merge::Row;
-use crate::results::Collected;
+use crate::results::{Collected, GpuFigure};
 use crate::stats::Stats;
 
 /// The metrics whose percentile distributions the report draws.
@@ -144,7 +144,7 @@ impl ReportData {
     /// The figures of a finished run, with the agents' GPU readings.
     pub fn of(c: &Collected, interval_s: f64) -> ReportData {
         let mut data = ReportData::new(&c.rows, &c.merger.measured().histograms);
-        data.gpu = c.gpu_utilisation(interval_s);
+        data.gpu = c.gpu(GpuFigure::Utilisation, interval_s);
         data
     }
 }

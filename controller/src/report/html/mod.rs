@@ -22,7 +22,7 @@ pub use compare::render_compare;
 pub use data::{DISTRIBUTIONS, Distribution, IntervalData, Quantile, ReportData, TtftParts};
 
 use crate::report::grouped;
-use crate::report::summary::{Status, Summary};
+use crate::report::summary::{Grading, Status, Summary};
 use svg::sig;
 use timeline::Timeline;
 
@@ -265,6 +265,38 @@ fn findings(out: &mut String, s: &Summary) {
     out.push_str("</section>");
 }
 
+/// TTFT and TPOT with their grades, and the bands behind them.
+fn grades(out: &mut String, g: &Grading) {
+    let graded = g.graded();
+    if graded.is_empty() {
+        return;
+    }
+    let _ = write!(out, r#"<p class="grades">Grades of the {}:"#, esc(g.statistic));
+    for (name, x) in &graded {
+        let _ = write!(
+            out,
+            r#" {name} {} ms <span class="grade {grade}" data-grade="{name}">{grade}</span>"#,
+            sig(x.value_ms),
+            grade = x.grade.name()
+        );
+    }
+    let bands: Vec<String> = graded
+        .iter()
+        .map(|(name, x)| {
+            format!(
+                "{name} good under {} ms, acceptable under {} ms",
+                sig(x.good_under_ms),
+                sig(x.acceptable_under_ms)
+            )
+        })
+        .collect();
+    let _ = write!(
+        out,
+        r#" <span class="cs">({}; a label, not a threshold)</span></p>"#,
+        esc(&bands.join("; "))
+    );
+}
+
 fn key_figures(out: &mut String, s: &Summary) {
     let r = &s.requests;
     let th = &s.throughput;
@@ -323,6 +355,7 @@ fn key_figures(out: &mut String, s: &Summary) {
         );
     }
     out.push_str("</div>");
+    grades(out, &s.grades);
     tables::metrics(out, s);
     let _ = write!(
         out,

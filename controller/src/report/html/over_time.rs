@@ -163,25 +163,102 @@ fn errors_chart(out: &mut String, s: &Summary, d: &ReportData, t: &Timeline, ext
     t.chart(out, &chart);
 }
 
+/// The server's rows by interval.
+type Rows<'a> = BTreeMap<u64, &'a ServerInterval>;
+
+/// One server figure per interval of the run; `None` where the server did
+/// not say.
+fn column(s: &Summary, rows: &Rows<'_>, f: &dyn Fn(&ServerInterval) -> Option<f64>) -> Vec<Option<f64>> {
+    s.intervals
+        .iter()
+        .map(|i| rows.get(&i.interval).and_then(|r| f(r)))
+        .collect()
+}
+
+/// The server's name for a figure, or nothing.
+fn source(s: &Summary, canon: Canon) -> &'static str {
+    s.server
+        .as_ref()
+        .and_then(|sv| sv.mapped.get(&canon))
+        .map_or("", |f| f.source.metric)
+}
+
+/// The server's memory: KV-cache use, accelerator memory and its
+/// bandwidth as shares, and preemptions per interval.
+fn memory_charts(out: &mut String, t: &Timeline, s: &Summary, rows: &Rows<'_>) {
+    let col = |f: &dyn Fn(&ServerInterval) -> Option<f64>| column(s, rows, f);
+    let source = |canon: Canon| source(s, canon);
+    let mut series = Vec::new();
+    let mut sources = Vec::new();
+    for (name, color, canon, values) in [
+        (
+            "KV cache",
+            color::PURPLE,
+            Canon::KvCacheUsage,
+            col(&|r| r.kv_cache_usage),
+        ),
+        (
+            "VRAM used",
+            color::P99,
+            Canon::GpuMemoryShare,
+            col(&|r| r.vram_used_share),
+        ),
+        (
+            "memory bandwidth",
+            color::P50,
+            Canon::MemoryBandwidth,
+            col(&|r| r.memory_bandwidth),
+        ),
+        (
+            "compute",
+            color::GREEN,
+            Canon::ComputeActive,
+            col(&|r| r.compute_active),
+        ),
+    ] {
+        if values.iter().any(Option::is_some) {
+            series.push(Series::new(name, color, values));
+            sources.push(format!("{name}: {}", source(canon)));
+        }
+    }
+    if !series.is_empty() {
+        let chart = Chart {
+            share: true,
+            ..Chart::lines("memory", "Server: memory", "% (mean)", series).caption(format!(
+                "Averaged over each interval ({}). A KV cache near full makes requests wait or be preempted; VRAM above 90% leaves no headroom; memory bandwidth near its limit while compute is not means decode is memory-bound.",
+                sources.join("; ")
+            ))
+        };
+        t.chart(out, &chart);
+    }
+    let preempted = col(&|r| r.preemptions);
+    if preempted.iter().any(|v| v.is_some_and(|n| n > 0.0)) {
+        t.chart(
+            out,
+            &Chart::lines(
+                "preemptions",
+                "Server: preemptions",
+                "per interval",
+                vec![Series::new("preempted", color::P99, preempted)],
+            )
+            .caption(format!(
+                "Sequences the server took out of the batch to free KV-cache room ({}); each is recomputed later, so its tokens stall.",
+                source(Canon::Preemptions)
+            )),
+        );
+    }
+}
+
 fn server_charts(out: &mut String, s: &Summary, d: &ReportData, t: &Timeline) {
     let iv = &s.intervals;
-    let rows: BTreeMap<u64, &ServerInterval> = s
+    let rows: Rows<'_> = s
         .server
         .as_ref()
         .map(|sv| sv.intervals.iter().map(|r| (r.interval, r)).collect())
         .unwrap_or_default();
-    let col = |f: &dyn Fn(&ServerInterval) -> Option<f64>| {
-        iv.iter()
-            .map(|i| rows.get(&i.interval).and_then(|r| f(r)))
-            .collect::<Vec<_>>()
-    };
+    let col = |f: &dyn Fn(&ServerInterval) -> Option<f64>| column(s, &rows, f);
     let any = |v: &[Option<f64>]| v.iter().any(Option::is_some);
-    let source = |canon: Canon| {
-        s.server
-            .as_ref()
-            .and_then(|sv| sv.mapped.get(&canon))
-            .map_or("", |f| f.source.metric)
-    };
+    let source = |canon: Canon| source(s, canon);
     match &s.server {
         None => out.push_str(
             r#"<p class="empty">The server's own metrics were not scraped, so its queue, batch and KV cache are not shown.</p>"#,
@@ -231,17 +308,7 @@ fn server_charts(out: &mut String, s: &Summary, d: &ReportData, t: &Timeline) {
                     )),
                 );
             }
-            let kv = col(&|r| r.kv_cache_usage);
-            if any(&kv) {
-                let chart = Chart {
-                    share: true,
-                    ..Chart::lines("kv-cache", "Server: KV-cache use", "% of the cache", vec![
-                        Series::new("KV cache", color::PURPLE, kv),
-                    ])
-                    .caption(format!("{}, averaged over each interval.", source(Canon::KvCacheUsage)))
-                };
-                t.chart(out, &chart);
-            }
+            memory_charts(out, t, s, &rows);
         }
     }
     // Utilisation: the agents' GPU readings and the server's own figure,

@@ -162,6 +162,12 @@ fn server(s: &Summary) -> ServerSummary {
                 utilisation: Some(0.8),
                 queue_time_ms: Some(5.0),
                 prefill_ms: None,
+                preemptions: Some(if i.interval % 7 == 3 { 2.0 } else { 0.0 }),
+                vram_used_mib: Some(60_000.0),
+                vram_free_mib: Some(21_920.0),
+                vram_used_share: Some(60_000.0 / 81_920.0),
+                memory_bandwidth: Some(0.7),
+                compute_active: Some(0.3),
             })
             .collect(),
     }
@@ -204,10 +210,10 @@ fn every_time_chart_has_one_point_per_interval() {
         .filter(|(open, _)| attr(open, "data-kind") == Some("time"))
         .collect();
     // Load, requests, tokens, TTFT, ITL, E2E, errors, server requests,
-    // server queue, KV cache, utilisation, and TTFT's parts.
+    // server queue, memory, preemptions, utilisation, and TTFT's parts.
     assert_eq!(
         time.len(),
-        12,
+        13,
         "{:?}",
         time.iter().map(|t| attr(t.0, "data-chart")).collect::<Vec<_>>()
     );
@@ -379,7 +385,7 @@ fn an_hour_of_intervals_stays_small() {
         .into_iter()
         .filter(|(open, _)| attr(open, "data-kind") == Some("time"))
         .collect();
-    assert_eq!(time.len(), 12);
+    assert_eq!(time.len(), 13);
     for (open, body) in time {
         for tag in series_tags(body) {
             assert_eq!(attr(tag, "data-points"), Some("3600"), "{open}");

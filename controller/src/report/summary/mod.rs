@@ -138,6 +138,25 @@ fn goodput(spec: &Spec, c: &Counters, ended: u64, secs: f64) -> Option<Goodput> 
     })
 }
 
+/// TTFT and TPOT graded by the run's bands.
+fn grading(spec: &Spec, m: &Metrics) -> Grading {
+    let g = &spec.grades;
+    let graded = |metric: &MetricSummary, band: &crate::profile::Band| {
+        let value_ms = metric.stat(g.statistic)?;
+        Some(Graded {
+            value_ms,
+            grade: band.grade(value_ms),
+            good_under_ms: band.good.as_secs_f64() * 1e3,
+            acceptable_under_ms: band.acceptable.as_secs_f64() * 1e3,
+        })
+    };
+    Grading {
+        statistic: g.statistic.name(),
+        ttft: graded(&m.ttft, &g.ttft),
+        tpot: graded(&m.tpot, &g.tpot),
+    }
+}
+
 fn slo(spec: &Spec) -> Option<SloSummary> {
     let slo = spec.slo.as_ref()?;
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
@@ -472,6 +491,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
     let measured_s = (duration_s - warmups).max(0.0);
     let steps = steps(p, m.steps());
     let warmup = m.warmup();
+    let metrics = Metrics::of(&m.measured().histograms);
     let mut summary = Summary {
         schema: SCHEMA,
         run_id: p.run_id.clone(),
@@ -519,7 +539,8 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         requests,
         throughput: throughput(counters, measured_s),
         tokens: tokens::tokens(counters, p.target.tokenizer.as_ref()),
-        metrics: Metrics::of(&m.measured().histograms),
+        grades: grading(p, &metrics),
+        metrics,
         classes: classes(p, c, duration_s),
         load_table: load_table(&steps),
         knee: knee(p, &steps),

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::Summary;
-use crate::results::Collected;
+use crate::results::{Collected, GpuFigure};
 use crate::server::{Canon, Kind, Series, Source, Window};
 
 /// The server's own metrics.
@@ -22,7 +22,8 @@ pub struct ServerSummary {
     pub failed_scrapes: u64,
     /// What went wrong, or what was not understood, in words.
     pub note: Option<String>,
-    /// Metric families recognised: `vllm`, `tgi`, `dcgm`, `llm-sim`.
+    /// Metric families recognised: `vllm`, `tgi`, `llama.cpp`, `dcgm`,
+    /// `llm-sim`.
     pub families: Vec<&'static str>,
     /// Each figure understood, over the measured time.
     pub mapped: BTreeMap<Canon, Figure>,
@@ -73,6 +74,18 @@ pub struct ServerInterval {
     /// Mean prefill time of requests that finished prefill in it, ms
     /// (vLLM's `request_prefill_time_seconds`).
     pub prefill_ms: Option<f64>,
+    /// Sequences preempted from the batch in it.
+    pub preemptions: Option<f64>,
+    /// Mean accelerator memory in use, MiB.
+    pub vram_used_mib: Option<f64>,
+    /// Mean accelerator memory free, MiB.
+    pub vram_free_mib: Option<f64>,
+    /// Mean share of accelerator memory in use, 0 to 1.
+    pub vram_used_share: Option<f64>,
+    /// Mean memory-bandwidth utilisation, 0 to 1.
+    pub memory_bandwidth: Option<f64>,
+    /// Mean compute activity, 0 to 1.
+    pub compute_active: Option<f64>,
 }
 
 /// The accelerators the agents sampled.
@@ -86,6 +99,10 @@ pub struct GpuSummary {
     pub utilisation_mean: Option<f64>,
     /// Largest memory in use, MiB.
     pub memory_used_max_mib: Option<f64>,
+    /// Largest share of a device's memory in use, 0 to 1.
+    pub memory_used_share_max: Option<f64>,
+    /// Mean memory-bandwidth use (NVML's memory utilisation), 0 to 1.
+    pub memory_bandwidth_mean: Option<f64>,
     /// Mean power draw, W.
     pub power_mean_w: Option<f64>,
 }
@@ -93,10 +110,14 @@ pub struct GpuSummary {
 fn unit(canon: Canon) -> &'static str {
     match canon {
         Canon::Running | Canon::Waiting | Canon::RequestsDone | Canon::Preemptions => "requests",
-        Canon::KvCacheUsage | Canon::GpuUtil => "share",
+        Canon::KvCacheUsage
+        | Canon::GpuUtil
+        | Canon::GpuMemoryShare
+        | Canon::MemoryBandwidth
+        | Canon::ComputeActive => "share",
         Canon::PromptTokens | Canon::GenerationTokens => "tokens",
         Canon::BusySeconds => "s",
-        Canon::GpuMemoryMib => "MiB",
+        Canon::GpuMemoryMib | Canon::GpuMemoryFreeMib => "MiB",
         Canon::GpuPowerW => "W",
         Canon::QueueTime | Canon::Ttft | Canon::Itl | Canon::Tpot | Canon::E2e | Canon::Prefill | Canon::Decode => "ms",
     }
@@ -162,7 +183,7 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
     if families.is_empty() && !series.scrapes.is_empty() {
         note.get_or_insert_with(|| {
             format!(
-                "{} answered, but with no metric stampede understands (vLLM, TGI, DCGM, llm-sim); every scrape is kept in server-metrics.jsonl",
+                "{} answered, but with no metric stampede understands (vLLM, TGI, llama.cpp, DCGM, llm-sim); every scrape is kept in server-metrics.jsonl",
                 series.url
             )
         });
@@ -198,6 +219,15 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
                 utilisation: util,
                 queue_time_ms: observed_ms(series.window(Canon::QueueTime, start, a, b)),
                 prefill_ms: observed_ms(series.window(Canon::Prefill, start, a, b)),
+                preemptions: match series.window(Canon::Preemptions, start, a, b) {
+                    Some(Window::Increase { delta, .. }) => Some(delta),
+                    _ => None,
+                },
+                vram_used_mib: level(series.window(Canon::GpuMemoryMib, start, a, b)),
+                vram_free_mib: level(series.window(Canon::GpuMemoryFreeMib, start, a, b)),
+                vram_used_share: level(series.window(Canon::GpuMemoryShare, start, a, b)),
+                memory_bandwidth: level(series.window(Canon::MemoryBandwidth, start, a, b)),
+                compute_active: level(series.window(Canon::ComputeActive, start, a, b)),
             });
         }
     }
@@ -248,6 +278,8 @@ pub(super) fn gpu(c: &Collected) -> Option<GpuSummary> {
             .iter()
             .map(|s| s.memory_used_bytes as f64 / 1_048_576.0)
             .reduce(f64::max),
+        memory_used_share_max: all.iter().filter_map(|s| GpuFigure::MemoryShare.of(s)).reduce(f64::max),
+        memory_bandwidth_mean: mean(&|s| f64::from(s.memory_utilization_pct) / 100.0),
         power_mean_w: mean(&|s| f64::from(s.power_mw) / 1e3),
     })
 }

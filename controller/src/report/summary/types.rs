@@ -235,6 +235,8 @@ pub struct Summary {
     pub tokens: Tokens,
     /// Latency and token statistics of successful requests.
     pub metrics: Metrics,
+    /// TTFT and TPOT labelled good, acceptable or poor.
+    pub grades: Grading,
     /// Every metric broken down by prompt class, shortest prompts first.
     pub classes: Vec<ClassSummary>,
     /// Each step of the load, with its own statistics.
@@ -615,6 +617,41 @@ pub struct IntervalSummary {
     pub cpu: f64,
 }
 
+/// TTFT and TPOT graded against the run's bands: labels for people, never
+/// a verdict (thresholds decide the exit code).
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Grading {
+    /// The statistic graded, such as `p95`.
+    pub statistic: &'static str,
+    /// Time to first token; none without samples.
+    pub ttft: Option<Graded>,
+    /// Time per output token; none without samples.
+    pub tpot: Option<Graded>,
+}
+
+impl Grading {
+    /// The graded figures by name (`TTFT`, `TPOT`), those with samples.
+    pub fn graded(&self) -> Vec<(&'static str, &Graded)> {
+        [("TTFT", &self.ttft), ("TPOT", &self.tpot)]
+            .into_iter()
+            .filter_map(|(name, x)| x.as_ref().map(|x| (name, x)))
+            .collect()
+    }
+}
+
+/// One figure and its grade.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Graded {
+    /// The statistic's value, ms.
+    pub value_ms: f64,
+    /// `good`, `acceptable` or `poor`.
+    pub grade: crate::profile::Grade,
+    /// Good under this, ms.
+    pub good_under_ms: f64,
+    /// Acceptable under this, ms; poor from it on.
+    pub acceptable_under_ms: f64,
+}
+
 /// The metric contract, stated in every summary.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Definitions {
@@ -662,6 +699,8 @@ pub struct Definitions {
     pub capacity: &'static str,
     /// Thresholds.
     pub thresholds: &'static str,
+    /// Grades.
+    pub grades: &'static str,
 }
 
 /// The definitions every summary carries.
@@ -682,12 +721,13 @@ pub const DEFINITIONS: Definitions = Definitions {
     knee: crate::analysis::KNEE_RULE,
     client_bound: "the run is client-bound, and its results understate the server, when most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent used more than 90% of its CPU; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
-    server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
-    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
+    server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, llama.cpp, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
+    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
     goodput: "a request is good when it succeeded and met every objective of [slo]: TTFT (a request that streamed nothing is held to it by its end-to-end time), TPOT (requests of one token meet it), E2E, and every gap between tokens; each agent decides per request; goodput.ratio is good requests over the requests that ended (successes and failures), and over a class's successes for a class; rates divide by measured_s",
     capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",
     thresholds: "each [thresholds] entry judged on the merged, exact figures of the measured time (or of a class, over the whole run, or of a step); a failed one exits 99; one with abort = true is also judged as each interval completes, on everything merged so far, and stops the load when it breaks (after its grace time)",
+    grades: "TTFT and TPOT of successful requests, by the statistic of [grades] (default p95), are good under the good bound, acceptable under the acceptable bound and poor from it on; default bounds: TTFT 500 ms and 1 s, TPOT 50 ms and 100 ms; a label only, never a reason to fail",
 };
 
 /// The run's per-request objectives.
