@@ -124,6 +124,10 @@ fn a_stall_hidden_by_closed_loop_service_times_shows_from_the_intended_start() {
         builtin = "short"
         [agents]
         count = 2
+        # What this test measures is a 2 s stall; a few milliseconds of
+        # scheduling lag on a busy machine must not make the run invalid.
+        [thresholds]
+        allow_client_bound = true
         "#,
         sim.url
     );
@@ -147,11 +151,20 @@ fn a_stall_hidden_by_closed_loop_service_times_shows_from_the_intended_start() {
     assert!(http_post(sim.addr(), "/admin/stall?for=2s").contains("200"));
     let rest: Vec<String> = lines.collect();
     let status = controller.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{rest:#?}");
     let dir = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
     let s: Value = stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{rest:#?}\nverdict {:#}\nclient {:#}",
+        s["verdict"],
+        s["client"]
+    );
     let (e2e, from_intended) = (&s["metrics"]["e2e"], &s["metrics"]["e2e_intended"]);
-    eprintln!("e2e: {e2e}\ne2e from the intended start: {from_intended}");
+    eprintln!(
+        "e2e: {e2e}\ne2e from the intended start: {from_intended}\nclient: {}",
+        s["client"]
+    );
     // Each user had one slow request out of 150: the service-time p99 does
     // not see the stall...
     let p50 = num(&s, "/metrics/e2e/p50");
