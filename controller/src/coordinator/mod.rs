@@ -692,3 +692,66 @@ fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed: u64) -> pb
     };
     pb::Load { kind: Some(kind) }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::profile::{Overrides, Profile, ProfileError};
+
+    fn profile(text: &str) -> Result<Profile, ProfileError> {
+        Profile::parse(text, Path::new("p.toml"), &Overrides::default())
+    }
+
+    /// Every duration a profile gives the agents reaches them unchanged
+    /// (they read whole milliseconds), and one that would not is refused.
+    #[test]
+    fn durations_reach_the_agents_exactly() {
+        let closed = |text: &str| {
+            let p = profile(text).expect("a valid profile");
+            let slices = crate::plan::slices(&p, 2).expect("two slices");
+            let Some(pb::load::Kind::Closed(c)) = wire_load(&p.load, &slices[1], 2, 0).kind else {
+                panic!("a closed-loop load");
+            };
+            let Model::Users { think, pace } = p.load.model else {
+                panic!("users");
+            };
+            assert_eq!(Duration::from_millis(c.think_ms), think);
+            assert_eq!(Duration::from_millis(c.pace_ms), pace.unwrap_or(Duration::ZERO));
+            assert_eq!(c.phases.len(), p.load.steps.len());
+            for (phase, step) in c.phases.iter().zip(&p.load.steps) {
+                assert_eq!(Duration::from_millis(phase.duration_ms), step.duration);
+                assert_eq!(Duration::from_millis(phase.ramp_ms), step.ramp);
+            }
+            c
+        };
+        let c = closed(
+            "[load]\npace = \"1250ms\"\nstages = [\n  { users = 4, duration = \"1m30s\", ramp = \"1.5s\" },\n  { users = 8, duration = \"1.125s\" },\n]\n[report]\ninterval = \"125ms\"\n",
+        );
+        assert_eq!((c.pace_ms, c.phases[1].duration_ms), (1_250, 1_125));
+        assert_eq!(closed("[load]\nusers = 2\nthink_time = \"2.5s\"\n").think_ms, 2_500);
+
+        for (key, value) in [
+            ("load.pace", "[load]\nusers = 2\npace = \"500us\"\n"),
+            ("load.think_time", "[load]\nusers = 2\nthink_time = \"1.5ms\"\n"),
+            ("load.duration", "[load]\nrate = 2\nduration = \"2000.5ms\"\n"),
+            ("target.timeout", "[load]\nusers = 2\n[target]\ntimeout = \"0.9ms\"\n"),
+            (
+                "report.interval",
+                "[load]\nusers = 2\n[report]\ninterval = \"1.0001s\"\n",
+            ),
+        ] {
+            let Err(ProfileError::Invalid { problems, .. }) = profile(value) else {
+                panic!("{key}: a sub-millisecond duration was accepted");
+            };
+            assert_eq!(problems.len(), 1, "{key}: {problems:?}");
+            assert_eq!(problems[0].key, key);
+            assert!(
+                problems[0].message.contains("whole milliseconds"),
+                "{}",
+                problems[0].message
+            );
+        }
+    }
+}

@@ -321,6 +321,18 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
+    /// A duration the agents receive, which travels in whole milliseconds:
+    /// `"500us"` or `"1.5ms"` is refused rather than rounded away.
+    pub(crate) fn millis(&mut self, p: &mut Problems<'_>, key: &'static str, allow_zero: bool) -> Option<Duration> {
+        let d = self.duration(p, key, allow_zero)?;
+        if whole_millis(d) {
+            return Some(d);
+        }
+        let v = self.get(key)?;
+        self.wrong(p, key, v, WHOLE_MILLIS);
+        None
+    }
+
     /// An array of strings.
     pub(crate) fn strings(&mut self, p: &mut Problems<'_>, key: &'static str) -> Option<Vec<String>> {
         let v = self.get(key)?;
@@ -486,12 +498,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// A command-line duration flag, read as the profile reads durations and
-/// refused with the profile's words (clap prints the flag and the value
-/// before them).
+/// How the messages about a sub-millisecond duration for the agents read.
+const WHOLE_MILLIS: &str =
+    "whole milliseconds, such as \"1ms\" or \"250ms\" (the agents receive durations in milliseconds)";
+
+/// Whether a duration is a whole number of milliseconds.
+fn whole_millis(d: Duration) -> bool {
+    d.subsec_nanos().is_multiple_of(1_000_000)
+}
+
+/// A command-line duration flag, read as the profile reads durations the
+/// agents receive and refused with the profile's words (clap prints the
+/// flag and the value before them).
 pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(d) if !d.is_zero() && whole_millis(d) => Ok(d),
+        Ok(d) if !d.is_zero() => Err(format!("expected {WHOLE_MILLIS}")),
         _ => Err(format!("expected a positive duration such as {DURATION_EXAMPLES}")),
     }
 }
@@ -547,6 +569,14 @@ mod tests {
         for bad in ["thirty", "30", "-1s", "1.5parsecs", ""] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // A flag the agents receive takes whole milliseconds.
+        assert_eq!(parse_positive_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        assert!(
+            parse_positive_duration("500us")
+                .unwrap_err()
+                .contains("whole milliseconds")
+        );
+        assert!(parse_positive_duration("0s").unwrap_err().contains("positive duration"));
     }
 
     #[test]

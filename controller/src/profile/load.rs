@@ -129,11 +129,11 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
     } else {
         None
     };
-    let duration = l.duration(p, "duration", false);
+    let duration = l.millis(p, "duration", false);
     let warmup = l.duration(p, "warmup", true).unwrap_or(Duration::ZERO);
-    let drain = l.duration(p, "drain", true).unwrap_or(Duration::from_secs(30));
-    let think = l.duration(p, "think_time", true);
-    let pace = l.duration(p, "pace", false);
+    let drain = l.millis(p, "drain", true).unwrap_or(Duration::from_secs(30));
+    let think = l.millis(p, "think_time", true);
+    let pace = l.millis(p, "pace", false);
     let spawn_rate = l.number_in(p, "spawn_rate", 0.001, MAX_RATE);
     let arrival = l.choice(p, "arrival", &["constant", "poisson", "gamma"]);
     let burstiness = l.number_in(p, "burstiness", 0.01, 100.0);
@@ -343,8 +343,8 @@ fn stage_steps(stages: &mut [Table<'_, '_>], p: &mut Problems<'_>) -> Option<(Ki
     for t in stages.iter_mut() {
         let users = t.int_in(p, "users", 0, MAX_USERS);
         let rate = t.number_in(p, "rate", 0.0, MAX_RATE);
-        let duration = t.duration(p, "duration", false);
-        let ramp = t.duration(p, "ramp", true).unwrap_or(Duration::ZERO);
+        let duration = t.millis(p, "duration", false);
+        let ramp = t.millis(p, "ramp", true).unwrap_or(Duration::ZERO);
         let level = match (users, rate, t.span_of("users"), t.span_of("rate")) {
             (Some(u), None, _, None) => {
                 users_seen = true;
@@ -416,7 +416,7 @@ fn stage_steps(stages: &mut [Table<'_, '_>], p: &mut Problems<'_>) -> Option<(Ki
 fn sweep_steps(t: &mut Table<'_, '_>, p: &mut Problems<'_>, cli_step: Option<Duration>) -> Option<(Kind, Vec<Step>)> {
     let users = t.numbers(p, "users", 1.0, MAX_USERS as f64);
     let rates = t.numbers(p, "rates", 0.001, MAX_RATE);
-    let step = cli_step.or(t.duration(p, "step", false));
+    let step = cli_step.or(t.millis(p, "step", false));
     let (kind, levels) = match (users, rates) {
         (Some(u), None) if t.span_of("rates").is_none() => {
             if let Some(bad) = u.iter().find(|n| n.fract() != 0.0) {

@@ -309,7 +309,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let url = t.string(p, "url");
     let api = target::walk(&mut t, p);
     let model = t.string(p, "model");
-    let timeout = t.duration(p, "timeout", false);
+    let timeout = t.millis(p, "timeout", false);
     let base = path.parent().unwrap_or(Path::new("."));
     let tokenizer = match (&o.tokenizer, t.string(p, "tokenizer")) {
         (Some(cli), _) => {
@@ -347,7 +347,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     t.finish(p);
 
     let mut rep = top.table(p, "report");
-    let interval = rep.duration(p, "interval", false);
+    let interval = rep.millis(p, "interval", false);
     let out = rep.string(p, "out");
     rep.finish(p);
 
