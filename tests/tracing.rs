@@ -25,6 +25,7 @@ stampede_tests::suite![
     every_dialect_joins_the_servers_spans,
     sampling_keeps_every_failure_and_each_intervals_slowest,
     with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans,
+    with_the_collector_down_the_rates_are_those_of_a_run_without_tracing,
 ];
 
 /// A real OTLP collector hop: rotel, HTTP and gRPC in, gRPC out.
@@ -543,5 +544,65 @@ fn with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans() -> O
     // the warning), not per span.
     let complaints = run.stderr().matches("cannot export spans").count();
     assert_eq!(complaints, 1, "{}", run.stderr());
+    Ok(())
+}
+
+/// At the end of a run the agents flush their spans, which against a
+/// collector that is down takes up to the flush limit; the run's rates are
+/// over the load's own time and do not count it.
+fn with_the_collector_down_the_rates_are_those_of_a_run_without_tracing() -> Outcome {
+    let _machine = exclusive();
+    let sim = Sim::start(&[]);
+    // Open loop: both runs send the same requests at the same times.
+    let profile = |trace: &str| {
+        format!(
+            r#"
+            name = "rates"
+            [target]
+            url = "{}"
+            model = "llm-sim"
+            [load]
+            rate = 30
+            duration = "5s"
+            [request]
+            max_tokens = 8
+            [prompts]
+            inline = ["{}", "{}"]
+            [agents]
+            count = 2
+            [trace]
+            {trace}
+            "#,
+            sim.url,
+            prompt_of(12),
+            prompt_of(20)
+        )
+    };
+    let off = run_profile(&profile("enabled = false"), &[]);
+    let down = format!("endpoint = \"http://127.0.0.1:{}\"", free_port());
+    let started = Instant::now();
+    let down = run_profile(&profile(&down), &[]);
+    let took = started.elapsed();
+    for run in [&off, &down] {
+        assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    }
+    let (off, down) = (off.summary(), down.summary());
+    assert_eq!(num(off, "/requests/ok"), 150.0);
+    assert_eq!(num(down, "/requests/ok"), 150.0);
+    assert_eq!(num(down, "/tracing/spans_dropped"), 150.0, "{:#}", down["tracing"]);
+    let rate = |s: &Value| num(s, "/throughput/requests_per_s");
+    eprintln!(
+        "requests/s: tracing off {:.3} over {:.3} s; collector down {:.3} over {:.3} s (the run took {took:?})",
+        rate(off),
+        num(off, "/duration_s"),
+        rate(down),
+        num(down, "/duration_s")
+    );
+    assert!(
+        relative_error(rate(down), rate(off)) < 0.01,
+        "requests/s with the collector down {} against {} without tracing",
+        rate(down),
+        rate(off)
+    );
     Ok(())
 }

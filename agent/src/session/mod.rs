@@ -316,7 +316,7 @@ async fn running(
     let elapsed = start.elapsed();
     // The last report exports the spans still queued, within a bounded
     // time, and counts them as exported or dropped.
-    let last = reporter.report_last().await;
+    let last = reporter.report_last(elapsed).await;
     link.send(agent_message::Kind::Report(last)).await;
     let (finished, counters) = reporter.finished(elapsed, plan_classes.as_slice());
     link.send(agent_message::Kind::Finished(finished)).await;

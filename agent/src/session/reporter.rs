@@ -113,16 +113,19 @@ impl Reporter {
 
     /// Cuts the current interval into a report.
     pub(super) async fn report(&mut self) -> pb::Report {
-        self.cut(false).await
+        self.cut(None).await
     }
 
     /// Cuts the last report, after flushing the span exporter (bounded by
-    /// [`crate::trace::FLUSH`]).
-    pub(super) async fn report_last(&mut self) -> pb::Report {
-        self.cut(true).await
+    /// [`crate::trace::FLUSH`]). It is stamped `ended`, when the load ended
+    /// (time since the agent's start), not when the flush was done: the
+    /// exporter's time is not the load's, and the run's rates divide by it.
+    pub(super) async fn report_last(&mut self, ended: Duration) -> pb::Report {
+        self.cut(Some(ended)).await
     }
 
-    async fn cut(&mut self, last: bool) -> pb::Report {
+    async fn cut(&mut self, ended: Option<Duration>) -> pb::Report {
+        let last = ended.is_some();
         let mut work = self.work.take().expect("the work is put back after every cut");
         let active = self.active.load(Ordering::Relaxed);
         let index = self.next_index;
@@ -137,7 +140,7 @@ impl Reporter {
         self.sequence += 1;
         report.interval = self.next_index;
         report.sequence = self.sequence;
-        report.elapsed_us = micros(self.start.elapsed());
+        report.elapsed_us = micros(ended.unwrap_or_else(|| self.start.elapsed()));
         if let Some(gpu) = &self.gpu {
             report.gpu = gpu.drain(self.start);
         }
