@@ -163,7 +163,7 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         (decode, uptime, unknown) = (d, u, false);
     }
     let rows = s["server"]["intervals"].as_array().unwrap();
-    let mut compared = 0;
+    let (mut compared, mut bandwidths) = (0, 0);
     for (i, row) in s["intervals"].as_array().unwrap().iter().zip(rows) {
         let end = num(i, "/end_s");
         let inside: Vec<_> = truth
@@ -186,6 +186,7 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         assert!((num(row, "/vram_used_share") - vram).abs() < 1e-9, "{row:#}");
         if dram.is_finite() {
             assert!((num(row, "/memory_bandwidth") - dram).abs() < 1e-9, "{row:#}");
+            bandwidths += 1;
         }
         assert_eq!(
             num(row, "/vram_used_mib") + num(row, "/vram_free_mib"),
@@ -195,6 +196,7 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         compared += 1;
     }
     assert!(compared >= 5, "{compared} intervals compared");
+    assert!(bandwidths >= 3, "the bandwidth of only {bandwidths} intervals compared");
     // The cache held something, so memory moved; decode kept the memory
     // interface busy while compute was not: memory-bound decode.
     let mapped = &s["server"]["mapped"];
