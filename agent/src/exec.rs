@@ -65,6 +65,8 @@ pub struct Executor {
     /// The run's per-request objectives, when it has some: each success
     /// is checked against them (goodput).
     pub slo: Option<crate::slo::Slo>,
+    /// When requests were in flight, for the interval reports.
+    pub presence: Arc<crate::presence::Presence>,
     /// Unit tests of the load models: answer every request after these
     /// service times in turn, without a network, so that schedules can be
     /// checked on a paused clock.
@@ -84,6 +86,7 @@ impl Executor {
             tokenizer: None,
             trace: Default::default(),
             slo: None,
+            presence: Arc::default(),
             #[cfg(test)]
             service_times: None,
         }
@@ -157,6 +160,7 @@ impl Executor {
         timing: Timing,
         scratch: &'s mut Scratch,
     ) -> Outcome<'s> {
+        let _in_flight = self.presence.enter();
         let mut trail = Trail {
             parent: self.trace.context(),
             intended: timing.intended,
@@ -181,6 +185,12 @@ impl Executor {
         scratch.text.clear();
         let intended = timing.intended;
         let lag_us = micros(timing.dispatched.saturating_duration_since(timing.ready.max(intended)));
+        let late = lag_us > micros(LATE);
+        // Written this long after the intended start is the agent's or the
+        // server's doing (lag, a paced user's wait); what is left after
+        // dispatch was spent on this side: opening a connection, waiting
+        // for a concurrency slot.
+        let before_dispatch = micros(timing.dispatched.saturating_duration_since(intended));
         #[cfg(test)]
         if let Some((times, next)) = &self.service_times {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -192,7 +202,8 @@ impl Executor {
                 client_queue_us: micros(queued),
                 schedule_lag_us: lag_us,
                 e2e_intended_us: micros(e2e + queued),
-                late: queued > LATE,
+                late,
+                held: micros(queued).saturating_sub(before_dispatch) > micros(LATE),
                 output_tokens: 1,
                 ..Sample::default()
             });
@@ -225,6 +236,8 @@ impl Executor {
                 let mut sample = answer.sample(intended, counted, prompt.class);
                 sample.itl_us = &scratch.gaps;
                 sample.schedule_lag_us = lag_us;
+                sample.late = late;
+                sample.held = sample.client_queue_us.saturating_sub(before_dispatch) > micros(LATE);
                 sample.good = self.slo.is_some_and(|slo| slo.met(&sample));
                 Outcome::Ok(sample)
             }
@@ -239,7 +252,7 @@ impl Executor {
                     class,
                     message,
                     schedule_lag_us: lag_us,
-                    late: lag_us > micros(LATE),
+                    late,
                 }
             }
         }
@@ -587,7 +600,8 @@ impl Answer {
             schedule_lag_us: 0,
             ttft_intended_us: ttft.map(|t| micros(t + queued)),
             e2e_intended_us: micros(e2e + queued),
-            late: queued > LATE,
+            late: false,
+            held: false,
             class,
             finish: read.finish.or(read.finished.then_some(Finish::Unstated)),
             good: false,

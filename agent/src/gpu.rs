@@ -78,7 +78,7 @@ impl Sampler {
         let note = format!("{count} GPU(s) sampled every {PERIOD:?}: {}", names.join(", "));
         let (out, halt) = (Arc::clone(&readings), Arc::clone(&stop));
         let spawned = std::thread::Builder::new()
-            .name("gpu-sampler".to_owned())
+            .name(format!("{}gpu", crate::cpu::THREADS))
             .spawn(move || sample_loop(&nvml, count, &out, &halt));
         let note = match spawned {
             Ok(_) => note,

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod gpu;
 pub mod http;
 pub mod load;
+pub mod presence;
 pub mod prompts;
 pub mod record;
 pub mod session;
@@ -120,6 +121,16 @@ pub fn raise_open_file_limit() -> Option<u64> {
     limit.current
 }
 
+/// A runtime for agents' loads: its threads are named so that the agents'
+/// CPU is measured for them alone ([`cpu`]), and the runtime's tick
+/// measures how late they run.
+pub fn load_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(cpu::LOAD_THREADS)
+        .build()
+}
+
 /// Takes part in one run, from connecting to the controller until the
 /// load is over and reported. Cancelling `shutdown` stops new requests and
 /// lets in-flight ones finish within the drain time.
@@ -135,7 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Ended, E
     let logs = tracing::Span::current();
     let (done, ended) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name(format!("stampede-session-{}", config.name))
+        .name(format!("{}session-{}", cpu::THREADS, config.name))
         .spawn(move || {
             let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime.block_on(tracing::Instrument::instrument(

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         trace,
         gpu: cli.gpu,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match stampede_agent::load_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agent: cannot start the runtime: {e}");

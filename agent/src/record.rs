@@ -98,8 +98,12 @@ pub struct Sample<'a> {
     pub ttft_intended_us: Option<u64>,
     /// End to end from the intended start.
     pub e2e_intended_us: u64,
-    /// Sent more than [`stampede_proto::LATE`] after its intended start.
+    /// The agent sent it more than [`stampede_proto::LATE`] late: its
+    /// scheduling lag passed that.
     pub late: bool,
+    /// It was written more than [`stampede_proto::LATE`] after it was
+    /// dispatched (a connection opening, a concurrency slot).
+    pub held: bool,
     /// Why the server ended the answer, when it said.
     pub finish: Option<crate::api::Finish>,
     /// Its prompt's class, an index into the share's class names.
@@ -193,6 +197,7 @@ impl Interval {
                 }
                 h.record(Metric::E2eIntended, s.e2e_intended_us);
                 c.late += u64::from(s.late);
+                c.held += u64::from(s.held);
                 if s.good {
                     c.good += 1;
                     c.good_output_tokens += s.output_tokens;
@@ -299,6 +304,15 @@ impl Recorder {
 
     /// Records one outcome into the calling thread's shard.
     pub fn record(&self, outcome: &Outcome<'_>) {
+        self.in_shard(|i| i.record(outcome));
+    }
+
+    /// Records how late the load runtime ran a tick, microseconds.
+    pub fn record_delay(&self, us: u64) {
+        self.in_shard(|i| i.histograms.record(Metric::RuntimeDelay, us));
+    }
+
+    fn in_shard(&self, f: impl FnOnce(&mut Interval)) {
         SHARDS.with(|cell| {
             let mut shards = cell.borrow_mut();
             let mine = Arc::as_ptr(&self.registry);
@@ -318,7 +332,7 @@ impl Recorder {
                     &shards[shards.len() - 1].1
                 }
             };
-            shard.lock().record(outcome);
+            f(&mut shard.lock());
         });
     }
 

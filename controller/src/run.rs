@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 use stampede_agent::api::Dialect;
 use stampede_agent::http::Endpoint;
 use stampede_proto::pb;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -363,8 +362,17 @@ async fn run_traced(
     });
 
     let agent_stop = CancellationToken::new();
-    let mut local = JoinSet::new();
-    if let Agents::Local = &agents {
+    // In-process agents run their loads on a runtime of their own, so
+    // that their CPU and their runtime's delay are theirs alone.
+    let agents_runtime = match &agents {
+        Agents::Local => Some(
+            stampede_agent::load_runtime()
+                .map_err(|e| RunError::Failed(format!("cannot start the agents' runtime: {e}")))?,
+        ),
+        Agents::Remote(_) => None,
+    };
+    let mut local = Vec::new();
+    if let Some(runtime) = &agents_runtime {
         for i in 0..count {
             let config = stampede_agent::Config {
                 controller: format!("http://{}", control.addr),
@@ -375,7 +383,7 @@ async fn run_traced(
                 trace: None,
                 gpu: options.gpu,
             };
-            local.spawn(stampede_agent::run(config, agent_stop.clone()).in_current_span());
+            local.push(runtime.spawn(stampede_agent::run(config, agent_stop.clone()).in_current_span()));
         }
     }
     let collected = control.collected().await;
@@ -390,8 +398,8 @@ async fn run_traced(
     // server, then the simulator.
     agent_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(joined) = local.join_next().await {
-            match joined {
+        for joined in local {
+            match joined.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!("in-process agent: {e}"),
                 Err(e) => tracing::error!("in-process agent failed: {e}"),
@@ -399,6 +407,9 @@ async fn run_traced(
         }
     })
     .await;
+    if let Some(runtime) = agents_runtime {
+        runtime.shutdown_background();
+    }
     if let Some(sim) = sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), sim.stop()).await;
     }

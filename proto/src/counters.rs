@@ -75,8 +75,12 @@ pub struct Counters {
     pub tokens_counted: u64,
     /// Users running when the counters were cut (a gauge).
     pub active_users: u32,
-    /// Requests sent more than [`LATE`] after their intended start.
+    /// Requests the agent sent more than [`LATE`] after it should have:
+    /// their scheduling lag passed it.
     pub late: u64,
+    /// Requests written more than [`LATE`] after they were dispatched:
+    /// they waited for a connection to open or a concurrency slot.
+    pub held: u64,
     /// Scheduled arrivals never sent.
     pub dropped: u64,
     /// Request spans the OTLP collector accepted.
@@ -166,7 +170,8 @@ impl Comparison {
     }
 }
 
-/// A request sent this long after its intended start is late.
+/// A request the agent sends this long after it should have is late; one
+/// written this long after it was dispatched was held.
 pub const LATE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Counters {
@@ -194,6 +199,7 @@ impl Counters {
         self.tokens_counted += other.tokens_counted;
         self.active_users += other.active_users;
         self.late += other.late;
+        self.held += other.held;
         self.dropped += other.dropped;
         self.spans_exported += other.spans_exported;
         self.spans_dropped += other.spans_dropped;
@@ -220,6 +226,7 @@ impl Counters {
             tokens_counted: self.tokens_counted,
             active_users: self.active_users,
             late: self.late,
+            held: self.held,
             dropped: self.dropped,
             spans_exported: self.spans_exported,
             spans_dropped: self.spans_dropped,
@@ -251,6 +258,7 @@ impl Counters {
             tokens_counted: wire.tokens_counted,
             active_users: wire.active_users,
             late: wire.late,
+            held: wire.held,
             dropped: wire.dropped,
             spans_exported: wire.spans_exported,
             spans_dropped: wire.spans_dropped,

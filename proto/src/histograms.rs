@@ -54,11 +54,13 @@ pub enum Metric {
     ModelLoad,
     /// Whole-request time reported by the server.
     ServerTime,
+    /// How late a periodic tick on the agent's load runtime ran.
+    RuntimeDelay,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Ttft,
         Metric::Itl,
         Metric::Tpot,
@@ -74,6 +76,7 @@ impl Metric {
         Metric::ServerDecode,
         Metric::ModelLoad,
         Metric::ServerTime,
+        Metric::RuntimeDelay,
     ];
 
     /// Short stable name used in files and on the terminal.
@@ -94,6 +97,7 @@ impl Metric {
             Metric::ServerDecode => "server_decode",
             Metric::ModelLoad => "model_load",
             Metric::ServerTime => "server_time",
+            Metric::RuntimeDelay => "runtime_delay",
         }
     }
 
@@ -139,6 +143,7 @@ impl Metric {
             Metric::ServerDecode => pb::Metric::ServerDecode,
             Metric::ModelLoad => pb::Metric::ModelLoad,
             Metric::ServerTime => pb::Metric::ServerTime,
+            Metric::RuntimeDelay => pb::Metric::RuntimeDelay,
         }
     }
 
@@ -160,6 +165,7 @@ impl Metric {
             Ok(pb::Metric::ServerDecode) => Metric::ServerDecode,
             Ok(pb::Metric::ModelLoad) => Metric::ModelLoad,
             Ok(pb::Metric::ServerTime) => Metric::ServerTime,
+            Ok(pb::Metric::RuntimeDelay) => Metric::RuntimeDelay,
             Ok(pb::Metric::Unspecified) | Err(_) => return Err(WireError::UnknownMetric(number)),
         };
         Ok(metric)

@@ -38,7 +38,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, GenerateShape, OutputLength};
@@ -121,7 +120,7 @@ pub struct Handle {
     /// Where it listens.
     pub addr: SocketAddr,
     shutdown: CancellationToken,
-    task: JoinHandle<std::io::Result<()>>,
+    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
 }
 
 impl Handle {
@@ -133,10 +132,9 @@ impl Handle {
     /// Stops accepting requests and waits for the server to end.
     pub async fn stop(self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        self.done
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the simulator's thread ended without a result")))
     }
 }
 
@@ -146,10 +144,28 @@ pub async fn spawn(config: Config, addr: SocketAddr) -> std::io::Result<Handle> 
 }
 
 /// [`spawn`], exporting request spans to `spans`.
+///
+/// The simulator runs on a runtime of its own, on threads named
+/// `llm-sim`: sharing a process with the agents (the controller's
+/// built-in target), it never takes their runtime's workers, and its CPU
+/// is not counted as theirs.
 pub async fn spawn_traced(config: Config, spans: trace::Spans, addr: SocketAddr) -> std::io::Result<Handle> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("llm-sim")
+        .build()?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve_traced(config, spans, listener, shutdown.clone()));
-    Ok(Handle { addr, shutdown, task })
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let stop = shutdown.clone();
+    std::thread::Builder::new().name("llm-sim".to_owned()).spawn(move || {
+        let result = runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            serve_traced(config, spans, listener, stop).await
+        });
+        let _ = done_tx.send(result);
+    })?;
+    Ok(Handle { addr, shutdown, done })
 }

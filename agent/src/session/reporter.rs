@@ -13,6 +13,7 @@ use stampede_proto::pb;
 use tokio::time::Instant;
 
 use crate::cpu::Meter;
+use crate::presence::Presence;
 use crate::record::{Interval, Recorder};
 use crate::trace::Tracing;
 
@@ -24,6 +25,23 @@ struct Work {
     total: Interval,
     cpu: Meter,
     tracing: Arc<Tracing>,
+    classes: Vec<String>,
+}
+
+/// Class totals for the wire, those with successes.
+fn class_totals(
+    classes: &std::collections::BTreeMap<u16, crate::record::ClassTotals>,
+    names: &[String],
+) -> Vec<pb::ClassTotals> {
+    classes
+        .iter()
+        .filter(|(_, t)| t.counters.ok > 0)
+        .map(|(index, t)| pb::ClassTotals {
+            class: names.get(usize::from(*index)).cloned().unwrap_or_default(),
+            histograms: t.histograms.to_wire(),
+            counters: Some(t.counters.to_wire()),
+        })
+        .collect()
 }
 
 impl Work {
@@ -53,6 +71,7 @@ impl Work {
                 .collect(),
             cpu: self.cpu.sample(),
             exemplars,
+            classes: class_totals(&self.cut.classes, &self.classes),
             ..pb::Report::default()
         };
         self.cut.reset();
@@ -63,6 +82,7 @@ impl Work {
 /// Cuts interval reports and keeps the run's totals.
 pub(super) struct Reporter {
     work: Option<Work>,
+    presence: Arc<Presence>,
     active: Arc<AtomicU32>,
     start: Instant,
     interval: Duration,
@@ -78,10 +98,14 @@ fn micros(d: Duration) -> u64 {
 impl Reporter {
     /// A reporter of `recorder`'s outcomes, with intervals counted from
     /// `start`.
-    /// `gpu`'s readings go with each report.
+    /// `gpu`'s readings go with each report, and `presence`'s map of the
+    /// interval. `classes` names the prompt classes by index.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         recorder: Recorder,
         tracing: Arc<Tracing>,
+        presence: Arc<Presence>,
+        classes: Vec<String>,
         active: Arc<AtomicU32>,
         start: Instant,
         interval: Duration,
@@ -95,7 +119,9 @@ impl Reporter {
                 spare: Interval::default(),
                 total: Interval::default(),
                 cpu: Meter::default(),
+                classes,
             }),
+            presence,
             active,
             start,
             interval,
@@ -141,6 +167,9 @@ impl Reporter {
         report.interval = self.next_index;
         report.sequence = self.sequence;
         report.elapsed_us = micros(ended.unwrap_or_else(|| self.start.elapsed()));
+        let from = self.start + self.interval * u32::try_from(self.next_index).unwrap_or(u32::MAX);
+        let to = ended.map_or_else(|| self.due(), |e| self.start + e);
+        report.presence = self.presence.cut(from, to.max(from));
         if let Some(gpu) = &self.gpu {
             report.gpu = gpu.drain(self.start);
         }
@@ -149,9 +178,9 @@ impl Reporter {
     }
 
     /// The run's totals, once the last report is cut.
-    /// `classes` names the prompt classes by index.
-    pub(super) fn finished(&self, elapsed: Duration, classes: &[String]) -> (pb::Finished, stampede_proto::Counters) {
-        let total = &self.work.as_ref().expect("the work is put back after every cut").total;
+    pub(super) fn finished(&self, elapsed: Duration) -> (pb::Finished, stampede_proto::Counters) {
+        let work = self.work.as_ref().expect("the work is put back after every cut");
+        let total = &work.total;
         let mut counters = total.counters.clone();
         counters.active_users = 0;
         let finished = pb::Finished {
@@ -159,16 +188,7 @@ impl Reporter {
             counters: Some(counters.to_wire()),
             elapsed_us: micros(elapsed),
             last_sequence: self.sequence,
-            classes: total
-                .classes
-                .iter()
-                .filter(|(_, t)| t.counters.ok > 0)
-                .map(|(index, t)| pb::ClassTotals {
-                    class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
-                    histograms: t.histograms.to_wire(),
-                    counters: Some(t.counters.to_wire()),
-                })
-                .collect(),
+            classes: class_totals(&total.classes, &work.classes),
         };
         (finished, counters)
     }
