@@ -172,7 +172,9 @@ fn a_stall_hidden_by_closed_loop_service_times_shows_from_the_intended_start() {
     assert!(num(&s, "/metrics/e2e/max") >= 2_000.0, "the stall happened: {e2e}");
     // ...while every request the stall held back counts it from its tick.
     assert!(num(&s, "/metrics/e2e_intended/p99") >= 1_000.0, "{from_intended}");
-    assert!(num(&s, "/requests/late") >= 50.0, "{:#}", s["requests"]);
+    // Those requests were behind schedule by the server's doing: the
+    // agent sent each as soon as its user was free, so they are not late.
+    assert!(num(&s, "/requests/late") < 50.0, "{:#}", s["requests"]);
 }
 
 #[test]

@@ -95,6 +95,8 @@ fn report(agent: u32, interval: u64, slower: f64) -> Report {
         },
         samples: BTreeMap::new(),
         cpu: 0.05 + 0.02 * step as f64,
+        presence: vec![0xff; 125],
+        class_ttft: BTreeMap::new(),
     }
 }
 
@@ -166,6 +168,7 @@ fn server(s: &Summary) -> ServerSummary {
         unmapped: Vec::new(),
         skipped_lines: 0,
         intervals,
+        busy_s: None,
     }
 }
 
@@ -195,6 +198,8 @@ fn wire(r: &Report, agent: u32) -> pb::Report {
             trace_id: format!("{:016x}{:016x}", r.interval, agent),
             interval: r.interval,
         }],
+        presence: r.presence.clone(),
+        classes: Vec::new(),
     }
 }
 

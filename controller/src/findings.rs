@@ -151,13 +151,17 @@ pub fn inferred_queueing(levels: &[LevelLatency], label: impl Fn(f64) -> String)
     ))
 }
 
-/// The accelerator over the intervals in which requests were present.
-#[derive(Clone, Debug, PartialEq)]
+/// The accelerator over the time requests were present.
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Utilisation {
-    /// Mean utilisation, 0 to 1, over those intervals.
-    pub mean: f64,
+    /// Busy time over the time requests were present, 0 to 1.
+    pub utilisation: f64,
     /// Intervals counted.
     pub intervals: usize,
+    /// Seconds with requests in flight (the agents' presence maps); none
+    /// when the agents did not say, and whole intervals with requests
+    /// running or waiting stood in for it.
+    pub present_s: Option<f64>,
     /// Mean requests waiting over them, when the server says.
     pub waiting_mean: Option<f64>,
     /// Mean requests running over them, when the server says.
@@ -167,8 +171,9 @@ pub struct Utilisation {
 }
 
 /// GPU idle while requests were present.
-pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
-    let idle = 1.0 - u.mean;
+pub fn gpu_idle(u: &Option<Utilisation>) -> Option<Finding> {
+    let u = u.as_ref()?;
+    let idle = 1.0 - u.utilisation;
     if u.intervals == 0 || idle < IDLE_SHARE {
         return None;
     }
@@ -186,10 +191,13 @@ pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
         )
     };
     let mut evidence = vec![
-        ("utilisation_mean", round(u.mean, 4)),
+        ("utilisation_mean", round(u.utilisation, 4)),
         ("idle_share", round(idle, 4)),
         ("intervals", json!(u.intervals)),
     ];
+    if let Some(p) = u.present_s {
+        evidence.push(("requests_present_s", round(p, 3)));
+    }
     if let Some(w) = u.waiting_mean {
         evidence.push(("waiting_mean", round(w, 2)));
     }
@@ -199,7 +207,13 @@ pub fn gpu_idle(u: &Utilisation) -> Option<Finding> {
     Some(finding(
         "gpu_idle",
         title,
-        format!("{} over the intervals with requests in flight or queued", u.source),
+        match u.present_s {
+            Some(_) => format!(
+                "{}: busy time over the time the agents had requests in flight (to the millisecond, all agents together)",
+                u.source
+            ),
+            None => format!("{} over the intervals with requests in flight or queued", u.source),
+        },
         &evidence,
     ))
 }
@@ -382,25 +396,31 @@ pub fn memory_bound_decode(b: &Bandwidth) -> Option<Finding> {
     ))
 }
 
-/// Cold start: the first answers' TTFT (the first interval's p95) against
-/// steady state (the median of the later intervals' medians).
-pub fn cold_start(first_p95_ms: f64, steady_p50_ms: f64, first_interval: u64) -> Option<Finding> {
-    if steady_p50_ms <= 0.0 || first_p95_ms < COLD_RATIO * steady_p50_ms {
+/// Cold start: the first answers' TTFT (the first interval's p95)
+/// against steady state (the median of the later intervals' p95s), for
+/// one prompt class when the run has them.
+pub fn cold_start(first_p95_ms: f64, steady_p95_ms: f64, first_interval: u64, class: Option<&str>) -> Option<Finding> {
+    if steady_p95_ms <= 0.0 || first_p95_ms < COLD_RATIO * steady_p95_ms {
         return None;
+    }
+    let mut evidence = vec![
+        ("first_interval", json!(first_interval)),
+        ("first_ttft_p95_ms", round(first_p95_ms, 3)),
+        ("steady_ttft_p95_ms", round(steady_p95_ms, 3)),
+        ("ratio", round(first_p95_ms / steady_p95_ms, 3)),
+    ];
+    if let Some(c) = class {
+        evidence.push(("class", json!(c)));
     }
     Some(finding(
         "cold_start",
         format!(
-            "cold start: the first requests were {:.1}x slower to first token than steady state ({first_p95_ms:.0} ms against {steady_p50_ms:.0} ms)",
-            first_p95_ms / steady_p50_ms
+            "cold start: the first {}requests were {:.1}x slower to first token than steady state ({first_p95_ms:.0} ms against {steady_p95_ms:.0} ms, TTFT p95)",
+            class.map(|c| format!("{c} ")).unwrap_or_default(),
+            first_p95_ms / steady_p95_ms
         ),
-        "TTFT p95 of the first interval with successes against the median of its step's later interval medians",
-        &[
-            ("first_interval", json!(first_interval)),
-            ("first_ttft_p95_ms", round(first_p95_ms, 3)),
-            ("steady_ttft_p50_ms", round(steady_p50_ms, 3)),
-            ("ratio", round(first_p95_ms / steady_p50_ms, 3)),
-        ],
+        "TTFT p95 of the first interval with successes against the median TTFT p95 of its step's later intervals, prompt class by prompt class",
+        &evidence,
     ))
 }
 
@@ -555,23 +575,25 @@ mod tests {
 
     #[test]
     fn idle_gpu_with_a_queue_says_the_server_is_not_batching() {
-        let u = |mean, waiting| Utilisation {
-            mean,
+        let u = |utilisation, waiting| Utilisation {
+            utilisation,
             intervals: 20,
+            present_s: Some(12.5),
             waiting_mean: waiting,
             running_mean: Some(1.0),
             source: "DCGM_FI_DEV_GPU_UTIL".to_owned(),
         };
-        let f = gpu_idle(&u(0.25, Some(9.0))).unwrap();
+        let f = gpu_idle(&Some(u(0.25, Some(9.0)))).unwrap();
         assert!(f.title.starts_with("GPU idle while requests wait"), "{}", f.title);
         assert_eq!(f.evidence["idle_share"], json!(0.75));
         assert!(
-            gpu_idle(&u(0.25, Some(0.0)))
+            gpu_idle(&Some(u(0.25, Some(0.0))))
                 .unwrap()
                 .title
                 .contains("does not keep it busy")
         );
-        assert!(gpu_idle(&u(0.9, Some(9.0))).is_none());
+        assert!(gpu_idle(&Some(u(0.9, Some(9.0)))).is_none());
+        assert!(gpu_idle(&None).is_none());
     }
 
     #[test]
@@ -673,7 +695,13 @@ mod tests {
 
     #[test]
     fn cold_start_is_three_times_slower() {
-        assert!(cold_start(900.0, 100.0, 0).is_some());
-        assert!(cold_start(250.0, 100.0, 0).is_none());
+        let f = cold_start(900.0, 100.0, 0, Some("short")).unwrap();
+        assert!(
+            f.title
+                .starts_with("cold start: the first short requests were 9.0x slower"),
+            "{}",
+            f.title
+        );
+        assert!(cold_start(250.0, 100.0, 0, None).is_none());
     }
 }

@@ -25,8 +25,13 @@ pub struct Report {
     pub counters: Counters,
     /// First message per error class.
     pub samples: BTreeMap<ErrorClass, String>,
-    /// Share of its cores the agent's process used in the interval.
+    /// Share of its cores the agent's threads used in the interval.
     pub cpu: f64,
+    /// The milliseconds of the interval in which the agent had requests in
+    /// flight (a bit each); empty from an agent that does not say.
+    pub presence: Vec<u8>,
+    /// TTFT of the interval's successful requests by prompt class.
+    pub class_ttft: BTreeMap<String, hdrhistogram::Histogram<u64>>,
 }
 
 /// An agent's own totals, as it stated them at the end.
@@ -80,6 +85,8 @@ pub enum Place {
 pub struct Timeline {
     /// Per step: first interval, first measured interval, end (exclusive).
     steps: Vec<(u64, u64, u64)>,
+    /// The length of one interval.
+    interval: Duration,
 }
 
 impl Timeline {
@@ -99,7 +106,7 @@ impl Timeline {
                 (start, (start + n(load.warmup)).min(n(t)), n(t))
             })
             .collect();
-        Timeline { steps }
+        Timeline { steps, interval }
     }
 
     /// Where interval `index` belongs.
@@ -130,6 +137,14 @@ pub struct Row {
     pub stats: [Stats; Metric::ALL.len()],
     /// The busiest agent's CPU share in the interval.
     pub cpu: f64,
+    /// Its length, seconds: the interval's, or less for the last one,
+    /// which ends when the load did.
+    pub length_s: f64,
+    /// Seconds of it in which any agent had a request in flight; none when
+    /// no agent said.
+    pub present_s: Option<f64>,
+    /// TTFT statistics of its successful requests by prompt class.
+    pub class_ttft: BTreeMap<String, Stats>,
 }
 
 impl Row {
@@ -166,6 +181,10 @@ struct Open {
     counters: Counters,
     reported: BTreeSet<u32>,
     cpu: f64,
+    /// The latest cut of its reports, microseconds after the start.
+    elapsed_us: u64,
+    presence: Option<Vec<u8>>,
+    class_ttft: BTreeMap<String, hdrhistogram::Histogram<u64>>,
 }
 
 /// Merges every report of a run.
@@ -259,6 +278,27 @@ impl Merger {
         open.counters.add(&report.counters);
         open.reported.insert(agent);
         open.cpu = open.cpu.max(report.cpu);
+        open.elapsed_us = open.elapsed_us.max(report.elapsed_us);
+        if !report.presence.is_empty() {
+            let map = open.presence.get_or_insert_with(Vec::new);
+            if map.len() < report.presence.len() {
+                map.resize(report.presence.len(), 0);
+            }
+            for (mine, theirs) in map.iter_mut().zip(&report.presence) {
+                *mine |= theirs;
+            }
+        }
+        for (class, h) in &report.class_ttft {
+            match open.class_ttft.get_mut(class) {
+                Some(mine) => {
+                    // Same bounds on both sides: adding cannot fail.
+                    let _ = mine.add(h);
+                }
+                None => {
+                    open.class_ttft.insert(class.clone(), h.clone());
+                }
+            }
+        }
         (Merged::Added, self.complete())
     }
 
@@ -306,12 +346,23 @@ impl Merger {
     }
 
     fn row(&self, interval: u64, open: Open) -> Row {
+        let length = self.timeline.interval.as_secs_f64();
+        let start = interval as f64 * length;
         Row {
             interval,
             place: self.timeline.place(interval),
             stats: stats_of(&open.histograms),
             counters: open.counters,
             cpu: open.cpu,
+            length_s: if open.elapsed_us == 0 {
+                length
+            } else {
+                (open.elapsed_us as f64 / 1e6 - start).clamp(0.0, length)
+            },
+            present_s: open
+                .presence
+                .map(|m| f64::from(m.iter().map(|b| b.count_ones()).sum::<u32>()) / 1e3),
+            class_ttft: open.class_ttft.iter().map(|(c, h)| (c.clone(), Stats::of(h))).collect(),
         }
     }
 
@@ -408,6 +459,8 @@ mod tests {
             },
             samples: BTreeMap::new(),
             cpu: 0.25,
+            presence: Vec::new(),
+            class_ttft: BTreeMap::new(),
         }
     }
 

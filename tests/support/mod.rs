@@ -102,6 +102,18 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
+/// This process runs as root (its real user id is 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// A running `llm-sim` process.
 pub struct Sim {
     child: Child,
@@ -283,13 +295,34 @@ pub fn run_shipped_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> 
     run_controller_with_env(tmp, &[&["run", path.to_str().expect("utf-8 path")], args].concat(), env)
 }
 
+/// [`run_profile`] with the controller started by `wrapper`, a command
+/// that ends by running its arguments (such as `sh -c '... exec "$0" "$@"'`
+/// to move it into a cgroup first).
+pub fn run_profile_wrapped(wrapper: &[&str], profile: &str, args: &[&str]) -> Run {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = tmp.path().join("profile.toml");
+    std::fs::write(&path, profile).expect("profile written");
+    let mut command = Command::new(wrapper[0]);
+    command.args(&wrapper[1..]).arg(bin("controller"));
+    run_command(
+        tmp,
+        command,
+        &[&["run", path.to_str().expect("utf-8 path")], args].concat(),
+        &[],
+    )
+}
+
 fn run_controller(tmp: tempfile::TempDir, args: &[&str]) -> Run {
     run_controller_with_env(tmp, args, &[])
 }
 
 fn run_controller_with_env(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_command(tmp, Command::new(bin("controller")), args, env)
+}
+
+fn run_command(tmp: tempfile::TempDir, mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = tmp.path().join("results");
-    let output = Command::new(bin("controller"))
+    let output = command
         .args(args)
         .envs(env.iter().copied())
         .args(["--out", out.to_str().expect("utf-8 path")])

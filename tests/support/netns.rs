@@ -19,15 +19,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// `Ok` when this process may create network namespaces; else what is
 /// missing.
 pub fn available() -> Result<(), Missing> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !crate::is_root() {
         return Err(Missing::new(
             "network namespaces need root (.ci/run runs as root in CI)",
         ));

@@ -25,7 +25,7 @@ fn server_rows(s: &Summary) -> Vec<(f64, &IntervalSummary, &ServerInterval)> {
     let rows: BTreeMap<u64, &ServerInterval> = sv.intervals.iter().map(|r| (r.interval, r)).collect();
     s.intervals
         .iter()
-        .filter_map(|i| rows.get(&i.interval).map(|r| (i.end_s - s.load.interval_s, i, *r)))
+        .filter_map(|i| rows.get(&i.interval).map(|r| (i.start_s(), i, *r)))
         .collect()
 }
 
@@ -121,6 +121,149 @@ fn bandwidth(s: &Summary) -> Option<Bandwidth> {
     })
 }
 
+/// The accelerator's busy time over the time requests were present, from
+/// the agents' GPU readings, else the server's utilisation gauge (DCGM),
+/// else its busy-time counter; none without any of them.
+pub fn busy_while_present(s: &Summary, c: &Collected) -> Option<Utilisation> {
+    let server = s.server.as_ref();
+    let figure = |canon: Canon| server.and_then(|sv| sv.mapped.get(&canon));
+    let sampled = c.gpu(GpuFigure::Utilisation, s.load.interval_s);
+    let source = if !sampled.is_empty() {
+        "GPU readings of the agents (NVML)".to_owned()
+    } else if let Some(f) = figure(Canon::GpuUtil) {
+        format!("server metric {}", f.source.metric)
+    } else {
+        let f = figure(Canon::BusySeconds)?;
+        format!("busy time of the server ({})", f.source.metric)
+    };
+    let rows: BTreeMap<u64, &ServerInterval> = server
+        .map(|sv| sv.intervals.iter().map(|r| (r.interval, r)).collect())
+        .unwrap_or_default();
+    let mut u = utilisation(s, &rows, &sampled, source)?;
+    // A busy-time counter read from the first scrape (before the load) to
+    // the last (after it) holds all the busy time, wherever the scrapes
+    // fell against the intervals: over all the time requests were present.
+    let present: Option<f64> = s.intervals.iter().map(|i| i.present_s).sum();
+    if sampled.is_empty()
+        && figure(Canon::GpuUtil).is_none()
+        && let (Some(busy), Some(present)) = (server.and_then(|sv| sv.busy_s), present)
+        && present > 0.0
+    {
+        u.utilisation = (busy / present).clamp(0.0, 1.0);
+        u.present_s = Some(present);
+    }
+    Some(u)
+}
+
+/// The accelerator's busy time over the time requests were present.
+///
+/// Each interval's utilisation (the agents' GPU readings, else the
+/// server's gauge or busy-time counter) times its length is its busy time;
+/// the agents' presence maps (ORed over agents, to the millisecond) say for
+/// how long requests were in flight in it. Utilisation while present is
+/// the busy time over the present time, summed over the intervals that
+/// have both: an accelerator that idles while nobody asks is not idle
+/// "while requests were in flight". Agents that do not send presence fall
+/// back to the intervals in which requests ran or waited.
+fn utilisation(
+    s: &Summary,
+    rows: &BTreeMap<u64, &ServerInterval>,
+    sampled: &BTreeMap<u64, f64>,
+    source: String,
+) -> Option<Utilisation> {
+    let (mut busy, mut present, mut n) = (0.0, 0.0, 0);
+    let (mut waiting, mut running, mut with_counts) = (0.0, 0.0, 0);
+    let exact = s.intervals.iter().all(|i| i.present_s.is_some());
+    for i in &s.intervals {
+        let row = rows.get(&i.interval).copied();
+        let here = match i.present_s {
+            Some(p) if exact => p,
+            _ if !exact && occupied(row, i) => i.length_s,
+            _ => 0.0,
+        };
+        if here <= 0.0 {
+            continue;
+        }
+        let util = if sampled.is_empty() {
+            row.and_then(|r| r.utilisation)
+        } else {
+            sampled.get(&i.interval).copied()
+        };
+        let Some(util) = util else { continue };
+        busy += util * i.length_s;
+        present += here;
+        n += 1;
+        if let Some(r) = row
+            && let (Some(run), Some(w)) = (r.running, r.waiting)
+        {
+            running += run;
+            waiting += w;
+            with_counts += 1;
+        }
+    }
+    if n == 0 || present <= 0.0 {
+        return None;
+    }
+    let avg = |x: f64| (with_counts > 0).then(|| x / f64::from(with_counts));
+    Some(Utilisation {
+        utilisation: (busy / present).clamp(0.0, 1.0),
+        intervals: n as usize,
+        present_s: exact.then_some(present),
+        waiting_mean: avg(waiting),
+        running_mean: avg(running),
+        source,
+    })
+}
+
+/// Cold start, comparing like with like: for each prompt class, the TTFT
+/// p95 of the first interval with its successes against the median of
+/// the same class's p95 over the later intervals of that step (at least
+/// three); the class that slowed most speaks. Prompts of different
+/// lengths never meet, and a p95 meets only p95s, so mixed prompts or a
+/// handful of first answers are not taken for a cold start. Reports
+/// without classes are read as one class.
+fn cold_start(c: &Collected) -> Option<Finding> {
+    let mut classes: BTreeMap<&str, Vec<(u64, usize, u64)>> = BTreeMap::new();
+    for r in &c.rows {
+        let step = match r.place {
+            crate::merge::Place::Warmup(k) | crate::merge::Place::Step(k) => k,
+            crate::merge::Place::Drain => continue,
+        };
+        if r.class_ttft.is_empty() {
+            let t = r.get(stampede_proto::Metric::Ttft);
+            if t.count > 0 {
+                classes.entry("").or_default().push((r.interval, step, t.p95));
+            }
+        }
+        for (class, t) in &r.class_ttft {
+            if t.count > 0 {
+                classes.entry(class).or_default().push((r.interval, step, t.p95));
+            }
+        }
+    }
+    let mut worst: Option<(f64, Finding)> = None;
+    for (class, seen) in classes {
+        let Some(&(interval, step, first)) = seen.first() else {
+            continue;
+        };
+        let mut later: Vec<u64> = seen[1..].iter().filter(|x| x.1 == step).map(|x| x.2).collect();
+        if later.len() < 3 {
+            continue;
+        }
+        later.sort_unstable();
+        let steady = later[later.len() / 2] as f64 / 1e3;
+        let first = first as f64 / 1e3;
+        let Some(f) = findings::cold_start(first, steady, interval, (!class.is_empty()).then_some(class)) else {
+            continue;
+        };
+        let ratio = first / steady;
+        if worst.as_ref().is_none_or(|(r, _)| ratio > *r) {
+            worst = Some((ratio, f));
+        }
+    }
+    worst.map(|(_, f)| f)
+}
+
 /// Every finding the run supports.
 pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -181,51 +324,7 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
     }
 
     // GPU idle while requests were present.
-    let sampled = c.gpu(GpuFigure::Utilisation, s.load.interval_s);
-    let source = if !sampled.is_empty() {
-        Some("GPU readings of the agents (NVML)".to_owned())
-    } else if let Some(f) = figure(Canon::GpuUtil) {
-        Some(format!("server metric {}", f.source.metric))
-    } else {
-        figure(Canon::BusySeconds).map(|f| format!("busy time of the server ({})", f.source.metric))
-    };
-    if let Some(source) = source {
-        let rows: BTreeMap<u64, &ServerInterval> = server
-            .map(|sv| sv.intervals.iter().map(|r| (r.interval, r)).collect())
-            .unwrap_or_default();
-        let (mut sum, mut n, mut waiting, mut running, mut with_counts) = (0.0, 0, 0.0, 0.0, 0);
-        for i in &s.intervals {
-            let row = rows.get(&i.interval).copied();
-            if !occupied(row, i) {
-                continue;
-            }
-            let util = if sampled.is_empty() {
-                row.and_then(|r| r.utilisation)
-            } else {
-                sampled.get(&i.interval).copied()
-            };
-            let Some(util) = util else { continue };
-            sum += util;
-            n += 1;
-            if let Some(r) = row
-                && let (Some(run), Some(w)) = (r.running, r.waiting)
-            {
-                running += run;
-                waiting += w;
-                with_counts += 1;
-            }
-        }
-        if n > 0 {
-            let avg = |x: f64| (with_counts > 0).then(|| x / f64::from(with_counts));
-            out.extend(findings::gpu_idle(&Utilisation {
-                mean: sum / f64::from(n),
-                intervals: n as usize,
-                waiting_mean: avg(waiting),
-                running_mean: avg(running),
-                source,
-            }));
-        }
-    }
+    out.extend(findings::gpu_idle(&s.busy_while_present));
 
     // Memory: the KV cache and preemptions, VRAM, memory bandwidth.
     if let Some(k) = kv_pressure(s) {
@@ -238,26 +337,8 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
         out.extend(findings::memory_bound_decode(&b));
     }
 
-    // Cold start: the slowest of the first answers (the first interval
-    // with successes, its p95) against the typical answer of the rest of
-    // its step.
-    if let Some(first) = s.intervals.iter().find(|i| i.ok > 0 && i.ttft_p95_ms.is_some()) {
-        let mut later: Vec<f64> = s
-            .intervals
-            .iter()
-            .filter(|i| i.interval > first.interval && i.step == first.step && i.step.is_some())
-            .filter_map(|i| i.ttft_p50_ms)
-            .collect();
-        if later.len() >= 3 {
-            later.sort_by(f64::total_cmp);
-            let steady = later[later.len() / 2];
-            out.extend(findings::cold_start(
-                first.ttft_p95_ms.unwrap_or(0.0),
-                steady,
-                first.interval,
-            ));
-        }
-    }
+    // Cold start: like with like.
+    out.extend(cold_start(c));
 
     // Client-bound.
     out.extend(findings::client_bound(

@@ -353,14 +353,26 @@ fn steps(o: &mut String, s: &Summary) {
 }
 
 fn schedule(o: &mut String, s: &Summary) {
-    if s.requests.late > 0 || s.requests.dropped > 0 {
-        let _ = writeln!(
-            o,
-            "schedule  {} request{} sent late (over 5 ms), {} never sent",
-            grouped(s.requests.late),
-            plural(s.requests.late),
-            grouped(s.requests.dropped)
-        );
+    let r = &s.requests;
+    if r.late > 0 || r.held > 0 || r.dropped > 0 {
+        let mut parts = Vec::new();
+        if r.late > 0 {
+            parts.push(format!(
+                "{} request{} sent late by the agents (lag over 5 ms)",
+                grouped(r.late),
+                plural(r.late)
+            ));
+        }
+        if r.held > 0 {
+            parts.push(format!(
+                "{} held over 5 ms before writing (a connection opening, or max_concurrency)",
+                grouped(r.held)
+            ));
+        }
+        if r.dropped > 0 {
+            parts.push(format!("{} never sent", grouped(r.dropped)));
+        }
+        let _ = writeln!(o, "schedule  {}", parts.join(", "));
     }
     if s.client.bound {
         let _ = writeln!(o, "client-bound: results understate the server");

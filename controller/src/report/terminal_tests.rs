@@ -63,6 +63,8 @@ fn report(interval: u64, scale: u64) -> Report {
         },
         samples: BTreeMap::from([(ErrorClass::Timeout, "no answer within 30s".to_owned())]),
         cpu: 0.12,
+        presence: Vec::new(),
+        class_ttft: BTreeMap::new(),
     }
 }
 

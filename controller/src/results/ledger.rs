@@ -526,6 +526,17 @@ fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::Wir
         counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
         samples,
         cpu: wire.cpu,
+        presence: wire.presence.clone(),
+        class_ttft: wire
+            .classes
+            .iter()
+            .map(|c| {
+                Ok((
+                    c.class.clone(),
+                    Histograms::from_wire(&c.histograms)?.get(Metric::Ttft).clone(),
+                ))
+            })
+            .collect::<Result<_, stampede_proto::WireError>>()?,
     })
 }
 

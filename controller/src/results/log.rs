@@ -167,6 +167,11 @@ struct ReportLine {
     #[serde(default)]
     gpu: Vec<pb::GpuSample>,
     histograms: HistogramLine,
+    /// Base64 of the presence map.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    presence: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<ClassLine>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -259,6 +264,8 @@ impl From<ReportEntry> for ReportLine {
             error_samples: r.error_samples,
             gpu: r.gpu,
             histograms: histograms_line(&r.histograms),
+            presence: STANDARD.encode(&r.presence),
+            classes: r.classes.into_iter().map(ClassLine::from).collect(),
         }
     }
 }
@@ -292,6 +299,14 @@ impl TryFrom<ReportLine> for ReportEntry {
                 cpu: l.cpu,
                 gpu: l.gpu,
                 exemplars,
+                presence: STANDARD
+                    .decode(&l.presence)
+                    .map_err(|e| format!("presence: not base64: {e}"))?,
+                classes: l
+                    .classes
+                    .into_iter()
+                    .map(pb::ClassTotals::try_from)
+                    .collect::<Result<_, _>>()?,
             },
         })
     }
@@ -307,16 +322,30 @@ impl From<FinishedEntry> for FinishedLine {
             last_sequence: f.last_sequence,
             counters: f.counters.unwrap_or_default(),
             histograms: histograms_line(&f.histograms),
-            classes: f
-                .classes
-                .into_iter()
-                .map(|c| ClassLine {
-                    class: c.class,
-                    counters: c.counters.unwrap_or_default(),
-                    histograms: histograms_line(&c.histograms),
-                })
-                .collect(),
+            classes: f.classes.into_iter().map(ClassLine::from).collect(),
         }
+    }
+}
+
+impl From<pb::ClassTotals> for ClassLine {
+    fn from(c: pb::ClassTotals) -> ClassLine {
+        ClassLine {
+            class: c.class,
+            counters: c.counters.unwrap_or_default(),
+            histograms: histograms_line(&c.histograms),
+        }
+    }
+}
+
+impl TryFrom<ClassLine> for pb::ClassTotals {
+    type Error = String;
+
+    fn try_from(c: ClassLine) -> Result<pb::ClassTotals, String> {
+        Ok(pb::ClassTotals {
+            class: c.class,
+            histograms: histograms_wire(c.histograms)?,
+            counters: Some(c.counters),
+        })
     }
 }
 
@@ -327,13 +356,7 @@ impl TryFrom<FinishedLine> for FinishedEntry {
         let classes = l
             .classes
             .into_iter()
-            .map(|c| {
-                Ok(pb::ClassTotals {
-                    class: c.class,
-                    histograms: histograms_wire(c.histograms)?,
-                    counters: Some(c.counters),
-                })
-            })
+            .map(pb::ClassTotals::try_from)
             .collect::<Result<_, String>>()?;
         Ok(FinishedEntry {
             agent: l.agent,
@@ -503,6 +526,7 @@ mod tests {
             spans_dropped: 18,
             good: 19,
             good_output_tokens: 20,
+            held: 21,
         }
     }
 
@@ -576,6 +600,12 @@ mod tests {
                         value_us: 9,
                         trace_id: "ab".repeat(16),
                         interval: 2,
+                    }],
+                    presence: vec![0b1010_0101, 0xff],
+                    classes: vec![pb::ClassTotals {
+                        class: "short".to_owned(),
+                        histograms: histograms(),
+                        counters: Some(counters()),
                     }],
                 },
             }),

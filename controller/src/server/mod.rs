@@ -200,6 +200,23 @@ impl Series {
         })
     }
 
+    /// A running total's increase from the first scrape that has it to the
+    /// last (a reset in between restarts the count): over the whole run,
+    /// when the first scrape came before the load and the last after it.
+    pub fn increase(&self, canon: Canon) -> Option<f64> {
+        let mut values = self.scrapes.iter().filter_map(|s| match s.reading.values.get(&canon) {
+            Some(Value::Scalar(v)) => Some(*v),
+            _ => None,
+        });
+        let first = values.next()?;
+        let (mut total, mut last) = (0.0, first);
+        for v in values {
+            total += if v >= last { v - last } else { v };
+            last = v;
+        }
+        Some(total)
+    }
+
     /// `canon` between `from` and `to` seconds after `start`: gauges from
     /// the scrapes inside the window, running totals from the last scrape
     /// at or before each end (a reset in between restarts the count).

@@ -198,6 +198,9 @@ mod tests {
             },
             stats: Metric::ALL.map(|m| Stats::of(h.get(m))),
             cpu: 0.0,
+            length_s: 1.0,
+            present_s: None,
+            class_ttft: Default::default(),
         }
     }
 

@@ -335,7 +335,12 @@ fn key_figures(out: &mut String, s: &Summary) {
         (
             "error rate",
             pct(r.error_rate),
-            format!("{} late · {} never sent", grouped(r.late), grouped(r.dropped)),
+            format!(
+                "{} late · {} held · {} never sent",
+                grouped(r.late),
+                grouped(r.held),
+                grouped(r.dropped)
+            ),
         ),
     ];
     let goodput = s.goodput.zip(s.slo.as_ref()).map(|(g, slo)| {

@@ -63,6 +63,8 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
                 },
                 samples: BTreeMap::new(),
                 cpu: 0.1,
+                presence: Vec::new(),
+                class_ttft: BTreeMap::new(),
             };
             rows.extend(m.add(a, &report).1);
         }
@@ -151,6 +153,7 @@ fn server(s: &Summary) -> ServerSummary {
         mapped,
         unmapped: Vec::new(),
         skipped_lines: 0,
+        busy_s: None,
         intervals: s
             .intervals
             .iter()
@@ -363,6 +366,7 @@ fn an_hour_of_intervals_stays_small() {
         .map(|k| IntervalSummary {
             interval: k as u64,
             end_s: (k + 1) as f64,
+            length_s: 1.0,
             ..iv[k % iv.len()].clone()
         })
         .collect();

@@ -230,6 +230,7 @@ fn requests(c: &Counters) -> Requests {
         failed,
         cancelled: c.cancelled,
         late: c.late,
+        held: c.held,
         dropped: c.dropped,
         error_rate: if attempted == 0 {
             0.0
@@ -336,7 +337,10 @@ fn client(c: &Collected) -> Client {
     let lag = analysis::Lag {
         p90_ms: ms(Metric::ScheduleLag, 0.9),
         p99_ms: ms(Metric::ScheduleLag, 0.99),
+        delay_p90_ms: ms(Metric::RuntimeDelay, 0.9),
+        delay_p99_ms: ms(Metric::RuntimeDelay, 0.99),
         e2e_p50_ms: ms(Metric::E2e, 0.5),
+        ok: c.merger.measured().counters.ok,
     };
     let cpu_max = c.merger.agents().iter().map(|a| a.cpu).fold(0.0, f64::max);
     let reasons = analysis::client_bound(&lag, cpu_max);
@@ -345,6 +349,8 @@ fn client(c: &Collected) -> Client {
         reasons,
         schedule_lag_p90_ms: lag.p90_ms,
         schedule_lag_p99_ms: lag.p99_ms,
+        runtime_delay_p90_ms: lag.delay_p90_ms,
+        runtime_delay_p99_ms: lag.delay_p99_ms,
         cpu_max,
     }
 }
@@ -449,16 +455,19 @@ fn intervals(c: &Collected, interval_s: f64) -> Vec<IntervalSummary> {
                 Place::Step(k) => (Some(k), false),
                 Place::Drain => (None, false),
             };
+            let per_s = |n: u64| if r.length_s > 0.0 { n as f64 / r.length_s } else { 0.0 };
             IntervalSummary {
                 interval: r.interval,
-                end_s: (r.interval + 1) as f64 * interval_s,
+                end_s: r.interval as f64 * interval_s + r.length_s,
+                length_s: r.length_s,
+                present_s: r.present_s,
                 step,
                 warmup,
                 active: r.counters.active_users,
                 ok: r.counters.ok,
                 failed: r.counters.failed(),
-                requests_per_s: r.counters.ok as f64 / interval_s,
-                output_tokens_per_s: r.counters.output_tokens as f64 / interval_s,
+                requests_per_s: per_s(r.counters.ok),
+                output_tokens_per_s: per_s(r.counters.output_tokens),
                 ttft_p50_ms: ms(ttft, ttft.p50),
                 ttft_p95_ms: ms(ttft, ttft.p95),
                 itl_p50_ms: ms(itl, itl.p50),
@@ -553,10 +562,12 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         tracing: trace::build(p.trace.as_ref(), &p.run_trace_id, c),
         server: None,
         gpu: server::gpu(c),
+        busy_while_present: None,
         findings: Vec::new(),
         definitions: DEFINITIONS,
     };
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
+    summary.busy_while_present = analysis::findings::busy_while_present(&summary, c);
     summary.findings = analysis::findings::draw(&summary, c);
     summary.thresholds = analysis::gates::judge(&p.thresholds, &summary);
     summary.verdict = verdict(p, c, &summary);

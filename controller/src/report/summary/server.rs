@@ -34,6 +34,9 @@ pub struct ServerSummary {
     pub skipped_lines: u64,
     /// The figures per run interval.
     pub intervals: Vec<ServerInterval>,
+    /// Seconds the server counted itself busy from the first scrape to the
+    /// last (its busy-time counter, such as llm-sim's), when it has one.
+    pub busy_s: Option<f64>,
 }
 
 /// One figure over the measured time.
@@ -209,7 +212,7 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
             mapped.insert(*canon, f);
         }
         for i in &s.intervals {
-            let (a, b) = (i.end_s - s.load.interval_s, i.end_s);
+            let (a, b) = (i.start_s(), i.end_s);
             let util = utilisation(series, start, a, b);
             rows.push(ServerInterval {
                 interval: i.interval,
@@ -241,6 +244,7 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
         unmapped: series.unmapped.iter().cloned().collect(),
         skipped_lines: series.skipped_lines,
         intervals: rows,
+        busy_s: series.increase(Canon::BusySeconds),
     }
 }
 

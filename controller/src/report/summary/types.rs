@@ -146,6 +146,9 @@ pub struct Metrics {
     pub model_load: MetricSummary,
     /// Whole-request time the server reported (`http-json` duration).
     pub server_time: MetricSummary,
+    /// How late the agents' load runtime ran a 10 ms tick: time their
+    /// threads waited for a CPU or for busy workers.
+    pub runtime_delay: MetricSummary,
 }
 
 impl Metrics {
@@ -167,6 +170,7 @@ impl Metrics {
             Metric::ServerDecode => &self.server_decode,
             Metric::ModelLoad => &self.model_load,
             Metric::ServerTime => &self.server_time,
+            Metric::RuntimeDelay => &self.runtime_delay,
         }
     }
 
@@ -189,6 +193,7 @@ impl Metrics {
             server_decode: m(Metric::ServerDecode),
             model_load: m(Metric::ModelLoad),
             server_time: m(Metric::ServerTime),
+            runtime_delay: m(Metric::RuntimeDelay),
         }
     }
 }
@@ -259,6 +264,9 @@ pub struct Summary {
     pub server: Option<super::ServerSummary>,
     /// The accelerators the agents sampled, when asked to.
     pub gpu: Option<super::GpuSummary>,
+    /// How busy the accelerator was while the agents had requests in
+    /// flight (the figure `gpu_idle` rests on), when the run can say.
+    pub busy_while_present: Option<crate::findings::Utilisation>,
     /// Where the time went, each conclusion with its evidence.
     pub findings: Vec<crate::findings::Finding>,
     /// Request spans: where they went, how many were lost, and the
@@ -346,8 +354,13 @@ pub struct Requests {
     pub failed: u64,
     /// Abandoned at the end or at an interrupt.
     pub cancelled: u64,
-    /// Sent more than 5 ms after their intended start.
+    /// Sent late by the agent: scheduling lag over 5 ms (the agent could
+    /// not keep time).
     pub late: u64,
+    /// Successful requests written more than 5 ms after the agent
+    /// dispatched them: they waited on this side for a connection to open
+    /// or for a `max_concurrency` slot.
+    pub held: u64,
     /// Scheduled but never sent (the load ended while they waited).
     pub dropped: u64,
     /// `failed / (ok + failed)`.
@@ -515,7 +528,14 @@ pub struct Client {
     pub schedule_lag_p90_ms: f64,
     /// Scheduling lag p99 over the measured run, ms.
     pub schedule_lag_p99_ms: f64,
-    /// The busiest agent's mean CPU share while the load ran.
+    /// How late the agents' load runtime ran a 10 ms tick, p90 over the
+    /// measured run, ms: the time their threads waited for a CPU or for
+    /// busy workers, and so how late any timestamp they took may be.
+    pub runtime_delay_p90_ms: f64,
+    /// The same, p99, ms.
+    pub runtime_delay_p99_ms: f64,
+    /// The busiest agent's mean CPU share (its own threads) while the load
+    /// ran.
     pub cpu_max: f64,
 }
 
@@ -588,6 +608,12 @@ pub struct IntervalSummary {
     pub interval: u64,
     /// End of the interval, seconds after the start.
     pub end_s: f64,
+    /// Its length, seconds: the run's interval, or less for the last,
+    /// which ends when the load ended. Its rates divide by this.
+    pub length_s: f64,
+    /// Seconds of it in which any agent had a request in flight (from
+    /// dispatch to its end); none when the agents did not say.
+    pub present_s: Option<f64>,
     /// The step it belongs to; none after the last (the drain).
     pub step: Option<usize>,
     /// It is a warm-up, left out of statistics.
@@ -615,6 +641,13 @@ pub struct IntervalSummary {
     pub schedule_lag_p99_ms: Option<f64>,
     /// The busiest agent's CPU share.
     pub cpu: f64,
+}
+
+impl IntervalSummary {
+    /// Its start, seconds after the start of the run.
+    pub fn start_s(&self) -> f64 {
+        self.end_s - self.length_s
+    }
 }
 
 /// TTFT and TPOT graded against the run's bands: labels for people, never
@@ -719,10 +752,10 @@ pub const DEFINITIONS: Definitions = Definitions {
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,
-    client_bound: "the run is client-bound, and its results understate the server, when most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent used more than 90% of its CPU; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
+    client_bound: "the run is client-bound, and its results understate the server, when it had successful requests and the agents were starved (their load runtime ran a 10 ms tick more than 5 ms late at p90, or 50 ms at p99: the host did not give them the CPU they needed), or most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent's own threads used more than 90% of its cores; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
     server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, llama.cpp, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
-    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: utilisation (agent GPU readings, else DCGM, else the server's busy time) averaged over the intervals with requests running or waiting leaves the accelerator idle at least 30% of the time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; cold_start: the first interval with successes has a TTFT p95 at least 3x the median of its step's later interval medians; saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
+    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: the accelerator's busy time (agent GPU readings, else DCGM, else the server's busy-time counter, each interval's utilisation times its length) over the time the agents had requests in flight (their millisecond presence maps, ORed over agents) leaves it idle at least 30% of that time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; cold_start: for some prompt class, the first interval with its successes has a TTFT p95 at least 3x the median of the class's TTFT p95 over its step's later intervals (at least three); saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
     goodput: "a request is good when it succeeded and met every objective of [slo]: TTFT (a request that streamed nothing is held to it by its end-to-end time), TPOT (requests of one token meet it), E2E, and every gap between tokens; each agent decides per request; goodput.ratio is good requests over the requests that ended (successes and failures), and over a class's successes for a class; rates divide by measured_s",
     capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",
