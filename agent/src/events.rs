@@ -14,9 +14,12 @@
 //!    given to the event that carried its last byte;
 //! 3. else, with only a total larger than the number of events (the
 //!    server's final usage, or the words of a plain-text stream), one token
-//!    to each event and the rest shared in proportion to the bytes of text
-//!    each carried (rounded on the running sum, so that the shares add up
-//!    to the total);
+//!    to each event and the rest shared among the events after the first
+//!    in proportion to the bytes of text each carried (rounded on the
+//!    running sum, so that the shares add up to the total). The first
+//!    event keeps one: it follows the prefill, which makes one token, and
+//!    its tokens are no ITL samples, so giving it more would only lower
+//!    the samples' count;
 //! 4. else one token per event.
 //!
 //! An event found to carry no token is no event for the metrics: its time
@@ -102,17 +105,27 @@ fn per_event(events: &[Event], counted: Option<&[u32]>, total: Option<u64>, toke
         tokens.resize(events.len(), 1);
         return Split::One;
     };
-    // One token each, and the rest in proportion to the bytes of text
-    // (equally when none has any), rounded on the running sum so that the
-    // shares add up to the total exactly and each is within one of its
-    // exact share.
-    let bytes: u64 = events.iter().map(|e| e.bytes).sum();
-    let weights = if bytes == 0 { u128::from(n) } else { u128::from(bytes) };
+    // One token each, and the rest shared among the events after the
+    // first in proportion to the bytes of text (equally when none has
+    // any), rounded on the running sum so that the shares add up to the
+    // total exactly and each is within one of its exact share.
+    tokens.resize(events.len(), 1);
+    let later = &events[1..];
+    let bytes: u64 = later.iter().map(|e| e.bytes).sum();
+    let weights = if bytes == 0 {
+        later.len() as u128
+    } else {
+        u128::from(bytes)
+    };
+    if weights == 0 {
+        tokens[0] = to_u32(extra + 1);
+        return Split::Shared;
+    }
     let (mut cumulative, mut given) = (0u128, 0u128);
-    for e in events {
+    for (k, e) in tokens[1..].iter_mut().zip(later) {
         cumulative += if bytes == 0 { 1 } else { u128::from(e.bytes) };
         let upto = u128::from(extra) * cumulative / weights;
-        tokens.push(to_u32(u64::try_from(upto - given).unwrap_or(u64::MAX)).saturating_add(1));
+        *k = to_u32(u64::try_from(upto - given).unwrap_or(u64::MAX)).saturating_add(1);
         given = upto;
     }
     Split::Shared
@@ -169,13 +182,12 @@ mod tests {
     fn without_a_running_count_on_every_event_the_tokenizer_decides() {
         let t = Instant::now();
         // A server that puts its usage on the last text event only.
-        let events = [
-            event(t, 0, None, 3),
-            event(t, 50, None, 3),
-            event(t, 90, Some(12), 3),
-        ];
+        let events = [event(t, 0, None, 3), event(t, 50, None, 3), event(t, 90, Some(12), 3)];
         let (mut out, mut k) = (Vec::new(), Vec::new());
-        assert_eq!(gaps(&events, Some(&[1, 2, 5]), Some(12), &mut k, &mut out), Split::Tokenizer);
+        assert_eq!(
+            gaps(&events, Some(&[1, 2, 5]), Some(12), &mut k, &mut out),
+            Split::Tokenizer
+        );
         assert_eq!(out, [gap(50, 2), gap(40, 5)]);
     }
 
@@ -209,27 +221,37 @@ mod tests {
     #[test]
     fn a_total_alone_is_shared_by_bytes_with_one_token_per_event_first() {
         let t = Instant::now();
-        // 10 tokens over 4 events: one each, and 6 more by bytes 0:10:20:30
-        // (0, 1, 2 and 3 exactly).
+        // 10 tokens over 4 events: one each, and 6 more by the later
+        // events' bytes 10:20:30 (1, 2 and 3 exactly); the first event's
+        // bytes do not count.
         let events = [
-            event(t, 0, None, 0),
+            event(t, 0, None, 50),
             event(t, 40, None, 10),
             event(t, 100, None, 20),
             event(t, 180, None, 30),
         ];
         let (mut out, mut k) = (Vec::new(), Vec::new());
         assert_eq!(gaps(&events, None, Some(10), &mut k, &mut out), Split::Shared);
+        assert_eq!(k, [1, 2, 3, 4]);
         assert_eq!(out, [gap(40, 2), gap(60, 3), gap(80, 4)]);
         // 5 extra over bytes 1:1:1 is 1.67 each: rounded on the running
         // sum (1.67, 3.33, 5) they are 1, 2 and 2.
-        let events = [event(t, 0, None, 1), event(t, 10, None, 1), event(t, 20, None, 1)];
-        gaps(&events, None, Some(8), &mut k, &mut out);
-        assert_eq!(k, [2, 3, 3]);
-        assert_eq!(out, [gap(10, 3), gap(10, 3)]);
+        let events = [
+            event(t, 0, None, 1),
+            event(t, 10, None, 1),
+            event(t, 20, None, 1),
+            event(t, 30, None, 1),
+        ];
+        gaps(&events, None, Some(9), &mut k, &mut out);
+        assert_eq!(k, [1, 2, 3, 3]);
+        assert_eq!(out, [gap(10, 2), gap(10, 3), gap(10, 3)]);
         // No bytes known: shared equally.
-        let events = [event(t, 0, None, 0), event(t, 10, None, 0)];
-        gaps(&events, None, Some(6), &mut k, &mut out);
-        assert_eq!(out, [gap(10, 3)]);
+        let events = [event(t, 0, None, 0), event(t, 10, None, 0), event(t, 20, None, 0)];
+        gaps(&events, None, Some(7), &mut k, &mut out);
+        assert_eq!(out, [gap(10, 3), gap(10, 3)]);
+        // One event: it has them all, and no gap.
+        gaps(&events[..1], None, Some(7), &mut k, &mut out);
+        assert_eq!((k.as_slice(), out.len()), (&[7][..], 0));
     }
 
     #[test]

@@ -375,9 +375,7 @@ impl Executor {
             );
         }
         let streamed = self.api.streams(&self.spec);
-        let arrivals = conn
-            .as_ref()
-            .map_or_else(Arrivals::new, |c| c.arrivals.clone());
+        let arrivals = conn.as_ref().map_or_else(Arrivals::new, |c| c.arrivals.clone());
         let read = if streamed {
             self.read_stream(response.into_body(), &arrivals, events, text).await?
         } else {

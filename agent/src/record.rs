@@ -480,7 +480,10 @@ mod tests {
         assert_eq!(itl.min(), 30_000);
         assert!(itl.equivalent(itl.max(), 40_000));
         // Per-token samples add up to the time the events spanned.
-        let total: u64 = itl.iter_recorded().map(|v| v.value_iterated_to() * v.count_at_value()).sum();
+        let total: u64 = itl
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() * v.count_at_value())
+            .sum();
         assert!((total as f64 - 290_000.0).abs() / 290_000.0 < 0.001, "{total}");
         assert!((h.get(Metric::ChunkGap).mean() - 96_666.7).abs() < 100.0);
         let class = &i.classes[&0].histograms;

@@ -431,7 +431,7 @@ impl Events {
     fn empty_due(&mut self, every: Option<u32>, index: u32, last: bool) -> bool {
         let Some(every) = every else { return false };
         let completes = index > 0 && (self.held + 1 == self.per_event || last);
-        let due = completes && self.sent % every == 0 && self.empty_before != Some(index);
+        let due = completes && self.sent.is_multiple_of(every) && self.empty_before != Some(index);
         if due {
             self.empty_before = Some(index);
         }

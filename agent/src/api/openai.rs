@@ -160,7 +160,12 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     Parsed::Chunk(Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
         words: chunk.choices.iter().map(Choice::words).sum(),
-        text_bytes: chunk.choices.iter().flat_map(Choice::texts).map(|t| t.len() as u64).sum(),
+        text_bytes: chunk
+            .choices
+            .iter()
+            .flat_map(Choice::texts)
+            .map(|t| t.len() as u64)
+            .sum(),
         finished: chunk.choices.iter().any(|c| c.finish_reason.is_some()),
         finish: chunk
             .choices
