@@ -42,7 +42,7 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
         .map(|a| a["users"].as_u64().unwrap())
         .collect();
     assert_eq!(users, [17, 17, 16]);
-    for metric in ["ttft", "itl", "tpot", "e2e"] {
+    for metric in ["ttft", "itl", "chunk_gap", "tpot", "e2e"] {
         assert!(num(s, &format!("/metrics/{metric}/count")) > 0.0, "no {metric} samples");
         assert!(num(s, &format!("/metrics/{metric}/p50")) > 0.0);
         assert!(num(s, &format!("/metrics/{metric}/p99")) >= num(s, &format!("/metrics/{metric}/p50")));

@@ -725,7 +725,8 @@ mod refusals {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         let message = status.message();
         assert!(
-            message.contains("speaks version 99") && message.contains("speaks version 1"),
+            message.contains("speaks version 99")
+                && message.contains(&format!("speaks version {}", stampede_proto::PROTOCOL_VERSION)),
             "{message}"
         );
         assert_eq!(exit_code(&mut controller, Duration::from_secs(15)), 1);

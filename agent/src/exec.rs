@@ -3,9 +3,19 @@
 //!
 //! Timing follows the metric contract: `t0` is just before the request is
 //! written, after a connection is available; TTFT ends at the first byte of
-//! the first event carrying generated text; each ITL sample is the gap
-//! between the first bytes of consecutive such events; E2E ends when the
-//! response body ends.
+//! the first event carrying generated text; each chunk gap is the gap
+//! between the first bytes of consecutive events carrying tokens, and is
+//! split evenly among that event's tokens for ITL (see [`crate::events`]);
+//! E2E ends when the last byte of the response body arrives. "Arrives"
+//! means when the read that returned it came off the socket
+//! ([`crate::http::Arrivals`]). hyper decodes a frame from bytes read on the
+//! connection's own task, so which read delivered a frame's bytes is not
+//! known exactly: a frame is stamped with the most recent read when the
+//! request's task takes it. That read is the one that delivered the frame
+//! unless the next bytes were read in the moment between hyper handing the
+//! frame over and the task looking, which moves the stamp later by at most
+//! that moment (the old stamp, the clock when the task got the frame, was
+//! later still).
 //!
 //! Output tokens come from the best source at hand, and the sample says
 //! which ([`TokenSource`]): the server's own count (OpenAI `usage`, Ollama
@@ -32,9 +42,10 @@ use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
 use crate::api::{Api, Chunk, Finish, Framing, Parsed, ServerTimes, Spec, Usage};
-use crate::http::{Conn, Endpoint};
+use crate::events::{self, Event};
+use crate::http::{Arrivals, Conn, Endpoint};
 use crate::prompts::Prompt;
-use crate::record::{Outcome, Sample, TokenSource};
+use crate::record::{Gap, Outcome, Sample, TokenSource};
 use crate::stream::ndjson;
 use crate::stream::sse::{self, PushError};
 use crate::tokenizer::Tokenizer;
@@ -131,7 +142,16 @@ impl Timing {
 /// Per-user buffers reused across requests.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    gaps: Vec<u64>,
+    /// The answer's events that carried text.
+    events: Vec<Event>,
+    /// Where each event's text ends in `text`, for the tokenizer.
+    ends: Vec<usize>,
+    /// The tokenizer's count of each event's text.
+    counted: Vec<u32>,
+    /// Each event's tokens.
+    tokens: Vec<u32>,
+    /// The gaps between events that carried tokens.
+    gaps: Vec<Gap>,
     /// The answer's text, kept only when a tokenizer will count it.
     text: String,
     /// The prompt, copied only when a tokenizer will count it.
@@ -181,6 +201,7 @@ impl Executor {
         scratch: &'s mut Scratch,
         trail: &mut Trail,
     ) -> Outcome<'s> {
+        scratch.events.clear();
         scratch.gaps.clear();
         scratch.text.clear();
         let intended = timing.intended;
@@ -213,7 +234,7 @@ impl Executor {
             conn,
             prompt.text,
             prompt.max_tokens,
-            &mut scratch.gaps,
+            &mut scratch.events,
             keep_text,
             trail,
         );
@@ -229,12 +250,32 @@ impl Executor {
                 let counted = match &self.tokenizer {
                     Some(t) => {
                         let input = answer.read.usage.and_then(|u| u.input_tokens).is_none();
-                        count(t, &mut scratch.text, input.then_some(prompt.text), &mut scratch.prompt).await
+                        scratch.ends.clear();
+                        scratch.ends.extend(scratch.events.iter().map(|e| e.text_end));
+                        let buffers = Buffers {
+                            text: &mut scratch.text,
+                            prompt: &mut scratch.prompt,
+                            ends: &mut scratch.ends,
+                            counted: &mut scratch.counted,
+                        };
+                        count(t, buffers, input.then_some(prompt.text)).await
                     }
                     None => Counted::default(),
                 };
+                let per_event = counted.output.is_some() && self.tokenizer.is_some();
                 let mut sample = answer.sample(intended, counted, prompt.class);
-                sample.itl_us = &scratch.gaps;
+                // A total that is not per event is shared among the events:
+                // the server's, or the words of a plain-text stream.
+                let total = matches!(sample.token_source, TokenSource::Server | TokenSource::Words)
+                    .then_some(sample.output_tokens);
+                events::gaps(
+                    &scratch.events,
+                    per_event.then_some(&scratch.counted[..]),
+                    total,
+                    &mut scratch.tokens,
+                    &mut scratch.gaps,
+                );
+                sample.gaps = &scratch.gaps;
                 sample.schedule_lag_us = lag_us;
                 sample.late = late;
                 sample.held = sample.client_queue_us.saturating_sub(before_dispatch) > micros(LATE);
@@ -282,7 +323,7 @@ impl Executor {
         conn: &mut Option<Conn>,
         prompt: &str,
         max_tokens: Option<u32>,
-        gaps: &mut Vec<u64>,
+        events: &mut Vec<Event>,
         text: Option<&mut String>,
         trail: &mut Trail,
     ) -> Result<Answer, Failure> {
@@ -347,14 +388,19 @@ impl Executor {
             );
         }
         let streamed = self.api.streams(&self.spec);
+        let arrivals = conn.as_ref().map_or_else(Arrivals::new, |c| c.arrivals.clone());
         let read = if streamed {
-            self.read_stream(response.into_body(), gaps, text).await?
+            self.read_stream(response.into_body(), &arrivals, events, text).await?
         } else {
             self.read_whole(response.into_body(), text).await?
         };
+        // The body ended with the last bytes read; a clock that reads
+        // before t0 or after now is not this answer's.
+        let now = Instant::now();
+        let end = arrivals.last().map_or(now, |t| t.clamp(t0, now));
         Ok(Answer {
             t0,
-            end: Instant::now(),
+            end,
             connect_us,
             counts_events: streamed && self.api.framing() != Framing::Text,
             read,
@@ -364,7 +410,8 @@ impl Executor {
     async fn read_stream(
         &self,
         mut body: Incoming,
-        gaps: &mut Vec<u64>,
+        arrivals: &Arrivals,
+        events: &mut Vec<Event>,
         text: Option<&mut String>,
     ) -> Result<Read, Failure> {
         let framing = self.api.framing();
@@ -377,8 +424,7 @@ impl Executor {
         let mut tokens = Tokens {
             api: &self.api,
             read: Read::default(),
-            last_token_at: None,
-            gaps,
+            events,
             text,
         };
         while let Some(frame) = body.frame().await {
@@ -389,17 +435,20 @@ impl Executor {
             let Ok(data) = frame.into_data() else {
                 continue; // Trailers carry no tokens.
             };
-            let at = Instant::now();
+            // When the bytes came off the socket (see the module
+            // documentation), never later than now.
+            let now = Instant::now();
+            let at = arrivals.last().map_or(now, |t| t.min(now));
             let pushed = match framing {
                 Framing::Sse => sse.push(&data, at, |event| tokens.event(event.data, event.first_byte_at)),
                 Framing::Ndjson => lines.push(&data, at, |line| tokens.event(line.data, line.first_byte_at)),
                 Framing::Text => {
                     if !data.is_empty() {
-                        tokens.content(1, at);
                         tokens.read.words += words.feed(&data);
                         if tokens.text.is_some() {
                             raw.extend_from_slice(&data);
                         }
+                        tokens.content(1, at, None, data.len() as u64, raw.len());
                     }
                     Ok(())
                 }
@@ -416,6 +465,10 @@ impl Executor {
         }
         if let Some(text) = tokens.text {
             text.push_str(&String::from_utf8_lossy(&raw));
+            // Invalid bytes decode longer: keep every event inside the text.
+            for e in tokens.events.iter_mut() {
+                e.text_end = e.text_end.min(text.len());
+            }
         }
         let read = tokens.read;
         if sse.is_mid_event() && !read.done {
@@ -466,23 +519,28 @@ impl Executor {
 struct Tokens<'a> {
     api: &'a Api,
     read: Read,
-    last_token_at: Option<Instant>,
-    gaps: &'a mut Vec<u64>,
+    /// The events that carried text.
+    events: &'a mut Vec<Event>,
     /// Where the generated text goes, when it is kept.
     text: Option<&'a mut String>,
 }
 
 impl Tokens<'_> {
-    /// `n` content events whose first byte arrived at `t`.
-    fn content(&mut self, n: u32, t: Instant) {
+    /// An event of `n` content events (choices with text) whose first byte
+    /// arrived at `t`; `usage` the server's running count of tokens it
+    /// carried, `bytes` its text's length and `text_end` where its text
+    /// ends in the kept text.
+    fn content(&mut self, n: u32, t: Instant, usage: Option<u64>, bytes: u64, text_end: usize) {
         if n == 0 {
             return;
         }
-        match self.last_token_at {
-            None => self.read.first_token_at = Some(t),
-            Some(prev) => self.gaps.push(micros(t - prev)),
-        }
-        self.last_token_at = Some(t);
+        self.read.first_token_at.get_or_insert(t);
+        self.events.push(Event {
+            at: t,
+            usage,
+            bytes,
+            text_end,
+        });
         self.read.content_events = self.read.content_events.saturating_add(n);
     }
 
@@ -490,7 +548,9 @@ impl Tokens<'_> {
     fn event(&mut self, data: &[u8], first_byte_at: Instant) -> Result<(), Failure> {
         match self.api.event(data, self.text.as_deref_mut()) {
             Parsed::Chunk(c) => {
-                self.content(c.content_events, first_byte_at);
+                let text_end = self.text.as_ref().map_or(0, |t| t.len());
+                let usage = c.usage.map(|u| u.output_tokens);
+                self.content(c.content_events, first_byte_at, usage, c.text_bytes, text_end);
                 self.read.words += c.words;
                 self.read.finished |= c.finished;
                 self.read.finish = self.read.finish.or(c.finish);
@@ -584,7 +644,7 @@ impl Answer {
         let queued = t0 - intended;
         Sample {
             ttft_us: ttft.map(micros),
-            itl_us: &[],
+            gaps: &[],
             tpot_us,
             e2e_us: micros(e2e),
             client_queue_us: micros(queued),
@@ -609,30 +669,46 @@ impl Answer {
     }
 }
 
-/// Counts the answer's `text`, and the `prompt` when given, with the
-/// tokenizer on the blocking pool. The buffers are lent to it and come
-/// back for the next request.
-async fn count(tokenizer: &Arc<Tokenizer>, text: &mut String, prompt: Option<&str>, copy: &mut String) -> Counted {
+/// The buffers the tokenizer borrows for one request: lent to the
+/// blocking pool and back for the next request.
+struct Buffers<'a> {
+    /// The answer's text.
+    text: &'a mut String,
+    /// A copy of the prompt, when it is counted.
+    prompt: &'a mut String,
+    /// Where each event's text ends in `text`.
+    ends: &'a mut Vec<usize>,
+    /// Each event's tokens, filled in.
+    counted: &'a mut Vec<u32>,
+}
+
+/// Counts the answer's text, each event's part of it, and the `prompt`
+/// when given, with the tokenizer on the blocking pool.
+async fn count(tokenizer: &Arc<Tokenizer>, buffers: Buffers<'_>, prompt: Option<&str>) -> Counted {
     let tokenizer = Arc::clone(tokenizer);
-    let answer = std::mem::take(text);
-    let mut prompt_copy = std::mem::take(copy);
+    let answer = std::mem::take(buffers.text);
+    let ends = std::mem::take(buffers.ends);
+    let mut counted = std::mem::take(buffers.counted);
+    let mut prompt_copy = std::mem::take(buffers.prompt);
     prompt_copy.clear();
     let with_prompt = prompt.is_some();
     prompt_copy.push_str(prompt.unwrap_or_default());
     let job = tokio::task::spawn_blocking(move || {
-        let output = tokenizer.count(&answer);
+        let output = tokenizer.count_pieces(&answer, &ends, &mut counted);
         let input = if with_prompt {
             tokenizer.count(&prompt_copy)
         } else {
             None
         };
-        (answer, prompt_copy, Counted { output, input })
+        (answer, prompt_copy, ends, counted, Counted { output, input })
     });
     match job.await {
-        Ok((answer, prompt_copy, counted)) => {
-            *text = answer;
-            *copy = prompt_copy;
-            counted
+        Ok((answer, prompt_copy, ends, counted, result)) => {
+            *buffers.text = answer;
+            *buffers.prompt = prompt_copy;
+            *buffers.ends = ends;
+            *buffers.counted = counted;
+            result
         }
         // The count panicked on this text, or the runtime is shutting
         // down: no count, as if there were no tokenizer.

@@ -5,15 +5,26 @@
 //! is handed over, never after waiting for a pooled connection), makes
 //! connection setup a measurement of its own, and shares no lock between
 //! users.
+//!
+//! Each connection's socket is read through [`Stamped`], which notes when
+//! bytes last arrived ([`Arrivals`]): token times are taken where the
+//! bytes leave the socket, not one task hop later when the request's task
+//! gets round to the frame that hyper decoded from them.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 
@@ -116,8 +127,15 @@ impl Endpoint {
             .map_err(|e| format!("connect to {}: {e}", self.authority))?;
         // Tokens are small writes; Nagle's algorithm would delay them.
         let _ = tcp.set_nodelay(true);
+        let arrivals = Arrivals::new();
+        // Stamped below TLS: the time the bytes came off the socket, not
+        // when a record was decrypted.
+        let tcp = Stamped {
+            io: tcp,
+            arrivals: arrivals.clone(),
+        };
         match &self.tls {
-            None => handshake(tcp, &self.authority).await,
+            None => handshake(tcp, &self.authority, arrivals).await,
             Some(tls) => {
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|e| format!("TLS server name {:?}: {e}", self.host))?;
@@ -125,7 +143,7 @@ impl Endpoint {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake with {}: {e}", self.authority))?;
-                handshake(stream, &self.authority).await
+                handshake(stream, &self.authority, arrivals).await
             }
         }
     }
@@ -168,7 +186,7 @@ fn tls_connector() -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn handshake<T>(io: T, authority: &str) -> Result<Conn, String>
+async fn handshake<T>(io: T, authority: &str, arrivals: Arrivals) -> Result<Conn, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -180,7 +198,7 @@ where
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(Conn { sender })
+    Ok(Conn { sender, arrivals })
 }
 
 /// One open HTTP/1.1 connection.
@@ -188,12 +206,104 @@ where
 pub struct Conn {
     /// Sends requests over the connection.
     pub sender: SendRequest<Body>,
+    /// When bytes last arrived on it.
+    pub arrivals: Arrivals,
 }
 
 impl Conn {
     /// False once the server has closed the connection.
     pub fn is_open(&self) -> bool {
         !self.sender.is_closed()
+    }
+}
+
+/// When bytes last arrived on one connection: written by the connection's
+/// reads, read by the request's task. One atomic store per read, no lock
+/// and no allocation.
+#[derive(Clone, Debug)]
+pub struct Arrivals(Arc<Stamp>);
+
+#[derive(Debug)]
+struct Stamp {
+    /// The connection's opening: stamps count from it.
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the last read that returned bytes, plus
+    /// one (0: nothing read yet).
+    last: AtomicU64,
+}
+
+impl Arrivals {
+    /// A connection that has read nothing yet.
+    pub fn new() -> Arrivals {
+        Arrivals(Arc::new(Stamp {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }))
+    }
+
+    /// Notes that bytes arrived now.
+    fn mark(&self) {
+        let nanos = u64::try_from(self.0.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.0.last.store(nanos + 1, Ordering::Release);
+    }
+
+    /// When the last read that returned bytes returned; `None` before the
+    /// first.
+    pub fn last(&self) -> Option<Instant> {
+        match self.0.last.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.0.epoch + std::time::Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+impl Default for Arrivals {
+    fn default() -> Self {
+        Arrivals::new()
+    }
+}
+
+/// A socket whose reads stamp [`Arrivals`] whenever they return bytes.
+#[derive(Debug)]
+pub struct Stamped<T> {
+    io: T,
+    arrivals: Arrivals,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.arrivals.mark();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -229,5 +339,31 @@ mod tests {
             let e = Endpoint::parse(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_that_return_bytes_stamp_the_connection() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (client, mut server) = tokio::io::duplex(64);
+        let arrivals = Arrivals::new();
+        let mut stamped = Stamped {
+            io: client,
+            arrivals: arrivals.clone(),
+        };
+        assert_eq!(arrivals.last(), None);
+        let opened = Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        server.write_all(b"data: 1\n\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = stamped.read(&mut buf).await.unwrap();
+        assert_eq!(n, 9);
+        assert_eq!(arrivals.last(), Some(opened + std::time::Duration::from_millis(30)));
+        // A read that returns nothing (the end of the stream) leaves the
+        // stamp of the last bytes.
+        drop(server);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(stamped.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(arrivals.last(), Some(opened + std::time::Duration::from_millis(30)));
+        stamped.write_all(b"x").await.unwrap_err();
     }
 }

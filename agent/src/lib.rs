@@ -11,6 +11,7 @@
 pub mod api;
 pub mod assignment;
 pub mod cpu;
+pub mod events;
 pub mod exec;
 pub mod gpu;
 pub mod http;

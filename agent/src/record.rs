@@ -31,6 +31,38 @@ pub enum TokenSource {
     Tokenizer,
 }
 
+/// One stream event that carried generated tokens, after the first such
+/// event: the gap before it and how many tokens it carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gap {
+    /// From the first byte of the previous event that carried tokens to
+    /// this event's first byte, microseconds. Events without tokens in
+    /// between are part of it.
+    pub us: u64,
+    /// Tokens this event carried (see [`crate::exec`] for how they are
+    /// known); at least 1.
+    pub tokens: u32,
+}
+
+impl Gap {
+    /// The gap split among its tokens: `(value, count)` pairs of per-token
+    /// inter-token latencies. A gap `g` over `k` tokens gives `g mod k`
+    /// samples of `g / k + 1` and the rest of `g / k` (integer division),
+    /// so that the samples add up to `g` exactly and differ by at most
+    /// one microsecond.
+    pub fn per_token(self) -> [(u64, u64); 2] {
+        let k = u64::from(self.tokens.max(1));
+        let (q, r) = (self.us / k, self.us % k);
+        [(q + 1, r), (q, k - r)]
+    }
+
+    /// The largest per-token sample of this gap.
+    pub fn per_token_max(self) -> u64 {
+        let k = u64::from(self.tokens.max(1));
+        self.us.div_ceil(k)
+    }
+}
+
 /// How one request ended.
 // Built on the stack once per request and recorded at once: boxing the
 // large `Ok` sample would cost an allocation per request for nothing.
@@ -64,8 +96,10 @@ pub enum Outcome<'a> {
 pub struct Sample<'a> {
     /// Time to first token; absent when nothing was streamed.
     pub ttft_us: Option<u64>,
-    /// Every gap between consecutive content events.
-    pub itl_us: &'a [u64],
+    /// Every gap between consecutive events carrying tokens, with the
+    /// number of tokens each carried: one chunk-gap sample each, and its
+    /// tokens' inter-token latencies.
+    pub gaps: &'a [Gap],
     /// Time per output token after the first; absent with fewer than two.
     pub tpot_us: Option<u64>,
     /// End to end.
@@ -149,9 +183,7 @@ impl Interval {
                 if let Some(v) = s.ttft_us {
                     h.record(Metric::Ttft, v);
                 }
-                for &gap in s.itl_us {
-                    h.record(Metric::Itl, gap);
-                }
+                record_gaps(h, s.gaps);
                 if let Some(v) = s.tpot_us {
                     h.record(Metric::Tpot, v);
                 }
@@ -215,8 +247,12 @@ impl Interval {
                         ch.record(metric, v);
                     }
                 }
-                for &gap in s.itl_us {
-                    ch.record(Metric::Itl, gap);
+                for gap in s.gaps {
+                    for (value, n) in gap.per_token() {
+                        if n > 0 {
+                            ch.record_n(Metric::Itl, value, n);
+                        }
+                    }
                 }
                 ch.record(Metric::OutputTokens, s.output_tokens);
                 class.counters.ok += 1;
@@ -265,6 +301,18 @@ impl Interval {
         for totals in self.classes.values_mut() {
             totals.histograms.reset();
             totals.counters = Counters::default();
+        }
+    }
+}
+
+/// One chunk-gap sample per gap and its per-token inter-token latencies.
+fn record_gaps(h: &mut Histograms, gaps: &[Gap]) {
+    for gap in gaps {
+        h.record(Metric::ChunkGap, gap.us);
+        for (value, n) in gap.per_token() {
+            if n > 0 {
+                h.record_n(Metric::Itl, value, n);
+            }
         }
     }
 }
@@ -353,16 +401,16 @@ impl Recorder {
 mod tests {
     use super::*;
 
-    fn ok(ttft: u64, gaps: &[u64]) -> Outcome<'_> {
+    fn ok(ttft: u64, gaps: &[Gap]) -> Outcome<'_> {
         Outcome::Ok(Sample {
             ttft_us: Some(ttft),
-            itl_us: gaps,
+            gaps,
             tpot_us: Some(20),
-            e2e_us: ttft + gaps.iter().sum::<u64>(),
+            e2e_us: ttft + gaps.iter().map(|g| g.us).sum::<u64>(),
             client_queue_us: 5,
             connect_us: None,
             input_tokens: Some(10),
-            output_tokens: gaps.len() as u64 + 1,
+            output_tokens: gaps.iter().map(|g| u64::from(g.tokens)).sum::<u64>() + 1,
             token_source: TokenSource::Server,
             ..Sample::default()
         })
@@ -376,7 +424,7 @@ mod tests {
                 let recorder = recorder.clone();
                 s.spawn(move || {
                     for i in 0..100 {
-                        recorder.record(&ok(1000 + t * 100 + i, &[20, 21, 22]));
+                        recorder.record(&ok(1000 + t * 100 + i, &[gap(20, 1), gap(21, 1), gap(22, 1)]));
                     }
                     recorder.record(&Outcome::Failed {
                         class: ErrorClass::Timeout,
@@ -394,6 +442,7 @@ mod tests {
         assert_eq!(cut.counters.errors[&ErrorClass::Timeout], 4);
         assert_eq!(cut.histograms.get(Metric::Ttft).len(), 400);
         assert_eq!(cut.histograms.get(Metric::Itl).len(), 1200);
+        assert_eq!(cut.histograms.get(Metric::ChunkGap).len(), 1200);
         assert_eq!(cut.counters.output_tokens, 1600);
         assert_eq!(cut.samples.len(), 1);
         // A second cut starts empty: nothing is counted twice.
@@ -401,6 +450,58 @@ mod tests {
         recorder.cut(&mut again, &mut spare);
         assert_eq!(again.counters, Counters::default());
         assert!(again.histograms.is_empty());
+    }
+
+    fn gap(us: u64, tokens: u32) -> Gap {
+        Gap { us, tokens }
+    }
+
+    /// The per-token samples of one gap, smallest first.
+    fn split(us: u64, tokens: u32) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (value, n) in gap(us, tokens).per_token().into_iter().rev() {
+            out.extend(std::iter::repeat_n(value, n as usize));
+        }
+        out
+    }
+
+    #[test]
+    fn a_gap_is_split_evenly_among_its_tokens_and_adds_up_to_itself() {
+        assert_eq!(split(40_000, 1), [40_000]);
+        assert_eq!(split(160_000, 4), [40_000; 4]);
+        // 10 µs over 4 tokens: two of 2 and two of 3, never 2.5 rounded
+        // four times.
+        assert_eq!(split(10, 4), [2, 2, 3, 3]);
+        assert_eq!(split(3, 5), [0, 0, 1, 1, 1]);
+        for (us, k) in [(0, 3), (1, 1), (999_999, 7), (123_456, 64), (5, 0)] {
+            let parts = split(us, k);
+            assert_eq!(parts.len() as u32, k.max(1), "{us} over {k}");
+            assert_eq!(parts.iter().sum::<u64>(), us, "{us} over {k}");
+            assert!(parts.last().unwrap() - parts[0] <= 1);
+            assert_eq!(gap(us, k).per_token_max(), *parts.last().unwrap());
+        }
+    }
+
+    #[test]
+    fn itl_has_a_sample_per_token_and_chunk_gap_one_per_event() {
+        let mut i = Interval::default();
+        // First event (TTFT), then events of 4, 1 and 3 tokens.
+        i.record(&ok(500, &[gap(160_000, 4), gap(40_000, 1), gap(90_000, 3)]));
+        let h = &i.histograms;
+        let itl = h.get(Metric::Itl);
+        assert_eq!(itl.len(), 8, "one sample per token after the first event's");
+        assert_eq!(h.get(Metric::ChunkGap).len(), 3, "one sample per gap");
+        assert_eq!(itl.min(), 30_000);
+        assert!(itl.equivalent(itl.max(), 40_000));
+        // Per-token samples add up to the time the events spanned.
+        let total: u64 = itl
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() * v.count_at_value())
+            .sum();
+        assert!((total as f64 - 290_000.0).abs() / 290_000.0 < 0.001, "{total}");
+        assert!((h.get(Metric::ChunkGap).mean() - 96_666.7).abs() < 100.0);
+        let class = &i.classes[&0].histograms;
+        assert_eq!(class.get(Metric::Itl).len(), 8);
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub struct Slo {
     pub tpot: Option<Duration>,
     /// End to end at most this.
     pub e2e: Option<Duration>,
-    /// Every gap between tokens at most this.
+    /// Every inter-token latency at most this (per token: an event's gap
+    /// split among its tokens).
     pub itl: Option<Duration>,
 }
 
@@ -53,19 +54,22 @@ impl Slo {
     /// streamed no token is held to the TTFT objective by its end-to-end
     /// time (its first byte of an answer came no sooner); one with fewer
     /// than two tokens has no TPOT and meets that objective; one with no
-    /// gap between tokens meets the ITL objective.
+    /// gap between tokens meets the ITL objective. The ITL objective holds
+    /// each token's share of its event's gap (the largest, when the gap
+    /// does not divide evenly), as the ITL histogram records it.
     pub fn met(&self, s: &Sample<'_>) -> bool {
         let within = |value: u64, limit: Option<Duration>| limit.is_none_or(|l| value <= micros(l));
         within(s.ttft_us.unwrap_or(s.e2e_us), self.ttft)
             && s.tpot_us.is_none_or(|t| within(t, self.tpot))
             && within(s.e2e_us, self.e2e)
-            && s.itl_us.iter().all(|&gap| within(gap, self.itl))
+            && s.gaps.iter().all(|gap| within(gap.per_token_max(), self.itl))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Gap;
 
     #[test]
     fn a_request_is_good_when_it_meets_every_objective_set() {
@@ -75,11 +79,11 @@ mod tests {
             e2e: None,
             itl: Some(Duration::from_millis(50)),
         };
-        let gaps = [10_000, 50_000];
+        let gaps = [Gap { us: 10_000, tokens: 1 }, Gap { us: 200_000, tokens: 4 }];
         let good = Sample {
             ttft_us: Some(100_000),
             tpot_us: Some(20_000),
-            itl_us: &gaps,
+            gaps: &gaps,
             e2e_us: 5_000_000,
             ..Sample::default()
         };
@@ -93,9 +97,16 @@ mod tests {
             ..good
         }));
         assert!(!slo.met(&Sample {
-            itl_us: &[50_001],
+            gaps: &[Gap { us: 50_001, tokens: 1 }],
             ..good
         }));
+        assert!(
+            !slo.met(&Sample {
+                gaps: &[Gap { us: 200_001, tokens: 4 }],
+                ..good
+            }),
+            "one token of four waited 50.001 ms"
+        );
         assert!(slo.met(&Sample { tpot_us: None, ..good }), "one token: no TPOT to miss");
         // Nothing streamed: the end-to-end time stands for the first token.
         assert!(!slo.met(&Sample { ttft_us: None, ..good }));

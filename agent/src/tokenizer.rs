@@ -65,6 +65,30 @@ impl Tokenizer {
         }
         self.inner.encode_fast(text, false).ok().map(|e| e.len() as u64)
     }
+
+    /// Tokens in `text`, as [`Tokenizer::count`], and in `per_piece` the
+    /// tokens of each piece of it: `ends` holds the byte offset where each
+    /// piece ends, in order (a stream's events, in the order they came). A
+    /// token belongs to the piece that holds its last byte: it was whole
+    /// only once that piece had come. `None` when the tokenizer fails on
+    /// the text.
+    pub fn count_pieces(&self, text: &str, ends: &[usize], per_piece: &mut Vec<u32>) -> Option<u64> {
+        per_piece.clear();
+        per_piece.resize(ends.len(), 0);
+        if text.is_empty() {
+            return Some(0);
+        }
+        if ends.is_empty() {
+            return self.count(text);
+        }
+        let encoding = self.inner.encode(text, false).ok()?;
+        let last = ends.len() - 1;
+        for &(_, end) in encoding.get_offsets() {
+            let piece = ends.partition_point(|&e| e < end).min(last);
+            per_piece[piece] = per_piece[piece].saturating_add(1);
+        }
+        Some(encoding.len() as u64)
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +131,21 @@ mod tests {
         assert_eq!(t.count(""), Some(0));
         assert_eq!(t.vocab_size(), 94);
         assert!(format!("{t:?}").contains("letters.json"));
+    }
+
+    #[test]
+    fn tokens_belong_to_the_piece_that_completes_them() {
+        let t = Tokenizer::from_json("letters.json", &letters_json(None)).unwrap();
+        let mut pieces = Vec::new();
+        // "ab" " cd" "e": 2, 2 and 1 letters.
+        assert_eq!(t.count_pieces("ab cde", &[2, 5, 6], &mut pieces), Some(5));
+        assert_eq!(pieces, [2, 2, 1]);
+        // A piece of spaces only carries no token.
+        assert_eq!(t.count_pieces("ab  c", &[2, 4, 5], &mut pieces), Some(3));
+        assert_eq!(pieces, [2, 0, 1]);
+        assert_eq!(t.count_pieces("", &[], &mut pieces), Some(0));
+        assert!(pieces.is_empty());
+        assert_eq!(t.count_pieces("abc", &[], &mut pieces), Some(3));
     }
 
     #[test]

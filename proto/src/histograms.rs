@@ -26,8 +26,12 @@ pub enum Unit {
 pub enum Metric {
     /// Time to first token.
     Ttft,
-    /// Inter-token latency (one sample per gap).
+    /// Inter-token latency (one sample per token after the first event:
+    /// an event's gap split among its tokens).
     Itl,
+    /// Gap between consecutive events carrying tokens (one sample per gap,
+    /// whatever the number of tokens).
+    ChunkGap,
     /// Time per output token after the first (one sample per request).
     Tpot,
     /// End-to-end latency.
@@ -60,9 +64,10 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::Ttft,
         Metric::Itl,
+        Metric::ChunkGap,
         Metric::Tpot,
         Metric::E2e,
         Metric::ClientQueue,
@@ -84,6 +89,7 @@ impl Metric {
         match self {
             Metric::Ttft => "ttft",
             Metric::Itl => "itl",
+            Metric::ChunkGap => "chunk_gap",
             Metric::Tpot => "tpot",
             Metric::E2e => "e2e",
             Metric::ClientQueue => "client_queue",
@@ -130,6 +136,7 @@ impl Metric {
         match self {
             Metric::Ttft => pb::Metric::Ttft,
             Metric::Itl => pb::Metric::Itl,
+            Metric::ChunkGap => pb::Metric::ChunkGap,
             Metric::Tpot => pb::Metric::Tpot,
             Metric::E2e => pb::Metric::E2e,
             Metric::ClientQueue => pb::Metric::ClientQueue,
@@ -152,6 +159,7 @@ impl Metric {
         let metric = match pb::Metric::try_from(number) {
             Ok(pb::Metric::Ttft) => Metric::Ttft,
             Ok(pb::Metric::Itl) => Metric::Itl,
+            Ok(pb::Metric::ChunkGap) => Metric::ChunkGap,
             Ok(pb::Metric::Tpot) => Metric::Tpot,
             Ok(pb::Metric::E2e) => Metric::E2e,
             Ok(pb::Metric::ClientQueue) => Metric::ClientQueue,
@@ -219,6 +227,12 @@ impl Histograms {
     /// top so that nothing is lost from the count.
     pub fn record(&mut self, metric: Metric, value: u64) {
         self.by_metric[metric.index()].saturating_record(value);
+    }
+
+    /// Records `value` `count` times, saturating as [`Histograms::record`]
+    /// does.
+    pub fn record_n(&mut self, metric: Metric, value: u64, count: u64) {
+        self.by_metric[metric.index()].saturating_record_n(value, count);
     }
 
     /// Adds every count of `other` into `self`. Exact: the result equals one

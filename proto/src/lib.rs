@@ -20,7 +20,12 @@ pub mod pb {
 
 /// Version of the coordinator protocol this build speaks. A controller
 /// refuses agents that speak another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// A change an older peer cannot read raises it. New fields do not (an
+/// older peer skips them); a new [`Metric`] does, since a controller
+/// refuses a report with a histogram of a metric it does not know.
+/// Version 2 added `METRIC_CHUNK_GAP`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest message an agent accepts from its controller. An assignment
 /// carries the agent's prompt share and may carry the model's whole

@@ -152,6 +152,23 @@ pub struct Config {
     #[arg(long)]
     pub dcgm: bool,
 
+    /// Tokens per streamed event: after the first token, which goes out
+    /// alone as soon as it is made, a streamed answer's tokens go out this
+    /// many at a time, an event when its last token is made (the answer's
+    /// last event may carry fewer), as vLLM's server does when it falls
+    /// behind its engine. Every streamed dialect but TGI's
+    /// `/generate_stream`, whose events are a token each by definition,
+    /// follows it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tokens_per_event: u32,
+
+    /// Send an event without text before every N-th text event after the
+    /// first, half a decode step ahead of it: an empty-content chunk in
+    /// the OpenAI dialects (as vLLM sends), a line with an empty response
+    /// for Ollama. TGI and the other native streams send none.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub empty_events: Option<u32>,
+
     /// Answer length when a request sets no `max_tokens`: `N` or `MIN..MAX`.
     #[arg(long, default_value = "16..256")]
     pub output_tokens: OutputLength,
@@ -184,6 +201,8 @@ impl Default for Config {
             load_time: Duration::ZERO,
             kv_cache_tokens: None,
             dcgm: false,
+            tokens_per_event: 1,
+            empty_events: None,
             output_tokens: OutputLength::Uniform { min: 16, max: 256 },
             model: "llm-sim".to_owned(),
             seed: 0,

@@ -11,6 +11,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Config;
 use crate::cache::{Cache, Growth, Turn};
+use crate::events::Events;
 use crate::metrics::PromHistogram;
 use crate::text;
 
@@ -21,18 +22,28 @@ pub(crate) struct Job {
     pub(crate) input_tokens: u32,
     /// How many tokens to generate.
     pub(crate) output_tokens: u32,
+    /// Tokens per streamed event after the first.
+    pub(crate) tokens_per_event: u32,
     /// Seed of the generated text.
     pub(crate) text_seed: u64,
     /// The request's spans, when it is traced.
     pub(crate) trace: Option<crate::trace::Request>,
 }
 
-/// One generated token, sent to the HTTP layer as it is produced.
+/// One event of an answer, sent to the HTTP layer when it is due: the
+/// text of one or more generated tokens (`--tokens-per-event`), or none
+/// (`--empty-events`).
 #[derive(Debug)]
 pub(crate) struct Token {
-    /// The token's text, including its leading space.
+    /// The tokens' text, each with its leading space; empty for an event
+    /// without tokens.
     pub(crate) text: String,
-    /// True for the last token of the answer.
+    /// Tokens it carries; 0 for an event without text.
+    pub(crate) tokens: u32,
+    /// Tokens generated so far, these included: the running count vLLM
+    /// reports with `continuous_usage_stats`.
+    pub(crate) generated: u32,
+    /// True for the last event of the answer.
     pub(crate) last: bool,
     /// When the request entered the batch.
     pub(crate) admitted: Instant,
@@ -165,6 +176,12 @@ pub(crate) struct State {
     pub(crate) ttft: PromHistogram,
     /// Arrival to last token.
     pub(crate) e2e: PromHistogram,
+    /// Each token after the first: the time since the one before it was
+    /// made.
+    pub(crate) itl: PromHistogram,
+    /// Each event carrying tokens after the first: the time since the one
+    /// before it went out.
+    pub(crate) event_gap: PromHistogram,
 }
 
 impl Engine {
@@ -201,6 +218,8 @@ impl Engine {
                 queue_time: PromHistogram::latency(),
                 ttft: PromHistogram::latency(),
                 e2e: PromHistogram::latency(),
+                itl: PromHistogram::latency(),
+                event_gap: PromHistogram::latency(),
             }),
             config,
             started,
@@ -271,10 +290,13 @@ impl Engine {
     }
 
     /// Runs one job: waits in the queue, prefills, then decodes one token
-    /// per step, sending each token to `tokens` at its due time. A
-    /// preempted sequence waits for room again and recomputes its prompt
-    /// and what it has generated before its next token. Returns early,
-    /// counting the request as cancelled, when the receiver is gone.
+    /// per step, sending the first token alone and the rest
+    /// `tokens_per_event` at a time to `tokens` when the event's last token
+    /// is made, and an event without text half a step before every
+    /// `empty_events`-th later one. A preempted sequence waits for room
+    /// again and recomputes its prompt and what it has generated before its
+    /// next token. Returns early, counting the request as cancelled, when
+    /// the receiver is gone.
     pub(crate) async fn run(self: Arc<Self>, job: Job, tokens: mpsc::UnboundedSender<Token>) {
         let arrived = Instant::now();
         let mut seq = Admission::wait(&self, arrived, job.input_tokens + 1).await;
@@ -289,7 +311,24 @@ impl Engine {
         self.state().work(Work::Prefill, begin, due);
         let mut first_token_at = None;
         let mut index = 0;
+        let mut events = Events::new(job.tokens_per_event);
+        // The length of the step ending at `due`, for the empty events.
+        let mut step_len = Duration::ZERO;
         loop {
+            let last = index + 1 == job.output_tokens;
+            if events.empty_due(config.empty_events, index, last) {
+                sleep_until(due - step_len / 2).await;
+                let empty = Token {
+                    text: String::new(),
+                    tokens: 0,
+                    generated: index,
+                    last: false,
+                    admitted: seq.admitted,
+                    began: begin,
+                };
+                // A client that left is noticed at the next token.
+                let _ = tokens.send(empty);
+            }
             sleep_until(due).await;
             let stalled = self.state().stalled_until;
             if let Some(until) = stalled
@@ -305,20 +344,25 @@ impl Engine {
                 self.state().work(Work::Prefill, resumed, due);
                 continue;
             }
-            first_token_at.get_or_insert_with(Instant::now);
-            let last = index + 1 == job.output_tokens;
-            let token = Token {
-                text: text::token(job.text_seed, index),
-                last,
-                admitted: seq.admitted,
-                began: begin,
-            };
-            if tokens.send(token).is_err() {
-                // The client went away; `seq` counts it.
-                if let Some(t) = &job.trace {
-                    t.abandoned(&job, seq.admitted, first_token_at, Instant::now(), index);
+            let now = Instant::now();
+            first_token_at.get_or_insert(now);
+            if let Some(text) = events.made(now, &text::token(job.text_seed, index), last) {
+                let token = Token {
+                    tokens: events.held,
+                    generated: index + 1,
+                    text,
+                    last,
+                    admitted: seq.admitted,
+                    began: begin,
+                };
+                events.held = 0;
+                if tokens.send(token).is_err() {
+                    // The client went away; `seq` counts it.
+                    if let Some(t) = &job.trace {
+                        t.abandoned(&job, seq.admitted, first_token_at, Instant::now(), index);
+                    }
+                    return;
                 }
-                return;
             }
             if last {
                 break;
@@ -335,11 +379,12 @@ impl Engine {
             state.work(Work::Decode, due, due + config.compute(step));
             drop(state);
             due += step;
+            step_len = step;
         }
         if let Some(t) = &job.trace {
             t.done(&job, seq.admitted, first_token_at, Instant::now());
         }
-        seq.finish(&job, first_token_at.unwrap_or(arrived));
+        seq.finish(&job, first_token_at.unwrap_or(arrived), &events);
     }
 }
 
@@ -481,9 +526,11 @@ impl Admission {
         Instant::now()
     }
 
-    fn finish(mut self, job: &Job, first_token_at: Instant) {
+    fn finish(mut self, job: &Job, first_token_at: Instant, events: &Events) {
         let now = Instant::now();
         let mut state = self.engine.state();
+        state.itl.add(&events.itl);
+        state.event_gap.add(&events.event_gap);
         state.served += 1;
         state.prompt_tokens += u64::from(job.input_tokens);
         state.generation_tokens += u64::from(job.output_tokens);
@@ -573,6 +620,7 @@ mod tests {
         Job {
             input_tokens: input,
             output_tokens: output,
+            tokens_per_event: 1,
             text_seed: 7,
             trace: None,
         }
@@ -589,6 +637,62 @@ mod tests {
         assert_eq!((state.served, state.cancelled, state.running), (1, 0, 0));
         assert_eq!(state.generation_tokens, 4);
         assert_eq!(state.queue_time.sum(), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_go_out_in_events_of_the_configured_size_with_empty_events_ahead() {
+        let engine = Arc::new(Engine::new(Config {
+            empty_events: Some(1),
+            ..config(4)
+        }));
+        let job = Job {
+            tokens_per_event: 4,
+            ..job(0, 10)
+        };
+        let out = collect(Arc::clone(&engine), job).await;
+        // Tokens are made at 10, 30, …, 190 ms: the first goes alone, then
+        // four at a time, the last event with what is left; an empty event
+        // half a step (10 ms) ahead of each after the first.
+        let events: Vec<_> = out
+            .iter()
+            .map(|(t, e)| (t.as_millis(), e.tokens, e.generated, e.last))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (10, 1, 1, false),
+                (80, 0, 4, false),
+                (90, 4, 5, false),
+                (160, 0, 8, false),
+                (170, 4, 9, false),
+                (180, 0, 9, false),
+                (190, 1, 10, true),
+            ]
+        );
+        assert!(out[1].1.text.is_empty());
+        assert_eq!(out[2].1.text.split_whitespace().count(), 4);
+        // Ground truth: nine gaps of one step between tokens; three between
+        // the events that carried them, 80 + 80 + 20 ms.
+        let state = engine.state();
+        assert_eq!(state.itl.count(), 9);
+        assert!((state.itl.sum() - 0.180).abs() < 1e-9);
+        assert_eq!(state.event_gap.count(), 3);
+        assert!((state.event_gap.sum() - 0.180).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_token_per_event_makes_event_gaps_the_token_gaps() {
+        let engine = Arc::new(Engine::new(Config {
+            empty_events: Some(2),
+            ..config(4)
+        }));
+        let out = collect(Arc::clone(&engine), job(0, 4)).await;
+        let events: Vec<_> = out.iter().map(|(t, e)| (t.as_millis(), e.tokens)).collect();
+        // An empty event ahead of every second text event after the first.
+        assert_eq!(events, [(10, 1), (30, 1), (40, 0), (50, 1), (70, 1)]);
+        let state = engine.state();
+        assert_eq!((state.itl.count(), state.event_gap.count()), (3, 3));
+        assert!((state.itl.sum() - state.event_gap.sum()).abs() < 1e-9);
     }
 
     #[tokio::test(start_paused = true)]

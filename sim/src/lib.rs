@@ -23,6 +23,7 @@
 mod cache;
 mod config;
 mod engine;
+mod events;
 mod metrics;
 mod native;
 mod openai;

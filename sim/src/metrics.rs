@@ -40,6 +40,15 @@ impl PromHistogram {
         self.count += 1;
     }
 
+    /// Adds `other`'s observations (same buckets) to these.
+    pub(crate) fn add(&mut self, other: &PromHistogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// Exact sum of observed values, in seconds.
     #[cfg(test)]
     pub(crate) fn sum(&self) -> f64 {
@@ -255,6 +264,16 @@ pub(crate) fn render(engine: &Engine) -> String {
     state.e2e.render(
         "llmsim_request_duration_seconds",
         "Ground truth: arrival to last token, served requests only.",
+        o,
+    );
+    state.itl.render(
+        "llmsim_inter_token_latency_seconds",
+        "Ground truth: for each token after a request's first, the time since the one before it was made; served requests only.",
+        o,
+    );
+    state.event_gap.render(
+        "llmsim_event_gap_seconds",
+        "Ground truth: for each streamed event carrying tokens after a request's first, the time since the one before it was sent (events without text are not counted); served requests only.",
         o,
     );
     out

@@ -24,15 +24,20 @@ use crate::engine::{Engine, Token};
 use crate::openai::{error, job, parent, start};
 use crate::{GenerateShape, text};
 
-/// A body streamed token by token: `render` turns each token into bytes.
+/// A body streamed event by event: `render` turns each into bytes. Events
+/// without tokens are left out unless `empties`.
 fn token_body(
     rx: mpsc::UnboundedReceiver<Token>,
     render: impl FnMut(Token) -> String + Send + 'static,
     content_type: &'static str,
+    empties: bool,
 ) -> Response {
-    let body = futures_util::stream::unfold(Some((rx, render)), |state| async move {
+    let body = futures_util::stream::unfold(Some((rx, render)), move |state| async move {
         let (mut rx, mut render) = state?;
-        let token = rx.recv().await?;
+        let mut token = rx.recv().await?;
+        while token.tokens == 0 && !empties {
+            token = rx.recv().await?;
+        }
         let last = token.last;
         let out = render(token);
         Some((Ok::<_, Infallible>(Bytes::from(out)), (!last).then_some((rx, render))))
@@ -49,6 +54,9 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Token>) -> Option<(String, Timi
     let mut content = String::new();
     let mut timing = Timing::default();
     while let Some(token) = rx.recv().await {
+        if token.tokens == 0 {
+            continue;
+        }
         content.push_str(&token.text);
         timing.saw(&token);
         if token.last {
@@ -221,7 +229,10 @@ async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: By
     token_body(
         rx,
         move |token| {
-            timing.saw(&token);
+            if token.tokens > 0 {
+                timing.saw(&token);
+            }
+            // An event without tokens is a line with an empty response.
             let mut out = line(&model, &token.text, false).to_string();
             out.push('\n');
             if token.last {
@@ -234,6 +245,7 @@ async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: By
             out
         },
         "application/x-ndjson",
+        true,
     )
 }
 
@@ -271,7 +283,14 @@ struct Generate {
     rx: mpsc::UnboundedReceiver<Token>,
 }
 
-fn generate_request(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> Result<Generate, Box<Response>> {
+/// A `/generate*` request: `one_per_event` for TGI's stream, whose events
+/// are a token each whatever `--tokens-per-event` says.
+fn generate_request(
+    engine: &Arc<Engine>,
+    headers: &HeaderMap,
+    body: &[u8],
+    one_per_event: bool,
+) -> Result<Generate, Box<Response>> {
     let request: GenerateRequest = serde_json::from_slice(body).map_err(|e| {
         let body = json!({"error": format!("invalid request body: {e}"), "error_type": "validation"});
         Box::new((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
@@ -289,7 +308,10 @@ fn generate_request(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> R
         .max_new_tokens
         .or(request.max_new_tokens)
         .or(request.max_tokens);
-    let job = job(engine, key, text::count_tokens(&prompt), max, parent(headers))?;
+    let mut job = job(engine, key, text::count_tokens(&prompt), max, parent(headers))?;
+    if one_per_event {
+        job.tokens_per_event = 1;
+    }
     let (input, output) = (job.input_tokens, job.output_tokens);
     Ok(Generate {
         details: request.parameters.details,
@@ -302,7 +324,7 @@ fn generate_request(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> R
 /// `POST /generate`: TGI's answer, or a home-made server's JSON shape
 /// (`--generate-shape`).
 pub(crate) async fn generate(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body) {
+    let g = match generate_request(&engine, &headers, &body, false) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -342,7 +364,7 @@ pub(crate) async fn generate(State(engine): State<Arc<Engine>>, headers: HeaderM
 /// `POST /generate_stream`: TGI's SSE, one event per token; the last
 /// carries the whole text and `details`.
 pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body) {
+    let g = match generate_request(&engine, &headers, &body, true) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -373,13 +395,14 @@ pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, headers: 
             format!("data:{event}\n\n")
         },
         "text/event-stream",
+        false,
     )
 }
 
 /// `POST /generate_ndjson`: one `{"token": …}` line per token, then
 /// `{"done": true, "generated_text": …, "tokens_generated": N}`.
 pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body) {
+    let g = match generate_request(&engine, &headers, &body, false) {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -399,15 +422,16 @@ pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, headers: 
             out
         },
         "application/x-ndjson",
+        false,
     )
 }
 
 /// `POST /generate_text`: the answer as plain chunked text, a chunk per
 /// token.
 pub(crate) async fn generate_text(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body) {
+    let g = match generate_request(&engine, &headers, &body, false) {
         Ok(g) => g,
         Err(response) => return *response,
     };
-    token_body(g.rx, |token| token.text, "text/plain; charset=utf-8")
+    token_body(g.rx, |token| token.text, "text/plain; charset=utf-8", false)
 }

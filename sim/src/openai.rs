@@ -1,6 +1,7 @@
 //! The OpenAI dialects: `/v1/chat/completions` and `/v1/completions`,
-//! streaming (SSE, with `stream_options.include_usage`) and not, and
-//! `/v1/models`.
+//! streaming (SSE, with `stream_options.include_usage`, and vLLM's
+//! `stream_options.continuous_usage_stats` for a running count on every
+//! chunk) and not, and `/v1/models`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,27 @@ struct ChatRequest {
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
+    /// vLLM's: usage, with the tokens generated so far, on every chunk.
+    #[serde(default)]
+    continuous_usage_stats: bool,
+}
+
+/// Which chunks carry usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Usage {
+    /// A last chunk with the totals.
+    last: bool,
+    /// Every chunk, with the running count.
+    every: bool,
+}
+
+impl Usage {
+    fn of(options: Option<&StreamOptions>) -> Usage {
+        options.map_or_else(Usage::default, |o| Usage {
+            last: o.include_usage,
+            every: o.include_usage && o.continuous_usage_stats,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -154,6 +176,7 @@ pub(crate) fn job(
     Ok(Job {
         input_tokens,
         output_tokens,
+        tokens_per_event: config.tokens_per_event,
         text_seed: text::mix(config.seed.wrapping_add(key)),
         trace: crate::trace::Request::new(&engine.spans, parent),
     })
@@ -192,8 +215,8 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
         Ok(j) => j,
         Err(response) => return *response,
     };
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    respond(&engine, job, Kind::Chat, request.model, request.stream, include_usage).await
+    let usage = Usage::of(request.stream_options.as_ref());
+    respond(&engine, job, Kind::Chat, request.model, request.stream, usage).await
 }
 
 #[derive(Deserialize)]
@@ -245,27 +268,19 @@ pub(crate) async fn completions(
         Ok(j) => j,
         Err(response) => return *response,
     };
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    respond(
-        &engine,
-        job,
-        Kind::Completions,
-        request.model,
-        request.stream,
-        include_usage,
-    )
-    .await
+    let usage = Usage::of(request.stream_options.as_ref());
+    respond(&engine, job, Kind::Completions, request.model, request.stream, usage).await
 }
 
-/// Runs `job` and answers as an OpenAI `kind` endpoint: streamed, with a
-/// usage chunk when asked, or whole.
+/// Runs `job` and answers as an OpenAI `kind` endpoint: streamed, with
+/// usage where asked, or whole.
 async fn respond(
     engine: &Arc<Engine>,
     job: Job,
     kind: Kind,
     model: Option<String>,
     streamed: bool,
-    include_usage: bool,
+    usage: Usage,
 ) -> Response {
     let prefix = match kind {
         Kind::Chat => "chatcmpl",
@@ -281,7 +296,7 @@ async fn respond(
     };
     let rx = start(engine, job);
     if streamed {
-        stream(answer, rx, include_usage)
+        stream(answer, rx, usage)
     } else {
         whole(answer, rx).await
     }
@@ -304,10 +319,15 @@ struct Answer {
 
 impl Answer {
     fn usage(&self) -> Value {
+        self.usage_after(self.output_tokens)
+    }
+
+    /// Usage once `generated` tokens are out.
+    fn usage_after(&self, generated: u32) -> Value {
         json!({
             "prompt_tokens": self.input_tokens,
-            "completion_tokens": self.output_tokens,
-            "total_tokens": self.input_tokens + self.output_tokens,
+            "completion_tokens": generated,
+            "total_tokens": self.input_tokens + generated,
         })
     }
 
@@ -333,17 +353,19 @@ impl Answer {
 /// The simulator always produces exactly the length it was asked for.
 const FINISH_REASON: &str = "length";
 
-fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, include_usage: bool) -> Response {
+fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) -> Response {
     let state = Some((answer, tokens, true));
     let body = futures_util::stream::unfold(state, move |state| async move {
         let (answer, mut tokens, first) = state?;
         let token = tokens.recv().await?;
+        let running = |generated: u32| usage.every.then(|| answer.usage_after(generated));
         let mut out = String::new();
         if first && answer.kind == Kind::Chat {
             // Like vLLM: the role arrives first, with empty content.
             let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            out.push_str(&answer.chunk(role, None));
+            out.push_str(&answer.chunk(role, running(0)));
         }
+        // An event without tokens is an empty-content chunk, as vLLM sends.
         let finish = if token.last { json!(FINISH_REASON) } else { Value::Null };
         let delta = match answer.kind {
             Kind::Chat => {
@@ -351,9 +373,9 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, include_usage:
             }
             Kind::Completions => json!([{"index": 0, "text": token.text, "logprobs": null, "finish_reason": finish}]),
         };
-        out.push_str(&answer.chunk(delta, None));
+        out.push_str(&answer.chunk(delta, running(token.generated)));
         if token.last {
-            if include_usage {
+            if usage.last {
                 out.push_str(&answer.chunk(json!([]), Some(answer.usage())));
             }
             out.push_str("data: [DONE]\n\n");

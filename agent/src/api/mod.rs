@@ -205,6 +205,10 @@ pub struct Chunk {
     /// Whitespace-separated words of the generated text in this chunk:
     /// the token estimate of last resort (see [`crate::exec`]).
     pub words: u64,
+    /// Bytes of generated text in this chunk: with only a total token
+    /// count at hand, an answer's tokens are shared among its events in
+    /// proportion (see [`crate::exec`]).
+    pub text_bytes: u64,
     /// The server says the answer is complete.
     pub finished: bool,
     /// Why it is complete, when the server says.

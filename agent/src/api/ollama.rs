@@ -112,6 +112,7 @@ pub(super) fn parse(data: &[u8], streamed: bool, text: Option<&mut String>) -> P
     Parsed::Chunk(Chunk {
         content_events: u32::from(has_text),
         words: texts.iter().flatten().map(|t| words(t)).sum(),
+        text_bytes: texts.iter().flatten().map(|t| t.len() as u64).sum(),
         finished: line.done,
         finish: line.done_reason.as_deref().map(Finish::from_openai),
         usage,
@@ -141,6 +142,7 @@ mod tests {
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 words: 1,
+                text_bytes: 3,
                 ..Chunk::default()
             })
         );

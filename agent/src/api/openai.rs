@@ -160,6 +160,12 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     Parsed::Chunk(Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
         words: chunk.choices.iter().map(Choice::words).sum(),
+        text_bytes: chunk
+            .choices
+            .iter()
+            .flat_map(Choice::texts)
+            .map(|t| t.len() as u64)
+            .sum(),
         finished: chunk.choices.iter().any(|c| c.finish_reason.is_some()),
         finish: chunk
             .choices
@@ -187,6 +193,7 @@ pub(super) fn whole(body: &[u8], text: Option<&mut String>) -> Parsed {
     Parsed::Chunk(Chunk {
         content_events: u32::from(choice.has_text()),
         words: choice.words(),
+        text_bytes: choice.texts().map(|t| t.len() as u64).sum(),
         finished: true,
         finish: choice.finish_reason.as_deref().map(Finish::from_openai),
         usage: usage(chunk.usage),

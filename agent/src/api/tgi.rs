@@ -86,6 +86,7 @@ pub(super) fn event(data: &[u8], out: Option<&mut String>) -> Parsed {
     Parsed::Chunk(Chunk {
         content_events: u32::from(has_text),
         words: text.map_or(0, words),
+        text_bytes: text.map_or(0, |t| t.len() as u64),
         finished,
         usage: usage(e.details.as_ref()),
         ..Chunk::default()
@@ -114,6 +115,7 @@ pub(super) fn whole(body: &[u8], out: Option<&mut String>) -> Parsed {
     Parsed::Chunk(Chunk {
         content_events: u32::from(!text.is_empty()),
         words: words(text),
+        text_bytes: text.len() as u64,
         finished: true,
         usage: usage(details.as_ref()),
         ..Chunk::default()
@@ -136,6 +138,7 @@ mod tests {
             Parsed::Chunk(Chunk {
                 content_events: 1,
                 words: 1,
+                text_bytes: 5,
                 ..Chunk::default()
             })
         );

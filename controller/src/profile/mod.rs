@@ -399,6 +399,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let load_time = s.duration(p, "load_time", true);
     let dcgm = s.bool(p, "dcgm");
     let kv_cache_tokens = s.int_in(p, "kv_cache_tokens", 1, u64::from(u32::MAX));
+    let tokens_per_event = s.int_in(p, "tokens_per_event", 1, u64::from(u32::MAX));
+    let empty_events = s.int_in(p, "empty_events", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
     s.finish(p);
@@ -470,6 +472,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         load_time: load_time.unwrap_or(defaults.load_time),
         kv_cache_tokens: kv_cache_tokens.map(|n| n as u32).or(defaults.kv_cache_tokens),
         dcgm: dcgm.unwrap_or(defaults.dcgm),
+        tokens_per_event: tokens_per_event.map_or(defaults.tokens_per_event, |n| n as u32),
+        empty_events: empty_events.map(|n| n as u32).or(defaults.empty_events),
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
         seed: sim_seed.unwrap_or(defaults.seed),

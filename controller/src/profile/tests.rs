@@ -518,7 +518,7 @@ fn target_mistakes_are_named() {
 fn server_metrics_and_the_simulated_accelerator_are_read() {
     let p = parse(
         "[load]\nusers = 1\n[server_metrics]\nurl = \"http://gpu:9400/metrics\"\ninterval = \"250ms\"\n\
-         [sim]\nstep_overhead = \"5ms\"\nload_time = \"2s\"\ndcgm = true\nkv_cache_tokens = 4096\n",
+         [sim]\nstep_overhead = \"5ms\"\nload_time = \"2s\"\ndcgm = true\nkv_cache_tokens = 4096\ntokens_per_event = 4\nempty_events = 3\n",
     )
     .unwrap();
     assert!(p.server_metrics.enabled);
@@ -528,6 +528,7 @@ fn server_metrics_and_the_simulated_accelerator_are_read() {
     assert_eq!(p.sim.load_time, Duration::from_secs(2));
     assert!(p.sim.dcgm);
     assert_eq!(p.sim.kv_cache_tokens, Some(4096));
+    assert_eq!((p.sim.tokens_per_event, p.sim.empty_events), (4, Some(3)));
 
     let d = parse("[load]\nusers = 1\n").unwrap();
     assert!(d.server_metrics.enabled && d.server_metrics.url.is_none());

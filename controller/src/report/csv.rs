@@ -132,9 +132,10 @@ fn metrics(s: &Summary) -> String {
     let mut out = String::new();
     head(&mut out, &[METRICS]);
     let m = &s.metrics;
-    let rows: [(&str, &MetricSummary); 15] = [
+    let rows: [(&str, &MetricSummary); 16] = [
         ("ttft", &m.ttft),
         ("itl", &m.itl),
+        ("chunk_gap", &m.chunk_gap),
         ("tpot", &m.tpot),
         ("e2e", &m.e2e),
         ("ttft_intended", &m.ttft_intended),

@@ -193,6 +193,7 @@ fn metrics(o: &mut String, s: &Summary) {
     let m = &s.metrics;
     metric_row(o, "TTFT (ms)", &m.ttft);
     metric_row(o, "ITL (ms)", &m.itl);
+    metric_row(o, "chunk gap (ms)", &m.chunk_gap);
     metric_row(o, "TPOT (ms)", &m.tpot);
     metric_row(o, "E2E (ms)", &m.e2e);
     metric_row(o, "client queue (ms)", &m.client_queue);

@@ -41,6 +41,10 @@ fn report(interval: u64, scale: u64) -> Report {
         for k in 0..15 {
             h.record(Metric::Itl, 39_000 + k * 150 + i * 10);
         }
+        // Three tokens to an event: a chunk gap is three tokens' time.
+        for k in 0..5 {
+            h.record(Metric::ChunkGap, 3 * (39_000 + k * 450 + i * 10));
+        }
     }
     let mut errors = BTreeMap::new();
     if interval == 1 {

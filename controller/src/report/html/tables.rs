@@ -18,9 +18,10 @@ fn opt(v: Option<f64>) -> String {
 /// The headline statistics of every latency and token metric.
 pub(super) fn metrics(out: &mut String, s: &Summary) {
     let m = &s.metrics;
-    let rows: [(&str, &MetricSummary); 11] = [
+    let rows: [(&str, &MetricSummary); 12] = [
         ("TTFT", &m.ttft),
         ("ITL", &m.itl),
+        ("chunk gap", &m.chunk_gap),
         ("TPOT", &m.tpot),
         ("E2E", &m.e2e),
         ("TTFT from intended start", &m.ttft_intended),

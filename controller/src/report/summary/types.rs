@@ -118,8 +118,10 @@ impl MetricSummary {
 pub struct Metrics {
     /// Time to first token.
     pub ttft: MetricSummary,
-    /// Inter-token latency.
+    /// Inter-token latency, per token.
     pub itl: MetricSummary,
+    /// Gap between consecutive stream events carrying tokens.
+    pub chunk_gap: MetricSummary,
     /// Time per output token.
     pub tpot: MetricSummary,
     /// End-to-end latency.
@@ -157,6 +159,7 @@ impl Metrics {
         match metric {
             Metric::Ttft => &self.ttft,
             Metric::Itl => &self.itl,
+            Metric::ChunkGap => &self.chunk_gap,
             Metric::Tpot => &self.tpot,
             Metric::E2e => &self.e2e,
             Metric::ClientQueue => &self.client_queue,
@@ -180,6 +183,7 @@ impl Metrics {
         Metrics {
             ttft: m(Metric::Ttft),
             itl: m(Metric::Itl),
+            chunk_gap: m(Metric::ChunkGap),
             tpot: m(Metric::Tpot),
             e2e: m(Metric::E2e),
             ttft_intended: m(Metric::TtftIntended),
@@ -696,6 +700,8 @@ pub struct Definitions {
     pub ttft: &'static str,
     /// ITL.
     pub itl: &'static str,
+    /// Chunk gap.
+    pub chunk_gap: &'static str,
     /// TPOT.
     pub tpot: &'static str,
     /// E2E.
@@ -740,10 +746,11 @@ pub struct Definitions {
 pub const DEFINITIONS: Definitions = Definitions {
     t0: "just before the request is written, after a connection is available; times are on the agent's monotonic clock",
     intended_start: "when the schedule meant the request to start: the arrival time (open loop), the user's next tick (closed loop with a pace), or the moment the user was ready after its think time (closed loop)",
-    ttft: "time to first token: t0 to the first byte of the first stream event carrying generated text",
-    itl: "inter-token latency: each gap between the first bytes of consecutive stream events carrying generated text (one sample per gap)",
+    ttft: "time to first token: t0 to the first byte of the first stream event carrying generated text; a byte's time is when the read that returned it came off the connection's socket",
+    itl: "inter-token latency, one sample per generated token after those of the first event: an event that carried k tokens, after a gap g since the previous event that carried tokens, gives k samples of g/k (in whole microseconds, g mod k of them one more, so that they add up to g); an event with no text or no token gives none, and its time counts in the next gap; an event's tokens are the server's running count when every event carries one (vLLM's stream_options.continuous_usage_stats), else the client tokenizer's count of the event's text, else, when the server's total exceeds the events, one per event and the rest shared among the events after the first in proportion to their bytes of text, else one per event",
+    chunk_gap: "each gap between the first bytes of consecutive stream events that carried tokens, whatever their number (one sample per gap); events with no text or no token are skipped and their time counts in the next gap; it equals ITL when every event carries one token",
     tpot: "time per output token: (e2e - ttft) / (output_tokens - 1), one sample per request with at least two output tokens",
-    e2e: "end to end: t0 to the end of the response body",
+    e2e: "end to end: t0 to the arrival of the last byte of the response body",
     from_intended: "ttft_intended and e2e_intended count from the intended start instead of t0, so time spent waiting to be sent (a stalled server holding a paced user back, a concurrency cap, a slow client) is part of the latency: no coordinated omission",
     client_queue: "intended start to t0: waiting for a turn, a concurrency slot or a connection",
     schedule_lag: "from when the request could first be sent (its intended start, or for a paced user still busy with its previous request, the moment it was free) to the moment the agent released it: how well the agent kept time",
