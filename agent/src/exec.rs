@@ -240,6 +240,7 @@ impl Executor {
                     message,
                     schedule_lag_us: lag_us,
                     late: lag_us > micros(LATE),
+                    prompt_class: prompt.class,
                 }
             }
         }

@@ -195,6 +195,7 @@ fn wire(r: &Report, agent: u32) -> pb::Report {
             trace_id: format!("{:016x}{:016x}", r.interval, agent),
             interval: r.interval,
         }],
+        classes: Vec::new(),
     }
 }
 
@@ -289,7 +290,7 @@ fn main() {
 
     // The page alone, from a summary with the server's figures.
     let loaded = results::load(&a).expect("the run reads back");
-    let mut s = summary::build(&loaded.run.spec, &loaded.run.collected, None);
+    let mut s = summary::build(&loaded.run.spec, &loaded.run.collected, None, None);
     s.server = Some(server(&s));
     let data = ReportData::of(&loaded.run.collected, profile.report.interval.as_secs_f64());
     let mut best = Duration::MAX;

@@ -255,6 +255,7 @@ async fn running(
     tracing.began(start);
     let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
     let mut reporter = Reporter::new(recorder, Arc::clone(&tracing), active, start, plan.interval, gpu);
+    reporter.name_classes(&plan_classes);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {

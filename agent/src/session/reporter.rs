@@ -24,6 +24,8 @@ struct Work {
     total: Interval,
     cpu: Meter,
     tracing: Arc<Tracing>,
+    /// The prompt classes' names, by index.
+    classes: Vec<String>,
 }
 
 impl Work {
@@ -53,11 +55,26 @@ impl Work {
                 .collect(),
             cpu: self.cpu.sample(),
             exemplars,
+            classes: class_totals(&self.cut, &self.classes),
             ..pb::Report::default()
         };
         self.cut.reset();
         report
     }
+}
+
+/// The wire form of `interval`'s prompt classes that had requests.
+fn class_totals(interval: &Interval, classes: &[String]) -> Vec<pb::ClassTotals> {
+    interval
+        .classes
+        .iter()
+        .filter(|(_, t)| t.counters.ok + t.counters.failed() > 0)
+        .map(|(index, t)| pb::ClassTotals {
+            class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
+            histograms: t.histograms.to_wire(),
+            counters: Some(t.counters.to_wire()),
+        })
+        .collect()
 }
 
 /// Cuts interval reports and keeps the run's totals.
@@ -95,6 +112,7 @@ impl Reporter {
                 spare: Interval::default(),
                 total: Interval::default(),
                 cpu: Meter::default(),
+                classes: Vec::new(),
             }),
             active,
             start,
@@ -102,6 +120,14 @@ impl Reporter {
             next_index: 0,
             sequence: 0,
             gpu,
+        }
+    }
+
+    /// Names the prompt classes, by index, for the reports' per-class
+    /// counts.
+    pub(super) fn name_classes(&mut self, classes: &[String]) {
+        if let Some(work) = &mut self.work {
+            work.classes = classes.to_vec();
         }
     }
 
@@ -159,16 +185,7 @@ impl Reporter {
             counters: Some(counters.to_wire()),
             elapsed_us: micros(elapsed),
             last_sequence: self.sequence,
-            classes: total
-                .classes
-                .iter()
-                .filter(|(_, t)| t.counters.ok > 0)
-                .map(|(index, t)| pb::ClassTotals {
-                    class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
-                    histograms: t.histograms.to_wire(),
-                    counters: Some(t.counters.to_wire()),
-                })
-                .collect(),
+            classes: class_totals(total, classes),
         };
         (finished, counters)
     }

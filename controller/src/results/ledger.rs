@@ -4,7 +4,7 @@
 //! [`Collected`], because [`Ledger::apply`] is the only place where an
 //! entry changes anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,9 +103,13 @@ pub struct Collected {
     pub unreadable: u64,
     /// The slowest requests the agents named, slowest first per metric.
     pub exemplars: Vec<Exemplar>,
-    /// Successful requests by prompt class, summed over the agents' final
-    /// totals.
+    /// Requests by prompt class over the measured time (warm-ups left
+    /// out), from the reports; for an agent whose reports carried no
+    /// classes (a run recorded before they did), its final totals.
     pub classes: BTreeMap<String, ClassTotals>,
+    /// Some class rows are whole-run totals, warm-ups included (see
+    /// `classes`).
+    pub classes_whole_run: bool,
 }
 
 impl Collected {
@@ -160,13 +164,27 @@ fn gpu_per_interval<'a>(
     sums.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect()
 }
 
-/// One prompt class's successful requests over the run.
+/// One prompt class's requests.
 #[derive(Clone, Debug, Default)]
 pub struct ClassTotals {
-    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    /// TTFT, ITL, TPOT, E2E, input and output tokens of its successes.
     pub histograms: Histograms,
-    /// Requests and token totals.
+    /// Successes and token totals, and failures by error class.
     pub counters: Counters,
+}
+
+impl ClassTotals {
+    fn add(&mut self, histograms: &Histograms, counters: &Counters) {
+        self.histograms.add(histograms);
+        self.counters.add(counters);
+    }
+}
+
+/// A class's histograms and counters from the wire.
+fn decode_class(class: &pb::ClassTotals) -> Result<(Histograms, Counters), stampede_proto::WireError> {
+    let histograms = Histograms::from_wire(&class.histograms)?;
+    let counters = Counters::from_wire(&class.counters.clone().unwrap_or_default())?;
+    Ok((histograms, counters))
 }
 
 /// One slow request an agent named.
@@ -209,7 +227,12 @@ pub struct Ledger {
     start_at_us: Option<u64>,
     unreadable: u64,
     exemplars: Vec<Exemplar>,
+    /// Which interval is a warm-up, for the class totals.
+    timeline: Timeline,
     classes: BTreeMap<String, ClassTotals>,
+    /// Agents whose reports carried per-class counts.
+    classes_reported: BTreeSet<u32>,
+    classes_whole_run: bool,
     end: Option<End>,
     log: Option<Log>,
     log_failed: bool,
@@ -229,7 +252,10 @@ impl Ledger {
             start_at_us: None,
             unreadable: 0,
             exemplars: Vec::new(),
+            timeline: Timeline::new(&spec.load, spec.interval),
             classes: BTreeMap::new(),
+            classes_reported: BTreeSet::new(),
+            classes_whole_run: false,
             end: None,
             log,
             log_failed: false,
@@ -414,6 +440,23 @@ impl Ledger {
             a.gpu.extend(wire.gpu.iter().copied());
         }
         keep_exemplars(&mut self.exemplars, agent_index, &wire.exemplars);
+        if !wire.classes.is_empty() {
+            self.classes_reported.insert(agent_index);
+        }
+        // Classes are cut at the warm-up boundary as the run's figures are.
+        if !matches!(self.timeline.place(wire.interval), merge::Place::Warmup(_)) {
+            for class in &wire.classes {
+                match decode_class(class) {
+                    Ok((h, c)) => self.classes.entry(class.class.clone()).or_default().add(&h, &c),
+                    Err(e) => {
+                        effect.unreadable = Some(format!(
+                            "report {} of agent {agent}: prompt class {:?} is unreadable and left out: {e}",
+                            wire.sequence, class.class
+                        ));
+                    }
+                }
+            }
+        }
         effect.added = Some(report);
     }
 
@@ -426,14 +469,17 @@ impl Ledger {
         if agent_index as usize >= self.planned.len() {
             return;
         }
-        for class in &wire.classes {
-            let decoded = Histograms::from_wire(&class.histograms)
-                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
-            match decoded {
+        // Final class totals count only for an agent whose reports carried
+        // none: a run recorded before reports did.
+        let whole_run = !self.classes_reported.contains(&agent_index);
+        for class in wire.classes.iter().filter(|_| whole_run) {
+            match decode_class(class) {
                 Ok((histograms, counters)) => {
-                    let totals = self.classes.entry(class.class.clone()).or_default();
-                    totals.histograms.add(&histograms);
-                    totals.counters.add(&counters);
+                    self.classes_whole_run = true;
+                    self.classes
+                        .entry(class.class.clone())
+                        .or_default()
+                        .add(&histograms, &counters);
                 }
                 Err(e) => {
                     effect.unreadable = Some(format!(
@@ -503,6 +549,7 @@ impl Ledger {
             unreadable: self.unreadable,
             exemplars: self.exemplars,
             classes: self.classes,
+            classes_whole_run: self.classes_whole_run,
         }
     }
 

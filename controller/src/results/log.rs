@@ -167,6 +167,8 @@ struct ReportLine {
     #[serde(default)]
     gpu: Vec<pb::GpuSample>,
     histograms: HistogramLine,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<ClassLine>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -259,7 +261,30 @@ impl From<ReportEntry> for ReportLine {
             error_samples: r.error_samples,
             gpu: r.gpu,
             histograms: histograms_line(&r.histograms),
+            classes: r.classes.into_iter().map(ClassLine::from).collect(),
         }
+    }
+}
+
+impl From<pb::ClassTotals> for ClassLine {
+    fn from(c: pb::ClassTotals) -> ClassLine {
+        ClassLine {
+            class: c.class,
+            counters: c.counters.unwrap_or_default(),
+            histograms: histograms_line(&c.histograms),
+        }
+    }
+}
+
+impl TryFrom<ClassLine> for pb::ClassTotals {
+    type Error = String;
+
+    fn try_from(c: ClassLine) -> Result<pb::ClassTotals, String> {
+        Ok(pb::ClassTotals {
+            class: c.class,
+            histograms: histograms_wire(c.histograms)?,
+            counters: Some(c.counters),
+        })
     }
 }
 
@@ -292,6 +317,11 @@ impl TryFrom<ReportLine> for ReportEntry {
                 cpu: l.cpu,
                 gpu: l.gpu,
                 exemplars,
+                classes: l
+                    .classes
+                    .into_iter()
+                    .map(pb::ClassTotals::try_from)
+                    .collect::<Result<_, String>>()?,
             },
         })
     }
@@ -307,15 +337,7 @@ impl From<FinishedEntry> for FinishedLine {
             last_sequence: f.last_sequence,
             counters: f.counters.unwrap_or_default(),
             histograms: histograms_line(&f.histograms),
-            classes: f
-                .classes
-                .into_iter()
-                .map(|c| ClassLine {
-                    class: c.class,
-                    counters: c.counters.unwrap_or_default(),
-                    histograms: histograms_line(&c.histograms),
-                })
-                .collect(),
+            classes: f.classes.into_iter().map(ClassLine::from).collect(),
         }
     }
 }
@@ -327,13 +349,7 @@ impl TryFrom<FinishedLine> for FinishedEntry {
         let classes = l
             .classes
             .into_iter()
-            .map(|c| {
-                Ok(pb::ClassTotals {
-                    class: c.class,
-                    histograms: histograms_wire(c.histograms)?,
-                    counters: Some(c.counters),
-                })
-            })
+            .map(pb::ClassTotals::try_from)
             .collect::<Result<_, String>>()?;
         Ok(FinishedEntry {
             agent: l.agent,
@@ -576,6 +592,11 @@ mod tests {
                         value_us: 9,
                         trace_id: "ab".repeat(16),
                         interval: 2,
+                    }],
+                    classes: vec![pb::ClassTotals {
+                        class: "long".to_owned(),
+                        histograms: histograms(),
+                        counters: Some(counters()),
                     }],
                 },
             }),
