@@ -632,4 +632,82 @@ mod tests {
         assert_eq!(GpuFigure::MemoryBandwidth.of(&memory), Some(0.6));
         assert_eq!(GpuFigure::MemoryShare.of(&pb::GpuSample::default()), None);
     }
+
+    fn class(name: &str, ok: u64, failed: u64) -> pb::ClassTotals {
+        let mut c = Counters {
+            ok,
+            ..Counters::default()
+        };
+        for _ in 0..failed {
+            c.count_error(stampede_proto::ErrorClass::Status(400));
+        }
+        pb::ClassTotals {
+            class: name.to_owned(),
+            histograms: Histograms::new().to_wire(),
+            counters: Some(c.to_wire()),
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let text = "name = \"c\"\n[load]\nusers = 2\nduration = \"3s\"\nwarmup = \"1s\"\n";
+        let o = crate::profile::Overrides::default();
+        let profile = crate::profile::Profile::parse(text, std::path::Path::new("c.toml"), &o).expect("valid");
+        Ledger::new(&Spec::sample(&profile, "20270115T080000Z-c-0001", 1), None)
+    }
+
+    fn report(interval: u64, classes: Vec<pb::ClassTotals>) -> Entry {
+        Entry::Report(ReportEntry {
+            agent: "a".to_owned(),
+            agent_index: 0,
+            report: pb::Report {
+                interval,
+                sequence: interval + 1,
+                histograms: Histograms::new().to_wire(),
+                counters: Some(Counters::default().to_wire()),
+                classes,
+                ..pb::Report::default()
+            },
+        })
+    }
+
+    fn finished(classes: Vec<pb::ClassTotals>) -> Entry {
+        Entry::Finished(FinishedEntry {
+            agent: "a".to_owned(),
+            agent_index: 0,
+            finished: pb::Finished {
+                histograms: Histograms::new().to_wire(),
+                counters: Some(Counters::default().to_wire()),
+                classes,
+                ..pb::Finished::default()
+            },
+        })
+    }
+
+    #[test]
+    fn class_rows_leave_the_warm_up_out_and_keep_a_class_that_only_failed() {
+        let mut l = ledger();
+        l.apply(report(0, vec![class("short", 5, 0), class("long", 0, 9)]));
+        l.apply(report(1, vec![class("short", 3, 1), class("long", 0, 2)]));
+        l.apply(report(2, vec![class("short", 4, 0)]));
+        // The final totals are the whole run's: not counted again.
+        l.apply(finished(vec![class("short", 12, 1), class("long", 0, 11)]));
+        let c = l.into_collected();
+        assert!(!c.classes_whole_run);
+        assert_eq!(c.classes["short"].counters.ok, 7);
+        assert_eq!(c.classes["short"].counters.failed(), 1);
+        assert_eq!(
+            (c.classes["long"].counters.ok, c.classes["long"].counters.failed()),
+            (0, 2)
+        );
+    }
+
+    #[test]
+    fn without_classes_in_reports_the_final_totals_fill_the_rows_and_say_so() {
+        let mut l = ledger();
+        l.apply(report(0, Vec::new()));
+        l.apply(finished(vec![class("short", 12, 0)]));
+        let c = l.into_collected();
+        assert!(c.classes_whole_run);
+        assert_eq!(c.classes["short"].counters.ok, 12);
+    }
 }
