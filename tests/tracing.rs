@@ -23,6 +23,7 @@ stampede_tests::suite![
     over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans,
     over_http_through_a_real_collector_every_request_is_one_client_span,
     every_dialect_joins_the_servers_spans,
+    the_server_queue_percentiles_are_the_servers_own_spans_or_within_a_bucket_of_them,
     sampling_keeps_every_failure_and_each_intervals_slowest,
     with_the_collector_down_the_run_ends_on_time_and_counts_the_lost_spans,
     with_the_collector_down_the_rates_are_those_of_a_run_without_tracing,
@@ -339,6 +340,110 @@ fn over_grpc_every_request_is_one_client_span_joined_with_the_servers_spans() ->
     assert!(run.stdout().contains(id), "{}", run.stdout());
     Ok(())
 }
+/// The `ceil(q·n)`-th smallest, as HDR and the summary read a percentile.
+fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// With `query_url`, the controller reads the simulator's queue spans back
+/// from the trace store: the percentiles are those of the spans exactly.
+/// Rebuilt without them, the same run's percentiles come from the
+/// simulator's histogram buckets, within a bucket of the truth.
+fn the_server_queue_percentiles_are_the_servers_own_spans_or_within_a_bucket_of_them() -> Outcome {
+    let _machine = exclusive();
+    let c = Collector::start();
+    let sim = traced_sim(&c.grpc_url(), "grpc", 2);
+    let service = "stampede-queue";
+    let trace = format!(
+        "endpoint = \"{}\"\nservice_name = \"{service}\"\nquery_url = \"http://{}\"",
+        c.grpc_url(),
+        c.query
+    );
+    let run = run_profile(&profile(&sim.url, 6, "3s", "30s", &trace), &[]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    let s = run.summary();
+    let ok = num(s, "/requests/ok") as usize;
+    assert!(ok > 50, "too few requests to judge");
+    // The truth: every queue span the simulator exported, to the
+    // microsecond the spans carry.
+    wait_until("every request's server spans", || {
+        let traces = c.traces(service, "llm.request");
+        traces.len() == ok && traces.iter().all(|t| spans_named(t, "queue").len() == 1)
+    });
+    let mut truth: Vec<u64> = c
+        .traces(service, "llm.request")
+        .iter()
+        .map(|t| spans_named(t, "queue")[0]["duration"].as_u64().unwrap())
+        .collect();
+    truth.sort_unstable();
+    let q = &s["server_queue"];
+    assert_eq!(q["source"], "spans", "{q:#}\n{}", run.stderr());
+    assert_eq!(q["interpolated"], false);
+    assert_eq!(q["count"].as_u64(), Some(truth.len() as u64), "{q:#}");
+    assert!(q["note"].is_null(), "{q:#}");
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let reported_us = (num(q, &format!("/{name}/ms")) * 1e3).round() as u64;
+        let want = nearest_rank(&truth, p);
+        eprintln!("server queue {name}: {reported_us} us from the spans, {want} us in the simulator's spans");
+        assert_eq!(reported_us, want, "{name}: {q:#}");
+    }
+    let mean_us = truth.iter().sum::<u64>() as f64 / truth.len() as f64;
+    assert!((num(q, "/mean_ms") * 1e3 - mean_us).abs() < 0.5, "{q:#}");
+    assert!(
+        nearest_rank(&truth, 0.5) > 20_000,
+        "the load queued too little to judge: {truth:?}"
+    );
+    assert!(
+        run.stdout().contains("exact, from the server's spans"),
+        "{}",
+        run.stdout()
+    );
+    let dir = run.dir.as_ref().unwrap();
+    assert!(dir.join("server-spans.json").is_file());
+
+    // The same run without its spans: the simulator's buckets.
+    std::fs::remove_file(dir.join("server-spans.json")).unwrap();
+    let rebuilt = Command::new(stampede_tests::bin("controller"))
+        .args(["report", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        rebuilt.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let s = stampede_tests::read_summary(&std::fs::read(dir.join("summary.json")).unwrap());
+    let q = &s["server_queue"];
+    assert_eq!(q["source"], "buckets", "{q:#}");
+    assert_eq!(q["interpolated"], true);
+    assert_eq!(q["from"], "llmsim_queue_time_seconds");
+    assert_eq!(q["count"].as_u64(), Some(truth.len() as u64), "{q:#}");
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let reported_ms = num(q, &format!("/{name}/ms"));
+        let (from, to) = (
+            num(q, &format!("/{name}/bucket_from_ms")),
+            num(q, &format!("/{name}/bucket_to_ms")),
+        );
+        let want_ms = nearest_rank(&truth, p) as f64 / 1e3;
+        eprintln!(
+            "server queue {name}: {reported_ms:.3} ms interpolated in ({from}, {to}], {want_ms:.3} ms in the simulator's spans"
+        );
+        assert!(
+            (reported_ms - want_ms).abs() <= to - from,
+            "{name}: {reported_ms} ms against {want_ms} ms, beyond the bucket's width {}",
+            to - from
+        );
+    }
+    let stdout = String::from_utf8_lossy(&rebuilt.stdout);
+    assert!(
+        stdout.contains("interpolated within the buckets of llmsim_queue_time_seconds"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
 fn over_http_through_a_real_collector_every_request_is_one_client_span() -> Outcome {
     let rotel = Rotel::binary()?;
     let _machine = exclusive();

@@ -294,6 +294,7 @@ impl Executor {
                     message,
                     schedule_lag_us: lag_us,
                     late,
+                    prompt_class: prompt.class,
                 }
             }
         }

@@ -83,6 +83,8 @@ pub enum Outcome<'a> {
         /// It was sent more than [`stampede_proto::LATE`] after its
         /// intended start.
         late: bool,
+        /// Its prompt's class, an index into the share's class names.
+        prompt_class: u16,
     },
     /// It was abandoned at shutdown.
     Cancelled,
@@ -147,12 +149,12 @@ pub struct Sample<'a> {
     pub good: bool,
 }
 
-/// One prompt class's successful requests.
+/// One prompt class's requests.
 #[derive(Clone, Debug, Default)]
 pub struct ClassTotals {
-    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    /// TTFT, ITL, TPOT, E2E, input and output tokens of its successes.
     pub histograms: Histograms,
-    /// Requests and token totals.
+    /// Successes and their token totals, and failures by error class.
     pub counters: Counters,
 }
 
@@ -168,7 +170,7 @@ pub struct Interval {
     pub counters: Counters,
     /// The first message of each error class.
     pub samples: BTreeMap<ErrorClass, String>,
-    /// Successful requests by prompt class index.
+    /// Successful and failed requests by prompt class index.
     pub classes: BTreeMap<u16, ClassTotals>,
 }
 
@@ -268,8 +270,14 @@ impl Interval {
                 message,
                 schedule_lag_us,
                 late,
+                prompt_class,
             } => {
                 self.counters.count_error(*class);
+                self.classes
+                    .entry(*prompt_class)
+                    .or_default()
+                    .counters
+                    .count_error(*class);
                 self.counters.late += u64::from(*late);
                 self.histograms.record(Metric::ScheduleLag, *schedule_lag_us);
                 self.samples.entry(*class).or_insert_with(|| message.clone());
@@ -431,6 +439,7 @@ mod tests {
                         message: format!("thread {t}"),
                         schedule_lag_us: 0,
                         late: false,
+                        prompt_class: 1,
                     });
                 });
             }
@@ -445,6 +454,8 @@ mod tests {
         assert_eq!(cut.histograms.get(Metric::ChunkGap).len(), 1200);
         assert_eq!(cut.counters.output_tokens, 1600);
         assert_eq!(cut.samples.len(), 1);
+        assert_eq!(cut.classes[&1].counters.errors[&ErrorClass::Timeout], 4);
+        assert_eq!(cut.classes[&1].counters.ok, 0);
         // A second cut starts empty: nothing is counted twice.
         let mut again = Interval::default();
         recorder.cut(&mut again, &mut spare);
@@ -512,6 +523,7 @@ mod tests {
             message: "busy".into(),
             schedule_lag_us: 0,
             late: false,
+            prompt_class: 0,
         });
         recorder.record(&Outcome::Cancelled);
         let (mut cut, mut spare) = (Interval::default(), Interval::default());

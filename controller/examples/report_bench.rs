@@ -294,7 +294,7 @@ fn main() {
 
     // The page alone, from a summary with the server's figures.
     let loaded = results::load(&a).expect("the run reads back");
-    let mut s = summary::build(&loaded.run.spec, &loaded.run.collected, None);
+    let mut s = summary::build(&loaded.run.spec, &loaded.run.collected, None, None);
     s.server = Some(server(&s));
     let data = ReportData::of(&loaded.run.collected, profile.report.interval.as_secs_f64());
     let mut best = Duration::MAX;

@@ -419,12 +419,14 @@ async fn run_traced(
     {
         return Err(RunError::Failed(failure.clone()));
     }
+    let spans = server_spans(&profile, span, &run_id, &collected, &dir).await;
     let written = crate::report::write(
         &dir,
         &Run {
             spec,
             collected,
             series,
+            spans,
         },
     )
     .map_err(|e| RunError::Write {
@@ -437,6 +439,53 @@ async fn run_traced(
         dir,
         files: written.files,
     })
+}
+
+/// The server's spans of the run, read back from the trace store named by
+/// `[trace] query_url` and kept in the run directory; `None` without one,
+/// or when the store cannot be read (the summary then takes the server
+/// queue from the metrics page).
+async fn server_spans(
+    profile: &Profile,
+    span: &RunSpan,
+    run_id: &str,
+    collected: &crate::results::Collected,
+    dir: &std::path::Path,
+) -> Option<crate::server::spans::ServerSpans> {
+    use crate::server::spans;
+    let (url, config, started) = (
+        profile.trace.query_url.as_ref()?,
+        span.config.as_ref()?,
+        collected.started_at?,
+    );
+    let m = &collected.merger;
+    let query = spans::Query {
+        url: url.clone(),
+        service: config.service_name.clone(),
+        run_id: run_id.to_owned(),
+        sample_ratio: config.sample_ratio,
+        exported: m.measured().counters.spans_exported + m.warmup().spans_exported,
+        window: (started, SystemTime::now()),
+    };
+    match spans::fetch(&query).await {
+        Ok(found) => {
+            tracing::info!(
+                "read {} server queue spans of {} request traces from {url}",
+                found.spans.len(),
+                found.traces
+            );
+            if let Err(e) = found.write(&dir.join(spans::FILE)) {
+                tracing::warn!("{e}; `controller report` will take the server queue from the metrics page");
+            }
+            Some(found)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the server's spans from {url}: {e}; the server queue comes from its metrics page"
+            );
+            None
+        }
+    }
 }
 
 /// The target's own metrics page: `/metrics` at its root (a trailing

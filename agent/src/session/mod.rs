@@ -254,16 +254,17 @@ async fn running(
     let _delay = AbortOnDrop(runtime.spawn(crate::cpu::measure_delay(recorder.clone())));
     let tracing = Arc::clone(&plan.executor.trace);
     tracing.began(start);
+    let plan_classes: Vec<String> = plan.prompts.class_names().to_vec();
     let mut reporter = Reporter::new(
         recorder,
         Arc::clone(&tracing),
         Arc::clone(&plan.executor.presence),
-        plan.prompts.class_names().to_vec(),
         active,
         start,
         plan.interval,
         gpu,
     );
+    reporter.name_classes(&plan_classes);
     let mut began = false;
     let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {
@@ -327,7 +328,7 @@ async fn running(
     // time, and counts them as exported or dropped.
     let last = reporter.report_last(elapsed).await;
     link.send(agent_message::Kind::Report(last)).await;
-    let (finished, counters) = reporter.finished(elapsed);
+    let (finished, counters) = reporter.finished(elapsed, &plan_classes);
     link.send(agent_message::Kind::Finished(finished)).await;
     if let Some(reason) = lost {
         return Err(Error::ControllerLost(reason));

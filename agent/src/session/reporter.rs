@@ -25,23 +25,8 @@ struct Work {
     total: Interval,
     cpu: Meter,
     tracing: Arc<Tracing>,
+    /// The prompt classes' names, by index.
     classes: Vec<String>,
-}
-
-/// Class totals for the wire, those with successes.
-fn class_totals(
-    classes: &std::collections::BTreeMap<u16, crate::record::ClassTotals>,
-    names: &[String],
-) -> Vec<pb::ClassTotals> {
-    classes
-        .iter()
-        .filter(|(_, t)| t.counters.ok > 0)
-        .map(|(index, t)| pb::ClassTotals {
-            class: names.get(usize::from(*index)).cloned().unwrap_or_default(),
-            histograms: t.histograms.to_wire(),
-            counters: Some(t.counters.to_wire()),
-        })
-        .collect()
 }
 
 impl Work {
@@ -71,12 +56,26 @@ impl Work {
                 .collect(),
             cpu: self.cpu.sample(),
             exemplars,
-            classes: class_totals(&self.cut.classes, &self.classes),
+            classes: class_totals(&self.cut, &self.classes),
             ..pb::Report::default()
         };
         self.cut.reset();
         report
     }
+}
+
+/// The wire form of `interval`'s prompt classes that had requests.
+fn class_totals(interval: &Interval, classes: &[String]) -> Vec<pb::ClassTotals> {
+    interval
+        .classes
+        .iter()
+        .filter(|(_, t)| t.counters.ok + t.counters.failed() > 0)
+        .map(|(index, t)| pb::ClassTotals {
+            class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
+            histograms: t.histograms.to_wire(),
+            counters: Some(t.counters.to_wire()),
+        })
+        .collect()
 }
 
 /// Cuts interval reports and keeps the run's totals.
@@ -99,13 +98,11 @@ impl Reporter {
     /// A reporter of `recorder`'s outcomes, with intervals counted from
     /// `start`.
     /// `gpu`'s readings go with each report, and `presence`'s map of the
-    /// interval. `classes` names the prompt classes by index.
-    #[allow(clippy::too_many_arguments)]
+    /// interval.
     pub(super) fn new(
         recorder: Recorder,
         tracing: Arc<Tracing>,
         presence: Arc<Presence>,
-        classes: Vec<String>,
         active: Arc<AtomicU32>,
         start: Instant,
         interval: Duration,
@@ -119,7 +116,7 @@ impl Reporter {
                 spare: Interval::default(),
                 total: Interval::default(),
                 cpu: Meter::default(),
-                classes,
+                classes: Vec::new(),
             }),
             presence,
             active,
@@ -128,6 +125,14 @@ impl Reporter {
             next_index: 0,
             sequence: 0,
             gpu,
+        }
+    }
+
+    /// Names the prompt classes, by index, for the reports' per-class
+    /// counts.
+    pub(super) fn name_classes(&mut self, classes: &[String]) {
+        if let Some(work) = &mut self.work {
+            work.classes = classes.to_vec();
         }
     }
 
@@ -178,9 +183,9 @@ impl Reporter {
     }
 
     /// The run's totals, once the last report is cut.
-    pub(super) fn finished(&self, elapsed: Duration) -> (pb::Finished, stampede_proto::Counters) {
-        let work = self.work.as_ref().expect("the work is put back after every cut");
-        let total = &work.total;
+    /// `classes` names the prompt classes by index.
+    pub(super) fn finished(&self, elapsed: Duration, classes: &[String]) -> (pb::Finished, stampede_proto::Counters) {
+        let total = &self.work.as_ref().expect("the work is put back after every cut").total;
         let mut counters = total.counters.clone();
         counters.active_users = 0;
         let finished = pb::Finished {
@@ -188,7 +193,7 @@ impl Reporter {
             counters: Some(counters.to_wire()),
             elapsed_us: micros(elapsed),
             last_sequence: self.sequence,
-            classes: class_totals(&total.classes, &work.classes),
+            classes: class_totals(total, classes),
         };
         (finished, counters)
     }

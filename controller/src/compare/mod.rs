@@ -111,7 +111,7 @@ impl Side {
             }
         })?;
         let run = &loaded.run;
-        let summary = summary::build(&run.spec, &run.collected, run.series.as_ref());
+        let summary = summary::build(&run.spec, &run.collected, run.series.as_ref(), run.spans.as_ref());
         let distributions = ReportData::of(&run.collected, run.spec.interval_s()).distributions;
         let interval_s = run.spec.interval_s();
         let of =

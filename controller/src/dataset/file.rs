@@ -45,17 +45,9 @@ impl Format {
     }
 }
 
-/// Class of a prompt by its length in words, like the built-in sets:
-/// `short` up to 50 words, `medium` up to 300, `long` beyond.
-pub fn class_of(text: &str) -> &'static str {
-    match text.split_whitespace().count() {
-        0..=50 => "short",
-        51..=300 => "medium",
-        _ => "long",
-    }
-}
-
 /// Reads a prompt file. The error lists what is wrong, with places.
+/// Prompts whose line names no `class` have an empty one, for
+/// [`super::classify`] to fill by length.
 pub fn load(path: &Path, format: Format) -> Result<Vec<Prompt>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read the prompt file: {e}", path.display()))?;
     let text = String::from_utf8(text).map_err(|e| {
@@ -133,7 +125,7 @@ fn jsonl(text: &str) -> Result<Vec<Prompt>, Vec<String>> {
         };
         let class = match v.get("class") {
             Some(Value::String(c)) => c.clone(),
-            _ => class_of(&text).to_owned(),
+            _ => String::new(),
         };
         prompts.push(Prompt {
             text,
@@ -187,7 +179,7 @@ fn sharegpt(text: &str) -> Result<Vec<Prompt>, Vec<String>> {
             .filter(|n| *n > 0);
         prompts.push(Prompt {
             text: text.to_owned(),
-            class: class_of(text).to_owned(),
+            class: String::new(),
             max_tokens,
         });
     }
@@ -223,7 +215,7 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(
             (p[0].text.as_str(), p[0].max_tokens, p[0].class.as_str()),
-            ("What is a queue?", Some(32), "short")
+            ("What is a queue?", Some(32), "")
         );
         assert_eq!((p[1].text.as_str(), p[1].class.as_str()), ("Be brief.\n\nHi", "chat"));
     }

@@ -7,9 +7,93 @@
 //! task, about 90–140 words) and `long` (several passages and a task, about
 //! 400–650 words). `mixed` interleaves the three so that any contiguous
 //! share of it holds every class.
+//!
+//! File and synthetic prompts are put in the same three classes by their
+//! length ([`class_of`]): in tokens when the run knows a tokenizer, else in
+//! characters. Characters rather than words: a word count depends on how
+//! the text was split (synthetic prompts of one token length differ in
+//! words), and characters are what a tokenizer's count follows most
+//! closely without one, about four to a token in English. The class is a
+//! function of the text, so identical prompts always share a class.
 
 pub mod file;
 pub mod synthetic;
+
+use serde::{Deserialize, Serialize};
+
+/// What prompt lengths are measured in when the controller puts prompts in
+/// classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassBy {
+    /// Tokens of the run's tokenizer (the target's, or the synthetic
+    /// prompts' own), special tokens left out.
+    Tokens,
+    /// Unicode characters, when the run has no tokenizer.
+    Characters,
+    /// Whitespace-separated words: runs recorded before classes were
+    /// measured in tokens or characters.
+    Words,
+}
+
+impl ClassBy {
+    /// The upper bounds of `short` and `medium`, inclusive, in this unit;
+    /// `long` is beyond.
+    pub fn bounds(self) -> (usize, usize) {
+        match self {
+            // A question is under 100 tokens; a passage and its task under
+            // 500; a document beyond. The built-in sets (12–35, 120–200
+            // and 530–870 tokens with common BPE tokenizers) sit well
+            // inside.
+            ClassBy::Tokens => (100, 500),
+            // About four characters to a token.
+            ClassBy::Characters => (400, 2_000),
+            ClassBy::Words => (50, 300),
+        }
+    }
+
+    /// The rule in words, for the summary and the terminal.
+    pub fn rule(self) -> String {
+        let (short, medium) = self.bounds();
+        let unit = match self {
+            ClassBy::Tokens => "tokens",
+            ClassBy::Characters => "characters",
+            ClassBy::Words => "words",
+        };
+        format!("short up to {short} {unit}, medium up to {medium}, long beyond")
+    }
+}
+
+/// The class of a prompt `length` long in `by`'s unit.
+pub fn class_of(length: usize, by: ClassBy) -> &'static str {
+    let (short, medium) = by.bounds();
+    if length <= short {
+        "short"
+    } else if length <= medium {
+        "medium"
+    } else {
+        "long"
+    }
+}
+
+/// Puts every prompt that has no class yet (an empty label) in its class,
+/// measured with `counter`: in tokens when it holds a tokenizer, else in
+/// characters. Returns the measure.
+pub fn classify(prompts: &mut [Prompt], counter: &synthetic::Counter) -> Result<ClassBy, String> {
+    let by = if counter.is_tokenizer() {
+        ClassBy::Tokens
+    } else {
+        ClassBy::Characters
+    };
+    for p in prompts.iter_mut().filter(|p| p.class.is_empty()) {
+        let length = match by {
+            ClassBy::Tokens => counter.count(&p.text)?,
+            _ => p.text.chars().count(),
+        };
+        p.class = class_of(length, by).to_owned();
+    }
+    Ok(by)
+}
 
 /// One prompt and its class label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +257,48 @@ mod tests {
         texts.sort();
         texts.dedup();
         assert_eq!(texts.len(), total, "prompts are distinct");
+    }
+
+    #[test]
+    fn the_built_in_sets_are_in_the_classes_their_lengths_give() {
+        let counter = synthetic::Counter::words();
+        for name in ["short", "medium", "long"] {
+            let mut set = builtin(name).unwrap();
+            for p in &mut set {
+                p.class.clear();
+            }
+            assert_eq!(classify(&mut set, &counter), Ok(ClassBy::Characters));
+            assert!(set.iter().all(|p| p.class == name), "{name}: {set:?}");
+        }
+    }
+
+    #[test]
+    fn classes_by_length_keep_given_labels_and_identical_prompts_together() {
+        assert_eq!(class_of(100, ClassBy::Tokens), "short");
+        assert_eq!(class_of(101, ClassBy::Tokens), "medium");
+        assert_eq!(class_of(500, ClassBy::Tokens), "medium");
+        assert_eq!(class_of(501, ClassBy::Tokens), "long");
+        assert_eq!(class_of(400, ClassBy::Characters), "short");
+        assert_eq!(class_of(2_001, ClassBy::Characters), "long");
+        let prompt = |text: &str, class: &str| Prompt {
+            text: text.to_owned(),
+            class: class.to_owned(),
+            max_tokens: None,
+        };
+        let long = "word ".repeat(500);
+        let mut set = vec![
+            prompt(&long, ""),
+            prompt(&long, ""),
+            prompt("hi", "chat"),
+            prompt("hi", ""),
+        ];
+        classify(&mut set, &synthetic::Counter::words()).unwrap();
+        let classes: Vec<&str> = set.iter().map(|p| p.class.as_str()).collect();
+        assert_eq!(classes, ["long", "long", "chat", "short"]);
+        assert_eq!(
+            ClassBy::Tokens.rule(),
+            "short up to 100 tokens, medium up to 500, long beyond"
+        );
     }
 
     #[test]

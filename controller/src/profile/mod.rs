@@ -158,6 +158,8 @@ pub struct Profile {
     pub prompts: Vec<Prompt>,
     /// Where the prompts came from, for the summary.
     pub prompt_source: String,
+    /// What the prompt classes were measured in.
+    pub classes_by: crate::dataset::ClassBy,
     /// Agents the controller starts in-process.
     pub agents: NonZeroU32,
     /// What to do when an agent is lost mid-run.
@@ -445,7 +447,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (prompts, prompt_source) = dataset?;
+    let (prompts, prompt_source, classes_by) = dataset?;
     let agents = o
         .agents
         .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
@@ -511,6 +513,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         },
         prompts,
         prompt_source,
+        classes_by,
         agents,
         on_agent_loss: match on_agent_loss.as_deref() {
             Some("continue") => OnAgentLoss::Continue,

@@ -6,7 +6,10 @@ use std::path::Path;
 use super::doc::{Problems, Table};
 use crate::dataset::file::{self, Format};
 use crate::dataset::synthetic::{self, Counter, Length};
-use crate::dataset::{self, Prompt};
+use crate::dataset::{self, ClassBy, Prompt};
+
+/// Prompts, where they came from, and what their classes were measured in.
+pub(super) type Dataset = (Vec<Prompt>, String, ClassBy);
 
 /// Most synthetic prompts a profile may ask for.
 const MAX_SYNTHETIC: u64 = 1_000_000;
@@ -17,13 +20,15 @@ const MAX_LENGTH: u64 = 1_000_000;
 /// from. Files are read relative to `base` (the profile's folder) and
 /// shuffled with `seed`. Synthetic prompts without a tokenizer of their
 /// own use `default_tokenizer` (the target's: its path and its name).
+/// Prompts without a class of their own are classed by length, in tokens of
+/// the run's tokenizer when it has one, else in characters.
 pub(super) fn walk(
     d: &mut Table<'_, '_>,
     p: &mut Problems<'_>,
     base: &Path,
     seed: u64,
     default_tokenizer: Option<(&Path, &str)>,
-) -> Option<(Vec<Prompt>, String)> {
+) -> Option<Dataset> {
     let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
     let inline = d.strings(p, "inline");
     let path = d.string(p, "file");
@@ -53,7 +58,17 @@ pub(super) fn walk(
         found.push(inline_prompts(d, p, list));
     }
     if let Some(name) = path {
-        found.push(file_prompts(d, p, base, seed, &name, format.as_deref()));
+        let counter = match default_tokenizer {
+            Some((path, _)) => Counter::from_file(path),
+            None => Ok(Counter::words()),
+        };
+        found.push(match counter {
+            Ok(counter) => file_prompts(d, p, base, seed, &name, format.as_deref(), &counter),
+            Err(e) => {
+                p.at(None, "target.tokenizer", e);
+                None
+            }
+        });
     }
     if synthetic {
         let tokenizer = tokenizer
@@ -68,10 +83,17 @@ pub(super) fn walk(
         return prompts;
     }
     let name = builtin.as_deref().unwrap_or("mixed");
-    Some((dataset::builtin(name)?, format!("builtin:{name}")))
+    // The built-in sets are labelled by construction, inside the bounds of
+    // either measure.
+    let by = if default_tokenizer.is_some() {
+        ClassBy::Tokens
+    } else {
+        ClassBy::Characters
+    };
+    Some((dataset::builtin(name)?, format!("builtin:{name}"), by))
 }
 
-fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) -> Option<(Vec<Prompt>, String)> {
+fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) -> Option<Dataset> {
     if list.is_empty() {
         p.at(
             d.span_of("inline"),
@@ -97,7 +119,8 @@ fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) ->
             max_tokens: None,
         })
         .collect();
-    Some((prompts, source))
+    // One class, `inline`, whatever the lengths.
+    Some((prompts, source, ClassBy::Characters))
 }
 
 fn file_prompts(
@@ -107,15 +130,23 @@ fn file_prompts(
     seed: u64,
     name: &str,
     format: Option<&str>,
-) -> Option<(Vec<Prompt>, String)> {
+    counter: &Counter,
+) -> Option<Dataset> {
     let full = base.join(name);
     let format = format.and_then(Format::from_name).unwrap_or(Format::of(&full));
     match file::load(&full, format) {
         Ok(mut prompts) => {
+            let by = match dataset::classify(&mut prompts, counter) {
+                Ok(by) => by,
+                Err(e) => {
+                    p.at(d.span_of("file"), &d.path_of("file"), e);
+                    return None;
+                }
+            };
             dataset::shuffle(&mut prompts, seed);
             let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
             let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
-            Some((prompts, source))
+            Some((prompts, source, by))
         }
         Err(e) => {
             p.at(d.span_of("file"), &d.path_of("file"), e);
@@ -132,7 +163,7 @@ fn synthetic_prompts(
     seed: u64,
     tokenizer: Option<(std::path::PathBuf, String)>,
     at: (Option<std::ops::Range<usize>>, String),
-) -> Option<(Vec<Prompt>, String)> {
+) -> Option<Dataset> {
     let counter = match &tokenizer {
         Some((path, _)) => match Counter::from_file(path) {
             Ok(c) => c,
@@ -143,11 +174,14 @@ fn synthetic_prompts(
         },
         None => Counter::words(),
     };
-    match synthetic::generate(spec, seed, &counter) {
-        Ok(prompts) => {
+    match synthetic::generate(spec, seed, &counter).and_then(|mut prompts| {
+        let by = dataset::classify(&mut prompts, &counter)?;
+        Ok((prompts, by))
+    }) {
+        Ok((prompts, by)) => {
             let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
             let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
-            Some((prompts, source))
+            Some((prompts, source, by))
         }
         Err(e) => {
             p.at(None, "prompts.synthetic", e);

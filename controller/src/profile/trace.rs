@@ -25,6 +25,9 @@ pub struct TraceTable {
     pub service_name: Option<String>,
     /// `ui_url`: the trace page, with `{trace_id}` in place of the id.
     pub ui_url: Option<String>,
+    /// `query_url`: a Jaeger query API (`http://localhost:16686`) to read
+    /// the server's spans of the run back from after it.
+    pub query_url: Option<String>,
 }
 
 impl TraceTable {
@@ -65,6 +68,12 @@ pub(super) fn walk(t: &mut Table<'_, '_>, p: &mut Problems<'_>, present: bool) -
     let sample_ratio = t.number_in(p, "sample_ratio", 0.0, 1.0);
     let service_name = t.string(p, "service_name");
     let ui_url = t.string(p, "ui_url");
+    let query_url = t.string(p, "query_url");
+    if let Some(url) = &query_url
+        && let Err(e) = stampede_agent::http::Endpoint::parse(url)
+    {
+        p.at(t.span_of("query_url"), &t.path_of("query_url"), e.to_string());
+    }
     if let Some(url) = &endpoint
         && let Err(e) = export_url(url, protocol.unwrap_or(Protocol::Grpc))
     {
@@ -96,5 +105,6 @@ pub(super) fn walk(t: &mut Table<'_, '_>, p: &mut Problems<'_>, present: bool) -
         sample_ratio,
         service_name,
         ui_url,
+        query_url,
     }
 }

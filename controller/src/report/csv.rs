@@ -55,10 +55,11 @@ const LATENCY: &[&str] = &[
 ];
 
 /// The columns of `classes.csv` before [`LATENCY`]'s: one row per prompt
-/// class, over the whole run.
+/// class, over the measured time.
 pub const CLASSES: &[&str] = &[
     "class",
     "requests",
+    "failed",
     "input_tokens",
     "output_tokens",
     "input_tokens_mean",
@@ -220,13 +221,16 @@ fn classes(s: &Summary) -> String {
     let mut out = String::new();
     head(&mut out, &[CLASSES, LATENCY]);
     for c in &s.classes {
+        // A class whose requests all failed has no per-request means.
+        let mean = |m: &MetricSummary| if m.count > 0 { num(m.mean) } else { String::new() };
         let mut cells = vec![
             text(&c.class),
             c.requests.to_string(),
+            c.failed.to_string(),
             c.input_tokens.to_string(),
             c.output_tokens.to_string(),
-            num(c.tokens_in.mean),
-            num(c.tokens_out.mean),
+            mean(&c.tokens_in),
+            mean(&c.tokens_out),
             num(c.tpm),
             num(c.output_tokens_per_s),
         ];

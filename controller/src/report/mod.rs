@@ -46,7 +46,7 @@ pub struct Written {
 /// the CSV files into `dir`.
 pub fn write(dir: &Path, run: &Run) -> Result<Written, WriteError> {
     let fail = |path: PathBuf| move |source| WriteError { path, source };
-    let summary = summary::build(&run.spec, &run.collected, run.series.as_ref());
+    let summary = summary::build(&run.spec, &run.collected, run.series.as_ref(), run.spans.as_ref());
     let path = dir.join(SUMMARY_JSON);
     let json = serde_json::to_vec_pretty(&summary).expect("the summary always serializes");
     std::fs::write(&path, json).map_err(fail(path.clone()))?;

@@ -250,9 +250,10 @@ fn classes(o: &mut String, s: &Summary) {
     }
     let _ = writeln!(
         o,
-        "\n{:<10}{:>9}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}",
+        "\n{:<10}{:>9}{:>8}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}",
         "class",
         "requests",
+        "failed",
         "tok in",
         "tok out",
         "TPM",
@@ -266,27 +267,47 @@ fn classes(o: &mut String, s: &Summary) {
     for c in &s.classes {
         let good = c
             .goodput
+            .filter(|_| c.requests > 0)
             .map(|g| format!("{:>9.1}% good", g.ratio * 100.0))
             .unwrap_or_default();
+        // A class with no successes has no figures, only its failures.
+        let f = |v: f64, decimals: usize| {
+            if c.requests == 0 {
+                "-".to_owned()
+            } else {
+                format!("{v:.decimals$}")
+            }
+        };
         let _ = writeln!(
             o,
-            "{:<10}{:>9}{:>9.0}{:>9.0}{:>11}{:>10.1}{:>11.1}{:>11.1}{:>10.1}{:>11.1}{:>11.1}{good}",
+            "{:<10}{:>9}{:>8}{:>9}{:>9}{:>11}{:>10}{:>11}{:>11}{:>10}{:>11}{:>11}{good}",
             c.class,
             grouped(c.requests),
-            c.tokens_in.mean,
-            c.tokens_out.mean,
+            grouped(c.failed),
+            f(c.tokens_in.mean, 0),
+            f(c.tokens_out.mean, 0),
             grouped(c.tpm.round() as u64),
-            c.output_tokens_per_s,
-            c.ttft.p50,
-            c.ttft.p95,
-            c.itl.p50,
-            c.e2e.p50,
-            c.e2e.p95
+            f(c.output_tokens_per_s, 1),
+            f(c.ttft.p50, 1),
+            f(c.ttft.p95, 1),
+            f(c.itl.p50, 1),
+            f(c.e2e.p50, 1),
+            f(c.e2e.p95, 1)
         );
     }
+    let cover = if s.classes_whole_run {
+        "whole run, warm-ups included"
+    } else {
+        "measured time, warm-ups left out"
+    };
+    let by = match s.classes_by {
+        crate::dataset::ClassBy::Tokens => "classed by tokens",
+        crate::dataset::ClassBy::Characters => "classed by characters",
+        crate::dataset::ClassBy::Words => "classed by words",
+    };
     let _ = writeln!(
         o,
-        "          tok in / tok out: mean per request; times in ms; whole run"
+        "          tok in / tok out: mean per request; times in ms; {cover}; {by}"
     );
 }
 
@@ -484,6 +505,7 @@ fn server(o: &mut String, s: &Summary) {
             }
         }
     }
+    server_queue(o, s);
     if let Some(g) = &s.gpu {
         for (agent, note) in &g.notes {
             let _ = writeln!(o, "gpu       {agent}: {note}");
@@ -508,6 +530,44 @@ fn server(o: &mut String, s: &Summary) {
                 g.samples
             );
         }
+    }
+}
+
+/// The server's queue percentiles, and where they came from.
+fn server_queue(o: &mut String, s: &Summary) {
+    use crate::report::summary::QueueSource;
+    let Some(q) = &s.server_queue else { return };
+    let mean = q.mean_ms.map(|m| format!(" · mean {m:.1}")).unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "server queue  p50 {:.1} · p90 {:.1} · p99 {:.1}{mean} ms over {} requests",
+        q.p50.ms,
+        q.p90.ms,
+        q.p99.ms,
+        grouped(q.count)
+    );
+    let how = match q.source {
+        QueueSource::Spans => format!("exact, from the server's spans of each request ({})", q.from),
+        QueueSource::Buckets => {
+            let bucket = |name: &str, b: &crate::report::summary::QueueQuantile| {
+                let from = b.bucket_from_ms.unwrap_or(0.0);
+                match b.bucket_to_ms {
+                    Some(to) => format!("{name} in ({from}, {to}]"),
+                    None => format!("{name} above the highest bound, {from}"),
+                }
+            };
+            format!(
+                "interpolated within the buckets of {} (ms): {}, {}, {}",
+                q.from,
+                bucket("p50", &q.p50),
+                bucket("p90", &q.p90),
+                bucket("p99", &q.p99)
+            )
+        }
+    };
+    let _ = writeln!(o, "          {how}");
+    if let Some(note) = &q.note {
+        let _ = writeln!(o, "          {note}");
     }
 }
 

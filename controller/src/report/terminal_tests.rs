@@ -12,6 +12,7 @@ use super::render;
 use crate::merge::{Finished, Merger, Report, Timeline};
 use crate::profile::{Overrides, Profile};
 use crate::report::summary;
+use crate::results::ledger::ClassTotals;
 use crate::results::spec::TargetRef;
 use crate::results::{AgentEnd, AgentRecord, Collected, Spec};
 use crate::server::{Scrape, Series, map, prom};
@@ -74,9 +75,9 @@ fn report(interval: u64, scale: u64) -> Report {
 
 fn series(start: SystemTime) -> Series {
     let pages = [
-        "vllm:num_requests_running 3\nvllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.25\nvllm:num_preemptions_total 0\nvllm:request_queue_time_seconds_sum 0\nvllm:request_queue_time_seconds_count 0\n",
-        "vllm:num_requests_running 4\nvllm:num_requests_waiting 2\nvllm:kv_cache_usage_perc 0.5\nvllm:num_preemptions_total 2\nvllm:request_queue_time_seconds_sum 1.2\nvllm:request_queue_time_seconds_count 40\n",
-        "vllm:num_requests_running 4\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.75\nvllm:num_preemptions_total 5\nvllm:request_queue_time_seconds_sum 2.4\nvllm:request_queue_time_seconds_count 60\n",
+        "vllm:num_requests_running 3\nvllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.25\nvllm:num_preemptions_total 0\nvllm:request_queue_time_seconds_sum 0\nvllm:request_queue_time_seconds_count 0\nvllm:request_queue_time_seconds_bucket{le=\"0.01\"} 0\nvllm:request_queue_time_seconds_bucket{le=\"0.05\"} 0\nvllm:request_queue_time_seconds_bucket{le=\"0.1\"} 0\nvllm:request_queue_time_seconds_bucket{le=\"+Inf\"} 0\n",
+        "vllm:num_requests_running 4\nvllm:num_requests_waiting 2\nvllm:kv_cache_usage_perc 0.5\nvllm:num_preemptions_total 2\nvllm:request_queue_time_seconds_sum 1.2\nvllm:request_queue_time_seconds_count 40\nvllm:request_queue_time_seconds_bucket{le=\"0.01\"} 10\nvllm:request_queue_time_seconds_bucket{le=\"0.05\"} 30\nvllm:request_queue_time_seconds_bucket{le=\"0.1\"} 38\nvllm:request_queue_time_seconds_bucket{le=\"+Inf\"} 40\n",
+        "vllm:num_requests_running 4\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0.75\nvllm:num_preemptions_total 5\nvllm:request_queue_time_seconds_sum 2.4\nvllm:request_queue_time_seconds_count 60\nvllm:request_queue_time_seconds_bucket{le=\"0.01\"} 15\nvllm:request_queue_time_seconds_bucket{le=\"0.05\"} 45\nvllm:request_queue_time_seconds_bucket{le=\"0.1\"} 57\nvllm:request_queue_time_seconds_bucket{le=\"+Inf\"} 60\n",
     ];
     let mut s = Series {
         url: "http://gpu-box:8000/metrics".to_owned(),
@@ -91,6 +92,29 @@ fn series(start: SystemTime) -> Series {
         });
     }
     s
+}
+
+/// A class with successes and a few failures, and one whose requests all
+/// failed (a prompt the server refused).
+fn classes() -> BTreeMap<String, ClassTotals> {
+    let short = report(1, 1);
+    let long = ClassTotals {
+        histograms: Histograms::new(),
+        counters: Counters {
+            errors: BTreeMap::from([(ErrorClass::Status(400), 3)]),
+            ..Counters::default()
+        },
+    };
+    BTreeMap::from([
+        (
+            "short".to_owned(),
+            ClassTotals {
+                histograms: short.histograms,
+                counters: short.counters,
+            },
+        ),
+        ("long".to_owned(), long),
+    ])
 }
 
 #[test]
@@ -144,7 +168,8 @@ fn the_table_reads_as_it_did() {
         stopped_by: None,
         unreadable: 0,
         exemplars: Vec::new(),
-        classes: BTreeMap::new(),
+        classes: classes(),
+        classes_whole_run: false,
     };
     let server = series(start);
     let spec = Spec {
@@ -157,7 +182,7 @@ fn the_table_reads_as_it_did() {
         },
         ..Spec::sample(&profile, "20270115T080000Z-snapshot-0001", 1)
     };
-    let summary = summary::build(&spec, &collected, Some(&server));
+    let summary = summary::build(&spec, &collected, Some(&server), None);
     let files = [
         (
             "summary",

@@ -4,7 +4,7 @@
 //! [`Collected`], because [`Ledger::apply`] is the only place where an
 //! entry changes anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,9 +103,13 @@ pub struct Collected {
     pub unreadable: u64,
     /// The slowest requests the agents named, slowest first per metric.
     pub exemplars: Vec<Exemplar>,
-    /// Successful requests by prompt class, summed over the agents' final
-    /// totals.
+    /// Requests by prompt class over the measured time (warm-ups left
+    /// out), from the reports; for an agent whose reports carried no
+    /// classes (a run recorded before they did), its final totals.
     pub classes: BTreeMap<String, ClassTotals>,
+    /// Some class rows are whole-run totals, warm-ups included (see
+    /// `classes`).
+    pub classes_whole_run: bool,
 }
 
 impl Collected {
@@ -160,13 +164,27 @@ fn gpu_per_interval<'a>(
     sums.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect()
 }
 
-/// One prompt class's successful requests over the run.
+/// One prompt class's requests.
 #[derive(Clone, Debug, Default)]
 pub struct ClassTotals {
-    /// TTFT, ITL, TPOT, E2E, input and output tokens.
+    /// TTFT, ITL, TPOT, E2E, input and output tokens of its successes.
     pub histograms: Histograms,
-    /// Requests and token totals.
+    /// Successes and token totals, and failures by error class.
     pub counters: Counters,
+}
+
+impl ClassTotals {
+    fn add(&mut self, histograms: &Histograms, counters: &Counters) {
+        self.histograms.add(histograms);
+        self.counters.add(counters);
+    }
+}
+
+/// A class's histograms and counters from the wire.
+fn decode_class(class: &pb::ClassTotals) -> Result<(Histograms, Counters), stampede_proto::WireError> {
+    let histograms = Histograms::from_wire(&class.histograms)?;
+    let counters = Counters::from_wire(&class.counters.clone().unwrap_or_default())?;
+    Ok((histograms, counters))
 }
 
 /// One slow request an agent named.
@@ -209,7 +227,12 @@ pub struct Ledger {
     start_at_us: Option<u64>,
     unreadable: u64,
     exemplars: Vec<Exemplar>,
+    /// Which interval is a warm-up, for the class totals.
+    timeline: Timeline,
     classes: BTreeMap<String, ClassTotals>,
+    /// Agents whose reports carried per-class counts.
+    classes_reported: BTreeSet<u32>,
+    classes_whole_run: bool,
     end: Option<End>,
     log: Option<Log>,
     log_failed: bool,
@@ -229,7 +252,10 @@ impl Ledger {
             start_at_us: None,
             unreadable: 0,
             exemplars: Vec::new(),
+            timeline: Timeline::new(&spec.load, spec.interval),
             classes: BTreeMap::new(),
+            classes_reported: BTreeSet::new(),
+            classes_whole_run: false,
             end: None,
             log,
             log_failed: false,
@@ -414,6 +440,23 @@ impl Ledger {
             a.gpu.extend(wire.gpu.iter().copied());
         }
         keep_exemplars(&mut self.exemplars, agent_index, &wire.exemplars);
+        if !wire.classes.is_empty() {
+            self.classes_reported.insert(agent_index);
+        }
+        // Classes are cut at the warm-up boundary as the run's figures are.
+        if !matches!(self.timeline.place(wire.interval), merge::Place::Warmup(_)) {
+            for class in &wire.classes {
+                match decode_class(class) {
+                    Ok((h, c)) => self.classes.entry(class.class.clone()).or_default().add(&h, &c),
+                    Err(e) => {
+                        effect.unreadable = Some(format!(
+                            "report {} of agent {agent}: prompt class {:?} is unreadable and left out: {e}",
+                            wire.sequence, class.class
+                        ));
+                    }
+                }
+            }
+        }
         effect.added = Some(report);
     }
 
@@ -426,14 +469,17 @@ impl Ledger {
         if agent_index as usize >= self.planned.len() {
             return;
         }
-        for class in &wire.classes {
-            let decoded = Histograms::from_wire(&class.histograms)
-                .and_then(|h| Ok((h, Counters::from_wire(&class.counters.clone().unwrap_or_default())?)));
-            match decoded {
+        // Final class totals count only for an agent whose reports carried
+        // none: a run recorded before reports did.
+        let whole_run = !self.classes_reported.contains(&agent_index);
+        for class in wire.classes.iter().filter(|_| whole_run) {
+            match decode_class(class) {
                 Ok((histograms, counters)) => {
-                    let totals = self.classes.entry(class.class.clone()).or_default();
-                    totals.histograms.add(&histograms);
-                    totals.counters.add(&counters);
+                    self.classes_whole_run = true;
+                    self.classes
+                        .entry(class.class.clone())
+                        .or_default()
+                        .add(&histograms, &counters);
                 }
                 Err(e) => {
                     effect.unreadable = Some(format!(
@@ -503,6 +549,7 @@ impl Ledger {
             unreadable: self.unreadable,
             exemplars: self.exemplars,
             classes: self.classes,
+            classes_whole_run: self.classes_whole_run,
         }
     }
 
@@ -595,5 +642,83 @@ mod tests {
         assert_eq!(GpuFigure::MemoryShare.of(&memory), Some(0.75));
         assert_eq!(GpuFigure::MemoryBandwidth.of(&memory), Some(0.6));
         assert_eq!(GpuFigure::MemoryShare.of(&pb::GpuSample::default()), None);
+    }
+
+    fn class(name: &str, ok: u64, failed: u64) -> pb::ClassTotals {
+        let mut c = Counters {
+            ok,
+            ..Counters::default()
+        };
+        for _ in 0..failed {
+            c.count_error(stampede_proto::ErrorClass::Status(400));
+        }
+        pb::ClassTotals {
+            class: name.to_owned(),
+            histograms: Histograms::new().to_wire(),
+            counters: Some(c.to_wire()),
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let text = "name = \"c\"\n[load]\nusers = 2\nduration = \"3s\"\nwarmup = \"1s\"\n";
+        let o = crate::profile::Overrides::default();
+        let profile = crate::profile::Profile::parse(text, std::path::Path::new("c.toml"), &o).expect("valid");
+        Ledger::new(&Spec::sample(&profile, "20270115T080000Z-c-0001", 1), None)
+    }
+
+    fn report(interval: u64, classes: Vec<pb::ClassTotals>) -> Entry {
+        Entry::Report(ReportEntry {
+            agent: "a".to_owned(),
+            agent_index: 0,
+            report: pb::Report {
+                interval,
+                sequence: interval + 1,
+                histograms: Histograms::new().to_wire(),
+                counters: Some(Counters::default().to_wire()),
+                classes,
+                ..pb::Report::default()
+            },
+        })
+    }
+
+    fn finished(classes: Vec<pb::ClassTotals>) -> Entry {
+        Entry::Finished(FinishedEntry {
+            agent: "a".to_owned(),
+            agent_index: 0,
+            finished: pb::Finished {
+                histograms: Histograms::new().to_wire(),
+                counters: Some(Counters::default().to_wire()),
+                classes,
+                ..pb::Finished::default()
+            },
+        })
+    }
+
+    #[test]
+    fn class_rows_leave_the_warm_up_out_and_keep_a_class_that_only_failed() {
+        let mut l = ledger();
+        l.apply(report(0, vec![class("short", 5, 0), class("long", 0, 9)]));
+        l.apply(report(1, vec![class("short", 3, 1), class("long", 0, 2)]));
+        l.apply(report(2, vec![class("short", 4, 0)]));
+        // The final totals are the whole run's: not counted again.
+        l.apply(finished(vec![class("short", 12, 1), class("long", 0, 11)]));
+        let c = l.into_collected();
+        assert!(!c.classes_whole_run);
+        assert_eq!(c.classes["short"].counters.ok, 7);
+        assert_eq!(c.classes["short"].counters.failed(), 1);
+        assert_eq!(
+            (c.classes["long"].counters.ok, c.classes["long"].counters.failed()),
+            (0, 2)
+        );
+    }
+
+    #[test]
+    fn without_classes_in_reports_the_final_totals_fill_the_rows_and_say_so() {
+        let mut l = ledger();
+        l.apply(report(0, Vec::new()));
+        l.apply(finished(vec![class("short", 12, 0)]));
+        let c = l.into_collected();
+        assert!(c.classes_whole_run);
+        assert_eq!(c.classes["short"].counters.ok, 12);
     }
 }

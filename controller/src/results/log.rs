@@ -270,6 +270,28 @@ impl From<ReportEntry> for ReportLine {
     }
 }
 
+impl From<pb::ClassTotals> for ClassLine {
+    fn from(c: pb::ClassTotals) -> ClassLine {
+        ClassLine {
+            class: c.class,
+            counters: c.counters.unwrap_or_default(),
+            histograms: histograms_line(&c.histograms),
+        }
+    }
+}
+
+impl TryFrom<ClassLine> for pb::ClassTotals {
+    type Error = String;
+
+    fn try_from(c: ClassLine) -> Result<pb::ClassTotals, String> {
+        Ok(pb::ClassTotals {
+            class: c.class,
+            histograms: histograms_wire(c.histograms)?,
+            counters: Some(c.counters),
+        })
+    }
+}
+
 impl TryFrom<ReportLine> for ReportEntry {
     type Error = String;
 
@@ -306,7 +328,7 @@ impl TryFrom<ReportLine> for ReportEntry {
                     .classes
                     .into_iter()
                     .map(pb::ClassTotals::try_from)
-                    .collect::<Result<_, _>>()?,
+                    .collect::<Result<_, String>>()?,
             },
         })
     }
@@ -324,28 +346,6 @@ impl From<FinishedEntry> for FinishedLine {
             histograms: histograms_line(&f.histograms),
             classes: f.classes.into_iter().map(ClassLine::from).collect(),
         }
-    }
-}
-
-impl From<pb::ClassTotals> for ClassLine {
-    fn from(c: pb::ClassTotals) -> ClassLine {
-        ClassLine {
-            class: c.class,
-            counters: c.counters.unwrap_or_default(),
-            histograms: histograms_line(&c.histograms),
-        }
-    }
-}
-
-impl TryFrom<ClassLine> for pb::ClassTotals {
-    type Error = String;
-
-    fn try_from(c: ClassLine) -> Result<pb::ClassTotals, String> {
-        Ok(pb::ClassTotals {
-            class: c.class,
-            histograms: histograms_wire(c.histograms)?,
-            counters: Some(c.counters),
-        })
     }
 }
 
@@ -603,7 +603,7 @@ mod tests {
                     }],
                     presence: vec![0b1010_0101, 0xff],
                     classes: vec![pb::ClassTotals {
-                        class: "short".to_owned(),
+                        class: "long".to_owned(),
                         histograms: histograms(),
                         counters: Some(counters()),
                     }],

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use ledger::{AgentEnd, AgentRecord, ClassTotals, Collected, Exemplar, GpuFigure, Ledger};
 pub use spec::Spec;
 
+use crate::server::spans::{self, ServerSpans};
 use crate::server::{Series, scrapes};
 
 /// A run's results, as a run ends or as read back from its directory.
@@ -30,6 +31,9 @@ pub struct Run {
     pub collected: Collected,
     /// The server's own metrics, when they were scraped.
     pub series: Option<Series>,
+    /// The server's queue time per request, from its spans, when the run
+    /// read them back from the trace store.
+    pub spans: Option<ServerSpans>,
 }
 
 /// A run read back from its directory, with what the files lacked.
@@ -52,7 +56,7 @@ pub enum LoadError {
     /// The run log cannot be read.
     #[error(transparent)]
     Log(#[from] log::ReadError),
-    /// The server's metrics cannot be read.
+    /// The server's metrics or spans cannot be read.
     #[error("{0}")]
     Scrapes(String),
 }
@@ -98,11 +102,18 @@ pub fn load_with(dir: &Path, mut visit: impl FnMut(&Spec, &ledger::Effect)) -> R
             }
         }
     };
+    let path = dir.join(spans::FILE);
+    let spans = if path.is_file() {
+        Some(ServerSpans::read(&path).map_err(LoadError::Scrapes)?)
+    } else {
+        None
+    };
     Ok(Loaded {
         run: Run {
             spec,
             collected: ledger.into_collected(),
             series,
+            spans,
         },
         notes,
     })

@@ -26,6 +26,10 @@ pub struct Spec {
     pub request: Request,
     /// Where the prompts came from.
     pub prompt_source: String,
+    /// What the prompt classes were measured in; absent in runs recorded
+    /// before classes were measured in tokens or characters (words then).
+    #[serde(default)]
+    pub classes_by: Option<crate::dataset::ClassBy>,
     /// What the command line changed in the profile, as typed.
     #[serde(default)]
     pub overrides: Vec<String>,
@@ -165,6 +169,7 @@ impl Spec {
             interval: profile.report.interval,
             request: profile.request.clone(),
             prompt_source: profile.prompt_source.clone(),
+            classes_by: Some(profile.classes_by),
             overrides: profile.overrides.clone(),
             max_error_rate: profile.thresholds.max_error_rate,
             thresholds: profile.thresholds.list.clone(),

@@ -131,14 +131,14 @@ fn a_replayed_log_gives_the_summary_of_the_live_run() {
         },
     }));
     let collected = live.close(End::default());
-    let original = summary::build(&spec, &collected, None);
+    let original = summary::build(&spec, &collected, None, None);
     assert_eq!(original.requests.failed, 2, "{:?}", original.requests);
     assert_eq!(original.agents[1].end, "lost");
     assert_eq!(original.agents[0].mismatch, None);
 
     let loaded = load(dir.path()).expect("the run reads back");
     assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
-    let rebuilt = summary::build(&loaded.run.spec, &loaded.run.collected, None);
+    let rebuilt = summary::build(&loaded.run.spec, &loaded.run.collected, None, None);
     assert_eq!(
         serde_json::to_string_pretty(&rebuilt).expect("serializes"),
         serde_json::to_string_pretty(&original).expect("serializes")

@@ -210,6 +210,9 @@ pub struct Reading {
     pub values: BTreeMap<Canon, Value>,
     /// Where each came from.
     pub sources: BTreeMap<Canon, Source>,
+    /// A histogram's cumulative buckets (`le`, count), summed over its
+    /// series and sorted by `le`, `+Inf` last, where the page has them.
+    pub buckets: BTreeMap<Canon, Vec<(f64, f64)>>,
     /// Metric names no rule knows, kept raw.
     pub unmapped: BTreeSet<String>,
 }
@@ -221,6 +224,31 @@ fn histogram_part(name: &str) -> Option<(&str, bool)> {
     } else {
         name.strip_suffix("_count").map(|base| (base, false))
     }
+}
+
+/// The cumulative buckets of histogram `name`, summed over its series by
+/// `le`, in `le` order; empty when there are none or an `le` is unreadable.
+fn buckets_of(samples: &[Sample], name: &str) -> Vec<(f64, f64)> {
+    let mut by_le: Vec<(f64, f64)> = Vec::new();
+    for s in samples {
+        if s.name.strip_suffix("_bucket") != Some(name) {
+            continue;
+        }
+        let le = match s.label("le").map(str::trim) {
+            Some("+Inf" | "Inf" | "inf") => f64::INFINITY,
+            Some(text) => match text.parse::<f64>() {
+                Ok(v) if !v.is_nan() => v,
+                _ => return Vec::new(),
+            },
+            None => return Vec::new(),
+        };
+        match by_le.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, count)) => *count += s.value,
+            None => by_le.push((le, s.value)),
+        }
+    }
+    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_le
 }
 
 /// Maps one scrape's samples.
@@ -248,6 +276,10 @@ pub fn map(samples: &[Sample]) -> Reading {
                             count += s.value;
                         }
                     }
+                }
+                let buckets = buckets_of(samples, rule.name);
+                if n > 0 && !buckets.is_empty() {
+                    reading.buckets.insert(rule.canon, buckets);
                 }
                 (Value::Histogram { sum, count }, n)
             }
@@ -365,6 +397,17 @@ mod tests {
     }
 
     #[test]
+    fn buckets_add_up_over_series_by_bound() {
+        let page = parse(
+            "llmsim_queue_time_seconds_bucket{le=\"0.1\",m=\"a\"} 1\nllmsim_queue_time_seconds_bucket{le=\"+Inf\",m=\"a\"} 4\n\
+             llmsim_queue_time_seconds_bucket{le=\"0.1\",m=\"b\"} 2\nllmsim_queue_time_seconds_bucket{le=\"+Inf\",m=\"b\"} 2\n\
+             llmsim_queue_time_seconds_sum 1\nllmsim_queue_time_seconds_count 6\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.buckets[&Canon::QueueTime], [(0.1, 3.0), (f64::INFINITY, 6.0)]);
+    }
+
+    #[test]
     fn series_add_up_shares_average_and_histograms_keep_sum_and_count() {
         let page = parse(
             "vllm:num_requests_running{model_name=\"a\"} 2\nvllm:num_requests_running{model_name=\"b\"} 3\n\
@@ -377,6 +420,7 @@ mod tests {
         assert_eq!(r.sources[&Canon::Running].series, 2);
         assert_eq!(r.values[&Canon::GpuUtil], Value::Scalar(0.5));
         assert_eq!(r.values[&Canon::QueueTime], Value::Histogram { sum: 1.5, count: 3.0 });
+        assert_eq!(r.buckets[&Canon::QueueTime], [(1.0, 2.0)]);
         assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
         assert_eq!(families(&r).into_iter().collect::<Vec<_>>(), ["dcgm", "vllm"]);
     }

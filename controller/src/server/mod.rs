@@ -4,7 +4,9 @@
 
 pub mod map;
 pub mod prom;
+pub mod quantile;
 pub mod scrapes;
+pub mod spans;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -269,6 +271,32 @@ impl Series {
         }
     }
 
+    /// A histogram's buckets observed between `from` and `to` seconds
+    /// after `start`: each cumulative count's increase between the last
+    /// scrapes at or before the two ends (from zero after a reset), as
+    /// Prometheus's `increase()` of each `_bucket` series gives it. `None`
+    /// when either end has no buckets or the bounds changed between them.
+    pub fn buckets(&self, canon: Canon, start: SystemTime, from: f64, to: f64) -> Option<Vec<(f64, f64)>> {
+        let at = |edge: f64| {
+            self.offsets(start)
+                .filter(|(t, r)| *t <= edge && r.buckets.contains_key(&canon))
+                .last()
+                .map(|(t, r)| (t, &r.buckets[&canon]))
+        };
+        let (t0, a) = at(from)?;
+        let (t1, b) = at(to)?;
+        if t1 <= t0 || a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.0 != y.0) {
+            return None;
+        }
+        let reset = a.iter().zip(b).any(|(x, y)| y.1 < x.1);
+        Some(
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (y.0, if reset { y.1 } else { y.1 - x.1 }))
+                .collect(),
+        )
+    }
+
     /// Families recognised in any scrape.
     pub fn families(&self) -> BTreeSet<&'static str> {
         self.sources.values().map(|s| s.family).collect()
@@ -341,6 +369,27 @@ mod tests {
             s.window(Canon::QueueTime, start, 1.0, 2.0),
             Some(Window::Observed { count: 1.0, mean: 0.5 })
         );
+    }
+
+    #[test]
+    fn bucket_windows_are_increases_and_a_reset_counts_from_zero() {
+        let page = |a: u32, b: u32| {
+            format!(
+                "llmsim_queue_time_seconds_bucket{{le=\"0.1\"}} {a}\nllmsim_queue_time_seconds_bucket{{le=\"+Inf\"}} {b}\nllmsim_queue_time_seconds_sum 1\nllmsim_queue_time_seconds_count {b}\n"
+            )
+        };
+        let (p0, p1, p2) = (page(2, 3), page(5, 10), page(1, 1));
+        let (s, start) = series(&[(0.0, &p0), (1.0, &p1), (2.0, &p2)]);
+        let inf = f64::INFINITY;
+        assert_eq!(
+            s.buckets(Canon::QueueTime, start, 0.0, 1.0),
+            Some(vec![(0.1, 3.0), (inf, 7.0)])
+        );
+        assert_eq!(
+            s.buckets(Canon::QueueTime, start, 1.0, 2.0),
+            Some(vec![(0.1, 1.0), (inf, 1.0)])
+        );
+        assert_eq!(s.buckets(Canon::QueueTime, start, -1.0, 2.0), None);
     }
 
     #[test]

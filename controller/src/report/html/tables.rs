@@ -131,36 +131,52 @@ pub(super) fn classes(out: &mut String, s: &Summary) {
     }
     let good = s.goodput.is_some();
     out.push_str(
-        r#"<table class="num"><thead><tr><th>class</th><th>requests</th><th>tokens in (mean)</th><th>tokens out (mean)</th><th>TPM</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>ITL p50</th><th>TPOT p95</th><th>E2E p50</th><th>E2E p95</th>"#,
+        r#"<table class="num"><thead><tr><th>class</th><th>requests</th><th>failed</th><th>tokens in (mean)</th><th>tokens out (mean)</th><th>TPM</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p95</th><th>ITL p50</th><th>TPOT p95</th><th>E2E p50</th><th>E2E p95</th>"#,
     );
     if good {
         out.push_str("<th>good</th><th>good out tok/s</th>");
     }
     out.push_str("</tr></thead><tbody>");
     for c in &s.classes {
+        // A class whose requests all failed has no figures, only failures.
+        let f = |v: f64| if c.requests == 0 { "–".to_owned() } else { sig(v) };
         let _ = write!(
             out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             esc(&c.class),
             grouped(c.requests),
-            sig(c.tokens_in.mean),
-            sig(c.tokens_out.mean),
+            grouped(c.failed),
+            f(c.tokens_in.mean),
+            f(c.tokens_out.mean),
             grouped(c.tpm.round() as u64),
-            sig(c.output_tokens_per_s),
-            sig(c.ttft.p50),
-            sig(c.ttft.p95),
-            sig(c.itl.p50),
-            sig(c.tpot.p95),
-            sig(c.e2e.p50),
-            sig(c.e2e.p95)
+            f(c.output_tokens_per_s),
+            f(c.ttft.p50),
+            f(c.ttft.p95),
+            f(c.itl.p50),
+            f(c.tpot.p95),
+            f(c.e2e.p50),
+            f(c.e2e.p95)
         );
-        if let Some(g) = c.goodput {
+        if let Some(g) = c.goodput.filter(|_| c.requests > 0) {
             let _ = write!(out, "<td>{}</td><td>{}</td>", pct(g.ratio), sig(g.output_tokens_per_s));
+        } else if good {
+            out.push_str("<td>–</td><td>–</td>");
         }
         out.push_str("</tr>");
     }
-    out.push_str(
-        r#"</tbody></table><p class="caption">Successful requests of each prompt class over the whole run, warm-ups included; times in ms.</p></section>"#,
+    let cover = if s.classes_whole_run {
+        "over the whole run, warm-ups included"
+    } else {
+        "over the measured time, warm-ups left out"
+    };
+    let by = match s.classes_by {
+        crate::dataset::ClassBy::Tokens => "tokens",
+        crate::dataset::ClassBy::Characters => "characters",
+        crate::dataset::ClassBy::Words => "words",
+    };
+    let _ = write!(
+        out,
+        r#"</tbody></table><p class="caption">Requests of each prompt class {cover}: successes and failures; figures of the successes; times in ms. Prompts are classed by their length in {by}.</p></section>"#
     );
 }
 
@@ -323,8 +339,10 @@ pub(super) fn server(out: &mut String, s: &Summary) {
     out.push_str(r#"<section id="server"><h2>Server metrics</h2>"#);
     let Some(sv) = &s.server else {
         out.push_str(
-            r#"<p class="empty">The server's metrics were not scraped (server_metrics.enabled is false).</p></section>"#,
+            r#"<p class="empty">The server's metrics were not scraped (server_metrics.enabled is false).</p>"#,
         );
+        server_queue(out, s);
+        out.push_str("</section>");
         return;
     };
     let _ = write!(
@@ -365,7 +383,48 @@ pub(super) fn server(out: &mut String, s: &Summary) {
         }
         out.push_str("</tbody></table>");
     }
+    server_queue(out, s);
     out.push_str("</section>");
+}
+
+/// The server's queue percentiles, and where they came from.
+fn server_queue(out: &mut String, s: &Summary) {
+    use crate::report::summary::{QueueQuantile, QueueSource};
+    let Some(q) = &s.server_queue else { return };
+    let how = match q.source {
+        QueueSource::Spans => format!(
+            "exact, from the server's spans of each request, read from <code>{}</code>",
+            esc(&q.from)
+        ),
+        QueueSource::Buckets => format!(
+            "interpolated within the buckets of <code>{}</code>, as PromQL's histogram_quantile does",
+            esc(&q.from)
+        ),
+    };
+    let _ = write!(
+        out,
+        r#"<h3>Server queue</h3><table class="num"><thead><tr><th></th><th>ms</th><th>bucket</th></tr></thead><tbody>"#
+    );
+    let row = |out: &mut String, name: &str, b: &QueueQuantile| {
+        let bucket = match (b.bucket_from_ms, b.bucket_to_ms) {
+            (Some(from), Some(to)) => format!("({}, {}]", sig(from), sig(to)),
+            (Some(from), None) => format!("({}, +Inf)", sig(from)),
+            _ => "–".to_owned(),
+        };
+        let _ = write!(out, "<tr><th>{name}</th><td>{}</td><td>{bucket}</td></tr>", sig(b.ms));
+    };
+    row(out, "p50", &q.p50);
+    row(out, "p90", &q.p90);
+    row(out, "p99", &q.p99);
+    let _ = write!(
+        out,
+        r#"<tr><th>mean</th><td>{}</td><td>–</td></tr></tbody></table><p class="caption">{} requests admitted in the measured time; {how}.</p>"#,
+        opt(q.mean_ms),
+        grouped(q.count)
+    );
+    if let Some(note) = &q.note {
+        let _ = write!(out, r#"<p class="warn">{}</p>"#, esc(note));
+    }
 }
 
 fn exemplar_table(out: &mut String, title: &str, list: &[crate::report::summary::trace::Exemplar], dt: f64) {

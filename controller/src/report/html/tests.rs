@@ -111,9 +111,10 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         unreadable: 0,
         exemplars,
         classes: BTreeMap::new(),
+        classes_whole_run: false,
     };
     let spec = Spec::sample(&p, "20270115T080000Z-test-0001", agents);
-    let mut s = summary::build(&spec, &collected, None);
+    let mut s = summary::build(&spec, &collected, None, None);
     s.server = Some(server(&s));
     let d = ReportData::of(&collected, 1.0);
     (s, d)

@@ -2,6 +2,7 @@
 //! its metrics.
 
 mod figures;
+mod queue;
 mod server;
 mod tokens;
 mod types;
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, Metric};
 
 pub mod trace;
+pub use queue::{QueueQuantile, QueueSource, ServerQueue};
 pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
 pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
 pub use types::*;
@@ -20,6 +22,7 @@ use crate::merge::{Place, Totals};
 use crate::profile::{Model, Shape};
 use crate::results::{AgentEnd, Collected, Spec};
 use crate::server::Series;
+use crate::server::spans::ServerSpans;
 use crate::stats::Stats;
 
 /// Every exit code of `controller run`, as the README's table lists them.
@@ -481,7 +484,7 @@ fn intervals(c: &Collected, interval_s: f64) -> Vec<IntervalSummary> {
 
 /// Builds the summary of a finished run, with the server's metrics when
 /// they were scraped.
-pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
+pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&ServerSpans>) -> Summary {
     let m = &c.merger;
     let counters = &m.measured().counters;
     let requests = requests(counters);
@@ -550,7 +553,9 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         tokens: tokens::tokens(counters, p.target.tokenizer.as_ref()),
         grades: grading(p, &metrics),
         metrics,
-        classes: classes(p, c, duration_s),
+        classes: classes(p, c, if c.classes_whole_run { duration_s } else { measured_s }),
+        classes_by: p.classes_by.unwrap_or(crate::dataset::ClassBy::Words),
+        classes_whole_run: c.classes_whole_run,
         load_table: load_table(&steps),
         knee: knee(p, &steps),
         steps,
@@ -561,6 +566,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
         intervals: intervals(c, p.interval_s()),
         tracing: trace::build(p.trace.as_ref(), &p.run_trace_id, c),
         server: None,
+        server_queue: None,
         gpu: server::gpu(c),
         busy_while_present: None,
         findings: Vec::new(),
@@ -568,6 +574,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>) -> Summary {
     };
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
     summary.busy_while_present = analysis::findings::busy_while_present(&summary, c);
+    summary.server_queue = queue::build(spans, server, c.started_at, server::measured_from(&summary));
     summary.findings = analysis::findings::draw(&summary, c);
     summary.thresholds = analysis::gates::judge(&p.thresholds, &summary);
     summary.verdict = verdict(p, c, &summary);
@@ -605,7 +612,8 @@ pub fn run_id(name: &str, now: SystemTime) -> String {
     format!("{stamp}-{name}-{suffix:04x}")
 }
 
-/// The per-class table, shortest prompts first.
+/// The per-class table, shortest prompts first; a class with no successes
+/// (all its requests failed) last. Rates divide by `duration_s`.
 fn classes(spec: &Spec, c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
     let per_s = |n: u64| if duration_s > 0.0 { n as f64 / duration_s } else { 0.0 };
     let mut out: Vec<ClassSummary> = c
@@ -616,6 +624,8 @@ fn classes(spec: &Spec, c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
             ClassSummary {
                 class: class.clone(),
                 requests: t.counters.ok,
+                failed: t.counters.failed(),
+                errors: t.counters.errors.iter().map(|(e, n)| (e.to_string(), *n)).collect(),
                 input_tokens: t.counters.input_tokens,
                 output_tokens: t.counters.output_tokens,
                 tpm: per_s(t.counters.input_tokens + t.counters.output_tokens) * 60.0,
@@ -631,9 +641,9 @@ fn classes(spec: &Spec, c: &Collected, duration_s: f64) -> Vec<ClassSummary> {
         })
         .collect();
     out.sort_by(|a, b| {
-        a.tokens_in
-            .mean
-            .total_cmp(&b.tokens_in.mean)
+        (a.requests == 0)
+            .cmp(&(b.requests == 0))
+            .then_with(|| a.tokens_in.mean.total_cmp(&b.tokens_in.mean))
             .then_with(|| a.class.cmp(&b.class))
     });
     out

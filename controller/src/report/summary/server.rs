@@ -169,7 +169,7 @@ fn observed_ms(w: Option<Window>) -> Option<f64> {
 }
 
 /// Where the run's measured time starts, seconds after the start.
-fn measured_from(s: &Summary) -> f64 {
+pub(super) fn measured_from(s: &Summary) -> f64 {
     s.steps.first().map_or(0.0, |step| step.duration_s - step.measured_s)
 }
 

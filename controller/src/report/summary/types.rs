@@ -246,8 +246,17 @@ pub struct Summary {
     pub metrics: Metrics,
     /// TTFT and TPOT labelled good, acceptable or poor.
     pub grades: Grading,
-    /// Every metric broken down by prompt class, shortest prompts first.
+    /// Every metric broken down by prompt class, shortest prompts first:
+    /// every class that had requests, one whose requests all failed too.
     pub classes: Vec<ClassSummary>,
+    /// What the controller measured prompt lengths in to class them
+    /// (`tokens` of the run's tokenizer, else `characters`; `words` in runs
+    /// recorded before); a JSONL line's own `class` wins.
+    pub classes_by: crate::dataset::ClassBy,
+    /// The class rows are whole-run totals, warm-ups included (a run
+    /// recorded before agents reported classes per interval); otherwise
+    /// they cover the measured time, like the run's figures.
+    pub classes_whole_run: bool,
     /// Each step of the load, with its own statistics.
     pub steps: Vec<StepSummary>,
     /// Throughput and latency against load, one row per step.
@@ -266,6 +275,11 @@ pub struct Summary {
     pub intervals: Vec<IntervalSummary>,
     /// The server's own metrics, when scraped.
     pub server: Option<super::ServerSummary>,
+    /// The server's queue time as percentiles over the measured time:
+    /// exact from the server's spans when the run read them back
+    /// (`[trace] query_url`), else interpolated within its queue-time
+    /// histogram's buckets; absent when the server gives neither.
+    pub server_queue: Option<super::ServerQueue>,
     /// The accelerators the agents sampled, when asked to.
     pub gpu: Option<super::GpuSummary>,
     /// How busy the accelerator was while the agents had requests in
@@ -409,14 +423,18 @@ pub struct Throughput {
     pub tpm: f64,
 }
 
-/// One prompt class's successful requests over the whole run (warm-ups
-/// included, unlike the run-wide figures).
+/// One prompt class's requests over the measured time (warm-ups left out,
+/// as in the run-wide figures; see `classes_whole_run`).
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ClassSummary {
     /// The class label, such as `short`.
     pub class: String,
     /// Successful requests.
     pub requests: u64,
+    /// Failed requests.
+    pub failed: u64,
+    /// Failed requests by error class.
+    pub errors: BTreeMap<String, u64>,
     /// Input tokens, in total.
     pub input_tokens: u64,
     /// Output tokens, in total.
@@ -730,6 +748,8 @@ pub struct Definitions {
     pub failures: &'static str,
     /// Server metrics.
     pub server_metrics: &'static str,
+    /// Server queue percentiles.
+    pub server_queue: &'static str,
     /// Findings.
     pub findings: &'static str,
     /// Goodput.
@@ -740,6 +760,8 @@ pub struct Definitions {
     pub thresholds: &'static str,
     /// Grades.
     pub grades: &'static str,
+    /// Prompt classes.
+    pub classes: &'static str,
 }
 
 /// The definitions every summary carries.
@@ -762,12 +784,14 @@ pub const DEFINITIONS: Definitions = Definitions {
     client_bound: "the run is client-bound, and its results understate the server, when it had successful requests and the agents were starved (their load runtime ran a 10 ms tick more than 5 ms late at p90, or 50 ms at p99: the host did not give them the CPU they needed), or most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent's own threads used more than 90% of its cores; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
     server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, llama.cpp, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
+    server_queue: "the server's time from a request's arrival to its admission into the batch, over the requests admitted in the measured time: with source spans, each request's own value from the server's spans of the run (llm-sim's queue span, vLLM's gen_ai.latency.time_in_queue), read back from the trace store after the run, to the microsecond, percentiles as HDR reads them (the ceil(q*n)-th smallest); with source buckets, from the increase of each bucket of the server's queue-time histogram, interpolated linearly within the bucket the rank falls in, as PromQL's histogram_quantile does (the value can be off by up to that bucket's width; bucket_from_ms and bucket_to_ms give it)",
     findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: the accelerator's busy time (agent GPU readings, else DCGM, else the server's busy-time counter, each interval's utilisation times its length) over the time the agents had requests in flight (their millisecond presence maps, ORed over agents) leaves it idle at least 30% of that time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; cold_start: for some prompt class, the first interval with its successes has a TTFT p95 at least 3x the median of the class's TTFT p95 over its step's later intervals (at least three); saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; cancelled requests were abandoned at the end of the drain time or at an interrupt",
     goodput: "a request is good when it succeeded and met every objective of [slo]: TTFT (a request that streamed nothing is held to it by its end-to-end time), TPOT (requests of one token meet it), E2E, and every gap between tokens; each agent decides per request; goodput.ratio is good requests over the requests that ended (successes and failures), and over a class's successes for a class; rates divide by measured_s",
     capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",
-    thresholds: "each [thresholds] entry judged on the merged, exact figures of the measured time (or of a class, over the whole run, or of a step); a failed one exits 99; one with abort = true is also judged as each interval completes, on everything merged so far, and stops the load when it breaks (after its grace time)",
+    thresholds: "each [thresholds] entry judged on the merged, exact figures of the measured time (or of a class, or of a step); a failed one exits 99; one with abort = true is also judged as each interval completes, on everything merged so far, and stops the load when it breaks (after its grace time)",
     grades: "TTFT and TPOT of successful requests, by the statistic of [grades] (default p95), are good under the good bound, acceptable under the acceptable bound and poor from it on; default bounds: TTFT 500 ms and 1 s, TPOT 50 ms and 100 ms; a label only, never a reason to fail",
+    classes: "file and synthetic prompts are classed by length, in tokens of the run's tokenizer when it has one (short up to 100 tokens, medium up to 500, long beyond), else in characters (short up to 400, medium up to 2,000, long beyond), as classes_by says; a JSONL line's own class wins; built-in prompts are labelled by their set; each row counts the requests that ended in the measured time, successes and failures (a class whose requests all failed has a row), and its rates divide by measured_s",
 };
 
 /// The run's per-request objectives.
