@@ -168,10 +168,7 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         // The last interval ends with the load, short of a whole one.
         let (end, length) = (num(i, "/end_s"), num(i, "/length_s"));
         assert!(length > 0.0 && length <= interval_s, "{i:#}");
-        let inside: Vec<_> = truth
-            .iter()
-            .filter(|(t, ..)| *t > end - length && *t <= end)
-            .collect();
+        let inside: Vec<_> = truth.iter().filter(|(t, ..)| *t > end - length && *t <= end).collect();
         if inside.is_empty() {
             assert!(row["vram_used_share"].is_null(), "{row:#}");
             continue;

@@ -517,20 +517,23 @@ pub fn capacity(c: &crate::report::summary::Capacity, slo: &crate::report::summa
 }
 
 /// Client-bound: the agents, not the server, were the limit.
-pub fn client_bound(reasons: &[String], lag_p99_ms: f64, cpu_max: f64) -> Option<Finding> {
-    if reasons.is_empty() {
+pub fn client_bound(c: &crate::report::summary::Client) -> Option<Finding> {
+    if c.reasons.is_empty() {
         return None;
     }
     Some(finding(
         "client_bound",
         format!(
             "client-bound: the results understate the server ({})",
-            reasons.join("; ")
+            c.reasons.join("; ")
         ),
-        "the agents' scheduling lag and CPU",
+        "how late the agents' runtime ran a 10 ms tick (starvation), their scheduling lag, and their own threads' CPU",
         &[
-            ("schedule_lag_p99_ms", round(lag_p99_ms, 3)),
-            ("cpu_max", round(cpu_max, 4)),
+            ("runtime_delay_p90_ms", round(c.runtime_delay_p90_ms, 3)),
+            ("runtime_delay_p99_ms", round(c.runtime_delay_p99_ms, 3)),
+            ("schedule_lag_p90_ms", round(c.schedule_lag_p90_ms, 3)),
+            ("schedule_lag_p99_ms", round(c.schedule_lag_p99_ms, 3)),
+            ("cpu_max", round(c.cpu_max, 4)),
         ],
     ))
 }

@@ -341,11 +341,7 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
     out.extend(cold_start(c));
 
     // Client-bound.
-    out.extend(findings::client_bound(
-        &s.client.reasons,
-        s.client.schedule_lag_p99_ms,
-        s.client.cpu_max,
-    ));
+    out.extend(findings::client_bound(&s.client));
 
     // Errors: top classes and when each began.
     let classes: Vec<findings::ErrorClass> = s
