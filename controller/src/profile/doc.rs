@@ -308,6 +308,10 @@ impl<'t, 'i> Table<'t, 'i> {
             _ => None,
         };
         match parsed {
+            Some(d) if d > MAX_DURATION => {
+                self.wrong(p, key, v, TOO_LONG);
+                None
+            }
             Some(d) if allow_zero || !d.is_zero() => Some(d),
             _ => {
                 let what = if allow_zero {
@@ -480,6 +484,14 @@ fn number(v: &DeValue<'_>) -> Option<f64> {
 /// How the messages about a bad duration show a good one.
 const DURATION_EXAMPLES: &str = r#""30s", "2m" or "250ms""#;
 
+/// The longest duration a profile or flag may set: 30 days, longer than
+/// any load test, and far from the clock's limits (a step's end is its
+/// start plus its duration).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How the messages about a duration above [`MAX_DURATION`] read.
+const TOO_LONG: &str = "a duration of at most 30 days (\"720h\")";
+
 /// Parses durations such as `30s`, `1m30s`, `250ms`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -512,6 +524,7 @@ fn whole_millis(d: Duration) -> bool {
 /// flag and the value before them).
 pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
+        Ok(d) if d > MAX_DURATION => Err(format!("expected {TOO_LONG}")),
         Ok(d) if !d.is_zero() && whole_millis(d) => Ok(d),
         Ok(d) if !d.is_zero() => Err(format!("expected {WHOLE_MILLIS}")),
         _ => Err(format!("expected a positive duration such as {DURATION_EXAMPLES}")),
@@ -577,6 +590,8 @@ mod tests {
                 .contains("whole milliseconds")
         );
         assert!(parse_positive_duration("0s").unwrap_err().contains("positive duration"));
+        assert!(parse_positive_duration("721h").unwrap_err().contains("at most 30 days"));
+        assert_eq!(parse_positive_duration("720h"), Ok(MAX_DURATION));
     }
 
     #[test]

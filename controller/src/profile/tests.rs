@@ -143,6 +143,24 @@ fn wrong_types_and_ranges() {
 }
 
 #[test]
+fn durations_past_thirty_days_are_refused_before_they_overflow_a_clock() {
+    let found = problems("[load]\nusers = 1\nduration = \"18446744073709551615s\"\ndrain = \"721h\"\n");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains(
+            "load.duration: expected a duration of at most 30 days (\"720h\"), got \"18446744073709551615s\""
+        ),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("load.drain: expected a duration of at most 30 days"),
+        "{found:?}"
+    );
+    let longest = parse("[load]\nusers = 1\nduration = \"720h\"\n").unwrap();
+    assert_eq!(longest.load.duration(), Duration::from_secs(30 * 24 * 3600));
+}
+
+#[test]
 fn bad_target_urls_are_caught_before_any_load() {
     let found = problems("[target]\nurl = \"gpu-box:8000\"\n[load]\nusers = 1\n");
     assert_eq!(found.len(), 1);
