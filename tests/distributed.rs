@@ -24,8 +24,10 @@ stampede_tests::suite![
     remote_agents_receive_a_large_tokenizer_from_the_controller_and_count_with_it,
     a_killed_agent_is_lost_and_with_continue_the_run_completes,
     a_killed_agent_with_abort_stops_every_agent,
-    a_killed_controller_stops_every_agent_within_5s,
+    a_killed_controller_stops_every_agent_within_its_dead_man_limit,
     a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself,
+    a_5s_stop_of_the_controller_loses_nothing,
+    a_60s_stop_of_the_controller_stops_the_load_and_loses_no_report,
     agents_started_before_the_controller_wait_for_it,
     refusals::wrong_and_missing_tokens_are_refused_before_any_load,
     refusals::tls_mismatches_are_refused_and_the_right_ca_is_accepted,
@@ -367,7 +369,12 @@ fn a_killed_agent_with_abort_stops_every_agent() -> Outcome {
     netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
-    let mut controller = c.controller(&high(), "out", 4, &["--duration", "20s"]);
+    let mut controller = c.controller(
+        &high(),
+        "out",
+        4,
+        &["--duration", "20s", "--set", "agents.lost_after=\"3s\""],
+    );
     let mut agents: Vec<Proc> = (0..4).map(|i| c.agent(i, &[])).collect();
     assert!(
         controller.wait_for_stderr("[    3s/20s]", Duration::from_secs(60)),
@@ -407,11 +414,22 @@ fn a_killed_agent_with_abort_stops_every_agent() -> Outcome {
     );
     Ok(())
 }
-fn a_killed_controller_stops_every_agent_within_5s() -> Outcome {
+/// Agents ride out a gap shorter than their dead-man limit (here 4 s); a
+/// controller gone for good has them stop their load at that limit, and
+/// leave once the resume limit (here 6 s) is spent.
+fn a_killed_controller_stops_every_agent_within_its_dead_man_limit() -> Outcome {
     netns::available()?;
     let _machine = exclusive();
     let c = Cluster::new(4);
-    let mut controller = c.controller(&high(), "out", 4, &["--duration", "30s"]);
+    let limits = [
+        "--duration",
+        "30s",
+        "--set",
+        "agents.dead_man=\"4s\"",
+        "--set",
+        "agents.resume_limit=\"6s\"",
+    ];
+    let mut controller = c.controller(&high(), "out", 4, &limits);
     let mut agents: Vec<Proc> = (0..4).map(|i| c.agent(i, &[])).collect();
     assert!(
         controller.wait_for_stderr("[    3s/30s]", Duration::from_secs(60)),
@@ -435,6 +453,8 @@ fn a_killed_controller_stops_every_agent_within_5s() -> Outcome {
         last.0 - before,
         last.1
     );
+    // The dead-man limit counts from the last word, at most a heartbeat
+    // before the kill.
     assert!(last.1 < Duration::from_secs(5), "agents kept sending for {:?}", last.1);
     assert_eq!(
         c.sim()["llmsim_running_sequences"],
@@ -445,6 +465,12 @@ fn a_killed_controller_stops_every_agent_within_5s() -> Outcome {
         let code = exit_code(a, Duration::from_secs(5));
         assert_ne!(code, 0, "{}: {}", a.name, a.stderr());
         assert!(a.stderr().contains("lost the controller"), "{}: {}", a.name, a.stderr());
+        assert!(
+            a.stderr().contains("(agents.resume_limit)"),
+            "{}: {}",
+            a.name,
+            a.stderr()
+        );
     }
     Ok(())
 }
@@ -453,7 +479,17 @@ fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() -> Outcome {
     let _machine = exclusive();
     let c = Cluster::new(4);
     let profile = high_continuing(&c);
-    let mut controller = c.controller(&profile, "out", 4, &["--duration", "15s"]);
+    let limits = [
+        "--duration",
+        "15s",
+        "--set",
+        "agents.lost_after=\"3s\"",
+        "--set",
+        "agents.dead_man=\"3s\"",
+        "--set",
+        "agents.resume_limit=\"3s\"",
+    ];
+    let mut controller = c.controller(&profile, "out", 4, &limits);
     let mut agents: Vec<Proc> = (0..4).map(|i| c.agent(i, &[])).collect();
     assert!(
         controller.wait_for_stderr("[    3s/15s]", Duration::from_secs(60)),
@@ -508,6 +544,143 @@ fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() -> Outcome {
     assert_eq!(agent_named(&s, "agent-3")["reason"], "silent for 3s");
     Ok(())
 }
+fn signal(p: &Proc, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), p.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {}", p.pid());
+}
+
+/// The simulator's count of `name` since `before`.
+fn since(c: &Cluster, before: &HashMap<String, f64>, name: &str) -> f64 {
+    c.sim()[name] - before[name]
+}
+
+/// Every request the server received is in the results: ok, failed,
+/// cancelled, or in flight on a lost agent.
+fn every_request_accounted_for(c: &Cluster, before: &HashMap<String, f64>, s: &Value) {
+    let received = since(c, before, "llmsim_requests_received_total");
+    let served = since(c, before, "llmsim_requests_served_total");
+    let counted = num(s, "/requests/ok") + num(s, "/requests/failed") + num(s, "/requests/cancelled");
+    eprintln!(
+        "server: {received} received, {served} served; results: {} ok, {} failed, {} cancelled, {} lost",
+        num(s, "/requests/ok"),
+        num(s, "/requests/failed"),
+        num(s, "/requests/cancelled"),
+        num(s, "/lost/requests")
+    );
+    assert_eq!(num(s, "/requests/ok"), served, "every request served is an ok");
+    assert_eq!(counted + num(s, "/lost/requests"), received);
+    for a in s["agents"].as_array().unwrap() {
+        assert!(a["mismatch"].is_null(), "no report went missing: {a:#}");
+        let reports = a["reports"].as_u64().unwrap();
+        assert_eq!(reports, a["last_interval"].as_u64().unwrap() + 1, "{a:#}");
+    }
+}
+
+/// A 5 s stop of the controller (a long pause, a congested node): with
+/// the default limits the load runs on through it, and the run completes
+/// with every request the server saw in its results.
+fn a_5s_stop_of_the_controller_loses_nothing() -> Outcome {
+    netns::available()?;
+    let _machine = exclusive();
+    let c = Cluster::new(3);
+    let before = c.sim();
+    let mut controller = c.controller(&high(), "out", 3, &["--duration", "12s"]);
+    let mut agents: Vec<Proc> = (0..3).map(|i| c.agent(i, &[])).collect();
+    assert!(
+        controller.wait_for_stderr("[    3s/12s]", Duration::from_secs(60)),
+        "{}",
+        controller.stderr()
+    );
+    signal(&controller, "STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    signal(&controller, "CONT");
+    let code = exit_code(&mut controller, Duration::from_secs(90));
+    assert_eq!(code, 0, "{}", controller.stderr());
+    assert!(
+        controller.stderr().contains("the controller did not run for"),
+        "{}",
+        controller.stderr()
+    );
+    for a in &mut agents {
+        assert_eq!(exit_code(a, Duration::from_secs(15)), 0, "{}: {}", a.name, a.stderr());
+    }
+    let s = c.summary("out");
+    assert_eq!(s["verdict"]["status"], "passed", "{:#}", s["verdict"]);
+    for a in s["agents"].as_array().unwrap() {
+        assert_eq!(a["end"], "finished", "{a:#}");
+        assert!(a["stopped_early"].is_null(), "{a:#}");
+    }
+    every_request_accounted_for(&c, &before, &s);
+    assert_eq!(num(&s, "/lost/requests"), 0.0);
+    Ok(())
+}
+
+/// A 60 s stop of the controller: each agent stops its load at its
+/// dead-man limit (10 s by default) and keeps what it recorded; once the
+/// controller runs again every report is delivered, and the verdict says
+/// the load was cut short.
+fn a_60s_stop_of_the_controller_stops_the_load_and_loses_no_report() -> Outcome {
+    netns::available()?;
+    let _machine = exclusive();
+    let c = Cluster::new(2);
+    let before = c.sim();
+    let mut controller = c.controller(&high(), "out", 2, &["--duration", "30s"]);
+    let mut agents: Vec<Proc> = (0..2).map(|i| c.agent(i, &[])).collect();
+    assert!(
+        controller.wait_for_stderr("[    3s/30s]", Duration::from_secs(60)),
+        "{}",
+        controller.stderr()
+    );
+    signal(&controller, "STOP");
+    let stopped = Instant::now();
+    // Watch the server: when did the last new request arrive?
+    let mut last = (c.received(), Duration::ZERO);
+    while stopped.elapsed() < Duration::from_secs(60) {
+        let now = c.received();
+        if now != last.0 {
+            last = (now, stopped.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.sim()["llmsim_running_sequences"],
+        0.0,
+        "no load outlives the dead-man limit"
+    );
+    signal(&controller, "CONT");
+    eprintln!("the last request arrived {:?} after the stop", last.1);
+    // The limit counts from the last word, at most a heartbeat before the
+    // stop; a loaded machine adds a little.
+    assert!(last.1 < Duration::from_secs(12), "agents kept sending for {:?}", last.1);
+    let code = exit_code(&mut controller, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        4,
+        "agents that ended their load early leave the run degraded:\n{}",
+        controller.stderr()
+    );
+    for a in &mut agents {
+        assert_eq!(exit_code(a, Duration::from_secs(15)), 0, "{}: {}", a.name, a.stderr());
+        assert!(a.stderr().contains("resumed the session"), "{}: {}", a.name, a.stderr());
+    }
+    let s = c.summary("out");
+    for a in s["agents"].as_array().unwrap() {
+        assert_eq!(a["end"], "finished", "{a:#}");
+        let why = a["stopped_early"].as_str().unwrap_or_default();
+        assert!(why.contains("agents.dead_man"), "{a:#}");
+    }
+    assert!(
+        s["verdict"]["reasons"].to_string().contains("ended its load early"),
+        "{:#}",
+        s["verdict"]
+    );
+    every_request_accounted_for(&c, &before, &s);
+    Ok(())
+}
+
 fn agents_started_before_the_controller_wait_for_it() -> Outcome {
     netns::available()?;
     let _machine = exclusive();
@@ -708,6 +881,7 @@ mod refusals {
                 capabilities: vec!["api:openai-chat".into(), "load:users".into()],
                 agent_version: "9.9.9".into(),
                 gpu: String::new(),
+                resume: None,
             };
             tx.send(pb::AgentMessage {
                 kind: Some(pb::agent_message::Kind::Hello(hello)),

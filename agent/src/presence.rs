@@ -44,6 +44,11 @@ impl Presence {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.lock().in_flight
+    }
+
     /// A request begins; it ends when the guard is dropped.
     pub fn enter(&self) -> InFlight<'_> {
         let mut s = self.lock();

@@ -191,6 +191,7 @@ fn wire(r: &Report, agent: u32) -> pb::Report {
             })
             .collect(),
         cpu: r.cpu,
+        in_flight: 0,
         gpu: Vec::new(),
         exemplars: vec![pb::Exemplar {
             metric: pb::Metric::E2e as i32,
@@ -271,6 +272,7 @@ fn record(profile: &Profile, dir: &Path, run_id: &str, slower: f64) -> Spec {
                 elapsed_us: intervals * 1_000_000,
                 last_sequence: intervals,
                 classes: Vec::new(),
+                stopped_early: String::new(),
             },
         }));
     }

@@ -327,6 +327,7 @@ async fn run_traced(
         join_timeout,
         capabilities: required_capabilities(&profile),
         on_agent_loss: profile.on_agent_loss,
+        liveness: profile.liveness,
         live: options.metrics.map(|_| live.clone()),
         trace: span.wire(),
         slo: profile.slo.as_ref().map(crate::profile::Slo::to_wire),

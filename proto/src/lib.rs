@@ -24,8 +24,9 @@ pub mod pb {
 /// A change an older peer cannot read raises it. New fields do not (an
 /// older peer skips them); a new [`Metric`] does, since a controller
 /// refuses a report with a histogram of a metric it does not know.
-/// Version 2 added `METRIC_CHUNK_GAP`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added `METRIC_CHUNK_GAP`; version 3 resumable sessions
+/// (an older agent would not resume, and would stop its load at once).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest message an agent accepts from its controller. An assignment
 /// carries the agent's prompt share and may carry the model's whole

@@ -2,6 +2,8 @@
 //! request metadata, and capped, jittered exponential backoff while the
 //! controller is not there yet.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_proto::pb;
@@ -25,8 +27,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An open session: messages to the controller go into the sender.
 pub(crate) type Opened = (mpsc::Sender<pb::AgentMessage>, Streaming<pb::ControllerMessage>);
 
+/// Longest wait between attempts to resume a broken session: the load
+/// may still be running, and its reports wait for the stream.
+const REDIAL_CAP: Duration = Duration::from_secs(2);
+/// Limit on one attempt to resume, the gRPC handshake included: a
+/// controller that accepts connections but does not answer (stopped, or
+/// behind a half-open link) is tried again on a fresh connection.
+const REDIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why one attempt failed.
-enum Attempt {
+pub(super) enum Attempt {
     /// Worth trying again: the controller may not be up yet.
     Retry(String),
     /// The controller answered and refused; trying again cannot help.
@@ -86,6 +96,53 @@ pub(crate) async fn open(config: &Config, hello: pb::Hello, shutdown: &Cancellat
         }
     }
     unreachable!("the attempt loop only ends by returning")
+}
+
+/// Dials the controller again, to resume a session whose stream broke:
+/// one attempt at a time, with capped, jittered exponential backoff
+/// between them.
+pub(super) struct Redial {
+    endpoint: Endpoint,
+    config: Arc<Config>,
+    hello: pb::Hello,
+    jitter: Jitter,
+    failures: u32,
+}
+
+impl Redial {
+    /// Resumes with `hello`, which carries the session's `Resume`.
+    pub(super) fn new(config: &Config, hello: pb::Hello) -> Result<Redial, Error> {
+        Ok(Redial {
+            endpoint: endpoint(config)?,
+            jitter: Jitter::new(&config.name),
+            config: Arc::new(config.clone()),
+            hello,
+            failures: 0,
+        })
+    }
+
+    /// One attempt, to run on its own task.
+    pub(super) fn attempt(&self) -> impl Future<Output = Result<Opened, Attempt>> + Send + 'static {
+        let (endpoint, config, hello) = (self.endpoint.clone(), Arc::clone(&self.config), self.hello.clone());
+        async move {
+            tokio::time::timeout(REDIAL_TIMEOUT, try_open(&endpoint, &config, &hello))
+                .await
+                .unwrap_or_else(|_| Err(Attempt::Retry(format!("no answer within {REDIAL_TIMEOUT:?}"))))
+        }
+    }
+
+    /// How long to wait after a failed attempt.
+    pub(super) fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let exp = BACKOFF_START.saturating_mul(1 << self.failures.min(16)).min(REDIAL_CAP);
+        self.jitter.scale(exp)
+    }
+
+    /// The stream is open again: the next break starts from the shortest
+    /// wait.
+    pub(super) fn succeeded(&mut self) {
+        self.failures = 0;
+    }
 }
 
 async fn try_open(endpoint: &Endpoint, config: &Config, hello: &pb::Hello) -> Result<Opened, Attempt> {

@@ -1,15 +1,20 @@
 //! The gRPC session with the controller: hello, assignment, clock offset,
 //! start barrier, interval reports, heartbeats, and the final totals.
 //!
-//! Dead-man switch: the controller sends a heartbeat every second. An agent
-//! that hears nothing for [`SILENCE`], or whose stream breaks, abandons its
-//! load at once and ends with [`Error::ControllerLost`]: load never runs
-//! unsupervised against a server.
+//! Once the load has started, a broken stream is resumed ([`outbox`]): the
+//! agent keeps every report until the controller acknowledges it, dials
+//! again with capped, jittered backoff and sends what is unacknowledged on
+//! the new stream. The load runs on through a gap shorter than the
+//! dead-man limit; past it the agent abandons its load (load never runs
+//! long unsupervised against a server) but goes on trying to deliver what
+//! it recorded until the resume limit.
 
 mod clock;
 mod connect;
+mod outbox;
 mod reporter;
 
+use std::future::pending;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -30,15 +35,25 @@ use crate::assignment::Plan;
 use crate::load::{Control, Gate, Shared};
 use crate::record::Recorder;
 use crate::{Config, Error};
+use connect::{Attempt, Redial};
+use outbox::Outbox;
 use reporter::Reporter;
 
-/// How often liveness is signalled.
+/// How often liveness is signalled, until the assignment says.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Silence from the controller after which it is taken for lost.
-pub const SILENCE: Duration = Duration::from_secs(3);
+/// Silence from the controller after which it is taken for lost before
+/// the start, and the dead-man limit when the assignment gives none.
+pub const SILENCE: Duration = Duration::from_secs(10);
+/// How long to go on trying to deliver reports when the assignment gives
+/// no resume limit.
+const RESUME_LIMIT: Duration = Duration::from_secs(120);
 /// How long to wait for the controller to close the session after
 /// Finished before leaving anyway.
 const GOODBYE: Duration = Duration::from_secs(10);
+/// A gap this long between two ticks of the watchdog means this process
+/// was not running (stopped, or starved): silence in it is not the
+/// controller's.
+const STALL: Duration = Duration::from_secs(1);
 /// Longest start delay believed; a later start means a clock estimate
 /// gone wrong, and the relative delay is used instead.
 const MAX_START_WAIT: Duration = Duration::from_secs(60);
@@ -57,8 +72,37 @@ pub(crate) struct Link {
     shutdown: CancellationToken,
     /// When the controller was last heard from.
     heard: Instant,
-    /// Sends a heartbeat every second for as long as the link lives.
+    /// Silence after which the controller is taken for lost (before the
+    /// start).
+    silence: Duration,
+    /// Sends heartbeats for as long as the link lives.
     _heartbeat: AbortOnDrop,
+}
+
+/// The session's liveness limits, from the assignment.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    heartbeat: Duration,
+    /// No word this long: the stream is taken for broken and dialled again.
+    redial_after: Duration,
+    dead_man: Duration,
+    resume_limit: Duration,
+}
+
+impl Limits {
+    /// The assignment's limits; a limit it leaves at zero keeps its
+    /// default.
+    fn from_wire(l: Option<pb::Liveness>) -> Limits {
+        let l = l.unwrap_or_default();
+        let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
+        let heartbeat = ms(l.heartbeat_ms, HEARTBEAT);
+        Limits {
+            heartbeat,
+            redial_after: heartbeat * 3,
+            dead_man: ms(l.dead_man_ms, SILENCE),
+            resume_limit: ms(l.resume_limit_ms, RESUME_LIMIT),
+        }
+    }
 }
 
 /// A task that ends with its owner.
@@ -70,14 +114,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn heartbeats(out: mpsc::Sender<pb::AgentMessage>) -> AbortOnDrop {
+fn heartbeats(out: mpsc::Sender<pb::AgentMessage>, every: Duration) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         for sequence in 1.. {
             tick.tick().await;
             let beat = agent_message::Kind::Heartbeat(pb::Heartbeat { sequence });
-            if out.send(pb::AgentMessage { kind: Some(beat) }).await.is_err() {
+            // Never waits: a stream the controller does not read has room
+            // for the messages that matter, not for heartbeats.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = out.try_send(pb::AgentMessage { kind: Some(beat) }) {
                 break;
             }
         }
@@ -85,6 +131,23 @@ fn heartbeats(out: mpsc::Sender<pb::AgentMessage>) -> AbortOnDrop {
 }
 
 impl Link {
+    fn new((out, inbound): connect::Opened, shutdown: CancellationToken, heartbeat: Duration) -> Link {
+        Link {
+            _heartbeat: heartbeats(out.clone(), heartbeat),
+            out,
+            inbound,
+            shutdown,
+            heard: Instant::now(),
+            silence: SILENCE,
+        }
+    }
+
+    /// Queues one message without waiting; false when the stream is gone
+    /// or does not drain.
+    fn offer(&self, message: pb::AgentMessage) -> bool {
+        self.out.try_send(message).is_ok()
+    }
+
     /// Sends one message; false when the stream is gone.
     async fn send(&self, kind: agent_message::Kind) -> bool {
         self.out.send(pb::AgentMessage { kind: Some(kind) }).await.is_ok()
@@ -96,8 +159,8 @@ impl Link {
         loop {
             let message = tokio::select! {
                 m = self.inbound.message() => m,
-                _ = sleep_until(self.heard + SILENCE) => {
-                    return Err(Error::ControllerLost(format!("no word from the controller for {SILENCE:?}")));
+                _ = sleep_until(self.heard + self.silence) => {
+                    return Err(Error::ControllerLost(format!("no word from the controller for {:?}", self.silence)));
                 }
                 _ = self.shutdown.cancelled() => return Err(Error::Interrupted),
             };
@@ -125,15 +188,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
         capabilities: capabilities(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         gpu: gpu.as_ref().map(|g| g.note.clone()).unwrap_or_default(),
+        resume: None,
     };
-    let (out, inbound) = connect::open(config, hello, &shutdown).await?;
-    let mut link = Link {
-        _heartbeat: heartbeats(out.clone()),
-        out,
-        inbound,
-        shutdown,
-        heard: Instant::now(),
-    };
+    let opened = connect::open(config, hello.clone(), &shutdown).await?;
+    let mut link = Link::new(opened, shutdown, HEARTBEAT);
     let mut assignment = loop {
         match link.recv().await? {
             controller_message::Kind::Assignment(a) => break a,
@@ -145,6 +203,21 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
     if assignment.trace.is_none() {
         assignment.trace = config.trace.clone();
     }
+    let limits = Limits::from_wire(assignment.liveness);
+    if limits.heartbeat != HEARTBEAT {
+        link._heartbeat = heartbeats(link.out.clone(), limits.heartbeat);
+    }
+    link.silence = limits.dead_man;
+    let redial = Redial::new(
+        config,
+        pb::Hello {
+            resume: Some(pb::Resume {
+                run_id: assignment.run_id.clone(),
+                secret: assignment.session_secret.clone(),
+            }),
+            ..hello
+        },
+    )?;
     // A remote agent's log lines (its span exporter's included) carry the
     // run's trace id, as the controller's do; an in-process agent's are
     // inside the controller's already.
@@ -188,7 +261,43 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
             other => return Err(Error::Protocol(format!("expected start, got {other:?}"))),
         }
     };
-    running(plan, start, offset, link, gpu, load).instrument(logs).await
+    let session = Session {
+        link: Some(link),
+        redial,
+        limits,
+    };
+    running(plan, start, offset, session, gpu, load).instrument(logs).await
+}
+
+/// The stream to the controller once the load has started, and how to
+/// take it up again when it breaks.
+struct Session {
+    /// `None` while out of contact.
+    link: Option<Link>,
+    redial: Redial,
+    limits: Limits,
+}
+
+/// The next message on `link`; never, without one.
+async fn next_message(link: &mut Option<Link>) -> Result<Option<pb::ControllerMessage>, tonic::Status> {
+    match link {
+        Some(l) => l.inbound.message().await,
+        None => pending().await,
+    }
+}
+
+/// A dial in progress; never, without one.
+async fn dialled(
+    dialing: &mut Option<tokio::task::JoinHandle<Result<connect::Opened, Attempt>>>,
+) -> Result<connect::Opened, Attempt> {
+    let Some(handle) = dialing else {
+        return pending().await;
+    };
+    let result = handle
+        .await
+        .unwrap_or_else(|e| Err(Attempt::Retry(format!("the dialling task failed: {e}"))));
+    *dialing = None;
+    result
 }
 
 /// When to begin: at the controller's `start_at` in this host's clock when
@@ -227,10 +336,16 @@ async fn running(
     plan: Plan,
     start: Instant,
     offset: Option<Offset>,
-    mut link: Link,
+    session: Session,
     gpu: Option<Arc<crate::gpu::Sampler>>,
     runtime: tokio::runtime::Handle,
 ) -> Result<Ended, Error> {
+    let Session {
+        mut link,
+        mut redial,
+        limits,
+    } = session;
+    let shutdown = link.as_ref().map(|l| l.shutdown.clone()).unwrap_or_default();
     let recorder = Recorder::new();
     let active = Arc::new(AtomicU32::new(0));
     let control = Control::default();
@@ -265,80 +380,200 @@ async fn running(
         gpu,
     );
     reporter.name_classes(&plan_classes);
-    let mut began = false;
-    let mut lost: Option<String> = None;
     let stop_load = |abort: bool| {
         control.stop.cancel();
         if abort {
             control.abort.cancel();
         }
     };
-    loop {
+    let mut outbox = Outbox::default();
+    // When the controller was last heard from, on any stream.
+    let mut heard = Instant::now();
+    let mut began = false;
+    let mut load_done = false;
+    // The load was abandoned for want of the controller: why.
+    let mut stopped_early: Option<String> = None;
+    // When Finished went out on the current stream.
+    let mut finished_sent: Option<Instant> = None;
+    let mut dialing = None;
+    let mut next_dial: Option<Instant> = None;
+    let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    let ended: Result<(), String> = loop {
         tokio::select! {
-            joined = &mut load => {
+            joined = &mut load, if !load_done => {
                 if let Err(e) = joined {
                     tracing::error!("the load task failed: {e}");
                 }
-                break;
+                load_done = true;
+                let elapsed = start.elapsed();
+                // The last report exports the spans still queued, within a
+                // bounded time, and counts them as exported or dropped.
+                let last = reporter.report_last(elapsed).await;
+                post(&mut link, &mut next_dial, &mut outbox, message(agent_message::Kind::Report(last)));
+                let (mut finished, counters) = reporter.finished(elapsed, &plan_classes);
+                finished.stopped_early = stopped_early.clone().unwrap_or_default();
+                post(&mut link, &mut next_dial, &mut outbox, message(agent_message::Kind::Finished(finished)));
+                outbox.counters = Some(counters);
+                if link.is_some() {
+                    finished_sent = Some(Instant::now());
+                }
             }
             _ = sleep_until(start), if !began => {
                 began = true;
                 let started_at_us = wall_us() + offset.map_or(0, |o| o.offset_us);
                 opener.open();
                 let began = pb::Began { started_at_us: u64::try_from(started_at_us).unwrap_or(0) };
-                link.send(agent_message::Kind::Began(began)).await;
+                post(&mut link, &mut next_dial, &mut outbox, message(agent_message::Kind::Began(began)));
             }
-            _ = sleep_until(reporter.due()) => {
+            _ = sleep_until(reporter.due()), if !load_done => {
                 let report = reporter.report().await;
-                link.send(agent_message::Kind::Report(report)).await;
+                post(&mut link, &mut next_dial, &mut outbox, message(agent_message::Kind::Report(report)));
             }
-            _ = sleep_until(link.heard + SILENCE), if lost.is_none() => {
-                tracing::error!("no word from the controller for {SILENCE:?}; abandoning the load");
-                lost = Some(format!("no word from the controller for {SILENCE:?}"));
-                stop_load(true);
-            }
-            message = link.inbound.message(), if lost.is_none() => {
-                link.heard = Instant::now();
-                match message {
-                    Ok(Some(pb::ControllerMessage { kind: Some(controller_message::Kind::Stop(stop)) })) => {
-                        tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
-                        stop_load(stop.abort);
-                    }
-                    Ok(Some(_)) => {} // Heartbeats, acks, late clock replies.
-                    Ok(None) => {
-                        tracing::error!("the controller closed the session; abandoning the load");
-                        lost = Some("the controller closed the session".to_owned());
-                        stop_load(true);
-                    }
-                    Err(status) => {
-                        tracing::error!("lost the controller ({}); abandoning the load", status.message());
-                        lost = Some(status.message().to_owned());
-                        stop_load(true);
+            received = next_message(&mut link) => match received {
+                Ok(Some(pb::ControllerMessage { kind })) => {
+                    heard = Instant::now();
+                    match kind {
+                        Some(controller_message::Kind::Stop(stop)) => {
+                            tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
+                            stop_load(stop.abort);
+                        }
+                        Some(controller_message::Kind::Ack(ack)) => outbox.acked(ack.sequence),
+                        Some(controller_message::Kind::Resumed(r)) if r.finished => break Ok(()),
+                        _ => {} // Heartbeats, a resumption confirmed, late clock replies.
                     }
                 }
+                Ok(None) if finished_sent.is_some() => break Ok(()),
+                Ok(None) => {
+                    tracing::warn!("the controller closed the session; dialling again");
+                    link = None;
+                    next_dial = Some(Instant::now());
+                }
+                Err(status) => {
+                    tracing::warn!("the stream to the controller broke ({}); dialling again", status.message());
+                    link = None;
+                    next_dial = Some(Instant::now());
+                }
+            },
+            _ = sleep_until(heard + limits.redial_after), if link.is_some() => {
+                if own_stall(&mut last_tick, &mut heard) {
+                    continue;
+                }
+                tracing::warn!("no word from the controller for {:?}; dialling again", limits.redial_after);
+                link = None;
+                next_dial = Some(Instant::now());
             }
-            _ = link.shutdown.cancelled(), if !control.stop.is_cancelled() => {
+            _ = sleep_until(heard + limits.dead_man), if !load_done && stopped_early.is_none() => {
+                if own_stall(&mut last_tick, &mut heard) {
+                    continue;
+                }
+                tracing::error!(
+                    "no word from the controller for {:?} (its dead-man limit); abandoning the load, and keeping its reports for the controller",
+                    limits.dead_man
+                );
+                stopped_early = Some(format!("no word from the controller for {:?} (agents.dead_man)", limits.dead_man));
+                stop_load(true);
+            }
+            _ = sleep_until(heard + limits.resume_limit) => {
+                if own_stall(&mut last_tick, &mut heard) {
+                    continue;
+                }
+                break Err(format!("no word from the controller for {:?} (agents.resume_limit)", limits.resume_limit));
+            }
+            _ = sleep_until(next_dial.unwrap_or(heard)), if next_dial.is_some() && dialing.is_none() => {
+                next_dial = None;
+                dialing = Some(tokio::spawn(redial.attempt()));
+            }
+            opened = dialled(&mut dialing) => match opened {
+                Ok(opened) => {
+                    redial.succeeded();
+                    heard = Instant::now();
+                    let l = Link::new(opened, shutdown.clone(), limits.heartbeat);
+                    tracing::info!(unacknowledged = outbox.len(), "resumed the session with the controller");
+                    if outbox.iter().all(|m| l.offer(m.clone())) {
+                        if outbox.has_finished() {
+                            finished_sent = Some(Instant::now());
+                        }
+                        link = Some(l);
+                    } else {
+                        next_dial = Some(Instant::now() + redial.failed());
+                    }
+                }
+                Err(Attempt::Refused(reason)) => {
+                    break Err(format!("the controller refused to resume the session: {reason}"));
+                }
+                Err(Attempt::Retry(reason)) => {
+                    let pause = redial.failed();
+                    tracing::debug!("cannot reach the controller ({reason}); trying again in {pause:?}");
+                    next_dial = Some(Instant::now() + pause);
+                }
+            },
+            _ = sleep_until(finished_sent.map_or(heard, |f| f + GOODBYE)), if finished_sent.is_some() && link.is_some() => {
+                // Everything went out on a live stream that the controller
+                // did not close: leave.
+                break Ok(());
+            }
+            _ = watchdog.tick() => {
+                own_stall(&mut last_tick, &mut heard);
+            }
+            _ = shutdown.cancelled(), if !control.stop.is_cancelled() => {
                 tracing::info!("interrupted: no new requests; in-flight ones may finish");
                 stop_load(false);
             }
         }
+    };
+    if !load_done {
+        // Given up on the controller while the load ran: end it first.
+        stop_load(true);
+        let _ = load.await;
     }
-    let elapsed = start.elapsed();
-    // The last report exports the spans still queued, within a bounded
-    // time, and counts them as exported or dropped.
-    let last = reporter.report_last(elapsed).await;
-    link.send(agent_message::Kind::Report(last)).await;
-    let (finished, counters) = reporter.finished(elapsed, &plan_classes);
-    link.send(agent_message::Kind::Finished(finished)).await;
-    if let Some(reason) = lost {
-        return Err(Error::ControllerLost(reason));
+    let counters = outbox.counters.take().unwrap_or_default();
+    match ended {
+        Ok(()) => {
+            if let Some(why) = stopped_early {
+                tracing::warn!("the load ended early ({why}); everything it recorded was delivered");
+            }
+            Ok(Ended { counters })
+        }
+        Err(why) => Err(Error::ControllerLost(match outbox.reports() {
+            0 => why,
+            n => format!("{why}; {n} reports were not delivered"),
+        })),
     }
-    // The controller ends the session once it has everything.
-    let _ = tokio::time::timeout(GOODBYE, async {
-        while let Ok(Some(_)) = link.inbound.message().await {}
-    })
-    .await;
-    Ok(Ended { counters })
+}
+
+/// Whether this agent itself did not run for a while since `last_tick`
+/// (stopped, or starved of CPU): the controller's silence during it is not
+/// the controller's, so it counts afresh from now. Checked by the
+/// watchdog's tick and before any silence is acted on, since after a stall
+/// the timers and the tick are all due at once.
+fn own_stall(last_tick: &mut Instant, heard: &mut Instant) -> bool {
+    let now = Instant::now();
+    let gap = now - *last_tick;
+    *last_tick = now;
+    if gap <= STALL {
+        return false;
+    }
+    tracing::warn!("this agent did not run for {gap:.1?}; the controller's silence during it is not held against it");
+    *heard = (*heard).max(now);
+    true
+}
+
+fn message(kind: agent_message::Kind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+/// Keeps `message` until it is acknowledged and sends it on the current
+/// stream; a stream that cannot take it is given up, to be dialled again.
+fn post(link: &mut Option<Link>, next_dial: &mut Option<Instant>, outbox: &mut Outbox, message: pb::AgentMessage) {
+    outbox.push(message.clone());
+    let Some(l) = link.as_ref() else { return };
+    if !l.offer(message) {
+        tracing::warn!("the stream to the controller does not drain; dialling again");
+        *link = None;
+        *next_dial = Some(Instant::now());
+    }
 }
 
 /// An error and its causes on one line: tonic's transport errors say

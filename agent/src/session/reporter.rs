@@ -175,6 +175,7 @@ impl Reporter {
         let from = self.start + self.interval * u32::try_from(self.next_index).unwrap_or(u32::MAX);
         let to = ended.map_or_else(|| self.due(), |e| self.start + e);
         report.presence = self.presence.cut(from, to.max(from));
+        report.in_flight = self.presence.in_flight();
         if let Some(gpu) = &self.gpu {
             report.gpu = gpu.drain(self.start);
         }
@@ -194,6 +195,7 @@ impl Reporter {
             elapsed_us: micros(elapsed),
             last_sequence: self.sequence,
             classes: class_totals(total, classes),
+            stopped_early: String::new(),
         };
         (finished, counters)
     }

@@ -1,9 +1,10 @@
 //! The coordinator: one task that owns the run's connections. It admits
 //! agents, hands out assignments, holds the start barrier, takes in
-//! reports, and declares agents lost when their stream ends or they fall
-//! silent. Everything the run's results depend on goes through the
-//! [`Ledger`], which logs it before it takes effect (a report before its
-//! acknowledgement).
+//! reports, lets an agent whose stream broke resume its session on a new
+//! one, and declares agents lost when they have been out of contact for
+//! `agents.lost_after`. Everything the run's results depend on goes
+//! through the [`Ledger`], which logs it before it takes effect (a report
+//! before its acknowledgement).
 
 pub(crate) mod service;
 
@@ -21,7 +22,7 @@ use crate::analysis::gates;
 use crate::dataset::Prompt;
 use crate::merge::{Place, Row};
 use crate::plan::Slice;
-use crate::profile::{Load, Model, OnAgentLoss, Threshold};
+use crate::profile::{Liveness, Load, Model, OnAgentLoss, Threshold};
 use crate::report::live::Live;
 use crate::report::progress::Progress;
 use crate::results::log::{End, Entry, FinishedEntry, Joined, ReportEntry};
@@ -29,10 +30,12 @@ use crate::results::{AgentEnd, Collected, Ledger};
 use crate::run::Interrupt;
 use service::{Event, Outbound};
 
-/// How often the controller signals liveness to agents.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-/// An agent silent this long is lost.
-pub const SILENCE: Duration = Duration::from_secs(3);
+/// A gap this long between two ticks of the watchdog means the controller
+/// itself did not run (stopped, or starved): the agents' silence during it
+/// is not theirs.
+const STALL: Duration = Duration::from_secs(1);
+/// How often the watchdog ticks.
+const WATCHDOG: Duration = Duration::from_millis(250);
 /// Slack after the planned end of the load before agents are told to stop.
 const OVERRUN: Duration = Duration::from_secs(10);
 /// How long agents get to report after a stop before the run is closed
@@ -54,6 +57,8 @@ pub(crate) struct Setup {
     pub(crate) join_timeout: Duration,
     pub(crate) capabilities: Vec<String>,
     pub(crate) on_agent_loss: OnAgentLoss,
+    /// How the controller and the agents tell that the other is gone.
+    pub(crate) liveness: Liveness,
     /// Live metrics to feed, when served.
     pub(crate) live: Option<Live>,
     /// How agents export request spans; `None`: tracing is off.
@@ -72,12 +77,18 @@ struct Conn {
     peer: Option<SocketAddr>,
 }
 
-/// An agent's connection; what it has done is in the ledger.
+/// An agent's session; what it has done is in the ledger.
 struct Slot {
     name: String,
     index: u32,
+    /// Its stream, or the last one it had.
     conn: u64,
+    /// Why its last stream broke, while it has not resumed.
+    broke: Option<String>,
+    /// What a stream that takes up this session presents.
+    secret: String,
     ready: bool,
+    /// When it was last heard from: its last contact.
     heard: Instant,
 }
 
@@ -103,6 +114,8 @@ struct Coordinator {
     stopped_by: Option<String>,
     /// The run cannot go on; end the loop without waiting for agents.
     give_up: bool,
+    /// The watchdog's last tick, or the last check for a stall.
+    last_tick: Instant,
 }
 
 fn message(kind: controller_message::Kind) -> Result<pb::ControllerMessage, Status> {
@@ -139,9 +152,12 @@ pub(crate) async fn run(
         failure: None,
         stopped_by: None,
         give_up: false,
+        last_tick: Instant::now(),
     };
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(c.setup.liveness.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(WATCHDOG);
+    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beats = 0;
     let mut force = false;
     while !c.all_ended() {
@@ -157,14 +173,23 @@ pub(crate) async fn run(
                 beats += 1;
                 c.broadcast(controller_message::Kind::Heartbeat(pb::Heartbeat { sequence: beats }));
             }
-            // Checked when the first silence can complete, not by polling,
-            // so that a silent agent is lost the moment it has been silent
-            // for SILENCE.
-            _ = sleep_until(c.next_silence()), if c.watching() => {
-                c.watch();
-                c.count_agents();
+            _ = watchdog.tick() => {
+                c.own_stall();
             }
-            _ = sleep_until(c.deadline) => c.overdue(),
+            // Checked when the first silence can complete, not by polling,
+            // so that an agent is lost the moment it has been out of
+            // contact for the limit.
+            _ = sleep_until(c.next_silence()), if c.watching() => {
+                if !c.own_stall() {
+                    c.watch();
+                    c.count_agents();
+                }
+            }
+            _ = sleep_until(c.deadline) => {
+                if !c.own_stall() {
+                    c.overdue();
+                }
+            }
             _ = interrupt.stop.cancelled(), if !c.interrupted => {
                 c.interrupted = true;
                 c.stop("interrupted; in-flight requests may finish (interrupt again to abandon them)", false);
@@ -249,6 +274,7 @@ impl Coordinator {
                     slot.heard = Instant::now();
                 }
                 match (kind, agent) {
+                    (agent_message::Kind::Hello(hello), None) if hello.resume.is_some() => self.resume(conn, hello),
                     (agent_message::Kind::Hello(hello), None) => self.hello(conn, hello),
                     (_, None) => self.refuse(conn, Status::failed_precondition("the first message must be Hello")),
                     (agent_message::Kind::Hello(_), Some(_)) => {
@@ -256,10 +282,13 @@ impl Coordinator {
                     }
                     (agent_message::Kind::Ready(r), Some(i)) => self.ready(i, &r),
                     (agent_message::Kind::Began(b), Some(i)) => {
-                        self.ledger.record(Entry::Began {
-                            agent_index: i,
-                            at_us: b.started_at_us,
-                        });
+                        // Sent again on a resumed stream: taken once.
+                        if self.ledger.agent(i).is_some_and(|a| a.began_at_us.is_none()) {
+                            self.ledger.record(Entry::Began {
+                                agent_index: i,
+                                at_us: b.started_at_us,
+                            });
+                        }
                     }
                     (agent_message::Kind::Report(r), Some(i)) => self.report(conn, i, r),
                     (agent_message::Kind::Finished(f), Some(i)) => self.finished(conn, i, f),
@@ -273,10 +302,20 @@ impl Coordinator {
                 let unfinished = self.slots[i as usize]
                     .as_ref()
                     .is_some_and(|s| s.conn == conn && self.unfinished(i));
-                if unfinished {
-                    let why =
-                        reason.map_or_else(|| "its stream ended".to_owned(), |r| format!("its stream broke: {r}"));
-                    self.lose(i, why);
+                if !unfinished {
+                    return;
+                }
+                let why = reason.map_or_else(|| "its stream ended".to_owned(), |r| format!("its stream broke: {r}"));
+                if matches!(self.phase, Phase::Joining) {
+                    return self.lose(i, why);
+                }
+                // After the start a session outlives its stream: the agent
+                // dials again and resumes it, or is lost once it has been
+                // out of contact for the limit.
+                let limit = self.setup.liveness.lost_after;
+                if let Some(slot) = self.slots[i as usize].as_mut() {
+                    tracing::warn!(agent = %slot.name, "{why}; waiting up to {limit:?} from its last contact for it to resume");
+                    slot.broke = Some(why);
                 }
             }
         }
@@ -342,14 +381,87 @@ impl Coordinator {
             name: hello.name.clone(),
             index: index as u32,
             conn,
+            broke: None,
+            // Two random 128-bit ids from the trace id generator.
+            secret: format!("{}{}", stampede_otel::new_trace_id(), stampede_otel::new_trace_id()),
             ready: false,
             heard: Instant::now(),
         });
         let joined = self.slots.iter().flatten().count();
         let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
         tracing::info!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
-        let assignment = self.assignment(&slice);
+        let mut assignment = self.assignment(&slice);
+        assignment.session_secret = self.slots[index].as_ref().map(|s| s.secret.clone()).unwrap_or_default();
         self.send(conn, controller_message::Kind::Assignment(assignment));
+    }
+
+    /// A new stream takes up the session of an agent whose stream broke.
+    fn resume(&mut self, conn: u64, hello: pb::Hello) {
+        let resume = hello.resume.unwrap_or_default();
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let text = format!(
+                "protocol version mismatch: agent {:?} speaks version {}, this controller speaks version {PROTOCOL_VERSION}",
+                hello.name, hello.protocol_version
+            );
+            return self.refuse(conn, Status::failed_precondition(text));
+        }
+        if resume.run_id != self.setup.run_id {
+            let text = format!(
+                "this controller runs {}, not {}: a session cannot be resumed with another run",
+                self.setup.run_id, resume.run_id
+            );
+            return self.refuse(conn, Status::failed_precondition(text));
+        }
+        let Some(index) = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|s| s.name == hello.name)
+            .map(|s| s.index)
+        else {
+            let text = format!("no agent named {:?} has a session in this run", hello.name);
+            return self.refuse(conn, Status::not_found(text));
+        };
+        let slot = self.slots[index as usize].as_ref().expect("found above");
+        if !service::same(resume.secret.as_bytes(), slot.secret.as_bytes()) {
+            let text = format!("wrong session secret for agent {:?}", hello.name);
+            return self.refuse(conn, Status::permission_denied(text));
+        }
+        let end = self.ledger.agent(index).map(|a| a.end.clone());
+        match end {
+            Some(AgentEnd::Finished) => {
+                // Its Finished arrived and the goodbye did not: say so. What
+                // it sends again on this stream is taken in once, as ever.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.agent = Some(index);
+                }
+                self.send(conn, controller_message::Kind::Resumed(pb::Resumed { finished: true }));
+                return self.hang_up(conn, None);
+            }
+            Some(AgentEnd::Lost(why) | AgentEnd::Failed(why)) => {
+                let text = format!(
+                    "agent {:?} was declared lost ({why}); this run takes nothing more from it",
+                    hello.name
+                );
+                return self.refuse(conn, Status::failed_precondition(text));
+            }
+            Some(AgentEnd::Unfinished) | None => {}
+        }
+        let old = slot.conn;
+        let gap = slot.heard.elapsed();
+        if old != conn {
+            self.hang_up(old, None);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(index);
+        }
+        if let Some(slot) = self.slots[index as usize].as_mut() {
+            slot.conn = conn;
+            slot.broke = None;
+            slot.heard = Instant::now();
+        }
+        tracing::info!(agent = %hello.name, "agent resumed its session after {gap:.1?} out of contact");
+        self.send(conn, controller_message::Kind::Resumed(pb::Resumed { finished: false }));
     }
 
     fn assignment(&self, slice: &Slice) -> pb::Assignment {
@@ -381,6 +493,13 @@ impl Coordinator {
             seed: slice.seed,
             slo: s.slo,
             max_requests: slice.requests.unwrap_or(0),
+            session_secret: String::new(),
+            liveness: Some(pb::Liveness {
+                heartbeat_ms: ms(s.liveness.heartbeat),
+                dead_man_ms: ms(s.liveness.dead_man),
+                resume_limit_ms: ms(s.liveness.resume_limit),
+                lost_after_ms: ms(s.liveness.lost_after),
+            }),
         }
     }
 
@@ -438,6 +557,10 @@ impl Coordinator {
     }
 
     fn finished(&mut self, conn: u64, index: u32, wire: pb::Finished) {
+        if !self.unfinished(index) {
+            // Sent again on a resumed stream, or after the agent was lost.
+            return self.hang_up(conn, None);
+        }
         let name = self.name(index);
         let effect = self.ledger.record(Entry::Finished(FinishedEntry {
             agent: name.clone(),
@@ -473,7 +596,7 @@ impl Coordinator {
         let Some(slot) = self.slots[index as usize].as_ref() else {
             return;
         };
-        let (name, conn) = (slot.name.clone(), slot.conn);
+        let (name, conn, heard) = (slot.name.clone(), slot.conn, slot.heard);
         if matches!(self.phase, Phase::Joining) {
             // Nothing ran: free its place for another agent.
             tracing::warn!(agent = %name, "agent left before the start ({reason}); its place is open");
@@ -486,7 +609,8 @@ impl Coordinator {
             return;
         }
         tracing::warn!(agent = %name, "agent lost: {reason}");
-        let after_start = self.started.map(|s| Instant::now().saturating_duration_since(s));
+        // Lost as of its last contact, not of when that was noticed.
+        let after_start = self.started.map(|s| heard.saturating_duration_since(s));
         let effect = self.ledger.record(Entry::Lost {
             agent_index: index,
             reason: reason.clone(),
@@ -510,29 +634,61 @@ impl Coordinator {
         self.slots.iter().flatten().any(|s| self.unfinished(s.index))
     }
 
-    /// When the earliest silence among running agents reaches [`SILENCE`].
+    /// When the earliest time out of contact among running agents reaches
+    /// `lost_after`.
     fn next_silence(&self) -> Instant {
+        let limit = self.setup.liveness.lost_after;
         self.slots
             .iter()
             .flatten()
             .filter(|s| self.unfinished(s.index))
-            .map(|s| s.heard + SILENCE)
+            .map(|s| s.heard + limit)
             .min()
-            .unwrap_or_else(|| Instant::now() + SILENCE)
+            .unwrap_or_else(|| Instant::now() + limit)
     }
 
-    /// Declares silent agents lost.
+    /// Declares agents out of contact for `lost_after` lost.
     fn watch(&mut self) {
-        let silent: Vec<u32> = self
+        let limit = self.setup.liveness.lost_after;
+        let gone: Vec<(u32, String)> = self
             .slots
             .iter()
             .flatten()
-            .filter(|s| self.unfinished(s.index) && s.heard.elapsed() >= SILENCE)
-            .map(|s| s.index)
+            .filter(|s| self.unfinished(s.index) && s.heard.elapsed() >= limit)
+            .map(|s| {
+                let why = match &s.broke {
+                    Some(broke) => format!("{broke}, and it did not resume within {limit:?}"),
+                    None => format!("silent for {limit:?}"),
+                };
+                (s.index, why)
+            })
             .collect();
-        for index in silent {
-            self.lose(index, format!("silent for {SILENCE:?}"));
+        for (index, why) in gone {
+            self.lose(index, why);
         }
+    }
+
+    /// Whether the controller itself did not run for a while since the
+    /// last tick (stopped, or starved of CPU). No agent could be heard in
+    /// that gap, so each gets a fresh `lost_after` from now, and the run's
+    /// deadline moves by the gap. Checked by the watchdog's tick and
+    /// before any silence or deadline is acted on, since after a stall the
+    /// timers and the tick are all due at once.
+    fn own_stall(&mut self) -> bool {
+        let now = Instant::now();
+        let gap = now - self.last_tick;
+        self.last_tick = now;
+        if gap <= STALL {
+            return false;
+        }
+        tracing::warn!(
+            "the controller did not run for {gap:.1?}; the agents' silence during it is not held against them"
+        );
+        for slot in self.slots.iter_mut().flatten() {
+            slot.heard = slot.heard.max(now);
+        }
+        self.deadline += gap;
+        true
     }
 
     fn stop(&mut self, reason: &str, abort: bool) {
@@ -547,11 +703,10 @@ impl Coordinator {
                 .get_or_insert_with(|| format!("the run was stopped before it started: {reason}"));
             self.give_up = true;
         }
-        let grace = if abort {
-            STOP_GRACE
-        } else {
-            self.setup.load.drain + STOP_GRACE
-        };
+        // An agent out of contact has until it would be lost to resume
+        // and deliver.
+        let grace = STOP_GRACE.max(self.setup.liveness.lost_after);
+        let grace = if abort { grace } else { self.setup.load.drain + grace };
         self.phase = Phase::Stopping;
         self.deadline = Instant::now() + grace;
     }

@@ -79,7 +79,7 @@ impl Service {
 }
 
 /// Compares two secrets in time that depends only on their lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

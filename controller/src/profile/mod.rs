@@ -124,6 +124,36 @@ pub enum OnAgentLoss {
     Continue,
 }
 
+/// How the controller and its agents tell that the other is gone
+/// (`[agents]` `heartbeat`, `dead_man`, `resume_limit`, `lost_after`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// Each side sends a heartbeat this often.
+    pub heartbeat: Duration,
+    /// An agent that hears nothing from its controller this long stops
+    /// its load.
+    pub dead_man: Duration,
+    /// An agent keeps trying to resume its session this long after it last
+    /// heard from its controller, to deliver what it recorded.
+    pub resume_limit: Duration,
+    /// The controller declares an agent lost once it has been out of
+    /// contact this long.
+    pub lost_after: Duration,
+}
+
+impl Default for Liveness {
+    /// Limits that ride out a 5 s stall of either side: a paused process,
+    /// a long garbage collection on a neighbour, a congested node.
+    fn default() -> Liveness {
+        Liveness {
+            heartbeat: Duration::from_secs(1),
+            dead_man: Duration::from_secs(10),
+            resume_limit: Duration::from_secs(120),
+            lost_after: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The server's own Prometheus metrics, scraped during the run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerMetrics {
@@ -164,6 +194,8 @@ pub struct Profile {
     pub agents: NonZeroU32,
     /// What to do when an agent is lost mid-run.
     pub on_agent_loss: OnAgentLoss,
+    /// How the controller and the agents tell that the other is gone.
+    pub liveness: Liveness,
     /// Reporting.
     pub report: Report,
     /// The built-in simulator, used when no target URL is given.
@@ -377,6 +409,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let mut a = top.table(p, "agents");
     let agents = a.int_in(p, "count", 1, MAX_AGENTS);
     let on_agent_loss = a.choice(p, "on_agent_loss", &["abort", "continue"]);
+    let liveness = liveness(&mut a, p);
     a.finish(p);
 
     let mut s = top.table(p, "sim");
@@ -519,6 +552,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             Some("continue") => OnAgentLoss::Continue,
             _ => OnAgentLoss::Abort,
         },
+        liveness,
         report: Report {
             interval: interval.unwrap_or(Duration::from_secs(1)),
             out: o
@@ -538,6 +572,55 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         grades,
         trace,
     })
+}
+
+/// `[agents]`' liveness limits, checked against one another: a heartbeat
+/// must fit several times into each limit, and an agent must go on trying
+/// to deliver at least as long as it keeps its load running.
+fn liveness(a: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Liveness {
+    let d = Liveness::default();
+    let heartbeat = a.millis(p, "heartbeat", false);
+    let dead_man = a.millis(p, "dead_man", false);
+    let resume_limit = a.millis(p, "resume_limit", false);
+    let lost_after = a.millis(p, "lost_after", false);
+    let l = Liveness {
+        heartbeat: heartbeat.unwrap_or(d.heartbeat),
+        dead_man: dead_man.unwrap_or(d.dead_man),
+        resume_limit: resume_limit.unwrap_or(d.resume_limit),
+        lost_after: lost_after.unwrap_or(d.lost_after),
+    };
+    if l.heartbeat < Duration::from_millis(100) {
+        let key = "heartbeat";
+        p.at(
+            a.span_of(key),
+            &a.path_of(key),
+            "at least \"100ms\": heartbeats are not free",
+        );
+    }
+    for (key, given, limit) in [
+        ("dead_man", dead_man, l.dead_man),
+        ("lost_after", lost_after, l.lost_after),
+    ] {
+        if limit < l.heartbeat * 3 {
+            let why = format!(
+                "at least three heartbeats ({:?}): one late heartbeat must not end a session",
+                l.heartbeat * 3
+            );
+            let key_span = if given.is_some() { key } else { "heartbeat" };
+            p.at(a.span_of(key_span), &a.path_of(key), why);
+        }
+    }
+    if l.resume_limit < l.dead_man {
+        p.at(
+            a.span_of("resume_limit"),
+            &a.path_of("resume_limit"),
+            format!(
+                "at least agents.dead_man ({:?}): an agent must go on trying to deliver what it recorded for as long as it keeps its load running",
+                l.dead_man
+            ),
+        );
+    }
+    l
 }
 
 #[cfg(test)]

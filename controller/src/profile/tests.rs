@@ -161,6 +161,48 @@ fn durations_past_thirty_days_are_refused_before_they_overflow_a_clock() {
 }
 
 #[test]
+fn liveness_limits_have_defaults_that_ride_out_a_5s_stall_and_are_checked_together() {
+    let p = parse("[load]\nusers = 1\n").unwrap();
+    assert_eq!(p.liveness, Liveness::default());
+    let stall = Duration::from_secs(5);
+    assert!(p.liveness.dead_man > stall && p.liveness.lost_after > stall);
+    assert!(p.liveness.resume_limit >= p.liveness.dead_man);
+
+    let p = parse("[load]\nusers = 1\n[agents]\nheartbeat = \"500ms\"\ndead_man = \"3s\"\nresume_limit = \"1m\"\nlost_after = \"4s\"\n")
+        .unwrap();
+    assert_eq!(
+        p.liveness,
+        Liveness {
+            heartbeat: Duration::from_millis(500),
+            dead_man: Duration::from_secs(3),
+            resume_limit: Duration::from_secs(60),
+            lost_after: Duration::from_secs(4),
+        }
+    );
+
+    let found = problems(
+        "[load]\nusers = 1\n[agents]\nheartbeat = \"50ms\"\ndead_man = \"1s\"\nresume_limit = \"500ms\"\nlost_after = \"100ms\"\n",
+    );
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found[0].contains("agents.heartbeat: at least \"100ms\""), "{found:?}");
+    assert!(
+        found[1].contains("agents.resume_limit: at least agents.dead_man (1s)"),
+        "{found:?}"
+    );
+    assert!(
+        found[2].contains("agents.lost_after: at least three heartbeats (150ms)"),
+        "{found:?}"
+    );
+    // A heartbeat too slow for the default limits is named with them.
+    let found = problems("[load]\nusers = 1\n[agents]\nheartbeat = \"5s\"\n");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("agents.dead_man: at least three heartbeats (15s)"),
+        "{found:?}"
+    );
+}
+
+#[test]
 fn bad_target_urls_are_caught_before_any_load() {
     let found = problems("[target]\nurl = \"gpu-box:8000\"\n[load]\nusers = 1\n");
     assert_eq!(found.len(), 1);

@@ -157,9 +157,18 @@ fn agents(o: &mut String, s: &Summary) {
     if !s.lost.agents.is_empty() {
         let _ = writeln!(
             o,
-            "          {:.0}% of the users and {:.0}% of the planned load were lost",
+            "          {:.0}% of the users and {:.0}% of the planned load were lost, with {} requests in flight",
             s.lost.users_share * 100.0,
-            s.lost.load_share * 100.0
+            s.lost.load_share * 100.0,
+            grouped(s.lost.requests)
+        );
+    }
+    for a in s.agents.iter().filter(|a| a.stopped_early.is_some()) {
+        let _ = writeln!(
+            o,
+            "stopped   {} ended its load early: {}",
+            a.name,
+            a.stopped_early.as_deref().unwrap_or("")
         );
     }
 }
@@ -300,6 +309,13 @@ fn classes(o: &mut String, s: &Summary) {
     } else {
         "measured time, warm-ups left out"
     };
+    if s.lost.requests > 0 {
+        let _ = writeln!(
+            o,
+            "          the {} requests in flight on lost agents are in no class",
+            grouped(s.lost.requests)
+        );
+    }
     let by = match s.classes_by {
         crate::dataset::ClassBy::Tokens => "classed by tokens",
         crate::dataset::ClassBy::Characters => "classed by characters",

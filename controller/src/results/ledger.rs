@@ -45,8 +45,15 @@ pub struct AgentRecord {
     pub peer: Option<SocketAddr>,
     /// How it ended.
     pub end: AgentEnd,
-    /// When it was declared lost, after the start.
+    /// When it was lost (its last contact), after the start.
     pub lost_at: Option<Duration>,
+    /// Requests it had in flight at its latest report: counted lost if it
+    /// is.
+    pub in_flight: u32,
+    /// The sequence number of that report.
+    pub in_flight_sequence: u64,
+    /// Why it ended its load early, when it said so in its totals.
+    pub stopped_early: Option<String>,
     /// When its load began, controller clock, microseconds since the epoch.
     pub began_at_us: Option<u64>,
     /// Its estimate of controller clock minus its clock, microseconds.
@@ -70,6 +77,9 @@ impl AgentRecord {
             peer: None,
             end: AgentEnd::Lost("never joined".to_owned()),
             lost_at: None,
+            in_flight: 0,
+            in_flight_sequence: 0,
+            stopped_early: None,
             began_at_us: None,
             clock_offset_us: None,
             clock_rtt_us: None,
@@ -279,9 +289,17 @@ impl Ledger {
         self.apply(entry)
     }
 
+    /// Appends `entry`; a report or an agent's totals, which the agent
+    /// drops once acknowledged, reaches the disk before the
+    /// acknowledgement goes out (`fdatasync`), so that a crash of this
+    /// host loses nothing an agent was told is safe.
     fn write(&mut self, entry: &Entry) {
         let Some(log) = &mut self.log else { return };
-        if let Err(e) = log.append(entry)
+        let durable = matches!(entry, Entry::Report(_) | Entry::Finished(_));
+        let written = log
+            .append(entry)
+            .and_then(|()| if durable { log.sync() } else { Ok(()) });
+        if let Err(e) = written
             && !self.log_failed
         {
             self.log_failed = true;
@@ -394,6 +412,9 @@ impl Ledger {
             peer: j.peer.and_then(|p| p.parse().ok()),
             end: AgentEnd::Unfinished,
             lost_at: None,
+            in_flight: 0,
+            in_flight_sequence: 0,
+            stopped_early: None,
             began_at_us: None,
             clock_offset_us: None,
             clock_rtt_us: None,
@@ -438,6 +459,10 @@ impl Ledger {
         }
         if let Some(a) = self.agent_mut(agent_index) {
             a.gpu.extend(wire.gpu.iter().copied());
+            if wire.sequence > a.in_flight_sequence {
+                a.in_flight_sequence = wire.sequence;
+                a.in_flight = wire.in_flight;
+            }
         }
         keep_exemplars(&mut self.exemplars, agent_index, &wire.exemplars);
         if !wire.classes.is_empty() {
@@ -509,6 +534,8 @@ impl Ledger {
             && a.end == AgentEnd::Unfinished
         {
             a.end = AgentEnd::Finished;
+            a.in_flight = 0;
+            a.stopped_early = (!wire.stopped_early.is_empty()).then(|| wire.stopped_early.clone());
         }
     }
 

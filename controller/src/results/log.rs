@@ -172,6 +172,13 @@ struct ReportLine {
     presence: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     classes: Vec<ClassLine>,
+    /// Requests in flight at the cut.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    in_flight: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +199,9 @@ struct FinishedLine {
     histograms: HistogramLine,
     #[serde(default)]
     classes: Vec<ClassLine>,
+    /// Why the agent ended its load early, if it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    stopped_early: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,6 +276,7 @@ impl From<ReportEntry> for ReportLine {
             histograms: histograms_line(&r.histograms),
             presence: STANDARD.encode(&r.presence),
             classes: r.classes.into_iter().map(ClassLine::from).collect(),
+            in_flight: r.in_flight,
         }
     }
 }
@@ -329,6 +340,7 @@ impl TryFrom<ReportLine> for ReportEntry {
                     .into_iter()
                     .map(pb::ClassTotals::try_from)
                     .collect::<Result<_, String>>()?,
+                in_flight: l.in_flight,
             },
         })
     }
@@ -345,6 +357,7 @@ impl From<FinishedEntry> for FinishedLine {
             counters: f.counters.unwrap_or_default(),
             histograms: histograms_line(&f.histograms),
             classes: f.classes.into_iter().map(ClassLine::from).collect(),
+            stopped_early: f.stopped_early,
         }
     }
 }
@@ -367,6 +380,7 @@ impl TryFrom<FinishedLine> for FinishedEntry {
                 elapsed_us: l.elapsed_us,
                 last_sequence: l.last_sequence,
                 classes,
+                stopped_early: l.stopped_early,
             },
         })
     }
@@ -400,6 +414,11 @@ impl Log {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
         self.file.write_all(&line)
+    }
+
+    /// Makes what was appended durable: its data on the disk.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
     }
 }
 
@@ -586,6 +605,7 @@ mod tests {
                         message: "no answer".to_owned(),
                     }],
                     cpu: 0.125,
+                    in_flight: 3,
                     gpu: vec![pb::GpuSample {
                         elapsed_us: 1,
                         device: 2,
@@ -617,6 +637,7 @@ mod tests {
                     counters: Some(counters()),
                     elapsed_us: 4,
                     last_sequence: 3,
+                    stopped_early: "no word from the controller for 10s (agents.dead_man)".to_owned(),
                     classes: vec![pb::ClassTotals {
                         class: "short".to_owned(),
                         histograms: histograms(),

@@ -128,6 +128,7 @@ fn a_replayed_log_gives_the_summary_of_the_live_run() {
             elapsed_us: 7_000_000,
             last_sequence: 7,
             classes: Vec::new(),
+            stopped_early: String::new(),
         },
     }));
     let collected = live.close(End::default());

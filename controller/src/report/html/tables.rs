@@ -176,7 +176,15 @@ pub(super) fn classes(out: &mut String, s: &Summary) {
     };
     let _ = write!(
         out,
-        r#"</tbody></table><p class="caption">Requests of each prompt class {cover}: successes and failures; figures of the successes; times in ms. Prompts are classed by their length in {by}.</p></section>"#
+        r#"</tbody></table><p class="caption">Requests of each prompt class {cover}: successes and failures; figures of the successes; times in ms. Prompts are classed by their length in {by}.{}</p></section>"#,
+        if s.lost.requests > 0 {
+            format!(
+                " The {} requests in flight on lost agents are in no class.",
+                s.lost.requests
+            )
+        } else {
+            String::new()
+        }
     );
 }
 
@@ -250,10 +258,11 @@ pub(super) fn agents(out: &mut String, s: &Summary) {
         notes.push("No agent was lost.".to_owned());
     } else {
         notes.push(format!(
-            "Lost: {}; {} of the users and {} of the planned load went with them.",
+            "Lost: {}; {} of the users and {} of the planned load went with them, and {} requests in flight (counted in no other column).",
             s.lost.agents.join(", "),
             pct(s.lost.users_share),
-            pct(s.lost.load_share)
+            pct(s.lost.load_share),
+            s.lost.requests
         ));
     }
     if s.client.bound {

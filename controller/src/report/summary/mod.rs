@@ -92,12 +92,35 @@ fn verdict(spec: &Spec, c: &Collected, s: &Summary) -> Verdict {
     };
     for a in &c.agents {
         match &a.end {
-            AgentEnd::Finished => {}
+            AgentEnd::Finished => {
+                if let Some(why) = &a.stopped_early {
+                    reasons.push(format!("agent {} ended its load early: {why}", a.name));
+                }
+            }
             AgentEnd::Lost(why) | AgentEnd::Failed(why) => reasons.push(format!("agent {} ended early: {why}", a.name)),
             AgentEnd::Unfinished => reasons.push(format!("agent {} did not finish", a.name)),
         }
     }
-    let lost = c.agents.iter().any(|a| a.end != AgentEnd::Finished);
+    let lost = c
+        .agents
+        .iter()
+        .any(|a| a.end != AgentEnd::Finished || a.stopped_early.is_some());
+    // With no agent's part whole, there is no run to judge.
+    let all_lost = !c.agents.is_empty() && c.agents.iter().all(|a| matches!(a.end, AgentEnd::Lost(_)));
+    if all_lost && c.aborted.is_none() {
+        reasons.push("every agent was lost: no part of the load ran to its end".to_owned());
+    }
+    let in_flight: u64 = c
+        .agents
+        .iter()
+        .filter(|a| a.lost_at.is_some())
+        .map(|a| u64::from(a.in_flight))
+        .sum();
+    if in_flight > 0 {
+        reasons.push(format!(
+            "{in_flight} requests in flight on lost agents are counted nowhere else (lost.requests)"
+        ));
+    }
     let mismatched = c.merger.agents().iter().any(|a| a.mismatch.is_some());
     if c.unreadable > 0 {
         reasons.push(format!("{} reports could not be read and are left out", c.unreadable));
@@ -108,7 +131,7 @@ fn verdict(spec: &Spec, c: &Collected, s: &Summary) -> Verdict {
     let degraded = lost || mismatched || c.unreadable > 0;
     let (status, exit_code) = if c.interrupted {
         (Status::Interrupted, 130)
-    } else if c.aborted.is_some() {
+    } else if c.aborted.is_some() || all_lost {
         (Status::Aborted, 5)
     } else if invalid {
         (Status::Invalid, 98)
@@ -195,6 +218,7 @@ fn lost(p: &Spec, c: &Collected) -> Lost {
     };
     Lost {
         agents: lost.iter().map(|a| a.name.clone()).collect(),
+        requests: lost.iter().map(|a| u64::from(a.in_flight)).sum(),
         users_share: if users > 0.0 { lost_users / users } else { 0.0 },
         load_share: if users > 0.0 && planned > 0.0 {
             missing / (users * planned)
@@ -435,6 +459,8 @@ fn agents(c: &Collected) -> Vec<AgentSummary> {
                 end,
                 reason,
                 lost_at_s: a.lost_at.map(|t| t.as_secs_f64()),
+                lost_requests: if a.lost_at.is_some() { u64::from(a.in_flight) } else { 0 },
+                stopped_early: a.stopped_early.clone(),
                 start_skew_ms: skew_ms(c, a.began_at_us),
                 clock_offset_ms: a.clock_offset_us.map(|o| o as f64 / 1e3),
                 clock_rtt_ms: a.clock_rtt_us.map(|r| r as f64 / 1e3),

@@ -582,8 +582,14 @@ pub struct AgentSummary {
     pub end: &'static str,
     /// Why it did not finish, when it did not.
     pub reason: Option<String>,
-    /// When it was declared lost, seconds after the start.
+    /// When it was lost, seconds after the start: its last contact with
+    /// the controller, not when that was noticed.
     pub lost_at_s: Option<f64>,
+    /// Requests it had in flight at its last report, when it was lost.
+    pub lost_requests: u64,
+    /// Why it ended its load early though it finished, such as its
+    /// dead-man limit.
+    pub stopped_early: Option<String>,
     /// Its start minus the planned start, ms (controller clock).
     pub start_skew_ms: Option<f64>,
     /// Its estimate of controller clock minus its clock, ms.
@@ -610,6 +616,10 @@ pub struct Lost {
     /// Their share of the planned user-seconds that was not run: the sum of
     /// `users × (planned duration − time lost)` over the planned total.
     pub load_share: f64,
+    /// Requests they had in flight at their last report: sent, and
+    /// counted nowhere else (neither ok, failed nor cancelled). Requests
+    /// sent after that report are not known to anyone.
+    pub requests: u64,
 }
 
 /// When the agents began, against the planned start.
