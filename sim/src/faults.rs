@@ -316,12 +316,27 @@ pub(crate) fn whole(value: &Value, cut: Option<Cut>) -> Response {
             half(&value.to_string()).to_owned(),
         )
             .into_response(),
-        Some(Cut::Reset) => Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from_stream(futures_util::stream::once(async {
-                Err::<Bytes, _>(reset_error())
-            })))
-            .expect("static headers are valid"),
+        Some(Cut::Reset) => {
+            // The status line, the headers and half the body go out before
+            // the connection closes: a connection closed before the first
+            // byte of an answer looks, to a client, like a keep-alive
+            // connection the server had closed, which clients send again.
+            let part = Bytes::from(half(&value.to_string()).to_owned());
+            let body = futures_util::stream::unfold(Some(Some(part)), |state| async move {
+                match state? {
+                    Some(part) => Some((Ok(part), Some(None))),
+                    None => {
+                        // Pending once: the server flushes what it holds.
+                        tokio::task::yield_now().await;
+                        Some((Err(reset_error()), None))
+                    }
+                }
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(body))
+                .expect("static headers are valid")
+        }
     }
 }
 
