@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::faults::FaultRule;
+
 /// How long a generated answer is when the request gives no `max_tokens`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputLength {
@@ -177,7 +179,7 @@ pub struct Config {
     #[arg(long, default_value = "llm-sim")]
     pub model: String,
 
-    /// Seed for answer lengths and text.
+    /// Seed for answer lengths, their text and which requests get faults.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
@@ -187,6 +189,21 @@ pub struct Config {
     /// "gpu_name", "gpu_memory_used_gb"}` (`ms`).
     #[arg(long, default_value = "tgi")]
     pub generate_shape: GenerateShape,
+
+    /// Inject a fault into a share of requests, to rehearse dashboards,
+    /// thresholds and alerts; repeat for several. KIND=RATE[,KEY=VALUE…],
+    /// the rates adding up to 1 at most. Kinds: an HTTP status such as
+    /// `500=0.02`, `503=0.01` or `429=0.05` (answered at once; a 429 says
+    /// `Retry-After: 1`, or `retry-after=SECONDS`); `slow-headers=R,for=2s`
+    /// (the status line and headers held back); `stall=R,for=5s[,after=N]`
+    /// (nothing sent for that long after the headers, or after N events);
+    /// `malformed=R[,after=N]` (an event, or a whole answer, whose JSON is
+    /// cut short); `reset=R[,after=N]` (the connection closed abruptly after
+    /// N events, with no end marker); `endless=R` (events never stop). Which
+    /// request gets which fault follows from --seed and the request. Each
+    /// is counted in `llmsim_faults_total{kind=…}`.
+    #[arg(long = "fault", value_name = "KIND=RATE[,KEY=VALUE]")]
+    pub faults: Vec<FaultRule>,
 }
 
 impl Default for Config {
@@ -207,6 +224,7 @@ impl Default for Config {
             model: "llm-sim".to_owned(),
             seed: 0,
             generate_shape: GenerateShape::Tgi,
+            faults: Vec::new(),
         }
     }
 }
@@ -227,8 +245,10 @@ impl Config {
         step.saturating_sub(self.step_overhead)
     }
 
-    /// Checks what the flags cannot: the overhead is part of a step.
+    /// Checks what the flags cannot: the overhead is part of a step, and
+    /// each request gets one fault at most.
     pub fn check(&self) -> Result<(), String> {
+        crate::faults::check(&self.faults)?;
         if self.step_overhead >= self.decode_step {
             return Err(format!(
                 "the step overhead ({:?}) must be shorter than the decode step ({:?}), of which it is a part",

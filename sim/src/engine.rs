@@ -3,6 +3,7 @@
 //! fixed number of token slots; and the ground-truth accounting that
 //! `/metrics` exposes.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::Config;
 use crate::cache::{Cache, Growth, Turn};
 use crate::events::Events;
+use crate::faults::{self, Cut, Fault};
 use crate::metrics::PromHistogram;
 use crate::text;
 
@@ -28,6 +30,8 @@ pub(crate) struct Job {
     pub(crate) text_seed: u64,
     /// The request's spans, when it is traced.
     pub(crate) trace: Option<crate::trace::Request>,
+    /// The fault injected into it, if any.
+    pub(crate) fault: Option<Fault>,
 }
 
 /// One event of an answer, sent to the HTTP layer when it is due: the
@@ -50,6 +54,9 @@ pub(crate) struct Token {
     /// When its prefill began: at admission, or when the model finished
     /// loading if that was later (a cold start).
     pub(crate) began: Instant,
+    /// How the answer breaks off at this event, when an injected fault
+    /// ends it here; nothing follows.
+    pub(crate) cut: Option<Cut>,
 }
 
 /// The engine shared by every connection.
@@ -143,6 +150,15 @@ pub(crate) struct State {
     pub(crate) received: u64,
     pub(crate) served: u64,
     pub(crate) cancelled: u64,
+    /// Requests the engine broke off with an injected fault (a malformed
+    /// event, a reset).
+    pub(crate) failed: u64,
+    /// Faults injected, by kind, every kind in [`faults::KINDS`] and the
+    /// rules' listed.
+    pub(crate) faults: BTreeMap<String, u64>,
+    /// How many requests came with each key so far, for the fault draw;
+    /// kept only when there are faults to draw.
+    seen: HashMap<u64, u64>,
     /// Requests waiting for a batch slot or for KV-cache room, preempted
     /// sequences included.
     pub(crate) queued: u32,
@@ -195,6 +211,14 @@ impl Engine {
                 received: 0,
                 served: 0,
                 cancelled: 0,
+                failed: 0,
+                faults: faults::KINDS
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .chain(config.faults.iter().map(|r| r.fault.kind()))
+                    .map(|k| (k, 0))
+                    .collect(),
+                seen: HashMap::new(),
                 queued: 0,
                 running: 0,
                 prompt_tokens: 0,
@@ -259,6 +283,22 @@ impl Engine {
         state.stalled_until = Some(state.stalled_until.map_or(until, |u| u.max(until)));
     }
 
+    /// The fault, if any, of a request drawn with `key`, counted as
+    /// injected: a function of the seed, the key and how many requests
+    /// with that key came before.
+    pub(crate) fn draw(&self, key: u64) -> Option<Fault> {
+        if self.config.faults.is_empty() {
+            return None;
+        }
+        let mut state = self.state();
+        let seen = state.seen.entry(key).or_insert(0);
+        let occurrence = *seen;
+        *seen += 1;
+        let fault = faults::draw(&self.config.faults, self.config.seed, key, occurrence)?;
+        *state.faults.entry(fault.kind()).or_insert(0) += 1;
+        Some(fault)
+    }
+
     /// Checks that a request fits the KV cache at all: its prompt and its
     /// answer must fit together, as a server refuses a request longer than
     /// its context.
@@ -314,8 +354,29 @@ impl Engine {
         let mut events = Events::new(job.tokens_per_event);
         // The length of the step ending at `due`, for the empty events.
         let mut step_len = Duration::ZERO;
+        // An injected fault's place, clamped to the answer's last event so
+        // that every fault drawn happens.
+        let final_event = faults::events_in(job.output_tokens, job.tokens_per_event) - 1;
+        let endless = job.fault == Some(Fault::Endless);
+        let mut stall = match job.fault {
+            Some(Fault::Stall { after, length }) => Some((after.min(final_event), length)),
+            _ => None,
+        };
+        let cut = match job.fault {
+            Some(Fault::Malformed { after }) => Some((after.min(final_event), Cut::Malformed)),
+            Some(Fault::Reset { after }) => Some((after.min(final_event), Cut::Reset)),
+            _ => None,
+        };
         loop {
-            let last = index + 1 == job.output_tokens;
+            let last = !endless && index + 1 == job.output_tokens;
+            if let Some((after, length)) = stall
+                && events.sent == after
+            {
+                // This sequence alone hangs: it keeps its batch slot and
+                // computes nothing, and its later tokens move back.
+                due += length;
+                stall = None;
+            }
             if events.empty_due(config.empty_events, index, last) {
                 sleep_until(due - step_len / 2).await;
                 let empty = Token {
@@ -325,6 +386,7 @@ impl Engine {
                     last: false,
                     admitted: seq.admitted,
                     began: begin,
+                    cut: None,
                 };
                 // A client that left is noticed at the next token.
                 let _ = tokens.send(empty);
@@ -347,6 +409,7 @@ impl Engine {
             let now = Instant::now();
             first_token_at.get_or_insert(now);
             if let Some(text) = events.made(now, &text::token(job.text_seed, index), last) {
+                let cut = cut.and_then(|(at, how)| (events.sent - 1 == at).then_some(how));
                 let token = Token {
                     tokens: events.held,
                     generated: index + 1,
@@ -354,8 +417,19 @@ impl Engine {
                     last,
                     admitted: seq.admitted,
                     began: begin,
+                    cut,
                 };
                 events.held = 0;
+                if cut.is_some() {
+                    // Broken off by the fault: neither served nor
+                    // cancelled; `seq` counts it as failed.
+                    seq.failed = true;
+                    let _ = tokens.send(token);
+                    if let Some(t) = &job.trace {
+                        t.abandoned(&job, seq.admitted, first_token_at, Instant::now(), index);
+                    }
+                    return;
+                }
                 if tokens.send(token).is_err() {
                     // The client went away; `seq` counts it.
                     if let Some(t) = &job.trace {
@@ -367,7 +441,7 @@ impl Engine {
             if last {
                 break;
             }
-            index += 1;
+            index = index.saturating_add(1);
             if !seq.grow() {
                 // Preempted itself: no step until it has room again.
                 continue;
@@ -435,6 +509,8 @@ struct Admission {
     /// Waiting for room again after a preemption.
     preempted: bool,
     finished: bool,
+    /// Broken off by an injected fault.
+    failed: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -480,6 +556,7 @@ impl Admission {
             holder,
             preempted: false,
             finished: false,
+            failed: false,
             _slot: slot,
         }
     }
@@ -564,7 +641,9 @@ impl Drop for Admission {
             state.decode.cut(now);
         }
         state.leave(now);
-        if !self.finished {
+        if self.failed {
+            state.failed += 1;
+        } else if !self.finished {
             state.cancelled += 1;
         }
         drop(state);
@@ -623,6 +702,7 @@ mod tests {
             tokens_per_event: 1,
             text_seed: 7,
             trace: None,
+            fault: None,
         }
     }
 
@@ -751,6 +831,110 @@ mod tests {
         // Prefill would end at 10 ms; the stall from 15 ms holds the second
         // token (due at 30 ms) until 2015 ms, and the third follows a step on.
         assert_eq!(times, [10, 2015, 2035]);
+    }
+
+    fn faulty(input: u32, output: u32, fault: Fault) -> Job {
+        Job {
+            fault: Some(fault),
+            ..job(input, output)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_injected_stall_holds_one_answer_after_its_events_and_it_is_served() {
+        let length = Duration::from_millis(500);
+        for (after, expected) in [(0, [510, 530, 550]), (1, [10, 530, 550]), (9, [10, 30, 550])] {
+            let engine = Arc::new(Engine::new(config(4)));
+            let tokens = collect(Arc::clone(&engine), faulty(0, 3, Fault::Stall { after, length })).await;
+            assert_eq!(times(&tokens), expected, "after {after} events (clamped to the last)");
+            let state = engine.state();
+            assert_eq!((state.served, state.cancelled, state.failed), (1, 0, 0));
+            // The stall is no computing: a 10 ms prefill and two 20 ms steps.
+            assert_eq!(state.busy.at(Instant::now()), Duration::from_millis(50));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_gives_up_on_a_stall_is_cancelled() {
+        let engine = Arc::new(Engine::new(config(1)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stall = Fault::Stall {
+            after: 1,
+            length: Duration::from_secs(5),
+        };
+        let run = tokio::spawn(Arc::clone(&engine).run(faulty(0, 3, stall), tx));
+        rx.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(engine.state().running, 1, "the stalled sequence keeps its slot");
+        drop(rx);
+        run.await.unwrap();
+        let state = engine.state();
+        assert_eq!((state.served, state.cancelled, state.running), (0, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_answer_ends_at_its_event_and_counts_as_failed() {
+        for (fault, cut) in [
+            (Fault::Reset { after: 1 }, Cut::Reset),
+            (Fault::Malformed { after: 1 }, Cut::Malformed),
+        ] {
+            let engine = Arc::new(Engine::new(config(2)));
+            let out = collect(Arc::clone(&engine), faulty(0, 4, fault)).await;
+            let cuts: Vec<_> = out.iter().map(|(_, t)| t.cut).collect();
+            assert_eq!(cuts, [None, Some(cut)], "the second event breaks off; nothing follows");
+            assert!(out.iter().all(|(_, t)| !t.last));
+            let state = engine.state();
+            assert_eq!((state.served, state.cancelled, state.failed), (0, 0, 1));
+            assert_eq!((state.running, state.queued), (0, 0));
+            assert_eq!((state.ttft.count(), state.e2e.count(), state.itl.count()), (0, 0, 0));
+        }
+        // Past the answer's end: its last event breaks off.
+        let engine = Arc::new(Engine::new(config(2)));
+        let out = collect(Arc::clone(&engine), faulty(0, 3, Fault::Reset { after: 7 })).await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].1.cut, Some(Cut::Reset));
+        assert_eq!(engine.state().failed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_answer_goes_on_until_the_client_leaves() {
+        let engine = Arc::new(Engine::new(config(2)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let run = tokio::spawn(Arc::clone(&engine).run(faulty(0, 2, Fault::Endless), tx));
+        for _ in 0..50 {
+            let token = rx.recv().await.unwrap();
+            assert!(!token.last);
+        }
+        drop(rx);
+        run.await.unwrap();
+        let state = engine.state();
+        assert_eq!((state.served, state.cancelled, state.failed), (0, 1, 0));
+    }
+
+    #[test]
+    fn faults_drawn_are_counted_by_kind() {
+        let engine = Engine::new(Config {
+            faults: vec!["500=0.25".parse().unwrap(), "reset=0.25".parse().unwrap()],
+            seed: 3,
+            ..config(2)
+        });
+        let drawn: Vec<_> = (0..400).map(|i| engine.draw(i % 4)).collect();
+        let state = engine.state();
+        let (http, reset) = (state.faults["http_500"], state.faults["reset"]);
+        assert_eq!(
+            http,
+            drawn.iter().filter(|f| matches!(f, Some(Fault::Status { .. }))).count() as u64
+        );
+        assert_eq!(
+            reset,
+            drawn.iter().filter(|f| matches!(f, Some(Fault::Reset { .. }))).count() as u64
+        );
+        // Four keys, a hundred times each: the occurrences vary the draw.
+        assert!(
+            (60..140).contains(&http) && (60..140).contains(&reset),
+            "{http} {reset}"
+        );
+        assert_eq!(state.faults["endless"], 0, "every kind is listed");
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ pub(crate) struct Events {
     /// How many.
     pub(crate) held: u32,
     /// Events carrying tokens sent so far.
-    sent: u32,
+    pub(crate) sent: u32,
     /// The token an empty event was last sent ahead of: one each, even
     /// when a preemption makes the token wait again.
     empty_before: Option<u32>,

@@ -24,6 +24,7 @@ mod cache;
 mod config;
 mod engine;
 mod events;
+mod faults;
 mod metrics;
 mod native;
 mod openai;
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, GenerateShape, OutputLength};
+pub use faults::{Fault, FaultRule};
 
 use engine::Engine;
 

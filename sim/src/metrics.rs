@@ -102,7 +102,7 @@ pub(crate) fn render(engine: &Engine) -> String {
         o,
         "counter",
         "llmsim_requests_received_total",
-        "Generation requests received.",
+        "Generation requests that reached the engine (not those answered with an injected HTTP status, nor those whose client left while an injected fault held their headers back).",
         state.received,
     );
     metric(
@@ -116,9 +116,24 @@ pub(crate) fn render(engine: &Engine) -> String {
         o,
         "counter",
         "llmsim_requests_cancelled_total",
-        "Requests whose client left before the answer was complete.",
+        "Requests whose client left before the answer was complete (one that gave up on an injected stall or endless answer included).",
         state.cancelled,
     );
+    metric(
+        o,
+        "counter",
+        "llmsim_requests_failed_total",
+        "Requests the engine broke off with an injected fault: a malformed event or body, or a reset connection.",
+        state.failed,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP llmsim_faults_total Faults injected by --fault, by kind, counted when drawn: http_<status> (answered at once), slow_headers, stall, malformed, reset, endless."
+    );
+    let _ = writeln!(o, "# TYPE llmsim_faults_total counter");
+    for (kind, n) in &state.faults {
+        let _ = writeln!(o, "llmsim_faults_total{{kind=\"{kind}\"}} {n}");
+    }
     metric(
         o,
         "counter",
@@ -435,6 +450,9 @@ mod tests {
             "} 65536\n",
             "DCGM_FI_DEV_POWER_USAGE{",
             "llmsim_gpu_memory_total_mib 81920\n",
+            "llmsim_requests_failed_total 0\n",
+            "llmsim_faults_total{kind=\"http_500\"} 0\n",
+            "llmsim_faults_total{kind=\"endless\"} 0\n",
         ] {
             assert!(page.contains(line), "{line:?} missing from\n{page}");
         }

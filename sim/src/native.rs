@@ -6,7 +6,6 @@
 //! Every answer comes from the same engine as the OpenAI endpoints, so
 //! `/metrics` is the ground truth whatever the dialect.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::{Engine, Token};
+use crate::faults::{self, Cut};
 use crate::openai::{error, job, parent, start};
 use crate::{GenerateShape, text};
 
@@ -38,9 +38,13 @@ fn token_body(
         while token.tokens == 0 && !empties {
             token = rx.recv().await?;
         }
-        let last = token.last;
+        let (last, cut) = (token.last, token.cut);
         let out = render(token);
-        Some((Ok::<_, Infallible>(Bytes::from(out)), (!last).then_some((rx, render))))
+        match cut {
+            None => Some((Ok(Bytes::from(out)), (!last).then_some((rx, render)))),
+            Some(Cut::Malformed) => Some((Ok(faults::malformed_event(&out, content_type)), None)),
+            Some(Cut::Reset) => Some((Err(faults::reset_error()), None)),
+        }
     });
     Response::builder()
         .header(header::CONTENT_TYPE, content_type)
@@ -48,9 +52,10 @@ fn token_body(
         .expect("static headers are valid")
 }
 
-/// Collects a whole answer: its text and when its first and last tokens
-/// came, or `None` when the engine stopped first.
-async fn collect(mut rx: mpsc::UnboundedReceiver<Token>) -> Option<(String, Timing)> {
+/// Collects a whole answer: its text, when its first and last tokens
+/// came and how an injected fault broke it off, if one did; or `None`
+/// when the engine stopped first.
+async fn collect(mut rx: mpsc::UnboundedReceiver<Token>) -> Option<(String, Timing, Option<Cut>)> {
     let mut content = String::new();
     let mut timing = Timing::default();
     while let Some(token) = rx.recv().await {
@@ -59,8 +64,8 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Token>) -> Option<(String, Timi
         }
         content.push_str(&token.text);
         timing.saw(&token);
-        if token.last {
-            return Some((content, timing));
+        if token.last || token.cut.is_some() {
+            return Some((content, timing, token.cut));
         }
     }
     None
@@ -201,7 +206,7 @@ async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: By
     };
     let (input, output) = (job.input_tokens, job.output_tokens);
     let model = request.model.unwrap_or_else(|| engine.config.model.clone());
-    let rx = start(&engine, job);
+    let rx = start(&engine, job).await;
     let piece = move |text: &str| -> Value {
         if chat {
             json!({"message": {"role": "assistant", "content": text}})
@@ -217,13 +222,13 @@ async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: By
         v
     };
     if !request.stream {
-        let Some((content, timing)) = collect(rx).await else {
+        let Some((content, timing, cut)) = collect(rx).await else {
             return shutting_down();
         };
         let mut v = line(&model, &content, true);
         v["done_reason"] = json!("length");
         merge(&mut v, timing.ollama(input, output));
-        return Json(v).into_response();
+        return faults::whole(&v, cut);
     }
     let mut timing = Timing::default();
     token_body(
@@ -285,7 +290,7 @@ struct Generate {
 
 /// A `/generate*` request: `one_per_event` for TGI's stream, whose events
 /// are a token each whatever `--tokens-per-event` says.
-fn generate_request(
+async fn generate_request(
     engine: &Arc<Engine>,
     headers: &HeaderMap,
     body: &[u8],
@@ -317,18 +322,18 @@ fn generate_request(
         details: request.parameters.details,
         input,
         output,
-        rx: start(engine, job),
+        rx: start(engine, job).await,
     })
 }
 
 /// `POST /generate`: TGI's answer, or a home-made server's JSON shape
 /// (`--generate-shape`).
 pub(crate) async fn generate(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body, false) {
+    let g = match generate_request(&engine, &headers, &body, false).await {
         Ok(g) => g,
         Err(response) => return *response,
     };
-    let Some((content, timing)) = collect(g.rx).await else {
+    let Some((content, timing, cut)) = collect(g.rx).await else {
         return shutting_down();
     };
     let answer = match engine.config.generate_shape {
@@ -358,13 +363,13 @@ pub(crate) async fn generate(State(engine): State<Arc<Engine>>, headers: HeaderM
             "gpu_memory_used_gb": 0.0,
         }),
     };
-    Json(answer).into_response()
+    faults::whole(&answer, cut)
 }
 
 /// `POST /generate_stream`: TGI's SSE, one event per token; the last
 /// carries the whole text and `details`.
 pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body, true) {
+    let g = match generate_request(&engine, &headers, &body, true).await {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -402,7 +407,7 @@ pub(crate) async fn generate_stream(State(engine): State<Arc<Engine>>, headers: 
 /// `POST /generate_ndjson`: one `{"token": …}` line per token, then
 /// `{"done": true, "generated_text": …, "tokens_generated": N}`.
 pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body, false) {
+    let g = match generate_request(&engine, &headers, &body, false).await {
         Ok(g) => g,
         Err(response) => return *response,
     };
@@ -429,7 +434,7 @@ pub(crate) async fn generate_ndjson(State(engine): State<Arc<Engine>>, headers: 
 /// `POST /generate_text`: the answer as plain chunked text, a chunk per
 /// token.
 pub(crate) async fn generate_text(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
-    let g = match generate_request(&engine, &headers, &body, false) {
+    let g = match generate_request(&engine, &headers, &body, false).await {
         Ok(g) => g,
         Err(response) => return *response,
     };

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::OutputLength;
 use crate::engine::{Engine, Job, Token};
+use crate::faults::{self, Cut, Fault};
 use crate::text;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -173,17 +174,29 @@ pub(crate) fn job(
     if let Err(e) = engine.fits(input_tokens, output_tokens) {
         return Err(Box::new(error(StatusCode::BAD_REQUEST, e)));
     }
+    let fault = engine.draw(key);
+    if let Some(Fault::Status { code, retry_after }) = fault {
+        // Answered at once: the engine never sees it.
+        return Err(Box::new(faults::status(code, retry_after)));
+    }
     Ok(Job {
         input_tokens,
         output_tokens,
         tokens_per_event: config.tokens_per_event,
         text_seed: text::mix(config.seed.wrapping_add(key)),
         trace: crate::trace::Request::new(&engine.spans, parent),
+        fault,
     })
 }
 
-/// Starts `job` on the engine; its tokens arrive on the receiver.
-pub(crate) fn start(engine: &Arc<Engine>, job: Job) -> mpsc::UnboundedReceiver<Token> {
+/// Starts `job` on the engine; its tokens arrive on the receiver. With a
+/// slow-headers fault, it first holds the request (and so its status line
+/// and headers) back: a client that leaves meanwhile never reaches the
+/// engine.
+pub(crate) async fn start(engine: &Arc<Engine>, job: Job) -> mpsc::UnboundedReceiver<Token> {
+    if let Some(Fault::SlowHeaders(hold)) = job.fault {
+        tokio::time::sleep(hold).await;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(Arc::clone(engine).run(job, tx));
     rx
@@ -294,7 +307,7 @@ async fn respond(
         input_tokens: job.input_tokens,
         output_tokens: job.output_tokens,
     };
-    let rx = start(engine, job);
+    let rx = start(engine, job).await;
     if streamed {
         stream(answer, rx, usage)
     } else {
@@ -373,13 +386,24 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) 
             }
             Kind::Completions => json!([{"index": 0, "text": token.text, "logprobs": null, "finish_reason": finish}]),
         };
-        out.push_str(&answer.chunk(delta, running(token.generated)));
+        let event = answer.chunk(delta, running(token.generated));
+        match token.cut {
+            Some(Cut::Malformed) => {
+                out.push_str(&String::from_utf8_lossy(&faults::malformed_event(
+                    &event,
+                    "text/event-stream",
+                )));
+                return Some((Ok(Bytes::from(out)), None));
+            }
+            Some(Cut::Reset) => return Some((Err(faults::reset_error()), None)),
+            None => out.push_str(&event),
+        }
         if token.last {
             if usage.last {
                 out.push_str(&answer.chunk(json!([]), Some(answer.usage())));
             }
             out.push_str("data: [DONE]\n\n");
-            return Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), None));
+            return Some((Ok::<_, std::io::Error>(Bytes::from(out)), None));
         }
         Some((Ok(Bytes::from(out)), Some((answer, tokens, false))))
     });
@@ -393,11 +417,13 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) 
 async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Response {
     let mut content = String::new();
     let mut complete = false;
+    let mut cut = None;
     while let Some(token) = tokens.recv().await {
         content.push_str(&token.text);
         complete = token.last;
+        cut = token.cut;
     }
-    if !complete {
+    if !complete && cut.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
     }
     let (object, choice) = match answer.kind {
@@ -410,13 +436,13 @@ async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Re
             json!({"index": 0, "text": content, "logprobs": null, "finish_reason": FINISH_REASON}),
         ),
     };
-    Json(json!({
+    let body = json!({
         "id": answer.id,
         "object": object,
         "created": answer.created,
         "model": answer.model,
         "choices": [choice],
         "usage": answer.usage(),
-    }))
-    .into_response()
+    });
+    faults::whole(&body, cut)
 }

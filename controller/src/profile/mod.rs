@@ -438,6 +438,27 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let empty_events = s.int_in(p, "empty_events", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
+    let (faults_span, faults_key) = (s.span_of("faults"), s.path_of("faults"));
+    let mut faults: Vec<stampede_sim::FaultRule> = Vec::new();
+    for (i, text) in s.strings(p, "faults").unwrap_or_default().iter().enumerate() {
+        match text.parse() {
+            Ok(rule) => faults.push(rule),
+            Err(e) => p.at(faults_span.clone(), &format!("{faults_key}[{i}]"), e),
+        }
+    }
+    let only_faults = stampede_sim::Config {
+        faults,
+        ..stampede_sim::Config::default()
+    };
+    // Checked here, where the problem can name the key; a rejected list
+    // is dropped so that the whole check below does not name it again.
+    let faults = match only_faults.check() {
+        Ok(()) => only_faults.faults,
+        Err(e) => {
+            p.at(faults_span, &faults_key, e);
+            Vec::new()
+        }
+    };
     s.finish(p);
 
     let mut sm = top.table(p, "server_metrics");
@@ -518,6 +539,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             Some(_) => stampede_sim::GenerateShape::Tgi,
             None => defaults.generate_shape,
         },
+        faults,
     };
     if let Err(e) = sim.check() {
         p.at(sim_span, &sim_key, e);

@@ -619,6 +619,23 @@ fn bad_server_metrics_and_sim_keys_say_what_to_write() {
 }
 
 #[test]
+fn the_simulators_faults_are_read_and_checked() {
+    let p = parse("[load]\nusers = 1\n[sim]\nfaults = [\"500=0.02\", \"stall=0.01,for=5s,after=3\"]\n").unwrap();
+    let faults: Vec<String> = p.sim.faults.iter().map(ToString::to_string).collect();
+    assert_eq!(faults, ["500=0.02", "stall=0.01,for=5s,after=3"]);
+    let found = problems("[load]\nusers = 1\n[sim]\nfaults = [\"500=0.02\", \"stall=0.1\"]\n");
+    assert!(
+        found.len() == 1 && found[0].starts_with("4:10 sim.faults[1]:") && found[0].contains("for=DURATION"),
+        "{found:?}"
+    );
+    let found = problems("[load]\nusers = 1\n[sim]\nfaults = [\"500=0.6\", \"reset=0.6\"]\n");
+    assert!(
+        found.len() == 1 && found[0].starts_with("4:10 sim.faults:") && found[0].contains("add up to"),
+        "{found:?}"
+    );
+}
+
+#[test]
 fn thresholds_take_any_figure_in_any_scope() {
     let p = parse(
         r#"
