@@ -564,4 +564,6 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
