@@ -532,3 +532,141 @@ fn flags_are_checked_as_the_profile_is_and_a_run_needs_a_load() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
 }
+
+#[test]
+fn validate_and_run_refuse_the_same_limits_with_the_same_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (interval, expected) in [
+        (
+            "1ns",
+            "report.interval: expected whole milliseconds, such as \"1ms\" or \"250ms\" (the agents receive durations in milliseconds), got \"1ns\"",
+        ),
+        (
+            "50ms",
+            "report.interval: expected at least 100ms (each agent sends a report of every histogram each interval), got 50ms",
+        ),
+    ] {
+        let path = tmp.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!("[load]\nusers = 1\n[report]\ninterval = \"{interval}\"\n"),
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let line = format!("{path}:4:12: {expected}");
+        for args in [
+            vec!["validate", path],
+            vec!["run", path, "--out", tmp.path().to_str().unwrap()],
+        ] {
+            let out = controller(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+            assert!(stderr.contains(&line), "{args:?}: no {line:?} in:\n{stderr}");
+        }
+    }
+    // A flag is checked as the profile's key is.
+    let smoke = repo().join("load-profiles/smoke.toml");
+    for (flag, value, expected) in [
+        (
+            "--agents",
+            "10001",
+            "--agents 10001: agents.count: expected a positive integer up to 10000, got 10001",
+        ),
+        (
+            "--agents",
+            "0",
+            "--agents 0: agents.count: expected a positive integer up to 10000, got 0",
+        ),
+    ] {
+        let out = controller(&["run", smoke.to_str().unwrap(), flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+    let out = controller(&[
+        "run",
+        "--users",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--expect-agents",
+        "10001",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--expect-agents 10001: expected a positive integer up to 10000, got 10001"),
+        "{stderr}"
+    );
+}
+
+#[test]
+// Wall-clock time of a child process: no runtime clock to pause.
+#[allow(clippy::disallowed_types)]
+fn an_endless_prompt_file_is_refused_at_once() {
+    // Read whole, /dev/zero would fill memory before any check.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("p.toml");
+    std::fs::write(&path, "[load]\nusers = 1\n[prompts]\nfile = \"/dev/zero\"\n").unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["validate", path],
+        vec!["run", path, "--out", tmp.path().to_str().unwrap()],
+    ] {
+        let began = std::time::Instant::now();
+        let out = controller(&args);
+        let took = began.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("prompts.file: /dev/zero: not UTF-8 text (first bad byte at offset 0)"),
+            "{args:?}: {stderr}"
+        );
+        // Well under a second on an idle machine; bounded loosely for a
+        // busy one.
+        assert!(took < std::time::Duration::from_secs(5), "{args:?} took {took:?}");
+    }
+    // A profile that is a device is refused with the limit.
+    let out = controller(&["validate", "/dev/zero"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: cannot read the profile: not UTF-8 text"),
+        "{stderr}"
+    );
+}
+
+#[test]
+// Wall-clock time of a child process: no runtime clock to pause.
+#[allow(clippy::disallowed_types)]
+fn a_local_agent_that_fails_before_the_start_ends_the_run_at_once() {
+    let _guard = exclusive();
+    // Too few open files for 40 agents: some cannot start their session.
+    // The run used to wait for them until the join deadline (30 s); the
+    // outer timeout turns a hang into a failure.
+    bin("controller");
+    let began = std::time::Instant::now();
+    let run = stampede_tests::run_profile_wrapped(
+        &[
+            "timeout",
+            "-s",
+            "KILL",
+            "120",
+            "sh",
+            "-c",
+            "ulimit -n 80; exec \"$0\" \"$@\"",
+        ],
+        "[load]\nusers = 1\nduration = \"2s\"\n",
+        &["--agents", "40"],
+    );
+    let took = began.elapsed();
+    let stderr = run.stderr();
+    assert_eq!(run.code(), 1, "{stderr}");
+    assert!(
+        stderr.contains("controller: the run could not be carried out: in-process agent local-"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Too many open files"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}

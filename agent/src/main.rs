@@ -1,6 +1,6 @@
 //! `agent`: joins a stampede run and generates its share of the load.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -47,13 +47,14 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Reads a secret or a certificate file; the error names the flag.
-fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+/// Reads a secret or a certificate file, up to `limit` bytes; the error
+/// names the flag.
+fn read(flag: &str, path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    stampede_agent::file::read(path, limit).map_err(|e| format!("{flag} {}: {e}", path.display()))
 }
 
-fn token(path: &PathBuf) -> Result<String, String> {
-    let bytes = read("--token-file", path)?;
+fn token(path: &Path) -> Result<String, String> {
+    let bytes = read("--token-file", path, stampede_agent::file::MAX_TOKEN_BYTES)?;
     let text = String::from_utf8(bytes).map_err(|_| format!("--token-file {}: not UTF-8 text", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
@@ -107,8 +108,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let token = cli.token_file.as_ref().map(token).transpose();
-    let ca = cli.ca.as_ref().map(|p| read("--ca", p)).transpose();
+    let token = cli.token_file.as_deref().map(token).transpose();
+    let ca = cli
+        .ca
+        .as_ref()
+        .map(|p| read("--ca", p, stampede_agent::file::MAX_PEM_BYTES))
+        .transpose();
     let (token, ca) = match (token, ca) {
         (Ok(t), Ok(c)) => (t, c),
         (Err(e), _) | (_, Err(e)) => {

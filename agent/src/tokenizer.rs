@@ -8,6 +8,10 @@
 
 use std::fmt;
 
+/// The largest tokenizer file read: half of what an agent accepts in one
+/// assignment, which carries the file, leaving the rest for its prompts.
+pub const MAX_FILE_BYTES: u64 = (stampede_proto::MAX_ASSIGNMENT_BYTES / 2) as u64;
+
 /// A loaded tokenizer.
 pub struct Tokenizer {
     name: String,
@@ -42,7 +46,9 @@ impl Tokenizer {
     /// Reads and loads the `tokenizer.json` at `path`.
     pub fn from_file(path: &std::path::Path) -> Result<(Tokenizer, Vec<u8>), String> {
         let name = path.display().to_string();
-        let json = std::fs::read(path).map_err(|e| format!("{name}: cannot read the tokenizer: {e}"))?;
+        let json = crate::file::read_text(path, MAX_FILE_BYTES)
+            .map_err(|e| format!("{name}: cannot read the tokenizer: {e}"))?;
+        let json = json.into_bytes();
         Ok((Tokenizer::from_json(&name, &json)?, json))
     }
 

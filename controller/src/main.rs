@@ -1,15 +1,15 @@
 //! `controller`: runs a load profile and reports what the server did.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use stampede_agent::file;
 use stampede_controller::compare;
 use stampede_controller::figure::Limit;
-use stampede_controller::profile::{Flags, Overrides, Profile, Setting, parse_positive_duration};
+use stampede_controller::profile::{Flags, Overrides, Profile, Setting, agent_count, parse_positive_duration};
 use stampede_controller::report::{self, terminal};
 use stampede_controller::results;
 use stampede_controller::{Agents, Interrupt, Listen, Options, run};
@@ -139,8 +139,8 @@ struct RunArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Agents to start in this process [default: the profile's agents.count].
-    #[arg(long)]
-    agents: Option<NonZeroU32>,
+    #[arg(long, value_name = "N")]
+    agents: Option<String>,
     /// How long to issue new requests, such as 30s or 2m [default: the
     /// profile's load.duration].
     #[arg(long, value_parser = parse_positive_duration)]
@@ -154,8 +154,8 @@ struct RunArgs {
     #[arg(long, requires = "expect_agents", conflicts_with = "agents")]
     listen: Option<String>,
     /// How many remote agents the run needs; the load is split among them.
-    #[arg(long, requires = "listen")]
-    expect_agents: Option<NonZeroU32>,
+    #[arg(long, value_name = "N", requires = "listen")]
+    expect_agents: Option<String>,
     /// How long to wait for the remote agents, such as 60s.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration, requires = "listen")]
     wait: Duration,
@@ -184,8 +184,10 @@ struct RunArgs {
     gpu: bool,
 }
 
-fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+/// Reads a secret or a certificate file, up to `limit` bytes; the error
+/// names the flag.
+fn read(flag: &str, path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    file::read(path, limit).map_err(|e| format!("{flag} {}: {e}", path.display()))
 }
 
 /// Where the agents come from, from the flags; errors are bad input.
@@ -200,7 +202,7 @@ fn agents(args: &RunArgs) -> Result<Agents, String> {
     let token = match &args.token_file {
         None => None,
         Some(path) => {
-            let text = String::from_utf8(read("--token-file", path)?)
+            let text = String::from_utf8(read("--token-file", path, file::MAX_TOKEN_BYTES)?)
                 .map_err(|_| format!("--token-file {}: not UTF-8 text", path.display()))?;
             let token = text.trim().to_owned();
             if token.is_empty() {
@@ -210,10 +212,17 @@ fn agents(args: &RunArgs) -> Result<Agents, String> {
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
+        (Some(cert), Some(key)) => Some((
+            read("--tls-cert", cert, file::MAX_PEM_BYTES)?,
+            read("--tls-key", key, file::MAX_PEM_BYTES)?,
+        )),
         _ => None,
     };
-    let expect = args.expect_agents.expect("clap requires --expect-agents with --listen");
+    let expect = args
+        .expect_agents
+        .as_deref()
+        .expect("clap requires --expect-agents with --listen");
+    let expect = agent_count(expect).map_err(|e| format!("--expect-agents {expect}: {e}"))?;
     Listen::new(addr, expect, args.wait, token, tls).map(Agents::Remote)
 }
 
@@ -390,6 +399,7 @@ fn run_profile(args: RunArgs) -> ExitCode {
         max_tokens: args.max_tokens,
         prompt_tokens: args.prompt_tokens,
         output_tokens: args.output_tokens,
+        agents: args.agents,
         set: args.set,
     };
     if args.profile.is_none() && !flags.choose_load() {
@@ -401,7 +411,6 @@ fn run_profile(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
         target: args.target,
         tokenizer: args.tokenizer,
-        agents: args.agents,
         duration: args.duration,
         out: args.out,
         settings: flags.settings(),

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use stampede_agent::api::Dialect;
 use stampede_agent::http::Endpoint;
 use stampede_proto::pb;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -336,12 +337,18 @@ async fn run_traced(
     let tty = std::io::stderr().is_terminal();
     let progress = Progress::new(profile.report.interval, profile.load.duration(), tty);
     let secured = (tls.is_some(), token.is_some());
+    // The coordinator's own abandon signal: the operator's second
+    // interrupt, or an in-process agent that failed before the start.
+    let give_up = interrupt.abort.child_token();
     let mut control = ControlPlane::start(Parts {
         listener: Listener { bind, token, tls },
         setup,
         ledger,
         progress,
-        interrupt,
+        interrupt: Interrupt {
+            stop: interrupt.stop.clone(),
+            abort: give_up.clone(),
+        },
         metrics: options.metrics.map(|at| (at, live, METRICS_LINGER)),
     })
     .await?;
@@ -372,22 +379,24 @@ async fn run_traced(
         ),
         Agents::Remote(_) => None,
     };
-    let mut local = Vec::new();
+    let mut local = JoinSet::new();
     if let Some(runtime) = &agents_runtime {
         for i in 0..count {
+            let name = format!("local-{i}");
             let config = stampede_agent::Config {
                 controller: format!("http://{}", control.addr),
-                name: format!("local-{i}"),
+                name: name.clone(),
                 token: None,
                 ca: None,
                 wait: Duration::from_secs(10),
                 trace: None,
                 gpu: options.gpu,
             };
-            local.push(runtime.spawn(stampede_agent::run(config, agent_stop.clone()).in_current_span()));
+            let agent = stampede_agent::run(config, agent_stop.clone());
+            local.spawn_on(async move { (name, agent.await) }.in_current_span(), runtime.handle());
         }
     }
-    let collected = control.collected().await;
+    let (collected, agent_failure) = collect(&mut control, &mut local, &give_up).await;
     // The last scrape sees the server after the last request, before the
     // built-in simulator stops.
     let series = match scraper {
@@ -399,10 +408,10 @@ async fn run_traced(
     // server, then the simulator.
     agent_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        for joined in local {
-            match joined.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!("in-process agent: {e}"),
+        while let Some(joined) = local.join_next().await {
+            match joined {
+                Ok((_, Ok(_))) => {}
+                Ok((name, Err(e))) => tracing::debug!("in-process agent {name}: {e}"),
                 Err(e) => tracing::error!("in-process agent failed: {e}"),
             }
         }
@@ -418,7 +427,8 @@ async fn run_traced(
     if let Some(failure) = &collected.failure
         && collected.started_at.is_none()
     {
-        return Err(RunError::Failed(failure.clone()));
+        // The agent's own words say more than "not every agent joined".
+        return Err(RunError::Failed(agent_failure.unwrap_or_else(|| failure.clone())));
     }
     let spans = server_spans(&profile, span, &run_id, &collected, &dir).await;
     let written = crate::report::write(
@@ -440,6 +450,56 @@ async fn run_traced(
         dir,
         files: written.files,
     })
+}
+
+/// An in-process agent's outcome, by name.
+type LocalAgent = (String, Result<stampede_agent::Ended, stampede_agent::Error>);
+
+/// Waits for the coordinator's result while watching the in-process
+/// agents. One that ends with an error before the start (it could not
+/// start its session, reach the coordinator, or take its assignment) will
+/// not come back, and the coordinator would wait for it until its join
+/// deadline: the run is given up at once, and the agent's error returned
+/// to say why.
+async fn collect(
+    control: &mut ControlPlane,
+    local: &mut JoinSet<LocalAgent>,
+    give_up: &CancellationToken,
+) -> (Result<crate::results::Collected, RunError>, Option<String>) {
+    let mut failure = None;
+    let collected = control.collected();
+    tokio::pin!(collected);
+    loop {
+        tokio::select! {
+            collected = &mut collected => return (collected, failure),
+            Some(joined) = local.join_next(), if failure.is_none() => {
+                let why = match joined {
+                    Ok((name, Err(e))) if failed_before_start(&e) => format!("in-process agent {name} failed: {e}"),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        // A panic, whenever it came: the coordinator sees its
+                        // stream end and judges it as it judges a lost agent.
+                        tracing::error!("an in-process agent failed: {e}");
+                        continue;
+                    }
+                };
+                tracing::error!("{why}; giving the run up");
+                failure = Some(why);
+                give_up.cancel();
+            }
+        }
+    }
+}
+
+/// Whether an agent's error means it ended before the run started, on its
+/// own account (not because the controller stopped the run, which the
+/// coordinator already knows about).
+fn failed_before_start(e: &stampede_agent::Error) -> bool {
+    use stampede_agent::Error;
+    match e {
+        Error::Connect { .. } | Error::Refused(_) | Error::Assignment(_) | Error::Protocol(_) | Error::Start(_) => true,
+        Error::Stopped(_) | Error::ControllerLost(_) | Error::Interrupted => false,
+    }
 }
 
 /// The server's spans of the run, read back from the trace store named by

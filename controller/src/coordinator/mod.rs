@@ -801,7 +801,7 @@ impl Coordinator {
 }
 
 /// This agent's load on the wire.
-fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed: u64) -> pb::Load {
+pub(crate) fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed: u64) -> pb::Load {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let kind = match &load.model {
         Model::Users { think, pace } => pb::load::Kind::Closed(pb::Closed {

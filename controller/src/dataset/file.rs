@@ -45,17 +45,18 @@ impl Format {
     }
 }
 
+/// The largest prompt file read. The prompts are held in memory and sent
+/// to the agents; real datasets (ShareGPT's is about 650 MiB) fit, a
+/// mistaken path to a disk image or a device does not.
+pub const MAX_BYTES: u64 = 1 << 30;
+
 /// Reads a prompt file. The error lists what is wrong, with places.
 /// Prompts whose line names no `class` have an empty one, for
 /// [`super::classify`] to fill by length.
 pub fn load(path: &Path, format: Format) -> Result<Vec<Prompt>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read the prompt file: {e}", path.display()))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        format!(
-            "{}: not UTF-8 text (first bad byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
+    let text = stampede_agent::file::read_text(path, MAX_BYTES).map_err(|e| match e {
+        stampede_agent::file::ReadError::NotText { .. } => format!("{}: {e}", path.display()),
+        _ => format!("{}: cannot read the prompt file: {e}", path.display()),
     })?;
     let prompts = match format {
         Format::Jsonl => jsonl(&text),

@@ -72,21 +72,12 @@ impl fmt::Debug for TokenizerFile {
     }
 }
 
-/// Largest tokenizer file sent to agents: half of what an agent accepts in
-/// one assignment, leaving the rest for its prompts.
-const MAX_TOKENIZER_BYTES: usize = stampede_proto::MAX_ASSIGNMENT_BYTES / 2;
-
 impl TokenizerFile {
-    /// Reads and checks the tokenizer at `path`, named `name`.
+    /// Reads and checks the tokenizer at `path`, named `name`; one larger
+    /// than [`stampede_agent::tokenizer::MAX_FILE_BYTES`], which agents
+    /// would refuse, is refused before it is read.
     fn read(path: &Path, name: &str) -> Result<TokenizerFile, String> {
         let (tokenizer, json) = stampede_agent::tokenizer::Tokenizer::from_file(path)?;
-        if json.len() > MAX_TOKENIZER_BYTES {
-            return Err(format!(
-                "{name} is {} MiB; agents take a tokenizer of at most {} MiB",
-                json.len() >> 20,
-                MAX_TOKENIZER_BYTES >> 20
-            ));
-        }
         Ok(TokenizerFile {
             name: name.to_owned(),
             json: json.into(),
@@ -219,8 +210,6 @@ pub struct Overrides {
     pub target: Option<String>,
     /// `--tokenizer PATH`.
     pub tokenizer: Option<PathBuf>,
-    /// `--agents N`.
-    pub agents: Option<NonZeroU32>,
     /// `--duration D`.
     pub duration: Option<Duration>,
     /// `--out DIR`.
@@ -281,9 +270,15 @@ impl fmt::Display for ProfileError {
 impl Profile {
     /// Reads, validates and applies `overrides` to the profile at `path`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Profile, ProfileError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        use stampede_agent::file::{ReadError, read_text};
+        let read_error = |source| ProfileError::Read {
             path: path.to_owned(),
             source,
+        };
+        let source = read_text(path, MAX_PROFILE_BYTES).map_err(|e| match e {
+            ReadError::Io(e) => read_error(e),
+            e @ ReadError::TooLarge { .. } => read_error(std::io::Error::new(std::io::ErrorKind::FileTooLarge, e)),
+            e @ ReadError::NotText { .. } => read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         })?;
         Profile::parse(&source, path, overrides)
     }
@@ -327,12 +322,29 @@ impl Profile {
     }
 }
 
+/// The largest profile read: profiles are a few KiB, and even one with
+/// thousands of inline prompts is far below this.
+const MAX_PROFILE_BYTES: u64 = 64 << 20;
+
 /// Largest values accepted, to catch typos such as an extra zero digit
 /// run long before they exhaust memory.
-const MAX_AGENTS: u64 = 10_000;
+pub const MAX_AGENTS: u64 = 10_000;
 const MAX_TOKENS: u64 = 10_000_000;
+/// The shortest report interval.
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most frequent scrape of the server's metrics.
 const MIN_SCRAPE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A count of agents given outside a profile (`--expect-agents`), checked
+/// as `agents.count` is and refused with the same words.
+pub fn agent_count(text: &str) -> Result<NonZeroU32, String> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_AGENTS).contains(n))
+        .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
+        .ok_or_else(|| format!("expected a positive integer up to {MAX_AGENTS}, got {text}"))
+}
 
 fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Problems<'_>) -> Option<Profile> {
     let mut top = Table::root(root);
@@ -381,7 +393,19 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     t.finish(p);
 
     let mut rep = top.table(p, "report");
-    let interval = rep.millis(p, "interval", false);
+    let interval = rep.millis(p, "interval", false).filter(|&d| {
+        let short = d < MIN_REPORT_INTERVAL;
+        if short {
+            p.at(
+                rep.span_of("interval"),
+                &rep.path_of("interval"),
+                format!(
+                    "expected at least {MIN_REPORT_INTERVAL:?} (each agent sends a report of every histogram each interval), got {d:?}"
+                ),
+            );
+        }
+        !short
+    });
     let out = rep.string(p, "out");
     rep.finish(p);
 
@@ -502,9 +526,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     top.finish(p);
 
     let (prompts, prompt_source, classes_by) = dataset?;
-    let agents = o
-        .agents
-        .or(agents.and_then(|n| NonZeroU32::new(n as u32)))
+    let agents = agents
+        .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
     let load = load?;
     let needing_prompts = crate::plan::loaded_agents(&load, agents.get()) as usize;
@@ -645,5 +668,7 @@ fn liveness(a: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Liveness {
     l
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,8 @@ pub struct Flags {
     pub prompt_tokens: Option<String>,
     /// `--output-tokens N`: the synthetic prompts' answer length.
     pub output_tokens: Option<String>,
+    /// `--agents N`: agents started in-process (`agents.count`).
+    pub agents: Option<String>,
     /// `--set KEY=VALUE`, in order.
     pub set: Vec<Setting>,
 }
@@ -164,6 +166,9 @@ impl Flags {
         }
         if let Some(v) = &self.output_tokens {
             flag("output-tokens", "prompts.synthetic.output_tokens", v.clone(), v, &[]);
+        }
+        if let Some(v) = &self.agents {
+            flag("agents", "agents.count", v.clone(), v, &[]);
         }
         out
     }

@@ -239,7 +239,7 @@ fn command_line_wins_over_profile_which_wins_over_default() {
     assert_eq!((p.load.duration(), p.agents.get()), (Duration::from_secs(60), 2));
     let o = Overrides {
         target: Some("http://b:2".into()),
-        agents: NonZeroU32::new(3),
+        settings: vec![Setting::flag("--agents 3".into(), "agents.count", "3".into(), &[])],
         duration: Some(Duration::from_secs(5)),
         out: Some(PathBuf::from("cli")),
         ..Overrides::default()
@@ -735,4 +735,39 @@ fn grades_default_to_the_seeds_bands_and_a_profile_can_change_them() {
             "6:25 grades.tpot.great: unknown key; expected one of: good, acceptable",
         ]
     );
+}
+
+#[test]
+fn the_report_interval_and_agent_counts_have_the_documented_limits() {
+    let found = problems("[load]\nusers = 1\n[report]\ninterval = \"50ms\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("report.interval: expected at least 100ms"),
+        "{found:?}"
+    );
+    parse("[load]\nusers = 1\n[report]\ninterval = \"100ms\"\n").unwrap();
+    // --agents is checked as agents.count is, and named in the message.
+    let o = Overrides {
+        settings: vec![Setting::flag(
+            "--agents 10001".into(),
+            "agents.count",
+            "10001".into(),
+            &[],
+        )],
+        ..Overrides::default()
+    };
+    let e = Profile::parse("[load]\nusers = 1\n", Path::new("p.toml"), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("--agents 10001: agents.count: expected a positive integer up to 10000, got 10001"),
+        "{e}"
+    );
+    assert_eq!(agent_count("10000").unwrap().get(), 10_000);
+    assert_eq!(
+        agent_count("10001").unwrap_err(),
+        "expected a positive integer up to 10000, got 10001"
+    );
+    assert!(agent_count("0").is_err());
+    assert!(agent_count("x").is_err());
 }
