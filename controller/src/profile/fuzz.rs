@@ -278,6 +278,8 @@ fn plan_run(text: &str, path: &Path) -> String {
             seed: slice.seed,
             slo: profile.slo.as_ref().map(super::Slo::to_wire),
             max_requests: slice.requests.unwrap_or(0),
+            session_secret: "0".repeat(64),
+            liveness: Some(profile.liveness.to_wire()),
         };
         if let Err(e) = stampede_agent::assignment::Plan::from_wire(assignment) {
             return format!("an agent refuses its assignment: {e}");

@@ -132,6 +132,19 @@ pub struct Liveness {
     pub lost_after: Duration,
 }
 
+impl Liveness {
+    /// The limits as the agents receive them.
+    pub fn to_wire(&self) -> stampede_proto::pb::Liveness {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        stampede_proto::pb::Liveness {
+            heartbeat_ms: ms(self.heartbeat),
+            dead_man_ms: ms(self.dead_man),
+            resume_limit_ms: ms(self.resume_limit),
+            lost_after_ms: ms(self.lost_after),
+        }
+    }
+}
+
 impl Default for Liveness {
     /// Limits that ride out a 5 s stall of either side: a paused process,
     /// a long garbage collection on a neighbour, a congested node.
