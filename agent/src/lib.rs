@@ -16,6 +16,7 @@ pub mod exec;
 pub mod gpu;
 pub mod http;
 pub mod load;
+pub mod pem;
 pub mod presence;
 pub mod prompts;
 pub mod record;

@@ -108,7 +108,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let token = cli.token_file.as_ref().map(token).transpose();
-    let ca = cli.ca.as_ref().map(|p| read("--ca", p)).transpose();
+    let ca = cli
+        .ca
+        .as_ref()
+        .map(|p| stampede_agent::pem::certificates("--ca", p))
+        .transpose();
     let (token, ca) = match (token, ca) {
         (Ok(t), Ok(c)) => (t, c),
         (Err(e), _) | (_, Err(e)) => {

@@ -210,7 +210,7 @@ fn agents(args: &RunArgs) -> Result<Agents, String> {
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
+        (Some(cert), Some(key)) => Some(stampede_agent::pem::identity(cert, key)?),
         _ => None,
     };
     let expect = args.expect_agents.expect("clap requires --expect-agents with --listen");
