@@ -123,10 +123,10 @@ impl Port {
     pub(crate) fn trusted(&self, peer: Option<SocketAddr>) {
         let Some(peer) = peer else { return };
         let mut table = self.table();
-        if let Some(i) = table.waiting.iter().position(|w| w.peer == Some(peer)) {
-            if let Some(w) = table.waiting.remove(i) {
-                w.gate.trust();
-            }
+        if let Some(i) = table.waiting.iter().position(|w| w.peer == Some(peer))
+            && let Some(w) = table.waiting.remove(i)
+        {
+            w.gate.trust();
         }
     }
 
@@ -186,6 +186,19 @@ impl Port {
         lines.push(table.refusals.due(now));
         drop(table);
         lines.into_iter().for_each(write);
+    }
+
+    /// The port is closing: writes the refusals still held, and closes
+    /// the connections still waiting for a token (not counted as refused:
+    /// the run is over), so that none holds up the server's shutdown.
+    fn close(&self) {
+        let mut table = self.table();
+        for waiting in table.waiting.drain(..) {
+            waiting.gate.close();
+        }
+        let line = table.refusals.flush(Instant::now());
+        drop(table);
+        write(line);
     }
 
     /// `accept` failed: counts it, and closes the oldest waiting connection
@@ -388,6 +401,13 @@ impl Incoming {
             pause: None,
             backoff: RETRY_SOON,
         }
+    }
+}
+
+impl Drop for Incoming {
+    // tonic drops the listener when the server is told to stop.
+    fn drop(&mut self) {
+        self.port.close();
     }
 }
 

@@ -91,12 +91,24 @@ impl Refusals {
             return None;
         }
         let since = self.last_line.unwrap_or(first);
+        Some(self.write(now, since))
+    }
+
+    fn write(&mut self, now: Instant, since: Instant) -> String {
         let line = self.line(now.duration_since(since));
         self.counts = [0; WHYS.len()];
         self.first = None;
         self.latest = None;
         self.last_line = Some(now);
-        Some(line)
+        line
+    }
+
+    /// The line for what is held, whatever the period: for when the port
+    /// closes, so that the last refusals are not lost.
+    pub(crate) fn flush(&mut self, now: Instant) -> Option<String> {
+        let first = self.first?;
+        let since = self.last_line.unwrap_or(first);
+        Some(self.write(now, since))
     }
 
     fn line(&self, span: Duration) -> String {
@@ -196,9 +208,27 @@ mod tests {
         );
         // Within the period after that line: held, then written when due.
         assert_eq!(log.add(Why::Accept, None, at(t, 61_000)), None);
+        assert_eq!(log.due(at(t, 62_000)), None);
         assert_eq!(
             log.due(at(t, 65_000)).as_deref(),
             Some("agents' port: refused in the last 5.0s: 1 accept failed for another reason")
         );
+    }
+
+    #[test]
+    fn closing_writes_what_is_held_at_once() {
+        let t = Instant::now();
+        let mut log = Refusals::new(Duration::from_secs(5), WORDING);
+        assert_eq!(log.flush(t), None, "nothing held, nothing to say");
+        assert!(log.add(Why::NoToken, None, t).is_some());
+        assert_eq!(log.add(Why::Crowded, None, at(t, 1_000)), None);
+        assert_eq!(
+            log.flush(at(t, 2_000)).as_deref(),
+            Some(
+                "agents' port: refused in the last 2.0s: \
+                 1 connection closed as the oldest of more than 64 waiting for a token"
+            )
+        );
+        assert_eq!(log.flush(at(t, 2_500)), None);
     }
 }

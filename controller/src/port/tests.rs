@@ -164,3 +164,37 @@ async fn a_connection_that_ends_on_its_own_no_longer_waits() {
     }
     panic!("a closed connection still waits");
 }
+
+#[tokio::test]
+async fn closing_the_listener_closes_the_connections_still_waiting() {
+    let port = Port::new(limits(Duration::from_secs(60), 64));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = Incoming::new(listener, port.clone());
+    let (waiting, trusted) = (
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    );
+    let (mut a, mut b) = (
+        incoming.next().await.unwrap().unwrap(),
+        incoming.next().await.unwrap().unwrap(),
+    );
+    port.trusted(Some(trusted.local_addr().unwrap()));
+    drop(incoming);
+    assert_eq!(port.waiting(), 0);
+    let mut buf = [0u8; 1];
+    // Which accepted connection is which client's: by the peer address.
+    if a.connect_info().remote_addr() != Some(waiting.local_addr().unwrap()) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert_eq!(
+        a.read(&mut buf).await.unwrap_err().kind(),
+        io::ErrorKind::ConnectionAborted
+    );
+    trusted.try_write(b"x").unwrap();
+    assert_eq!(
+        b.read(&mut buf).await.unwrap(),
+        1,
+        "a trusted connection outlives the listener"
+    );
+}
