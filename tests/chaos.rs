@@ -459,7 +459,7 @@ fn twenty_seeded_faults_lose_no_reported_request() -> Outcome {
     let seed = std::env::var("STAMPEDE_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_C4A0_5u64);
+        .unwrap_or(0x0005_EEDC_4A05_u64);
     eprintln!("chaos seed {seed} (STAMPEDE_CHAOS_SEED)");
     let c = Cluster::new();
     for (n, (fault, at)) in scenarios(seed).into_iter().enumerate() {

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     let ca = cli
         .ca
         .as_ref()
-        .map(|p| read("--ca", p, stampede_agent::file::MAX_PEM_BYTES))
+        .map(|p| stampede_agent::pem::certificates("--ca", p))
         .transpose();
     let (token, ca) = match (token, ca) {
         (Ok(t), Ok(c)) => (t, c),

@@ -11,10 +11,10 @@ use std::time::Duration;
 use stampede_proto::pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::{self, Setup, service::Service};
+use crate::port::{Incoming, Limits, Port};
 use crate::report::live::{self, Live};
 use crate::report::progress::Progress;
 use crate::results::{Collected, Ledger};
@@ -146,11 +146,14 @@ async fn serve(
     };
     let (events_tx, events) = tokio::sync::mpsc::channel(1024);
     let server_stop = CancellationToken::new();
-    let service = pb::coordinator_server::CoordinatorServer::new(Service::new(events_tx, listener.token));
+    // Every connection must present the token in time, and junk that never
+    // does cannot crowd the agents out (see `port`).
+    let port = Port::new(Limits::default());
+    let service = pb::coordinator_server::CoordinatorServer::new(Service::new(events_tx, listener.token, port.clone()));
     let server = tokio::spawn(
         builder
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), server_stop.clone().cancelled_owned()),
+            .serve_with_incoming_shutdown(Incoming::new(tcp, port), server_stop.clone().cancelled_owned()),
     );
     let _ = ready.send(Ok(addr));
     let result = coordinator::run(setup, events, ledger, progress, interrupt).await;

@@ -17,6 +17,7 @@ pub mod figure;
 pub mod findings;
 pub mod merge;
 pub mod plan;
+mod port;
 pub mod profile;
 pub mod report;
 pub mod results;

@@ -212,10 +212,7 @@ fn agents(args: &RunArgs) -> Result<Agents, String> {
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some((
-            read("--tls-cert", cert, file::MAX_PEM_BYTES)?,
-            read("--tls-key", key, file::MAX_PEM_BYTES)?,
-        )),
+        (Some(cert), Some(key)) => Some(stampede_agent::pem::identity(cert, key)?),
         _ => None,
     };
     let expect = args

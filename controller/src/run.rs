@@ -74,6 +74,10 @@ pub enum Agents {
     Remote(Listen),
 }
 
+/// The shortest token accepted off loopback: one anyone on the network may
+/// guess at should not be guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// How the controller waits for remote agents.
 #[derive(Clone)]
 pub struct Listen {
@@ -102,8 +106,9 @@ impl std::fmt::Debug for Listen {
 }
 
 impl Listen {
-    /// Checks the listening options: a token is required on any address
-    /// other than loopback.
+    /// Checks the listening options: a token of at least
+    /// [`MIN_TOKEN_CHARS`] characters is required on any address other
+    /// than loopback.
     pub fn new(
         addr: SocketAddr,
         expect: NonZeroU32,
@@ -114,7 +119,15 @@ impl Listen {
         if token.is_none() && !addr.ip().is_loopback() {
             return Err(format!(
                 "a token is required when listening on {addr}, which is not a loopback address: \
-                 give --token-file (or STAMPEDE_TOKEN_FILE) to the controller and to every agent"
+                 give --token-file (or STAMPEDE_TOKEN_FILE) to the controller and to every agent \
+                 (make one with: openssl rand -hex 32 > token)"
+            ));
+        }
+        let chars = token.as_deref().map_or(0, |t| t.chars().count());
+        if token.is_some() && chars < MIN_TOKEN_CHARS && !addr.ip().is_loopback() {
+            return Err(format!(
+                "--token-file: the token is {chars} characters long; listening on {addr}, which is not a \
+                 loopback address, needs one of at least {MIN_TOKEN_CHARS} (make one with: openssl rand -hex 32 > token)"
             ));
         }
         Ok(Listen {
@@ -643,12 +656,23 @@ mod tests {
         let open: SocketAddr = "0.0.0.0:7000".parse().unwrap();
         let e = Listen::new(open, one, wait, None, None).unwrap_err();
         assert!(e.contains("a token is required when listening on 0.0.0.0:7000"), "{e}");
-        assert!(Listen::new(open, one, wait, Some("t".into()), None).is_ok());
+        assert!(e.ends_with("(make one with: openssl rand -hex 32 > token)"), "{e}");
+        assert!(Listen::new(open, one, wait, Some("0123456789abcdef".into()), None).is_ok());
+        // A short token is refused off loopback, with how to make a good one...
+        assert_eq!(
+            Listen::new(open, one, wait, Some("s3cret".into()), None).unwrap_err(),
+            "--token-file: the token is 6 characters long; listening on 0.0.0.0:7000, which is not a \
+             loopback address, needs one of at least 16 (make one with: openssl rand -hex 32 > token)"
+        );
+        // ...and characters are counted, not bytes.
+        assert!(Listen::new(open, one, wait, Some("ééééééééééééééé".into()), None).is_err());
+        // On loopback any token will do.
+        assert!(Listen::new("127.0.0.1:7000".parse().unwrap(), one, wait, Some("t".into()), None).is_ok());
         assert!(Listen::new("127.0.0.1:7000".parse().unwrap(), one, wait, None, None).is_ok());
         assert!(Listen::new("[::1]:7000".parse().unwrap(), one, wait, None, None).is_ok());
         let shown = format!(
             "{:?}",
-            Listen::new(open, one, wait, Some("s3cret".into()), None).unwrap()
+            Listen::new(open, one, wait, Some("s3cret-0123456789".into()), None).unwrap()
         );
         assert!(!shown.contains("s3cret"), "{shown}");
     }

@@ -43,7 +43,7 @@ pub(crate) struct Now {
 
 impl Now {
     /// This moment.
-    pub(crate) fn now() -> Now {
+    pub(crate) fn current() -> Now {
         Now {
             mono: Instant::now(),
             wall: SystemTime::now(),
@@ -77,12 +77,15 @@ pub(crate) enum Input {
 pub(crate) enum Action {
     /// Queue `kind` on stream `conn` without waiting (an agent that does
     /// not read its stream must not stall the run).
-    Send { conn: u64, kind: controller_message::Kind },
+    Send {
+        conn: u64,
+        kind: Box<controller_message::Kind>,
+    },
     /// End stream `conn`: with the refusal's status, or plainly.
     HangUp { conn: u64, refusal: Option<Status> },
     /// Append `entry` to the run log durably and apply it; then, when
     /// given, acknowledge report `sequence` on stream `conn`.
-    Record { entry: Entry, ack: Option<(u64, u64)> },
+    Record { entry: Box<Entry>, ack: Option<(u64, u64)> },
 }
 
 /// How an agent's part stands, as far as the coordinator is concerned.
@@ -257,7 +260,10 @@ impl Machine {
     }
 
     fn send(&mut self, conn: u64, kind: controller_message::Kind) {
-        self.out.push(Action::Send { conn, kind });
+        self.out.push(Action::Send {
+            conn,
+            kind: Box::new(kind),
+        });
     }
 
     fn broadcast(&mut self, kind: controller_message::Kind) {
@@ -268,7 +274,10 @@ impl Machine {
     }
 
     fn record(&mut self, entry: Entry) {
-        self.out.push(Action::Record { entry, ack: None });
+        self.out.push(Action::Record {
+            entry: Box::new(entry),
+            ack: None,
+        });
     }
 
     fn hang_up(&mut self, conn: u64) {
@@ -320,11 +329,11 @@ impl Machine {
                 // The writer logs it (once: a sequence number already taken
                 // in is not logged again) and then acknowledges it.
                 let ack = Some((conn, r.sequence));
-                let entry = Entry::Report(ReportEntry {
+                let entry = Box::new(Entry::Report(ReportEntry {
                     agent: self.name(i),
                     agent_index: i,
                     report: r,
-                });
+                }));
                 self.out.push(Action::Record { entry, ack });
             }
             (agent_message::Kind::Finished(f), Some(i)) => self.finished(conn, i, f),
@@ -813,14 +822,14 @@ mod tests {
             self.input(Input::Connected { conn, peer: None });
             let actions = self.message(conn, agent_message::Kind::Hello(hello(name, None)));
             assert!(
-                matches!(&actions[0], Action::Record { entry: Entry::Joined(j), .. } if j.name == name),
+                matches!(recorded(&actions).first(), Some(Entry::Joined(j)) if j.name == name),
                 "{actions:?}"
             );
             match &actions[1] {
-                Action::Send {
-                    conn: to,
-                    kind: controller_message::Kind::Assignment(a),
-                } if *to == conn => {
+                Action::Send { conn: to, kind } if *to == conn => {
+                    let controller_message::Kind::Assignment(a) = kind.as_ref() else {
+                        panic!("expected an assignment, got {kind:?}");
+                    };
                     let l = a.liveness.expect("liveness limits travel with the assignment");
                     assert_eq!(
                         (l.heartbeat_ms, l.dead_man_ms, l.lost_after_ms),
@@ -849,13 +858,7 @@ mod tests {
             let actions = r.message(2, ready());
             let starts = sends(&actions, |k| matches!(k, controller_message::Kind::Start(_)));
             assert_eq!(starts, [1, 2], "every agent is started at once: {actions:?}");
-            assert!(actions.iter().any(|a| matches!(
-                a,
-                Action::Record {
-                    entry: Entry::Started { .. },
-                    ..
-                }
-            )));
+            assert!(recorded(&actions).iter().any(|e| matches!(e, Entry::Started { .. })));
             (r, secrets)
         }
     }
@@ -893,18 +896,25 @@ mod tests {
             .collect()
     }
 
-    fn lost(actions: &[Action]) -> Vec<(u32, String, Option<u64>)> {
+    /// The entries recorded, in order.
+    fn recorded(actions: &[Action]) -> Vec<&Entry> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Record {
-                    entry:
-                        Entry::Lost {
-                            agent_index,
-                            reason,
-                            after_start_us,
-                        },
-                    ..
+                Action::Record { entry, .. } => Some(entry.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lost(actions: &[Action]) -> Vec<(u32, String, Option<u64>)> {
+        recorded(actions)
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Lost {
+                    agent_index,
+                    reason,
+                    after_start_us,
                 } => Some((*agent_index, reason.clone(), *after_start_us)),
                 _ => None,
             })
@@ -945,13 +955,7 @@ mod tests {
         // An agent that leaves before the start frees its place.
         let left = r.input(Input::Closed { conn: 1, reason: None });
         assert!(
-            matches!(
-                &left[0],
-                Action::Record {
-                    entry: Entry::Left { agent_index: 0, .. },
-                    ..
-                }
-            ),
+            matches!(recorded(&left).first(), Some(Entry::Left { agent_index: 0, .. })),
             "{left:?}"
         );
         r.join(5, "c");
@@ -988,10 +992,15 @@ mod tests {
         match &actions[..] {
             [
                 Action::Record {
-                    entry: Entry::Report(e),
+                    entry,
                     ack: Some((1, 1)),
                 },
-            ] => assert_eq!(e.agent, "a"),
+            ] => {
+                assert!(
+                    matches!(entry.as_ref(), Entry::Report(e) if e.agent == "a"),
+                    "{entry:?}"
+                );
+            }
             other => panic!("a report is recorded with its acknowledgement to follow: {other:?}"),
         }
         // The same report again (sent before a break and after it): the
@@ -1143,13 +1152,8 @@ mod tests {
         assert!(
             matches!(
                 &actions[..],
-                [
-                    Action::Record {
-                        entry: Entry::Finished(_),
-                        ack: None
-                    },
-                    Action::HangUp { conn: 1, refusal: None }
-                ]
+                [Action::Record { entry, ack: None }, Action::HangUp { conn: 1, refusal: None }]
+                    if matches!(entry.as_ref(), Entry::Finished(_))
             ),
             "{actions:?}"
         );

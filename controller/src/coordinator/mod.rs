@@ -120,11 +120,11 @@ pub(crate) async fn run(
                 Input::Interrupt { abort: true }
             }
         };
-        for action in machine.step(Now::now(), input) {
+        for action in machine.step(Now::current(), input) {
             match action {
                 Action::Send { conn, kind } => {
                     if let Some(out) = outs.get(&conn) {
-                        let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(kind) }));
+                        let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(*kind) }));
                     }
                 }
                 // The stream ends when its last sender goes: the writer

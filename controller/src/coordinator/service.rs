@@ -5,6 +5,7 @@
 //! lengthen their round trip.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,6 +13,9 @@ use stampede_proto::pb::{self, agent_message, controller_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::port::Port;
+use crate::port::refusals::Why;
 
 /// Messages to one agent. Sending an `Err` ends its stream with that status.
 pub(crate) type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
@@ -36,22 +40,28 @@ pub(crate) enum Event {
 pub(crate) struct Service {
     events: mpsc::Sender<Event>,
     token: Option<String>,
+    /// Told which connections presented a valid token, and of refusals.
+    port: Arc<Port>,
     next: AtomicU64,
 }
 
 impl Service {
     /// A service that forwards to `events`, and admits only streams that
-    /// present `token`, when there is one.
-    pub(crate) fn new(events: mpsc::Sender<Event>, token: Option<String>) -> Service {
+    /// present `token`, when there is one; `port` learns which
+    /// connections did.
+    pub(crate) fn new(events: mpsc::Sender<Event>, token: Option<String>, port: Arc<Port>) -> Service {
         Service {
             events,
             token,
+            port,
             next: AtomicU64::new(1),
         }
     }
 
     fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let peer = request.remote_addr();
         let Some(expected) = &self.token else {
+            self.port.trusted(peer);
             return Ok(());
         };
         let presented = request
@@ -59,19 +69,19 @@ impl Service {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "an unknown peer".to_owned(), |a| a.to_string());
         match presented {
             None => {
-                tracing::warn!("refused an agent from {peer}: no token");
+                self.port.refused(Why::NoToken, peer);
                 Err(Status::unauthenticated(
                     "this controller requires a token (agent --token-file)",
                 ))
             }
-            Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(token) if same(token.as_bytes(), expected.as_bytes()) => {
+                self.port.trusted(peer);
+                Ok(())
+            }
             Some(_) => {
-                tracing::warn!("refused an agent from {peer}: wrong token");
+                self.port.refused(Why::WrongToken, peer);
                 Err(Status::unauthenticated("wrong token"))
             }
         }

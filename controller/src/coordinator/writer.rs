@@ -25,7 +25,10 @@ use crate::results::{AgentEnd, Collected, Ledger};
 pub(crate) enum Write {
     /// Log and apply `entry`; then acknowledge report `sequence` on the
     /// stream, when given.
-    Record { entry: Entry, ack: Option<(Outbound, u64)> },
+    Record {
+        entry: Box<Entry>,
+        ack: Option<(Outbound, u64)>,
+    },
     /// The run is over: close the log.
     Close(End),
 }
@@ -66,7 +69,7 @@ impl Writer {
         let mut breached = false;
         while let Some(write) = writes.blocking_recv() {
             match write {
-                Write::Record { entry, ack } => breached |= self.record(entry, ack, breached),
+                Write::Record { entry, ack } => breached |= self.record(*entry, ack, breached),
                 Write::Close(end) => return self.close(end),
             }
         }
