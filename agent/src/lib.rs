@@ -13,6 +13,7 @@ pub mod assignment;
 pub mod cpu;
 pub mod events;
 pub mod exec;
+pub mod files;
 pub mod gpu;
 pub mod http;
 pub mod load;
