@@ -59,6 +59,11 @@ impl Plan {
         if sends && prompts.prompts.is_empty() {
             return Err("the assignment has load but no prompts".to_owned());
         }
+        // Before anything is loaded or started: a user without a
+        // connection would be a stream of connect errors, not a load.
+        if let Some(users) = load.connections() {
+            crate::open_files::check(&crate::open_files::Host::Agent, users, crate::open_files::Limit::current())?;
+        }
         let tokenizer = match &target.tokenizer {
             Some(t) if !t.json.is_empty() => Some(Arc::new(
                 Tokenizer::from_json(&t.name, &t.json).map_err(|e| format!("the run's tokenizer: {e}"))?,
@@ -103,6 +108,7 @@ impl Plan {
             positive(target.timeout_ms, "request timeout")?,
         )
         .with_tokenizer(tokenizer);
+        executor.retry_after_max = (target.retry_after_max_ms > 0).then(|| ms(target.retry_after_max_ms));
         executor.trace = Arc::new(tracing);
         executor.slo = slo;
         Ok(Plan {

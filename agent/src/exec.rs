@@ -78,6 +78,9 @@ pub struct Executor {
     pub slo: Option<crate::slo::Slo>,
     /// When requests were in flight, for the interval reports.
     pub presence: Arc<crate::presence::Presence>,
+    /// Honour a `Retry-After` on a 429 or 503 answer, waiting at most this
+    /// long; `None` ignores it.
+    pub retry_after_max: Option<Duration>,
     /// Unit tests of the load models: answer every request after these
     /// service times in turn, without a network, so that schedules can be
     /// checked on a paused clock.
@@ -98,6 +101,7 @@ impl Executor {
             trace: Default::default(),
             slo: None,
             presence: Arc::default(),
+            retry_after_max: None,
             #[cfg(test)]
             service_times: None,
         }
@@ -117,7 +121,9 @@ pub struct Timing {
     pub intended: Instant,
     /// When its sender could first have sent it: the intended start, or
     /// later for a paced user still busy with its previous request when
-    /// its tick came (that wait is the server's doing, not the agent's).
+    /// its tick came, or for a user waiting out a connect back-off or the
+    /// server's `Retry-After` (those waits are the server's doing, not the
+    /// agent's).
     pub ready: Instant,
     /// When the scheduler released it: `dispatched - ready` is the
     /// scheduling lag, how late the agent itself was.
@@ -159,10 +165,10 @@ pub struct Scratch {
 }
 
 /// A failure on its way to becoming an [`Outcome::Failed`].
-struct Failure(ErrorClass, String);
+struct Failure(ErrorClass, String, Option<Duration>);
 
 fn fail<T>(class: ErrorClass, message: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure(class, message.into()))
+    Err(Failure(class, message.into(), None))
 }
 
 fn micros(d: Duration) -> u64 {
@@ -282,7 +288,7 @@ impl Executor {
                 sample.good = self.slo.is_some_and(|slo| slo.met(&sample));
                 Outcome::Ok(sample)
             }
-            Err(Failure(class, message)) => {
+            Err(Failure(class, message, retry_after)) => {
                 // After an HTTP error status the connection is still in
                 // step (hyper closes it if the error body was not read to
                 // the end); after anything else its state is unknown.
@@ -295,6 +301,7 @@ impl Executor {
                     schedule_lag_us: lag_us,
                     late,
                     prompt_class: prompt.class,
+                    retry_after,
                 }
             }
         }
@@ -381,12 +388,14 @@ impl Executor {
         let status = response.status();
         trail.status = Some(status.as_u16());
         if !status.is_success() {
+            let retry_after = self.retry_after(&response);
             let snippet = read_limited(response.into_body(), MAX_ERROR_BODY).await;
             let text = String::from_utf8_lossy(&snippet);
-            return fail(
+            return Err(Failure(
                 ErrorClass::Status(status.as_u16()),
                 format!("HTTP {status}: {}", text.trim()),
-            );
+                retry_after,
+            ));
         }
         let streamed = self.api.streams(&self.spec);
         let arrivals = conn.as_ref().map_or_else(Arrivals::new, |c| c.arrivals.clone());
@@ -406,6 +415,18 @@ impl Executor {
             counts_events: streamed && self.api.framing() != Framing::Text,
             read,
         })
+    }
+
+    /// How long the server asked this client to wait, when the answer is a
+    /// 429 or 503 with a `Retry-After` and the run honours it: at most
+    /// [`Executor::retry_after_max`].
+    fn retry_after(&self, response: &http::Response<Incoming>) -> Option<Duration> {
+        let max = self.retry_after_max?;
+        if !matches!(response.status().as_u16(), 429 | 503) {
+            return None;
+        }
+        let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+        retry_after(value, std::time::SystemTime::now()).map(|d| d.min(max))
     }
 
     async fn read_stream(
@@ -731,6 +752,19 @@ struct Read {
     done: bool,
 }
 
+/// A `Retry-After` value (RFC 9110 section 10.2.3): a number of seconds,
+/// or an HTTP date, read against `now` (a date in the past asks for no
+/// wait). `None` when it is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "a very long time".
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 async fn read_limited(mut body: Incoming, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < limit {
@@ -745,4 +779,37 @@ async fn read_limited(mut body: Incoming, limit: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example.
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // The three date formats a recipient must accept.
+        for date in [
+            "Sun, 06 Nov 1994 08:49:47 GMT",
+            "Sunday, 06-Nov-94 08:49:47 GMT",
+            "Sun Nov  6 08:49:47 1994",
+        ] {
+            assert_eq!(retry_after(date, now), Some(Duration::from_secs(10)), "{date}");
+        }
+        // A date already past asks for no wait.
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now), Some(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "soon", "1s"] {
+            assert_eq!(retry_after(bad, now), None, "{bad:?}");
+        }
+    }
 }

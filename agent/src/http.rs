@@ -122,9 +122,13 @@ impl Endpoint {
 
     /// Opens a connection, with TLS when the URL says `https`.
     pub async fn connect(&self) -> Result<Conn, String> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("connect to {}: {e}", self.authority))?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| {
+            match crate::open_files::exhausted(&e) {
+                // Out of descriptors: this client's doing, not the server's.
+                Some(why) => format!("connect to {}: {e}; {why}", self.authority),
+                None => format!("connect to {}: {e}", self.authority),
+            }
+        })?;
         // Tokens are small writes; Nagle's algorithm would delay them.
         let _ = tcp.set_nodelay(true);
         let arrivals = Arrivals::new();

@@ -17,6 +17,7 @@ pub mod file;
 pub mod gpu;
 pub mod http;
 pub mod load;
+pub mod open_files;
 pub mod pem;
 pub mod presence;
 pub mod prompts;

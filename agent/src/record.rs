@@ -85,6 +85,9 @@ pub enum Outcome<'a> {
         late: bool,
         /// Its prompt's class, an index into the share's class names.
         prompt_class: u16,
+        /// How long the server asked this client to wait before its next
+        /// request (`Retry-After` on a 429 or 503), when the run honours it.
+        retry_after: Option<std::time::Duration>,
     },
     /// It was abandoned at shutdown.
     Cancelled,
@@ -271,6 +274,7 @@ impl Interval {
                 schedule_lag_us,
                 late,
                 prompt_class,
+                ..
             } => {
                 self.counters.count_error(*class);
                 self.classes
@@ -440,6 +444,7 @@ mod tests {
                         schedule_lag_us: 0,
                         late: false,
                         prompt_class: 1,
+                        retry_after: None,
                     });
                 });
             }
@@ -524,6 +529,7 @@ mod tests {
             schedule_lag_us: 0,
             late: false,
             prompt_class: 0,
+            retry_after: None,
         });
         recorder.record(&Outcome::Cancelled);
         let (mut cut, mut spare) = (Interval::default(), Interval::default());

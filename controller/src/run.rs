@@ -208,6 +208,8 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
             .api
             .resolve(|var| std::env::var(var).ok())
             .map_err(|e| RunError::Plan(format!("[target] {e}")))?;
+        // They share its open files too, with the built-in simulator.
+        local_files(&profile).map_err(RunError::Failed)?;
     }
     let run_id = summary::run_id(&profile.name, SystemTime::now());
     // Every log line of the run carries the run's trace id, the span
@@ -319,6 +321,7 @@ async fn run_traced(
                 url: url.clone(),
                 model: model.clone(),
                 timeout_ms: millis(profile.target.timeout),
+                retry_after_max_ms: profile.target.retry_after_max.map_or(0, millis),
                 ..pb::Target::default()
             };
             stampede_agent::assignment::target_fields(&profile.target.api, &mut target);
@@ -395,7 +398,7 @@ async fn run_traced(
     let mut local = JoinSet::new();
     if let Some(runtime) = &agents_runtime {
         for i in 0..count {
-            let name = format!("local-{i}");
+            let name = local_name(i);
             let config = stampede_agent::Config {
                 controller: format!("http://{}", control.addr),
                 name: name.clone(),
@@ -568,6 +571,34 @@ fn default_metrics_url(target: &str) -> String {
     let base = target.trim_end_matches('/');
     let base = base.strip_suffix("/v1").unwrap_or(base);
     format!("{base}/metrics")
+}
+
+/// The pre-flight check of this process's open files for in-process
+/// agents: every user's connection, twice when the built-in simulator
+/// holds the other end, must fit under its limit. An open loop with no
+/// concurrency cap is not checked: what it holds depends on how fast the
+/// server answers.
+fn local_files(profile: &Profile) -> Result<(), String> {
+    use crate::profile::Model;
+    use stampede_agent::open_files::{Host, Limit, check};
+    let users = match &profile.load.model {
+        Model::Users { .. } => profile.load.peak() as u64,
+        Model::Rate {
+            max_concurrency: Some(cap),
+            ..
+        } => u64::from(cap.get()),
+        Model::Rate { .. } => return Ok(()),
+    };
+    let host = Host::Controller {
+        agents: (0..profile.agents.get()).map(local_name).collect(),
+        simulator: profile.target.url.is_none(),
+    };
+    check(&host, users, Limit::current())
+}
+
+/// The name of in-process agent `i`.
+fn local_name(i: u32) -> String {
+    format!("local-{i}")
 }
 
 fn millis(d: Duration) -> u64 {

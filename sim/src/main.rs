@@ -39,6 +39,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    raise_open_file_limit();
     let cli = Cli::parse();
     if let Err(e) = cli.config.check() {
         use clap::CommandFactory as _;
@@ -62,6 +63,23 @@ fn main() -> ExitCode {
             eprintln!("llm-sim: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as the
+/// controller and the agent do: the server holds a socket per connection,
+/// and the common default of 1,024 would refuse a heavy load's users.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
     }
 }
 

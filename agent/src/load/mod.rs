@@ -2,6 +2,7 @@
 //! intended start ([`schedule`]) and run it through the executor
 //! ([`crate::exec`]), which decides how.
 
+pub mod backoff;
 pub mod open;
 pub mod schedule;
 pub mod users;
@@ -144,6 +145,16 @@ pub enum Load {
 }
 
 impl Load {
+    /// The most connections this load holds at once: one per closed-loop
+    /// user, or the open loop's concurrency cap; `None` for an open loop
+    /// without a cap, whose need depends on how fast the server answers.
+    pub fn connections(&self) -> Option<u64> {
+        match self {
+            Load::Closed(c) => Some(c.windows.len() as u64),
+            Load::Open(o) => o.max_concurrency.map(u64::from),
+        }
+    }
+
     /// Runs the load from `start` (closed-loop users wait for `gate`) until
     /// `end`, then drains in-flight requests for up to `drain`.
     pub async fn run(

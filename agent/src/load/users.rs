@@ -6,22 +6,25 @@
 //! cadence instead; a user whose request ran long sends at once, and its
 //! latency counts from the tick it missed, so a server stall shows in the
 //! latency from the intended start even though the user was waiting.
+//!
+//! A user whose connection attempt failed waits out a back-off
+//! ([`super::backoff`]) before its next request, and one the server
+//! refused with a `Retry-After` (429 or 503, when the run honours it)
+//! waits that long. Either wait falls between the next request's intended
+//! start and its `t0`: it is client queue time, never latency.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stampede_proto::ErrorClass;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
+use super::backoff::Backoff;
 use super::schedule::Window;
 use super::{Control, Gate, Shared, wait_until};
 use crate::exec::{Scratch, Timing};
 use crate::record::Outcome;
-
-/// After a failed connection attempt a user waits this long before trying
-/// again, so that a dead server is not hammered in a tight loop.
-const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 /// A closed-loop load on one agent.
 #[derive(Clone, Debug)]
@@ -32,7 +35,8 @@ pub struct Closed {
     pub first_user: u32,
     /// Length of each phase of the load, in order.
     pub phase_lengths: Vec<Duration>,
-    /// Seed for where each user starts in the prompt share.
+    /// Seed for where each user starts in the prompt share, and for its
+    /// connect back-off's jitter.
     pub seed: u64,
     /// Pause between a response and the next request.
     pub think: Duration,
@@ -55,8 +59,11 @@ impl Closed {
     ) {
         let mut users = JoinSet::new();
         for (i, windows) in self.windows.iter().enumerate() {
+            let number = self.first_user + i as u32;
             let user = User {
-                number: self.first_user + i as u32,
+                number,
+                backoff: Backoff::new(self.seed ^ u64::from(number).wrapping_mul(0xD6E8_FEB8_6659_FD93)),
+                not_before: None,
                 shared: shared.clone(),
                 next_prompt: shared.prompts.first_for(self.first_user + i as u32, self.seed),
                 windows: windows.clone(),
@@ -95,6 +102,11 @@ impl Closed {
 struct User {
     /// Global user number, unique across the run.
     number: u32,
+    /// Spaces its attempts while connections fail.
+    backoff: Backoff,
+    /// The end of a connect back-off or of the server's `Retry-After`: the
+    /// next request is not sent before it.
+    not_before: Option<Instant>,
     shared: Shared,
     next_prompt: usize,
     windows: Vec<Window>,
@@ -141,24 +153,28 @@ impl User {
             // past its tick could not have sent any sooner.
             let free = Instant::now();
             let intended = if self.pace.is_some() { tick } else { ready };
-            if intended >= off || Instant::now() >= off || self.control.stop.is_cancelled() {
+            // Waiting out a back-off or a Retry-After: from its intended
+            // start, the request waits in the client's queue.
+            let sendable = intended.max(free).max(self.not_before.unwrap_or(intended));
+            if sendable >= off || Instant::now() >= off || self.control.stop.is_cancelled() {
                 return false;
             }
-            if !wait_until(intended, &self.control.stop).await {
+            if !wait_until(sendable, &self.control.stop).await {
                 return false;
             }
+            self.not_before = None;
             if !self.shared.budget.take() {
                 return false;
             }
             let timing = Timing {
                 intended,
-                ready: intended.max(free),
+                ready: sendable,
                 dispatched: Instant::now(),
                 user: Some(self.number),
             };
             let prompt = self.shared.prompts.get(self.next_prompt);
             self.next_prompt += 1;
-            let connect_failed = tokio::select! {
+            let wait = tokio::select! {
                 biased;
                 _ = self.control.abort.cancelled() => {
                     self.shared.recorder.record(&Outcome::Cancelled);
@@ -166,19 +182,42 @@ impl User {
                 }
                 outcome = self.shared.executor.run(conn, prompt, timing, scratch) => {
                     self.shared.recorder.record(&outcome);
-                    matches!(outcome, Outcome::Failed { class: ErrorClass::Connect, .. })
+                    wait_after(&mut self.backoff, &outcome)
                 }
             };
-            if connect_failed {
-                tokio::select! {
-                    _ = sleep(CONNECT_RETRY) => {}
-                    _ = self.control.stop.cancelled() => {}
-                }
-            }
+            self.not_before = wait.map(|w| Instant::now() + w);
             match self.pace {
                 Some(pace) => tick += pace,
                 None => ready = Instant::now() + self.think,
             }
         }
+    }
+}
+
+/// How long a user waits before its next request after `outcome`, besides
+/// its think time or pace: a back-off after a failed connection attempt,
+/// or the server's `Retry-After`.
+fn wait_after(backoff: &mut Backoff, outcome: &Outcome<'_>) -> Option<Duration> {
+    match outcome {
+        Outcome::Failed {
+            class: ErrorClass::Connect,
+            ..
+        } => Some(backoff.failed()),
+        // A timeout may have been spent connecting: it neither proves the
+        // server reachable nor needs spacing (it took the whole timeout).
+        Outcome::Failed {
+            class: ErrorClass::Timeout,
+            ..
+        } => None,
+        // The connection opened: the server is reachable.
+        Outcome::Failed { retry_after, .. } => {
+            backoff.succeeded();
+            *retry_after
+        }
+        Outcome::Ok(_) => {
+            backoff.succeeded();
+            None
+        }
+        Outcome::Cancelled | Outcome::Dropped => None,
     }
 }

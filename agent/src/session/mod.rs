@@ -234,6 +234,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
         Err(reason) => {
             link.send(agent_message::Kind::Failed(pb::Failed { reason: reason.clone() }))
                 .await;
+            // Leaving at once could drop the message with the stream: wait
+            // for the controller to close it, as it does once it has read it.
+            let _ = tokio::time::timeout(GOODBYE, async {
+                while let Ok(Some(_)) = link.inbound.message().await {}
+            })
+            .await;
             return Err(Error::Assignment(reason));
         }
     };

@@ -571,6 +571,9 @@ impl Machine {
         tracing::error!(agent = %name, "agent cannot carry out its assignment: {reason}");
         if let Some(slot) = self.slots[index as usize].as_mut() {
             slot.part = Part::Over(reason.clone());
+            // Closing its stream tells it the reason was heard.
+            let conn = slot.conn;
+            self.hang_up(conn);
         }
         self.record(Entry::Failed {
             agent_index: index,

@@ -47,7 +47,14 @@ pub struct Target {
     pub timeout: Duration,
     /// The target model's tokenizer: agents count tokens with it.
     pub tokenizer: Option<TokenizerFile>,
+    /// The longest `Retry-After` (on a 429 or 503) a closed-loop user
+    /// waits out before its next request; `None` ignores `Retry-After`.
+    pub retry_after_max: Option<Duration>,
 }
+
+/// The longest `Retry-After` honoured unless the profile says otherwise:
+/// a rate limit's window is typically a minute.
+pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
 /// A Hugging Face `tokenizer.json`, read and checked when the profile is
 /// loaded; its content is sent to every agent.
@@ -369,6 +376,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let api = target::walk(&mut t, p);
     let model = t.string(p, "model");
     let timeout = t.millis(p, "timeout", false);
+    let retry_after = t.bool(p, "retry_after");
+    let retry_after_max = t.millis(p, "retry_after_max", false);
     let base = path.parent().unwrap_or(Path::new("."));
     let tokenizer = match (&o.tokenizer, t.string(p, "tokenizer")) {
         (Some(cli), _) => {
@@ -595,6 +604,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             model,
             timeout: timeout.unwrap_or(Duration::from_secs(120)),
             tokenizer,
+            retry_after_max: (retry_after != Some(false)).then(|| retry_after_max.unwrap_or(DEFAULT_RETRY_AFTER_MAX)),
         },
         load,
         request: Request {

@@ -23,6 +23,7 @@ fn a_minimal_profile_gets_every_default() {
     assert_eq!(p.target.url, None);
     assert_eq!(p.target.api.dialect, Dialect::OpenAiChat);
     assert_eq!(p.target.timeout, Duration::from_secs(120));
+    assert_eq!(p.target.retry_after_max, Some(DEFAULT_RETRY_AFTER_MAX));
     assert_eq!(p.load.duration(), Duration::from_secs(30));
     assert_eq!(p.load.drain, Duration::from_secs(30));
     assert_eq!(p.agents.get(), 1);
@@ -34,6 +35,26 @@ fn a_minimal_profile_gets_every_default() {
     assert_eq!(p.report.out, PathBuf::from("results"));
     assert_eq!(p.sim, stampede_sim::Config::default());
     assert_eq!(p.thresholds.max_error_rate, 0.0);
+}
+
+#[test]
+fn retry_after_is_honoured_up_to_its_cap_or_turned_off() {
+    let cap = |extra: &str| {
+        parse(&format!("[target]\n{extra}\n[load]\nusers = 1\n"))
+            .unwrap()
+            .target
+            .retry_after_max
+    };
+    assert_eq!(cap("retry_after_max = \"5s\""), Some(Duration::from_secs(5)));
+    assert_eq!(cap("retry_after = true"), Some(DEFAULT_RETRY_AFTER_MAX));
+    assert_eq!(cap("retry_after = false\nretry_after_max = \"5s\""), None);
+    assert_eq!(
+        problems("[target]\nretry_after = \"yes\"\nretry_after_max = \"0s\"\n[load]\nusers = 1\n"),
+        [
+            "2:15 target.retry_after: expected true or false, got \"yes\"",
+            "3:19 target.retry_after_max: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"0s\"",
+        ]
+    );
 }
 
 #[test]
