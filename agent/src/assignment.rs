@@ -62,7 +62,11 @@ impl Plan {
         // Before anything is loaded or started: a user without a
         // connection would be a stream of connect errors, not a load.
         if let Some(users) = load.connections() {
-            crate::open_files::check(&crate::open_files::Host::Agent, users, crate::open_files::Limit::current())?;
+            crate::open_files::check(
+                &crate::open_files::Host::Agent,
+                users,
+                crate::open_files::Limit::current(),
+            )?;
         }
         let tokenizer = match &target.tokenizer {
             Some(t) if !t.json.is_empty() => Some(Arc::new(
