@@ -152,14 +152,6 @@ struct Cluster {
     _sim: Proc,
 }
 
-fn signal(p: &Proc, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), p.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {}", p.pid());
-}
-
 fn exit_code(p: &mut Proc, limit: Duration) -> i32 {
     match p.wait_for(limit) {
         Some(status) => status.code().unwrap_or(-1),
@@ -335,9 +327,9 @@ fn play(c: &Cluster, n: usize, fault: Fault, at: u64) -> String {
         Fault::None => {}
         Fault::KillAgent(k) => agents[k].kill9(),
         Fault::StopAgent(k, s) => {
-            signal(&agents[k], "STOP");
+            agents[k].pause();
             std::thread::sleep(Duration::from_secs_f64(s));
-            signal(&agents[k], "CONT");
+            agents[k].resume();
         }
         Fault::CutAgent(k, s) => {
             c.net.cut(&format!("agent-{k}"));
@@ -345,14 +337,14 @@ fn play(c: &Cluster, n: usize, fault: Fault, at: u64) -> String {
             c.net.restore(&format!("agent-{k}"));
         }
         Fault::StopController(s) => {
-            signal(&controller, "STOP");
+            controller.pause();
             let stopped = Instant::now();
             if short(fault) {
                 std::thread::sleep(Duration::from_secs_f64(s));
             } else {
                 last_arrival = Some(last_new_request(c, fault, stopped, Duration::from_secs_f64(s)));
             }
-            signal(&controller, "CONT");
+            controller.resume();
         }
         Fault::KillController => {
             controller.kill9();

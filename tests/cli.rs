@@ -482,7 +482,10 @@ fn a_run_with_no_profile_sends_exactly_the_requests_asked() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(overrides, ["--users 8", "--requests 40", "--max-tokens 16"]);
+    assert_eq!(
+        overrides,
+        ["--users 8", "--requests 40", "--max-tokens 16", "--agents 3"]
+    );
     let per_agent: Vec<f64> = s["agents"].as_array().unwrap().iter().map(|a| num(a, "/ok")).collect();
     assert_eq!(per_agent, [15.0, 15.0, 10.0], "40 over 3 agents of 3, 3 and 2 users");
     // Open loop: 30 arrivals at 20/s, the count deciding the length.
@@ -642,9 +645,16 @@ fn an_endless_prompt_file_is_refused_at_once() {
 fn a_local_agent_that_fails_before_the_start_ends_the_run_at_once() {
     let _guard = exclusive();
     // Too few open files for 40 agents: some cannot start their session.
-    // The run used to wait for them until the join deadline (30 s); the
-    // outer timeout turns a hang into a failure.
+    // (An open loop without max_concurrency, which the open-file check
+    // before the start cannot size.) The run used to wait for them until
+    // the join deadline (30 s); the outer timeout turns a hang into a
+    // failure.
     bin("controller");
+    let prompts: Vec<String> = (0..40).map(|i| format!("\"prompt {i}\"")).collect();
+    let profile = format!(
+        "[load]\nrate = 1\nduration = \"2s\"\n[prompts]\ninline = [{}]\n",
+        prompts.join(", ")
+    );
     let began = std::time::Instant::now();
     let run = stampede_tests::run_profile_wrapped(
         &[
@@ -656,7 +666,7 @@ fn a_local_agent_that_fails_before_the_start_ends_the_run_at_once() {
             "-c",
             "ulimit -n 80; exec \"$0\" \"$@\"",
         ],
-        "[load]\nusers = 1\nduration = \"2s\"\n",
+        &profile,
         &["--agents", "40"],
     );
     let took = began.elapsed();

@@ -544,14 +544,6 @@ fn a_cut_link_is_noticed_within_3s_and_the_cut_agent_stops_itself() -> Outcome {
     assert_eq!(agent_named(&s, "agent-3")["reason"], "silent for 3s");
     Ok(())
 }
-fn signal(p: &Proc, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), p.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {}", p.pid());
-}
-
 /// The simulator's count of `name` since `before`.
 fn since(c: &Cluster, before: &HashMap<String, f64>, name: &str) -> f64 {
     c.sim()[name] - before[name]
@@ -594,9 +586,9 @@ fn a_5s_stop_of_the_controller_loses_nothing() -> Outcome {
         "{}",
         controller.stderr()
     );
-    signal(&controller, "STOP");
+    controller.pause();
     std::thread::sleep(Duration::from_secs(5));
-    signal(&controller, "CONT");
+    controller.resume();
     let code = exit_code(&mut controller, Duration::from_secs(90));
     assert_eq!(code, 0, "{}", controller.stderr());
     assert!(
@@ -634,7 +626,7 @@ fn a_60s_stop_of_the_controller_stops_the_load_and_loses_no_report() -> Outcome 
         "{}",
         controller.stderr()
     );
-    signal(&controller, "STOP");
+    controller.pause();
     let stopped = Instant::now();
     // Watch the server: when did the last new request arrive?
     let mut last = (c.received(), Duration::ZERO);
@@ -650,7 +642,7 @@ fn a_60s_stop_of_the_controller_stops_the_load_and_loses_no_report() -> Outcome 
         0.0,
         "no load outlives the dead-man limit"
     );
-    signal(&controller, "CONT");
+    controller.resume();
     eprintln!("the last request arrived {:?} after the stop", last.1);
     // The limit counts from the last word, at most a heartbeat before the
     // stop; a loaded machine adds a little.

@@ -189,6 +189,24 @@ impl Proc {
         let _ = self.child.kill();
     }
 
+    /// Stops it (SIGSTOP): it does not run until [`Proc::resume`].
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a stopped process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("a child's PID");
+        rustix::process::kill_process(pid, signal).expect("the process can be signalled");
+    }
+
     /// Waits up to `limit` for it to exit.
     pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
         let step = Duration::from_millis(50);

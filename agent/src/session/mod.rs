@@ -47,8 +47,8 @@ pub const SILENCE: Duration = Duration::from_secs(10);
 /// How long to go on trying to deliver reports when the assignment gives
 /// no resume limit.
 const RESUME_LIMIT: Duration = Duration::from_secs(120);
-/// How long to wait for the controller to close the session after
-/// Finished before leaving anyway.
+/// How long to wait for the controller to close the session after Failed
+/// before leaving anyway.
 const GOODBYE: Duration = Duration::from_secs(10);
 /// A gap this long between two ticks of the watchdog means this process
 /// was not running (stopped, or starved): silence in it is not the
@@ -399,8 +399,6 @@ async fn running(
     let mut load_done = false;
     // The load was abandoned for want of the controller: why.
     let mut stopped_early: Option<String> = None;
-    // When Finished went out on the current stream.
-    let mut finished_sent: Option<Instant> = None;
     let mut dialing = None;
     let mut next_dial: Option<Instant> = None;
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
@@ -422,9 +420,6 @@ async fn running(
                 finished.stopped_early = stopped_early.clone().unwrap_or_default();
                 post(&mut link, &mut next_dial, &mut outbox, message(agent_message::Kind::Finished(finished)));
                 outbox.counters = Some(counters);
-                if link.is_some() {
-                    finished_sent = Some(Instant::now());
-                }
             }
             _ = sleep_until(start), if !began => {
                 began = true;
@@ -445,12 +440,13 @@ async fn running(
                             tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
                             stop_load(stop.abort);
                         }
+                        // The controller has recorded the totals: all is delivered.
+                        Some(controller_message::Kind::Ack(ack)) if ack.finished => break Ok(()),
                         Some(controller_message::Kind::Ack(ack)) => outbox.acked(ack.sequence),
                         Some(controller_message::Kind::Resumed(r)) if r.finished => break Ok(()),
                         _ => {} // Heartbeats, a resumption confirmed, late clock replies.
                     }
                 }
-                Ok(None) if finished_sent.is_some() => break Ok(()),
                 Ok(None) => {
                     tracing::warn!("the controller closed the session; dialling again");
                     link = None;
@@ -498,9 +494,6 @@ async fn running(
                     let l = Link::new(opened, shutdown.clone(), limits.heartbeat);
                     tracing::info!(unacknowledged = outbox.len(), "resumed the session with the controller");
                     if outbox.iter().all(|m| l.offer(m.clone())) {
-                        if outbox.has_finished() {
-                            finished_sent = Some(Instant::now());
-                        }
                         link = Some(l);
                     } else {
                         next_dial = Some(Instant::now() + redial.failed());
@@ -515,11 +508,6 @@ async fn running(
                     next_dial = Some(Instant::now() + pause);
                 }
             },
-            _ = sleep_until(finished_sent.map_or(heard, |f| f + GOODBYE)), if finished_sent.is_some() && link.is_some() => {
-                // Everything went out on a live stream that the controller
-                // did not close: leave.
-                break Ok(());
-            }
             _ = watchdog.tick() => {
                 own_stall(&mut last_tick, &mut heard);
             }

@@ -6,7 +6,8 @@
 //! acknowledges only what it has logged); so does everything sent before
 //! it on the same stream, since a stream delivers in order and the
 //! controller handles its messages in order. `Finished` stays until the
-//! controller closes the session.
+//! controller says it has recorded it (an acknowledgement marked
+//! `finished`, or `Resumed { finished }` on a resumed stream).
 //!
 //! Bounded: at most [`MAX_REPORTS`] reports or [`MAX_BYTES`] bytes. Past
 //! either, the oldest report is dropped (with a warning); the controller
@@ -94,13 +95,6 @@ impl Outbox {
     pub(super) fn reports(&self) -> usize {
         self.reports
     }
-
-    /// Whether `Finished` has been sent.
-    pub(super) fn has_finished(&self) -> bool {
-        self.items
-            .iter()
-            .any(|m| matches!(m.kind, Some(agent_message::Kind::Finished(_))))
-    }
 }
 
 #[cfg(test)]
@@ -142,10 +136,8 @@ mod tests {
         o.push(pb::AgentMessage {
             kind: Some(agent_message::Kind::Finished(pb::Finished::default())),
         });
-        assert!(o.has_finished());
         o.acked(4);
-        assert_eq!(kept(&o), [None]);
-        assert!(o.has_finished(), "Finished stays until the session is closed");
+        assert_eq!(kept(&o), [None], "Finished stays until its own acknowledgement");
         assert_eq!(o.bytes, o.iter().map(prost::Message::encoded_len).sum::<usize>());
     }
 

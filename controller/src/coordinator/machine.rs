@@ -84,8 +84,11 @@ pub(crate) enum Action {
     /// End stream `conn`: with the refusal's status, or plainly.
     HangUp { conn: u64, refusal: Option<Status> },
     /// Append `entry` to the run log durably and apply it; then, when
-    /// given, acknowledge report `sequence` on stream `conn`.
-    Record { entry: Box<Entry>, ack: Option<(u64, u64)> },
+    /// given, send the acknowledgement on stream `conn`.
+    Record {
+        entry: Box<Entry>,
+        ack: Option<(u64, pb::ReportAck)>,
+    },
 }
 
 /// How an agent's part stands, as far as the coordinator is concerned.
@@ -328,7 +331,13 @@ impl Machine {
             (agent_message::Kind::Report(r), Some(i)) => {
                 // The writer logs it (once: a sequence number already taken
                 // in is not logged again) and then acknowledges it.
-                let ack = Some((conn, r.sequence));
+                let ack = Some((
+                    conn,
+                    pb::ReportAck {
+                        sequence: r.sequence,
+                        finished: false,
+                    },
+                ));
                 let entry = Box::new(Entry::Report(ReportEntry {
                     agent: self.name(i),
                     agent_index: i,
@@ -555,14 +564,21 @@ impl Machine {
             return self.hang_up(conn);
         }
         slot.part = Part::Finished;
+        // Once the writer has logged the totals it tells the agent its
+        // part is complete; then the stream ends.
+        let ack = pb::ReportAck {
+            sequence: wire.last_sequence,
+            finished: true,
+        };
         let entry = Entry::Finished(FinishedEntry {
             agent: slot.name.clone(),
             agent_index: index,
             finished: wire,
         });
-        self.record(entry);
-        // Ending the stream, once the writer has logged the totals, tells
-        // the agent everything was received.
+        self.out.push(Action::Record {
+            entry: Box::new(entry),
+            ack: Some((conn, ack)),
+        });
         self.hang_up(conn);
     }
 
@@ -996,9 +1012,9 @@ mod tests {
             [
                 Action::Record {
                     entry,
-                    ack: Some((1, 1)),
+                    ack: Some((1, ack)),
                 },
-            ] => {
+            ] if ack.sequence == 1 && !ack.finished => {
                 assert!(
                     matches!(entry.as_ref(), Entry::Report(e) if e.agent == "a"),
                     "{entry:?}"
@@ -1011,7 +1027,7 @@ mod tests {
         // again so that the agent can let it go.
         let again = r.message(1, report(1));
         assert!(
-            matches!(&again[..], [Action::Record { ack: Some((1, 1)), .. }]),
+            matches!(&again[..], [Action::Record { ack: Some((1, ack)), .. }] if ack.sequence == 1),
             "{again:?}"
         );
     }
@@ -1060,7 +1076,7 @@ mod tests {
         // What it sends again is recorded and acknowledged on the new stream.
         let again = r.message(4, report(1));
         assert!(
-            matches!(&again[..], [Action::Record { ack: Some((4, 1)), .. }]),
+            matches!(&again[..], [Action::Record { ack: Some((4, ack)), .. }] if ack.sequence == 1),
             "{again:?}"
         );
         assert!(lost(&r.to(Duration::from_secs(20))).is_empty());
@@ -1155,8 +1171,8 @@ mod tests {
         assert!(
             matches!(
                 &actions[..],
-                [Action::Record { entry, ack: None }, Action::HangUp { conn: 1, refusal: None }]
-                    if matches!(entry.as_ref(), Entry::Finished(_))
+                [Action::Record { entry, ack: Some((1, ack)) }, Action::HangUp { conn: 1, refusal: None }]
+                    if matches!(entry.as_ref(), Entry::Finished(_)) && ack.finished
             ),
             "{actions:?}"
         );

@@ -135,7 +135,7 @@ pub(crate) async fn run(
                     }
                 }
                 Action::Record { entry, ack } => {
-                    let ack = ack.and_then(|(conn, sequence)| outs.get(&conn).map(|out| (out.clone(), sequence)));
+                    let ack = ack.and_then(|(conn, ack)| outs.get(&conn).map(|out| (out.clone(), ack)));
                     if writes.send(Write::Record { entry, ack }).await.is_err() {
                         tracing::error!("the results writer stopped; the run cannot record what it receives");
                     }

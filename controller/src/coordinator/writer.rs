@@ -23,11 +23,11 @@ use crate::results::{AgentEnd, Collected, Ledger};
 
 /// What the writer is given.
 pub(crate) enum Write {
-    /// Log and apply `entry`; then acknowledge report `sequence` on the
-    /// stream, when given.
+    /// Log and apply `entry`; then send the acknowledgement on the stream,
+    /// when given.
     Record {
         entry: Box<Entry>,
-        ack: Option<(Outbound, u64)>,
+        ack: Option<(Outbound, pb::ReportAck)>,
     },
     /// The run is over: close the log.
     Close(End),
@@ -77,7 +77,7 @@ impl Writer {
     }
 
     /// Records one entry; true when a threshold broke.
-    fn record(&mut self, entry: Entry, ack: Option<(Outbound, u64)>, breached: bool) -> bool {
+    fn record(&mut self, entry: Entry, ack: Option<(Outbound, pb::ReportAck)>, breached: bool) -> bool {
         let agent_state = matches!(
             entry,
             Entry::Joined(_) | Entry::Left { .. } | Entry::Lost { .. } | Entry::Failed { .. } | Entry::Finished(_)
@@ -91,8 +91,8 @@ impl Writer {
             _ => None,
         };
         let effect = self.ledger.record(entry);
-        if let Some((out, sequence)) = ack {
-            let ack = controller_message::Kind::Ack(pb::ReportAck { sequence });
+        if let Some((out, ack)) = ack {
+            let ack = controller_message::Kind::Ack(ack);
             let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(ack) }));
         }
         if let Some(why) = &effect.unreadable {
