@@ -444,13 +444,21 @@ async fn running(
                         Some(controller_message::Kind::Ack(ack)) if ack.finished => break Ok(()),
                         Some(controller_message::Kind::Ack(ack)) => outbox.acked(ack.sequence),
                         Some(controller_message::Kind::Resumed(r)) if r.finished => break Ok(()),
-                        _ => {} // Heartbeats, a resumption confirmed, late clock replies.
+                        Some(controller_message::Kind::Resumed(_)) => {
+                            tracing::info!(unacknowledged = outbox.len(), "resumed the session with the controller");
+                        }
+                        _ => {} // Heartbeats, late clock replies.
                     }
                 }
                 Ok(None) => {
                     tracing::warn!("the controller closed the session; dialling again");
                     link = None;
                     next_dial = Some(Instant::now());
+                }
+                // The controller's answer, not a broken transport: trying
+                // again cannot help.
+                Err(status) if refusal(status.code()) => {
+                    break Err(format!("the controller refused the session: {}", status.message()));
                 }
                 Err(status) => {
                     tracing::warn!("the stream to the controller broke ({}); dialling again", status.message());
@@ -492,7 +500,7 @@ async fn running(
                     redial.succeeded();
                     heard = Instant::now();
                     let l = Link::new(opened, shutdown.clone(), limits.heartbeat);
-                    tracing::info!(unacknowledged = outbox.len(), "resumed the session with the controller");
+                    tracing::info!(unacknowledged = outbox.len(), "reached the controller again; resuming the session");
                     if outbox.iter().all(|m| l.offer(m.clone())) {
                         link = Some(l);
                     } else {
@@ -535,6 +543,22 @@ async fn running(
             n => format!("{why}; {n} reports were not delivered"),
         })),
     }
+}
+
+/// Whether a stream ended with `code` because the controller refused it
+/// (a session it lost, another run, a wrong secret), rather than because
+/// the transport broke.
+fn refusal(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::Unauthenticated
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+    )
 }
 
 /// Whether this agent itself did not run for a while since `last_tick`
