@@ -80,20 +80,30 @@ pub fn bytes(n: u64) -> String {
     format!("{n} byte{}", if n == 1 { "" } else { "s" })
 }
 
-/// Reads the whole file at `path`, refusing one larger than `limit` bytes
-/// before reading it (or, for a device or pipe, as soon as it has given
-/// more).
-pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+/// Opens `path`, refusing a regular file larger than `limit` bytes before
+/// anything is read; returns it with its size (0 for a device or pipe,
+/// whose size is known only once read).
+fn open(path: &Path, limit: u64) -> Result<(std::fs::File, u64), ReadError> {
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > limit {
+    if !meta.is_file() {
+        return Ok((file, 0));
+    }
+    if meta.len() > limit {
         return Err(ReadError::TooLarge {
             size: Some(meta.len()),
             limit,
         });
     }
-    let capacity = if meta.is_file() { meta.len() } else { 0 };
-    let mut out = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    Ok((file, meta.len()))
+}
+
+/// Reads the whole file at `path`, refusing one larger than `limit` bytes
+/// before reading it (or, for a device or pipe, as soon as it has given
+/// more).
+pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let (file, size) = open(path, limit)?;
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         // A file that grew since, a device or a pipe.
@@ -106,14 +116,7 @@ pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 /// first NUL byte, which no text holds: a device such as `/dev/zero` or
 /// `/dev/urandom`, or a binary file within the limit, is refused at once.
 pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > limit {
-        return Err(ReadError::TooLarge {
-            size: Some(meta.len()),
-            limit,
-        });
-    }
+    let (file, _) = open(path, limit)?;
     let mut out = Vec::new();
     let mut chunk = vec![0; 64 << 10];
     let mut reader = file.take(limit.saturating_add(1));

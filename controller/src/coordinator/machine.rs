@@ -18,8 +18,7 @@ use stampede_proto::pb::{self, agent_message, controller_message};
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::{Setup, service, wire_load};
-use crate::plan::Slice;
+use super::{Setup, assignment, service};
 use crate::profile::OnAgentLoss;
 use crate::results::log::{End, Entry, FinishedEntry, Joined, ReportEntry};
 
@@ -428,7 +427,7 @@ impl Machine {
         tracing::info!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
         let assignment = pb::Assignment {
             session_secret: secret,
-            ..self.assignment(&slice)
+            ..assignment(&self.setup, &slice)
         };
         self.send(conn, controller_message::Kind::Assignment(assignment));
     }
@@ -488,40 +487,6 @@ impl Machine {
         let gap = now.saturating_duration_since(heard);
         tracing::info!(agent = %hello.name, "agent resumed its session after {gap:.1?} out of contact");
         self.send(conn, controller_message::Kind::Resumed(pb::Resumed { finished: false }));
-    }
-
-    fn assignment(&self, slice: &Slice) -> pb::Assignment {
-        let s = &self.setup;
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        pb::Assignment {
-            run_id: s.run_id.clone(),
-            agent_index: slice.index,
-            agent_count: s.slices.len() as u32,
-            target: Some(s.target.clone()),
-            request: Some(s.request),
-            load: Some(wire_load(&s.load, slice, s.slices.len() as u32, s.schedule_seed)),
-            duration_ms: ms(s.load.duration()),
-            drain_ms: ms(s.load.drain),
-            interval_ms: ms(s.interval),
-            trace: s.trace.clone(),
-            prompts: Some(pb::DatasetShare {
-                prompts: s.prompts[slice.prompts.clone()]
-                    .iter()
-                    .map(|p| pb::Prompt {
-                        text: p.text.clone(),
-                        class: p.class.clone(),
-                        max_tokens: p.max_tokens,
-                    })
-                    .collect(),
-                offset: slice.prompts.start as u64,
-                total: s.prompts.len() as u64,
-            }),
-            seed: slice.seed,
-            slo: s.slo,
-            max_requests: slice.requests.unwrap_or(0),
-            session_secret: String::new(),
-            liveness: Some(s.liveness.to_wire()),
-        }
     }
 
     fn ready(&mut self, now: Now, index: u32, ready: &pb::Ready) {

@@ -150,6 +150,40 @@ pub(crate) async fn run(
         .expect("the results writer hands back what it collected")
 }
 
+/// Agent `slice`'s assignment, less its session secret.
+pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    pb::Assignment {
+        run_id: s.run_id.clone(),
+        agent_index: slice.index,
+        agent_count: s.slices.len() as u32,
+        target: Some(s.target.clone()),
+        request: Some(s.request),
+        load: Some(wire_load(&s.load, slice, s.slices.len() as u32, s.schedule_seed)),
+        duration_ms: ms(s.load.duration()),
+        drain_ms: ms(s.load.drain),
+        interval_ms: ms(s.interval),
+        trace: s.trace.clone(),
+        prompts: Some(pb::DatasetShare {
+            prompts: s.prompts[slice.prompts.clone()]
+                .iter()
+                .map(|p| pb::Prompt {
+                    text: p.text.clone(),
+                    class: p.class.clone(),
+                    max_tokens: p.max_tokens,
+                })
+                .collect(),
+            offset: slice.prompts.start as u64,
+            total: s.prompts.len() as u64,
+        }),
+        seed: slice.seed,
+        slo: s.slo,
+        max_requests: slice.requests.unwrap_or(0),
+        session_secret: String::new(),
+        liveness: Some(s.liveness.to_wire()),
+    }
+}
+
 /// This agent's load on the wire.
 pub(crate) fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed: u64) -> pb::Load {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);

@@ -14,6 +14,7 @@ use proptest::sample::Index;
 use stampede_proto::pb;
 
 use super::{Overrides, Profile};
+use crate::coordinator::{self, Setup};
 use crate::plan;
 use crate::report::progress::Progress;
 use crate::results::Ledger;
@@ -244,42 +245,36 @@ fn plan_run(text: &str, path: &Path) -> String {
         ..pb::Target::default()
     };
     stampede_agent::assignment::target_fields(&profile.target.api, &mut target);
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    // The assignments as the coordinator builds them.
+    let setup = Setup {
+        run_id: "fuzz".to_owned(),
+        slices: slices.clone(),
+        target,
+        request: pb::RequestSpec {
+            max_tokens: profile.request.max_tokens,
+            temperature: profile.request.temperature,
+            stream: profile.request.stream,
+        },
+        prompts: profile.prompts.clone(),
+        load: profile.load.clone(),
+        schedule_seed: seed,
+        interval: profile.report.interval,
+        start_delay: Duration::ZERO,
+        join_timeout: Duration::ZERO,
+        capabilities: Vec::new(),
+        on_agent_loss: profile.on_agent_loss,
+        liveness: profile.liveness,
+        live: None,
+        trace: None,
+        slo: profile.slo.as_ref().map(super::Slo::to_wire),
+        thresholds: Vec::new(),
+    };
     // The first and last agents' shares: the split's edges.
     let ends = [slices.first(), slices.last()];
     for slice in ends.into_iter().flatten() {
         let assignment = pb::Assignment {
-            run_id: "fuzz".to_owned(),
-            agent_index: slice.index,
-            agent_count: count,
-            target: Some(target.clone()),
-            request: Some(pb::RequestSpec {
-                max_tokens: profile.request.max_tokens,
-                temperature: profile.request.temperature,
-                stream: profile.request.stream,
-            }),
-            load: Some(crate::coordinator::wire_load(&profile.load, slice, count, seed)),
-            duration_ms: ms(profile.load.duration()),
-            drain_ms: ms(profile.load.drain),
-            interval_ms: ms(profile.report.interval),
-            trace: None,
-            prompts: Some(pb::DatasetShare {
-                prompts: profile.prompts[slice.prompts.clone()]
-                    .iter()
-                    .map(|p| pb::Prompt {
-                        text: p.text.clone(),
-                        class: p.class.clone(),
-                        max_tokens: p.max_tokens,
-                    })
-                    .collect(),
-                offset: slice.prompts.start as u64,
-                total: profile.prompts.len() as u64,
-            }),
-            seed: slice.seed,
-            slo: profile.slo.as_ref().map(super::Slo::to_wire),
-            max_requests: slice.requests.unwrap_or(0),
             session_secret: "0".repeat(64),
-            liveness: Some(profile.liveness.to_wire()),
+            ..coordinator::assignment(&setup, slice)
         };
         if let Err(e) = stampede_agent::assignment::Plan::from_wire(assignment) {
             return format!("an agent refuses its assignment: {e}");
