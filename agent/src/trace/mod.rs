@@ -11,6 +11,12 @@
 //! request is exported when the ratio decision kept it, when it failed, or
 //! when it is among its interval's slowest ([`keep`]). A failed or slow
 //! request the ratio did not keep is exported without the server's spans.
+//!
+//! A request's span is the root of its own trace and names nothing outside
+//! it: a link to the controller's `stampede.run` span (another trace)
+//! makes Jaeger draw every request trace as incomplete, its reference
+//! pointing at a span the trace does not hold. Every span carries
+//! `stampede.run_id` instead, and a run's requests are found by that tag.
 
 pub mod keep;
 
@@ -18,8 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use stampede_otel::{
-    Event, Exporter, KeyValue, Link, SpanContext, SpanData, SpanKind, Stats, Status, TraceFlags, TraceState,
-    Traceparent,
+    Event, Exporter, KeyValue, SpanContext, SpanData, SpanKind, Stats, Status, TraceFlags, TraceState, Traceparent,
 };
 use stampede_proto::{ErrorClass, Metric, pb};
 use tokio::time::Instant;
@@ -38,7 +43,6 @@ pub const FLUSH: Duration = Duration::from_secs(2);
 pub struct Tracing {
     exporter: Option<Exporter>,
     ratio: f64,
-    run_link: Option<SpanContext>,
     attributes: Vec<KeyValue>,
     /// When the load began: stages are counted from it.
     start: OnceLock<Instant>,
@@ -75,7 +79,6 @@ impl Tracing {
     pub fn new(
         exporter: Option<Exporter>,
         ratio: f64,
-        run_link: Option<Traceparent>,
         run_id: &str,
         agent: u32,
         endpoint: &Endpoint,
@@ -104,7 +107,6 @@ impl Tracing {
         Tracing {
             exporter,
             ratio: ratio.clamp(0.0, 1.0),
-            run_link: run_link.map(|t| t.context()),
             attributes,
             start: OnceLock::new(),
             stage_ends,
@@ -298,9 +300,6 @@ impl Tracing {
                 span.status = Status::error(message.clone());
             }
             Outcome::Cancelled | Outcome::Dropped => {}
-        }
-        if let Some(run) = &self.run_link {
-            span.links.links.push(Link::new(run.clone(), Vec::new(), 0));
         }
         span
     }
