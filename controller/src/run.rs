@@ -199,6 +199,9 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
 pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
     let env = stampede_otel::from_env(|k| std::env::var(k).ok()).map_err(RunError::Trace)?;
     let trace = profile.trace.resolve(&env);
+    if let (Some(why), Some(_)) = (&env.ignored, &trace) {
+        tracing::warn!("{why}");
+    }
     if matches!(options.agents, Agents::Local) {
         // In-process agents share this environment: a secret header whose
         // variable is missing is a mistake to report before anything runs.
