@@ -150,7 +150,7 @@ fn a_runs_traces_are_found_in_jaeger_by_its_run_id_and_each_is_whole() -> Outcom
     assert_eq!(search_link["value"], run_id);
     assert_eq!(
         search_link["link"],
-        format!("{ui}/search?service={SERVICE}&tags=%7B%22stampede.run_id%22%3A%22{run_id}%22%7D")
+        format!("{ui}/search?service={SERVICE}&tags=%7B%22stampede.run_id%22%3A%22{run_id}%22%7D&limit=1500")
     );
     assert!(run.stdout().contains("find      http://"), "{}", run.stdout());
     let html = std::fs::read_to_string(run.dir.as_ref().unwrap().join("report.html")).unwrap();

@@ -93,13 +93,19 @@ impl Config {
     }
 }
 
+/// Traces a search link asks for: the most Jaeger's search form offers
+/// (its default, 20, would list a sliver of a run).
+pub const SEARCH_LIMIT: u32 = 1500;
+
 /// The page of a Jaeger UI at `ui` that lists the traces of `service`
 /// whose spans carry the tag `key` = `value`, as its search form writes
-/// it: `{ui}/search?service=…&tags={"key":"value"}`, URL-encoded.
+/// it: `{ui}/search?service=…&tags={"key":"value"}&limit=1500`,
+/// URL-encoded. The limit is spelled out because some Jaeger-compatible
+/// stores (otlp-embedded) refuse a search without one.
 pub fn search_link(ui: &str, service: &str, key: &str, value: &str) -> String {
     let tags = format!("{{{}:{}}}", json_string(key), json_string(value));
     format!(
-        "{}/search?service={}&tags={}",
+        "{}/search?service={}&tags={}&limit={SEARCH_LIMIT}",
         ui.trim_end_matches('/'),
         url_encode(service),
         url_encode(&tags)
@@ -328,11 +334,11 @@ mod tests {
                 "stampede.run_id",
                 "high-20250101T000000Z"
             ),
-            "http://localhost:16686/search?service=stampede&tags=%7B%22stampede.run_id%22%3A%22high-20250101T000000Z%22%7D"
+            "http://localhost:16686/search?service=stampede&tags=%7B%22stampede.run_id%22%3A%22high-20250101T000000Z%22%7D&limit=1500"
         );
         assert_eq!(
             search_link("https://ui/jaeger", "my bench", "k", "a\"b"),
-            "https://ui/jaeger/search?service=my%20bench&tags=%7B%22k%22%3A%22a%5C%22b%22%7D"
+            "https://ui/jaeger/search?service=my%20bench&tags=%7B%22k%22%3A%22a%5C%22b%22%7D&limit=1500"
         );
         assert_eq!(trace_page("http://ui:16686/"), "http://ui:16686/trace/{trace_id}");
     }

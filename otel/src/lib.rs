@@ -11,7 +11,9 @@ mod config;
 mod context;
 mod export;
 
-pub use config::{Config, DEFAULT_UI_URL, FromEnv, Protocol, export_url, from_env, search_link, trace_page};
+pub use config::{
+    Config, DEFAULT_UI_URL, FromEnv, Protocol, SEARCH_LIMIT, export_url, from_env, search_link, trace_page,
+};
 pub use context::{Traceparent, new_span_id, new_trace_id, sampled_by_ratio};
 pub use export::{Exporter, Stats};
 

@@ -49,7 +49,8 @@ pub struct Search {
     /// Its value: the run id.
     pub value: String,
     /// The Jaeger UI's search page for them
-    /// (`{ui}/search?service=…&tags={"stampede.run_id":"…"}`, URL-encoded);
+    /// (`{ui}/search?service=…&tags={"stampede.run_id":"…"}&limit=1500`,
+    /// URL-encoded);
     /// null without `[trace] ui`.
     pub link: Option<String>,
 }
