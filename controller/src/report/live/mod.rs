@@ -2,16 +2,38 @@
 //! dashboard shows the run as it happens. Every report adds to cumulative
 //! counters and histograms as it arrives; histograms are re-bucketed from
 //! the exact HDR histograms into fixed buckets sized for LLM latencies.
+//! Every scrape of the server adds its mapped figures (latest value) and
+//! its accelerators' DCGM figures; agents' NVML readings come with their
+//! reports.
+//!
+//! Every series carries the run's `run_id`, so that consecutive runs
+//! scraped by one Prometheus stay apart. A scraper that accepts
+//! OpenMetrics (`application/openmetrics-text`, as Prometheus asks with
+//! exemplar storage on) is answered in OpenMetrics 1.0 text, with
+//! exemplars on the latency histograms' buckets: the latest request seen
+//! in each bucket whose span was exported, named by its trace id.
+//! Anything else gets the 0.0.4 text format, without exemplars.
+
+mod render;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use stampede_proto::{Counters, Histograms, Metric};
+use stampede_proto::{Counters, Histograms, Metric, pb};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use render::Format;
+
+use crate::results::log::ReportEntry;
+use crate::server::map::{self, Canon};
+use crate::server::prom::Sample;
+use crate::server::{Reading, Value};
 
 /// Bucket bounds, seconds.
 const TTFT_BUCKETS: [f64; 19] = [
@@ -23,8 +45,23 @@ const TOKEN_BUCKETS: [f64; 18] = [
 const E2E_BUCKETS: [f64; 18] = [
     0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
 ];
+const QUEUE_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
-/// A cumulative Prometheus histogram.
+/// A request named by its trace: an OpenMetrics exemplar.
+#[derive(Clone, Debug, PartialEq)]
+struct Exemplar {
+    /// 32 lowercase hex digits.
+    trace_id: String,
+    /// Its measurement, seconds.
+    value: f64,
+    /// When the controller received it, Unix seconds.
+    at: f64,
+}
+
+/// A cumulative Prometheus histogram, with the latest exemplar of each
+/// bucket.
 #[derive(Debug)]
 struct Buckets {
     name: &'static str,
@@ -33,6 +70,8 @@ struct Buckets {
     counts: Vec<u64>,
     sum: f64,
     count: u64,
+    /// One per bound, and one for `+Inf`.
+    exemplars: Vec<Option<Exemplar>>,
 }
 
 impl Buckets {
@@ -44,6 +83,7 @@ impl Buckets {
             counts: vec![0; bounds.len()],
             sum: 0.0,
             count: 0,
+            exemplars: vec![None; bounds.len() + 1],
         }
     }
 
@@ -64,19 +104,38 @@ impl Buckets {
         }
     }
 
-    fn render(&self, out: &mut String) {
-        let name = self.name;
-        let _ = writeln!(out, "# HELP {name} {}", self.help);
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in self.bounds.iter().zip(&self.counts) {
-            cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+    /// Keeps `e` as its bucket's exemplar: the first bucket whose bound
+    /// is at least its value.
+    fn exemplar(&mut self, e: Exemplar) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| e.value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.exemplars[i] = Some(e);
     }
+}
+
+/// One accelerator, as a source names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Device {
+    /// `nvml` (an agent's reading) or `dcgm` (the server's exporter).
+    source: &'static str,
+    /// The agent that read it (NVML); empty for DCGM.
+    agent: String,
+    /// The device's index.
+    device: String,
+}
+
+/// An accelerator's latest figures; absent where its source gave none.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Gpu {
+    utilization: Option<f64>,
+    memory_used_bytes: Option<f64>,
+    memory_total_bytes: Option<f64>,
+    power_watts: Option<f64>,
+    memory_bandwidth: Option<f64>,
+    compute_active: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -84,13 +143,22 @@ struct State {
     run_id: String,
     profile: String,
     target: String,
+    /// Spans are exported: exemplars name traces the collector has.
+    exemplars: bool,
     counters: Counters,
     active: BTreeMap<u32, u32>,
     agents: [u32; 3],
+    /// Each agent's CPU share at its latest report, by name.
+    cpu: BTreeMap<String, f64>,
     ttft: Buckets,
     itl: Buckets,
     tpot: Buckets,
     e2e: Buckets,
+    client_queue: Buckets,
+    /// The server's mapped figures at its latest scrape, with the series
+    /// each was read from (accelerators' figures are in `gpus`).
+    server: BTreeMap<Canon, (Value, &'static str)>,
+    gpus: BTreeMap<Device, Gpu>,
 }
 
 /// The live metrics of one run. Cheap to clone.
@@ -108,8 +176,34 @@ pub enum AgentState {
     Lost,
 }
 
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// What the live metrics take from a report besides its histograms and
+/// counters: the agent's name, CPU, accelerator readings and exemplars.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    agent: String,
+    cpu: f64,
+    gpu: Vec<pb::GpuSample>,
+    exemplars: Vec<pb::Exemplar>,
+}
+
+impl Extras {
+    /// What `entry` carries for the live metrics.
+    pub fn of(entry: &ReportEntry) -> Extras {
+        let r = &entry.report;
+        Extras {
+            agent: entry.agent.clone(),
+            cpu: r.cpu,
+            gpu: r.gpu.clone(),
+            exemplars: r.exemplars.iter().chain(&r.sampled_exemplars).cloned().collect(),
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 impl Live {
@@ -119,9 +213,11 @@ impl Live {
             run_id: run_id.to_owned(),
             profile: profile.to_owned(),
             target: target.to_owned(),
+            exemplars: false,
             counters: Counters::default(),
             active: BTreeMap::new(),
             agents: [0; 3],
+            cpu: BTreeMap::new(),
             ttft: Buckets::new("stampede_ttft_seconds", "Time to first token.", &TTFT_BUCKETS),
             itl: Buckets::new(
                 "stampede_itl_seconds",
@@ -134,7 +230,21 @@ impl Live {
                 &TOKEN_BUCKETS,
             ),
             e2e: Buckets::new("stampede_e2e_seconds", "End-to-end request latency.", &E2E_BUCKETS),
+            client_queue: Buckets::new(
+                "stampede_client_queue_seconds",
+                "Client-side queueing: intended start to request write.",
+                &QUEUE_BUCKETS,
+            ),
+            server: BTreeMap::new(),
+            gpus: BTreeMap::new(),
         })))
+    }
+
+    /// Serves exemplars (the run exports spans, so every trace id an
+    /// exemplar names reaches the collector).
+    pub fn with_exemplars(self, on: bool) -> Live {
+        self.state().exemplars = on;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -152,6 +262,87 @@ impl Live {
         s.itl.add(histograms.get(Metric::Itl));
         s.tpot.add(histograms.get(Metric::Tpot));
         s.e2e.add(histograms.get(Metric::E2e));
+        s.client_queue.add(histograms.get(Metric::ClientQueue));
+    }
+
+    /// Adds what a report carries besides its figures: the agent's CPU,
+    /// its accelerators' latest readings, and (with tracing on) its
+    /// exemplars.
+    pub fn extras(&self, extras: Extras) {
+        let mut s = self.state();
+        s.cpu.insert(extras.agent.clone(), extras.cpu);
+        for g in &extras.gpu {
+            let device = Device {
+                source: "nvml",
+                agent: extras.agent.clone(),
+                device: g.device.to_string(),
+            };
+            let power = (g.power_mw > 0).then(|| f64::from(g.power_mw) / 1e3);
+            s.gpus.insert(
+                device,
+                Gpu {
+                    utilization: Some(f64::from(g.utilization_pct) / 100.0),
+                    memory_used_bytes: Some(g.memory_used_bytes as f64),
+                    memory_total_bytes: Some(g.memory_total_bytes as f64),
+                    power_watts: power,
+                    memory_bandwidth: Some(f64::from(g.memory_utilization_pct) / 100.0),
+                    compute_active: None,
+                },
+            );
+        }
+        if !s.exemplars {
+            return;
+        }
+        let at = unix_now();
+        for e in &extras.exemplars {
+            let exemplar = Exemplar {
+                trace_id: e.trace_id.clone(),
+                value: e.value_us as f64 / 1e6,
+                at,
+            };
+            match Metric::from_wire(e.metric) {
+                Ok(Metric::Ttft) => s.ttft.exemplar(exemplar),
+                Ok(Metric::Itl) => s.itl.exemplar(exemplar),
+                Ok(Metric::Tpot) => s.tpot.exemplar(exemplar),
+                Ok(Metric::E2e) => s.e2e.exemplar(exemplar),
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes in one scrape of the server: its mapped figures replace the
+    /// last scrape's, and its accelerators' DCGM figures are read per
+    /// device from the raw `samples`.
+    pub fn scrape(&self, reading: &Reading, samples: &[Sample]) {
+        let mut s = self.state();
+        s.server = reading
+            .values
+            .iter()
+            .filter(|(canon, _)| render::server_family(**canon).is_some())
+            .filter_map(|(canon, v)| Some((*canon, (*v, reading.sources.get(canon)?.metric))))
+            .collect();
+        s.gpus.retain(|d, _| d.source != "dcgm");
+        for (device, figures) in map::devices(samples) {
+            let mib = |c: Canon| figures.get(&c).map(|v| v * 1024.0 * 1024.0);
+            let total = match (mib(Canon::GpuMemoryMib), mib(Canon::GpuMemoryFreeMib)) {
+                (Some(used), Some(free)) => Some(used + free),
+                _ => None,
+            };
+            let gpu = Gpu {
+                utilization: figures.get(&Canon::GpuUtil).copied(),
+                memory_used_bytes: mib(Canon::GpuMemoryMib),
+                memory_total_bytes: total,
+                power_watts: figures.get(&Canon::GpuPowerW).copied(),
+                memory_bandwidth: figures.get(&Canon::MemoryBandwidth).copied(),
+                compute_active: figures.get(&Canon::ComputeActive).copied(),
+            };
+            let key = Device {
+                source: "dcgm",
+                agent: String::new(),
+                device,
+            };
+            s.gpus.insert(key, gpu);
+        }
     }
 
     /// Records how many agents stand in each state.
@@ -168,88 +359,49 @@ impl Live {
         self.state().active.remove(&agent);
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let s = self.state();
-        let mut out = String::with_capacity(8 * 1024);
-        let o = &mut out;
-        let c = &s.counters;
-        let simple = |o: &mut String, kind: &str, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        let _ = writeln!(
-            o,
-            "# HELP stampede_run_info The run being measured.\n# TYPE stampede_run_info gauge\nstampede_run_info{{run_id=\"{}\",profile=\"{}\",target=\"{}\"}} 1",
-            label(&s.run_id),
-            label(&s.profile),
-            label(&s.target)
-        );
-        simple(o, "counter", "stampede_requests_total", "Successful requests.", c.ok);
-        let _ = writeln!(
-            o,
-            "# HELP stampede_request_errors_total Failed requests by class.\n# TYPE stampede_request_errors_total counter"
-        );
-        for (class, n) in &c.errors {
-            let _ = writeln!(o, "stampede_request_errors_total{{class=\"{class}\"}} {n}");
-        }
-        simple(
-            o,
-            "counter",
-            "stampede_requests_cancelled_total",
-            "Requests abandoned at shutdown.",
-            c.cancelled,
-        );
-        simple(
-            o,
-            "counter",
-            "stampede_input_tokens_total",
-            "Input tokens of successful requests.",
-            c.input_tokens,
-        );
-        simple(
-            o,
-            "counter",
-            "stampede_output_tokens_total",
-            "Output tokens of successful requests.",
-            c.output_tokens,
-        );
-        let active: u32 = s.active.values().sum();
-        simple(
-            o,
-            "gauge",
-            "stampede_active_users",
-            "Users running at the latest reports.",
-            u64::from(active),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP stampede_agents Agents by state.\n# TYPE stampede_agents gauge"
-        );
-        for (state, n) in ["running", "finished", "lost"].iter().zip(s.agents) {
-            let _ = writeln!(o, "stampede_agents{{state=\"{state}\"}} {n}");
-        }
-        for h in [&s.ttft, &s.itl, &s.tpot, &s.e2e] {
-            h.render(o);
-        }
-        out
+    /// The exposition in `format`.
+    pub fn render(&self, format: Format) -> String {
+        render::render(&self.state(), format)
+    }
+}
+
+/// The format to answer a scraper whose `Accept` header is `accept`:
+/// OpenMetrics when it accepts `application/openmetrics-text` (with a
+/// quality above 0), else the 0.0.4 text format.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else { return Format::Text };
+    let open_metrics = accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f64>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+    });
+    if open_metrics {
+        Format::OpenMetrics
+    } else {
+        Format::Text
     }
 }
 
 /// Serves `live` at `http://addr/metrics` until `stop` is cancelled.
 /// Returns the bound address.
 pub async fn serve(addr: SocketAddr, live: Live, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    use axum::http::{HeaderMap, header};
     use axum::routing::get;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let live = live.clone();
             async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    live.render(),
-                )
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let format = negotiate(accept);
+                ([(header::CONTENT_TYPE, format.content_type())], live.render(format))
             }
         }),
     );
@@ -262,41 +414,4 @@ pub async fn serve(addr: SocketAddr, live: Live, stop: CancellationToken) -> std
         }
     });
     Ok(bound)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stampede_proto::ErrorClass;
-
-    #[test]
-    fn reports_add_up_into_counters_and_buckets() {
-        let live = Live::new("r1", "high", "http://x:8000");
-        let mut h = Histograms::new();
-        h.record(Metric::Ttft, 40_000); // 40 ms
-        h.record(Metric::Ttft, 2_000_000); // 2 s
-        h.record(Metric::Itl, 20_000);
-        let mut c = Counters {
-            ok: 2,
-            output_tokens: 64,
-            active_users: 5,
-            ..Counters::default()
-        };
-        c.count_error(ErrorClass::Status(503));
-        live.report(0, &h, &c);
-        live.report(1, &h, &c);
-        live.agents(2, 0, 0);
-        let text = live.render();
-        assert!(text.contains("stampede_run_info{run_id=\"r1\",profile=\"high\",target=\"http://x:8000\"} 1"));
-        assert!(text.contains("\nstampede_requests_total 4\n"), "{text}");
-        assert!(text.contains("stampede_request_errors_total{class=\"http_503\"} 2"));
-        assert!(text.contains("\nstampede_output_tokens_total 128\n"));
-        assert!(text.contains("\nstampede_active_users 10\n"));
-        assert!(text.contains("stampede_agents{state=\"running\"} 2"));
-        assert!(text.contains("stampede_ttft_seconds_bucket{le=\"0.05\"} 2\n"), "{text}");
-        assert!(text.contains("stampede_ttft_seconds_bucket{le=\"1.5\"} 2\n"));
-        assert!(text.contains("stampede_ttft_seconds_bucket{le=\"2\"} 4\n"));
-        assert!(text.contains("stampede_ttft_seconds_count 4\n"));
-        assert!(text.contains("stampede_itl_seconds_bucket{le=\"0.02\"} 2\n"));
-    }
 }
