@@ -290,7 +290,7 @@ async fn run_traced(
         Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.clone()),
     };
     tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, trace_id = %span.context.trace_id, "run {run_id}");
-    let live = Live::new(&run_id, &profile.name, &url);
+    let live = Live::new(&run_id, &profile.name, &url).with_exemplars(span.config.is_some());
     let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
     let metrics_page = profile.server_metrics.enabled.then(|| {
         profile
@@ -368,7 +368,7 @@ async fn run_traced(
             stop: interrupt.stop.clone(),
             abort: give_up.clone(),
         },
-        metrics: options.metrics.map(|at| (at, live, METRICS_LINGER)),
+        metrics: options.metrics.map(|at| (at, live.clone(), METRICS_LINGER)),
     })
     .await?;
     if let Agents::Remote(_) = &agents {
@@ -380,12 +380,13 @@ async fn run_traced(
         );
     }
 
+    let served_live = options.metrics.map(|_| live);
     let scraper = metrics_page.map(|page| {
         let path = dir.join(scrapes::FILE);
         let raw = std::fs::File::create(&path)
             .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
             .ok();
-        Scraper::start(page, profile.server_metrics.interval, raw)
+        Scraper::start(page, profile.server_metrics.interval, raw, served_live.clone())
     });
 
     let agent_stop = CancellationToken::new();
