@@ -353,7 +353,7 @@ fn prometheus_reports_the_request_rate_of_a_live_run() -> Outcome {
         "{}",
         prometheus.log()
     );
-    let info = prometheus.query("stampede_run_info", started + 6.0);
+    let info = prometheus.query("last_over_time(stampede_run_info[11s])", started + 11.0);
     assert_eq!(info[0]["metric"]["profile"], "steady", "{info:?}");
     // The rate over seconds 5 to 11 of the 12 s of load.
     let at = started + 11.0;
