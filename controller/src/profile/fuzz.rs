@@ -265,6 +265,7 @@ fn plan_run(text: &str, path: &Path) -> String {
         on_agent_loss: profile.on_agent_loss,
         liveness: profile.liveness,
         live: None,
+        otlp: None,
         trace: None,
         slo: profile.slo.as_ref().map(super::Slo::to_wire),
         thresholds: Vec::new(),
