@@ -11,6 +11,7 @@ pub mod files;
 pub mod harness;
 pub mod kube;
 pub mod netns;
+pub mod otlp_metrics;
 pub mod prom;
 
 use std::collections::HashMap;
