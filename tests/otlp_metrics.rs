@@ -46,6 +46,16 @@ fn equals_summary(last: &Push, s: &Value) {
     let run_id = s["run_id"].as_str().expect("a run id");
     let count = |pointer: &str| num(s, pointer) as i64;
     let requests = |with: &[(&str, &str)]| last.number("stampede.requests", with);
+    eprintln!(
+        "last push: ok {:?} (summary {}), failed {:?}, output tokens {:?} (summary {}), e2e count {:?} (summary {})",
+        requests(&[("stampede.outcome", "ok")]),
+        count("/requests/ok"),
+        s["errors"],
+        last.number("stampede.tokens", &[("gen_ai.token.type", "output")]),
+        count("/tokens/output"),
+        last.histograms("stampede.e2e").first().map(|p| p.count),
+        count("/metrics/e2e/count"),
+    );
     assert_eq!(requests(&[("stampede.outcome", "ok")]), Some(count("/requests/ok")));
     assert_eq!(
         requests(&[("stampede.outcome", "cancelled")]),
@@ -248,25 +258,40 @@ fn the_standard_variables_push_over_http_with_headers() {
 }
 
 #[test]
-fn a_receiver_that_is_not_there_neither_fails_nor_slows_the_run() {
+#[allow(clippy::disallowed_types)] // the wall time of a real process
+fn a_receiver_that_never_answers_neither_fails_nor_holds_up_the_run() {
     let _machine = exclusive();
     let sim = Sim::start(&[]);
-    // A port nothing listens on: every push is refused at once.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    // A listener that never accepts: connections open (the kernel answers
+    // the handshake), and no push ever gets an answer.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().expect("addr"));
     let extra = format!("[metrics]\notlp = true\nendpoint = \"{url}\"\n");
-    let run = run_profile(&profile(&sim.url, "2s", &extra), &[]);
+    let began = std::time::Instant::now();
+    let run = run_profile_with_env(
+        &profile(&sim.url, "2s", &extra),
+        &[],
+        &[("OTEL_METRIC_EXPORT_TIMEOUT", "500")],
+    );
+    let took = began.elapsed();
     assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
     let s = run.summary();
     let push = &s["metrics_push"];
+    eprintln!("took {took:?}; {push}");
     assert_eq!(num(push, "/ok"), 0.0);
     assert!(num(push, "/failed") >= 2.0, "{push}");
     assert_eq!(push["last_ok"], false);
-    assert!(push["first_error"].is_string(), "{push}");
+    assert!(
+        push["first_error"].as_str().is_some_and(|e| e.contains("500ms")),
+        "{push}"
+    );
     assert!(num(s, "/requests/ok") > 0.0);
+    // Each push gives up after its timeout, the last one too: the run ends
+    // a few seconds after its 2 s of load, not when a push would.
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
     // Logged once, then counted.
     let stderr = run.stderr();
     assert_eq!(stderr.matches("cannot push metrics").count(), 1, "{stderr}");
     assert!(stderr.contains("metrics pushes to"), "{stderr}");
+    drop(silent);
 }

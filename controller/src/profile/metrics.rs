@@ -99,10 +99,15 @@ pub(super) fn walk(t: &mut Table<'_, '_>, p: &mut Problems<'_>) -> MetricsTable 
         }
         !short
     });
-    if let Some(url) = &endpoint
-        && let Err(e) = signal_url(url, protocol.unwrap_or(Protocol::Grpc), "metrics")
-    {
-        p.at(t.span_of("endpoint"), &t.path_of("endpoint"), e);
+    if let Some(url) = &endpoint {
+        let checked = signal_url(url, protocol.unwrap_or(Protocol::Grpc), "metrics").and_then(|full| {
+            full.parse::<http::Uri>()
+                .map(|_| ())
+                .map_err(|e| format!("{url:?} is not a URL: {e}"))
+        });
+        if let Err(e) = checked {
+            p.at(t.span_of("endpoint"), &t.path_of("endpoint"), e);
+        }
     }
     MetricsTable {
         otlp,

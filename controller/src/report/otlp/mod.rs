@@ -28,6 +28,7 @@ use crate::results::log::Pushed;
 use crate::results::{AgentEnd, Ledger};
 pub(crate) use request::About;
 use request::Snapshot;
+pub(crate) use send::check;
 
 /// The writer's end: takes snapshots and hands them to the pushing thread.
 pub(crate) struct Feed {
@@ -54,7 +55,7 @@ impl Feed {
     /// Starts the pushing thread for `push`; an error (a header that
     /// cannot be sent, a thread that cannot start) says why.
     pub(crate) fn start(push: Push, about: About) -> Result<Feed, String> {
-        send::check(&push)?;
+        check(&push)?;
         let (latest, snapshots) = watch::channel(None);
         let (last, lasts) = mpsc::unbounded_channel();
         let feed = Feed {
@@ -255,7 +256,7 @@ pub(crate) fn settings(profile: &crate::profile::Profile) -> Result<Option<Push>
         .unwrap_or_else(|| crate::profile::DEFAULT_SERVICE.to_owned());
     let push = profile.metrics.resolve(&env, profile.report.interval, &service);
     if let Some(p) = &push {
-        send::check(p).map_err(|e| format!("[metrics] {e}"))?;
+        check(p).map_err(|e| format!("[metrics] {e}"))?;
     }
     Ok(push)
 }
