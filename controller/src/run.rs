@@ -202,6 +202,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
     if let (Some(why), Some(_)) = (&env.ignored, &trace) {
         tracing::warn!("{why}");
     }
+    let push = crate::report::otlp::settings(&profile).map_err(RunError::Plan)?;
     if matches!(options.agents, Agents::Local) {
         // In-process agents share this environment: a secret header whose
         // variable is missing is a mistake to report before anything runs.
@@ -220,7 +221,7 @@ pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Re
     let trace_id = stampede_otel::new_trace_id();
     let logs = tracing::info_span!("run", %trace_id);
     let span = logs.in_scope(|| RunSpan::start(trace, &run_id, trace_id))?;
-    let result = run_traced(profile, options, interrupt, run_id, &span)
+    let result = run_traced(profile, options, interrupt, run_id, &span, push)
         .instrument(logs.clone())
         .await;
     span.end(result.as_ref().map(|f| &f.summary)).instrument(logs).await;
@@ -233,6 +234,7 @@ async fn run_traced(
     interrupt: Interrupt,
     run_id: String,
     span: &RunSpan,
+    push: Option<crate::profile::Push>,
 ) -> Result<Finished, RunError> {
     let agents = options.agents;
     let dir = profile.report.out.join(&run_id);
@@ -291,6 +293,7 @@ async fn run_traced(
     };
     tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, trace_id = %span.context.trace_id, "run {run_id}");
     let live = Live::new(&run_id, &profile.name, &url).with_exemplars(span.config.is_some());
+    let otlp = crate::report::otlp::start(push, &run_id, &profile, &url, &model).map_err(RunError::Failed)?;
     let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
     let metrics_page = profile.server_metrics.enabled.then(|| {
         profile
@@ -349,6 +352,7 @@ async fn run_traced(
         on_agent_loss: profile.on_agent_loss,
         liveness: profile.liveness,
         live: options.metrics.map(|_| live.clone()),
+        otlp,
         trace: span.wire(),
         slo: profile.slo.as_ref().map(crate::profile::Slo::to_wire),
         thresholds: profile.thresholds.list.clone(),

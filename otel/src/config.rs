@@ -148,6 +148,12 @@ fn url_encode(s: &str) -> String {
 
 /// The exporter's URL for a base endpoint; an error says what is wrong.
 pub fn export_url(base: &str, protocol: Protocol) -> Result<String, String> {
+    signal_url(base, protocol, "traces")
+}
+
+/// The URL of one signal (`traces`, `metrics`) for a base endpoint: for
+/// HTTP, `/v1/<signal>` is appended unless the URL already has a path.
+pub fn signal_url(base: &str, protocol: Protocol, signal: &str) -> Result<String, String> {
     let rest = base
         .strip_prefix("http://")
         .or_else(|| base.strip_prefix("https://"))
@@ -159,7 +165,7 @@ pub fn export_url(base: &str, protocol: Protocol) -> Result<String, String> {
     Ok(match protocol {
         Protocol::Grpc => base.trim_end_matches('/').to_owned(),
         Protocol::HttpProtobuf if path.trim_matches('/').is_empty() => {
-            format!("{}/v1/traces", base.trim_end_matches('/'))
+            format!("{}/v1/{signal}", base.trim_end_matches('/'))
         }
         Protocol::HttpProtobuf => base.to_owned(),
     })

@@ -10,12 +10,14 @@
 mod config;
 mod context;
 mod export;
+mod metrics;
 
 pub use config::{
-    Config, DEFAULT_UI_URL, FromEnv, Protocol, SEARCH_LIMIT, export_url, from_env, search_link, trace_page,
+    Config, DEFAULT_UI_URL, FromEnv, Protocol, SEARCH_LIMIT, export_url, from_env, search_link, signal_url, trace_page,
 };
 pub use context::{Traceparent, new_span_id, new_trace_id, sampled_by_ratio};
 pub use export::{Exporter, Stats};
+pub use metrics::{MetricsFromEnv, metrics_from_env};
 
 /// Re-exported so that users build spans with the same types.
 pub use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};

@@ -12,6 +12,7 @@ pub mod harness;
 pub mod jaeger;
 pub mod kube;
 pub mod netns;
+pub mod otlp_metrics;
 pub mod prom;
 
 use std::collections::HashMap;

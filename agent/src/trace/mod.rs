@@ -355,7 +355,7 @@ fn ms(us: u64) -> f64 {
 }
 
 /// The GenAI provider a dialect speaks for.
-fn provider(dialect: Dialect) -> &'static str {
+pub fn provider(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::OpenAiChat | Dialect::OpenAiCompletions => "openai",
         Dialect::Ollama | Dialect::OllamaChat => "ollama",
@@ -365,7 +365,7 @@ fn provider(dialect: Dialect) -> &'static str {
 }
 
 /// The GenAI operation a dialect performs.
-fn operation(dialect: Dialect) -> &'static str {
+pub fn operation(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::OpenAiChat | Dialect::OllamaChat => "chat",
         Dialect::OpenAiCompletions | Dialect::Ollama | Dialect::Tgi | Dialect::HttpJson => "text_completion",

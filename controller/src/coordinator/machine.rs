@@ -254,6 +254,7 @@ impl Machine {
             aborted: self.aborted.clone(),
             failure: self.failure.clone(),
             stopped_by: self.stopped_by.clone(),
+            metrics_push: None,
         }
     }
 
@@ -727,6 +728,7 @@ mod tests {
             on_agent_loss: p.on_agent_loss,
             liveness: p.liveness,
             live: None,
+            otlp: None,
             trace: None,
             slo: None,
             thresholds: Vec::new(),

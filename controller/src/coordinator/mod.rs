@@ -50,6 +50,8 @@ pub(crate) struct Setup {
     pub(crate) liveness: Liveness,
     /// Live metrics to feed, when served.
     pub(crate) live: Option<Live>,
+    /// The OTLP metrics push to feed, when on.
+    pub(crate) otlp: Option<crate::report::otlp::Feed>,
     /// How agents export request spans; `None`: tracing is off.
     pub(crate) trace: Option<pb::Trace>,
     /// Per-request objectives agents check (goodput).
@@ -77,6 +79,7 @@ pub(crate) async fn run(
             ledger,
             progress,
             live: setup.live.take(),
+            otlp: setup.otlp.take(),
             thresholds: std::mem::take(&mut setup.thresholds),
             interval: setup.interval,
             breaches: breach_tx,

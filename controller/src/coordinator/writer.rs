@@ -17,6 +17,7 @@ use crate::analysis::gates;
 use crate::merge::{Place, Row};
 use crate::profile::Threshold;
 use crate::report::live::{self, Live};
+use crate::report::otlp::Feed;
 use crate::report::progress::Progress;
 use crate::results::log::{End, Entry};
 use crate::results::{AgentEnd, Collected, Ledger};
@@ -38,6 +39,8 @@ pub(crate) struct Writer {
     pub(crate) ledger: Ledger,
     pub(crate) progress: Progress,
     pub(crate) live: Option<Live>,
+    /// The OTLP metrics push, when on.
+    pub(crate) otlp: Option<Feed>,
     /// The profile's thresholds; those with `abort` are judged as rows
     /// complete.
     pub(crate) thresholds: Vec<Threshold>,
@@ -112,6 +115,9 @@ impl Writer {
         if agent_state {
             self.count_agents();
         }
+        if let Some(otlp) = &mut self.otlp {
+            otlp.record(&effect, agent_index, agent_state, &self.ledger);
+        }
         self.rows(&effect.rows);
         !breached && !effect.rows.is_empty() && self.breach()
     }
@@ -176,10 +182,15 @@ impl Writer {
         }
     }
 
-    fn close(mut self, end: End) -> Collected {
+    fn close(mut self, mut end: End) -> Collected {
         let rows = self.ledger.flush();
         self.rows(&rows);
         self.progress.finish();
+        // Every report is merged: the last push carries the summary's
+        // figures.
+        if let Some(otlp) = self.otlp.take() {
+            end.metrics_push = Some(otlp.finish(&self.ledger));
+        }
         self.ledger.close(end)
     }
 }

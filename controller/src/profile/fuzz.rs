@@ -236,6 +236,13 @@ fn plan_run(text: &str, path: &Path) -> String {
         },
     );
     let _ledger = Ledger::new(&spec, None);
+    // The metrics push, as the environment leaves it to the profile.
+    let env = stampede_otel::MetricsFromEnv::default();
+    if let Some(push) = profile.metrics.resolve(&env, profile.report.interval, "fuzz")
+        && let Err(e) = crate::report::otlp::check(&push)
+    {
+        return format!("the metrics push is refused: {e}");
+    }
     let _progress = Progress::new(profile.report.interval, profile.load.duration(), false);
     let seed = plan::mix(profile.seed ^ 0x5C4E_D01E);
     let mut target = pb::Target {
@@ -265,6 +272,7 @@ fn plan_run(text: &str, path: &Path) -> String {
         on_agent_loss: profile.on_agent_loss,
         liveness: profile.liveness,
         live: None,
+        otlp: None,
         trace: None,
         slo: profile.slo.as_ref().map(super::Slo::to_wire),
         thresholds: Vec::new(),

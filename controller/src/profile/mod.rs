@@ -8,6 +8,7 @@ mod doc;
 mod gates;
 mod grades;
 mod load;
+mod metrics;
 mod prompts;
 mod settings;
 mod target;
@@ -28,6 +29,7 @@ use doc::{Problems, Table};
 pub use gates::{DEFAULT_RATIO, Slo, Threshold, Thresholds};
 pub use grades::{Band, Grade, Grades};
 pub use load::{Load, Model, Shape, Step};
+pub use metrics::{MetricsTable, Push};
 pub use settings::{Flags, Setting};
 pub use trace::{DEFAULT_SERVICE, TraceTable};
 
@@ -221,6 +223,8 @@ pub struct Profile {
     pub grades: Grades,
     /// The `[trace]` table; resolve it against the environment.
     pub trace: TraceTable,
+    /// The `[metrics]` table; resolve it against the environment.
+    pub metrics: MetricsTable,
 }
 
 /// Values from the command line, which win over the profile.
@@ -530,6 +534,9 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let mut tr = top.table(p, "trace");
     let trace = trace::walk(&mut tr, p, present);
     tr.finish(p);
+    let mut me = top.table(p, "metrics");
+    let metrics = metrics::walk(&mut me, p);
+    me.finish(p);
 
     let slo_present = top.has("slo");
     let mut sl = top.table(p, "slo");
@@ -639,6 +646,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         thresholds,
         grades,
         trace,
+        metrics,
     })
 }
 

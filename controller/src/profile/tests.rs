@@ -124,7 +124,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
             "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency, requests",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
-            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, slo, thresholds, grades",
+            "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, metrics, slo, thresholds, grades",
         ]
     );
 }
@@ -481,6 +481,83 @@ fn the_trace_table_wins_over_the_environment_and_defaults_fill_in() {
     // enabled = false wins over the environment.
     let off = parse("[load]\nusers = 1\n[trace]\nenabled = false\n").unwrap();
     assert_eq!(off.trace.resolve(&env), None);
+}
+
+#[test]
+fn the_metrics_table_wins_over_the_environment_and_defaults_fill_in() {
+    use stampede_otel::{MetricsFromEnv, Protocol};
+    let second = Duration::from_secs(1);
+    let none = MetricsFromEnv::default();
+    let plain = parse("[load]\nusers = 1\n").unwrap();
+    // Not asked for: off, even with an endpoint in the environment.
+    let endpoint_only = MetricsFromEnv {
+        endpoint: Some("http://env:4317".into()),
+        ..MetricsFromEnv::default()
+    };
+    assert_eq!(plain.metrics.resolve(&endpoint_only, second, "s"), None);
+    let env = MetricsFromEnv {
+        enabled: Some(true),
+        interval: Some(Duration::from_secs(5)),
+        headers: vec![("x-org".into(), "7".into())],
+        ..endpoint_only
+    };
+    let push = plain.metrics.resolve(&env, second, "s").unwrap();
+    assert_eq!(push.endpoint, "http://env:4317");
+    assert_eq!(
+        (push.interval, push.service_name.as_str()),
+        (Duration::from_secs(5), "s")
+    );
+    assert_eq!(push.headers, [("x-org".to_owned(), "7".to_owned())]);
+    let p = parse(
+        r#"
+        [load]
+        users = 1
+        [metrics]
+        otlp = true
+        endpoint = "http://alloy:4318"
+        protocol = "http/protobuf"
+        interval = "250ms"
+        "#,
+    )
+    .unwrap();
+    let push = p.metrics.resolve(&none, second, "s").unwrap();
+    assert_eq!(push.endpoint, "http://alloy:4318/v1/metrics");
+    assert_eq!(push.protocol, Protocol::HttpProtobuf);
+    assert_eq!(push.interval, Duration::from_millis(250));
+    // The defaults: the report interval, the local collector.
+    let push = parse("[load]\nusers = 1\n[metrics]\notlp = true\n")
+        .unwrap()
+        .metrics
+        .resolve(&none, second, "s")
+        .unwrap();
+    assert_eq!(
+        (push.endpoint.as_str(), push.interval),
+        ("http://localhost:4317", second)
+    );
+    // otlp = false wins over OTEL_METRICS_EXPORTER=otlp, otlp = true over none.
+    let off = parse("[load]\nusers = 1\n[metrics]\notlp = false\n").unwrap();
+    assert_eq!(off.metrics.resolve(&env, second, "s"), None);
+    let env_off = MetricsFromEnv {
+        enabled: Some(false),
+        ..MetricsFromEnv::default()
+    };
+    assert!(p.metrics.resolve(&env_off, second, "s").is_some());
+    let mut found = problems(
+        "[metrics]\notlp = \"yes\"\nendpoint = \"c:4317\"\ninterval = \"10ms\"\nprotocol = \"json\"\nurl = 1\n",
+    );
+    found.retain(|p| !p.contains("load.users: missing"));
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert!(found[0].starts_with("2:8 metrics.otlp: expected"), "{found:#?}");
+    assert!(
+        found[1].contains("metrics.endpoint: expected an http:// or https:// URL"),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].contains("metrics.interval: expected at least 100ms"),
+        "{found:#?}"
+    );
+    assert!(found[3].contains("metrics.protocol"), "{found:#?}");
+    assert!(found[4].contains("metrics.url: unknown key"), "{found:#?}");
 }
 
 #[test]

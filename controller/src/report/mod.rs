@@ -11,6 +11,7 @@ pub mod csv;
 pub mod html;
 pub mod junit;
 pub mod live;
+pub(crate) mod otlp;
 pub mod progress;
 pub mod schema;
 pub mod summary;

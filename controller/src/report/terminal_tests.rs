@@ -169,6 +169,7 @@ fn the_table_reads_as_it_did() {
         aborted: None,
         failure: None,
         stopped_by: None,
+        metrics_push: None,
         unreadable: 0,
         exemplars: Vec::new(),
         classes: classes(),

@@ -109,6 +109,8 @@ pub struct Collected {
     pub failure: Option<String>,
     /// The threshold that stopped the load early, in words.
     pub stopped_by: Option<String>,
+    /// How pushing the metrics over OTLP went, when they were pushed.
+    pub metrics_push: Option<super::log::Pushed>,
     /// Reports that could not be decoded.
     pub unreadable: u64,
     /// The slowest requests the agents named, slowest first per metric.
@@ -573,6 +575,7 @@ impl Ledger {
             aborted: end.aborted,
             failure: end.failure,
             stopped_by: end.stopped_by,
+            metrics_push: end.metrics_push,
             unreadable: self.unreadable,
             exemplars: self.exemplars,
             classes: self.classes,

@@ -120,6 +120,30 @@ pub struct End {
     /// The threshold that stopped the load early, in words.
     #[serde(default)]
     pub stopped_by: Option<String>,
+    /// How pushing the run's metrics over OTLP went, when they were pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_push: Option<Pushed>,
+}
+
+/// How pushing the run's metrics over OTLP went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Pushed {
+    /// Where they went: for gRPC the receiver's base URL, for HTTP the
+    /// full URL of its metrics path.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: String,
+    /// Time between pushes, seconds.
+    pub interval_s: f64,
+    /// Pushes the receiver accepted.
+    pub ok: u64,
+    /// Pushes that failed (no answer in time, refused, an error status).
+    pub failed: u64,
+    /// The last push, after the last report was merged, was accepted: the
+    /// receiver holds the summary's figures.
+    pub last_ok: bool,
+    /// Why the first failed push failed.
+    pub first_error: Option<String>,
 }
 
 /// A report as the agent sent it.
@@ -662,6 +686,15 @@ mod tests {
                 aborted: Some("why".to_owned()),
                 failure: Some("what".to_owned()),
                 stopped_by: Some("threshold ttft.p95 broke".to_owned()),
+                metrics_push: Some(Pushed {
+                    endpoint: "http://c:4317".to_owned(),
+                    protocol: "grpc".to_owned(),
+                    interval_s: 1.0,
+                    ok: 3,
+                    failed: 1,
+                    last_ok: true,
+                    first_error: Some("no answer within 5s".to_owned()),
+                }),
             }),
         ]
     }

@@ -111,6 +111,7 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         aborted: None,
         failure: None,
         stopped_by: None,
+        metrics_push: None,
         unreadable: 0,
         exemplars,
         classes: BTreeMap::new(),

@@ -595,6 +595,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         server_queue: None,
         gpu: server::gpu(c),
         busy_while_present: None,
+        metrics_push: c.metrics_push.clone(),
         findings: Vec::new(),
         definitions: DEFINITIONS,
     };

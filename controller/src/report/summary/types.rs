@@ -285,6 +285,9 @@ pub struct Summary {
     /// How busy the accelerator was while the agents had requests in
     /// flight (the figure `gpu_idle` rests on), when the run can say.
     pub busy_while_present: Option<crate::findings::Utilisation>,
+    /// How pushing the run's metrics over OTLP went (`[metrics] otlp`),
+    /// when they were pushed.
+    pub metrics_push: Option<crate::results::log::Pushed>,
     /// Where the time went, each conclusion with its evidence.
     pub findings: Vec<crate::findings::Finding>,
     /// Request spans: where they went, how many were lost, and the
@@ -772,6 +775,8 @@ pub struct Definitions {
     pub grades: &'static str,
     /// Prompt classes.
     pub classes: &'static str,
+    /// The metrics pushed over OTLP.
+    pub metrics_push: &'static str,
 }
 
 /// The definitions every summary carries.
@@ -801,6 +806,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",
     thresholds: "each [thresholds] entry judged on the merged, exact figures of the measured time (or of a class, or of a step); a failed one exits 99; one with abort = true is also judged as each interval completes, on everything merged so far, and stops the load when it breaks (after its grace time)",
     grades: "TTFT and TPOT of successful requests, by the statistic of [grades] (default p95), are good under the good bound, acceptable under the acceptable bound and poor from it on; default bounds: TTFT 500 ms and 1 s, TPOT 50 ms and 100 ms; a label only, never a reason to fail",
+    metrics_push: "with [metrics] otlp = true (or OTEL_METRICS_EXPORTER=otlp) the figures of the measured time are pushed over OTLP every metrics interval and once more after the last report is merged, so the receiver's last values equal this summary's: cumulative from the run's start, stampede.run_id on every point; stampede.requests (by stampede.outcome, failures by error.type) and stampede.tokens (by gen_ai.token.type) are monotonic sums; stampede.ttft, .itl, .chunk_gap, .tpot, .e2e, .client_queue (seconds) and the GenAI conventions' gen_ai.client.operation.duration (e2e), gen_ai.client.token.usage (tokens per request), gen_ai.client.operation.time_to_first_chunk (ttft) and .time_per_output_chunk (chunk_gap), the last two for streamed runs only, are explicit-bucket histograms re-bucketed from the HDR histograms (a bucket of the HDR histogram counts at the first bound holding its lowest value), with the exact count and HDR's min, max and sum; stampede.active_users and stampede.agents are gauges; ok and failed count pushes",
     classes: "file and synthetic prompts are classed by length, in tokens of the run's tokenizer when it has one (short up to 100 tokens, medium up to 500, long beyond), else in characters (short up to 400, medium up to 2,000, long beyond), as classes_by says; a JSONL line's own class wins; built-in prompts are labelled by their set; each row counts the requests that ended in the measured time, successes and failures (a class whose requests all failed has a row), and its rates divide by measured_s",
 };
 
