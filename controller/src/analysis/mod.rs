@@ -225,6 +225,9 @@ mod tests {
             client_bound(&just, 0.9004)
         );
         // Against a limit that is 2% of a median of 1 s: 20 ms.
-        assert!(client_bound(&lag(20.04, 21.0, 1_000.0), 0.1)[0].contains("20.04 ms (limit 20 ms, 2% of the median end to end)"));
+        assert!(
+            client_bound(&lag(20.04, 21.0, 1_000.0), 0.1)[0]
+                .contains("20.04 ms (limit 20 ms, 2% of the median end to end)")
+        );
     }
 }

@@ -109,7 +109,11 @@ impl Progress {
             ));
         } else {
             f.push(Field::new(
-                format!("[{:>5.0}s/{:.0}s]", end.min(planned).as_secs_f64(), planned.as_secs_f64()),
+                format!(
+                    "[{:>5.0}s/{:.0}s]",
+                    end.min(planned).as_secs_f64(),
+                    planned.as_secs_f64()
+                ),
                 0,
             ));
             if let Some(step) = self.step(row.place) {
@@ -186,7 +190,10 @@ impl Progress {
             left = left.min(by_count);
         }
         match self.e2e_max_us {
-            Some(us) => format!("ETA {}", clock(left + Duration::from_micros(us).min(self.load.drain), true)),
+            Some(us) => format!(
+                "ETA {}",
+                clock(left + Duration::from_micros(us).min(self.load.drain), true)
+            ),
             None => format!("ETA ≤{}", clock(left + self.load.drain, true)),
         }
     }
@@ -268,7 +275,12 @@ fn join(fields: &[Field], width: usize) -> String {
                 line.push_str(&f.text);
             }
         }
-        let widest = fields.iter().map(|f| f.rank).filter(|&r| r < drop_from).max().unwrap_or(0);
+        let widest = fields
+            .iter()
+            .map(|f| f.rank)
+            .filter(|&r| r < drop_from)
+            .max()
+            .unwrap_or(0);
         if line.chars().count() <= width || widest == 0 {
             return line;
         }

@@ -63,14 +63,18 @@ fn shown(p: &mut Progress, r: &Row) -> String {
     p.line(r)
 }
 
-const STAGES: &str = "[load]\nstages = [\n  { users = 2, duration = \"4s\" },\n  { users = 4, duration = \"4s\" },\n]\ndrain = \"5s\"\n";
+const STAGES: &str =
+    "[load]\nstages = [\n  { users = 2, duration = \"4s\" },\n  { users = 4, duration = \"4s\" },\n]\ndrain = \"5s\"\n";
 
 #[test]
 fn the_load_shows_elapsed_of_planned_the_stage_an_eta_and_tokens_per_second() {
     let mut p = Progress::new(Duration::from_secs(1), &load(STAGES), false);
     // Nothing has ended yet: the drain may take all its 5 s.
     let first = shown(&mut p, &row(0, Place::Step(0), 0, 0));
-    assert!(first.starts_with("[    1s/8s] | stage 1/2 | ETA ≤12s | users    4 |"), "{first}");
+    assert!(
+        first.starts_with("[    1s/8s] | stage 1/2 | ETA ≤12s | users    4 |"),
+        "{first}"
+    );
     // 2 answers of 64 tokens in the interval; the longest took 3.8 s, so
     // the drain is taken to last that long: 3 s of load + 3.8 s.
     let line = shown(&mut p, &row(4, Place::Step(1), 2, 3_800));
@@ -95,7 +99,10 @@ fn a_sweep_names_its_step_and_level() {
     let users = load("[load]\nwarmup = \"1s\"\n[load.sweep]\nusers = [10, 20, 40]\nstep = \"10s\"\n");
     let mut p = Progress::new(Duration::from_secs(1), &users, false);
     let line = shown(&mut p, &row(25, Place::Step(2), 1, 1_000));
-    assert!(line.starts_with("[   26s/30s] | step 3/3 at 40 users | ETA 5s |"), "{line}");
+    assert!(
+        line.starts_with("[   26s/30s] | step 3/3 at 40 users | ETA 5s |"),
+        "{line}"
+    );
     let warm = shown(&mut p, &row(20, Place::Warmup(2), 1, 1_000));
     assert!(warm.contains("| step 3/3 at 40 users warm-up |"), "{warm}");
 
@@ -103,7 +110,10 @@ fn a_sweep_names_its_step_and_level() {
     let mut p = Progress::new(Duration::from_secs(1), &rate, false);
     let line = shown(&mut p, &row(6, Place::Step(1), 1, 500));
     // An open loop counts requests in flight, not users.
-    assert!(line.contains("| step 2/2 at 12 req/s | ETA 4s | in flight    4 |"), "{line}");
+    assert!(
+        line.contains("| step 2/2 at 12 req/s | ETA 4s | in flight    4 |"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -161,7 +171,11 @@ fn a_terminal_line_fits_its_width_leaving_out_the_least_important_first() {
     assert_eq!(join(&fields, 10), "[151s/360s] | 123.0 req/s");
     // Wide enough, nothing is left out.
     let wide = join(&fields, 200);
-    assert_eq!(wide.matches(" | ").count() + wide.matches(" p95 ").count(), 11, "{wide}");
+    assert_eq!(
+        wide.matches(" | ").count() + wide.matches(" p95 ").count(),
+        11,
+        "{wide}"
+    );
 }
 
 #[test]
