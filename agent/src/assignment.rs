@@ -16,7 +16,7 @@ use crate::load::users::Closed;
 use crate::prompts::Prompts;
 use crate::tokenizer::Tokenizer;
 use crate::trace::Tracing;
-use stampede_otel::{Exporter, KeyValue, Protocol, Traceparent};
+use stampede_otel::{Exporter, KeyValue, Protocol};
 
 /// This agent's part of a run, validated.
 #[derive(Debug)]
@@ -94,7 +94,6 @@ impl Plan {
         let tracing = Tracing::new(
             exporter,
             a.trace.as_ref().map_or(0.0, |t| t.sample_ratio),
-            a.trace.as_ref().and_then(|t| Traceparent::parse(&t.run_traceparent)),
             &a.run_id,
             a.agent_index,
             &endpoint,
@@ -150,6 +149,7 @@ fn exporter(t: &pb::Trace, run_id: &str, agent: u32) -> Result<Exporter, String>
         sample_ratio: t.sample_ratio,
         service_name: t.service_name.clone(),
         ui_url: String::new(),
+        ui: None,
     };
     let resource = vec![
         KeyValue::new("service.instance.id", format!("{run_id}/agent-{agent}")),

@@ -192,6 +192,7 @@ fn wire(r: &Report, agent: u32) -> pb::Report {
             .collect(),
         cpu: r.cpu,
         in_flight: 0,
+        sampled_exemplars: Vec::new(),
         gpu: Vec::new(),
         exemplars: vec![pb::Exemplar {
             metric: pb::Metric::E2e as i32,

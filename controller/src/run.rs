@@ -199,6 +199,9 @@ fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> RunError {
 pub async fn run(profile: Profile, options: Options, interrupt: Interrupt) -> Result<Finished, RunError> {
     let env = stampede_otel::from_env(|k| std::env::var(k).ok()).map_err(RunError::Trace)?;
     let trace = profile.trace.resolve(&env);
+    if let (Some(why), Some(_)) = (&env.ignored, &trace) {
+        tracing::warn!("{why}");
+    }
     if matches!(options.agents, Agents::Local) {
         // In-process agents share this environment: a secret header whose
         // variable is missing is a mistake to report before anything runs.
@@ -301,7 +304,7 @@ async fn run_traced(
         "run {run_id}: {} against {against}, model {model}, {agents_are}",
         profile.load.describe()
     );
-    let live = Live::new(&run_id, &profile.name, &url);
+    let live = Live::new(&run_id, &profile.name, &url).with_exemplars(span.config.is_some());
     let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
     let metrics_page = profile.server_metrics.enabled.then(|| {
         profile
@@ -380,7 +383,7 @@ async fn run_traced(
             stop: interrupt.stop.clone(),
             abort: give_up.clone(),
         },
-        metrics: options.metrics.map(|at| (at, live, METRICS_LINGER)),
+        metrics: options.metrics.map(|at| (at, live.clone(), METRICS_LINGER)),
     })
     .await?;
     if let Agents::Remote(_) = &agents {
@@ -392,12 +395,13 @@ async fn run_traced(
         );
     }
 
+    let served_live = options.metrics.map(|_| live);
     let scraper = metrics_page.map(|page| {
         let path = dir.join(scrapes::FILE);
         let raw = std::fs::File::create(&path)
             .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
             .ok();
-        Scraper::start(page, profile.server_metrics.interval, raw)
+        Scraper::start(page, profile.server_metrics.interval, raw, served_live.clone())
     });
 
     let agent_stop = CancellationToken::new();

@@ -1,11 +1,17 @@
-//! The controller's span for the whole run, `stampede.run`: every request
-//! span links to it, and the run's log lines carry its trace id.
+//! The controller's span for the whole run, `stampede.run`: the run's
+//! settings, verdict and counts, and the trace id its log lines carry.
+//!
+//! It is the root of a trace of its own, and request spans do not refer to
+//! it (a reference across traces makes Jaeger draw the request traces as
+//! incomplete). Every span of the run carries `stampede.run_id` instead:
+//! searching by that tag finds the run span and each request's trace.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use stampede_otel::{
-    Config, Exporter, KeyValue, SpanContext, SpanKind, Status, TraceFlags, TraceId, TraceState, Traceparent,
+    Array, Config, Exporter, KeyValue, SpanContext, SpanKind, Status, StringValue, TraceFlags, TraceId, TraceState,
+    Traceparent, Value,
 };
 use stampede_proto::pb;
 
@@ -98,11 +104,8 @@ impl RunSpan {
             .push(KeyValue::new("stampede.run_id", self.run_id.clone()));
         match summary {
             Ok(s) => {
-                span.attributes.push(KeyValue::new(
-                    "stampede.status",
-                    format!("{:?}", s.verdict.status).to_lowercase(),
-                ));
-                span.status = Status::Ok;
+                span.attributes.extend(attributes(s));
+                span.status = status(s);
             }
             Err(e) => span.status = Status::error(e.to_string()),
         }
@@ -116,4 +119,67 @@ impl RunSpan {
         }
         while flushes.join_next().await.is_some() {}
     }
+}
+
+/// What the run span says of a finished run: the same figures as
+/// `summary.json` (requests and tokens of the measured time, the warm-up
+/// left out), named `stampede.*`.
+fn attributes(s: &Summary) -> Vec<KeyValue> {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut a = vec![
+        KeyValue::new("stampede.profile", s.profile.name.clone()),
+        KeyValue::new("stampede.target.url", s.target.url.clone()),
+        KeyValue::new("stampede.target.api", s.target.api.clone()),
+        KeyValue::new("stampede.target.simulated", s.target.simulated),
+        KeyValue::new("gen_ai.request.model", s.target.model.clone()),
+        KeyValue::new("stampede.status", status_name(s)),
+        KeyValue::new("stampede.exit_code", i64::from(s.verdict.exit_code)),
+        KeyValue::new("stampede.agents", i64::from(s.load.agents)),
+        KeyValue::new("stampede.duration_s", s.duration_s),
+        KeyValue::new("stampede.measured_s", s.measured_s),
+        KeyValue::new("stampede.requests.ok", count(s.requests.ok)),
+        KeyValue::new("stampede.requests.failed", count(s.requests.failed)),
+        KeyValue::new("stampede.requests.cancelled", count(s.requests.cancelled)),
+        KeyValue::new("stampede.requests.lost", count(s.lost.requests)),
+        KeyValue::new("stampede.tokens.input", count(s.tokens.input)),
+        KeyValue::new("stampede.tokens.output", count(s.tokens.output)),
+    ];
+    // One attribute per error class that occurred, so that a search by
+    // tag (`stampede.requests.failed.timeout`) finds the runs that had it.
+    for (class, e) in &s.errors {
+        a.push(KeyValue::new(
+            format!("stampede.requests.failed.{class}"),
+            count(e.count),
+        ));
+    }
+    if !s.verdict.reasons.is_empty() {
+        let reasons = s.verdict.reasons.iter().cloned().map(StringValue::from).collect();
+        a.push(KeyValue::new(
+            "stampede.verdict.reasons",
+            Value::Array(Array::String(reasons)),
+        ));
+    }
+    if let Some(why) = &s.verdict.stopped_by {
+        a.push(KeyValue::new("stampede.verdict.stopped_by", why.clone()));
+    }
+    a
+}
+
+/// `passed`, `failed`, `degraded`, …, as in `summary.json`.
+fn status_name(s: &Summary) -> String {
+    format!("{:?}", s.verdict.status).to_lowercase()
+}
+
+/// OK for a run that passed (exit 0); otherwise an error whose
+/// description is the verdict and its reasons.
+fn status(s: &Summary) -> Status {
+    if s.verdict.exit_code == 0 {
+        return Status::Ok;
+    }
+    let mut why = format!("{} (exit {})", status_name(s), s.verdict.exit_code);
+    if !s.verdict.reasons.is_empty() {
+        why.push_str(": ");
+        why.push_str(&s.verdict.reasons.join("; "));
+    }
+    Status::error(why)
 }

@@ -67,6 +67,9 @@ pub struct Config {
     pub service_name: String,
     /// Trace page of the UI, with `{trace_id}` in place of the id.
     pub ui_url: String,
+    /// Base URL of a Jaeger UI (`http://localhost:16686`), for a link
+    /// that searches for a run's traces; `None`: no such link.
+    pub ui: Option<String>,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             sample_ratio: 1.0,
             service_name: service_name.to_owned(),
             ui_url: DEFAULT_UI_URL.to_owned(),
+            ui: None,
         })
     }
 
@@ -87,6 +91,59 @@ impl Config {
     pub fn link(&self, trace_id: &str) -> String {
         self.ui_url.replace("{trace_id}", trace_id)
     }
+}
+
+/// Traces a search link asks for: the most Jaeger's search form offers
+/// (its default, 20, would list a sliver of a run).
+pub const SEARCH_LIMIT: u32 = 1500;
+
+/// The page of a Jaeger UI at `ui` that lists the traces of `service`
+/// whose spans carry the tag `key` = `value`, as its search form writes
+/// it: `{ui}/search?service=…&tags={"key":"value"}&limit=1500`,
+/// URL-encoded. The limit is spelled out because some Jaeger-compatible
+/// stores (otlp-embedded) refuse a search without one.
+pub fn search_link(ui: &str, service: &str, key: &str, value: &str) -> String {
+    let tags = format!("{{{}:{}}}", json_string(key), json_string(value));
+    format!(
+        "{}/search?service={}&tags={}&limit={SEARCH_LIMIT}",
+        ui.trim_end_matches('/'),
+        url_encode(service),
+        url_encode(&tags)
+    )
+}
+
+/// Jaeger's trace page at `ui`.
+pub fn trace_page(ui: &str) -> String {
+    format!("{}/trace/{{trace_id}}", ui.trim_end_matches('/'))
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The exporter's URL for a base endpoint; an error says what is wrong.
@@ -123,6 +180,10 @@ pub struct FromEnv {
     pub sample_ratio: Option<f64>,
     /// `OTEL_SERVICE_NAME`.
     pub service_name: Option<String>,
+    /// Why `OTEL_TRACES_SAMPLER_ARG` was set but not read: the
+    /// specification reads it only for the `traceidratio` and
+    /// `parentbased_traceidratio` samplers.
+    pub ignored: Option<String>,
 }
 
 /// Reads the standard variables through `var`; an error names the
@@ -153,7 +214,7 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<FromEnv, String>
         Some("always_on" | "parentbased_always_on") => Some(1.0),
         Some("always_off" | "parentbased_always_off") => Some(0.0),
         Some("traceidratio" | "parentbased_traceidratio") => {
-            let ratio = match arg {
+            let ratio = match &arg {
                 None => 1.0,
                 Some(a) => a
                     .parse::<f64>()
@@ -169,6 +230,21 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<FromEnv, String>
             ));
         }
     };
+    if let Some(a) = &arg
+        && !matches!(
+            get("OTEL_TRACES_SAMPLER").as_deref(),
+            Some("traceidratio" | "parentbased_traceidratio")
+        )
+    {
+        let sampler = match get("OTEL_TRACES_SAMPLER") {
+            Some(s) => format!("OTEL_TRACES_SAMPLER is {s:?}"),
+            None => "OTEL_TRACES_SAMPLER is not set".to_owned(),
+        };
+        out.ignored = Some(format!(
+            "OTEL_TRACES_SAMPLER_ARG={a} is ignored: {sampler}, and the ratio is read only with \
+             OTEL_TRACES_SAMPLER=traceidratio or parentbased_traceidratio (or set trace.sample_ratio in the profile)"
+        ));
+    }
     out.service_name = get("OTEL_SERVICE_NAME");
     Ok(out)
 }
@@ -217,5 +293,53 @@ mod tests {
         let bad = from_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]));
         assert!(bad.unwrap_err().contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
         assert!(from_env(env(&[("OTEL_SDK_DISABLED", "true")])).unwrap().disabled);
+    }
+
+    #[test]
+    fn the_sampler_argument_is_read_only_for_the_ratio_samplers() {
+        for sampler in ["traceidratio", "parentbased_traceidratio"] {
+            let e = from_env(env(&[
+                ("OTEL_TRACES_SAMPLER", sampler),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ]))
+            .unwrap();
+            assert_eq!((e.sample_ratio, e.ignored), (Some(0.5), None), "{sampler}");
+        }
+        // Alone, as the specification has it, the argument chooses nothing.
+        let e = from_env(env(&[("OTEL_TRACES_SAMPLER_ARG", "0.5")])).unwrap();
+        assert_eq!(e.sample_ratio, None);
+        let why = e.ignored.unwrap();
+        assert!(why.contains("OTEL_TRACES_SAMPLER_ARG=0.5 is ignored"), "{why}");
+        assert!(why.contains("OTEL_TRACES_SAMPLER is not set"), "{why}");
+        let e = from_env(env(&[
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ]))
+        .unwrap();
+        assert_eq!(e.sample_ratio, Some(1.0));
+        assert!(e.ignored.unwrap().contains("OTEL_TRACES_SAMPLER is \"always_on\""));
+        // Nothing to ignore without the argument.
+        assert_eq!(
+            from_env(env(&[("OTEL_TRACES_SAMPLER", "always_on")])).unwrap().ignored,
+            None
+        );
+    }
+
+    #[test]
+    fn a_search_link_is_what_jaegers_search_form_writes() {
+        assert_eq!(
+            search_link(
+                "http://localhost:16686/",
+                "stampede",
+                "stampede.run_id",
+                "high-20250101T000000Z"
+            ),
+            "http://localhost:16686/search?service=stampede&tags=%7B%22stampede.run_id%22%3A%22high-20250101T000000Z%22%7D&limit=1500"
+        );
+        assert_eq!(
+            search_link("https://ui/jaeger", "my bench", "k", "a\"b"),
+            "https://ui/jaeger/search?service=my%20bench&tags=%7B%22k%22%3A%22a%5C%22b%22%7D&limit=1500"
+        );
+        assert_eq!(trace_page("http://ui:16686/"), "http://ui:16686/trace/{trace_id}");
     }
 }

@@ -11,13 +11,15 @@ mod config;
 mod context;
 mod export;
 
-pub use config::{Config, DEFAULT_UI_URL, FromEnv, Protocol, export_url, from_env};
+pub use config::{
+    Config, DEFAULT_UI_URL, FromEnv, Protocol, SEARCH_LIMIT, export_url, from_env, search_link, trace_page,
+};
 pub use context::{Traceparent, new_span_id, new_trace_id, sampled_by_ratio};
 pub use export::{Exporter, Stats};
 
 /// Re-exported so that users build spans with the same types.
 pub use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-pub use opentelemetry::{KeyValue, StringValue, Value};
+pub use opentelemetry::{Array, KeyValue, StringValue, Value};
 pub use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 /// A finished span with the parts every stampede span shares filled in.

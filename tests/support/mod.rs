@@ -9,6 +9,7 @@
 pub mod collector;
 pub mod files;
 pub mod harness;
+pub mod jaeger;
 pub mod kube;
 pub mod netns;
 pub mod prom;

@@ -43,6 +43,11 @@ impl Prometheus {
     /// scraping `targets` (`host:port`) as job `job`, and waits until it is
     /// ready.
     pub fn start(job: &str, targets: &[String]) -> Prometheus {
+        Prometheus::start_with(job, targets, &[])
+    }
+
+    /// The same, with more command-line flags (`--enable-feature=…`).
+    pub fn start_with(job: &str, targets: &[String], flags: &[&str]) -> Prometheus {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = dir.path().join("prometheus.yml");
         let list = targets
@@ -64,6 +69,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -98,6 +104,22 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// The exemplars of the series `expr` selects between unix times
+    /// `start` and `end` (`/api/v1/query_exemplars`): one entry per series,
+    /// with `seriesLabels` and `exemplars`.
+    pub fn exemplars(&self, expr: &str, start: f64, end: f64) -> Vec<Value> {
+        let path = format!(
+            "/api/v1/query_exemplars?query={}&start={start:.3}&end={end:.3}",
+            encode(expr)
+        );
+        let (status, body) = get(self.addr, &path).expect("prometheus answers");
+        let v: Value = serde_json::from_str(&body).expect("the API answers JSON");
+        assert!(status == 200 && v["status"] == "success", "exemplars of {expr}: {body}");
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -117,14 +139,29 @@ fn encode(s: &str) -> String {
 
 /// A plain HTTP/1.0 GET; None when nothing answers.
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_accepting(addr, path, None).map(|(status, _, body)| (status, body))
+}
+
+/// A plain HTTP/1.0 GET with an `Accept` header when given: the status,
+/// the `Content-Type` and the body; None when nothing answers.
+pub fn get_accepting(addr: SocketAddr, path: &str, accept: Option<&str>) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        })
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    Some((status, content_type, body.to_owned()))
 }
 
 /// The metric names in a Prometheus text exposition: every `# TYPE` name

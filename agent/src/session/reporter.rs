@@ -34,6 +34,7 @@ impl Work {
     fn cut(&mut self, active: u32, index: u64, last: bool) -> pb::Report {
         self.recorder.cut(&mut self.cut, &mut self.spare);
         let exemplars = self.tracing.cut(index);
+        let sampled_exemplars = self.tracing.cut_drawn(index);
         if last {
             self.tracing.close();
         }
@@ -56,6 +57,7 @@ impl Work {
                 .collect(),
             cpu: self.cpu.sample(),
             exemplars,
+            sampled_exemplars,
             classes: class_totals(&self.cut, &self.classes),
             ..pb::Report::default()
         };

@@ -11,6 +11,16 @@
 //! request is exported when the ratio decision kept it, when it failed, or
 //! when it is among its interval's slowest ([`keep`]). A failed or slow
 //! request the ratio did not keep is exported without the server's spans.
+//!
+//! A request's span is the root of its own trace and names nothing outside
+//! it: a link to the controller's `stampede.run` span (another trace)
+//! makes Jaeger draw every request trace as incomplete, its reference
+//! pointing at a span the trace does not hold. Every span carries
+//! `stampede.run_id` instead, and a run's requests are found by that tag.
+//!
+//! A few of the requests the ratio exported are drawn per interval and
+//! metric ([`keep::Reservoir`]) to name exemplars across the whole
+//! distribution.
 
 pub mod keep;
 
@@ -18,8 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use stampede_otel::{
-    Event, Exporter, KeyValue, Link, SpanContext, SpanData, SpanKind, Stats, Status, TraceFlags, TraceState,
-    Traceparent,
+    Event, Exporter, KeyValue, SpanContext, SpanData, SpanKind, Stats, Status, TraceFlags, TraceState, Traceparent,
 };
 use stampede_proto::{ErrorClass, Metric, pb};
 use tokio::time::Instant;
@@ -27,18 +36,20 @@ use tokio::time::Instant;
 use crate::api::{Dialect, Spec};
 use crate::http::Endpoint;
 use crate::record::Outcome;
-use keep::{Kept, Slowest};
+use keep::{Kept, Reservoir, Slowest};
 
 /// How long the end-of-run flush may take; spans not exported by then
 /// count as dropped.
 pub const FLUSH: Duration = Duration::from_secs(2);
+
+/// The metrics of [`Tracing`]'s draws, in order.
+const DRAWN: [Metric; 4] = [Metric::Ttft, Metric::Itl, Metric::Tpot, Metric::E2e];
 
 /// What every span of this agent shares, and where spans go.
 #[derive(Debug, Default)]
 pub struct Tracing {
     exporter: Option<Exporter>,
     ratio: f64,
-    run_link: Option<SpanContext>,
     attributes: Vec<KeyValue>,
     /// When the load began: stages are counted from it.
     start: OnceLock<Instant>,
@@ -46,6 +57,9 @@ pub struct Tracing {
     stage_ends: Vec<Duration>,
     ttft: Slowest,
     e2e: Slowest,
+    /// Requests the ratio exported, drawn per metric: TTFT, ITL, TPOT
+    /// and E2E ([`DRAWN`]).
+    drawn: [Reservoir; 4],
     reported: std::sync::Mutex<Stats>,
     /// The run has objectives: each success's span says whether it met
     /// them.
@@ -75,7 +89,6 @@ impl Tracing {
     pub fn new(
         exporter: Option<Exporter>,
         ratio: f64,
-        run_link: Option<Traceparent>,
         run_id: &str,
         agent: u32,
         endpoint: &Endpoint,
@@ -104,7 +117,6 @@ impl Tracing {
         Tracing {
             exporter,
             ratio: ratio.clamp(0.0, 1.0),
-            run_link: run_link.map(|t| t.context()),
             attributes,
             start: OnceLock::new(),
             stage_ends,
@@ -149,6 +161,7 @@ impl Tracing {
                     && let Some(e) = &self.exporter
                 {
                     e.submit(self.span(trail, outcome));
+                    self.draw(trail.parent.trace_id, s);
                 }
                 // A span the ratio did not keep is built only if the
                 // request is among the interval's slowest.
@@ -194,6 +207,40 @@ impl Tracing {
             }
         }
         exemplars
+    }
+
+    /// Ends an interval's draws: a few exported requests per metric,
+    /// named as exemplars (in `Report.sampled_exemplars`).
+    pub fn cut_drawn(&self, interval: u64) -> Vec<pb::Exemplar> {
+        let mut exemplars = Vec::new();
+        for (metric, reservoir) in DRAWN.iter().zip(&self.drawn) {
+            for (value_us, trace_id) in reservoir.cut() {
+                exemplars.push(pb::Exemplar {
+                    metric: metric.to_wire() as i32,
+                    value_us,
+                    trace_id: trace_id.to_string(),
+                    interval,
+                });
+            }
+        }
+        exemplars
+    }
+
+    /// Offers an exported request to the draws. Its ITL is one of its
+    /// gaps per token, picked by its trace id.
+    fn draw(&self, trace_id: stampede_otel::TraceId, s: &crate::record::Sample<'_>) {
+        let [ttft, itl, tpot, e2e] = &self.drawn;
+        if let Some(v) = s.ttft_us {
+            ttft.offer(v, trace_id);
+        }
+        if !s.gaps.is_empty() {
+            let pick = u32::from_be_bytes(trace_id.to_bytes()[4..8].try_into().expect("4 bytes")) as usize;
+            itl.offer(s.gaps[pick % s.gaps.len()].per_token_max(), trace_id);
+        }
+        if let Some(v) = s.tpot_us {
+            tpot.offer(v, trace_id);
+        }
+        e2e.offer(s.e2e_us, trace_id);
     }
 
     /// Spans exported and dropped since the last call.
@@ -298,9 +345,6 @@ impl Tracing {
                 span.status = Status::error(message.clone());
             }
             Outcome::Cancelled | Outcome::Dropped => {}
-        }
-        if let Some(run) = &self.run_link {
-            span.links.links.push(Link::new(run.clone(), Vec::new(), 0));
         }
         span
     }

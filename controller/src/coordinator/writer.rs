@@ -16,7 +16,7 @@ use super::service::Outbound;
 use crate::analysis::gates;
 use crate::merge::{Place, Row};
 use crate::profile::Threshold;
-use crate::report::live::Live;
+use crate::report::live::{self, Live};
 use crate::report::progress::{Progress, Stop};
 use crate::results::log::{End, Entry};
 use crate::results::{AgentEnd, Collected, Ledger};
@@ -93,6 +93,10 @@ impl Writer {
             Entry::Finished(f) => Some(f.agent.clone()),
             _ => None,
         };
+        let extras = match (&entry, &self.live) {
+            (Entry::Report(r), Some(_)) => Some(live::Extras::of(r)),
+            _ => None,
+        };
         let effect = self.ledger.record(entry);
         if let Some((out, ack)) = ack {
             let ack = controller_message::Kind::Ack(ack);
@@ -106,6 +110,7 @@ impl Writer {
         }
         if let (Some(report), Some(live), Some(index)) = (&effect.added, &self.live, agent_index) {
             live.report(index, &report.histograms, &report.counters);
+            live.extras(extras.unwrap_or_default());
         }
         if agent_state {
             self.count_agents();

@@ -460,6 +460,24 @@ fn the_trace_table_wins_over_the_environment_and_defaults_fill_in() {
     assert_eq!(c.endpoint, "http://localhost:4317");
     assert_eq!(c.link("abc"), "http://localhost:16686/trace/abc");
     assert_eq!(c.service_name, "stampede");
+    // `ui`: Jaeger's base URL gives the trace page and the search link.
+    let c = parse("[load]\nusers = 1\n[trace]\nui = \"https://jaeger.example/ui/\"\n")
+        .unwrap()
+        .trace
+        .resolve(&none)
+        .unwrap();
+    assert_eq!(c.link("abc"), "https://jaeger.example/ui/trace/abc");
+    assert_eq!(c.ui.as_deref(), Some("https://jaeger.example/ui"));
+    // … unless `ui_url` names another trace page.
+    let c = parse("[load]\nusers = 1\n[trace]\nui = \"http://j:16686\"\nui_url = \"http://t/{trace_id}\"\n")
+        .unwrap()
+        .trace
+        .resolve(&none)
+        .unwrap();
+    assert_eq!(
+        (c.link("abc").as_str(), c.ui.as_deref()),
+        ("http://t/abc", Some("http://j:16686"))
+    );
     // enabled = false wins over the environment.
     let off = parse("[load]\nusers = 1\n[trace]\nenabled = false\n").unwrap();
     assert_eq!(off.trace.resolve(&env), None);
@@ -477,6 +495,7 @@ fn a_bad_trace_table_says_what_to_write() {
         sample_ratio = 1.5
         service_name = ""
         ui_url = "http://ui/trace"
+        ui = "localhost:16686"
         smaple = 1
         "#,
     );
@@ -488,11 +507,12 @@ fn a_bad_trace_table_says_what_to_write() {
         "trace.sample_ratio",
         "trace.service_name: must not be empty",
         "trace.ui_url: \"http://ui/trace\" has no {trace_id} placeholder",
+        "trace.ui: expected an http:// or https:// URL, got \"localhost:16686\"",
         "trace.smaple: unknown key",
     ] {
         assert!(all.contains(expected), "{expected:?} not in:\n{all}");
     }
-    assert_eq!(found.len(), 6, "{all}");
+    assert_eq!(found.len(), 7, "{all}");
 }
 
 #[test]

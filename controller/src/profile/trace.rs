@@ -1,7 +1,7 @@
 //! The `[trace]` table: where request spans go. Its values win over the
 //! standard `OTEL_*` variables, which win over the defaults.
 
-use stampede_otel::{Config, DEFAULT_UI_URL, FromEnv, Protocol, export_url};
+use stampede_otel::{Config, DEFAULT_UI_URL, FromEnv, Protocol, export_url, trace_page};
 
 use super::doc::{Problems, Table};
 
@@ -25,6 +25,10 @@ pub struct TraceTable {
     pub service_name: Option<String>,
     /// `ui_url`: the trace page, with `{trace_id}` in place of the id.
     pub ui_url: Option<String>,
+    /// `ui`: a Jaeger UI's base URL (`http://localhost:16686`), for the
+    /// link that searches for the run's traces and, without `ui_url`, for
+    /// each trace's page.
+    pub ui: Option<String>,
     /// `query_url`: a Jaeger query API (`http://localhost:16686`) to read
     /// the server's spans of the run back from after it.
     pub query_url: Option<String>,
@@ -53,7 +57,12 @@ impl TraceTable {
                 .clone()
                 .or_else(|| env.service_name.clone())
                 .unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
-            ui_url: self.ui_url.clone().unwrap_or_else(|| DEFAULT_UI_URL.to_owned()),
+            ui_url: match (&self.ui_url, &self.ui) {
+                (Some(page), _) => page.clone(),
+                (None, Some(ui)) => trace_page(ui),
+                (None, None) => DEFAULT_UI_URL.to_owned(),
+            },
+            ui: self.ui.as_ref().map(|ui| ui.trim_end_matches('/').to_owned()),
         })
     }
 }
@@ -68,6 +77,16 @@ pub(super) fn walk(t: &mut Table<'_, '_>, p: &mut Problems<'_>, present: bool) -
     let sample_ratio = t.number_in(p, "sample_ratio", 0.0, 1.0);
     let service_name = t.string(p, "service_name");
     let ui_url = t.string(p, "ui_url");
+    let ui = t.string(p, "ui");
+    if let Some(url) = &ui
+        && let Err(e) = export_url(url, Protocol::Grpc)
+    {
+        p.at(
+            t.span_of("ui"),
+            &t.path_of("ui"),
+            format!("{e}; write the Jaeger UI's base URL, for example \"http://localhost:16686\""),
+        );
+    }
     let query_url = t.string(p, "query_url");
     if let Some(url) = &query_url
         && let Err(e) = stampede_agent::http::Endpoint::parse(url)
@@ -105,6 +124,7 @@ pub(super) fn walk(t: &mut Table<'_, '_>, p: &mut Problems<'_>, present: bool) -
         sample_ratio,
         service_name,
         ui_url,
+        ui,
         query_url,
     }
 }

@@ -443,6 +443,16 @@ fn tracing(o: &mut String, s: &Summary) {
         t.endpoint.as_deref().unwrap_or(""),
         t.run_trace_id
     );
+    if let Some(search) = &t.search {
+        let _ = writeln!(
+            o,
+            "find      {}",
+            search.link.clone().unwrap_or_else(|| format!(
+                "service {}, tag {}={} (set [trace] ui for a link)",
+                search.service, search.tag, search.value
+            ))
+        );
+    }
     // The worst request, linked to its trace (with tracing off its trace
     // id leads nowhere, and summary.json still lists it).
     if let Some(worst) = t.slowest_e2e.first() {

@@ -341,6 +341,8 @@ impl TryFrom<ReportLine> for ReportEntry {
                     .map(pb::ClassTotals::try_from)
                     .collect::<Result<_, String>>()?,
                 in_flight: l.in_flight,
+                // For the live metrics only: the results do not use them.
+                sampled_exemplars: Vec::new(),
             },
         })
     }
@@ -606,6 +608,7 @@ mod tests {
                     }],
                     cpu: 0.125,
                     in_flight: 3,
+                    sampled_exemplars: Vec::new(),
                     gpu: vec![pb::GpuSample {
                         elapsed_us: 1,
                         device: 2,

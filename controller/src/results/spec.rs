@@ -106,6 +106,10 @@ pub struct TraceRef {
     pub service_name: String,
     /// Trace page of the UI, with `{trace_id}` in place of the id.
     pub ui_url: String,
+    /// Base URL of a Jaeger UI, for the link that searches for the run's
+    /// traces (`[trace] ui`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<String>,
 }
 
 impl TraceRef {
@@ -117,6 +121,7 @@ impl TraceRef {
             sample_ratio: c.sample_ratio,
             service_name: c.service_name.clone(),
             ui_url: c.ui_url.clone(),
+            ui: c.ui.clone(),
         }
     }
 

@@ -350,6 +350,30 @@ fn memory_share(reading: &mut Reading) {
     );
 }
 
+/// The accelerators' figures on a DCGM exporter's page, per device (its
+/// `gpu` label, else `device`, else empty), each in the figure's unit; for
+/// each figure the first rule whose name a device has wins, as in [`map`].
+pub fn devices(samples: &[Sample]) -> BTreeMap<String, BTreeMap<Canon, f64>> {
+    let mut devices: BTreeMap<String, BTreeMap<Canon, f64>> = BTreeMap::new();
+    let mut claimed: BTreeMap<(String, Canon), &'static str> = BTreeMap::new();
+    for rule in RULES.iter().filter(|r| r.family == "dcgm") {
+        for s in samples {
+            if s.name != rule.name || !s.value.is_finite() {
+                continue;
+            }
+            let device = s.label("gpu").or_else(|| s.label("device")).unwrap_or("").to_owned();
+            let name = claimed.entry((device.clone(), rule.canon)).or_insert(rule.name);
+            if *name == rule.name {
+                devices
+                    .entry(device)
+                    .or_default()
+                    .insert(rule.canon, s.value * rule.scale);
+            }
+        }
+    }
+    devices
+}
+
 /// The families a reading recognised.
 pub fn families(reading: &Reading) -> BTreeSet<&'static str> {
     reading.sources.values().map(|s| s.family).collect()
@@ -394,6 +418,23 @@ mod tests {
                 .values
                 .contains_key(&Canon::GpuMemoryShare)
         );
+    }
+
+    #[test]
+    fn dcgm_figures_are_read_per_device_best_name_first() {
+        let page = parse(
+            "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"a\"} 40\nDCGM_FI_DEV_GPU_UTIL{gpu=\"1\",UUID=\"b\"} 90\n\
+             DCGM_FI_DEV_MEM_COPY_UTIL{gpu=\"0\"} 30\nDCGM_FI_PROF_DRAM_ACTIVE{gpu=\"0\"} 0.5\n\
+             DCGM_FI_DEV_MEM_COPY_UTIL{gpu=\"1\"} 50\nDCGM_FI_DEV_FB_USED{gpu=\"1\"} 1024\n\
+             vllm:num_requests_running 3\n",
+        );
+        let d = devices(&page.samples);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d["0"][&Canon::GpuUtil], 0.4);
+        assert_eq!(d["0"][&Canon::MemoryBandwidth], 0.5);
+        assert_eq!(d["1"][&Canon::MemoryBandwidth], 0.5);
+        assert_eq!(d["1"][&Canon::GpuMemoryMib], 1024.0);
+        assert!(!d["0"].contains_key(&Canon::Running));
     }
 
     #[test]

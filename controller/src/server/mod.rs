@@ -16,6 +16,8 @@ use stampede_agent::http::Endpoint;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::report::live::Live;
+
 pub use map::{Canon, Kind, Reading, Source, Value};
 
 /// Largest page read.
@@ -72,10 +74,11 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Starts scraping `url` now, appending every page raw to `raw`.
-    pub fn start(url: String, every: Duration, raw: Option<std::fs::File>) -> Scraper {
+    /// Starts scraping `url` now, appending every page raw to `raw` and
+    /// handing each to the live metrics, when served.
+    pub fn start(url: String, every: Duration, raw: Option<std::fs::File>, live: Option<Live>) -> Scraper {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(scrape_loop(url, every, raw, stop.clone()));
+        let task = tokio::spawn(scrape_loop(url, every, raw, live, stop.clone()));
         Scraper { stop, task }
     }
 
@@ -86,7 +89,13 @@ impl Scraper {
     }
 }
 
-async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File>, stop: CancellationToken) -> Series {
+async fn scrape_loop(
+    url: String,
+    every: Duration,
+    mut raw: Option<std::fs::File>,
+    live: Option<Live>,
+    stop: CancellationToken,
+) -> Series {
     let mut series = Series {
         url: url.clone(),
         ..Series::default()
@@ -117,6 +126,9 @@ async fn scrape_loop(url: String, every: Duration, mut raw: Option<std::fs::File
                 let skipped = page.skipped.len() as u64;
                 keep_raw(&mut raw, &mut series, &scrapes::page(at, &page.samples, skipped));
                 series.add_page(at, &page.samples, skipped);
+                if let (Some(live), Some(last)) = (&live, series.scrapes.last()) {
+                    live.scrape(&last.reading, &page.samples);
+                }
             }
             Err(e) => {
                 if series.first_error.is_none() {

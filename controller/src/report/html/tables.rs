@@ -475,6 +475,29 @@ pub(super) fn slowest(out: &mut String, s: &Summary) {
         "Tracing was off, so these trace ids lead nowhere; turn it on with [trace] in the profile.".to_owned()
     };
     let _ = write!(out, r#"<p class="caption">{}</p>"#, esc(&state));
+    if let Some(search) = &t.search {
+        let by = format!(
+            "service {}, tag {} = {}",
+            esc(&search.service),
+            esc(&search.tag),
+            esc(&search.value)
+        );
+        match &search.link {
+            Some(link) => {
+                let _ = write!(
+                    out,
+                    r#"<p class="caption" id="trace-search">The run's traces: <a href="{}">search in Jaeger</a> ({by}).</p>"#,
+                    esc(link)
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    r#"<p class="caption" id="trace-search">Find the run's traces by {by}; with <code>[trace] ui</code> set this is a link to Jaeger's search.</p>"#
+                );
+            }
+        }
+    }
     if t.slowest_ttft.is_empty() && t.slowest_e2e.is_empty() {
         out.push_str(r#"<p class="empty">No request was named slowest.</p></section>"#);
         return;

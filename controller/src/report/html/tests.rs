@@ -254,7 +254,19 @@ fn the_page_names_no_url_but_its_trace_links() {
         interval: 3,
         link: Some(format!("http://localhost:16686/trace/{}", "ab".repeat(16))),
     }];
+    s.tracing.search = Some(trace::Search {
+        service: "stampede".into(),
+        tag: "stampede.run_id".into(),
+        value: s.run_id.clone(),
+        link: Some(stampede_otel::search_link(
+            "http://localhost:16686",
+            "stampede",
+            "stampede.run_id",
+            &s.run_id,
+        )),
+    });
     let html = render(&s, &d);
+    assert!(html.contains(r#"id="trace-search""#));
     for banned in ["<link", "<img", "<iframe", "src=", "url(", "@import", "@font-face"] {
         assert!(!html.contains(banned), "{banned}");
     }
@@ -272,7 +284,7 @@ fn the_page_names_no_url_but_its_trace_links() {
         links += usize::from(in_anchor);
         rest = &rest[at + 3..];
     }
-    assert_eq!(links, 1);
+    assert_eq!(links, 2);
 }
 
 #[test]

@@ -590,7 +590,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         lost: lost(p, c),
         start_skew: start_skew(c),
         intervals: intervals(c, p.interval_s()),
-        tracing: trace::build(p.trace.as_ref(), &p.run_trace_id, c),
+        tracing: trace::build(p.trace.as_ref(), &p.run_id, &p.run_trace_id, c),
         server: None,
         server_queue: None,
         gpu: server::gpu(c),

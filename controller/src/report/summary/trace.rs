@@ -1,5 +1,6 @@
 //! The `tracing` section of `summary.json`: where spans went, how many were
-//! lost, and the slowest requests with links to their traces.
+//! lost, how to find the run's traces, and the slowest requests with links
+//! to their traces.
 
 use serde::Serialize;
 use stampede_proto::Metric;
@@ -23,6 +24,10 @@ pub struct Tracing {
     pub service_name: Option<String>,
     /// Trace id of the controller's run span.
     pub run_trace_id: String,
+    /// How to find the run's traces (its run span and every request's) in
+    /// a trace store: by service and the `stampede.run_id` tag. Null
+    /// when tracing was off.
+    pub search: Option<Search>,
     /// Request spans the collector accepted.
     pub spans_exported: u64,
     /// Request spans lost (export queue full, collector failing, or the
@@ -33,6 +38,25 @@ pub struct Tracing {
     /// The slowest requests end to end, slowest first.
     pub slowest_e2e: Vec<Exemplar>,
 }
+
+/// A search for the run's traces, as a Jaeger UI's search form takes it.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Search {
+    /// The service to search: `service.name` of the request spans.
+    pub service: String,
+    /// The tag every span of the run carries: `stampede.run_id`.
+    pub tag: String,
+    /// Its value: the run id.
+    pub value: String,
+    /// The Jaeger UI's search page for them
+    /// (`{ui}/search?service=…&tags={"stampede.run_id":"…"}&limit=1500`,
+    /// URL-encoded);
+    /// null without `[trace] ui`.
+    pub link: Option<String>,
+}
+
+/// The tag every span of a run carries, with the run id.
+pub const RUN_TAG: &str = "stampede.run_id";
 
 /// One slow request.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -50,7 +74,7 @@ pub struct Exemplar {
 }
 
 /// The section, from the run's settings and what the agents reported.
-pub fn build(config: Option<&TraceRef>, run_trace_id: &str, c: &Collected) -> Tracing {
+pub fn build(config: Option<&TraceRef>, run_id: &str, run_trace_id: &str, c: &Collected) -> Tracing {
     let m = &c.merger;
     let (measured, warmup) = (&m.measured().counters, m.warmup());
     let list = |metric: Metric| -> Vec<Exemplar> {
@@ -73,6 +97,15 @@ pub fn build(config: Option<&TraceRef>, run_trace_id: &str, c: &Collected) -> Tr
         sample_ratio: config.map(|t| t.sample_ratio),
         service_name: config.map(|t| t.service_name.clone()),
         run_trace_id: run_trace_id.to_owned(),
+        search: config.map(|t| Search {
+            service: t.service_name.clone(),
+            tag: RUN_TAG.to_owned(),
+            value: run_id.to_owned(),
+            link: t
+                .ui
+                .as_ref()
+                .map(|ui| stampede_otel::search_link(ui, &t.service_name, RUN_TAG, run_id)),
+        }),
         spans_exported: measured.spans_exported + warmup.spans_exported,
         spans_dropped: measured.spans_dropped + warmup.spans_dropped,
         slowest_ttft: list(Metric::Ttft),
