@@ -31,7 +31,13 @@ fn the_high_profile_runs_against_the_built_in_simulator() {
     ] {
         assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
     }
-    assert!(run.stderr().contains("no target given: using the built-in simulator"));
+    assert!(
+        run.stderr()
+            .contains("against the built-in simulator at http://127.0.0.1:")
+            && run.stderr().contains("(no target given)"),
+        "{}",
+        run.stderr()
+    );
     let s = run.summary();
     assert_eq!(s["load"]["users"], 50);
     assert_eq!(s["target"]["simulated"], true);

@@ -55,6 +55,10 @@ pub struct Config {
     pub trace: Option<stampede_proto::pb::Trace>,
     /// Sample this host's GPUs and send the readings.
     pub gpu: bool,
+    /// Runs inside the controller's process, whose log already tells of
+    /// the assignment and the stop: this agent logs them at debug level,
+    /// so that each event is logged once.
+    pub in_process: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -66,6 +70,8 @@ impl std::fmt::Debug for Config {
             .field("ca", &self.ca.is_some())
             .field("wait", &self.wait)
             .field("trace", &self.trace)
+            .field("gpu", &self.gpu)
+            .field("in_process", &self.in_process)
             .finish()
     }
 }

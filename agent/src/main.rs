@@ -136,6 +136,7 @@ fn main() -> ExitCode {
         wait: cli.wait,
         trace,
         gpu: cli.gpu,
+        in_process: false,
     };
     let runtime = match stampede_agent::load_runtime() {
         Ok(rt) => rt,

@@ -406,6 +406,17 @@ impl Condition {
         }
     }
 
+    /// A value in the condition's unit, set beside the limit: with as
+    /// many digits as it takes to show which side of it the value is on.
+    pub fn show_beside(&self, value: f64) -> String {
+        match self.unit {
+            "share" => format!("{}%", trim_beside(value * 100.0, self.limit * 100.0)),
+            "ms" => format!("{} ms", trim_beside(value, self.limit)),
+            "/s" => format!("{}/s", trim_beside(value, self.limit)),
+            unit => format!("{} {unit}", trim_beside(value, self.limit)),
+        }
+    }
+
     /// A value in the condition's unit, for messages.
     pub fn show(&self, value: f64) -> String {
         match self.unit {
@@ -419,10 +430,51 @@ impl Condition {
 
 /// A number to four significant digits, without trailing zeros.
 fn trim(v: f64) -> String {
+    trim_to(v, 4)
+}
+
+/// `v` to four significant digits, or as many more as it takes for the
+/// text to stand on the same side of `limit` (as [`trim`] shows it) as
+/// `v` does: 500.04 against 500 reads "500.04", not "500".
+fn trim_beside(v: f64, limit: f64) -> String {
+    let limit = trim(limit).parse().unwrap_or(limit);
+    let side = v.partial_cmp(&limit);
+    (4..=12)
+        .map(|digits| trim_to(v, digits))
+        .find(|s| s.parse::<f64>().ok().and_then(|shown| shown.partial_cmp(&limit)) == side)
+        .unwrap_or_else(|| trim_to(v, 12))
+}
+
+/// `value` and `limit` with `decimals` decimal places, or as many more as
+/// it takes for the value's text to stand on the same side of the limit's
+/// as the value does: a lag of 5.039 ms against 5 ms reads "5.04" and "5",
+/// never "5.0" and "5". The limit loses trailing zeros.
+pub fn beside(value: f64, limit: f64, decimals: usize) -> (String, String) {
+    let side = value.partial_cmp(&limit);
+    let shown = |d: usize| (format!("{value:.d$}"), format!("{limit:.d$}"));
+    let (v, l) = (decimals..=decimals + 9)
+        .map(shown)
+        .find(|(v, l)| {
+            let (v, l) = (v.parse::<f64>().ok(), l.parse::<f64>().ok());
+            v.zip(l).and_then(|(v, l)| v.partial_cmp(&l)) == side
+        })
+        .unwrap_or_else(|| shown(decimals));
+    let l = if l.contains('.') {
+        l.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        l
+    };
+    (v, l)
+}
+
+/// A number to `significant` digits, without trailing zeros: at most six
+/// decimals, or nine where more than four digits are asked for.
+fn trim_to(v: f64, significant: i32) -> String {
+    let most = if significant > 4 { 9 } else { 6 };
     let digits = if v == 0.0 {
         0
     } else {
-        (3 - v.abs().log10().floor() as i32).clamp(0, 6) as usize
+        (significant - 1 - v.abs().log10().floor() as i32).clamp(0, most) as usize
     };
     let s = format!("{v:.digits$}");
     if s.contains('.') {
@@ -441,6 +493,29 @@ impl fmt::Display for Condition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_beside_its_limit_shows_which_side_it_is_on() {
+        // One decimal tells 5.039 from 5 no better than "5.0": two do.
+        assert_eq!(beside(5.039, 5.0, 1), ("5.04".to_owned(), "5".to_owned()));
+        assert_eq!(beside(4.9996, 5.0, 1), ("4.9996".to_owned(), "5".to_owned()));
+        // Far from it, or on it, the usual decimals do.
+        assert_eq!(beside(7.25, 5.0, 1), ("7.2".to_owned(), "5".to_owned()));
+        assert_eq!(beside(5.0, 5.0, 1), ("5.0".to_owned(), "5".to_owned()));
+        assert_eq!(beside(90.04, 90.0, 0), ("90.04".to_owned(), "90".to_owned()));
+        // A limit that is not round is rounded as the value is, and the
+        // two still read the right way round.
+        assert_eq!(beside(12.34, 12.35, 1), ("12.34".to_owned(), "12.35".to_owned()));
+        assert_eq!(beside(12.351, 12.35, 1), ("12.4".to_owned(), "12.3".to_owned()));
+
+        let c = Condition::parse("< 500ms", Figure::Metric(Metric::Ttft, Stat::P95)).expect("a condition");
+        assert_eq!(c.show_beside(500.04), "500.04 ms");
+        assert_eq!(c.show_beside(499.99), "499.99 ms");
+        assert_eq!(c.show_beside(512.345), "512.3 ms");
+        assert_eq!(c.show_beside(500.0), "500 ms");
+        let share = Condition::parse("<= 1%", Figure::parse("error_rate").expect("a figure")).expect("a condition");
+        assert_eq!(share.show_beside(0.010_02), "1.002%");
+    }
 
     #[test]
     fn figures_have_names_that_read_back() {

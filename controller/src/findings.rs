@@ -336,13 +336,11 @@ pub fn vram_high(v: &VramUse) -> Option<Finding> {
     if v.above == 0 {
         return None;
     }
+    let (max, limit) = crate::figure::beside(v.max_share * 100.0, VRAM_SHARE * 100.0, 1);
     Some(finding(
         "vram_high",
         format!(
-            "VRAM above {:.0}%: the accelerator's memory was up to {:.1}% used (above {:.0}% in {} of {} intervals{}): no headroom for longer contexts or larger batches. A server that reserves its KV cache up front (vLLM's gpu_memory_utilization) holds this much by design; otherwise a smaller or quantised model, or fewer concurrent sequences, frees memory",
-            VRAM_SHARE * 100.0,
-            v.max_share * 100.0,
-            VRAM_SHARE * 100.0,
+            "VRAM above {limit}%: the accelerator's memory was up to {max}% used (above {limit}% in {} of {} intervals{}): no headroom for longer contexts or larger batches. A server that reserves its KV cache up front (vLLM's gpu_memory_utilization) holds this much by design; otherwise a smaller or quantised model, or fewer concurrent sequences, frees memory",
             v.above,
             v.intervals,
             v.first_s.map(|t| format!(", from {t:.0} s")).unwrap_or_default()

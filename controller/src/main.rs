@@ -238,7 +238,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn".into()),
         )
         .with_target(false)
-        .with_writer(std::io::stderr)
+        .with_writer(stampede_controller::report::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {

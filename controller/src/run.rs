@@ -262,8 +262,8 @@ async fn run_traced(
                 .await
                 .map_err(RunError::Sim)?;
             let c = &profile.sim;
-            tracing::info!(
-                "no target given: using the built-in simulator at {} (max_batch {}, prefill {:?} + {:?}/token, decode step {:?} + {:?}/extra sequence)",
+            tracing::debug!(
+                "the built-in simulator at {}: max_batch {}, prefill {:?} + {:?}/token, decode step {:?} + {:?}/extra sequence",
                 sim.url(),
                 c.max_batch,
                 c.prefill_base,
@@ -291,7 +291,21 @@ async fn run_traced(
         ),
         Agents::Remote(l) => (l.addr, l.expect.get(), l.wait, l.token.clone(), l.tls.clone()),
     };
-    tracing::info!(target = %url, model = %model, load = %profile.load.label(profile.load.peak()), agents = count, trace_id = %span.context.trace_id, "run {run_id}");
+    // What is being run against what: the one line before the load
+    // (remote agents joining, and anything to act on, besides).
+    let against = match &sim {
+        Some(_) => format!("the built-in simulator at {url} (no target given)"),
+        None => url.clone(),
+    };
+    let agents_are = match &agents {
+        Agents::Local => format!("{count} in-process agent{}", if count == 1 { "" } else { "s" }),
+        Agents::Remote(_) => format!("{count} remote agent{}", if count == 1 { "" } else { "s" }),
+    };
+    tracing::info!(
+        trace_id = %span.context.trace_id,
+        "run {run_id}: {} against {against}, model {model}, {agents_are}",
+        profile.load.describe()
+    );
     let live = Live::new(&run_id, &profile.name, &url).with_exemplars(span.config.is_some());
     let otlp = crate::report::otlp::start(push, &run_id, &profile, &url, &model).map_err(RunError::Failed)?;
     let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
@@ -356,9 +370,10 @@ async fn run_traced(
         trace: span.wire(),
         slo: profile.slo.as_ref().map(crate::profile::Slo::to_wire),
         thresholds: profile.thresholds.list.clone(),
+        local: matches!(agents, Agents::Local),
     };
     let tty = std::io::stderr().is_terminal();
-    let progress = Progress::new(profile.report.interval, profile.load.duration(), tty);
+    let progress = Progress::new(profile.report.interval, &profile.load, tty);
     let secured = (tls.is_some(), token.is_some());
     // The coordinator's own abandon signal: the operator's second
     // interrupt, or an in-process agent that failed before the start.
@@ -415,6 +430,7 @@ async fn run_traced(
                 wait: Duration::from_secs(10),
                 trace: None,
                 gpu: options.gpu,
+                in_process: true,
             };
             let agent = stampede_agent::run(config, agent_stop.clone());
             local.spawn_on(async move { (name, agent.await) }.in_current_span(), runtime.handle());

@@ -236,6 +236,7 @@ mod tests {
             wait: Duration::from_secs(1),
             trace: None,
             gpu: false,
+            in_process: false,
         };
         let e = endpoint(&config).unwrap_err().to_string();
         assert!(e.contains("not https"), "{e}");

@@ -244,14 +244,25 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
         }
     };
     let offset = clock::estimate(&mut link).await?;
-    tracing::info!(
-        run = %plan.run_id,
-        agent = plan.agent_index,
-        prompts = plan.prompts.len(),
-        clock_offset_us = offset.map(|o| o.offset_us),
-        clock_rtt_us = offset.map(|o| o.rtt_us),
-        "assignment accepted"
-    );
+    // An in-process agent's controller logs the run it takes part in.
+    macro_rules! accepted {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                run = %plan.run_id,
+                agent = plan.agent_index,
+                prompts = plan.prompts.len(),
+                clock_offset_us = offset.map(|o| o.offset_us),
+                clock_rtt_us = offset.map(|o| o.rtt_us),
+                "assignment accepted"
+            )
+        };
+    }
+    if config.in_process {
+        accepted!(tracing::Level::DEBUG);
+    } else {
+        accepted!(tracing::Level::INFO);
+    }
     let ready = pb::Ready {
         clock_offset_us: offset.map_or(0, |o| o.offset_us),
         clock_rtt_us: offset.map_or(0, |o| o.rtt_us),
@@ -271,6 +282,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken, load: tokio::runt
         link: Some(link),
         redial,
         limits,
+        in_process: config.in_process,
     };
     running(plan, start, offset, session, gpu, load).instrument(logs).await
 }
@@ -282,6 +294,8 @@ struct Session {
     link: Option<Link>,
     redial: Redial,
     limits: Limits,
+    /// The controller's own log tells of its stop ([`Config::in_process`]).
+    in_process: bool,
 }
 
 /// The next message on `link`; never, without one.
@@ -350,6 +364,7 @@ async fn running(
         mut link,
         mut redial,
         limits,
+        in_process,
     } = session;
     let shutdown = link.as_ref().map(|l| l.shutdown.clone()).unwrap_or_default();
     let recorder = Recorder::new();
@@ -437,7 +452,11 @@ async fn running(
                     heard = Instant::now();
                     match kind {
                         Some(controller_message::Kind::Stop(stop)) => {
-                            tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
+                            if in_process {
+                                tracing::debug!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
+                            } else {
+                                tracing::info!(reason = %stop.reason, abort = stop.abort, "the controller stopped the load");
+                            }
                             stop_load(stop.abort);
                         }
                         // The controller has recorded the totals: all is delivered.

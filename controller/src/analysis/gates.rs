@@ -15,7 +15,7 @@ pub const CAPACITY_RULE: &str = "the highest load at which this step and every l
 
 fn message(name: &str, condition: &Condition, value: Option<f64>) -> String {
     match value {
-        Some(v) => format!("{name} = {}, limit {condition}", condition.show(v)),
+        Some(v) => format!("{name} = {}, limit {condition}", condition.show_beside(v)),
         None => format!(
             "{name}: the run has no value for it (no samples, no such class or step), so it cannot hold {condition}"
         ),

@@ -5,6 +5,8 @@
 pub mod findings;
 pub mod gates;
 
+use crate::figure::beside;
+
 /// One step of a load, as the knee sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Level {
@@ -93,40 +95,46 @@ pub fn client_bound(lag: &Lag, cpu_max: f64) -> Vec<String> {
         return reasons;
     }
     let limit = LAG_LIMIT_MS.max(LAG_SHARE * lag.e2e_p50_ms);
-    let named = if limit > LAG_LIMIT_MS {
-        format!("{limit:.1} ms, {:.0}% of the median end to end", LAG_SHARE * 100.0)
-    } else {
-        format!("{LAG_LIMIT_MS} ms")
+    // Each value is shown with the digits it takes to tell it from its
+    // limit (`beside`): 5.04 ms against 5 ms, never 5.0.
+    let named = |value: f64| {
+        let (v, l) = beside(value, limit, 1);
+        let name = if limit > LAG_LIMIT_MS {
+            format!("{l} ms, {:.0}% of the median end to end", LAG_SHARE * 100.0)
+        } else {
+            format!("{l} ms")
+        };
+        (v, name)
     };
     if lag.delay_p90_ms > LAG_LIMIT_MS {
+        let (v, l) = beside(lag.delay_p90_ms, LAG_LIMIT_MS, 1);
         reasons.push(format!(
-            "the agents were starved of CPU: their runtime ran {:.1} ms late at p90 (limit {LAG_LIMIT_MS} ms), so the times they took, token gaps first, read long",
-            lag.delay_p90_ms
+            "the agents were starved of CPU: their runtime ran {v} ms late at p90 (limit {l} ms), so the times they took, token gaps first, read long"
         ));
     } else if lag.delay_p99_ms > LAG_TAIL * LAG_LIMIT_MS {
+        let (v, l) = beside(lag.delay_p99_ms, LAG_TAIL * LAG_LIMIT_MS, 1);
         reasons.push(format!(
-            "the agents were at times starved of CPU: their runtime ran {:.1} ms late at p99 (limit {:.0} ms)",
-            lag.delay_p99_ms,
-            LAG_TAIL * LAG_LIMIT_MS
+            "the agents were at times starved of CPU: their runtime ran {v} ms late at p99 (limit {l} ms)"
         ));
     }
     if lag.p90_ms > limit {
+        let (v, named) = named(lag.p90_ms);
         reasons.push(format!(
-            "scheduling lag p90 is {:.1} ms (limit {named}): the agents could not send on time",
-            lag.p90_ms
+            "scheduling lag p90 is {v} ms (limit {named}): the agents could not send on time"
         ));
     } else if lag.p99_ms > LAG_TAIL * limit {
+        // Against ten times the limit: the digits that tell it apart from
+        // that.
+        let (v, _) = beside(lag.p99_ms, LAG_TAIL * limit, 1);
+        let (_, named) = named(limit);
         reasons.push(format!(
-            "scheduling lag p99 is {:.1} ms (limit {:.0} times {named}): some requests were sent far too late",
-            lag.p99_ms, LAG_TAIL
+            "scheduling lag p99 is {v} ms (limit {:.0} times {named}): some requests were sent far too late",
+            LAG_TAIL
         ));
     }
     if cpu_max > CPU_LIMIT {
-        reasons.push(format!(
-            "an agent used {:.0}% of its CPU (limit {:.0}%)",
-            cpu_max * 100.0,
-            CPU_LIMIT * 100.0
-        ));
+        let (v, l) = beside(cpu_max * 100.0, CPU_LIMIT * 100.0, 0);
+        reasons.push(format!("an agent used {v}% of its CPU (limit {l}%)"));
     }
     reasons
 }
@@ -198,5 +206,28 @@ mod tests {
         // Nothing succeeded: nothing to understate.
         let refused = Lag { ok: 0, ..starved };
         assert!(client_bound(&refused, 1.0).is_empty());
+        // A value just past its limit is shown with the digits that say so.
+        assert_eq!(
+            client_bound(&lag(5.039, 5.1, 10.0), 0.1),
+            ["scheduling lag p90 is 5.04 ms (limit 5 ms): the agents could not send on time"]
+        );
+        let just = Lag {
+            delay_p90_ms: 5.01,
+            ..lag(0.0, 0.0, 10.0)
+        };
+        assert!(
+            client_bound(&just, 0.9004)
+                == [
+                    "the agents were starved of CPU: their runtime ran 5.01 ms late at p90 (limit 5 ms), so the times they took, token gaps first, read long",
+                    "an agent used 90.04% of its CPU (limit 90%)"
+                ],
+            "{:?}",
+            client_bound(&just, 0.9004)
+        );
+        // Against a limit that is 2% of a median of 1 s: 20 ms.
+        assert!(
+            client_bound(&lag(20.04, 21.0, 1_000.0), 0.1)[0]
+                .contains("20.04 ms (limit 20 ms, 2% of the median end to end)")
+        );
     }
 }

@@ -20,6 +20,7 @@ use tonic::Status;
 
 use super::{Setup, assignment, service};
 use crate::profile::OnAgentLoss;
+use crate::report::progress::Stop;
 use crate::results::log::{End, Entry, FinishedEntry, Joined, ReportEntry};
 
 /// A gap this long between two ticks means the controller itself did not
@@ -88,6 +89,9 @@ pub(crate) enum Action {
         entry: Box<Entry>,
         ack: Option<(u64, pb::ReportAck)>,
     },
+    /// The load was stopped after it started: tell the live view, whose
+    /// later intervals are the drain.
+    Stopped(Stop),
 }
 
 /// How an agent's part stands, as far as the coordinator is concerned.
@@ -214,7 +218,7 @@ impl Machine {
             Input::Interrupt { .. } => {}
             Input::Breach(why) => {
                 if self.stopped_by.is_none() && self.phase == Phase::Running {
-                    tracing::warn!("{why}; stopping the load");
+                    // Logged once, by `stop`.
                     self.stopped_by = Some(why.clone());
                     self.stop(now.mono, &why, true);
                 }
@@ -425,7 +429,11 @@ impl Machine {
         });
         let joined = self.slots.iter().flatten().count();
         let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
-        tracing::info!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
+        if self.setup.local {
+            tracing::debug!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
+        } else {
+            tracing::info!(agent = %hello.name, index, users = slice.peak_users(), "agent joined{from} ({joined}/{})", self.slots.len());
+        }
         let assignment = pb::Assignment {
             session_secret: secret,
             ..assignment(&self.setup, &slice)
@@ -513,7 +521,11 @@ impl Machine {
             start_at_us,
         });
         self.deadline = now.mono + delay + self.setup.load.duration() + self.setup.load.drain + OVERRUN;
-        tracing::info!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
+        if self.setup.local {
+            tracing::debug!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
+        } else {
+            tracing::info!(agents = self.slots.len(), "all agents ready; starting in {delay:?}");
+        }
         let start = pb::Start {
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             start_at_us,
@@ -644,7 +656,17 @@ impl Machine {
     }
 
     fn stop(&mut self, now: Instant, reason: &str, abort: bool) {
-        tracing::info!("stopping the run: {reason}");
+        if self.stopped_by.as_deref() == Some(reason) {
+            tracing::warn!("stopped the load: {reason}");
+        } else {
+            tracing::info!("stopped the load: {reason}");
+        }
+        if let Some(started) = self.started {
+            self.out.push(Action::Stopped(Stop {
+                after: now.saturating_duration_since(started),
+                abort,
+            }));
+        }
         self.broadcast(controller_message::Kind::Stop(pb::Stop {
             reason: reason.to_owned(),
             abort,
@@ -732,6 +754,7 @@ mod tests {
             trace: None,
             slo: None,
             thresholds: Vec::new(),
+            local: true,
         }
     }
 
@@ -1174,6 +1197,22 @@ mod tests {
         assert_eq!(
             sends(&first, |k| matches!(k, controller_message::Kind::Stop(s) if !s.abort)),
             [1, 2]
+        );
+        // The live view hears of it once, with the time into the load
+        // (started at 1.25 s).
+        let stops: Vec<&Stop> = first
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stopped(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            stops,
+            [&Stop {
+                after: Duration::from_millis(3_750),
+                abort: false
+            }]
         );
         assert!(r.input(Input::Interrupt { abort: false }).is_empty(), "said once");
         let second = r.input(Input::Interrupt { abort: true });

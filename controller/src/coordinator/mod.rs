@@ -59,6 +59,9 @@ pub(crate) struct Setup {
     /// The profile's thresholds; those with `abort` are checked as each
     /// interval completes.
     pub(crate) thresholds: Vec<Threshold>,
+    /// The agents run in this process: their joining is logged at debug
+    /// level, since the run's own line says how many there are.
+    pub(crate) local: bool,
 }
 
 /// Runs the coordinator until every agent has finished or been lost, or the
@@ -136,6 +139,9 @@ pub(crate) async fn run(
                     if let (Some(out), Some(status)) = (outs.remove(&conn), refusal) {
                         let _ = out.try_send(Err(status));
                     }
+                }
+                Action::Stopped(stop) => {
+                    let _ = writes.send(Write::Stopped(stop)).await;
                 }
                 Action::Record { entry, ack } => {
                     let ack = ack.and_then(|(conn, ack)| outs.get(&conn).map(|out| (out.clone(), ack)));

@@ -18,7 +18,7 @@ use crate::merge::{Place, Row};
 use crate::profile::Threshold;
 use crate::report::live::{self, Live};
 use crate::report::otlp::Feed;
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Stop};
 use crate::results::log::{End, Entry};
 use crate::results::{AgentEnd, Collected, Ledger};
 
@@ -30,6 +30,8 @@ pub(crate) enum Write {
         entry: Box<Entry>,
         ack: Option<(Outbound, pb::ReportAck)>,
     },
+    /// The load was stopped early: tell the progress line.
+    Stopped(Stop),
     /// The run is over: close the log.
     Close(End),
 }
@@ -73,6 +75,7 @@ impl Writer {
         while let Some(write) = writes.blocking_recv() {
             match write {
                 Write::Record { entry, ack } => breached |= self.record(*entry, ack, breached),
+                Write::Stopped(stop) => self.progress.stopped(stop),
                 Write::Close(end) => return self.close(end),
             }
         }

@@ -243,7 +243,7 @@ fn plan_run(text: &str, path: &Path) -> String {
     {
         return format!("the metrics push is refused: {e}");
     }
-    let _progress = Progress::new(profile.report.interval, profile.load.duration(), false);
+    let _progress = Progress::new(profile.report.interval, &profile.load, false);
     let seed = plan::mix(profile.seed ^ 0x5C4E_D01E);
     let mut target = pb::Target {
         url: "http://127.0.0.1:9".to_owned(),
@@ -276,6 +276,7 @@ fn plan_run(text: &str, path: &Path) -> String {
         trace: None,
         slo: profile.slo.as_ref().map(super::Slo::to_wire),
         thresholds: Vec::new(),
+        local: true,
     };
     // The first and last agents' shares: the split's edges.
     let ends = [slices.first(), slices.last()];

@@ -98,6 +98,22 @@ impl Load {
         matches!(self.model, Model::Users { .. })
     }
 
+    /// The whole load in words: `50 users for 30s`, `4 users in 2
+    /// stages over 1m`, `a sweep of 6 steps up to 40 users over 3m`.
+    pub fn describe(&self) -> String {
+        let over = humantime::format_duration(self.duration());
+        let peak = self.label(self.peak());
+        let n = self.steps.len();
+        match self.shape {
+            Shape::Single => match self.requests {
+                Some(r) => format!("{peak} for {r} requests (at most {over})"),
+                None => format!("{peak} for {over}"),
+            },
+            Shape::Stages => format!("up to {peak} in {n} stage{} over {over}", if n == 1 { "" } else { "s" }),
+            Shape::Sweep => format!("a sweep of {n} steps up to {peak} over {over}"),
+        }
+    }
+
     /// A step's level in words: `10 users` or `20 req/s`.
     pub fn label(&self, level: f64) -> String {
         if self.is_users() {

@@ -239,7 +239,17 @@ fn grades(o: &mut String, g: &Grading) {
     }
     let said: Vec<String> = graded
         .iter()
-        .map(|(name, x)| format!("{name} {} {:.1} ms {}", g.statistic, x.value_ms, x.grade.name()))
+        .map(|(name, x)| {
+            // With the digits it takes to tell it from the nearer band's
+            // edge: 500.04 ms is "poor" beside "under 500", never "500.0".
+            let edge = if (x.value_ms - x.good_under_ms).abs() < (x.value_ms - x.acceptable_under_ms).abs() {
+                x.good_under_ms
+            } else {
+                x.acceptable_under_ms
+            };
+            let (value, _) = crate::figure::beside(x.value_ms, edge, 1);
+            format!("{name} {} {value} ms {}", g.statistic, x.grade.name())
+        })
         .collect();
     let bands: Vec<String> = graded
         .iter()
