@@ -199,6 +199,7 @@ fn rate(rate: f64, secs: u64, process: Process, max_concurrency: Option<u32>) ->
         max_concurrency,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     }
 }
 
@@ -271,6 +272,7 @@ async fn rate_stages_ramp_and_hold_exactly() {
         max_concurrency: None,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     };
     open(load, &s, 5, 1_000).await;
     let i = cut(&s);

@@ -174,15 +174,18 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
         interval_ms: ms(s.interval),
         trace: s.trace.clone(),
         prompts: Some(pb::DatasetShare {
-            prompts: s.prompts[slice.prompts.clone()]
-                .iter()
+            prompts: share(s, slice)
                 .map(|p| pb::Prompt {
                     text: p.text.clone(),
                     class: p.class.clone(),
                     max_tokens: p.max_tokens,
                 })
                 .collect(),
-            offset: slice.prompts.start as u64,
+            offset: if s.load.trace.is_some() {
+                u64::from(slice.index)
+            } else {
+                slice.prompts.start as u64
+            },
             total: s.prompts.len() as u64,
         }),
         seed: slice.seed,
@@ -190,6 +193,21 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
         max_requests: slice.requests.unwrap_or(0),
         session_secret: String::new(),
         liveness: Some(s.liveness.to_wire()),
+    }
+}
+
+/// Agent `slice`'s prompts: its share of the dataset, or for a trace
+/// replay the rows it sends (every agents-th, from its index), one per
+/// arrival.
+fn share<'a>(s: &'a Setup, slice: &Slice) -> Box<dyn Iterator<Item = &'a Prompt> + 'a> {
+    match &s.load.trace {
+        Some(_) => Box::new(
+            s.prompts
+                .iter()
+                .skip(slice.index as usize)
+                .step_by(s.slices.len().max(1)),
+        ),
+        None => Box::new(s.prompts[slice.prompts.clone()].iter()),
     }
 }
 
@@ -235,6 +253,14 @@ pub(crate) fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed:
                 schedule_seed,
                 stream: slice.index,
                 streams,
+                trace_offsets_us: load.trace.as_ref().map_or_else(Vec::new, |t| {
+                    t.rows
+                        .iter()
+                        .skip(slice.index as usize)
+                        .step_by(streams.max(1) as usize)
+                        .map(|r| u64::try_from(r.at.as_micros()).unwrap_or(u64::MAX))
+                        .collect()
+                }),
             })
         }
     };
