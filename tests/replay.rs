@@ -90,6 +90,10 @@ fn a_trace_is_replayed_at_its_times_with_its_lengths_on_two_agents() {
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(summary_path).unwrap()).unwrap();
     let m = sim.metrics();
     let n = rows.len() as f64;
+    assert_eq!(s["load"]["mode"], "trace");
+    assert_eq!(s["load"]["trace"]["requests"], 40);
+    assert_eq!(s["load"]["trace"]["speed"], 2.0);
+    assert_eq!(s["load"]["trace"]["format"], "mooncake");
     // Every row, once.
     assert_eq!(m["llmsim_requests_received_total"], n);
     assert_eq!(num(&s, "/requests/ok"), n);

@@ -278,6 +278,42 @@ mod tests {
         Profile::parse(text, Path::new("p.toml"), &Overrides::default())
     }
 
+    /// A trace's rows are split by index over the agents: each to exactly
+    /// one, in order, with its offset to the microsecond.
+    #[test]
+    fn a_traces_rows_are_dealt_out_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("t.jsonl");
+        let rows: String = (0..11)
+            .map(|i| {
+                format!(
+                    "{{\"timestamp\": {}.25, \"input_length\": {}, \"output_length\": 2}}\n",
+                    i * 7,
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(&trace, rows).unwrap();
+        let p = profile(&format!("[load]\ntrace = {:?}\nspeed = 4.0\n", trace.to_str().unwrap())).unwrap();
+        let slices = crate::plan::slices(&p, 3).unwrap();
+        let mut all = Vec::new();
+        for slice in &slices {
+            let Some(pb::load::Kind::Open(o)) = wire_load(&p.load, slice, 3, 0).kind else {
+                panic!("an open loop");
+            };
+            assert_eq!(o.trace_offsets_us.len(), [4, 4, 3][slice.index as usize]);
+            all.extend(
+                o.trace_offsets_us
+                    .iter()
+                    .enumerate()
+                    .map(|(k, us)| (k * 3 + slice.index as usize, *us)),
+            );
+        }
+        all.sort_unstable();
+        let expected: Vec<(usize, u64)> = (0..11).map(|i| (i, (i as u64 * 7_000) / 4)).collect();
+        assert_eq!(all, expected);
+    }
+
     /// Every duration a profile gives the agents reaches them unchanged
     /// (they read whole milliseconds), and one that would not is refused.
     #[test]

@@ -82,7 +82,7 @@ pub struct Load {
     pub requests: Option<u64>,
     /// The trace replayed (`trace = "file"`): an open loop whose arrivals,
     /// prompts and output lengths are the trace's rows.
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<super::replay::Replay>,
 }
 
@@ -489,7 +489,7 @@ fn replay(
             format!("must be a whole number of report intervals ({:?})", cli.interval),
         );
     }
-    let level = replay.rows.len() as f64 / duration.as_secs_f64();
+    let level = replay.requests as f64 / duration.as_secs_f64();
     Some(Load {
         model: Model::Rate {
             process: Process::Constant,

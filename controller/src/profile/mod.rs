@@ -557,7 +557,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (mut prompts, mut prompt_source, classes_by) = dataset?;
+    let (mut prompts, mut prompt_source, mut classes_by) = dataset?;
     let agents = agents
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
@@ -576,7 +576,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             None => Ok(crate::dataset::synthetic::Counter::words()),
         };
         match counter.and_then(|c| replay.prompts(seed.unwrap_or(0), &c)) {
-            Ok(built) => prompts = built,
+            // Classed by the rows' input lengths.
+            Ok(built) => (prompts, classes_by) = (built, crate::dataset::ClassBy::Tokens),
             Err(e) => p.at(None, "load.trace", e),
         }
         prompt_source = format!("trace {}", replay.file);

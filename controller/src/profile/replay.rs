@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::dataset::Prompt;
 use crate::dataset::synthetic::{self, Counter};
+use crate::dataset::{ClassBy, Prompt};
 use crate::plan::mix;
 
 /// Most rows read from a trace file.
@@ -74,7 +74,9 @@ pub struct Row {
 }
 
 /// A trace, read and cut to the replayed rows.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A run's spec keeps all but the rows (the trace file has them).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Replay {
     /// The file, as the profile names it.
     pub file: String,
@@ -84,7 +86,10 @@ pub struct Replay {
     pub speed: f64,
     /// Tokens per hash-id block.
     pub block_size: u32,
+    /// Rows replayed.
+    pub requests: u64,
     /// The replayed rows, in time order.
+    #[serde(skip)]
     pub rows: Arc<Vec<Row>>,
 }
 
@@ -248,6 +253,7 @@ pub fn parse(text: &str, name: &str, o: &Options) -> Result<Replay, String> {
         format: o.format,
         speed: o.speed,
         block_size: o.block_size,
+        requests: rows.len() as u64,
         rows: Arc::new(rows),
     })
 }
@@ -364,7 +370,7 @@ impl Replay {
 
     /// Every row's prompt, in row order: its blocks' texts joined and the
     /// last cut to its input length, and its output length as
-    /// `max_tokens`. A block's text depends only on its hash id and the
+    /// `max_tokens`, classed by its input length in tokens. A block's text depends only on its hash id and the
     /// run seed, so rows naming the same ids share their prefix. Rows
     /// without ids get blocks of their own.
     pub fn prompts(&self, seed: u64, counter: &Counter) -> Result<Vec<Prompt>, String> {
@@ -404,7 +410,7 @@ impl Replay {
             }
             out.push(Prompt {
                 text,
-                class: String::new(),
+                class: crate::dataset::class_of(input, ClassBy::Tokens).to_owned(),
                 max_tokens: Some(r.output),
             });
         }
@@ -414,7 +420,7 @@ impl Replay {
     /// The replay in words: `a replay of 40 requests from trace.jsonl at
     /// 2× speed`.
     pub fn describe(&self) -> String {
-        let n = self.rows.len();
+        let n = self.requests;
         format!(
             "a replay of {n} request{} from {} at {}× speed",
             if n == 1 { "" } else { "s" },
