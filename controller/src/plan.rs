@@ -105,6 +105,12 @@ pub fn loaded_agents(load: &Load, agents: u32) -> u32 {
 pub fn slices(profile: &Profile, agents: u32) -> Result<Vec<Slice>, String> {
     let load = &profile.load;
     let loaded = loaded_agents(load, agents) as usize;
+    if load.trace.is_some() && profile.prompts.len() < loaded {
+        return Err(format!(
+            "{} replayed row(s) cannot give each of {loaded} agents an arrival of its own; replay more rows or use fewer agents",
+            profile.prompts.len()
+        ));
+    }
     if profile.prompts.len() < loaded {
         return Err(format!(
             "{} prompt(s) cannot give each of {loaded} agents with load a share of its own; add prompts or use fewer agents",

@@ -474,6 +474,13 @@ mod tests {
             ..options(Format::Mooncake)
         };
         assert_eq!(parse(text, "t.jsonl", &capped).unwrap().rows.len(), 2);
+        // `--duration` cuts in run time, after the speed.
+        let until = Options {
+            speed: 2.0,
+            until: Some(Duration::from_millis(1000)),
+            ..options(Format::Mooncake)
+        };
+        assert_eq!(parse(text, "t.jsonl", &until).unwrap().requests, 2);
     }
 
     #[test]
