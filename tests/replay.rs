@@ -6,7 +6,7 @@
 // failure: that is how a test fails.
 #![allow(clippy::unwrap_used)]
 
-use stampede_tests::{Sim, controller, exclusive, num, run_profile};
+use stampede_tests::{Sim, controller, exclusive, num, read_summary, run_profile};
 
 /// A trace row: (timestamp ms, input tokens, output tokens, hash ids).
 type Row = (u64, u32, u32, Vec<u64>);
@@ -87,7 +87,7 @@ fn a_trace_is_replayed_at_its_times_with_its_lengths_on_two_agents() {
         .map(|e| e.unwrap().path().join("summary.json"))
         .find(|p| p.exists())
         .expect("a summary.json");
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(summary_path).unwrap()).unwrap();
+    let s = read_summary(&std::fs::read(summary_path).unwrap());
     let m = sim.metrics();
     let n = rows.len() as f64;
     assert_eq!(s["load"]["mode"], "trace");
