@@ -336,9 +336,13 @@ fn knee(p: &Spec, steps: &[StepSummary]) -> Option<Knee> {
         })
         .collect();
     let found = analysis::knee(&levels);
+    // The baseline is the lowest load that completed a request, as the
+    // knee reads it.
     let lowest = steps
         .iter()
+        .filter(|s| s.throughput.requests_per_s > 0.0)
         .min_by(|a, b| a.level.total_cmp(&b.level))
+        .or_else(|| steps.iter().min_by(|a, b| a.level.total_cmp(&b.level)))
         .expect("two steps or more");
     Some(Knee {
         found: found.is_some(),
