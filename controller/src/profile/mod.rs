@@ -486,6 +486,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let kv_cache_tokens = s.int_in(p, "kv_cache_tokens", 1, u64::from(u32::MAX));
     let tokens_per_event = s.int_in(p, "tokens_per_event", 1, u64::from(u32::MAX));
     let empty_events = s.int_in(p, "empty_events", 1, u64::from(u32::MAX));
+    let prefix_cache_blocks = s.int_in(p, "prefix_cache_blocks", 0, u64::from(u32::MAX));
+    let prefix_block_tokens = s.int_in(p, "prefix_block_tokens", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
     let (faults_span, faults_key) = (s.span_of("faults"), s.path_of("faults"));
@@ -582,6 +584,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         dcgm: dcgm.unwrap_or(defaults.dcgm),
         tokens_per_event: tokens_per_event.map_or(defaults.tokens_per_event, |n| n as u32),
         empty_events: empty_events.map(|n| n as u32).or(defaults.empty_events),
+        prefix_cache_blocks: prefix_cache_blocks.map_or(defaults.prefix_cache_blocks, |n| n as u32),
+        prefix_block_tokens: prefix_block_tokens.map_or(defaults.prefix_block_tokens, |n| n as u32),
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
         seed: sim_seed.unwrap_or(defaults.seed),
