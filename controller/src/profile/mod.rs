@@ -203,6 +203,8 @@ pub struct Profile {
     pub prompt_source: String,
     /// What the prompt classes were measured in.
     pub classes_by: crate::dataset::ClassBy,
+    /// The shared prefixes the synthetic prompts were built with, if any.
+    pub shared_prefix: Option<crate::dataset::synthetic::SharedWorkload>,
     /// Agents the controller starts in-process.
     pub agents: NonZeroU32,
     /// What to do when an agent is lost mid-run.
@@ -556,7 +558,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (prompts, prompt_source, classes_by) = dataset?;
+    let (prompts, prompt_source, classes_by, shared_prefix) = dataset?;
     let agents = agents
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
@@ -626,6 +628,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         prompts,
         prompt_source,
         classes_by,
+        shared_prefix,
         agents,
         on_agent_loss: match on_agent_loss.as_deref() {
             Some("continue") => OnAgentLoss::Continue,
