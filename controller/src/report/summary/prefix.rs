@@ -49,7 +49,14 @@ pub(super) fn build(
     from: f64,
 ) -> Option<PrefixCache> {
     let server = series.zip(start).and_then(|(s, start)| {
-        let (rate, tokens) = super::server::hit_rate(s, start, from, f64::MAX)?;
+        let (rate, tokens) = super::server::hit_rate(s, start, from, f64::MAX).or_else(|| {
+            // No scrape before the load began: without warm-ups the
+            // measured time is the whole run, which the counters' increase
+            // from the first scrape to the last covers.
+            let hits = s.increase(Canon::PrefixCacheHits).filter(|_| from <= 0.0)?;
+            let queries = s.increase(Canon::PrefixCacheQueries)?;
+            (queries > 0.0).then(|| (hits / queries, Some((hits, queries))))
+        })?;
         let canon = if tokens.is_some() {
             Canon::PrefixCacheHits
         } else {
