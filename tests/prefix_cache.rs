@@ -84,17 +84,18 @@ fn the_hit_rate_is_the_servers_and_the_cache_saves_the_predicted_prefill() {
     assert_eq!(on.code(), 0, "stderr:\n{}", on.stderr());
     let s = on.summary();
     let m = warm.metrics();
-    let (hits, queries) = (
-        m["vllm:prefix_cache_hits_total"],
-        m["vllm:prefix_cache_queries_total"],
-    );
+    let (hits, queries) = (m["vllm:prefix_cache_hits_total"], m["vllm:prefix_cache_queries_total"]);
     let served = m["llmsim_requests_served_total"];
     let truth = hits / queries;
 
     // The workload as generated: every prompt 208 tokens, 192 of them shared.
     let shared = num(s, "/prefix_cache/workload/shared_share");
     assert!((shared - f64::from(PREFIX) / f64::from(PREFIX + SUFFIX)).abs() < 1e-9);
-    assert_eq!(queries, served * f64::from(PREFIX + SUFFIX), "every prompt is looked up once");
+    assert_eq!(
+        queries,
+        served * f64::from(PREFIX + SUFFIX),
+        "every prompt is looked up once"
+    );
 
     // The server's figure is the simulator's own count.
     let server = num(s, "/prefix_cache/server_hit_rate");

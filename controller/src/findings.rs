@@ -618,7 +618,8 @@ mod tests {
         };
         let f = prefix_cache_low(&hits(0.1)).expect("0.1 is under half of 0.8");
         assert!(
-            f.title.contains("served 10% of prompt tokens") && f.title.contains("80% of them lay in 16 shared prefixes"),
+            f.title.contains("served 10% of prompt tokens")
+                && f.title.contains("80% of them lay in 16 shared prefixes"),
             "{}",
             f.title
         );

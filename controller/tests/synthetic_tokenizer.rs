@@ -107,7 +107,10 @@ fn synthetic_prompts_hit_their_target_within_five_percent() {
         let got = counter.count(&prompt.text).unwrap() as f64;
         assert!((got - 320.0).abs() / 320.0 <= 0.05, "prompt {i}: {got} tokens");
         let head = &prompts[i % 3].text[..200];
-        assert!(prompt.text.starts_with(head), "prompt {i} starts with its group's prefix");
+        assert!(
+            prompt.text.starts_with(head),
+            "prompt {i} starts with its group's prefix"
+        );
     }
     let share = workload.unwrap().shared_share;
     assert!((share - 0.8).abs() < 0.05, "shared share {share}");

@@ -741,7 +741,10 @@ mod tests {
             ..config(4)
         }));
         let words = |tail: &str| -> Vec<String> {
-            (0..30).map(|i| format!("shared{i}")).chain((0..20).map(|i| format!("{tail}{i}"))).collect()
+            (0..30)
+                .map(|i| format!("shared{i}"))
+                .chain((0..20).map(|i| format!("{tail}{i}")))
+                .collect()
         };
         let prompt = |tail: &str| Job {
             blocks: crate::prefix::chain(words(tail).iter().map(String::as_str), 10),

@@ -277,13 +277,7 @@ pub(crate) async fn completions(
         Some(seed) => text::mix(seed as u64),
         None => text::mix(text::hash(&prompt)),
     };
-    let job = match job(
-        &engine,
-        key,
-        &[prompt.as_str()],
-        request.max_tokens,
-        parent(&headers),
-    ) {
+    let job = match job(&engine, key, &[prompt.as_str()], request.max_tokens, parent(&headers)) {
         Ok(j) => j,
         Err(response) => return *response,
     };

@@ -105,7 +105,9 @@ impl PrefixCache {
         for &name in names {
             self.touch(name);
             while self.blocks.len() > self.capacity {
-                let Some((_, oldest)) = self.order.pop_first() else { break };
+                let Some((_, oldest)) = self.order.pop_first() else {
+                    break;
+                };
                 self.blocks.remove(&oldest);
             }
         }

@@ -318,7 +318,10 @@ mod tests {
         let neither = br#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}"#;
         assert!(matches!(
             event(neither, None),
-            Parsed::Chunk(Chunk { cached_tokens: None, .. })
+            Parsed::Chunk(Chunk {
+                cached_tokens: None,
+                ..
+            })
         ));
     }
 

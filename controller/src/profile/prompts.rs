@@ -254,7 +254,10 @@ fn shared_prefix(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<SharedPr
     Some(SharedPrefix {
         groups: u32::try_from(groups?).ok()?,
         tokens: u32::try_from(tokens?).ok()?,
-        assign: assign.as_deref().and_then(Assign::from_name).unwrap_or(Assign::RoundRobin),
+        assign: assign
+            .as_deref()
+            .and_then(Assign::from_name)
+            .unwrap_or(Assign::RoundRobin),
     })
 }
 

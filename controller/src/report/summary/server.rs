@@ -262,10 +262,7 @@ pub(super) fn hit_rate(series: &Series, start: SystemTime, a: f64, b: f64) -> Op
         Some(Window::Increase { delta, .. }) => Some(delta),
         _ => None,
     };
-    if let (Some(hits), Some(queries)) = (
-        increase(Canon::PrefixCacheHits),
-        increase(Canon::PrefixCacheQueries),
-    ) {
+    if let (Some(hits), Some(queries)) = (increase(Canon::PrefixCacheHits), increase(Canon::PrefixCacheQueries)) {
         return (queries > 0.0).then(|| (hits / queries, Some((hits, queries))));
     }
     level(series.window(Canon::PrefixCacheHitRate, start, a, b)).map(|rate| (rate, None))
