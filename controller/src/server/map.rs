@@ -425,6 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn prefix_cache_counters_add_over_engines_and_the_old_gauge_averages() {
+        let page = parse(
+            "vllm:prefix_cache_queries_total{engine=\"0\"} 1000\nvllm:prefix_cache_queries_total{engine=\"1\"} 500\n\
+             vllm:prefix_cache_hits_total{engine=\"0\"} 600\nvllm:prefix_cache_hits_total{engine=\"1\"} 150\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.values[&Canon::PrefixCacheQueries], Value::Scalar(1500.0));
+        assert_eq!(r.values[&Canon::PrefixCacheHits], Value::Scalar(750.0));
+        assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
+        let old = map(&parse(
+            "vllm:gpu_prefix_cache_hit_rate{gpu=\"0\"} 0.2\nvllm:gpu_prefix_cache_hit_rate{gpu=\"1\"} 0.6\n",
+        )
+        .samples);
+        assert_eq!(old.values[&Canon::PrefixCacheHitRate], Value::Scalar(0.4));
+    }
+
+    #[test]
     fn memory_share_comes_from_used_and_free_and_copy_util_is_a_percent() {
         let page = parse(
             "DCGM_FI_DEV_FB_USED{gpu=\"0\"} 60\nDCGM_FI_DEV_FB_USED{gpu=\"1\"} 20\n\
