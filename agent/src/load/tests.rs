@@ -199,6 +199,7 @@ fn rate(rate: f64, secs: u64, process: Process, max_concurrency: Option<u32>) ->
         max_concurrency,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     }
 }
 
@@ -271,6 +272,7 @@ async fn rate_stages_ramp_and_hold_exactly() {
         max_concurrency: None,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     };
     open(load, &s, 5, 1_000).await;
     let i = cut(&s);
@@ -317,4 +319,19 @@ async fn a_count_of_requests_ends_an_open_load_before_its_time() {
     let i = cut(&s);
     assert_eq!(i.counters.ok, 25);
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_sends_each_arrival_at_its_offset() {
+    // Two at 150 ms together, one at 900 ms: all on time, nothing more.
+    let s = shared(&[20]);
+    let mut load = rate(1.0, 1, Process::Constant, None);
+    load.trace = Some(vec![ms(0), ms(150), ms(150), ms(900)].into());
+    let started = Instant::now();
+    open(load, &s, 1, 1_000).await;
+    let i = cut(&s);
+    assert_eq!(i.counters.ok, 4);
+    assert_eq!(i.histograms.get(Metric::ScheduleLag).max(), 0);
+    assert_eq!((i.counters.late, i.counters.dropped), (0, 0));
+    assert!(started.elapsed() >= ms(920), "{:?}", started.elapsed());
 }

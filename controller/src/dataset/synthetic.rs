@@ -243,6 +243,13 @@ pub fn generate_shared(
     Ok((out, workload))
 }
 
+/// A text of `tokens` tokens under `counter` (or as close as the
+/// tokenizer allows), the same for the same seed; a shorter one from the
+/// same seed is its prefix, give or take the last words.
+pub fn text(tokens: usize, seed: u64, counter: &Counter) -> Result<String, String> {
+    build(tokens, seed, counter)
+}
+
 /// The `n`-th word of the sequence seeded with `seed`.
 fn word(seed: u64, n: usize) -> &'static str {
     WORDS[(mix(seed ^ n as u64) % WORDS.len() as u64) as usize]

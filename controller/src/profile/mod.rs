@@ -10,6 +10,7 @@ mod grades;
 mod load;
 mod metrics;
 mod prompts;
+pub mod replay;
 mod settings;
 mod target;
 mod trace;
@@ -441,6 +442,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let cli = load::Cli {
         duration: o.duration,
         interval: interval.unwrap_or(Duration::from_secs(1)),
+        base: base.to_owned(),
     };
     let load = load::walk(&mut l, p, &cli);
     l.finish(p);
@@ -451,6 +453,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let stream = r.bool(p, "stream");
     r.finish(p);
 
+    let prompts_given = top.has("prompts");
     let mut d = top.table(p, "prompts");
     let default_tokenizer = tokenizer_path
         .as_deref()
@@ -558,11 +561,42 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (prompts, prompt_source, classes_by, shared_prefix) = dataset?;
+    let (mut prompts, mut prompt_source, mut classes_by, shared_prefix) = dataset?;
     let agents = agents
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
     let load = load?;
+    if let Some(replay) = &load.trace {
+        // The trace's rows are the prompts, one per arrival, in order.
+        if prompts_given {
+            p.at(
+                None,
+                "prompts",
+                "a trace replay (load.trace) gives every request its prompt; remove [prompts]",
+            );
+        }
+        let counter = match &tokenizer_path {
+            Some(path) => crate::dataset::synthetic::Counter::from_file(path),
+            None => Ok(crate::dataset::synthetic::Counter::words()),
+        };
+        match counter.and_then(|c| replay.prompts(seed.unwrap_or(0), &c)) {
+            // Classed by the rows' input lengths.
+            Ok(built) => (prompts, classes_by) = (built, crate::dataset::ClassBy::Tokens),
+            Err(e) => p.at(None, "load.trace", e),
+        }
+        prompt_source = format!("trace {}", replay.file);
+        if prompts.len() < agents.get() as usize {
+            p.at(
+                None,
+                "load.trace",
+                format!(
+                    "{} replayed row(s) cannot give each of {agents} agents an arrival of its own; replay more rows or use fewer agents",
+                    prompts.len()
+                ),
+            );
+            return None;
+        }
+    }
     let needing_prompts = crate::plan::loaded_agents(&load, agents.get()) as usize;
     if prompts.len() < needing_prompts {
         p.at(

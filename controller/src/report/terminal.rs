@@ -45,10 +45,14 @@ fn header(o: &mut String, s: &Summary) {
     } else {
         s.target.url.clone()
     };
-    let load = match (s.load.users, s.load.rate) {
-        (Some(u), _) => format!("{u} user{}", plural(u64::from(u))),
-        (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
-        _ => String::new(),
+    let load = if let Some(t) = &s.load.trace {
+        t.describe()
+    } else {
+        match (s.load.users, s.load.rate) {
+            (Some(u), _) => format!("{u} user{}", plural(u64::from(u))),
+            (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
+            _ => String::new(),
+        }
     };
     let shape = match s.load.shape {
         "stages" => format!(" in {} stages", s.steps.len()),

@@ -412,8 +412,14 @@ fn load_info(p: &Spec, agents: u32) -> LoadInfo {
             (None, None, Some(name), shape, max_concurrency.map(|n| n.get()))
         }
     };
+    // A trace's arrivals are its rows', not a drawn process.
+    let arrival = if l.trace.is_some() { None } else { arrival };
     LoadInfo {
-        mode: if l.is_users() { "users" } else { "rate" },
+        mode: match (l.is_users(), &l.trace) {
+            (true, _) => "users",
+            (false, Some(_)) => "trace",
+            (false, None) => "rate",
+        },
         shape: match l.shape {
             Shape::Single => "single",
             Shape::Stages => "stages",
@@ -436,6 +442,16 @@ fn load_info(p: &Spec, agents: u32) -> LoadInfo {
         prompts: p.prompt_source.clone(),
         requests: l.requests,
         overrides: p.overrides.clone(),
+        trace: l.trace.as_ref().map(|t| TraceInfo {
+            file: t.file.clone(),
+            format: match t.format {
+                crate::profile::replay::Format::Mooncake => "mooncake",
+                crate::profile::replay::Format::Azure => "azure",
+            },
+            speed: t.speed,
+            block_size: t.block_size,
+            requests: t.requests,
+        }),
     }
 }
 

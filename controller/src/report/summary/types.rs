@@ -328,7 +328,8 @@ pub struct TargetInfo {
 /// The planned load.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LoadInfo {
-    /// `users` (closed loop) or `rate` (open loop).
+    /// `users` (closed loop), `rate` (open loop) or `trace` (an open loop
+    /// replaying a trace file's arrivals).
     pub mode: &'static str,
     /// `single`, `stages` or `sweep`.
     pub shape: &'static str,
@@ -368,6 +369,36 @@ pub struct LoadInfo {
     /// What the command line changed in the profile (`--users 8`,
     /// `--set load.duration=30s`), in the order given.
     pub overrides: Vec<String>,
+    /// The trace replayed (mode `trace`).
+    pub trace: Option<TraceInfo>,
+}
+
+/// A replayed trace.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct TraceInfo {
+    /// The file, as the profile names it.
+    pub file: String,
+    /// `mooncake` (JSONL) or `azure` (CSV).
+    pub format: &'static str,
+    /// Playback speed: 2 replays twice as fast.
+    pub speed: f64,
+    /// Tokens per hash-id block (Mooncake).
+    pub block_size: u32,
+    /// Rows replayed (after the window and the count), one request each.
+    pub requests: u64,
+}
+
+impl TraceInfo {
+    /// In words: `a replay of 40 requests from trace.jsonl at 2× speed`.
+    pub fn describe(&self) -> String {
+        format!(
+            "a replay of {} request{} from {} at {}× speed",
+            self.requests,
+            if self.requests == 1 { "" } else { "s" },
+            self.file,
+            self.speed
+        )
+    }
 }
 
 /// Request outcomes.
