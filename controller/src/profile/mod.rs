@@ -204,6 +204,8 @@ pub struct Profile {
     pub prompt_source: String,
     /// What the prompt classes were measured in.
     pub classes_by: crate::dataset::ClassBy,
+    /// The shared prefixes the synthetic prompts were built with, if any.
+    pub shared_prefix: Option<crate::dataset::synthetic::SharedWorkload>,
     /// Agents the controller starts in-process.
     pub agents: NonZeroU32,
     /// What to do when an agent is lost mid-run.
@@ -489,6 +491,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let kv_cache_tokens = s.int_in(p, "kv_cache_tokens", 1, u64::from(u32::MAX));
     let tokens_per_event = s.int_in(p, "tokens_per_event", 1, u64::from(u32::MAX));
     let empty_events = s.int_in(p, "empty_events", 1, u64::from(u32::MAX));
+    let prefix_cache_blocks = s.int_in(p, "prefix_cache_blocks", 0, u64::from(u32::MAX));
+    let prefix_block_tokens = s.int_in(p, "prefix_block_tokens", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
     let (faults_span, faults_key) = (s.span_of("faults"), s.path_of("faults"));
@@ -557,7 +561,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (mut prompts, mut prompt_source, mut classes_by) = dataset?;
+    let (mut prompts, mut prompt_source, mut classes_by, shared_prefix) = dataset?;
     let agents = agents
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
@@ -616,6 +620,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         dcgm: dcgm.unwrap_or(defaults.dcgm),
         tokens_per_event: tokens_per_event.map_or(defaults.tokens_per_event, |n| n as u32),
         empty_events: empty_events.map(|n| n as u32).or(defaults.empty_events),
+        prefix_cache_blocks: prefix_cache_blocks.map_or(defaults.prefix_cache_blocks, |n| n as u32),
+        prefix_block_tokens: prefix_block_tokens.map_or(defaults.prefix_block_tokens, |n| n as u32),
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
         seed: sim_seed.unwrap_or(defaults.seed),
@@ -656,6 +662,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         prompts,
         prompt_source,
         classes_by,
+        shared_prefix,
         agents,
         on_agent_loss: match on_agent_loss.as_deref() {
             Some("continue") => OnAgentLoss::Continue,

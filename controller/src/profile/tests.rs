@@ -891,6 +891,41 @@ fn the_report_interval_and_agent_counts_have_the_documented_limits() {
 }
 
 #[test]
+fn shared_prefixes_and_the_simulated_prefix_cache_are_read() {
+    let p = parse(
+        "[load]\nusers = 1\n[prompts.synthetic]\ncount = 8\ninput_tokens = 32\n\
+         shared_prefix = { groups = 2, tokens = 64, assign = \"random\" }\n\
+         [sim]\nprefix_cache_blocks = 100\nprefix_block_tokens = 8\n",
+    )
+    .unwrap();
+    let w = p.shared_prefix.expect("the shared prefixes are kept");
+    assert_eq!((w.prefix.groups, w.prefix.tokens), (2, 64));
+    assert_eq!(w.prefix.assign, crate::dataset::synthetic::Assign::Random);
+    assert!(
+        p.prompt_source.contains("2 shared prefixes of 64 tokens"),
+        "{}",
+        p.prompt_source
+    );
+    assert_eq!((p.sim.prefix_cache_blocks, p.sim.prefix_block_tokens), (100, 8));
+    assert_eq!(
+        parse("[load]\nusers = 1\n").unwrap().sim.prefix_cache_blocks,
+        0,
+        "off by default"
+    );
+
+    let found = problems(
+        "[load]\nusers = 1\n[prompts.synthetic]\ncount = 8\ninput_tokens = 32\n\
+         shared_prefix = { groups = 2, assign = \"sticky\" }\n",
+    )
+    .join("\n");
+    assert!(
+        found.contains("prompts.synthetic.shared_prefix.tokens: missing"),
+        "{found}"
+    );
+    assert!(found.contains("shared_prefix.assign"), "{found}");
+}
+
+#[test]
 fn trace_settings_are_checked_against_the_replay() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.jsonl");

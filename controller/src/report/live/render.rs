@@ -96,6 +96,18 @@ pub(super) fn server_family(canon: Canon) -> Option<(&'static str, Type, &'stati
             "stampede_server_busy_seconds",
             "Seconds the server's engine was computing",
         ),
+        PrefixCacheQueries => (
+            "stampede_server_prefix_cache_queries_tokens",
+            "Prompt tokens the server looked up in its prefix cache",
+        ),
+        PrefixCacheHits => (
+            "stampede_server_prefix_cache_hits_tokens",
+            "Prompt tokens the server found in its prefix cache",
+        ),
+        PrefixCacheHitRate => (
+            "stampede_server_prefix_cache_hit_ratio",
+            "The server's prefix-cache hit rate, 0 to 1",
+        ),
         // Per device, as stampede_gpu_*.
         GpuUtil | GpuMemoryMib | GpuMemoryFreeMib | GpuMemoryShare | MemoryBandwidth | ComputeActive | GpuPowerW => {
             return None;

@@ -2,6 +2,7 @@
 //! its metrics.
 
 mod figures;
+mod prefix;
 mod queue;
 mod server;
 mod tokens;
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, Metric};
 
 pub mod trace;
+pub use prefix::PrefixCache;
 pub use queue::{QueueQuantile, QueueSource, ServerQueue};
 pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
 pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
@@ -613,6 +615,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         tracing: trace::build(p.trace.as_ref(), &p.run_id, &p.run_trace_id, c),
         server: None,
         server_queue: None,
+        prefix_cache: None,
         gpu: server::gpu(c),
         busy_while_present: None,
         metrics_push: c.metrics_push.clone(),
@@ -622,6 +625,13 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
     summary.busy_while_present = analysis::findings::busy_while_present(&summary, c);
     summary.server_queue = queue::build(spans, server, c.started_at, server::measured_from(&summary));
+    summary.prefix_cache = prefix::build(
+        p.shared_prefix,
+        counters,
+        server,
+        c.started_at,
+        server::measured_from(&summary),
+    );
     summary.findings = analysis::findings::draw(&summary, c);
     summary.thresholds = analysis::gates::judge(&p.thresholds, &summary);
     summary.verdict = verdict(p, c, &summary);
