@@ -91,20 +91,29 @@ fn check_whole(trace: &Value) {
     assert_eq!(roots, 1, "one root span: {trace:#}");
 }
 
-/// The traces of the run `run_id`, once `want` of them have arrived.
+/// Whether a trace holds what its request left: a served request's
+/// trace has llm-sim's three spans beside stampede's.
+fn arrived(trace: &Value) -> bool {
+    match spans_named(trace, "llm.request").first() {
+        Some(client) if tag(client, "error.type").is_none() => trace["spans"].as_array().map_or(0, Vec::len) >= 4,
+        _ => true,
+    }
+}
+
+/// The traces of the run `run_id`, once `want` of them have arrived, each
+/// with its server spans: the store lists a trace from its first span,
+/// and the simulator's spans come on the simulator's own schedule.
 fn search(jaeger: &Jaeger, run_id: &str, want: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let found = jaeger.search(SERVICE, RUN_TAG, run_id);
-        // A request's trace is listed once its server spans have arrived
-        // too (the store lists complete traces), and they come on the
-        // simulator's own schedule.
-        if found.len() >= want {
+        let whole = found.iter().filter(|t| arrived(t)).count();
+        if found.len() >= want && whole == found.len() {
             return found;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {want} traces of {run_id} found",
+            "{} of {want} traces of {run_id} found, {whole} with all their spans",
             found.len()
         );
         std::thread::sleep(Duration::from_millis(200));
