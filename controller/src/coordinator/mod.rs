@@ -38,6 +38,8 @@ pub(crate) struct Setup {
     pub(crate) target: pb::Target,
     pub(crate) request: pb::RequestSpec,
     pub(crate) prompts: Vec<Prompt>,
+    /// Set when users play sessions: the pause between turns.
+    pub(crate) sessions: Option<Duration>,
     pub(crate) load: Load,
     /// Seed of the open-loop arrival schedule, the same for every agent.
     pub(crate) schedule_seed: u64,
@@ -180,10 +182,15 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
                     text: p.text.clone(),
                     class: p.class.clone(),
                     max_tokens: p.max_tokens,
+                    system: p.system.clone().unwrap_or_default(),
+                    turns: p.turns.clone(),
                 })
                 .collect(),
             offset: slice.prompts.start as u64,
             total: s.prompts.len() as u64,
+            sessions: s.sessions.map(|think| pb::Sessions {
+                think_us: u64::try_from(think.as_micros()).unwrap_or(u64::MAX),
+            }),
         }),
         seed: slice.seed,
         slo: s.slo,

@@ -130,11 +130,58 @@ pub fn generate(spec: &Spec, seed: u64, counter: &Counter) -> Result<Vec<Prompt>
         let max_tokens = spec.output.map(|o| o.draw(uniform(), uniform()).max(1));
         let words = seed ^ u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let text = build(target as usize, words, counter)?;
+        // Classed by length afterwards (`super::classify`).
+        out.push(Prompt::single(text, String::new(), max_tokens));
+    }
+    Ok(out)
+}
+
+/// What makes synthetic prompts sessions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sessions {
+    /// User turns per session.
+    pub turns: Length,
+    /// The system prompt's length in tokens; `None`: no system prompt.
+    pub system_tokens: Option<u32>,
+}
+
+/// Generates `spec.count` sessions with `seed`: each draws its number of
+/// turns from `sessions.turns`, and each turn its length from
+/// `spec.input` (its output limit, from `spec.output`, is the first
+/// turn's and applies to every turn). The system prompt is built to
+/// `sessions.system_tokens` exactly as prompts are.
+pub fn generate_sessions(
+    spec: &Spec,
+    sessions: &Sessions,
+    seed: u64,
+    counter: &Counter,
+) -> Result<Vec<Prompt>, String> {
+    let mut out = Vec::with_capacity(spec.count as usize);
+    let mut state = mix(seed ^ 0x5E55_1045);
+    let mut uniform = || {
+        state = mix(state);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for i in 0..spec.count {
+        let n = sessions.turns.draw(uniform(), uniform()).max(1);
+        let max_tokens = spec.output.map(|o| o.draw(uniform(), uniform()).max(1));
+        let mut texts = Vec::with_capacity(n as usize);
+        for t in 0..n {
+            let target = spec.input.draw(uniform(), uniform()).max(1);
+            let words = seed ^ (u64::from(i) << 16 | u64::from(t)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            texts.push(build(target as usize, words, counter)?);
+        }
+        let system = match sessions.system_tokens {
+            Some(tokens) => Some(build(tokens as usize, mix(seed ^ u64::from(i) ^ 0x5157), counter)?),
+            None => None,
+        };
+        let text = texts.remove(0);
         out.push(Prompt {
-            // Classed by length afterwards (`super::classify`).
-            class: String::new(),
             text,
+            class: String::new(),
             max_tokens,
+            system,
+            turns: texts,
         });
     }
     Ok(out)

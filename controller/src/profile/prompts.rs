@@ -28,6 +28,7 @@ pub(super) fn walk(
     base: &Path,
     seed: u64,
     default_tokenizer: Option<(&Path, &str)>,
+    sessions: bool,
 ) -> Option<Dataset> {
     let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
     let inline = d.strings(p, "inline");
@@ -36,10 +37,22 @@ pub(super) fn walk(
     let synthetic = d.has("synthetic");
     let mut s = d.table(p, "synthetic");
     let spec = if synthetic { synthetic_spec(&mut s, p) } else { None };
+    let session_spec = if synthetic {
+        session_spec(&mut s, p, sessions)
+    } else {
+        None
+    };
     let tokenizer = s.string(p, "tokenizer");
     let tokenizer_at = (s.span_of("tokenizer"), s.path_of("tokenizer"));
     s.finish(p);
     let chosen = [builtin.is_some(), inline.is_some(), path.is_some(), synthetic];
+    if sessions && !(path.is_some() || synthetic) {
+        p.at(
+            d.span_of("sessions"),
+            &d.path_of("sessions"),
+            "sessions need conversations: a JSONL (\"messages\") or ShareGPT file, or synthetic prompts with turns",
+        );
+    }
     let several = chosen.iter().filter(|c| **c).count() > 1;
     if several {
         p.at(None, "prompts", "set only one of builtin, inline, file and synthetic");
@@ -63,7 +76,7 @@ pub(super) fn walk(
             None => Ok(Counter::words()),
         };
         found.push(match counter {
-            Ok(counter) => file_prompts(d, p, base, seed, &name, format.as_deref(), &counter),
+            Ok(counter) => file_prompts(d, p, base, seed, &name, format.as_deref(), &counter, sessions),
             Err(e) => {
                 p.at(None, "target.tokenizer", e);
                 None
@@ -74,7 +87,7 @@ pub(super) fn walk(
         let tokenizer = tokenizer
             .map(|t| (base.join(&t), t))
             .or_else(|| default_tokenizer.map(|(path, name)| (path.to_owned(), name.to_owned())));
-        found.push(spec.and_then(|spec| synthetic_prompts(p, &spec, seed, tokenizer, tokenizer_at)));
+        found.push(spec.and_then(|spec| synthetic_prompts(p, &spec, session_spec, seed, tokenizer, tokenizer_at)));
     }
     if several {
         return None;
@@ -113,16 +126,13 @@ fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) ->
     let source = format!("inline ({} prompts)", list.len());
     let prompts = list
         .into_iter()
-        .map(|text| Prompt {
-            text,
-            class: "inline".to_owned(),
-            max_tokens: None,
-        })
+        .map(|text| Prompt::single(text, "inline".to_owned(), None))
         .collect();
     // One class, `inline`, whatever the lengths.
     Some((prompts, source, ClassBy::Characters))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn file_prompts(
     d: &Table<'_, '_>,
     p: &mut Problems<'_>,
@@ -131,10 +141,11 @@ fn file_prompts(
     name: &str,
     format: Option<&str>,
     counter: &Counter,
+    sessions: bool,
 ) -> Option<Dataset> {
     let full = base.join(name);
     let format = format.and_then(Format::from_name).unwrap_or(Format::of(&full));
-    match file::load(&full, format) {
+    match file::load(&full, format, sessions) {
         Ok(mut prompts) => {
             let by = match dataset::classify(&mut prompts, counter) {
                 Ok(by) => by,
@@ -145,7 +156,8 @@ fn file_prompts(
             };
             dataset::shuffle(&mut prompts, seed);
             let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
-            let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
+            let what = if sessions { "sessions" } else { "prompts" };
+            let source = format!("{kind}:{name} ({} {what}, shuffled with seed {seed})", prompts.len());
             Some((prompts, source, by))
         }
         Err(e) => {
@@ -160,6 +172,7 @@ fn file_prompts(
 fn synthetic_prompts(
     p: &mut Problems<'_>,
     spec: &synthetic::Spec,
+    sessions: Option<synthetic::Sessions>,
     seed: u64,
     tokenizer: Option<(std::path::PathBuf, String)>,
     at: (Option<std::ops::Range<usize>>, String),
@@ -174,13 +187,18 @@ fn synthetic_prompts(
         },
         None => Counter::words(),
     };
-    match synthetic::generate(spec, seed, &counter).and_then(|mut prompts| {
+    let generated = match &sessions {
+        Some(s) => synthetic::generate_sessions(spec, s, seed, &counter),
+        None => synthetic::generate(spec, seed, &counter),
+    };
+    match generated.and_then(|mut prompts| {
         let by = dataset::classify(&mut prompts, &counter)?;
         Ok((prompts, by))
     }) {
         Ok((prompts, by)) => {
             let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
-            let source = format!("synthetic ({} prompts, {unit}, seed {seed})", prompts.len());
+            let what = if sessions.is_some() { "sessions" } else { "prompts" };
+            let source = format!("synthetic ({} {what}, {unit}, seed {seed})", prompts.len());
             Some((prompts, source, by))
         }
         Err(e) => {
@@ -216,6 +234,36 @@ fn synthetic_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<synthet
         count: u32::try_from(count?).ok()?,
         input: input?,
         output,
+    })
+}
+
+/// `turns` and `system_tokens` of `[prompts.synthetic]`: sessions, when
+/// `[prompts] sessions` is on.
+fn session_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>, sessions: bool) -> Option<synthetic::Sessions> {
+    let turns = s.has("turns").then(|| length(s, p, "turns")).flatten();
+    let system_tokens = s.int_in(p, "system_tokens", 1, MAX_LENGTH).map(|n| n as u32);
+    if !sessions {
+        for key in ["turns", "system_tokens"] {
+            if s.has(key) {
+                p.at(
+                    s.span_of(key),
+                    &s.path_of(key),
+                    "applies to sessions: set prompts.sessions = true too",
+                );
+            }
+        }
+        return None;
+    }
+    if !s.has("turns") {
+        p.at(
+            None,
+            &s.path_of("turns"),
+            "missing: user turns per session, such as turns = 3 or { min = 2, max = 6 }",
+        );
+    }
+    Some(synthetic::Sessions {
+        turns: turns?,
+        system_tokens,
     })
 }
 
