@@ -669,4 +669,46 @@ mod tests {
         spec.stream = false;
         assert_eq!(api.path(&spec), "/generate");
     }
+
+    #[test]
+    fn a_session_turn_sends_its_history() {
+        let history = [
+            Message {
+                role: "system",
+                content: "Be brief.".into(),
+            },
+            Message {
+                role: "user",
+                content: "Hi".into(),
+            },
+            Message {
+                role: "assistant",
+                content: "Hello there".into(),
+            },
+        ];
+        let spec = Spec {
+            max_tokens: Some(5),
+            temperature: None,
+            stream: true,
+        };
+        let chat = Api::plain(Dialect::OpenAiChat);
+        let body: Value = serde_json::from_slice(&chat.body_with("m", &history, "Why?", &spec)).unwrap();
+        assert_eq!(
+            body["messages"],
+            serde_json::json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there"},
+                {"role": "user", "content": "Why?"},
+            ])
+        );
+        let plain: Value = serde_json::from_slice(&chat.body("m", "Why?", &spec)).unwrap();
+        assert_eq!(
+            plain["messages"],
+            serde_json::json!([{"role": "user", "content": "Why?"}])
+        );
+        let completions = Api::plain(Dialect::OpenAiCompletions);
+        let body: Value = serde_json::from_slice(&completions.body_with("m", &history, "Why?", &spec)).unwrap();
+        assert_eq!(body["prompt"], "Be brief.\n\nHi\n\nHello there\n\nWhy?");
+    }
 }

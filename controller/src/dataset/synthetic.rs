@@ -294,4 +294,35 @@ mod tests {
             assert_eq!(p.max_tokens, Some(16));
         }
     }
+
+    #[test]
+    fn sessions_have_their_drawn_turns_and_an_exact_system_prompt() {
+        let spec = Spec {
+            count: 40,
+            input: Length::Fixed(12),
+            output: Some(Length::Fixed(7)),
+        };
+        let sessions = Sessions {
+            turns: Length::Uniform { min: 1, max: 4 },
+            system_tokens: Some(9),
+        };
+        let counter = Counter::words();
+        let out = generate_sessions(&spec, &sessions, 11, &counter).unwrap();
+        assert_eq!(out.len(), 40);
+        let mut seen = [false; 4];
+        for s in &out {
+            let turns = 1 + s.turns.len();
+            assert!((1..=4).contains(&turns), "{turns}");
+            seen[turns - 1] = true;
+            assert_eq!(counter.count(s.system.as_deref().unwrap()).unwrap(), 9);
+            for t in std::iter::once(&s.text).chain(&s.turns) {
+                assert_eq!(counter.count(t).unwrap(), 12);
+            }
+            assert_eq!(s.max_tokens, Some(7));
+        }
+        assert!(seen.iter().all(|s| *s), "every turn count of the range is drawn");
+        assert_eq!(out, generate_sessions(&spec, &sessions, 11, &counter).unwrap());
+        let texts: std::collections::BTreeSet<_> = out.iter().map(|s| &s.text).collect();
+        assert_eq!(texts.len(), 40, "sessions are distinct");
+    }
 }
