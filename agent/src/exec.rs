@@ -275,7 +275,17 @@ impl Executor {
                             ends: &mut scratch.ends,
                             counted: &mut scratch.counted,
                         };
-                        count(t, buffers, input.then_some(prompt.text)).await
+                        // A session turn's input is its whole history.
+                        let whole;
+                        let sent = if prompt.history.is_empty() {
+                            prompt.text
+                        } else {
+                            let mut all: Vec<&str> = prompt.history.iter().map(|m| m.content.as_str()).collect();
+                            all.push(prompt.text);
+                            whole = all.join("\n\n");
+                            whole.as_str()
+                        };
+                        count(t, buffers, input.then_some(sent)).await
                     }
                     None => Counted::default(),
                 };
