@@ -241,6 +241,7 @@ impl Executor {
                 late,
                 held: micros(queued).saturating_sub(before_dispatch) > micros(LATE),
                 output_tokens: 1,
+                turn: prompt.turn,
                 ..Sample::default()
             });
         }
