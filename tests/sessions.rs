@@ -5,7 +5,7 @@
 //! simulator's prefill model says.
 
 use serde_json::{Value, json};
-use stampede_tests::{Sim, exclusive, num, relative_error, run_profile};
+use stampede_tests::{Sim, controller, exclusive, num, relative_error, run_profile};
 
 /// The recorded requests, in arrival order.
 fn recorded(path: &std::path::Path) -> Vec<Value> {
@@ -161,6 +161,13 @@ fn each_turn_carries_the_real_answers_and_its_ttft_grows_with_the_history() {
     let added = (turn_words + answer_words) as f64 * per_token_ms;
     for k in 1..3 {
         let grew = ttft(k) - ttft(k - 1);
+        eprintln!(
+            "turn {} TTFT mean {:.1} ms, turn {} {:.1} ms: grew {grew:.1} ms, prefill model {added:.1} ms",
+            k,
+            ttft(k - 1),
+            k + 1,
+            ttft(k)
+        );
         assert!(
             relative_error(grew, added) < 0.3,
             "turn {} TTFT {:.1} ms, turn {} {:.1} ms: grew {grew:.1} ms, expected {added:.1} ms",
@@ -245,4 +252,17 @@ fn synthetic_sessions_on_two_agents_each_continue_their_own_history() {
     assert!(turns.len() >= 2, "{turns:#?}");
     let by_turn: f64 = turns.iter().map(|t| num(t, "/requests")).sum();
     assert_eq!(by_turn, num(s, "/requests/ok"));
+
+    // The turns are in the run's log: `controller report` rebuilds them.
+    let dir = run.dir.as_ref().expect("a results directory");
+    let out = tempfile::tempdir().unwrap();
+    let rebuilt = controller(&["report", dir.to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
+    assert_eq!(
+        rebuilt.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let again: Value = serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again["turns"], s["turns"]);
 }
