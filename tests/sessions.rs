@@ -266,3 +266,98 @@ fn synthetic_sessions_on_two_agents_each_continue_their_own_history() {
     let again: Value = serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(again["turns"], s["turns"]);
 }
+
+#[test]
+fn every_turns_span_names_its_conversation_and_turn() {
+    let _machine = exclusive();
+    let c = stampede_tests::collector::Collector::start();
+    let sim = Sim::start(&[
+        "--prefill-base",
+        "1ms",
+        "--prefill-per-token",
+        "10us",
+        "--decode-step",
+        "2ms",
+    ]);
+    let service = "stampede-sessions";
+    let profile = format!(
+        r#"
+        seed = 8
+        [target]
+        url = "{}"
+        [load]
+        users = 2
+        duration = "2s"
+        drain = "30s"
+        [request]
+        max_tokens = 4
+        [prompts]
+        sessions = true
+        [prompts.synthetic]
+        count = 4
+        input_tokens = 10
+        turns = 3
+        [trace]
+        endpoint = "{}"
+        protocol = "grpc"
+        service_name = "{service}"
+        "#,
+        sim.url,
+        c.grpc_url()
+    );
+    let run = run_profile(&profile, &[]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let s = run.summary();
+    let ok = num(s, "/requests/ok") as usize;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut traces = c.traces(service, "llm.request");
+    while traces.len() < ok {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {ok} spans arrived",
+            traces.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        traces = c.traces(service, "llm.request");
+    }
+    let tag = |span: &Value, key: &str| {
+        span["tags"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["key"] == key))
+            .map(|t| t["value"].clone())
+            .unwrap_or_else(|| panic!("no {key} on {span:#}"))
+    };
+    // Each conversation's turns, in the order they were sent.
+    let mut conversations: std::collections::BTreeMap<String, Vec<(u64, i64)>> = Default::default();
+    for trace in &traces {
+        for span in trace["spans"].as_array().unwrap() {
+            if span["operationName"] != "llm.request" {
+                continue;
+            }
+            let id = tag(span, "gen_ai.conversation.id").as_str().unwrap().to_owned();
+            assert_eq!(tag(span, "stampede.session"), id.as_str());
+            let turn = tag(span, "stampede.turn").as_i64().unwrap();
+            conversations
+                .entry(id)
+                .or_default()
+                .push((span["startTime"].as_u64().unwrap(), turn));
+        }
+    }
+    assert!(conversations.len() >= 2, "{conversations:?}");
+    let mut by_turn = [0.0; 3];
+    for (id, turns) in &mut conversations {
+        turns.sort();
+        let numbers: Vec<i64> = turns.iter().map(|t| t.1).collect();
+        let expected: Vec<i64> = (1..=numbers.len() as i64).collect();
+        assert_eq!(
+            numbers, expected,
+            "conversation {id} plays its turns in order, once each"
+        );
+        for n in numbers {
+            by_turn[n as usize - 1] += 1.0;
+        }
+    }
+    for (k, t) in s["turns"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(num(t, "/requests"), by_turn[k], "turn {}", k + 1);
+    }
+}
