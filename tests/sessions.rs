@@ -179,6 +179,12 @@ fn each_turn_carries_the_real_answers_and_its_ttft_grows_with_the_history() {
     }
     let terminal = run.stdout();
     assert!(terminal.contains("each turn sends the whole history"), "{terminal}");
+    let dir = run.dir.as_ref().expect("a results directory");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        html.contains(r#"<section id="turns">"#),
+        "the report has the turns table"
+    );
 }
 
 #[test]
