@@ -315,17 +315,16 @@ fn every_turns_span_names_its_conversation_and_turn() {
     assert_eq!(run.code(), 0, "{}", run.stderr());
     let s = run.summary();
     let ok = num(s, "/requests/ok") as usize;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    // Spans arrive on the exporter's schedule: up to 15 s.
     let mut traces = c.traces(service, "llm.request");
-    while traces.len() < ok {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {ok} spans arrived",
-            traces.len()
-        );
+    for _ in 0..75 {
+        if traces.len() >= ok {
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
         traces = c.traces(service, "llm.request");
     }
+    assert!(traces.len() >= ok, "{} of {ok} spans arrived", traces.len());
     let tag = |span: &Value, key: &str| {
         span["tags"]
             .as_array()
