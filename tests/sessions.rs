@@ -366,3 +366,68 @@ fn every_turns_span_names_its_conversation_and_turn() {
         assert_eq!(num(t, "/requests"), by_turn[k], "turn {}", k + 1);
     }
 }
+
+#[test]
+fn a_failed_turn_ends_its_session_and_the_user_starts_the_next() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.jsonl");
+    // A third of the requests answered 500 at once (never recorded: the
+    // engine does not see them).
+    let sim = Sim::start(&[
+        "--prefill-base",
+        "1ms",
+        "--prefill-per-token",
+        "10us",
+        "--decode-step",
+        "1ms",
+        "--fault",
+        "500=0.33",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let profile = format!(
+        r#"
+        seed = 2
+        [target]
+        url = "{}"
+        [load]
+        users = 1
+        duration = "2s"
+        drain = "30s"
+        [request]
+        max_tokens = 3
+        [prompts]
+        sessions = true
+        [prompts.synthetic]
+        count = 3
+        input_tokens = 6
+        turns = 3
+        "#,
+        sim.url
+    );
+    let run = run_profile(&profile, &[]);
+    let s = run.summary();
+    assert!(num(s, "/requests/failed") > 0.0, "{}", run.stderr());
+    // One user: the record is its successful turns in order. A turn after
+    // the first always continues the request just before it (a failed
+    // turn is never skipped over), and a first turn that follows a first
+    // or second turn shows a session that a failure ended.
+    let log = recorded(&record);
+    // No system prompt: turn k sends 2k - 1 messages.
+    let turn_of = |line: &Value| (messages(line).len() + 1) / 2;
+    let mut ended_early = 0;
+    for i in 1..log.len() {
+        let (before, now) = (turn_of(&log[i - 1]), turn_of(&log[i]));
+        if now > 1 {
+            assert!(
+                continues(&log[i], &log[i - 1..i]).is_some(),
+                "request {i} (turn {now}) does not continue request {} (turn {before})",
+                i - 1
+            );
+        } else if before < 3 {
+            ended_early += 1;
+        }
+    }
+    assert!(ended_early > 0, "no session ended early in {} requests", log.len());
+}
