@@ -415,7 +415,7 @@ fn a_failed_turn_ends_its_session_and_the_user_starts_the_next() {
     // or second turn shows a session that a failure ended.
     let log = recorded(&record);
     // No system prompt: turn k sends 2k - 1 messages.
-    let turn_of = |line: &Value| (messages(line).len() + 1) / 2;
+    let turn_of = |line: &Value| messages(line).len().div_ceil(2);
     let mut ended_early = 0;
     for i in 1..log.len() {
         let (before, now) = (turn_of(&log[i - 1]), turn_of(&log[i]));
