@@ -8,8 +8,11 @@
 //! header whose value comes from an environment variable, as a profile
 //! must. One more run sends llama.cpp's own body fields (`n_predict`,
 //! `ignore_eos`) through `target.body`, and every answer has exactly the
-//! length they ask for. A last run plays two-turn sessions, whose second
-//! turn the server counts with the first turn and its answer inside.
+//! length they ask for. A run of prompts sharing a prefix shows the
+//! prompt tokens llama-server reused from its slots' cache in the
+//! summary, equal to its own `llamacpp:prompt_tokens_cached_total`. A
+//! last run plays two-turn sessions, whose second turn the server counts
+//! with the first turn and its answer inside.
 //!
 //! Without the peer installed the test is reported as ignored, saying why
 //! (a failure with `STAMPEDE_REQUIRE_PEERS=1`); CI installs it.
@@ -26,7 +29,10 @@ use serde_json::Value;
 use stampede_tests::harness::{Missing, Outcome};
 use stampede_tests::{exclusive, num, repo, run_profile_with_env};
 
-stampede_tests::suite![llama_server_usage_matches_stampedes_counts_in_both_openai_dialects];
+stampede_tests::suite![
+    llama_server_usage_matches_stampedes_counts_in_both_openai_dialects,
+    llama_servers_cached_prompt_tokens_reach_the_summary
+];
 
 /// The key llama-server demands, and the variable a profile names for it.
 const KEY: &str = "stampede-peer-test-key";
@@ -90,6 +96,10 @@ fn start(bin: &Path, model: &Path) -> LlamaServer {
         .args(["--port", &port.to_string()])
         .args(["--metrics", "-np", "4", "-c", "8192", "-t", "1", "-tb", "1"])
         .args(["--chat-template", "gemma", "--api-key", KEY])
+        // Gemma 3 attends through a sliding window; without the full-size
+        // window cache a slot cannot rewind to a shared prefix and reuses
+        // nothing once the prompts diverge.
+        .arg("--swa-full")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -142,6 +152,13 @@ fn metrics(addr: &str) -> HashMap<String, f64> {
             Some((name.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+fn cached(addr: &str) -> f64 {
+    metrics(addr)
+        .get("llamacpp:prompt_tokens_cached_total")
+        .copied()
+        .expect("llama-server exposes llamacpp:prompt_tokens_cached_total")
 }
 
 fn predicted(addr: &str) -> f64 {
@@ -277,5 +294,59 @@ fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() -> Outc
         num(second, "/tokens_in/mean") > num(first, "/tokens_in/mean") + num(first, "/tokens_out/mean"),
         "the second turn carries the first and its answer: {turns:#?}"
     );
+    Ok(())
+}
+
+fn llama_servers_cached_prompt_tokens_reach_the_summary() -> Outcome {
+    let (bin, model) = peer()?;
+    let _machine = exclusive();
+    let server = start(&bin, &model);
+    let before = cached(&server.addr);
+    // One prefix of 150 words for every prompt, then 8 of the prompt's
+    // own: each slot reuses the prefix from its previous prompt. Text
+    // completions: the raw prompt, no chat template.
+    let profile = format!(
+        r#"
+        name = "llama-server-prefix"
+        [target]
+        url = "http://{addr}"
+        api = "openai-completions"
+        model = "gemma3-270m"
+        timeout = "60s"
+        headers = {{ Authorization = {{ env = "{KEY_VAR}" }} }}
+        [load]
+        users = 2
+        duration = "4s"
+        drain = "60s"
+        [request]
+        temperature = 0.0
+        max_tokens = 4
+        [prompts.synthetic]
+        count = 32
+        input_tokens = 8
+        shared_prefix = {{ groups = 1, tokens = 150 }}
+        "#,
+        addr = server.addr
+    );
+    let (code, stderr, s) = run(&profile);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let truth = cached(&server.addr) - before;
+    let ok = num(&s, "/requests/ok");
+    eprintln!(
+        "llama-server shared prefix: {ok} requests, summary cached tokens {} ({:.1}% of input), llamacpp:prompt_tokens_cached_total +{truth}",
+        num(&s, "/prefix_cache/cached_tokens"),
+        num(&s, "/prefix_cache/cached_share") * 100.0
+    );
+    assert_eq!(num(&s, "/requests/failed"), 0.0, "{:#}", s["errors"]);
+    assert!(ok >= 3.0, "too few requests");
+    assert_eq!(num(&s, "/prefix_cache/reported_requests"), ok, "every answer says");
+    assert_eq!(
+        num(&s, "/prefix_cache/cached_tokens"),
+        truth,
+        "the answers' cached tokens add up to llama-server's own count"
+    );
+    assert!(truth > 0.0, "the slots reused the shared prefix");
+    assert_eq!(num(&s, "/prefix_cache/input_tokens"), num(&s, "/tokens/input"));
+    assert_eq!(s["prefix_cache"]["workload"]["groups"], 1);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! pushes arrive while the run goes on, and the last one's values are
 //! `summary.json`'s.
 
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use serde_json::Value;
 use stampede_tests::otlp_metrics::{Push, Receiver, attr};
 use stampede_tests::{Sim, exclusive, num, prompt_of, run_profile, run_profile_with_env};
@@ -144,15 +145,10 @@ fn equals_summary(last: &Push, s: &Value) {
     }
     for m in last.metrics() {
         let attributes: Vec<_> = match m.data.as_ref() {
-            Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Histogram(h)) => {
-                h.data_points.iter().map(|p| &p.attributes).collect()
-            }
-            Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(x)) => {
-                x.data_points.iter().map(|p| &p.attributes).collect()
-            }
-            Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Gauge(g)) => {
-                g.data_points.iter().map(|p| &p.attributes).collect()
-            }
+            Some(metric::Data::Histogram(h)) => h.data_points.iter().map(|p| &p.attributes).collect(),
+            Some(metric::Data::Sum(x)) => x.data_points.iter().map(|p| &p.attributes).collect(),
+            Some(metric::Data::Gauge(g)) => g.data_points.iter().map(|p| &p.attributes).collect(),
+            Some(metric::Data::Summary(x)) => x.data_points.iter().map(|p| &p.attributes).collect(),
             other => panic!("{}: {other:?}", m.name),
         };
         for a in attributes {
@@ -294,4 +290,59 @@ fn a_receiver_that_never_answers_neither_fails_nor_holds_up_the_run() {
     assert_eq!(stderr.matches("cannot push metrics").count(), 1, "{stderr}");
     assert!(stderr.contains("metrics pushes to"), "{stderr}");
     drop(silent);
+}
+
+/// With the built-in simulator's DCGM page, the pushes carry what the live
+/// endpoint serves besides the client's figures: the server's mapped
+/// figures (gauges, counters), the accelerators' (per device, from DCGM)
+/// and each agent's CPU.
+#[test]
+fn pushes_carry_the_servers_the_accelerators_and_the_agents_figures() {
+    let _machine = exclusive();
+    let receiver = Receiver::start();
+    let profile = format!(
+        "name = \"otlp-server\"\n[load]\nusers = 4\nduration = \"3s\"\n[request]\nmax_tokens = 16\n\
+         [agents]\ncount = 2\n[report]\ninterval = \"500ms\"\n\
+         [server_metrics]\ninterval = \"250ms\"\n\
+         [sim]\nmax_batch = 8\ndecode_step = \"10ms\"\ndcgm = true\nkv_cache_tokens = 65536\n\
+         [metrics]\notlp = true\nendpoint = \"{}\"\n",
+        receiver.grpc_url()
+    );
+    let run = run_profile(&profile, &[]);
+    assert_eq!(run.code(), 0, "stderr:\n{}", run.stderr());
+    let pushes = receiver.pushes();
+    let last = pushes.last().expect("a push");
+    let names: Vec<&str> = last.metrics().iter().map(|m| m.name.as_str()).collect();
+    eprintln!("{} pushes; the last names {names:?}", pushes.len());
+    for gauge in [
+        "stampede.server.running",
+        "stampede.server.queue_depth",
+        "stampede.server.kv_cache_usage",
+    ] {
+        let m = last.metric(gauge).unwrap_or_else(|| panic!("{gauge} in {names:?}"));
+        assert!(matches!(m.data, Some(metric::Data::Gauge(_))), "{gauge}: {m:?}");
+    }
+    let tokens = last
+        .metric("stampede.server.generation_tokens")
+        .unwrap_or_else(|| panic!("the server's token counter in {names:?}"));
+    match &tokens.data {
+        Some(metric::Data::Sum(s)) => {
+            assert!(s.is_monotonic);
+            assert_eq!(s.data_points.len(), 1);
+            assert!(
+                last.number("stampede.server.generation_tokens", &[])
+                    .is_some_and(|n| n > 0)
+            );
+        }
+        other => panic!("a monotonic sum: {other:?}"),
+    }
+    let utilization = last.numbers("stampede.gpu.utilization");
+    assert!(!utilization.is_empty(), "{names:?}");
+    for p in &utilization {
+        assert_eq!(attr(&p.attributes, "stampede.gpu.source").as_deref(), Some("dcgm"));
+        assert!(attr(&p.attributes, "stampede.gpu.device").is_some());
+        assert!(attr(&p.attributes, "stampede.run_id").is_some());
+    }
+    let cpu = last.numbers("stampede.agent.cpu");
+    assert_eq!(cpu.len(), 2, "one point per agent: {cpu:?}");
 }

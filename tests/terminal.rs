@@ -242,3 +242,54 @@ fn an_interrupt_is_logged_once_and_turns_the_line_into_the_drain() {
 fn screen_ready(dir: &Path) -> bool {
     dir.join("typescript").exists() && screen(dir).iter().any(|l| l.starts_with("[1s/20s]"))
 }
+
+/// A sweep's line names its step and level, with an ETA over the steps
+/// left, on a real terminal.
+#[test]
+fn a_sweep_shows_its_step_number_and_level() {
+    let _machine = exclusive();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let text = format!(
+        r#"
+name = "terminal-sweep"
+seed = 1
+[load]
+drain = "2s"
+[load.sweep]
+users = [1, 2]
+step = "2s"
+[request]
+max_tokens = 16
+[report]
+interval = "1s"
+out = "{out}"
+[sim]
+decode_step = "10ms"
+"#,
+        out = dir.path().join("results").display()
+    );
+    let path = dir.path().join("sweep.toml");
+    std::fs::write(&path, text).expect("the profile is written");
+    let mut script = on_a_terminal(dir.path(), &path.display().to_string());
+    let code = wait(&mut script, Duration::from_secs(90));
+    let lines = screen(dir.path());
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let rows = live(&lines);
+    let first = rows
+        .iter()
+        .find(|r| r.contains("| step 1/2 at 1 user"))
+        .unwrap_or_else(|| panic!("step 1 named: {rows:#?}"));
+    assert!(first.contains("| ETA "), "{first}");
+    let second = rows
+        .iter()
+        .find(|r| r.contains("| step 2/2 at 2 users |"))
+        .unwrap_or_else(|| panic!("step 2 named: {rows:#?}"));
+    // The ETA of the first step counts the second one too.
+    let eta = |row: &str| {
+        let at = row.find("| ETA ").expect("an ETA") + "| ETA ".len();
+        let text: String = row[at..].chars().take_while(|c| *c != ' ').collect();
+        humantime::parse_duration(text.trim_start_matches('≤')).unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    assert!(eta(first) > eta(second), "{first}\n{second}");
+    assert!(eta(first) >= Duration::from_secs(2), "{first}");
+}

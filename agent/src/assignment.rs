@@ -59,6 +59,15 @@ impl Plan {
         if sends && prompts.prompts.is_empty() {
             return Err("the assignment has load but no prompts".to_owned());
         }
+        if let Load::Open(Open { trace: Some(t), .. }) = &load
+            && prompts.prompts.len() < t.len()
+        {
+            return Err(format!(
+                "the trace replay has {} arrivals but {} prompts; each arrival needs its own",
+                t.len(),
+                prompts.prompts.len()
+            ));
+        }
         // Before anything is loaded or started: a user without a
         // connection would be a stream of connect errors, not a load.
         if let Some(users) = load.connections() {
@@ -240,6 +249,9 @@ fn load(kind: Option<pb::load::Kind>, seed: u64) -> Result<Load, String> {
             if o.streams == 0 || o.stream >= o.streams {
                 return Err(format!("stream {} of {} does not exist", o.stream, o.streams));
             }
+            if o.trace_offsets_us.windows(2).any(|w| w[1] < w[0]) {
+                return Err("the trace's arrivals are not in time order".to_owned());
+            }
             Ok(Load::Open(Open {
                 phases: o
                     .phases
@@ -257,6 +269,8 @@ fn load(kind: Option<pb::load::Kind>, seed: u64) -> Result<Load, String> {
                 max_concurrency: (o.max_concurrency > 0).then_some(o.max_concurrency),
                 prompt_seed: seed,
                 timer: Timer::Precise,
+                trace: (!o.trace_offsets_us.is_empty())
+                    .then(|| o.trace_offsets_us.iter().map(|us| Duration::from_micros(*us)).collect()),
             }))
         }
         None => Err("the assignment has no load".to_owned()),

@@ -545,12 +545,14 @@ impl Executor {
                 usage,
                 server,
                 finish,
+                cached_tokens,
                 ..
             }) => Ok(Read {
                 content_events,
                 words,
                 usage,
                 server,
+                cached_tokens,
                 finished: true,
                 finish,
                 ..Read::default()
@@ -603,6 +605,7 @@ impl Tokens<'_> {
                 self.read.finish = self.read.finish.or(c.finish);
                 self.read.usage = c.usage.or(self.read.usage);
                 self.read.server = self.read.server.or(c.server);
+                self.read.cached_tokens = c.cached_tokens.or(self.read.cached_tokens);
             }
             Parsed::Done => self.read.done = true,
             Parsed::ServerError(m) => {
@@ -701,6 +704,7 @@ impl Answer {
             output_tokens,
             token_source,
             server_tokens: read.usage.map(|u| u.output_tokens),
+            cached_tokens: read.cached_tokens,
             counted_events: events,
             tokenizer_tokens: counted.output,
             server: read.server,
@@ -772,6 +776,8 @@ struct Read {
     words: u64,
     usage: Option<Usage>,
     server: ServerTimes,
+    /// Prompt tokens the server took from its prefix cache, when it said.
+    cached_tokens: Option<u64>,
     finished: bool,
     /// Why the answer ended, when the server said.
     finish: Option<Finish>,

@@ -123,6 +123,8 @@ pub struct Sample<'a> {
     pub token_source: TokenSource,
     /// The server's own count of generated tokens, when it gave one.
     pub server_tokens: Option<u64>,
+    /// Prompt tokens the server took from its prefix cache, when it said.
+    pub cached_tokens: Option<u64>,
     /// Stream events that carried text, when the answer was an SSE or
     /// NDJSON stream.
     pub counted_events: Option<u64>,
@@ -205,6 +207,11 @@ impl Interval {
                 if let Some(n) = s.input_tokens {
                     h.record(Metric::InputTokens, n);
                     c.input_tokens += n;
+                }
+                if let Some(n) = s.cached_tokens {
+                    c.cached_tokens += n;
+                    c.cached_reported += 1;
+                    c.cached_of_input += s.input_tokens.unwrap_or(0);
                 }
                 match s.input_source {
                     Some(TokenSource::Server) => c.inputs_from_server += 1,
@@ -573,6 +580,7 @@ mod tests {
             counted_events: Some(12),
             tokenizer_tokens: Some(15),
             input_tokens: Some(7),
+            cached_tokens: Some(5),
             input_source: Some(TokenSource::Server),
             ..Sample::default()
         }));
@@ -593,6 +601,8 @@ mod tests {
             (c.inputs_from_server, c.inputs_from_tokenizer, c.input_tokens),
             (1, 1, 11)
         );
+        // Only the answer that said counts towards the cached share.
+        assert_eq!((c.cached_tokens, c.cached_reported, c.cached_of_input), (5, 1, 7));
         assert_eq!((c.server_vs_events.requests, c.server_vs_events.differing), (1, 0));
         assert_eq!(
             (

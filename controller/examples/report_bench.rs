@@ -150,6 +150,7 @@ fn server(s: &Summary) -> ServerSummary {
                 queue_time_ms: Some(if step >= 2.0 { 200.0 * (step - 1.0) } else { 1.0 + j }),
                 prefill_ms: None,
                 preemptions: Some(if step >= 3.0 { (4.0 * j).round() } else { 0.0 }),
+                prefix_cache_hit_rate: None,
                 vram_used_mib: Some(16_384.0 + 59_000.0 * (0.2 + 0.2 * step).min(1.0)),
                 vram_free_mib: Some(81_920.0 - 16_384.0 - 59_000.0 * (0.2 + 0.2 * step).min(1.0)),
                 vram_used_share: Some((16_384.0 + 59_000.0 * (0.2 + 0.2 * step).min(1.0)) / 81_920.0),

@@ -23,13 +23,16 @@ pub const VRAM_SHARE: f64 = 0.9;
 pub const BANDWIDTH_BUSY: f64 = 0.7;
 /// ...when compute is busy less than this share.
 pub const COMPUTE_BUSY: f64 = 0.5;
+/// A prefix-cache hit rate under this share of what the workload's shared
+/// prefixes offered is a finding.
+pub const PREFIX_HIT_FLOOR: f64 = 0.5;
 
 /// One conclusion and its evidence.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema, PartialEq)]
 pub struct Finding {
     /// `queueing`, `saturation`, `capacity`, `gpu_idle`,
-    /// `memory_pressure`, `vram_high`, `memory_bound_decode`, `cold_start`,
-    /// `client_bound` or `errors`.
+    /// `memory_pressure`, `vram_high`, `memory_bound_decode`,
+    /// `prefix_cache_low`, `cold_start`, `client_bound` or `errors`.
     pub kind: &'static str,
     /// The conclusion in one line.
     pub title: String,
@@ -243,6 +246,59 @@ pub struct KvPressure {
     pub kv_max: Option<f64>,
     /// The server's name for its KV-cache use.
     pub kv_source: Option<String>,
+}
+
+/// A workload of shared prefixes and the hit rate the prefix cache got.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixHits {
+    /// Prefix groups.
+    pub groups: u32,
+    /// Tokens of each prefix.
+    pub prefix_tokens: u32,
+    /// Share of the prompts' tokens in their group's prefix, 0 to 1.
+    pub shared_share: f64,
+    /// The hit rate, 0 to 1.
+    pub hit_rate: f64,
+    /// Where the hit rate comes from, in words.
+    pub source: String,
+}
+
+/// A low prefix-cache hit rate: the prompts shared prefixes, but the
+/// cache served less than [`PREFIX_HIT_FLOOR`] of the share they offered.
+pub fn prefix_cache_low(h: &PrefixHits) -> Option<Finding> {
+    if h.shared_share <= 0.0 || h.hit_rate >= PREFIX_HIT_FLOOR * h.shared_share {
+        return None;
+    }
+    let held = u64::from(h.groups) * u64::from(h.prefix_tokens);
+    Some(finding(
+        "prefix_cache_low",
+        format!(
+            "The prefix cache served {:.0}% of prompt tokens, though {:.0}% of them lay in {} shared prefix{} of {} tokens",
+            h.hit_rate * 100.0,
+            h.shared_share * 100.0,
+            h.groups,
+            if h.groups == 1 { "" } else { "es" },
+            h.prefix_tokens,
+        ),
+        format!(
+            "hit rate from {}; a finding below {:.0}% of the shared share. Check that the server caches prefixes \
+             (vLLM: --enable-prefix-caching, on by default in its V1 engine; SGLang: radix cache not disabled) and \
+             that its cache holds every group's prefix at once: {} groups x {} tokens = {held} tokens of KV cache \
+             besides the running requests' own; fewer groups, or a larger cache, let prefixes survive between uses",
+            h.source,
+            PREFIX_HIT_FLOOR * 100.0,
+            h.groups,
+            h.prefix_tokens,
+        ),
+        &[
+            ("hit_rate", round(h.hit_rate, 4)),
+            ("shared_share", round(h.shared_share, 4)),
+            ("floor", json!(PREFIX_HIT_FLOOR)),
+            ("groups", json!(h.groups)),
+            ("prefix_tokens", json!(h.prefix_tokens)),
+            ("prefix_tokens_all_groups", json!(held)),
+        ],
+    ))
 }
 
 /// Memory pressure: the KV cache full while requests wait, or sequences
@@ -549,6 +605,35 @@ mod tests {
             waiting_mean: Some(8.0),
             source: "llmsim_queue_time_seconds".to_owned(),
         }
+    }
+
+    #[test]
+    fn a_prefix_cache_low_against_the_shared_share() {
+        let hits = |hit_rate| PrefixHits {
+            groups: 16,
+            prefix_tokens: 256,
+            shared_share: 0.8,
+            hit_rate,
+            source: "the server's vllm:prefix_cache_hits_total".to_owned(),
+        };
+        let f = prefix_cache_low(&hits(0.1)).expect("0.1 is under half of 0.8");
+        assert!(
+            f.title.contains("served 10% of prompt tokens")
+                && f.title.contains("80% of them lay in 16 shared prefixes"),
+            "{}",
+            f.title
+        );
+        assert_eq!(f.evidence["prefix_tokens_all_groups"], json!(4096));
+        assert!(f.basis.contains("--enable-prefix-caching"), "{}", f.basis);
+        assert!(prefix_cache_low(&hits(0.4)).is_none(), "exactly half is enough");
+        assert!(prefix_cache_low(&hits(0.7)).is_none());
+        assert!(
+            prefix_cache_low(&PrefixHits {
+                shared_share: 0.0,
+                ..hits(0.0)
+            })
+            .is_none()
+        );
     }
 
     #[test]

@@ -335,6 +335,15 @@ fn validate(profiles: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in profiles {
         match Profile::load(path, &Overrides::default()) {
+            Ok(p) if p.load.trace.is_some() => {
+                println!(
+                    "{}: ok ({}, {} agent{})",
+                    path.display(),
+                    p.load.describe(),
+                    p.agents,
+                    if p.agents.get() == 1 { "" } else { "s" },
+                );
+            }
             Ok(p) => {
                 println!(
                     "{}: ok (up to {}, {} step{}, {} agent{}, {:?})",

@@ -435,6 +435,7 @@ mod tests {
             warmup: Duration::from_secs(warmup),
             drain: Duration::ZERO,
             requests: None,
+            trace: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Splits a profile across agents: users, a disjoint share of the dataset,
 //! and a seed for each. Shares add up exactly: 50 users over 3 agents is
-//! 17/17/16, never 16/16/16.
+//! 17/17/16, never 16/16/16. A trace replay's rows are dealt by index
+//! instead (row k to agent k mod N, arrival and prompt together), so each
+//! agent's share spans the whole trace.
 
 use std::ops::Range;
 
@@ -20,7 +22,8 @@ pub struct Slice {
     pub max_concurrency: Option<u32>,
     /// Its share of the run's count of requests, when the run counts them.
     pub requests: Option<u64>,
-    /// Its share of the dataset, as positions in the whole dataset.
+    /// Its share of the dataset, as positions in the whole dataset (a
+    /// trace replay deals its rows by index instead).
     pub prompts: Range<usize>,
     /// Its seed.
     pub seed: u64,
@@ -102,6 +105,12 @@ pub fn loaded_agents(load: &Load, agents: u32) -> u32 {
 pub fn slices(profile: &Profile, agents: u32) -> Result<Vec<Slice>, String> {
     let load = &profile.load;
     let loaded = loaded_agents(load, agents) as usize;
+    if load.trace.is_some() && profile.prompts.len() < loaded {
+        return Err(format!(
+            "{} replayed row(s) cannot give each of {loaded} agents an arrival of its own; replay more rows or use fewer agents",
+            profile.prompts.len()
+        ));
+    }
     if profile.prompts.len() < loaded {
         return Err(format!(
             "{} prompt(s) cannot give each of {loaded} agents with load a share of its own; add prompts or use fewer agents",

@@ -307,7 +307,9 @@ async fn run_traced(
         profile.load.describe()
     );
     let live = Live::new(&run_id, &profile.name, &url).with_exemplars(span.config.is_some());
-    let otlp = crate::report::otlp::start(push, &run_id, &profile, &url, &model).map_err(RunError::Failed)?;
+    let otlp = crate::report::otlp::start(push, &run_id, &profile, &url, &model, &live).map_err(RunError::Failed)?;
+    // The live figures are kept when they are served or pushed.
+    let fed_live = (options.metrics.is_some() || otlp.is_some()).then(|| live.clone());
     let slices = plan::slices(&profile, count).map_err(RunError::Plan)?;
     let metrics_page = profile.server_metrics.enabled.then(|| {
         profile
@@ -366,7 +368,7 @@ async fn run_traced(
         capabilities: required_capabilities(&profile),
         on_agent_loss: profile.on_agent_loss,
         liveness: profile.liveness,
-        live: options.metrics.map(|_| live.clone()),
+        live: fed_live.clone(),
         otlp,
         trace: span.wire(),
         slo: profile.slo.as_ref().map(crate::profile::Slo::to_wire),
@@ -400,13 +402,12 @@ async fn run_traced(
         );
     }
 
-    let served_live = options.metrics.map(|_| live);
     let scraper = metrics_page.map(|page| {
         let path = dir.join(scrapes::FILE);
         let raw = std::fs::File::create(&path)
             .inspect_err(|e| tracing::warn!("cannot write {}: {e}; server metrics are not kept raw", path.display()))
             .ok();
-        Scraper::start(page, profile.server_metrics.interval, raw, served_live.clone())
+        Scraper::start(page, profile.server_metrics.interval, raw, fed_live.clone())
     });
 
     let agent_stop = CancellationToken::new();

@@ -72,6 +72,7 @@ fn synthetic_prompts_hit_their_target_within_five_percent() {
             count: 20,
             input: Length::Fixed(target),
             output: None,
+            shared_prefix: None,
         };
         for prompt in synthetic::generate(&spec, u64::from(target), &counter).unwrap() {
             let got = counter.count(&prompt.text).unwrap() as f64;
@@ -88,6 +89,31 @@ fn synthetic_prompts_hit_their_target_within_five_percent() {
         "synthetic prompts: worst length error {:.2} % over 100 prompts of 16 to 2000 tokens",
         worst * 100.0
     );
+
+    // Shared prefixes: the prefix and the whole prompt hit their lengths
+    // under the tokenizer too, and the prefix text is the group's own.
+    let spec = Spec {
+        count: 12,
+        input: Length::Fixed(64),
+        output: None,
+        shared_prefix: Some(synthetic::SharedPrefix {
+            groups: 3,
+            tokens: 256,
+            assign: synthetic::Assign::RoundRobin,
+        }),
+    };
+    let (prompts, workload) = synthetic::generate_shared(&spec, 9, &counter).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let got = counter.count(&prompt.text).unwrap() as f64;
+        assert!((got - 320.0).abs() / 320.0 <= 0.05, "prompt {i}: {got} tokens");
+        let head = &prompts[i % 3].text[..200];
+        assert!(
+            prompt.text.starts_with(head),
+            "prompt {i} starts with its group's prefix"
+        );
+    }
+    let share = workload.unwrap().shared_share;
+    assert!((share - 0.8).abs() < 0.05, "shared share {share}");
 
     // The same through a profile: a tokenizer path relative to the profile,
     // a normal input distribution, a uniform output one.

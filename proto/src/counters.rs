@@ -108,6 +108,13 @@ pub struct Counters {
     pub good: u64,
     /// Output tokens of those requests.
     pub good_output_tokens: u64,
+    /// Prompt tokens the server said it took from its prefix cache, over
+    /// the successful requests whose answer said.
+    pub cached_tokens: u64,
+    /// Successful requests whose answer gave a cached-token count.
+    pub cached_reported: u64,
+    /// Input tokens of those requests.
+    pub cached_of_input: u64,
 }
 
 /// Two output-token counts of the same requests, summed over the requests
@@ -212,6 +219,9 @@ impl Counters {
         self.inputs_from_tokenizer += other.inputs_from_tokenizer;
         self.good += other.good;
         self.good_output_tokens += other.good_output_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.cached_reported += other.cached_reported;
+        self.cached_of_input += other.cached_of_input;
     }
 
     /// The wire form.
@@ -239,6 +249,9 @@ impl Counters {
             inputs_from_tokenizer: self.inputs_from_tokenizer,
             good: self.good,
             good_output_tokens: self.good_output_tokens,
+            cached_tokens: self.cached_tokens,
+            cached_reported: self.cached_reported,
+            cached_of_input: self.cached_of_input,
         }
     }
 
@@ -271,6 +284,9 @@ impl Counters {
             inputs_from_tokenizer: wire.inputs_from_tokenizer,
             good: wire.good,
             good_output_tokens: wire.good_output_tokens,
+            cached_tokens: wire.cached_tokens,
+            cached_reported: wire.cached_reported,
+            cached_of_input: wire.cached_of_input,
         })
     }
 }
@@ -308,6 +324,9 @@ mod tests {
             inputs_from_tokenizer: 1,
             good: 2,
             good_output_tokens: 40,
+            cached_tokens: 12,
+            cached_reported: 2,
+            cached_of_input: 20,
             ..Counters::default()
         };
         a.server_vs_events.record(Some(50), Some(49));

@@ -144,6 +144,23 @@ pub struct Config {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub kv_cache_tokens: Option<u32>,
 
+    /// Prefix cache of this many blocks of `--prefix-block-tokens` prompt
+    /// tokens, kept after their request is done (vLLM's automatic prefix
+    /// caching): a prompt's leading blocks found cached skip their
+    /// prefill, which is priced on the other tokens only. A block is named
+    /// by a hash chain of the prompt's tokens, so it matches only when
+    /// every block before it does; the last prompt token is always
+    /// computed; the least recently used block is evicted. Counted under
+    /// vLLM's `vllm:prefix_cache_queries_total` and
+    /// `vllm:prefix_cache_hits_total`, and answered in the OpenAI usage's
+    /// `prompt_tokens_details.cached_tokens`. 0 turns it off.
+    #[arg(long, default_value_t = 0)]
+    pub prefix_cache_blocks: u32,
+
+    /// Prompt tokens per prefix-cache block.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefix_block_tokens: u32,
+
     /// Also expose the accelerator under the NVIDIA DCGM exporter's metric
     /// names, as a GPU node would: utilisation (`DCGM_FI_DEV_GPU_UTIL`),
     /// memory-bandwidth and compute activity (`DCGM_FI_PROF_DRAM_ACTIVE`,
@@ -217,6 +234,8 @@ impl Default for Config {
             step_overhead: Duration::ZERO,
             load_time: Duration::ZERO,
             kv_cache_tokens: None,
+            prefix_cache_blocks: 0,
+            prefix_block_tokens: 16,
             dcgm: false,
             tokens_per_event: 1,
             empty_events: None,

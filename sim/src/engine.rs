@@ -15,6 +15,7 @@ use crate::cache::{Cache, Growth, Turn};
 use crate::events::Events;
 use crate::faults::{self, Cut, Fault};
 use crate::metrics::PromHistogram;
+use crate::prefix::PrefixCache;
 use crate::text;
 
 /// One generation request, already parsed from HTTP.
@@ -22,6 +23,9 @@ use crate::text;
 pub(crate) struct Job {
     /// Prompt length in tokens.
     pub(crate) input_tokens: u32,
+    /// The names of the prompt's full blocks, for the prefix cache; empty
+    /// without one.
+    pub(crate) blocks: Vec<u64>,
     /// How many tokens to generate.
     pub(crate) output_tokens: u32,
     /// Tokens per streamed event after the first.
@@ -57,6 +61,8 @@ pub(crate) struct Token {
     /// How the answer breaks off at this event, when an injected fault
     /// ends it here; nothing follows.
     pub(crate) cut: Option<Cut>,
+    /// Prompt tokens found in the prefix cache, when the engine has one.
+    pub(crate) cached: Option<u32>,
 }
 
 /// The engine shared by every connection.
@@ -176,6 +182,8 @@ pub(crate) struct State {
     pub(crate) decode: Busy,
     /// The KV cache, when the engine has one.
     pub(crate) cache: Option<Cache>,
+    /// The prefix cache, when the engine has one.
+    pub(crate) prefix: Option<PrefixCache>,
     /// The busy totals when `/metrics` was last read.
     pub(crate) read: Mark,
     /// Requests received and not yet answered or abandoned.
@@ -229,6 +237,8 @@ impl Engine {
                 prefill: Busy::default(),
                 decode: Busy::default(),
                 cache: config.kv_cache_tokens.map(Cache::new),
+                prefix: (config.prefix_cache_blocks > 0)
+                    .then(|| PrefixCache::new(config.prefix_cache_blocks, config.prefix_block_tokens)),
                 read: Mark {
                     at: started,
                     busy: Duration::ZERO,
@@ -350,7 +360,14 @@ impl Engine {
         // Deadlines are absolute, so timer rounding never accumulates and
         // the gap between tokens is exactly one step.
         let begin = seq.admitted.max(self.loaded_at);
-        let mut due = begin + config.prefill(job.input_tokens);
+        // Leading blocks found in the prefix cache skip their prefill.
+        let cached = self
+            .state()
+            .prefix
+            .as_mut()
+            .map(|p| p.lookup(&job.blocks, job.input_tokens));
+        let mut due = begin + config.prefill(job.input_tokens - cached.unwrap_or(0));
+        let mut computed = false;
         self.state().work(Work::Prefill, begin, due);
         let mut first_token_at = None;
         let mut index = 0;
@@ -390,6 +407,7 @@ impl Engine {
                     admitted: seq.admitted,
                     began: begin,
                     cut: None,
+                    cached,
                 };
                 // A client that left is noticed at the next token.
                 let _ = tokens.send(empty);
@@ -409,6 +427,13 @@ impl Engine {
                 self.state().work(Work::Prefill, resumed, due);
                 continue;
             }
+            if !computed {
+                // The prompt's blocks are computed: later prompts may use them.
+                computed = true;
+                if let Some(p) = self.state().prefix.as_mut() {
+                    p.insert(&job.blocks);
+                }
+            }
             let now = Instant::now();
             first_token_at.get_or_insert(now);
             if let Some(text) = events.made(now, &text::token(job.text_seed, index), last) {
@@ -421,6 +446,7 @@ impl Engine {
                     admitted: seq.admitted,
                     began: begin,
                     cut,
+                    cached,
                 };
                 events.held = 0;
                 if cut.is_some() {
@@ -701,12 +727,39 @@ mod tests {
     fn job(input: u32, output: u32) -> Job {
         Job {
             input_tokens: input,
+            blocks: Vec::new(),
             output_tokens: output,
             tokens_per_event: 1,
             text_seed: 7,
             trace: None,
             fault: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_prefix_blocks_skip_their_prefill() {
+        let engine = Arc::new(Engine::new(Config {
+            prefix_cache_blocks: 8,
+            prefix_block_tokens: 10,
+            ..config(4)
+        }));
+        let words = |tail: &str| -> Vec<String> {
+            (0..30)
+                .map(|i| format!("shared{i}"))
+                .chain((0..20).map(|i| format!("{tail}{i}")))
+                .collect()
+        };
+        let prompt = |tail: &str| Job {
+            blocks: crate::prefix::chain(words(tail).iter().map(String::as_str), 10),
+            ..job(50, 1)
+        };
+        let first = collect(Arc::clone(&engine), prompt("a")).await;
+        assert_eq!((first[0].0.as_millis(), first[0].1.cached), (60, Some(0)));
+        // The three shared blocks (30 tokens) are cached: 10ms + 20 x 1ms.
+        let second = collect(Arc::clone(&engine), prompt("b")).await;
+        assert_eq!((second[0].0.as_millis(), second[0].1.cached), (30, Some(30)));
+        let p = engine.state().prefix.as_ref().map(|p| (p.queries, p.hits));
+        assert_eq!(p, Some((100, 30)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,7 @@ mod faults;
 mod metrics;
 mod native;
 mod openai;
+mod prefix;
 mod record;
 mod text;
 pub mod trace;

@@ -236,6 +236,29 @@ pub(crate) fn render(engine: &Engine) -> String {
             cache.preemptions,
         );
     }
+    if let Some(prefix) = &state.prefix {
+        metric(
+            o,
+            "counter",
+            "vllm:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            prefix.queries,
+        );
+        metric(
+            o,
+            "counter",
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            prefix.hits,
+        );
+        metric(
+            o,
+            "gauge",
+            "llmsim_prefix_cache_used_blocks",
+            "Prompt blocks held by the prefix cache.",
+            prefix.used(),
+        );
+    }
     if engine.config.dcgm {
         let gpu = Gpu {
             model: &engine.config.model,

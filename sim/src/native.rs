@@ -200,7 +200,7 @@ async fn ollama(State(engine): State<Arc<Engine>>, headers: &HeaderMap, body: By
     };
     // Ollama takes -1 (and -2) for "no limit".
     let max = request.options.num_predict.and_then(|n| u32::try_from(n).ok());
-    let job = match job(&engine, key, text::count_tokens(&prompt), max, parent(headers)) {
+    let job = match job(&engine, key, &[prompt.as_str()], max, parent(headers)) {
         Ok(j) => j,
         Err(response) => return *response,
     };
@@ -313,7 +313,7 @@ async fn generate_request(
         .max_new_tokens
         .or(request.max_new_tokens)
         .or(request.max_tokens);
-    let mut job = job(engine, key, text::count_tokens(&prompt), max, parent(headers))?;
+    let mut job = job(engine, key, &[prompt.as_str()], max, parent(headers))?;
     if one_per_event {
         job.tokens_per_event = 1;
     }

@@ -83,15 +83,12 @@ struct Part {
 }
 
 impl Content {
-    fn tokens(&self) -> u32 {
+    /// The text pieces of the message, in order.
+    fn texts(&self) -> Vec<&str> {
         match self {
-            Content::Text(t) => text::count_tokens(t),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .map(text::count_tokens)
-                .sum(),
-            Content::Null => 0,
+            Content::Text(t) => vec![t.as_str()],
+            Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
+            Content::Null => Vec::new(),
         }
     }
 
@@ -145,16 +142,24 @@ pub(crate) fn parent(headers: &axum::http::HeaderMap) -> Option<stampede_otel::T
         .and_then(stampede_otel::Traceparent::parse)
 }
 
-/// The engine's work for one request; its spans are children of `parent`
-/// when the request is traced.
+/// The engine's work for one request whose prompt is the text pieces
+/// `prompt`, in order; its spans are children of `parent` when the request
+/// is traced.
 pub(crate) fn job(
     engine: &Engine,
     key: u64,
-    input_tokens: u32,
+    prompt: &[&str],
     max_tokens: Option<u32>,
     parent: Option<stampede_otel::Traceparent>,
 ) -> Result<Job, Box<Response>> {
     let config = &engine.config;
+    let input_tokens = prompt.iter().map(|p| text::count_tokens(p)).sum();
+    let blocks = if config.prefix_cache_blocks > 0 {
+        let words = prompt.iter().flat_map(|p| p.split_whitespace());
+        crate::prefix::chain(words, config.prefix_block_tokens)
+    } else {
+        Vec::new()
+    };
     let output_tokens = match max_tokens {
         Some(0) => {
             return Err(Box::new(error(
@@ -181,6 +186,7 @@ pub(crate) fn job(
     }
     Ok(Job {
         input_tokens,
+        blocks,
         output_tokens,
         tokens_per_event: config.tokens_per_event,
         text_seed: text::mix(config.seed.wrapping_add(key)),
@@ -217,11 +223,11 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
         Some(seed) => text::mix(seed as u64),
         None => request.messages.iter().fold(0, |h, m| m.content.key(h)),
     };
-    let input_tokens = request.messages.iter().map(|m| m.content.tokens()).sum();
+    let prompt: Vec<&str> = request.messages.iter().flat_map(|m| m.content.texts()).collect();
     let job = match job(
         &engine,
         key,
-        input_tokens,
+        &prompt,
         request.max_completion_tokens.or(request.max_tokens),
         parent(&headers),
     ) {
@@ -274,13 +280,7 @@ pub(crate) async fn completions(
         Some(seed) => text::mix(seed as u64),
         None => text::mix(text::hash(&prompt)),
     };
-    let job = match job(
-        &engine,
-        key,
-        text::count_tokens(&prompt),
-        request.max_tokens,
-        parent(&headers),
-    ) {
+    let job = match job(&engine, key, &[prompt.as_str()], request.max_tokens, parent(&headers)) {
         Ok(j) => j,
         Err(response) => return *response,
     };
@@ -309,6 +309,7 @@ async fn respond(
         created: unix_now(),
         input_tokens: job.input_tokens,
         output_tokens: job.output_tokens,
+        cached: None,
     };
     let rx = start(engine, job).await;
     if streamed {
@@ -331,6 +332,8 @@ struct Answer {
     created: u64,
     input_tokens: u32,
     output_tokens: u32,
+    /// Prompt tokens found in the prefix cache, when the engine has one.
+    cached: Option<u32>,
 }
 
 impl Answer {
@@ -340,11 +343,16 @@ impl Answer {
 
     /// Usage once `generated` tokens are out.
     fn usage_after(&self, generated: u32) -> Value {
-        json!({
+        let mut usage = json!({
             "prompt_tokens": self.input_tokens,
             "completion_tokens": generated,
             "total_tokens": self.input_tokens + generated,
-        })
+        });
+        if let Some(cached) = self.cached {
+            // As vLLM answers with prefix caching on.
+            usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+        }
+        usage
     }
 
     fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
@@ -372,8 +380,9 @@ const FINISH_REASON: &str = "length";
 fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) -> Response {
     let state = Some((answer, tokens, true));
     let body = futures_util::stream::unfold(state, move |state| async move {
-        let (answer, mut tokens, first) = state?;
+        let (mut answer, mut tokens, first) = state?;
         let token = tokens.recv().await?;
+        answer.cached = token.cached;
         let running = |generated: u32| usage.every.then(|| answer.usage_after(generated));
         let mut out = String::new();
         if first && answer.kind == Kind::Chat {
@@ -417,7 +426,7 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) 
         .expect("static headers are valid")
 }
 
-async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Response {
+async fn whole(mut answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Response {
     let mut content = String::new();
     let mut complete = false;
     let mut cut = None;
@@ -425,6 +434,7 @@ async fn whole(answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -> Re
         content.push_str(&token.text);
         complete = token.last;
         cut = token.cut;
+        answer.cached = token.cached;
     }
     if !complete && cut.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");

@@ -246,6 +246,7 @@ impl HttpJson {
                 total_us,
                 ..ServerTimes::default()
             },
+            cached_tokens: None,
         })
     }
 }

@@ -218,6 +218,10 @@ pub struct Chunk {
     pub usage: Option<Usage>,
     /// Server-side times, when the chunk carries them.
     pub server: ServerTimes,
+    /// Prompt tokens the server took from its prefix cache, when the
+    /// chunk says (OpenAI `usage.prompt_tokens_details.cached_tokens`,
+    /// llama.cpp `timings.cache_n`).
+    pub cached_tokens: Option<u64>,
 }
 
 /// What one event (or one whole response) is.

@@ -122,6 +122,8 @@ pub(super) fn parse(data: &[u8], streamed: bool, text: Option<&mut String>) -> P
             load_us: micros(line.load_duration),
             total_us: None,
         },
+        // Ollama does not say what it reused.
+        cached_tokens: None,
     })
 }
 

@@ -59,6 +59,20 @@ struct Wire<'a> {
     usage: Option<WireUsage>,
     #[serde(borrow)]
     error: Option<WireError<'a>>,
+    /// llama.cpp's server times, with the prompt tokens it reused.
+    timings: Option<Timings>,
+}
+
+/// llama.cpp's `timings`: `cache_n` is the prompt tokens taken from its
+/// cache.
+#[derive(Deserialize)]
+struct Timings {
+    cache_n: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +127,7 @@ struct Delta<'a> {
 struct WireUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +147,16 @@ impl WireError<'_> {
             WireError::Text(t) => t.to_string(),
         }
     }
+}
+
+/// Prompt tokens the answer says came from the server's cache: OpenAI's
+/// usage detail, else llama.cpp's `cache_n`.
+fn cached(w: &Wire<'_>) -> Option<u64> {
+    w.usage
+        .as_ref()
+        .and_then(|u| u.prompt_tokens_details.as_ref())
+        .and_then(|d| d.cached_tokens)
+        .or_else(|| w.timings.as_ref().and_then(|t| t.cache_n))
 }
 
 fn usage(u: Option<WireUsage>) -> Option<Usage> {
@@ -172,6 +197,7 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
             .iter()
             .find_map(|c| c.finish_reason.as_deref())
             .map(Finish::from_openai),
+        cached_tokens: cached(&chunk),
         usage: usage(chunk.usage),
         ..Chunk::default()
     })
@@ -196,6 +222,7 @@ pub(super) fn whole(body: &[u8], text: Option<&mut String>) -> Parsed {
         text_bytes: choice.texts().map(|t| t.len() as u64).sum(),
         finished: true,
         finish: choice.finish_reason.as_deref().map(Finish::from_openai),
+        cached_tokens: cached(&chunk),
         usage: usage(chunk.usage),
         ..Chunk::default()
     })
@@ -268,6 +295,34 @@ mod tests {
             _ => panic!("usage not parsed"),
         }
         assert!(matches!(event(b"[DONE]", None), Parsed::Done));
+    }
+
+    #[test]
+    fn cached_prompt_tokens_from_usage_details_or_llama_timings() {
+        let vllm = br#"{"choices":[],"usage":{"prompt_tokens":40,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":32}}}"#;
+        assert!(matches!(
+            event(vllm, None),
+            Parsed::Chunk(Chunk {
+                cached_tokens: Some(32),
+                ..
+            })
+        ));
+        let llama = br#"{"choices":[{"index":0,"message":{"content":"hi"},"finish_reason":"stop"}],"timings":{"cache_n":17,"prompt_n":3}}"#;
+        assert!(matches!(
+            whole(llama, None),
+            Parsed::Chunk(Chunk {
+                cached_tokens: Some(17),
+                ..
+            })
+        ));
+        let neither = br#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}"#;
+        assert!(matches!(
+            event(neither, None),
+            Parsed::Chunk(Chunk {
+                cached_tokens: None,
+                ..
+            })
+        ));
     }
 
     #[test]

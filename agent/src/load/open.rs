@@ -52,6 +52,10 @@ pub struct Open {
     pub prompt_seed: u64,
     /// How arrivals are waited for.
     pub timer: Timer,
+    /// A trace replay: this agent's arrivals from its start, in order,
+    /// the i-th sending the i-th prompt of its share; `None` draws them
+    /// from the phases.
+    pub trace: Option<Arc<[Duration]>>,
 }
 
 /// Idle connections and buffers, reused by later requests.
@@ -93,8 +97,18 @@ impl Open {
             permits: self.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             control: control.clone(),
         };
-        let arrivals = Arrivals::new(&self.phases, self.process, self.seed).stream(self.stream, self.streams);
-        let first_prompt = shared.prompts.first_for(self.stream, self.prompt_seed);
+        // A trace's arrivals send its rows' prompts in order; drawn
+        // arrivals start at a place of their own in the share.
+        let (arrivals, first_prompt): (Box<dyn Iterator<Item = Duration> + Send>, usize) = match &self.trace {
+            Some(offsets) => {
+                let offsets = Arc::clone(offsets);
+                (Box::new((0..offsets.len()).map(move |i| offsets[i])), 0)
+            }
+            None => (
+                Box::new(Arrivals::new(&self.phases, self.process, self.seed).stream(self.stream, self.streams)),
+                shared.prompts.first_for(self.stream, self.prompt_seed),
+            ),
+        };
         let dispatch = Dispatch {
             context,
             tracker: tracker.clone(),

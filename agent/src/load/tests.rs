@@ -199,6 +199,7 @@ fn rate(rate: f64, secs: u64, process: Process, max_concurrency: Option<u32>) ->
         max_concurrency,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     }
 }
 
@@ -271,6 +272,7 @@ async fn rate_stages_ramp_and_hold_exactly() {
         max_concurrency: None,
         prompt_seed: 0,
         timer: Timer::Runtime,
+        trace: None,
     };
     open(load, &s, 5, 1_000).await;
     let i = cut(&s);
@@ -350,4 +352,19 @@ async fn a_user_plays_each_session_turn_by_turn_then_starts_the_next() {
     assert_eq!(i.histograms.get(Metric::ScheduleLag).max(), 0);
     let e2e = i.histograms.get(Metric::E2eIntended);
     assert!(e2e.equivalent(e2e.max(), 100_000), "never late: {}", e2e.max());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_sends_each_arrival_at_its_offset() {
+    // Two at 150 ms together, one at 900 ms: all on time, nothing more.
+    let s = shared(&[20]);
+    let mut load = rate(1.0, 1, Process::Constant, None);
+    load.trace = Some(vec![ms(0), ms(150), ms(150), ms(900)].into());
+    let started = Instant::now();
+    open(load, &s, 1, 1_000).await;
+    let i = cut(&s);
+    assert_eq!(i.counters.ok, 4);
+    assert_eq!(i.histograms.get(Metric::ScheduleLag).max(), 0);
+    assert_eq!((i.counters.late, i.counters.dropped), (0, 0));
+    assert!(started.elapsed() >= ms(920), "{:?}", started.elapsed());
 }

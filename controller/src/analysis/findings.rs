@@ -29,6 +29,35 @@ fn server_rows(s: &Summary) -> Vec<(f64, &IntervalSummary, &ServerInterval)> {
         .collect()
 }
 
+/// The prefix cache's hit rate against what the workload's shared
+/// prefixes offered: the server's figure, else the answers' cached share.
+fn prefix_cache(s: &Summary) -> Option<findings::PrefixHits> {
+    let p = s.prefix_cache.as_ref()?;
+    let w = p.workload?;
+    let (hit_rate, source) = match (p.server_hit_rate, p.cached_share) {
+        (Some(rate), _) => (
+            rate,
+            format!(
+                "the server's {}",
+                p.server_source.as_deref().unwrap_or("prefix-cache metrics")
+            ),
+        ),
+        (None, Some(share)) => (
+            share,
+            "the cached tokens the answers stated (usage.prompt_tokens_details.cached_tokens or timings.cache_n)"
+                .to_owned(),
+        ),
+        (None, None) => return None,
+    };
+    Some(findings::PrefixHits {
+        groups: w.prefix.groups,
+        prefix_tokens: w.prefix.tokens,
+        shared_share: w.shared_share,
+        hit_rate,
+        source,
+    })
+}
+
 /// The KV cache and preemptions, when the server reports either.
 fn kv_pressure(s: &Summary) -> Option<KvPressure> {
     let mapped = &s.server.as_ref()?.mapped;
@@ -336,6 +365,9 @@ pub fn draw(s: &Summary, c: &Collected) -> Vec<Finding> {
     if let Some(b) = bandwidth(s) {
         out.extend(findings::memory_bound_decode(&b));
     }
+
+    // Shared prefixes the prefix cache did not serve.
+    out.extend(prefix_cache(s).as_ref().and_then(findings::prefix_cache_low));
 
     // Cold start: like with like.
     out.extend(cold_start(c));

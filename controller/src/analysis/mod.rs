@@ -20,17 +20,20 @@ pub struct Level {
 
 /// The knee rule, stated in every summary.
 pub const KNEE_RULE: &str = "the lowest load at which throughput reaches 90% of its maximum \
-     while TTFT p95 has grown past twice its value at the lowest load";
+     while TTFT p95 has grown past twice its value at the lowest load (steps that completed no \
+     request left out)";
 
 /// The knee: the index of the lowest load at which throughput has reached
 /// 90 % of its maximum while TTFT p95 has grown past twice its value at the
 /// lowest load. `None` when no level saturated (the server kept up), or
-/// with fewer than two levels.
+/// with fewer than two levels. A level in which no request succeeded (its
+/// requests outlasted it) has no TTFT to compare: it is left out, and the
+/// lowest load is the lowest that completed any.
 pub fn knee(levels: &[Level]) -> Option<usize> {
-    if levels.len() < 2 {
+    let mut order: Vec<usize> = (0..levels.len()).filter(|&i| levels[i].throughput > 0.0).collect();
+    if order.len() < 2 {
         return None;
     }
-    let mut order: Vec<usize> = (0..levels.len()).collect();
     order.sort_by(|a, b| levels[*a].load.total_cmp(&levels[*b].load));
     let max = levels.iter().map(|l| l.throughput).fold(0.0, f64::max);
     let base = levels[order[0]].ttft_p95;
@@ -169,6 +172,21 @@ mod tests {
         let levels = [level(1.0, 1.0, 100.0), level(2.0, 2.0, 100.0), level(4.0, 4.0, 110.0)];
         assert_eq!(knee(&levels), None);
         assert_eq!(knee(&levels[..1]), None);
+    }
+
+    #[test]
+    fn a_level_that_completed_nothing_is_no_baseline() {
+        // Answers longer than a step: the first step completed nothing, so
+        // its TTFT p95 reads 0, which anything is past twice of.
+        let levels = [level(2.0, 0.0, 0.0), level(4.0, 1.0, 27.0)];
+        assert_eq!(knee(&levels), None);
+        let levels = [
+            level(1.0, 0.0, 0.0),
+            level(2.0, 2.0, 100.0),
+            level(4.0, 4.0, 105.0),
+            level(8.0, 4.0, 400.0),
+        ];
+        assert_eq!(knee(&levels), Some(3));
     }
 
     #[test]

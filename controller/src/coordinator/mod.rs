@@ -176,8 +176,7 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
         interval_ms: ms(s.interval),
         trace: s.trace.clone(),
         prompts: Some(pb::DatasetShare {
-            prompts: s.prompts[slice.prompts.clone()]
-                .iter()
+            prompts: share(s, slice)
                 .map(|p| pb::Prompt {
                     text: p.text.clone(),
                     class: p.class.clone(),
@@ -186,7 +185,11 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
                     turns: p.turns.clone(),
                 })
                 .collect(),
-            offset: slice.prompts.start as u64,
+            offset: if s.load.trace.is_some() {
+                u64::from(slice.index)
+            } else {
+                slice.prompts.start as u64
+            },
             total: s.prompts.len() as u64,
             sessions: s.sessions.map(|think| pb::Sessions {
                 think_us: u64::try_from(think.as_micros()).unwrap_or(u64::MAX),
@@ -197,6 +200,21 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
         max_requests: slice.requests.unwrap_or(0),
         session_secret: String::new(),
         liveness: Some(s.liveness.to_wire()),
+    }
+}
+
+/// Agent `slice`'s prompts: its share of the dataset, or for a trace
+/// replay the rows it sends (every agents-th, from its index), one per
+/// arrival.
+fn share<'a>(s: &'a Setup, slice: &Slice) -> Box<dyn Iterator<Item = &'a Prompt> + 'a> {
+    match &s.load.trace {
+        Some(_) => Box::new(
+            s.prompts
+                .iter()
+                .skip(slice.index as usize)
+                .step_by(s.slices.len().max(1)),
+        ),
+        None => Box::new(s.prompts[slice.prompts.clone()].iter()),
     }
 }
 
@@ -242,6 +260,14 @@ pub(crate) fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed:
                 schedule_seed,
                 stream: slice.index,
                 streams,
+                trace_offsets_us: load.trace.as_ref().map_or_else(Vec::new, |t| {
+                    t.rows
+                        .iter()
+                        .skip(slice.index as usize)
+                        .step_by(streams.max(1) as usize)
+                        .map(|r| u64::try_from(r.at.as_micros()).unwrap_or(u64::MAX))
+                        .collect()
+                }),
             })
         }
     };
@@ -257,6 +283,42 @@ mod tests {
 
     fn profile(text: &str) -> Result<Profile, ProfileError> {
         Profile::parse(text, Path::new("p.toml"), &Overrides::default())
+    }
+
+    /// A trace's rows are split by index over the agents: each to exactly
+    /// one, in order, with its offset to the microsecond.
+    #[test]
+    fn a_traces_rows_are_dealt_out_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("t.jsonl");
+        let rows: String = (0..11)
+            .map(|i| {
+                format!(
+                    "{{\"timestamp\": {}.25, \"input_length\": {}, \"output_length\": 2}}\n",
+                    i * 7,
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(&trace, rows).unwrap();
+        let p = profile(&format!("[load]\ntrace = {:?}\nspeed = 4.0\n", trace.to_str().unwrap())).unwrap();
+        let slices = crate::plan::slices(&p, 3).unwrap();
+        let mut all = Vec::new();
+        for slice in &slices {
+            let Some(pb::load::Kind::Open(o)) = wire_load(&p.load, slice, 3, 0).kind else {
+                panic!("an open loop");
+            };
+            assert_eq!(o.trace_offsets_us.len(), [4, 4, 3][slice.index as usize]);
+            all.extend(
+                o.trace_offsets_us
+                    .iter()
+                    .enumerate()
+                    .map(|(k, us)| (k * 3 + slice.index as usize, *us)),
+            );
+        }
+        all.sort_unstable();
+        let expected: Vec<(usize, u64)> = (0..11).map(|i| (i, (i as u64 * 7_000) / 4)).collect();
+        assert_eq!(all, expected);
     }
 
     /// Every duration a profile gives the agents reaches them unchanged

@@ -9,9 +9,16 @@
 //! word: exact for llm-sim, and about 1.3 tokens per word for the BPE
 //! tokenizers of most models, which the summary's server counts will show.
 //! Counts leave out special tokens and chat templates, which servers add.
+//!
+//! With a [`SharedPrefix`], every prompt is its group's prefix, built the
+//! same way to its own token length and byte-identical across the group,
+//! then a space and a suffix of the drawn input length that is the
+//! prompt's own: the workload of a chat service whose requests share
+//! system prompts, which a server's prefix cache can reuse.
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::Prompt;
@@ -69,6 +76,66 @@ pub struct Spec {
     pub input: Length,
     /// Output tokens, sent as each prompt's `max_tokens`.
     pub output: Option<Length>,
+    /// Prefixes shared by groups of prompts; `input` is then the length of
+    /// each prompt's own suffix.
+    pub shared_prefix: Option<SharedPrefix>,
+}
+
+/// Groups of prompts that start with the same text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SharedPrefix {
+    /// How many groups, each with its own prefix.
+    pub groups: u32,
+    /// Tokens of each prefix.
+    pub tokens: u32,
+    /// Which group each prompt belongs to.
+    pub assign: Assign,
+}
+
+/// How prompts are put in prefix groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Assign {
+    /// Prompt `i` of the set belongs to group `i mod groups`. Users walk
+    /// the set in order, so a user's consecutive requests go through the
+    /// groups in turn, and every group is sent equally often.
+    RoundRobin,
+    /// Each prompt's group is drawn, uniformly, from the run seed.
+    Random,
+}
+
+impl Assign {
+    /// Names as the profile spells them.
+    pub const NAMES: [&'static str; 2] = ["round-robin", "random"];
+
+    /// Its name as the profile spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Assign::RoundRobin => "round-robin",
+            Assign::Random => "random",
+        }
+    }
+
+    /// The assignment named `name`.
+    pub fn from_name(name: &str) -> Option<Assign> {
+        match name {
+            "round-robin" => Some(Assign::RoundRobin),
+            "random" => Some(Assign::Random),
+            _ => None,
+        }
+    }
+}
+
+/// What a shared-prefix workload offers a prefix cache.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SharedWorkload {
+    /// The generator's settings.
+    #[serde(flatten)]
+    pub prefix: SharedPrefix,
+    /// Share of all the prompts' tokens that lie in their group's prefix,
+    /// 0 to 1 (counted as the prompts were built): the most of the input a
+    /// prefix cache can serve once every group has been seen.
+    pub shared_share: f64,
 }
 
 /// Words prompts are made of: common, short, and tokenized the same way
@@ -119,21 +186,57 @@ impl Counter {
 
 /// Generates the prompts of `spec` with `seed`.
 pub fn generate(spec: &Spec, seed: u64, counter: &Counter) -> Result<Vec<Prompt>, String> {
+    generate_shared(spec, seed, counter).map(|(prompts, _)| prompts)
+}
+
+/// Generates the prompts of `spec` with `seed`, and with shared prefixes
+/// what they offer a prefix cache.
+pub fn generate_shared(
+    spec: &Spec,
+    seed: u64,
+    counter: &Counter,
+) -> Result<(Vec<Prompt>, Option<SharedWorkload>), String> {
     let mut out = Vec::with_capacity(spec.count as usize);
     let mut state = mix(seed ^ 0x5EED_5EED);
     let mut uniform = || {
         state = mix(state);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
+    let prefixes = match spec.shared_prefix {
+        Some(s) => (0..s.groups)
+            .map(|g| {
+                let words = mix(seed ^ 0x9EF1_0000 ^ u64::from(g));
+                let text = build(s.tokens as usize, words, counter)?;
+                let tokens = counter.count(&text)?;
+                Ok((text, tokens))
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        None => Vec::new(),
+    };
+    let (mut shared, mut total) = (0usize, 0usize);
     for i in 0..spec.count {
         let target = spec.input.draw(uniform(), uniform()).max(1);
         let max_tokens = spec.output.map(|o| o.draw(uniform(), uniform()).max(1));
+        let group = match spec.shared_prefix.map(|s| s.assign) {
+            Some(Assign::Random) => Some((uniform() * prefixes.len() as f64) as usize % prefixes.len()),
+            Some(Assign::RoundRobin) => Some(i as usize % prefixes.len()),
+            None => None,
+        };
         let words = seed ^ u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let text = build(target as usize, words, counter)?;
+        let mut text = build(target as usize, words, counter)?;
+        if let Some((prefix, tokens)) = group.map(|g| &prefixes[g]) {
+            text = format!("{prefix} {text}");
+            shared += tokens;
+            total += counter.count(&text)?;
+        }
         // Classed by length afterwards (`super::classify`).
         out.push(Prompt::single(text, String::new(), max_tokens));
     }
-    Ok(out)
+    let workload = spec.shared_prefix.map(|prefix| SharedWorkload {
+        prefix,
+        shared_share: if total > 0 { shared as f64 / total as f64 } else { 0.0 },
+    });
+    Ok((out, workload))
 }
 
 /// What makes synthetic prompts sessions.
@@ -185,6 +288,13 @@ pub fn generate_sessions(
         });
     }
     Ok(out)
+}
+
+/// A text of `tokens` tokens under `counter` (or as close as the
+/// tokenizer allows), the same for the same seed; a shorter one from the
+/// same seed is its prefix, give or take the last words.
+pub fn text(tokens: usize, seed: u64, counter: &Counter) -> Result<String, String> {
+    build(tokens, seed, counter)
 }
 
 /// The `n`-th word of the sequence seeded with `seed`.
@@ -265,6 +375,7 @@ mod tests {
                 min: 20,
                 max: 200,
             }),
+            shared_prefix: None,
         };
         let counter = Counter::words();
         let a = generate(&spec, 7, &counter).unwrap();
@@ -288,6 +399,7 @@ mod tests {
             count: 3,
             input: Length::Fixed(64),
             output: Some(Length::Fixed(16)),
+            shared_prefix: None,
         };
         for p in generate(&spec, 1, &Counter::words()).unwrap() {
             assert_eq!(p.text.split_whitespace().count(), 64);
@@ -296,11 +408,47 @@ mod tests {
     }
 
     #[test]
+    fn shared_prefixes_are_identical_within_a_group_and_exact_in_words() {
+        let spec = Spec {
+            count: 12,
+            input: Length::Fixed(20),
+            output: None,
+            shared_prefix: Some(SharedPrefix {
+                groups: 3,
+                tokens: 100,
+                assign: Assign::RoundRobin,
+            }),
+        };
+        let (prompts, workload) = generate_shared(&spec, 5, &Counter::words()).unwrap();
+        let prefix = |p: &Prompt| p.text.split_whitespace().take(100).collect::<Vec<_>>().join(" ");
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(p.text.split_whitespace().count(), 120);
+            assert!(p.text.starts_with(&prefix(&prompts[i % 3])), "round-robin: prompt {i}");
+            assert_ne!(prefix(p), prefix(&prompts[(i + 1) % 3]), "groups differ");
+        }
+        let suffixes: std::collections::BTreeSet<_> = prompts.iter().map(|p| &p.text[prefix(p).len()..]).collect();
+        assert_eq!(suffixes.len(), 12, "every suffix is the prompt's own");
+        let w = workload.unwrap();
+        assert!((w.shared_share - 100.0 / 120.0).abs() < 1e-9, "{w:?}");
+        let random = Spec {
+            shared_prefix: Some(SharedPrefix {
+                assign: Assign::Random,
+                ..spec.shared_prefix.unwrap()
+            }),
+            ..spec.clone()
+        };
+        let (r, _) = generate_shared(&random, 5, &Counter::words()).unwrap();
+        let groups: std::collections::BTreeSet<_> = r.iter().map(prefix).collect();
+        assert!(groups.len() <= 3 && groups.len() >= 2, "drawn among the three prefixes");
+    }
+
+    #[test]
     fn sessions_have_their_drawn_turns_and_an_exact_system_prompt() {
         let spec = Spec {
             count: 40,
             input: Length::Fixed(12),
             output: Some(Length::Fixed(7)),
+            shared_prefix: None,
         };
         let sessions = Sessions {
             turns: Length::Uniform { min: 1, max: 4 },

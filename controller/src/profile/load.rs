@@ -80,6 +80,10 @@ pub struct Load {
     /// its duration, whichever comes first.
     #[serde(default)]
     pub requests: Option<u64>,
+    /// The trace replayed (`trace = "file"`): an open loop whose arrivals,
+    /// prompts and output lengths are the trace's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<super::replay::Replay>,
 }
 
 impl Load {
@@ -104,6 +108,9 @@ impl Load {
         let over = humantime::format_duration(self.duration());
         let peak = self.label(self.peak());
         let n = self.steps.len();
+        if let Some(t) = &self.trace {
+            return format!("{} over {over}", t.describe());
+        }
         match self.shape {
             Shape::Single => match self.requests {
                 Some(r) => format!("{peak} for {r} requests (at most {over})"),
@@ -128,12 +135,20 @@ impl Load {
 pub(super) struct Cli {
     pub(super) duration: Option<Duration>,
     pub(super) interval: Duration,
+    /// The profile's folder, which a trace file's path is relative to.
+    pub(super) base: std::path::PathBuf,
 }
 
 enum Kind {
     Users,
     Rate,
 }
+
+/// Fastest and slowest replay of a trace.
+const MAX_SPEED: f64 = 1000.0;
+const MIN_SPEED: f64 = 0.001;
+/// Most tokens in one hash-id block.
+const MAX_BLOCK: u64 = 1_000_000;
 
 /// Reads `[load]`; `None` when it has problems (all recorded in `p`).
 pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Option<Load> {
@@ -155,12 +170,29 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
     let burstiness = l.number_in(p, "burstiness", 0.01, 100.0);
     let max_concurrency = l.int_in(p, "max_concurrency", 1, MAX_CONCURRENCY);
     let requests = l.int_in(p, "requests", 1, MAX_REQUESTS);
+    let trace = l.string(p, "trace");
+    let trace_format = l.choice(p, "trace_format", &["mooncake", "azure"]);
+    let speed = l.number_in(p, "speed", MIN_SPEED, MAX_SPEED);
+    let start = l.millis(p, "start", true);
+    let length = l.millis(p, "length", false);
+    let block_size = l.int_in(p, "block_size", 1, MAX_BLOCK);
+    if l.span_of("trace").is_none() {
+        for key in ["trace_format", "speed", "start", "length", "block_size"] {
+            if l.span_of(key).is_some() {
+                p.at(
+                    l.span_of(key),
+                    &l.path_of(key),
+                    "applies only to a trace replay (load.trace)",
+                );
+            }
+        }
+    }
 
-    let modes = ["users", "rate", "stages", "sweep"];
+    let modes = ["users", "rate", "stages", "sweep", "trace"];
     let given: Vec<&str> = modes.iter().copied().filter(|m| l.span_of(m).is_some()).collect();
     if given.len() != 1 {
         let message = if given.is_empty() {
-            "missing: choose one load model: users = N (closed loop), rate = R (open loop), stages = [...] or [load.sweep]".to_owned()
+            "missing: choose one load model: users = N (closed loop), rate = R (open loop), stages = [...], [load.sweep] or trace = \"file\"".to_owned()
         } else {
             let (last, rest) = given.split_last().expect("two or more");
             let both = if rest.len() == 1 { "both" } else { "all" };
@@ -169,6 +201,20 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
         let key = given.get(1).map_or_else(|| l.path_of("users"), |k| l.path_of(k));
         p.at(given.get(1).and_then(|k| l.span_of(k)), &key, message);
         return None;
+    }
+
+    if given[0] == "trace" {
+        let t = Trace {
+            file: trace?,
+            format: trace_format,
+            speed,
+            start,
+            length,
+            block_size,
+            requests,
+            duration,
+        };
+        return replay(l, p, cli, t, warmup, drain, max_concurrency);
     }
 
     // The steps, and whether they are users or rates.
@@ -346,6 +392,119 @@ pub(super) fn walk(l: &mut Table<'_, '_>, p: &mut Problems<'_>, cli: &Cli) -> Op
         warmup,
         drain,
         requests,
+        trace: None,
+    })
+}
+
+/// `[load]`'s trace settings as given.
+struct Trace {
+    file: String,
+    format: Option<String>,
+    speed: Option<f64>,
+    start: Option<Duration>,
+    length: Option<Duration>,
+    block_size: Option<u64>,
+    requests: Option<u64>,
+    duration: Option<Duration>,
+}
+
+/// Reads the trace a `[load]` replays: one open-loop step from the run's
+/// start to just after its last arrival.
+fn replay(
+    l: &mut Table<'_, '_>,
+    p: &mut Problems<'_>,
+    cli: &Cli,
+    t: Trace,
+    warmup: Duration,
+    drain: Duration,
+    max_concurrency: Option<u64>,
+) -> Option<Load> {
+    use super::replay::{Format, Options};
+    for key in ["think_time", "pace", "spawn_rate", "arrival", "burstiness"] {
+        if l.span_of(key).is_some() {
+            p.at(
+                l.span_of(key),
+                &l.path_of(key),
+                "does not apply to a trace replay, whose rows give every arrival",
+            );
+        }
+    }
+    if t.duration.is_some() {
+        p.at(
+            l.span_of("duration"),
+            &l.path_of("duration"),
+            "a trace replay lasts as long as its rows; replay part of it with load.start and load.length",
+        );
+    }
+    let path = cli.base.join(&t.file);
+    let format = match t.format.as_deref() {
+        Some("azure") => Format::Azure,
+        Some(_) => Format::Mooncake,
+        None => match Format::of(&path) {
+            Some(f) => f,
+            None => {
+                p.at(
+                    l.span_of("trace"),
+                    &l.path_of("trace"),
+                    format!(
+                        "cannot tell the layout of {:?} from its extension (.jsonl: Mooncake, .csv: Azure); set load.trace_format = \"mooncake\" or \"azure\"",
+                        t.file
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let options = Options {
+        format,
+        speed: t.speed.unwrap_or(1.0),
+        start: t.start.unwrap_or(Duration::ZERO),
+        length: t.length,
+        max_requests: t.requests,
+        // `--duration` cuts the replay: what falls after it is not sent.
+        until: cli.duration,
+        block_size: t.block_size.map_or(512, |n| n as u32),
+    };
+    let replay = match super::replay::read(&path, &t.file, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            p.at(l.span_of("trace"), &l.path_of("trace"), e);
+            return None;
+        }
+    };
+    // Every arrival falls before the end: one millisecond past the last,
+    // in whole milliseconds as the agents are told.
+    let duration = Duration::from_millis(replay.last().as_millis() as u64 + 1);
+    if warmup >= duration {
+        p.at(
+            l.span_of("warmup"),
+            &l.path_of("warmup"),
+            format!("the warm-up {warmup:?} leaves nothing of the replay ({duration:?}) to measure"),
+        );
+    }
+    if !warmup.is_zero() && !warmup.as_nanos().is_multiple_of(cli.interval.as_nanos().max(1)) {
+        p.at(
+            l.span_of("warmup"),
+            &l.path_of("warmup"),
+            format!("must be a whole number of report intervals ({:?})", cli.interval),
+        );
+    }
+    let level = replay.requests as f64 / duration.as_secs_f64();
+    Some(Load {
+        model: Model::Rate {
+            process: Process::Constant,
+            max_concurrency: max_concurrency.and_then(|n| NonZeroU32::new(n as u32)),
+        },
+        steps: vec![Step {
+            level,
+            duration,
+            ramp: Duration::ZERO,
+        }],
+        shape: Shape::Single,
+        warmup,
+        drain,
+        requests: None,
+        trace: Some(replay),
     })
 }
 

@@ -10,6 +10,7 @@ mod grades;
 mod load;
 mod metrics;
 mod prompts;
+pub mod replay;
 mod settings;
 mod target;
 mod trace;
@@ -213,6 +214,8 @@ pub struct Profile {
     /// Set when users play multi-turn sessions (`[prompts] sessions`):
     /// each prompt is then a conversation.
     pub sessions: Option<Sessions>,
+    /// The shared prefixes the synthetic prompts were built with, if any.
+    pub shared_prefix: Option<crate::dataset::synthetic::SharedWorkload>,
     /// Agents the controller starts in-process.
     pub agents: NonZeroU32,
     /// What to do when an agent is lost mid-run.
@@ -449,6 +452,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let cli = load::Cli {
         duration: o.duration,
         interval: interval.unwrap_or(Duration::from_secs(1)),
+        base: base.to_owned(),
     };
     let load = load::walk(&mut l, p, &cli);
     l.finish(p);
@@ -459,6 +463,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let stream = r.bool(p, "stream");
     r.finish(p);
 
+    let prompts_given = top.has("prompts");
     let mut d = top.table(p, "prompts");
     let default_tokenizer = tokenizer_path
         .as_deref()
@@ -508,6 +513,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let kv_cache_tokens = s.int_in(p, "kv_cache_tokens", 1, u64::from(u32::MAX));
     let tokens_per_event = s.int_in(p, "tokens_per_event", 1, u64::from(u32::MAX));
     let empty_events = s.int_in(p, "empty_events", 1, u64::from(u32::MAX));
+    let prefix_cache_blocks = s.int_in(p, "prefix_cache_blocks", 0, u64::from(u32::MAX));
+    let prefix_block_tokens = s.int_in(p, "prefix_block_tokens", 1, u64::from(u32::MAX));
     let sim_span = s.span_of("step_overhead");
     let sim_key = s.path_of("step_overhead");
     let (faults_span, faults_key) = (s.span_of("faults"), s.path_of("faults"));
@@ -576,7 +583,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     gr.finish(p);
     top.finish(p);
 
-    let (prompts, prompt_source, classes_by) = dataset?;
+    let (mut prompts, mut prompt_source, mut classes_by, shared_prefix) = dataset?;
     let agents = agents
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
@@ -587,6 +594,37 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
             "prompts.sessions",
             "sessions are played by closed-loop users: use load.users (an open-loop rate has no user to hold a conversation)",
         );
+    }
+    if let Some(replay) = &load.trace {
+        // The trace's rows are the prompts, one per arrival, in order.
+        if prompts_given {
+            p.at(
+                None,
+                "prompts",
+                "a trace replay (load.trace) gives every request its prompt; remove [prompts]",
+            );
+        }
+        let counter = match &tokenizer_path {
+            Some(path) => crate::dataset::synthetic::Counter::from_file(path),
+            None => Ok(crate::dataset::synthetic::Counter::words()),
+        };
+        match counter.and_then(|c| replay.prompts(seed.unwrap_or(0), &c)) {
+            // Classed by the rows' input lengths.
+            Ok(built) => (prompts, classes_by) = (built, crate::dataset::ClassBy::Tokens),
+            Err(e) => p.at(None, "load.trace", e),
+        }
+        prompt_source = format!("trace {}", replay.file);
+        if prompts.len() < agents.get() as usize {
+            p.at(
+                None,
+                "load.trace",
+                format!(
+                    "{} replayed row(s) cannot give each of {agents} agents an arrival of its own; replay more rows or use fewer agents",
+                    prompts.len()
+                ),
+            );
+            return None;
+        }
     }
     let needing_prompts = crate::plan::loaded_agents(&load, agents.get()) as usize;
     if prompts.len() < needing_prompts {
@@ -611,6 +649,8 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         dcgm: dcgm.unwrap_or(defaults.dcgm),
         tokens_per_event: tokens_per_event.map_or(defaults.tokens_per_event, |n| n as u32),
         empty_events: empty_events.map(|n| n as u32).or(defaults.empty_events),
+        prefix_cache_blocks: prefix_cache_blocks.map_or(defaults.prefix_cache_blocks, |n| n as u32),
+        prefix_block_tokens: prefix_block_tokens.map_or(defaults.prefix_block_tokens, |n| n as u32),
         output_tokens: output_tokens.unwrap_or(defaults.output_tokens),
         model: defaults.model,
         seed: sim_seed.unwrap_or(defaults.seed),
@@ -652,6 +692,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         prompt_source,
         classes_by,
         sessions,
+        shared_prefix,
         agents,
         on_agent_loss: match on_agent_loss.as_deref() {
             Some("continue") => OnAgentLoss::Continue,

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use super::doc::{Problems, Table};
 use crate::dataset::file::{self, Format};
-use crate::dataset::synthetic::{self, Counter, Length};
+use crate::dataset::synthetic::{self, Assign, Counter, Length, SharedPrefix};
 use crate::dataset::{self, ClassBy, Prompt};
 
-/// Prompts, where they came from, and what their classes were measured in.
-pub(super) type Dataset = (Vec<Prompt>, String, ClassBy);
+/// Prompts, where they came from, what their classes were measured in,
+/// and the shared prefixes they were built with, if any.
+pub(super) type Dataset = (Vec<Prompt>, String, ClassBy, Option<synthetic::SharedWorkload>);
 
 /// Most synthetic prompts a profile may ask for.
 const MAX_SYNTHETIC: u64 = 1_000_000;
@@ -103,7 +104,7 @@ pub(super) fn walk(
     } else {
         ClassBy::Characters
     };
-    Some((dataset::builtin(name)?, format!("builtin:{name}"), by))
+    Some((dataset::builtin(name)?, format!("builtin:{name}"), by, None))
 }
 
 fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) -> Option<Dataset> {
@@ -129,7 +130,7 @@ fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) ->
         .map(|text| Prompt::single(text, "inline".to_owned(), None))
         .collect();
     // One class, `inline`, whatever the lengths.
-    Some((prompts, source, ClassBy::Characters))
+    Some((prompts, source, ClassBy::Characters, None))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -158,7 +159,7 @@ fn file_prompts(
             let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
             let what = if sessions { "sessions" } else { "prompts" };
             let source = format!("{kind}:{name} ({} {what}, shuffled with seed {seed})", prompts.len());
-            Some((prompts, source, by))
+            Some((prompts, source, by, None))
         }
         Err(e) => {
             p.at(d.span_of("file"), &d.path_of("file"), e);
@@ -187,19 +188,35 @@ fn synthetic_prompts(
         },
         None => Counter::words(),
     };
+    if sessions.is_some() && spec.shared_prefix.is_some() {
+        p.at(
+            None,
+            "prompts.synthetic.shared_prefix",
+            "does not apply to sessions: a session's system prompt and history are the prefix its turns share",
+        );
+        return None;
+    }
     let generated = match &sessions {
-        Some(s) => synthetic::generate_sessions(spec, s, seed, &counter),
-        None => synthetic::generate(spec, seed, &counter),
+        Some(s) => synthetic::generate_sessions(spec, s, seed, &counter).map(|prompts| (prompts, None)),
+        None => synthetic::generate_shared(spec, seed, &counter),
     };
-    match generated.and_then(|mut prompts| {
+    match generated.and_then(|(mut prompts, shared)| {
         let by = dataset::classify(&mut prompts, &counter)?;
-        Ok((prompts, by))
+        Ok((prompts, by, shared))
     }) {
-        Ok((prompts, by)) => {
+        Ok((prompts, by, shared)) => {
             let unit = tokenizer.map_or_else(|| "words as tokens".to_owned(), |(_, t)| format!("tokens of {t}"));
+            let groups = shared.map_or_else(String::new, |w| {
+                format!(
+                    ", {} shared prefixes of {} tokens ({} groups)",
+                    w.prefix.groups,
+                    w.prefix.tokens,
+                    w.prefix.assign.name()
+                )
+            });
             let what = if sessions.is_some() { "sessions" } else { "prompts" };
-            let source = format!("synthetic ({} {what}, {unit}, seed {seed})", prompts.len());
-            Some((prompts, source, by))
+            let source = format!("synthetic ({} {what}{groups}, {unit}, seed {seed})", prompts.len());
+            Some((prompts, source, by, shared))
         }
         Err(e) => {
             p.at(None, "prompts.synthetic", e);
@@ -230,10 +247,43 @@ fn synthetic_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<synthet
     } else {
         None
     };
+    let shared_prefix = if s.has("shared_prefix") {
+        Some(shared_prefix(s, p)?)
+    } else {
+        None
+    };
     Some(synthetic::Spec {
         count: u32::try_from(count?).ok()?,
         input: input?,
         output,
+        shared_prefix,
+    })
+}
+
+/// `shared_prefix = { groups, tokens, assign }`: every prompt starts with
+/// one of `groups` prefixes of `tokens` tokens.
+fn shared_prefix(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<SharedPrefix> {
+    let mut t = s.table(p, "shared_prefix");
+    let groups = t.int_in(p, "groups", 1, 100_000);
+    let tokens = t.int_in(p, "tokens", 1, MAX_LENGTH);
+    let assign = t.choice(p, "assign", &Assign::NAMES);
+    for key in ["groups", "tokens"] {
+        if !t.has(key) {
+            p.at(
+                s.span_of("shared_prefix"),
+                &t.path_of(key),
+                "missing: such as shared_prefix = { groups = 8, tokens = 512 }",
+            );
+        }
+    }
+    t.finish(p);
+    Some(SharedPrefix {
+        groups: u32::try_from(groups?).ok()?,
+        tokens: u32::try_from(tokens?).ok()?,
+        assign: assign
+            .as_deref()
+            .and_then(Assign::from_name)
+            .unwrap_or(Assign::RoundRobin),
     })
 }
 

@@ -122,7 +122,7 @@ fn every_problem_is_reported_at_once_with_line_key_and_value() {
         [
             "2:9 load.users: expected a positive integer up to 1000000, got -3",
             "3:12 load.duration: expected a positive duration such as \"30s\", \"2m\" or \"250ms\", got \"thirty\"",
-            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency, requests",
+            "4:1 load.userz: unknown key (did you mean \"users\"?); expected one of: users, rate, stages, sweep, duration, warmup, drain, think_time, pace, spawn_rate, arrival, burstiness, max_concurrency, requests, trace, trace_format, speed, start, length, block_size",
             "6:14 request.max_tokens: expected a positive integer up to 10000000, got \"many\"",
             "7:2 targte: unknown key (did you mean \"target\"?); expected one of: name, seed, target, report, load, request, prompts, agents, sim, server_metrics, trace, metrics, slo, thresholds, grades",
         ]
@@ -146,7 +146,7 @@ fn missing_users_is_a_problem() {
     assert_eq!(
         found,
         [
-            "0:0 load.users: missing: choose one load model: users = N (closed loop), rate = R (open loop), stages = [...] or [load.sweep]"
+            "0:0 load.users: missing: choose one load model: users = N (closed loop), rate = R (open loop), stages = [...], [load.sweep] or trace = \"file\""
         ]
     );
 }
@@ -935,5 +935,113 @@ fn sessions_need_conversations_and_closed_loop_users() {
     assert!(
         e.iter().any(|e| e.contains("prompts.synthetic.turns: missing")),
         "{e:?}"
+    );
+    let e = problems(
+        "[load]\nusers = 2\n[prompts]\nsessions = true\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\nturns = 2\nshared_prefix = { groups = 2, tokens = 8 }\n",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("prompts.synthetic.shared_prefix: does not apply to sessions")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn shared_prefixes_and_the_simulated_prefix_cache_are_read() {
+    let p = parse(
+        "[load]\nusers = 1\n[prompts.synthetic]\ncount = 8\ninput_tokens = 32\n\
+         shared_prefix = { groups = 2, tokens = 64, assign = \"random\" }\n\
+         [sim]\nprefix_cache_blocks = 100\nprefix_block_tokens = 8\n",
+    )
+    .unwrap();
+    let w = p.shared_prefix.expect("the shared prefixes are kept");
+    assert_eq!((w.prefix.groups, w.prefix.tokens), (2, 64));
+    assert_eq!(w.prefix.assign, crate::dataset::synthetic::Assign::Random);
+    assert!(
+        p.prompt_source.contains("2 shared prefixes of 64 tokens"),
+        "{}",
+        p.prompt_source
+    );
+    assert_eq!((p.sim.prefix_cache_blocks, p.sim.prefix_block_tokens), (100, 8));
+    assert_eq!(
+        parse("[load]\nusers = 1\n").unwrap().sim.prefix_cache_blocks,
+        0,
+        "off by default"
+    );
+
+    let found = problems(
+        "[load]\nusers = 1\n[prompts.synthetic]\ncount = 8\ninput_tokens = 32\n\
+         shared_prefix = { groups = 2, assign = \"sticky\" }\n",
+    )
+    .join("\n");
+    assert!(
+        found.contains("prompts.synthetic.shared_prefix.tokens: missing"),
+        "{found}"
+    );
+    assert!(found.contains("shared_prefix.assign"), "{found}");
+}
+
+#[test]
+fn trace_settings_are_checked_against_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 2}\n{\"timestamp\": 1500, \"input_length\": 3, \"output_length\": 4}\n",
+    )
+    .unwrap();
+    let at = |extra: &str| format!("[load]\ntrace = {:?}\n{extra}", trace.to_str().unwrap());
+    let p = parse(&at("speed = 3.0\n")).unwrap();
+    assert_eq!(
+        p.load.duration(),
+        Duration::from_millis(501),
+        "1 ms past the last arrival"
+    );
+    assert_eq!(
+        p.load.describe(),
+        format!("a replay of 2 requests from {} at 3× speed over 501ms", trace.display())
+    );
+    assert_eq!(p.prompts.len(), 2);
+    assert_eq!(p.prompts[1].text.split_whitespace().count(), 3);
+    assert_eq!(p.prompts[1].max_tokens, Some(4));
+    assert!(p.load.requests.is_none(), "the count cut the rows already");
+    assert_eq!(
+        problems("[load]\nrate = 5\nspeed = 2.0\nblock_size = 4\n"),
+        [
+            "3:9 load.speed: applies only to a trace replay (load.trace)",
+            "4:14 load.block_size: applies only to a trace replay (load.trace)",
+        ]
+    );
+    let found = problems(&at(
+        "duration = \"5s\"\nthink_time = \"1s\"\n[prompts]\nbuiltin = \"short\"\n[agents]\ncount = 3\n",
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("load.duration: a trace replay lasts as long as its rows")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("load.think_time: does not apply to a trace replay")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("prompts: a trace replay (load.trace) gives every request its prompt")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("2 replayed row(s) cannot give each of 3 agents an arrival")),
+        "{found:?}"
+    );
+    let found = problems("[load]\ntrace = \"no-such-trace.jsonl\"\n");
+    assert!(
+        found[0].starts_with("2:9 load.trace: cannot read the trace no-such-trace.jsonl"),
+        "{found:?}"
     );
 }

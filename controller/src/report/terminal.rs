@@ -26,6 +26,7 @@ pub fn render(s: &Summary, files: &[(&'static str, String)]) -> String {
     schedule(o, s);
     tracing(o, s);
     server(o, s);
+    prefix_cache(o, s);
     findings(o, s);
     thresholds(o, s);
     verdict(o, s);
@@ -45,10 +46,14 @@ fn header(o: &mut String, s: &Summary) {
     } else {
         s.target.url.clone()
     };
-    let load = match (s.load.users, s.load.rate) {
-        (Some(u), _) => format!("{u} user{}", plural(u64::from(u))),
-        (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
-        _ => String::new(),
+    let load = if let Some(t) = &s.load.trace {
+        t.describe()
+    } else {
+        match (s.load.users, s.load.rate) {
+            (Some(u), _) => format!("{u} user{}", plural(u64::from(u))),
+            (_, Some(r)) => format!("{r} req/s ({})", s.load.arrival.unwrap_or("poisson")),
+            _ => String::new(),
+        }
     };
     let shape = match s.load.shape {
         "stages" => format!(" in {} stages", s.steps.len()),
@@ -605,6 +610,33 @@ fn server(o: &mut String, s: &Summary) {
             );
         }
     }
+}
+
+/// Prefix caching: the server's hit rate, the answers' cached share, and
+/// what the shared prefixes offered.
+fn prefix_cache(o: &mut String, s: &Summary) {
+    let Some(p) = &s.prefix_cache else { return };
+    let mut parts = Vec::new();
+    if let Some(rate) = p.server_hit_rate {
+        let from = p.server_source.as_deref().unwrap_or("the server");
+        parts.push(format!("server hit rate {:.1}% ({from})", rate * 100.0));
+    }
+    if let Some(share) = p.cached_share {
+        parts.push(format!(
+            "answers: {:.1}% of input cached over {} requests",
+            share * 100.0,
+            grouped(p.reported_requests)
+        ));
+    }
+    if let Some(w) = &p.workload {
+        parts.push(format!(
+            "workload: {:.1}% of input in {} shared prefixes of {} tokens",
+            w.shared_share * 100.0,
+            w.prefix.groups,
+            w.prefix.tokens
+        ));
+    }
+    let _ = writeln!(o, "prefix    {}", parts.join(" · "));
 }
 
 /// The server's queue percentiles, and where they came from.

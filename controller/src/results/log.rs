@@ -590,6 +590,9 @@ mod tests {
             good: 19,
             good_output_tokens: 20,
             held: 21,
+            cached_tokens: 22,
+            cached_reported: 23,
+            cached_of_input: 24,
         }
     }
 

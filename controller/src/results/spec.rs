@@ -30,6 +30,9 @@ pub struct Spec {
     /// before classes were measured in tokens or characters (words then).
     #[serde(default)]
     pub classes_by: Option<crate::dataset::ClassBy>,
+    /// The shared prefixes the synthetic prompts were built with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_prefix: Option<crate::dataset::synthetic::SharedWorkload>,
     /// What the command line changed in the profile, as typed.
     #[serde(default)]
     pub overrides: Vec<String>,
@@ -175,6 +178,7 @@ impl Spec {
             request: profile.request.clone(),
             prompt_source: profile.prompt_source.clone(),
             classes_by: Some(profile.classes_by),
+            shared_prefix: profile.shared_prefix,
             overrides: profile.overrides.clone(),
             max_error_rate: profile.thresholds.max_error_rate,
             thresholds: profile.thresholds.list.clone(),

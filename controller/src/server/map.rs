@@ -59,6 +59,13 @@ pub enum Canon {
     ComputeActive,
     /// Accelerator power draw, W (gauge).
     GpuPowerW,
+    /// Prompt tokens looked up in the prefix cache (counter).
+    PrefixCacheQueries,
+    /// Of those, tokens found there (counter).
+    PrefixCacheHits,
+    /// Prefix-cache hit rate, 0 to 1, as the server averages it (gauge;
+    /// vLLM before its V1 engine).
+    PrefixCacheHitRate,
 }
 
 /// How a figure behaves over time.
@@ -79,9 +86,10 @@ impl Canon {
         use Canon::*;
         match self {
             Running | Waiting | KvCacheUsage | GpuUtil | GpuMemoryMib | GpuMemoryFreeMib | GpuMemoryShare
-            | MemoryBandwidth | ComputeActive | GpuPowerW => Kind::Gauge,
+            | MemoryBandwidth | ComputeActive | GpuPowerW | PrefixCacheHitRate => Kind::Gauge,
             QueueTime | Ttft | Itl | Tpot | E2e | Prefill | Decode => Kind::Histogram,
-            PromptTokens | GenerationTokens | RequestsDone | Preemptions | BusySeconds => Kind::Counter,
+            PromptTokens | GenerationTokens | RequestsDone | Preemptions | BusySeconds | PrefixCacheQueries
+            | PrefixCacheHits => Kind::Counter,
         }
     }
 
@@ -90,7 +98,11 @@ impl Canon {
     fn averages(self) -> bool {
         matches!(
             self,
-            Canon::KvCacheUsage | Canon::GpuUtil | Canon::MemoryBandwidth | Canon::ComputeActive
+            Canon::KvCacheUsage
+                | Canon::GpuUtil
+                | Canon::MemoryBandwidth
+                | Canon::ComputeActive
+                | Canon::PrefixCacheHitRate
         )
     }
 }
@@ -133,6 +145,21 @@ const RULES: &[Rule] = &[
     rule("vllm", "vllm:generation_tokens_total", Canon::GenerationTokens, 1.0),
     rule("vllm", "vllm:request_success_total", Canon::RequestsDone, 1.0),
     rule("vllm", "vllm:num_preemptions_total", Canon::Preemptions, 1.0),
+    rule(
+        "vllm",
+        "vllm:prefix_cache_queries_total",
+        Canon::PrefixCacheQueries,
+        1.0,
+    ),
+    rule(
+        "vllm",
+        "vllm:gpu_prefix_cache_queries_total",
+        Canon::PrefixCacheQueries,
+        1.0,
+    ),
+    rule("vllm", "vllm:prefix_cache_hits_total", Canon::PrefixCacheHits, 1.0),
+    rule("vllm", "vllm:gpu_prefix_cache_hits_total", Canon::PrefixCacheHits, 1.0),
+    rule("vllm", "vllm:gpu_prefix_cache_hit_rate", Canon::PrefixCacheHitRate, 1.0),
     // Text Generation Inference
     rule("tgi", "tgi_batch_current_size", Canon::Running, 1.0),
     rule("tgi", "tgi_queue_size", Canon::Waiting, 1.0),
@@ -395,6 +422,23 @@ mod tests {
         assert_eq!(r.unmapped.iter().collect::<Vec<_>>(), ["other_thing"]);
         let old = map(&parse("vllm:gpu_cache_usage_perc 0.5\n").samples);
         assert_eq!(old.values[&Canon::KvCacheUsage], Value::Scalar(0.5));
+    }
+
+    #[test]
+    fn prefix_cache_counters_add_over_engines_and_the_old_gauge_averages() {
+        let page = parse(
+            "vllm:prefix_cache_queries_total{engine=\"0\"} 1000\nvllm:prefix_cache_queries_total{engine=\"1\"} 500\n\
+             vllm:prefix_cache_hits_total{engine=\"0\"} 600\nvllm:prefix_cache_hits_total{engine=\"1\"} 150\n",
+        );
+        let r = map(&page.samples);
+        assert_eq!(r.values[&Canon::PrefixCacheQueries], Value::Scalar(1500.0));
+        assert_eq!(r.values[&Canon::PrefixCacheHits], Value::Scalar(750.0));
+        assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
+        let old = map(&parse(
+            "vllm:gpu_prefix_cache_hit_rate{gpu=\"0\"} 0.2\nvllm:gpu_prefix_cache_hit_rate{gpu=\"1\"} 0.6\n",
+        )
+        .samples);
+        assert_eq!(old.values[&Canon::PrefixCacheHitRate], Value::Scalar(0.4));
     }
 
     #[test]

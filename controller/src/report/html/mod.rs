@@ -126,10 +126,14 @@ pub fn render(s: &Summary, d: &ReportData) -> String {
 }
 
 fn header(out: &mut String, s: &Summary) {
-    let load = match (s.load.users, s.load.rate) {
-        (Some(u), _) => format!("{u} users"),
-        (_, Some(r)) => format!("{} req/s ({})", sig(r), s.load.arrival.unwrap_or("poisson")),
-        _ => String::new(),
+    let load = if let Some(t) = &s.load.trace {
+        t.describe()
+    } else {
+        match (s.load.users, s.load.rate) {
+            (Some(u), _) => format!("{u} users"),
+            (_, Some(r)) => format!("{} req/s ({})", sig(r), s.load.arrival.unwrap_or("poisson")),
+            _ => String::new(),
+        }
     };
     let shape = match s.load.shape {
         "stages" => format!(" in {} stages", s.steps.len()),

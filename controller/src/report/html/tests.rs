@@ -172,6 +172,7 @@ fn server(s: &Summary) -> ServerSummary {
                 queue_time_ms: Some(5.0),
                 prefill_ms: None,
                 preemptions: Some(if i.interval % 7 == 3 { 2.0 } else { 0.0 }),
+                prefix_cache_hit_rate: None,
                 vram_used_mib: Some(60_000.0),
                 vram_free_mib: Some(21_920.0),
                 vram_used_share: Some(60_000.0 / 81_920.0),

@@ -161,6 +161,38 @@ struct State {
     gpus: BTreeMap<Device, Gpu>,
 }
 
+/// A figure from outside the agents' histograms (an agent's CPU, the
+/// server's, an accelerator's), named for OTLP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    /// Its OTLP name, such as `stampede.gpu.utilization`.
+    pub name: String,
+    /// What it means.
+    pub description: &'static str,
+    /// Its UCUM unit.
+    pub unit: &'static str,
+    /// The attributes of its point (device, source, agent).
+    pub attributes: Vec<(&'static str, String)>,
+    /// Its latest value.
+    pub value: FigureValue,
+}
+
+/// A figure's latest value, by kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FigureValue {
+    /// A level.
+    Gauge(f64),
+    /// A running total.
+    Counter(f64),
+    /// A distribution's running sum and count.
+    Summary {
+        /// Sum of observations.
+        sum: f64,
+        /// Observations.
+        count: f64,
+    },
+}
+
 /// The live metrics of one run. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Live(Arc<Mutex<State>>);
@@ -357,6 +389,12 @@ impl Live {
     /// Forgets an agent's users (it ended).
     pub fn agent_ended(&self, agent: u32) {
         self.state().active.remove(&agent);
+    }
+
+    /// The agents' CPU, the server's figures and the accelerators', at
+    /// their latest readings.
+    pub fn figures(&self) -> Vec<Figure> {
+        render::figures(&self.state())
     }
 
     /// The exposition in `format`.

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Buckets, Exemplar, Gpu, State};
+use super::{Buckets, Exemplar, Figure, FigureValue, Gpu, State};
 use crate::server::map::Canon;
 use crate::server::{Kind, Value};
 
@@ -95,6 +95,18 @@ pub(super) fn server_family(canon: Canon) -> Option<(&'static str, Type, &'stati
         BusySeconds => (
             "stampede_server_busy_seconds",
             "Seconds the server's engine was computing",
+        ),
+        PrefixCacheQueries => (
+            "stampede_server_prefix_cache_queries_tokens",
+            "Prompt tokens the server looked up in its prefix cache",
+        ),
+        PrefixCacheHits => (
+            "stampede_server_prefix_cache_hits_tokens",
+            "Prompt tokens the server found in its prefix cache",
+        ),
+        PrefixCacheHitRate => (
+            "stampede_server_prefix_cache_hit_ratio",
+            "The server's prefix-cache hit rate, 0 to 1",
         ),
         // Per device, as stampede_gpu_*.
         GpuUtil | GpuMemoryMib | GpuMemoryFreeMib | GpuMemoryShare | MemoryBandwidth | ComputeActive | GpuPowerW => {
@@ -336,4 +348,87 @@ pub(super) fn render(s: &State, format: Format) -> String {
         o.text.push_str("# EOF\n");
     }
     o.text
+}
+
+/// The OTLP name and unit of a family: `stampede_gpu_power_watts` is
+/// `stampede.gpu.power` in `W`.
+fn otel_name(name: &str) -> (String, &'static str) {
+    // Suffix, unit, and whether the suffix is the unit's word (dropped
+    // from the name) rather than what is counted.
+    const UNITS: [(&str, &str, bool); 9] = [
+        ("_seconds", "s", true),
+        ("_ratio", "1", true),
+        ("_bytes", "By", true),
+        ("_watts", "W", true),
+        ("_tokens", "{token}", false),
+        ("_requests", "{request}", false),
+        ("_preemptions", "{preemption}", false),
+        ("_depth", "{request}", false),
+        ("_running", "{request}", false),
+    ];
+    let (stem, unit) = UNITS
+        .iter()
+        .find_map(|&(suffix, unit, word)| {
+            let stem = name.strip_suffix(suffix)?;
+            Some((if word { stem } else { name }, unit))
+        })
+        .unwrap_or((name, "1"));
+    (stem.replacen('_', ".", 2), unit)
+}
+
+/// The figures that come from outside the agents' histograms: the agents'
+/// CPU, the server's mapped figures and the accelerators', as the
+/// exposition states them, for the OTLP push.
+pub(super) fn figures(s: &State) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for (agent, cpu) in &s.cpu {
+        out.push(Figure {
+            name: "stampede.agent.cpu".to_owned(),
+            description: "CPU the agent's threads used in its latest interval, as a share of its cores, 0 to 1.",
+            unit: "1",
+            attributes: vec![("stampede.agent", agent.clone())],
+            value: FigureValue::Gauge(*cpu),
+        });
+    }
+    for (canon, (value, _)) in &s.server {
+        let Some((name, t, help)) = server_family(*canon) else {
+            continue;
+        };
+        let (name, unit) = otel_name(name);
+        let value = match (t, value) {
+            (Type::Counter, Value::Scalar(v)) => FigureValue::Counter(*v),
+            (_, Value::Scalar(v)) => FigureValue::Gauge(*v),
+            (_, Value::Histogram { sum, count }) => FigureValue::Summary {
+                sum: *sum,
+                count: *count,
+            },
+        };
+        out.push(Figure {
+            name,
+            description: help,
+            unit,
+            attributes: Vec::new(),
+            value,
+        });
+    }
+    for (name, help, figure) in GPU_FAMILIES {
+        let (name, unit) = otel_name(name);
+        for (d, v) in s.gpus.iter().filter_map(|(d, g)| Some((d, figure(g)?))) {
+            let mut attributes = vec![
+                ("stampede.gpu.source", d.source.to_owned()),
+                ("stampede.gpu.device", d.device.clone()),
+            ];
+            if !d.agent.is_empty() {
+                attributes.push(("stampede.agent", d.agent.clone()));
+            }
+            out.push(Figure {
+                name: name.clone(),
+                description: help,
+                unit,
+                attributes,
+                value: FigureValue::Gauge(v),
+            });
+        }
+    }
+    out
 }

@@ -267,3 +267,52 @@ fn server_figures_and_gpus_are_served_latest_per_device() {
     assert!(!text.contains("device=\"1\""));
     assert!(text.contains("# TYPE stampede_server_requests counter\n") || !text.contains("stampede_server_requests"));
 }
+
+#[test]
+fn figures_for_otlp_name_what_the_page_serves() {
+    let live = Live::new("r1", "p", "t");
+    let page = prom::parse(
+        "llmsim_queue_depth 7\nllmsim_requests_served_total 40\n\
+         llmsim_queue_time_seconds_sum 1.5\nllmsim_queue_time_seconds_count 30\n\
+         vllm:kv_cache_usage_perc 0.25\n\
+         DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"} 40\nDCGM_FI_DEV_GPU_UTIL{gpu=\"1\"} 90\n\
+         DCGM_FI_DEV_POWER_USAGE{gpu=\"0\"} 250.5\n",
+    );
+    live.scrape(&map::map(&page.samples), &page.samples);
+    let wire = pb::Report {
+        cpu: 0.25,
+        ..pb::Report::default()
+    };
+    live.extras(Extras::of(&entry("edge-1", wire)));
+    let figures = live.figures();
+    let find = |name: &str, device: Option<&str>| {
+        figures
+            .iter()
+            .find(|f| {
+                f.name == name && device.is_none_or(|d| f.attributes.contains(&("stampede.gpu.device", d.to_owned())))
+            })
+            .unwrap_or_else(|| panic!("no {name} {device:?} in {figures:#?}"))
+    };
+    assert_eq!(find("stampede.server.queue_depth", None).value, FigureValue::Gauge(7.0));
+    assert_eq!(find("stampede.server.queue_depth", None).unit, "{request}");
+    assert_eq!(find("stampede.server.requests", None).value, FigureValue::Counter(40.0));
+    let queue = find("stampede.server.queue_time", None);
+    assert_eq!(
+        (queue.unit, queue.value),
+        ("s", FigureValue::Summary { sum: 1.5, count: 30.0 })
+    );
+    let kv = find("stampede.server.kv_cache_usage", None);
+    assert_eq!((kv.unit, kv.value), ("1", FigureValue::Gauge(0.25)));
+    let gpu = find("stampede.gpu.utilization", Some("1"));
+    assert_eq!(gpu.value, FigureValue::Gauge(0.9));
+    assert!(gpu.attributes.contains(&("stampede.gpu.source", "dcgm".to_owned())));
+    assert_eq!(
+        find("stampede.gpu.utilization", Some("0")).value,
+        FigureValue::Gauge(0.4)
+    );
+    let power = find("stampede.gpu.power", Some("0"));
+    assert_eq!((power.unit, power.value), ("W", FigureValue::Gauge(250.5)));
+    let cpu = find("stampede.agent.cpu", None);
+    assert_eq!(cpu.attributes, vec![("stampede.agent", "edge-1".to_owned())]);
+    assert_eq!(cpu.value, FigureValue::Gauge(0.25));
+}

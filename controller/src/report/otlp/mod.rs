@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::profile::Push;
+use crate::report::live::Live;
 use crate::results::ledger::Effect;
 use crate::results::log::Pushed;
 use crate::results::{AgentEnd, Ledger};
@@ -39,6 +40,9 @@ pub(crate) struct Feed {
     agents: [u32; 3],
     timeout: Duration,
     endpoint: String,
+    /// The server's, accelerators' and agents' CPU figures, as the live
+    /// endpoint holds them.
+    live: Live,
 }
 
 /// The settings as they appear in the summary, before any push.
@@ -54,7 +58,7 @@ fn pushed(push: &Push) -> Pushed {
 impl Feed {
     /// Starts the pushing thread for `push`; an error (a header that
     /// cannot be sent, a thread that cannot start) says why.
-    pub(crate) fn start(push: Push, about: About) -> Result<Feed, String> {
+    pub(crate) fn start(push: Push, about: About, live: Live) -> Result<Feed, String> {
         check(&push)?;
         let (latest, snapshots) = watch::channel(None);
         let (last, lasts) = mpsc::unbounded_channel();
@@ -65,6 +69,7 @@ impl Feed {
             agents: [0; 3],
             timeout: push.timeout,
             endpoint: push.endpoint.clone(),
+            live,
         };
         let logs = tracing::Span::current();
         std::thread::Builder::new()
@@ -119,7 +124,13 @@ impl Feed {
     fn snapshot(&self, ledger: &Ledger) -> Snapshot {
         let measured = ledger.merger().measured();
         let active = self.active.values().map(|&n| u64::from(n)).sum();
-        Snapshot::of(&measured.histograms, &measured.counters, active, self.agents)
+        Snapshot::of(
+            &measured.histograms,
+            &measured.counters,
+            active,
+            self.agents,
+            self.live.figures(),
+        )
     }
 
     /// Pushes the final figures, once every report is merged, and says
@@ -269,6 +280,7 @@ pub(crate) fn start(
     profile: &crate::profile::Profile,
     url: &str,
     model: &str,
+    live: &Live,
 ) -> Result<Option<Feed>, String> {
     let Some(push) = push else { return Ok(None) };
     let target = stampede_agent::http::Endpoint::parse(url).map_err(|e| e.to_string())?;
@@ -291,5 +303,5 @@ pub(crate) fn start(
         push.endpoint,
         push.interval
     );
-    Feed::start(push, about).map(Some)
+    Feed::start(push, about, live.clone()).map(Some)
 }

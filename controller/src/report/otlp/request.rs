@@ -10,10 +10,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram as OtlpHistogram, HistogramDataPoint, Metric as OtlpMetric,
-    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use stampede_proto::{Counters, Histograms, Metric, Unit};
+
+use crate::report::live::{Figure, FigureValue};
 
 /// Bounds of time-to-first-token buckets, seconds: the GenAI conventions'
 /// advice for `gen_ai.server.time_to_first_token`, with longer waits added
@@ -120,13 +122,22 @@ pub(crate) struct Snapshot {
     pub(crate) active_users: u64,
     /// Agents running, finished, lost.
     pub(crate) agents: [u32; 3],
+    /// The agents' CPU, the server's and the accelerators' figures at
+    /// their latest readings (empty where none came).
+    pub(crate) figures: Vec<Figure>,
     /// When it was taken.
     pub(crate) at: SystemTime,
 }
 
 impl Snapshot {
     /// A snapshot of merged `histograms` and `counters`.
-    pub(crate) fn of(histograms: &Histograms, counters: &Counters, active_users: u64, agents: [u32; 3]) -> Snapshot {
+    pub(crate) fn of(
+        histograms: &Histograms,
+        counters: &Counters,
+        active_users: u64,
+        agents: [u32; 3],
+        figures: Vec<Figure>,
+    ) -> Snapshot {
         Snapshot {
             counters: counters.clone(),
             dists: DISTRIBUTIONS
@@ -135,6 +146,7 @@ impl Snapshot {
                 .collect(),
             active_users,
             agents,
+            figures,
             at: SystemTime::now(),
         }
     }
@@ -197,6 +209,20 @@ fn nanos(t: SystemTime) -> u64 {
 
 const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 
+fn gauge(v: FigureValue) -> Option<f64> {
+    match v {
+        FigureValue::Gauge(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn counter(v: FigureValue) -> Option<f64> {
+    match v {
+        FigureValue::Counter(v) => Some(v),
+        _ => None,
+    }
+}
+
 /// Builds the points of one push.
 struct Points<'a> {
     about: &'a About,
@@ -234,6 +260,62 @@ impl Points<'_> {
                 i64::try_from(value).unwrap_or(i64::MAX),
             )),
             ..NumberDataPoint::default()
+        }
+    }
+
+    fn real(&self, attributes: &[(&'static str, String)], value: f64) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: self.attributes(attributes.iter().map(|(k, v)| text(k, v)).collect()),
+            start_time_unix_nano: self.start,
+            time_unix_nano: self.now,
+            value: Some(number_data_point::Value::AsDouble(value)),
+            ..NumberDataPoint::default()
+        }
+    }
+
+    /// The figures from outside the agents' histograms, one metric per
+    /// name (an accelerator's figure has a point per device).
+    fn figures(&mut self, figures: &[Figure]) {
+        let mut names: Vec<&str> = Vec::new();
+        for f in figures {
+            if !names.contains(&f.name.as_str()) {
+                names.push(&f.name);
+            }
+        }
+        for name in names {
+            let mut all = figures.iter().filter(|f| f.name == name).peekable();
+            let Some(first) = all.peek().copied() else { continue };
+            let (description, unit) = (first.description, first.unit);
+            let data = match first.value {
+                FigureValue::Gauge(_) => metric::Data::Gauge(Gauge {
+                    data_points: all
+                        .filter_map(|f| Some(self.real(&f.attributes, gauge(f.value)?)))
+                        .collect(),
+                }),
+                FigureValue::Counter(_) => metric::Data::Sum(Sum {
+                    data_points: all
+                        .filter_map(|f| Some(self.real(&f.attributes, counter(f.value)?)))
+                        .collect(),
+                    aggregation_temporality: CUMULATIVE,
+                    is_monotonic: true,
+                }),
+                FigureValue::Summary { .. } => metric::Data::Summary(Summary {
+                    data_points: all
+                        .filter_map(|f| match f.value {
+                            FigureValue::Summary { sum, count } => Some(SummaryDataPoint {
+                                attributes: self.attributes(f.attributes.iter().map(|(k, v)| text(k, v)).collect()),
+                                start_time_unix_nano: self.start,
+                                time_unix_nano: self.now,
+                                count: count.max(0.0) as u64,
+                                sum,
+                                ..SummaryDataPoint::default()
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                }),
+            };
+            self.push(name, description, unit, data);
         }
     }
 
@@ -411,6 +493,10 @@ pub(crate) fn build(about: &About, s: &Snapshot) -> ExportMetricsServiceRequest 
             vec![point],
         );
     }
+
+    // The agents' CPU, the server's figures and the accelerators', as the
+    // live endpoint serves them.
+    p.figures(&s.figures);
 
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {

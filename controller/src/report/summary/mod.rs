@@ -2,6 +2,7 @@
 //! its metrics.
 
 mod figures;
+mod prefix;
 mod queue;
 mod server;
 mod tokens;
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use stampede_proto::{Counters, Metric};
 
 pub mod trace;
+pub use prefix::PrefixCache;
 pub use queue::{QueueQuantile, QueueSource, ServerQueue};
 pub use server::{Figure, GpuSummary, ServerInterval, ServerSummary};
 pub use tokens::{Agreement, Disagreement, TokenizerInfo, Tokens};
@@ -336,9 +338,13 @@ fn knee(p: &Spec, steps: &[StepSummary]) -> Option<Knee> {
         })
         .collect();
     let found = analysis::knee(&levels);
+    // The baseline is the lowest load that completed a request, as the
+    // knee reads it.
     let lowest = steps
         .iter()
+        .filter(|s| s.throughput.requests_per_s > 0.0)
         .min_by(|a, b| a.level.total_cmp(&b.level))
+        .or_else(|| steps.iter().min_by(|a, b| a.level.total_cmp(&b.level)))
         .expect("two steps or more");
     Some(Knee {
         found: found.is_some(),
@@ -410,8 +416,14 @@ fn load_info(p: &Spec, agents: u32) -> LoadInfo {
             (None, None, Some(name), shape, max_concurrency.map(|n| n.get()))
         }
     };
+    // A trace's arrivals are its rows', not a drawn process.
+    let arrival = if l.trace.is_some() { None } else { arrival };
     LoadInfo {
-        mode: if l.is_users() { "users" } else { "rate" },
+        mode: match (l.is_users(), &l.trace) {
+            (true, _) => "users",
+            (false, Some(_)) => "trace",
+            (false, None) => "rate",
+        },
         shape: match l.shape {
             Shape::Single => "single",
             Shape::Stages => "stages",
@@ -434,6 +446,16 @@ fn load_info(p: &Spec, agents: u32) -> LoadInfo {
         prompts: p.prompt_source.clone(),
         requests: l.requests,
         overrides: p.overrides.clone(),
+        trace: l.trace.as_ref().map(|t| TraceInfo {
+            file: t.file.clone(),
+            format: match t.format {
+                crate::profile::replay::Format::Mooncake => "mooncake",
+                crate::profile::replay::Format::Azure => "azure",
+            },
+            speed: t.speed,
+            block_size: t.block_size,
+            requests: t.requests,
+        }),
     }
 }
 
@@ -594,6 +616,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         tracing: trace::build(p.trace.as_ref(), &p.run_id, &p.run_trace_id, c),
         server: None,
         server_queue: None,
+        prefix_cache: None,
         gpu: server::gpu(c),
         busy_while_present: None,
         metrics_push: c.metrics_push.clone(),
@@ -603,6 +626,13 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
     summary.server = server.map(|series| server::server(series, c.started_at, &summary));
     summary.busy_while_present = analysis::findings::busy_while_present(&summary, c);
     summary.server_queue = queue::build(spans, server, c.started_at, server::measured_from(&summary));
+    summary.prefix_cache = prefix::build(
+        p.shared_prefix,
+        counters,
+        server,
+        c.started_at,
+        server::measured_from(&summary),
+    );
     summary.findings = analysis::findings::draw(&summary, c);
     summary.thresholds = analysis::gates::judge(&p.thresholds, &summary);
     summary.verdict = verdict(p, c, &summary);

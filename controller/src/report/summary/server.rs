@@ -79,6 +79,10 @@ pub struct ServerInterval {
     pub prefill_ms: Option<f64>,
     /// Sequences preempted from the batch in it.
     pub preemptions: Option<f64>,
+    /// Prefix-cache hit rate in it, 0 to 1: prompt tokens found cached
+    /// over those looked up (vLLM's counters), else the mean of the
+    /// server's hit-rate gauge; absent when nothing was looked up.
+    pub prefix_cache_hit_rate: Option<f64>,
     /// Mean accelerator memory in use, MiB.
     pub vram_used_mib: Option<f64>,
     /// Mean accelerator memory free, MiB.
@@ -118,7 +122,8 @@ fn unit(canon: Canon) -> &'static str {
         | Canon::GpuMemoryShare
         | Canon::MemoryBandwidth
         | Canon::ComputeActive => "share",
-        Canon::PromptTokens | Canon::GenerationTokens => "tokens",
+        Canon::PromptTokens | Canon::GenerationTokens | Canon::PrefixCacheQueries | Canon::PrefixCacheHits => "tokens",
+        Canon::PrefixCacheHitRate => "share",
         Canon::BusySeconds => "s",
         Canon::GpuMemoryMib | Canon::GpuMemoryFreeMib => "MiB",
         Canon::GpuPowerW => "W",
@@ -226,6 +231,7 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
                     Some(Window::Increase { delta, .. }) => Some(delta),
                     _ => None,
                 },
+                prefix_cache_hit_rate: hit_rate(series, start, a, b).map(|(rate, _)| rate),
                 vram_used_mib: level(series.window(Canon::GpuMemoryMib, start, a, b)),
                 vram_free_mib: level(series.window(Canon::GpuMemoryFreeMib, start, a, b)),
                 vram_used_share: level(series.window(Canon::GpuMemoryShare, start, a, b)),
@@ -246,6 +252,20 @@ pub(super) fn server(series: &Series, start: Option<SystemTime>, s: &Summary) ->
         intervals: rows,
         busy_s: series.increase(Canon::BusySeconds),
     }
+}
+
+/// The server's prefix-cache hit rate in a window, with the tokens hit and
+/// queried when it counts them: the counters' increases, else its gauge's
+/// mean. `None` when it reports neither, or looked nothing up.
+pub(super) fn hit_rate(series: &Series, start: SystemTime, a: f64, b: f64) -> Option<(f64, Option<(f64, f64)>)> {
+    let increase = |canon| match series.window(canon, start, a, b) {
+        Some(Window::Increase { delta, .. }) => Some(delta),
+        _ => None,
+    };
+    if let (Some(hits), Some(queries)) = (increase(Canon::PrefixCacheHits), increase(Canon::PrefixCacheQueries)) {
+        return (queries > 0.0).then(|| (hits / queries, Some((hits, queries))));
+    }
+    level(series.window(Canon::PrefixCacheHitRate, start, a, b)).map(|rate| (rate, None))
 }
 
 /// The server's utilisation in a window: DCGM's gauge, else the share of

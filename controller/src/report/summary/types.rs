@@ -306,6 +306,10 @@ pub struct Summary {
     /// (`[trace] query_url`), else interpolated within its queue-time
     /// histogram's buckets; absent when the server gives neither.
     pub server_queue: Option<super::ServerQueue>,
+    /// Prefix caching: the workload's shared prefixes, the server's hit
+    /// rate and the cached tokens the answers stated, when the run has any
+    /// of them.
+    pub prefix_cache: Option<super::PrefixCache>,
     /// The accelerators the agents sampled, when asked to.
     pub gpu: Option<super::GpuSummary>,
     /// How busy the accelerator was while the agents had requests in
@@ -350,7 +354,8 @@ pub struct TargetInfo {
 /// The planned load.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LoadInfo {
-    /// `users` (closed loop) or `rate` (open loop).
+    /// `users` (closed loop), `rate` (open loop) or `trace` (an open loop
+    /// replaying a trace file's arrivals).
     pub mode: &'static str,
     /// `single`, `stages` or `sweep`.
     pub shape: &'static str,
@@ -390,6 +395,36 @@ pub struct LoadInfo {
     /// What the command line changed in the profile (`--users 8`,
     /// `--set load.duration=30s`), in the order given.
     pub overrides: Vec<String>,
+    /// The trace replayed (mode `trace`).
+    pub trace: Option<TraceInfo>,
+}
+
+/// A replayed trace.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct TraceInfo {
+    /// The file, as the profile names it.
+    pub file: String,
+    /// `mooncake` (JSONL) or `azure` (CSV).
+    pub format: &'static str,
+    /// Playback speed: 2 replays twice as fast.
+    pub speed: f64,
+    /// Tokens per hash-id block (Mooncake).
+    pub block_size: u32,
+    /// Rows replayed (after the window and the count), one request each.
+    pub requests: u64,
+}
+
+impl TraceInfo {
+    /// In words: `a replay of 40 requests from trace.jsonl at 2× speed`.
+    pub fn describe(&self) -> String {
+        format!(
+            "a replay of {} request{} from {} at {}× speed",
+            self.requests,
+            if self.requests == 1 { "" } else { "s" },
+            self.file,
+            self.speed
+        )
+    }
 }
 
 /// Request outcomes.
@@ -779,6 +814,8 @@ pub struct Definitions {
     pub warmup: &'static str,
     /// Knee.
     pub knee: &'static str,
+    /// Prefix cache.
+    pub prefix_cache: &'static str,
     /// Client-bound.
     pub client_bound: &'static str,
     /// Percentiles.
@@ -824,11 +861,12 @@ pub const DEFINITIONS: Definitions = Definitions {
     throughput: "totals divided by measured_s, the time from the start until the last request ended less the warm-ups; tpm counts input and output tokens per minute; a step's rates divide by its measured time",
     warmup: "the first warmup seconds of every step are left out of every statistic and counted apart under warmup",
     knee: crate::analysis::KNEE_RULE,
+    prefix_cache: "server_hit_rate: prompt tokens the server found in its prefix cache over the prompt tokens it looked up, from the increase of its counters over the measured time (vLLM's vllm:prefix_cache_hits_total and vllm:prefix_cache_queries_total, which llm-sim exports too), else the mean of its hit-rate gauge (vllm:gpu_prefix_cache_hit_rate); per interval the same from that interval's increases (server.intervals[].prefix_cache_hit_rate); cached_share: the prompt tokens the answers said came from the cache (OpenAI usage.prompt_tokens_details.cached_tokens, llama.cpp timings.cache_n) over the input tokens of the successful requests whose answers said; workload.shared_share: the share of the generated prompts' tokens that lay in their group's shared prefix, the most a prefix cache can serve once every group has been seen",
     client_bound: "the run is client-bound, and its results understate the server, when it had successful requests and the agents were starved (their load runtime ran a 10 ms tick more than 5 ms late at p90, or 50 ms at p99: the host did not give them the CPU they needed), or most requests were sent late (scheduling lag p90 above both 5 ms and 2% of the median end-to-end time) or some very late (p99 above ten times that), or an agent's own threads used more than 90% of its cores; a client-bound run that measured something is an invalid measurement (exit 98) unless thresholds.allow_client_bound",
     percentiles: "HDR histograms at 3 significant figures, merged exactly across agents by adding counts; never averaged",
     server_metrics: "the server's own Prometheus page, scraped every server_metrics.interval and mapped from vLLM, TGI, llama.cpp, DCGM and llm-sim names; gauges are averaged over a window, counters and histograms are differenced between the last scrapes at or before its ends; figures cover the measured time (from the first step's warm-up end to the last scrape)",
     server_queue: "the server's time from a request's arrival to its admission into the batch, over the requests admitted in the measured time: with source spans, each request's own value from the server's spans of the run (llm-sim's queue span, vLLM's gen_ai.latency.time_in_queue), read back from the trace store after the run, to the microsecond, percentiles as HDR reads them (the ceil(q*n)-th smallest); with source buckets, from the increase of each bucket of the server's queue-time histogram, interpolated linearly within the bucket the rank falls in, as PromQL's histogram_quantile does (the value can be off by up to that bucket's width; bucket_from_ms and bucket_to_ms give it)",
-    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: the accelerator's busy time (agent GPU readings, else DCGM, else the server's busy-time counter, each interval's utilisation times its length) over the time the agents had requests in flight (their millisecond presence maps, ORed over agents) leaves it idle at least 30% of that time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; cold_start: for some prompt class, the first interval with its successes has a TTFT p95 at least 3x the median of the class's TTFT p95 over its step's later intervals (at least three); saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
+    findings: "queueing: the server's mean queue time is at least 25% of the client's mean TTFT (inferred without server data when TTFT p50 grows 2x across steps while TPOT p50 grows at most 1.5x); gpu_idle: the accelerator's busy time (agent GPU readings, else DCGM, else the server's busy-time counter, each interval's utilisation times its length) over the time the agents had requests in flight (their millisecond presence maps, ORed over agents) leaves it idle at least 30% of that time; memory_pressure: the server's preemption counter rose over the measured time, or its KV cache was at least 90% full (interval mean) in an interval where requests waited; vram_high: accelerator memory in use (DCGM FB_USED over FB_USED + FB_FREE, else the agents' NVML readings) above 90% in an interval; memory_bound_decode: DCGM memory-bandwidth activity averaged at least 70% while compute activity averaged under 50% over the intervals with requests running; prefix_cache_low: the prompts were built with shared prefixes and the prefix-cache hit rate (the server's, else the answers' cached share) stayed under 50% of prefix_cache.workload.shared_share; cold_start: for some prompt class, the first interval with its successes has a TTFT p95 at least 3x the median of the class's TTFT p95 over its step's later intervals (at least three); saturation: the knee; capacity: the capacity rule; client_bound: the client-bound rule; errors: the top three classes and the interval each began",
     failures: "a failed request is counted by error class (connect, timeout, http_<status>, stream, malformed) and is never a latency sample; each attempt counts once (a closed-loop user retries a failed connection after a back-off of 50 ms doubling to 2 s, and after a 429 or 503 with Retry-After waits what the server asked when target.retry_after is on, up to target.retry_after_max); cancelled requests were abandoned at the end of the drain time or at an interrupt",
     goodput: "a request is good when it succeeded and met every objective of [slo]: TTFT (a request that streamed nothing is held to it by its end-to-end time), TPOT (requests of one token meet it), E2E, and every gap between tokens; each agent decides per request; goodput.ratio is good requests over the requests that ended (successes and failures), and over a class's successes for a class; rates divide by measured_s",
     capacity: "for stages and sweeps with [slo]: the highest load at which this step and every lower one had at least [slo] ratio (default 95%) of their requests good",

@@ -93,7 +93,7 @@ fn first() -> (Histograms, Counters) {
 #[test]
 fn buckets_add_up_to_the_count_and_a_bound_holds_its_own_value() {
     let (h, c) = first();
-    let r = build(&about(true), &Snapshot::of(&h, &c, 3, [2, 0, 0]));
+    let r = build(&about(true), &Snapshot::of(&h, &c, 3, [2, 0, 0], Vec::new()));
     for m in metrics(&r) {
         if let Some(metric::Data::Histogram(hist)) = &m.data {
             for p in &hist.data_points {
@@ -179,11 +179,11 @@ fn buckets_add_up_to_the_count_and_a_bound_holds_its_own_value() {
 fn later_pushes_are_cumulative_from_the_same_start() {
     let a = about(false);
     let (mut h, mut c) = first();
-    let early = build(&a, &Snapshot::of(&h, &c, 3, [2, 0, 0]));
+    let early = build(&a, &Snapshot::of(&h, &c, 3, [2, 0, 0], Vec::new()));
     h.record(Metric::Ttft, 30_000);
     h.record(Metric::Ttft, 90_000_000); // beyond every bound
     c.ok += 2;
-    let late = build(&a, &Snapshot::of(&h, &c, 0, [0, 2, 0]));
+    let late = build(&a, &Snapshot::of(&h, &c, 0, [0, 2, 0], Vec::new()));
     let (e, l) = (
         &histogram(&early, "stampede.ttft")[0],
         &histogram(&late, "stampede.ttft")[0],
@@ -210,4 +210,69 @@ fn later_pushes_are_cumulative_from_the_same_start() {
     // An empty histogram has neither min nor max.
     let itl = &histogram(&late, "stampede.itl")[0];
     assert_eq!((itl.count, itl.min, itl.max), (0, None, None));
+}
+
+#[test]
+fn figures_from_outside_the_histograms_keep_their_kinds_one_metric_per_name() {
+    let (h, c) = first();
+    let device = |d: &str| {
+        vec![
+            ("stampede.gpu.source", "dcgm".to_owned()),
+            ("stampede.gpu.device", d.to_owned()),
+        ]
+    };
+    let figures = vec![
+        Figure {
+            name: "stampede.gpu.utilization".to_owned(),
+            description: "u",
+            unit: "1",
+            attributes: device("0"),
+            value: FigureValue::Gauge(0.4),
+        },
+        Figure {
+            name: "stampede.gpu.utilization".to_owned(),
+            description: "u",
+            unit: "1",
+            attributes: device("1"),
+            value: FigureValue::Gauge(0.9),
+        },
+        Figure {
+            name: "stampede.server.requests".to_owned(),
+            description: "r",
+            unit: "{request}",
+            attributes: Vec::new(),
+            value: FigureValue::Counter(40.0),
+        },
+        Figure {
+            name: "stampede.server.queue_time".to_owned(),
+            description: "q",
+            unit: "s",
+            attributes: Vec::new(),
+            value: FigureValue::Summary { sum: 1.5, count: 30.0 },
+        },
+    ];
+    let r = build(&about(true), &Snapshot::of(&h, &c, 3, [2, 0, 0], figures));
+    let named = |name: &str| metrics(&r).iter().filter(|m| m.name == name).count();
+    assert_eq!(named("stampede.gpu.utilization"), 1);
+    match find(&r, "stampede.gpu.utilization").and_then(|m| m.data.as_ref()) {
+        Some(metric::Data::Gauge(g)) => {
+            assert_eq!(g.data_points.len(), 2);
+            assert!(has(&g.data_points[1].attributes, "stampede.gpu.device", "1"));
+            assert!(has(&g.data_points[1].attributes, "stampede.run_id", "r1"));
+            assert_eq!(g.data_points[1].value, Some(number_data_point::Value::AsDouble(0.9)));
+        }
+        other => panic!("{other:?}"),
+    }
+    match find(&r, "stampede.server.requests").and_then(|m| m.data.as_ref()) {
+        Some(metric::Data::Sum(s)) => {
+            assert!(s.is_monotonic);
+            assert_eq!(s.aggregation_temporality, CUMULATIVE);
+            assert_eq!(s.data_points[0].value, Some(number_data_point::Value::AsDouble(40.0)));
+        }
+        other => panic!("{other:?}"),
+    }
+    match find(&r, "stampede.server.queue_time").and_then(|m| m.data.as_ref()) {
+        Some(metric::Data::Summary(s)) => assert_eq!((s.data_points[0].count, s.data_points[0].sum), (30, 1.5)),
+        other => panic!("{other:?}"),
+    }
 }
