@@ -10,7 +10,9 @@
 //! `ignore_eos`) through `target.body`, and every answer has exactly the
 //! length they ask for. A run of prompts sharing a prefix shows the
 //! prompt tokens llama-server reused from its slots' cache in the
-//! summary, equal to its own `llamacpp:prompt_tokens_cached_total`.
+//! summary, equal to its own `llamacpp:prompt_tokens_cached_total`. A
+//! last run plays two-turn sessions, whose second turn the server counts
+//! with the first turn and its answer inside.
 //!
 //! Without the peer installed the test is reported as ignored, saying why
 //! (a failure with `STAMPEDE_REQUIRE_PEERS=1`); CI installs it.
@@ -243,6 +245,55 @@ fn llama_server_usage_matches_stampedes_counts_in_both_openai_dialects() -> Outc
     assert_eq!(num(&s, "/tokens/output"), ok * 5.0, "n_predict reached the server");
     assert_eq!(num(&s, "/metrics/output_tokens/max"), 5.0);
     assert_eq!(predicted(&server.addr) - before, ok * 5.0);
+
+    // Two-turn sessions: the second turn sends the first, the server's
+    // answer to it and the new question, so the server counts more input
+    // than the first turn's and its answer together.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let chats = dir.path().join("chats.jsonl");
+    let lines: Vec<String> = ["a queue", "a cache", "a lock", "a batch"]
+        .iter()
+        .map(|topic| {
+            serde_json::json!({"messages": [
+                {"role": "system", "content": "Answer in one short sentence."},
+                {"role": "user", "content": format!("What is {topic}?")},
+                {"role": "assistant", "content": "(replaced by the server's answer)"},
+                {"role": "user", "content": "Give one example."},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&chats, lines.join("\n")).expect("dataset written");
+    // Sent as completions, the history is one text the server tokenizes
+    // whole (this build's chat template counts a chat request's input as
+    // 3 tokens whatever it holds). llama-server's usage leaves out the
+    // tokens its prompt cache reused, which a session's history mostly
+    // is: cache_prompt = false makes it count the whole input.
+    let sessions = profile(
+        &server.addr,
+        "openai-completions",
+        "max_tokens = 12\nstream = true",
+        "body = { cache_prompt = false }",
+    )
+    .replace(
+        "builtin = \"short\"",
+        &format!("file = {:?}\n        sessions = true", chats.display().to_string()),
+    );
+    let (code, stderr, s) = run(&sessions);
+    assert_eq!(code, 0, "sessions: stderr:\n{stderr}");
+    assert_eq!(num(&s, "/requests/failed"), 0.0, "{:#}", s["errors"]);
+    let turns = s["turns"].as_array().expect("a turns table");
+    eprintln!(
+        "llama-server sessions: {}",
+        serde_json::to_string(turns).unwrap_or_default()
+    );
+    assert_eq!(turns.len(), 2, "{turns:#?}");
+    let (first, second) = (&turns[0], &turns[1]);
+    assert!(num(second, "/requests") >= 1.0);
+    assert!(
+        num(second, "/tokens_in/mean") > num(first, "/tokens_in/mean") + num(first, "/tokens_out/mean"),
+        "the second turn carries the first and its answer: {turns:#?}"
+    );
     Ok(())
 }
 

@@ -128,13 +128,27 @@ impl Plan {
             agent_index: a.agent_index,
             executor: Arc::new(executor),
             load,
-            prompts: Arc::new(Prompts::with_limits(
-                prompts
-                    .prompts
-                    .into_iter()
-                    .map(|p| (p.text, p.max_tokens, p.class))
-                    .collect(),
-            )),
+            prompts: Arc::new({
+                let conversations: Vec<_> = match prompts.sessions {
+                    Some(_) => prompts
+                        .prompts
+                        .iter()
+                        .map(|p| ((!p.system.is_empty()).then(|| p.system.clone()), p.turns.clone()))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Prompts::with_limits(
+                    prompts
+                        .prompts
+                        .into_iter()
+                        .map(|p| (p.text, p.max_tokens, p.class))
+                        .collect(),
+                )
+                .with_sessions(
+                    conversations,
+                    Duration::from_micros(prompts.sessions.map_or(0, |s| s.think_us)),
+                )
+            }),
             duration: positive(a.duration_ms, "duration")?,
             drain: Duration::from_millis(a.drain_ms),
             interval: positive(a.interval_ms, "report interval")?,

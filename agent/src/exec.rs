@@ -164,6 +164,14 @@ pub struct Scratch {
     prompt: String,
 }
 
+impl Scratch {
+    /// The text of the last answer, when it was kept (a session's turn, or
+    /// a run with a tokenizer).
+    pub fn answer(&self) -> &str {
+        &self.text
+    }
+}
+
 /// A failure on its way to becoming an [`Outcome::Failed`].
 struct Failure(ErrorClass, String, Option<Duration>);
 
@@ -193,6 +201,7 @@ impl Executor {
             t0: None,
             status: None,
             user: timing.user,
+            session: (prompt.turn > 0).then_some((prompt.session, prompt.turn)),
         };
         let outcome = self.measure(conn, prompt, timing, scratch, &mut trail).await;
         self.trace.finish(&trail, &outcome);
@@ -232,12 +241,15 @@ impl Executor {
                 late,
                 held: micros(queued).saturating_sub(before_dispatch) > micros(LATE),
                 output_tokens: 1,
+                turn: prompt.turn,
                 ..Sample::default()
             });
         }
-        let keep_text = self.tokenizer.is_some().then_some(&mut scratch.text);
+        // A session keeps each answer: it is the next turn's history.
+        let keep_text = (self.tokenizer.is_some() || prompt.turn > 0).then_some(&mut scratch.text);
         let attempt = self.attempt(
             conn,
+            prompt.history,
             prompt.text,
             prompt.max_tokens,
             &mut scratch.events,
@@ -264,12 +276,23 @@ impl Executor {
                             ends: &mut scratch.ends,
                             counted: &mut scratch.counted,
                         };
-                        count(t, buffers, input.then_some(prompt.text)).await
+                        // A session turn's input is its whole history.
+                        let whole;
+                        let sent = if prompt.history.is_empty() {
+                            prompt.text
+                        } else {
+                            let mut all: Vec<&str> = prompt.history.iter().map(|m| m.content.as_str()).collect();
+                            all.push(prompt.text);
+                            whole = all.join("\n\n");
+                            whole.as_str()
+                        };
+                        count(t, buffers, input.then_some(sent)).await
                     }
                     None => Counted::default(),
                 };
                 let per_event = counted.output.is_some() && self.tokenizer.is_some();
                 let mut sample = answer.sample(intended, counted, prompt.class);
+                sample.turn = prompt.turn;
                 // A total that is not per event is shared among the events:
                 // the server's, or the words of a plain-text stream.
                 let total = matches!(sample.token_source, TokenSource::Server | TokenSource::Words)
@@ -326,9 +349,11 @@ impl Executor {
             .expect("method, path and headers are valid (checked when the API was resolved)")
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         conn: &mut Option<Conn>,
+        history: &[crate::prompts::Message],
         prompt: &str,
         max_tokens: Option<u32>,
         events: &mut Vec<Event>,
@@ -339,7 +364,7 @@ impl Executor {
             max_tokens: max_tokens.or(self.spec.max_tokens),
             ..self.spec
         };
-        let body = Bytes::from(self.api.body(&self.model, prompt, &spec));
+        let body = Bytes::from(self.api.body_with(&self.model, history, prompt, &spec));
         let traceparent = trail.parent.to_string();
         let mut connect_us = None;
         let mut reused = conn.as_ref().is_some_and(Conn::is_open);
@@ -689,6 +714,7 @@ impl Answer {
             late: false,
             held: false,
             class,
+            turn: 0,
             finish: read.finish.or(read.finished.then_some(Finish::Unstated)),
             good: false,
         }

@@ -13,6 +13,24 @@ pub struct Prompts {
     classes: Vec<u16>,
     /// Class labels, in order of first appearance.
     class_names: Vec<String>,
+    /// Sessions only: each conversation's system prompt and its user
+    /// turns after the first; empty when the run plays no sessions.
+    conversations: Vec<(Option<String>, Vec<String>)>,
+    /// Sessions only: the pause between a turn's answer and the next turn.
+    turn_think: std::time::Duration,
+}
+
+/// The most turns the per-turn figures tell apart: later turns are
+/// counted with this one.
+pub const MAX_TURNS: u16 = 16;
+
+/// One message of a session's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: &'static str,
+    /// What it says.
+    pub content: String,
 }
 
 /// One prompt as a request sends it.
@@ -24,6 +42,16 @@ pub struct Prompt<'a> {
     pub max_tokens: Option<u32>,
     /// Its class, an index into [`Prompts::class_names`].
     pub class: u16,
+    /// Sessions only: the messages before this turn (the system prompt,
+    /// the earlier user turns and the server's answers to them), sent
+    /// ahead of `text`; empty outside sessions.
+    pub history: &'a [Message],
+    /// Sessions only: this turn's number in its session, from 1; 0
+    /// outside sessions.
+    pub turn: u16,
+    /// Sessions only: which of its user's sessions this turn belongs to,
+    /// from 1; with the user's number it names the conversation in spans.
+    pub session: u32,
 }
 
 impl<'a> From<&'a str> for Prompt<'a> {
@@ -32,6 +60,9 @@ impl<'a> From<&'a str> for Prompt<'a> {
             text,
             max_tokens: None,
             class: 0,
+            history: &[],
+            turn: 0,
+            session: 0,
         }
     }
 }
@@ -72,6 +103,39 @@ impl Prompts {
             max_tokens,
             classes,
             class_names,
+            ..Prompts::default()
+        }
+    }
+
+    /// The same prompts as sessions: each one's system prompt and user
+    /// turns after the first, in the prompts' order, with `think` between
+    /// a turn's answer and the next turn.
+    pub fn with_sessions(
+        mut self,
+        conversations: Vec<(Option<String>, Vec<String>)>,
+        think: std::time::Duration,
+    ) -> Self {
+        self.conversations = conversations;
+        self.turn_think = think;
+        self
+    }
+
+    /// The pause between a session's turns.
+    pub fn turn_think(&self) -> std::time::Duration {
+        self.turn_think
+    }
+
+    /// True when the prompts are sessions.
+    pub fn sessions(&self) -> bool {
+        !self.conversations.is_empty()
+    }
+
+    /// Session `i`'s system prompt and its user turns after the first
+    /// (`get(i).text`), wrapping around the share.
+    pub fn conversation(&self, i: usize) -> (Option<&str>, &[String]) {
+        match self.conversations.get(i % self.texts.len().max(1)) {
+            Some((system, turns)) => (system.as_deref(), turns),
+            None => (None, &[]),
         }
     }
 
@@ -106,6 +170,9 @@ impl Prompts {
             text: &self.texts[i],
             max_tokens: self.max_tokens.get(i).copied().flatten(),
             class: self.classes.get(i).copied().unwrap_or(0),
+            history: &[],
+            turn: 0,
+            session: 0,
         }
     }
 }

@@ -149,6 +149,8 @@ pub struct Sample<'a> {
     pub finish: Option<crate::api::Finish>,
     /// Its prompt's class, an index into the share's class names.
     pub class: u16,
+    /// Sessions only: its turn in its session, from 1; 0 outside sessions.
+    pub turn: u16,
     /// It met every objective of the run's SLO (always false when the run
     /// has none).
     pub good: bool,
@@ -177,6 +179,9 @@ pub struct Interval {
     pub samples: BTreeMap<ErrorClass, String>,
     /// Successful and failed requests by prompt class index.
     pub classes: BTreeMap<u16, ClassTotals>,
+    /// Sessions only: successful requests by turn (from 1, capped at
+    /// [`crate::prompts::MAX_TURNS`]).
+    pub turns: BTreeMap<u16, ClassTotals>,
 }
 
 impl Interval {
@@ -246,34 +251,11 @@ impl Interval {
                     c.good += 1;
                     c.good_output_tokens += s.output_tokens;
                 }
-                let class = self.classes.entry(s.class).or_default();
-                let ch = &mut class.histograms;
-                for metric in CLASS_METRICS {
-                    let value = match metric {
-                        Metric::Ttft => s.ttft_us,
-                        Metric::Tpot => s.tpot_us,
-                        Metric::E2e => Some(s.e2e_us),
-                        _ => s.input_tokens,
-                    };
-                    if let Some(v) = value {
-                        ch.record(metric, v);
-                    }
+                if s.turn > 0 {
+                    let turn = s.turn.min(crate::prompts::MAX_TURNS);
+                    record_breakdown(self.turns.entry(turn).or_default(), s);
                 }
-                for gap in s.gaps {
-                    for (value, n) in gap.per_token() {
-                        if n > 0 {
-                            ch.record_n(Metric::Itl, value, n);
-                        }
-                    }
-                }
-                ch.record(Metric::OutputTokens, s.output_tokens);
-                class.counters.ok += 1;
-                class.counters.input_tokens += s.input_tokens.unwrap_or(0);
-                class.counters.output_tokens += s.output_tokens;
-                if s.good {
-                    class.counters.good += 1;
-                    class.counters.good_output_tokens += s.output_tokens;
-                }
+                record_breakdown(self.classes.entry(s.class).or_default(), s);
             }
             Outcome::Failed {
                 class,
@@ -310,6 +292,11 @@ impl Interval {
             mine.histograms.add(&totals.histograms);
             mine.counters.add(&totals.counters);
         }
+        for (turn, totals) in &other.turns {
+            let mine = self.turns.entry(*turn).or_default();
+            mine.histograms.add(&totals.histograms);
+            mine.counters.add(&totals.counters);
+        }
     }
 
     /// Empties the interval, keeping the histogram allocations.
@@ -317,10 +304,41 @@ impl Interval {
         self.histograms.reset();
         self.counters = Counters::default();
         self.samples.clear();
-        for totals in self.classes.values_mut() {
+        for totals in self.classes.values_mut().chain(self.turns.values_mut()) {
             totals.histograms.reset();
             totals.counters = Counters::default();
         }
+    }
+}
+
+/// Records a success in one breakdown (a prompt class or a turn).
+fn record_breakdown(class: &mut ClassTotals, s: &Sample<'_>) {
+    let ch = &mut class.histograms;
+    for metric in CLASS_METRICS {
+        let value = match metric {
+            Metric::Ttft => s.ttft_us,
+            Metric::Tpot => s.tpot_us,
+            Metric::E2e => Some(s.e2e_us),
+            _ => s.input_tokens,
+        };
+        if let Some(v) = value {
+            ch.record(metric, v);
+        }
+    }
+    for gap in s.gaps {
+        for (value, n) in gap.per_token() {
+            if n > 0 {
+                ch.record_n(Metric::Itl, value, n);
+            }
+        }
+    }
+    ch.record(Metric::OutputTokens, s.output_tokens);
+    class.counters.ok += 1;
+    class.counters.input_tokens += s.input_tokens.unwrap_or(0);
+    class.counters.output_tokens += s.output_tokens;
+    if s.good {
+        class.counters.good += 1;
+        class.counters.good_output_tokens += s.output_tokens;
     }
 }
 

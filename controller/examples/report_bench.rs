@@ -177,6 +177,7 @@ fn server(s: &Summary) -> ServerSummary {
 fn wire(r: &Report, agent: u32) -> pb::Report {
     let slowest = r.histograms.get(Metric::E2e).max();
     pb::Report {
+        turns: Vec::new(),
         interval: r.interval,
         sequence: r.sequence,
         elapsed_us: r.elapsed_us,
@@ -269,6 +270,7 @@ fn record(profile: &Profile, dir: &Path, run_id: &str, slower: f64) -> Spec {
             agent: format!("agent-{a}"),
             agent_index: a as u32,
             finished: pb::Finished {
+                turns: Vec::new(),
                 histograms: h.to_wire(),
                 counters: Some(c.to_wire()),
                 elapsed_us: intervals * 1_000_000,

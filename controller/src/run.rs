@@ -359,6 +359,7 @@ async fn run_traced(
             stream: profile.request.stream,
         },
         prompts: profile.prompts.clone(),
+        sessions: profile.sessions.map(|s| s.think),
         load: profile.load.clone(),
         schedule_seed: plan::mix(profile.seed ^ 0x5C4E_D01E),
         interval: profile.report.interval,

@@ -78,6 +78,8 @@ pub(crate) struct Engine {
     started: Instant,
     /// Where request spans go, when exported.
     pub(crate) spans: crate::trace::Spans,
+    /// Where chat requests are recorded (`--record`), when they are.
+    pub(crate) record: Option<crate::record::Record>,
     /// When the model is loaded and the first prefill may begin.
     loaded_at: Instant,
 }
@@ -258,6 +260,7 @@ impl Engine {
             config,
             started,
             spans: None,
+            record: None,
         }
     }
 

@@ -29,6 +29,7 @@ mod metrics;
 mod native;
 mod openai;
 mod prefix;
+mod record;
 mod text;
 pub mod trace;
 
@@ -104,9 +105,22 @@ pub async fn serve_traced(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_recorded(config, spans, None, listener, shutdown).await
+}
+
+/// [`serve_traced`], also writing each chat request's messages and the
+/// answer sent to the JSONL file `record` when given (`--record`).
+pub async fn serve_recorded(
+    config: Config,
+    spans: trace::Spans,
+    record: Option<&std::path::Path>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let mut engine = Engine::new(config);
     engine.spans = spans;
+    engine.record = record.map(record::Record::create).transpose()?;
     let engine = Arc::new(engine);
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
     // the client's delayed ACK hold them back by up to 40 ms.

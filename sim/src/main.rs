@@ -34,6 +34,10 @@ struct Cli {
     /// service.name of the exported spans.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "llm-sim", value_name = "NAME")]
     otlp_service: String,
+    /// Write each chat request's messages, and the answer sent back, as
+    /// one JSON line to this file: what a client really sent.
+    #[arg(long, value_name = "FILE")]
+    record: Option<std::path::PathBuf>,
     #[command(flatten)]
     config: stampede_sim::Config,
 }
@@ -105,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    stampede_sim::serve_traced(cli.config, spans.clone(), listener, shutdown).await?;
+    stampede_sim::serve_recorded(cli.config, spans.clone(), cli.record.as_deref(), listener, shutdown).await?;
     if let Some(spans) = spans {
         // Bounded: a collector that is gone costs at most this long.
         let stats = tokio::task::spawn_blocking(move || spans.close(std::time::Duration::from_secs(2))).await?;

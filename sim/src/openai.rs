@@ -234,6 +234,9 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
         Ok(j) => j,
         Err(response) => return *response,
     };
+    if let Some(record) = &engine.record {
+        record.chat(&body, job.input_tokens, job.output_tokens, job.text_seed);
+    }
     let usage = Usage::of(request.stream_options.as_ref());
     respond(&engine, job, Kind::Chat, request.model, request.stream, usage).await
 }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::prompts::Message;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
@@ -422,13 +423,50 @@ impl Api {
 
     /// The JSON body of one request.
     pub fn body(&self, model: &str, prompt: &str, spec: &Spec) -> Vec<u8> {
+        self.body_with(model, &[], prompt, spec)
+    }
+
+    /// The JSON body of one session turn: `history` (the system prompt,
+    /// earlier turns and answers), then the user's `prompt`. The chat
+    /// dialects send them as messages; the others, which take one text,
+    /// get the history's contents and the prompt joined by blank lines.
+    pub fn body_with(&self, model: &str, history: &[Message], prompt: &str, spec: &Spec) -> Vec<u8> {
+        let joined;
+        let text = if history.is_empty() {
+            prompt
+        } else {
+            let mut all: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+            all.push(prompt);
+            joined = all.join("\n\n");
+            joined.as_str()
+        };
+        let messages = || {
+            let mut list: Vec<Value> = history
+                .iter()
+                .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                .collect();
+            list.push(serde_json::json!({"role": "user", "content": prompt}));
+            Value::Array(list)
+        };
         let mut body = match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat, _) => openai::chat_body(model, prompt, spec),
-            (Dialect::OpenAiCompletions, _) => openai::completions_body(model, prompt, spec),
-            (Dialect::Ollama, _) => ollama::generate_body(model, prompt, spec),
-            (Dialect::OllamaChat, _) => ollama::chat_body(model, prompt, spec),
-            (Dialect::Tgi, _) => tgi::body(prompt, spec),
-            (Dialect::HttpJson, Some(h)) => h.body(model, prompt, spec),
+            (Dialect::OpenAiChat, _) => {
+                let mut b = openai::chat_body(model, prompt, spec);
+                if !history.is_empty() {
+                    b["messages"] = messages();
+                }
+                b
+            }
+            (Dialect::OpenAiCompletions, _) => openai::completions_body(model, text, spec),
+            (Dialect::Ollama, _) => ollama::generate_body(model, text, spec),
+            (Dialect::OllamaChat, _) => {
+                let mut b = ollama::chat_body(model, prompt, spec);
+                if !history.is_empty() {
+                    b["messages"] = messages();
+                }
+                b
+            }
+            (Dialect::Tgi, _) => tgi::body(text, spec),
+            (Dialect::HttpJson, Some(h)) => h.body(model, text, spec),
             (Dialect::HttpJson, None) => Value::Null,
         };
         if let Value::Object(map) = &mut body {
@@ -634,5 +672,47 @@ mod tests {
         assert_eq!(api.path(&spec), "/generate_stream");
         spec.stream = false;
         assert_eq!(api.path(&spec), "/generate");
+    }
+
+    #[test]
+    fn a_session_turn_sends_its_history() {
+        let history = [
+            Message {
+                role: "system",
+                content: "Be brief.".into(),
+            },
+            Message {
+                role: "user",
+                content: "Hi".into(),
+            },
+            Message {
+                role: "assistant",
+                content: "Hello there".into(),
+            },
+        ];
+        let spec = Spec {
+            max_tokens: Some(5),
+            temperature: None,
+            stream: true,
+        };
+        let chat = Api::plain(Dialect::OpenAiChat);
+        let body: Value = serde_json::from_slice(&chat.body_with("m", &history, "Why?", &spec)).unwrap();
+        assert_eq!(
+            body["messages"],
+            serde_json::json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there"},
+                {"role": "user", "content": "Why?"},
+            ])
+        );
+        let plain: Value = serde_json::from_slice(&chat.body("m", "Why?", &spec)).unwrap();
+        assert_eq!(
+            plain["messages"],
+            serde_json::json!([{"role": "user", "content": "Why?"}])
+        );
+        let completions = Api::plain(Dialect::OpenAiCompletions);
+        let body: Value = serde_json::from_slice(&completions.body_with("m", &history, "Why?", &spec)).unwrap();
+        assert_eq!(body["prompt"], "Be brief.\n\nHi\n\nHello there\n\nWhy?");
     }
 }

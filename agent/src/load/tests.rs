@@ -322,6 +322,39 @@ async fn a_count_of_requests_ends_an_open_load_before_its_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_user_plays_each_session_turn_by_turn_then_starts_the_next() {
+    let mut s = shared(&[100]);
+    // Session 0 has three turns, session 1 one.
+    let prompts = Prompts::new(vec!["a1".into(), "b1".into()]).with_sessions(
+        vec![(Some("sys".into()), vec!["a2".into(), "a3".into()]), (None, Vec::new())],
+        ms(100),
+    );
+    let first = prompts.first_for(0, 0);
+    s.prompts = Arc::new(prompts);
+    let load = Closed {
+        windows: one_user(2),
+        first_user: 0,
+        phase_lengths: Vec::new(),
+        seed: 0,
+        think: ms(400),
+        pace: None,
+    };
+    closed(load, &s, 2).await;
+    let i = cut(&s);
+    // Turns 100 ms apart after each 100 ms answer, sessions 400 ms apart:
+    // from session 0, turns at 0, 0.2, 0.4, session 1 at 0.9, session 0
+    // again at 1.4, 1.6 and 1.8; from session 1, it at 0, session 0 at
+    // 0.5, 0.7, 0.9, session 1 at 1.4 and session 0 at 1.9.
+    let by_turn: Vec<u64> = (1..=3).map(|t| i.turns.get(&t).map_or(0, |x| x.counters.ok)).collect();
+    let expected = if first == 0 { [3, 2, 2] } else { [4, 1, 1] };
+    assert_eq!(by_turn, expected, "starting with session {first}");
+    assert_eq!(i.counters.ok, expected.iter().sum::<u64>());
+    assert_eq!(i.histograms.get(Metric::ScheduleLag).max(), 0);
+    let e2e = i.histograms.get(Metric::E2eIntended);
+    assert!(e2e.equivalent(e2e.max(), 100_000), "never late: {}", e2e.max());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_trace_sends_each_arrival_at_its_offset() {
     // Two at 150 ms together, one at 900 ms: all on time, nothing more.
     let s = shared(&[20]);

@@ -7,6 +7,16 @@
 //! latency counts from the tick it missed, so a server stall shows in the
 //! latency from the intended start even though the user was waiting.
 //!
+//! With sessions ([`crate::prompts::Prompts::sessions`]), a user plays one
+//! conversation at a time: each turn sends the system prompt, the earlier
+//! user turns and the answers the server gave them, then the new turn;
+//! the session's think time separates its turns, the load's think time
+//! (or pace) separates sessions. A failed turn ends its session (the
+//! conversation has no answer to build on) and the user starts the next.
+//! When the user's window closes (the load's end, a ramp down), its
+//! session stops where it is: no further turn is sent, and a turn in
+//! flight finishes within the drain as any request does.
+//!
 //! A user whose connection attempt failed waits out a back-off
 //! ([`super::backoff`]) before its next request, and one the server
 //! refused with a `Retry-After` (429 or 503, when the run honours it)
@@ -24,6 +34,7 @@ use super::backoff::Backoff;
 use super::schedule::Window;
 use super::{Control, Gate, Shared, wait_until};
 use crate::exec::{Scratch, Timing};
+use crate::prompts::{Message, Prompt};
 use crate::record::Outcome;
 
 /// A closed-loop load on one agent.
@@ -72,6 +83,8 @@ impl Closed {
                 think: self.think,
                 pace: self.pace,
                 control: control.clone(),
+                session: None,
+                sessions: 0,
             };
             users.spawn(user.run(gate.clone()));
         }
@@ -115,6 +128,22 @@ struct User {
     think: Duration,
     pace: Option<Duration>,
     control: Control,
+    /// The session in progress, when the run plays sessions.
+    session: Option<Session>,
+    /// Sessions started so far.
+    sessions: u32,
+}
+
+/// A conversation a user is playing.
+struct Session {
+    /// Its index in the prompt share.
+    index: usize,
+    /// The next turn, from 0.
+    turn: usize,
+    /// What every turn so far sent and received.
+    history: Vec<Message>,
+    /// Which of its user's sessions it is, from 1.
+    number: u32,
 }
 
 impl User {
@@ -132,6 +161,7 @@ impl User {
             }
             self.shared.active.fetch_add(1, Ordering::Relaxed);
             let aborted = self.window(on, off, &mut conn, &mut scratch).await;
+            self.session = None;
             self.shared.active.fetch_sub(1, Ordering::Relaxed);
             if aborted {
                 return;
@@ -152,7 +182,13 @@ impl User {
             // Free to send from now: a paced user whose last request ran
             // past its tick could not have sent any sooner.
             let free = Instant::now();
-            let intended = if self.pace.is_some() { tick } else { ready };
+            // A session's later turns follow their think time, not the pace.
+            let mid_session = self.session.as_ref().is_some_and(|s| s.turn > 0);
+            let intended = if self.pace.is_some() && !mid_session {
+                tick
+            } else {
+                ready
+            };
             // Waiting out a back-off or a Retry-After: from its intended
             // start, the request waits in the client's queue.
             let sendable = intended.max(free).max(self.not_before.unwrap_or(intended));
@@ -172,9 +208,43 @@ impl User {
                 dispatched: Instant::now(),
                 user: Some(self.number),
             };
-            let prompt = self.shared.prompts.get(self.next_prompt);
-            self.next_prompt += 1;
-            let wait = tokio::select! {
+            let prompts = &self.shared.prompts;
+            if prompts.sessions() && self.session.is_none() {
+                let (system, _) = prompts.conversation(self.next_prompt);
+                self.sessions += 1;
+                self.session = Some(Session {
+                    number: self.sessions,
+                    index: self.next_prompt,
+                    turn: 0,
+                    history: system
+                        .map(|s| Message {
+                            role: "system",
+                            content: s.to_owned(),
+                        })
+                        .into_iter()
+                        .collect(),
+                });
+                self.next_prompt += 1;
+            }
+            let prompt = match &self.session {
+                Some(s) => {
+                    let first = prompts.get(s.index);
+                    let (_, later) = prompts.conversation(s.index);
+                    Prompt {
+                        text: if s.turn == 0 { first.text } else { &later[s.turn - 1] },
+                        history: &s.history,
+                        turn: u16::try_from(s.turn + 1).unwrap_or(u16::MAX),
+                        session: s.number,
+                        ..first
+                    }
+                }
+                None => {
+                    self.next_prompt += 1;
+                    prompts.get(self.next_prompt - 1)
+                }
+            };
+            let text = self.session.is_some().then(|| prompt.text.to_owned());
+            let (wait, answered) = tokio::select! {
                 biased;
                 _ = self.control.abort.cancelled() => {
                     self.shared.recorder.record(&Outcome::Cancelled);
@@ -182,11 +252,30 @@ impl User {
                 }
                 outcome = self.shared.executor.run(conn, prompt, timing, scratch) => {
                     self.shared.recorder.record(&outcome);
-                    wait_after(&mut self.backoff, &outcome)
+                    (wait_after(&mut self.backoff, &outcome), matches!(outcome, Outcome::Ok(_)))
                 }
             };
             self.not_before = wait.map(|w| Instant::now() + w);
+            let mid_session = match (self.session.as_mut(), text) {
+                (Some(s), Some(text)) if answered => {
+                    s.history.push(Message {
+                        role: "user",
+                        content: text,
+                    });
+                    s.history.push(Message {
+                        role: "assistant",
+                        content: scratch.answer().to_owned(),
+                    });
+                    s.turn += 1;
+                    s.turn <= self.shared.prompts.conversation(s.index).1.len()
+                }
+                _ => false,
+            };
+            if !mid_session {
+                self.session = None;
+            }
             match self.pace {
+                _ if mid_session => ready = Instant::now() + self.shared.prompts.turn_think(),
                 Some(pace) => tick += pace,
                 None => ready = Instant::now() + self.think,
             }

@@ -59,6 +59,7 @@ impl Work {
             exemplars,
             sampled_exemplars,
             classes: class_totals(&self.cut, &self.classes),
+            turns: turn_totals(&self.cut),
             ..pb::Report::default()
         };
         self.cut.reset();
@@ -74,6 +75,21 @@ fn class_totals(interval: &Interval, classes: &[String]) -> Vec<pb::ClassTotals>
         .filter(|(_, t)| t.counters.ok + t.counters.failed() > 0)
         .map(|(index, t)| pb::ClassTotals {
             class: classes.get(usize::from(*index)).cloned().unwrap_or_default(),
+            histograms: t.histograms.to_wire(),
+            counters: Some(t.counters.to_wire()),
+        })
+        .collect()
+}
+
+/// The wire form of `interval`'s session turns that had requests, each
+/// named by its number.
+fn turn_totals(interval: &Interval) -> Vec<pb::ClassTotals> {
+    interval
+        .turns
+        .iter()
+        .filter(|(_, t)| t.counters.ok + t.counters.failed() > 0)
+        .map(|(turn, t)| pb::ClassTotals {
+            class: turn.to_string(),
             histograms: t.histograms.to_wire(),
             counters: Some(t.counters.to_wire()),
         })
@@ -198,6 +214,7 @@ impl Reporter {
             last_sequence: self.sequence,
             classes: class_totals(total, classes),
             stopped_early: String::new(),
+            turns: turn_totals(total),
         };
         (finished, counters)
     }

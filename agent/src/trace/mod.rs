@@ -79,6 +79,9 @@ pub struct Trail {
     pub status: Option<u16>,
     /// The user that sent it (closed-loop loads).
     pub user: Option<u32>,
+    /// Sessions only: the user's session number (from 1) and the turn
+    /// (from 1).
+    pub session: Option<(u32, u16)>,
 }
 
 impl Tracing {
@@ -303,6 +306,14 @@ impl Tracing {
         a.extend(self.attributes.iter().cloned());
         if let Some(user) = trail.user {
             a.push(KeyValue::new("stampede.user", i64::from(user)));
+        }
+        if let Some((session, turn)) = trail.session {
+            // The GenAI conventions' name for a conversation; unique in the
+            // run, since user numbers are.
+            let id = format!("{}-{session}", trail.user.unwrap_or(0));
+            a.push(KeyValue::new("gen_ai.conversation.id", id.clone()));
+            a.push(KeyValue::new("stampede.session", id));
+            a.push(KeyValue::new("stampede.turn", i64::from(turn)));
         }
         if let Some(stage) = self.stage(trail.intended) {
             a.push(KeyValue::new("stampede.stage", stage as i64));

@@ -741,6 +741,7 @@ mod tests {
             target: pb::Target::default(),
             request: pb::RequestSpec::default(),
             prompts: p.prompts.clone(),
+            sessions: None,
             load: p.load.clone(),
             schedule_seed: 1,
             interval: p.report.interval,

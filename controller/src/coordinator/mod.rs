@@ -38,6 +38,8 @@ pub(crate) struct Setup {
     pub(crate) target: pb::Target,
     pub(crate) request: pb::RequestSpec,
     pub(crate) prompts: Vec<Prompt>,
+    /// Set when users play sessions: the pause between turns.
+    pub(crate) sessions: Option<Duration>,
     pub(crate) load: Load,
     /// Seed of the open-loop arrival schedule, the same for every agent.
     pub(crate) schedule_seed: u64,
@@ -179,6 +181,8 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
                     text: p.text.clone(),
                     class: p.class.clone(),
                     max_tokens: p.max_tokens,
+                    system: p.system.clone().unwrap_or_default(),
+                    turns: p.turns.clone(),
                 })
                 .collect(),
             offset: if s.load.trace.is_some() {
@@ -187,6 +191,9 @@ pub(crate) fn assignment(s: &Setup, slice: &Slice) -> pb::Assignment {
                 slice.prompts.start as u64
             },
             total: s.prompts.len() as u64,
+            sessions: s.sessions.map(|think| pb::Sessions {
+                think_us: u64::try_from(think.as_micros()).unwrap_or(u64::MAX),
+            }),
         }),
         seed: slice.seed,
         slo: s.slo,
@@ -363,5 +370,66 @@ mod tests {
                 problems[0].message
             );
         }
+    }
+
+    /// Sessions reach the agents whole: every conversation, its system
+    /// prompt and all its turns, in exactly one agent's share, the shares
+    /// adding up to the dataset, the same on every run.
+    #[test]
+    fn sessions_are_split_whole_and_exactly_across_agents() {
+        let p = profile(
+            "seed = 5\n[load]\nusers = 4\n[prompts]\nsessions = true\nturn_think = \"1.5s\"\n[prompts.synthetic]\ncount = 7\ninput_tokens = 8\nturns = { min = 1, max = 5 }\nsystem_tokens = 3\n",
+        )
+        .expect("a valid profile");
+        let setup = |p: &Profile| Setup {
+            run_id: "run-1".to_owned(),
+            slices: crate::plan::slices(p, 2).expect("two slices"),
+            target: pb::Target::default(),
+            request: pb::RequestSpec::default(),
+            prompts: p.prompts.clone(),
+            sessions: p.sessions.map(|s| s.think),
+            load: p.load.clone(),
+            schedule_seed: 1,
+            interval: p.report.interval,
+            start_delay: Duration::from_millis(250),
+            join_timeout: Duration::from_secs(30),
+            capabilities: Vec::new(),
+            on_agent_loss: p.on_agent_loss,
+            liveness: p.liveness,
+            live: None,
+            otlp: None,
+            trace: None,
+            slo: None,
+            thresholds: Vec::new(),
+            local: true,
+        };
+        let s = setup(&p);
+        let shares: Vec<pb::DatasetShare> = s
+            .slices
+            .iter()
+            .map(|slice| assignment(&s, slice).prompts.expect("a share"))
+            .collect();
+        assert_eq!(
+            shares.iter().map(|d| d.prompts.len()).collect::<Vec<_>>(),
+            [4, 3],
+            "seven sessions over two agents"
+        );
+        let mut played = Vec::new();
+        for share in &shares {
+            assert_eq!(share.sessions.map(|x| x.think_us), Some(1_500_000));
+            assert_eq!(share.total, 7);
+            played.extend(share.prompts.iter().cloned());
+        }
+        for (wire, session) in played.iter().zip(&p.prompts) {
+            assert_eq!(wire.text, session.text);
+            assert_eq!(wire.turns, session.turns, "every turn travels with its session");
+            assert_eq!(Some(&wire.system), session.system.as_ref());
+            assert_eq!(wire.system.split_whitespace().count(), 3);
+        }
+        assert_eq!(played.len(), p.prompts.len());
+        assert!(p.prompts.iter().any(|s| s.turns.len() >= 2), "{:?}", p.prompts);
+        let again = setup(&profile(&p.source).unwrap_or_else(|_| p.clone()));
+        assert_eq!(again.slices.len(), 2);
+        assert_eq!(assignment(&again, &again.slices[1]).prompts, Some(shares[1].clone()));
     }
 }

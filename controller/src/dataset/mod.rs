@@ -104,6 +104,24 @@ pub struct Prompt {
     pub class: String,
     /// Its own output-token limit, when the dataset gives one.
     pub max_tokens: Option<u32>,
+    /// Sessions only: the conversation's system prompt.
+    pub system: Option<String>,
+    /// Sessions only: the conversation's user turns after the first
+    /// (`text`), in order.
+    pub turns: Vec<String>,
+}
+
+impl Prompt {
+    /// A single-turn prompt.
+    pub fn single(text: String, class: String, max_tokens: Option<u32>) -> Prompt {
+        Prompt {
+            text,
+            class,
+            max_tokens,
+            system: None,
+            turns: Vec::new(),
+        }
+    }
 }
 
 /// Shuffles `prompts` reproducibly from `seed` (Fisher–Yates with
@@ -168,6 +186,8 @@ fn short() -> Vec<Prompt> {
             text: (*q).to_owned(),
             class: "short".to_owned(),
             max_tokens: None,
+            system: None,
+            turns: Vec::new(),
         })
         .collect()
 }
@@ -180,6 +200,8 @@ fn medium() -> Vec<Prompt> {
             text: format!("{passage}\n\n{}", TASKS[i % TASKS.len()]),
             class: "medium".to_owned(),
             max_tokens: None,
+            system: None,
+            turns: Vec::new(),
         })
         .collect()
 }
@@ -194,6 +216,8 @@ fn long() -> Vec<Prompt> {
                 text: format!("{}\n\n{}", context.join("\n\n"), TASKS[(start + 2) % TASKS.len()]),
                 class: "long".to_owned(),
                 max_tokens: None,
+                system: None,
+                turns: Vec::new(),
             }
         })
         .collect()
@@ -280,11 +304,7 @@ mod tests {
         assert_eq!(class_of(501, ClassBy::Tokens), "long");
         assert_eq!(class_of(400, ClassBy::Characters), "short");
         assert_eq!(class_of(2_001, ClassBy::Characters), "long");
-        let prompt = |text: &str, class: &str| Prompt {
-            text: text.to_owned(),
-            class: class.to_owned(),
-            max_tokens: None,
-        };
+        let prompt = |text: &str, class: &str| Prompt::single(text.to_owned(), class.to_owned(), None);
         let long = "word ".repeat(500);
         let mut set = vec![
             prompt(&long, ""),

@@ -229,18 +229,65 @@ pub fn generate_shared(
             shared += tokens;
             total += counter.count(&text)?;
         }
-        out.push(Prompt {
-            // Classed by length afterwards (`super::classify`).
-            class: String::new(),
-            text,
-            max_tokens,
-        });
+        // Classed by length afterwards (`super::classify`).
+        out.push(Prompt::single(text, String::new(), max_tokens));
     }
     let workload = spec.shared_prefix.map(|prefix| SharedWorkload {
         prefix,
         shared_share: if total > 0 { shared as f64 / total as f64 } else { 0.0 },
     });
     Ok((out, workload))
+}
+
+/// What makes synthetic prompts sessions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sessions {
+    /// User turns per session.
+    pub turns: Length,
+    /// The system prompt's length in tokens; `None`: no system prompt.
+    pub system_tokens: Option<u32>,
+}
+
+/// Generates `spec.count` sessions with `seed`: each draws its number of
+/// turns from `sessions.turns`, and each turn its length from
+/// `spec.input` (its output limit, from `spec.output`, is the first
+/// turn's and applies to every turn). The system prompt is built to
+/// `sessions.system_tokens` exactly as prompts are.
+pub fn generate_sessions(
+    spec: &Spec,
+    sessions: &Sessions,
+    seed: u64,
+    counter: &Counter,
+) -> Result<Vec<Prompt>, String> {
+    let mut out = Vec::with_capacity(spec.count as usize);
+    let mut state = mix(seed ^ 0x5E55_1045);
+    let mut uniform = || {
+        state = mix(state);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for i in 0..spec.count {
+        let n = sessions.turns.draw(uniform(), uniform()).max(1);
+        let max_tokens = spec.output.map(|o| o.draw(uniform(), uniform()).max(1));
+        let mut texts = Vec::with_capacity(n as usize);
+        for t in 0..n {
+            let target = spec.input.draw(uniform(), uniform()).max(1);
+            let words = seed ^ (u64::from(i) << 16 | u64::from(t)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            texts.push(build(target as usize, words, counter)?);
+        }
+        let system = match sessions.system_tokens {
+            Some(tokens) => Some(build(tokens as usize, mix(seed ^ u64::from(i) ^ 0x5157), counter)?),
+            None => None,
+        };
+        let text = texts.remove(0);
+        out.push(Prompt {
+            text,
+            class: String::new(),
+            max_tokens,
+            system,
+            turns: texts,
+        });
+    }
+    Ok(out)
 }
 
 /// A text of `tokens` tokens under `counter` (or as close as the
@@ -393,5 +440,37 @@ mod tests {
         let (r, _) = generate_shared(&random, 5, &Counter::words()).unwrap();
         let groups: std::collections::BTreeSet<_> = r.iter().map(prefix).collect();
         assert!(groups.len() <= 3 && groups.len() >= 2, "drawn among the three prefixes");
+    }
+
+    #[test]
+    fn sessions_have_their_drawn_turns_and_an_exact_system_prompt() {
+        let spec = Spec {
+            count: 40,
+            input: Length::Fixed(12),
+            output: Some(Length::Fixed(7)),
+            shared_prefix: None,
+        };
+        let sessions = Sessions {
+            turns: Length::Uniform { min: 1, max: 4 },
+            system_tokens: Some(9),
+        };
+        let counter = Counter::words();
+        let out = generate_sessions(&spec, &sessions, 11, &counter).unwrap();
+        assert_eq!(out.len(), 40);
+        let mut seen = [false; 4];
+        for s in &out {
+            let turns = 1 + s.turns.len();
+            assert!((1..=4).contains(&turns), "{turns}");
+            seen[turns - 1] = true;
+            assert_eq!(counter.count(s.system.as_deref().unwrap()).unwrap(), 9);
+            for t in std::iter::once(&s.text).chain(&s.turns) {
+                assert_eq!(counter.count(t).unwrap(), 12);
+            }
+            assert_eq!(s.max_tokens, Some(7));
+        }
+        assert!(seen.iter().all(|s| *s), "every turn count of the range is drawn");
+        assert_eq!(out, generate_sessions(&spec, &sessions, 11, &counter).unwrap());
+        let texts: std::collections::BTreeSet<_> = out.iter().map(|s| &s.text).collect();
+        assert_eq!(texts.len(), 40, "sessions are distinct");
     }
 }

@@ -263,6 +263,7 @@ fn plan_run(text: &str, path: &Path) -> String {
             stream: profile.request.stream,
         },
         prompts: profile.prompts.clone(),
+        sessions: profile.sessions.map(|s| s.think),
         load: profile.load.clone(),
         schedule_seed: seed,
         interval: profile.report.interval,

@@ -179,6 +179,13 @@ pub struct ServerMetrics {
     pub interval: Duration,
 }
 
+/// How closed-loop users play sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sessions {
+    /// Pause between a turn's answer and the session's next turn.
+    pub think: Duration,
+}
+
 /// A validated load profile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -204,6 +211,9 @@ pub struct Profile {
     pub prompt_source: String,
     /// What the prompt classes were measured in.
     pub classes_by: crate::dataset::ClassBy,
+    /// Set when users play multi-turn sessions (`[prompts] sessions`):
+    /// each prompt is then a conversation.
+    pub sessions: Option<Sessions>,
     /// The shared prefixes the synthetic prompts were built with, if any.
     pub shared_prefix: Option<crate::dataset::synthetic::SharedWorkload>,
     /// Agents the controller starts in-process.
@@ -458,8 +468,20 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
     let default_tokenizer = tokenizer_path
         .as_deref()
         .zip(tokenizer.as_ref().map(|t| t.name.as_str()));
-    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0), default_tokenizer);
+    let sessions_on = d.bool(p, "sessions").unwrap_or(false);
+    let turn_think = d.duration(p, "turn_think", true);
+    if turn_think.is_some() && !sessions_on {
+        p.at(
+            d.span_of("turn_think"),
+            &d.path_of("turn_think"),
+            "applies to sessions: set prompts.sessions = true too",
+        );
+    }
+    let dataset = prompts::walk(&mut d, p, base, seed.unwrap_or(0), default_tokenizer, sessions_on);
     d.finish(p);
+    let sessions = sessions_on.then(|| Sessions {
+        think: turn_think.unwrap_or(Duration::ZERO),
+    });
 
     let mut a = top.table(p, "agents");
     let agents = a.int_in(p, "count", 1, MAX_AGENTS);
@@ -566,6 +588,13 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         .and_then(|n| NonZeroU32::new(u32::try_from(n).ok()?))
         .unwrap_or(NonZeroU32::MIN);
     let load = load?;
+    if sessions.is_some() && !matches!(load.model, Model::Users { .. }) {
+        p.at(
+            None,
+            "prompts.sessions",
+            "sessions are played by closed-loop users: use load.users (an open-loop rate has no user to hold a conversation)",
+        );
+    }
     if let Some(replay) = &load.trace {
         // The trace's rows are the prompts, one per arrival, in order.
         if prompts_given {
@@ -662,6 +691,7 @@ fn walk(root: &toml::de::DeTable<'_>, path: &Path, o: &Overrides, p: &mut Proble
         prompts,
         prompt_source,
         classes_by,
+        sessions,
         shared_prefix,
         agents,
         on_agent_loss: match on_agent_loss.as_deref() {

@@ -29,6 +29,7 @@ pub(super) fn walk(
     base: &Path,
     seed: u64,
     default_tokenizer: Option<(&Path, &str)>,
+    sessions: bool,
 ) -> Option<Dataset> {
     let builtin = d.choice(p, "builtin", &dataset::BUILTIN);
     let inline = d.strings(p, "inline");
@@ -37,10 +38,22 @@ pub(super) fn walk(
     let synthetic = d.has("synthetic");
     let mut s = d.table(p, "synthetic");
     let spec = if synthetic { synthetic_spec(&mut s, p) } else { None };
+    let session_spec = if synthetic {
+        session_spec(&mut s, p, sessions)
+    } else {
+        None
+    };
     let tokenizer = s.string(p, "tokenizer");
     let tokenizer_at = (s.span_of("tokenizer"), s.path_of("tokenizer"));
     s.finish(p);
     let chosen = [builtin.is_some(), inline.is_some(), path.is_some(), synthetic];
+    if sessions && !(path.is_some() || synthetic) {
+        p.at(
+            d.span_of("sessions"),
+            &d.path_of("sessions"),
+            "sessions need conversations: a JSONL (\"messages\") or ShareGPT file, or synthetic prompts with turns",
+        );
+    }
     let several = chosen.iter().filter(|c| **c).count() > 1;
     if several {
         p.at(None, "prompts", "set only one of builtin, inline, file and synthetic");
@@ -64,7 +77,7 @@ pub(super) fn walk(
             None => Ok(Counter::words()),
         };
         found.push(match counter {
-            Ok(counter) => file_prompts(d, p, base, seed, &name, format.as_deref(), &counter),
+            Ok(counter) => file_prompts(d, p, base, seed, &name, format.as_deref(), &counter, sessions),
             Err(e) => {
                 p.at(None, "target.tokenizer", e);
                 None
@@ -75,7 +88,7 @@ pub(super) fn walk(
         let tokenizer = tokenizer
             .map(|t| (base.join(&t), t))
             .or_else(|| default_tokenizer.map(|(path, name)| (path.to_owned(), name.to_owned())));
-        found.push(spec.and_then(|spec| synthetic_prompts(p, &spec, seed, tokenizer, tokenizer_at)));
+        found.push(spec.and_then(|spec| synthetic_prompts(p, &spec, session_spec, seed, tokenizer, tokenizer_at)));
     }
     if several {
         return None;
@@ -114,16 +127,13 @@ fn inline_prompts(d: &Table<'_, '_>, p: &mut Problems<'_>, list: Vec<String>) ->
     let source = format!("inline ({} prompts)", list.len());
     let prompts = list
         .into_iter()
-        .map(|text| Prompt {
-            text,
-            class: "inline".to_owned(),
-            max_tokens: None,
-        })
+        .map(|text| Prompt::single(text, "inline".to_owned(), None))
         .collect();
     // One class, `inline`, whatever the lengths.
     Some((prompts, source, ClassBy::Characters, None))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn file_prompts(
     d: &Table<'_, '_>,
     p: &mut Problems<'_>,
@@ -132,10 +142,11 @@ fn file_prompts(
     name: &str,
     format: Option<&str>,
     counter: &Counter,
+    sessions: bool,
 ) -> Option<Dataset> {
     let full = base.join(name);
     let format = format.and_then(Format::from_name).unwrap_or(Format::of(&full));
-    match file::load(&full, format) {
+    match file::load(&full, format, sessions) {
         Ok(mut prompts) => {
             let by = match dataset::classify(&mut prompts, counter) {
                 Ok(by) => by,
@@ -146,7 +157,8 @@ fn file_prompts(
             };
             dataset::shuffle(&mut prompts, seed);
             let kind = if format == Format::Jsonl { "jsonl" } else { "sharegpt" };
-            let source = format!("{kind}:{name} ({} prompts, shuffled with seed {seed})", prompts.len());
+            let what = if sessions { "sessions" } else { "prompts" };
+            let source = format!("{kind}:{name} ({} {what}, shuffled with seed {seed})", prompts.len());
             Some((prompts, source, by, None))
         }
         Err(e) => {
@@ -161,6 +173,7 @@ fn file_prompts(
 fn synthetic_prompts(
     p: &mut Problems<'_>,
     spec: &synthetic::Spec,
+    sessions: Option<synthetic::Sessions>,
     seed: u64,
     tokenizer: Option<(std::path::PathBuf, String)>,
     at: (Option<std::ops::Range<usize>>, String),
@@ -175,7 +188,19 @@ fn synthetic_prompts(
         },
         None => Counter::words(),
     };
-    match synthetic::generate_shared(spec, seed, &counter).and_then(|(mut prompts, shared)| {
+    if sessions.is_some() && spec.shared_prefix.is_some() {
+        p.at(
+            None,
+            "prompts.synthetic.shared_prefix",
+            "does not apply to sessions: a session's system prompt and history are the prefix its turns share",
+        );
+        return None;
+    }
+    let generated = match &sessions {
+        Some(s) => synthetic::generate_sessions(spec, s, seed, &counter).map(|prompts| (prompts, None)),
+        None => synthetic::generate_shared(spec, seed, &counter),
+    };
+    match generated.and_then(|(mut prompts, shared)| {
         let by = dataset::classify(&mut prompts, &counter)?;
         Ok((prompts, by, shared))
     }) {
@@ -189,7 +214,8 @@ fn synthetic_prompts(
                     w.prefix.assign.name()
                 )
             });
-            let source = format!("synthetic ({} prompts{groups}, {unit}, seed {seed})", prompts.len());
+            let what = if sessions.is_some() { "sessions" } else { "prompts" };
+            let source = format!("synthetic ({} {what}{groups}, {unit}, seed {seed})", prompts.len());
             Some((prompts, source, by, shared))
         }
         Err(e) => {
@@ -258,6 +284,36 @@ fn shared_prefix(s: &mut Table<'_, '_>, p: &mut Problems<'_>) -> Option<SharedPr
             .as_deref()
             .and_then(Assign::from_name)
             .unwrap_or(Assign::RoundRobin),
+    })
+}
+
+/// `turns` and `system_tokens` of `[prompts.synthetic]`: sessions, when
+/// `[prompts] sessions` is on.
+fn session_spec(s: &mut Table<'_, '_>, p: &mut Problems<'_>, sessions: bool) -> Option<synthetic::Sessions> {
+    let turns = s.has("turns").then(|| length(s, p, "turns")).flatten();
+    let system_tokens = s.int_in(p, "system_tokens", 1, MAX_LENGTH).map(|n| n as u32);
+    if !sessions {
+        for key in ["turns", "system_tokens"] {
+            if s.has(key) {
+                p.at(
+                    s.span_of(key),
+                    &s.path_of(key),
+                    "applies to sessions: set prompts.sessions = true too",
+                );
+            }
+        }
+        return None;
+    }
+    if !s.has("turns") {
+        p.at(
+            None,
+            &s.path_of("turns"),
+            "missing: user turns per session, such as turns = 3 or { min = 2, max = 6 }",
+        );
+    }
+    Some(synthetic::Sessions {
+        turns: turns?,
+        system_tokens,
     })
 }
 

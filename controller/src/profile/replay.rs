@@ -408,11 +408,11 @@ impl Replay {
                 }
                 text.push_str(built);
             }
-            out.push(Prompt {
+            out.push(Prompt::single(
                 text,
-                class: crate::dataset::class_of(input, ClassBy::Tokens).to_owned(),
-                max_tokens: Some(r.output),
-            });
+                crate::dataset::class_of(input, ClassBy::Tokens).to_owned(),
+                Some(r.output),
+            ));
         }
         Ok(out)
     }

@@ -891,6 +891,62 @@ fn the_report_interval_and_agent_counts_have_the_documented_limits() {
 }
 
 #[test]
+fn sessions_need_conversations_and_closed_loop_users() {
+    let p = parse(
+        "[load]\nusers = 2\n[prompts]\nsessions = true\nturn_think = \"250ms\"\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\nturns = 2\n",
+    )
+    .unwrap();
+    assert_eq!(p.sessions.map(|s| s.think), Some(Duration::from_millis(250)));
+    assert!(p.prompts.iter().all(|s| s.turns.len() == 1 && s.system.is_none()));
+    assert!(
+        p.prompt_source.starts_with("synthetic (3 sessions"),
+        "{}",
+        p.prompt_source
+    );
+    assert_eq!(parse("[load]\nusers = 2\n").unwrap().sessions, None);
+
+    let e = problems("[load]\nusers = 2\n[prompts]\nsessions = true\nbuiltin = \"short\"\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("prompts.sessions: sessions need conversations")),
+        "{e:?}"
+    );
+    let e = problems(
+        "[load]\nrate = 2\n[prompts]\nsessions = true\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\nturns = 2\n",
+    );
+    assert!(
+        e.iter().any(|e| e.contains("sessions are played by closed-loop users")),
+        "{e:?}"
+    );
+    let e = problems(
+        "[load]\nusers = 2\n[prompts]\nturn_think = \"1s\"\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\nturns = 2\n",
+    );
+    assert!(
+        e.iter().any(|e| e.contains("prompts.turn_think: applies to sessions")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("prompts.synthetic.turns: applies to sessions")),
+        "{e:?}"
+    );
+    let e =
+        problems("[load]\nusers = 2\n[prompts]\nsessions = true\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\n");
+    assert!(
+        e.iter().any(|e| e.contains("prompts.synthetic.turns: missing")),
+        "{e:?}"
+    );
+    let e = problems(
+        "[load]\nusers = 2\n[prompts]\nsessions = true\n[prompts.synthetic]\ncount = 3\ninput_tokens = 5\nturns = 2\nshared_prefix = { groups = 2, tokens = 8 }\n",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("prompts.synthetic.shared_prefix: does not apply to sessions")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn shared_prefixes_and_the_simulated_prefix_cache_are_read() {
     let p = parse(
         "[load]\nusers = 1\n[prompts.synthetic]\ncount = 8\ninput_tokens = 32\n\

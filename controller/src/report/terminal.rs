@@ -21,6 +21,7 @@ pub fn render(s: &Summary, files: &[(&'static str, String)]) -> String {
     errors(o, s);
     metrics(o, s);
     classes(o, s);
+    turns(o, s);
     steps(o, s);
     schedule(o, s);
     tracing(o, s);
@@ -339,6 +340,43 @@ fn classes(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "          tok in / tok out: mean per request; times in ms; {cover}; {by}"
+    );
+}
+
+/// Sessions only: the figures of each turn, so that the cost of a growing
+/// history shows.
+fn turns(o: &mut String, s: &Summary) {
+    if s.turns.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<10}{:>9}{:>9}{:>9}{:>11}{:>11}{:>11}{:>11}{:>11}",
+        "turn", "requests", "tok in", "tok out", "TTFT mean", "TTFT p50", "TTFT p95", "E2E mean", "E2E p95"
+    );
+    for t in &s.turns {
+        let label = if t.and_later {
+            format!("{}+", t.turn)
+        } else {
+            t.turn.to_string()
+        };
+        let _ = writeln!(
+            o,
+            "{:<10}{:>9}{:>9.0}{:>9.0}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}",
+            label,
+            grouped(t.requests),
+            t.tokens_in.mean,
+            t.tokens_out.mean,
+            t.ttft.mean,
+            t.ttft.p50,
+            t.ttft.p95,
+            t.e2e.mean,
+            t.e2e.p95
+        );
+    }
+    let _ = writeln!(
+        o,
+        "          each turn sends the whole history; tok in / tok out: mean per request; times in ms; measured time"
     );
 }
 

@@ -174,6 +174,7 @@ fn the_table_reads_as_it_did() {
         exemplars: Vec::new(),
         classes: classes(),
         classes_whole_run: false,
+        turns: std::collections::BTreeMap::new(),
     };
     let server = series(start);
     let spec = Spec {

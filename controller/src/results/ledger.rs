@@ -122,6 +122,10 @@ pub struct Collected {
     /// Some class rows are whole-run totals, warm-ups included (see
     /// `classes`).
     pub classes_whole_run: bool,
+    /// Sessions only: successful requests by their turn in the session
+    /// (the last counting later turns too), over the measured time, from
+    /// the reports.
+    pub turns: BTreeMap<u16, ClassTotals>,
 }
 
 impl Collected {
@@ -245,6 +249,7 @@ pub struct Ledger {
     /// Agents whose reports carried per-class counts.
     classes_reported: BTreeSet<u32>,
     classes_whole_run: bool,
+    turns: BTreeMap<u16, ClassTotals>,
     end: Option<End>,
     log: Option<Log>,
     log_failed: bool,
@@ -268,6 +273,7 @@ impl Ledger {
             classes: BTreeMap::new(),
             classes_reported: BTreeSet::new(),
             classes_whole_run: false,
+            turns: BTreeMap::new(),
             end: None,
             log,
             log_failed: false,
@@ -483,6 +489,17 @@ impl Ledger {
                     }
                 }
             }
+            for turn in &wire.turns {
+                match (decode_class(turn), turn.class.parse::<u16>()) {
+                    (Ok((h, c)), Ok(n)) => self.turns.entry(n).or_default().add(&h, &c),
+                    _ => {
+                        effect.unreadable = Some(format!(
+                            "report {} of agent {agent}: turn {:?} is unreadable and left out",
+                            wire.sequence, turn.class
+                        ));
+                    }
+                }
+            }
         }
         effect.added = Some(report);
     }
@@ -580,6 +597,7 @@ impl Ledger {
             exemplars: self.exemplars,
             classes: self.classes,
             classes_whole_run: self.classes_whole_run,
+            turns: self.turns,
         }
     }
 

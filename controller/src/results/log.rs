@@ -196,6 +196,9 @@ struct ReportLine {
     presence: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     classes: Vec<ClassLine>,
+    /// Sessions only: by turn, each named by its number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    turns: Vec<ClassLine>,
     /// Requests in flight at the cut.
     #[serde(default, skip_serializing_if = "is_zero")]
     in_flight: u32,
@@ -226,6 +229,9 @@ struct FinishedLine {
     /// Why the agent ended its load early, if it did.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     stopped_early: String,
+    /// Sessions only: by turn, each named by its number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    turns: Vec<ClassLine>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -300,6 +306,7 @@ impl From<ReportEntry> for ReportLine {
             histograms: histograms_line(&r.histograms),
             presence: STANDARD.encode(&r.presence),
             classes: r.classes.into_iter().map(ClassLine::from).collect(),
+            turns: r.turns.into_iter().map(ClassLine::from).collect(),
             in_flight: r.in_flight,
         }
     }
@@ -364,6 +371,11 @@ impl TryFrom<ReportLine> for ReportEntry {
                     .into_iter()
                     .map(pb::ClassTotals::try_from)
                     .collect::<Result<_, String>>()?,
+                turns: l
+                    .turns
+                    .into_iter()
+                    .map(pb::ClassTotals::try_from)
+                    .collect::<Result<_, String>>()?,
                 in_flight: l.in_flight,
                 // For the live metrics only: the results do not use them.
                 sampled_exemplars: Vec::new(),
@@ -384,6 +396,7 @@ impl From<FinishedEntry> for FinishedLine {
             histograms: histograms_line(&f.histograms),
             classes: f.classes.into_iter().map(ClassLine::from).collect(),
             stopped_early: f.stopped_early,
+            turns: f.turns.into_iter().map(ClassLine::from).collect(),
         }
     }
 }
@@ -407,6 +420,11 @@ impl TryFrom<FinishedLine> for FinishedEntry {
                 last_sequence: l.last_sequence,
                 classes,
                 stopped_early: l.stopped_early,
+                turns: l
+                    .turns
+                    .into_iter()
+                    .map(pb::ClassTotals::try_from)
+                    .collect::<Result<_, String>>()?,
             },
         })
     }
@@ -624,6 +642,7 @@ mod tests {
                 agent: "a".to_owned(),
                 agent_index: 1,
                 report: pb::Report {
+                    turns: Vec::new(),
                     interval: 2,
                     sequence: 3,
                     elapsed_us: 3_000_001,
@@ -663,6 +682,7 @@ mod tests {
                 agent: "a".to_owned(),
                 agent_index: 1,
                 finished: pb::Finished {
+                    turns: Vec::new(),
                     histograms: histograms(),
                     counters: Some(counters()),
                     elapsed_us: 4,

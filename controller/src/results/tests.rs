@@ -123,6 +123,7 @@ fn a_replayed_log_gives_the_summary_of_the_live_run() {
         agent: "a0".to_owned(),
         agent_index: 0,
         finished: pb::Finished {
+            turns: Vec::new(),
             histograms: sent.to_wire(),
             counters: Some(totals.to_wire()),
             elapsed_us: 7_000_000,

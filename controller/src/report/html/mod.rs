@@ -111,6 +111,7 @@ pub fn render(s: &Summary, d: &ReportData) -> String {
         out.push_str("</section>");
     }
     tables::classes(&mut out, s);
+    tables::turns(&mut out, s);
     tables::agents(&mut out, s);
     tables::tokens(&mut out, s);
     tables::server(&mut out, s);

@@ -188,6 +188,40 @@ pub(super) fn classes(out: &mut String, s: &Summary) {
     );
 }
 
+/// Sessions only: each turn's figures; nothing for a run without sessions.
+pub(super) fn turns(out: &mut String, s: &Summary) {
+    if s.turns.is_empty() {
+        return;
+    }
+    out.push_str(
+        r#"<section id="turns"><h2>Session turns</h2><table class="num"><thead><tr><th>turn</th><th>requests</th><th>tokens in (mean)</th><th>tokens out (mean)</th><th>TTFT mean</th><th>TTFT p50</th><th>TTFT p95</th><th>TPOT p50</th><th>E2E mean</th><th>E2E p95</th></tr></thead><tbody>"#,
+    );
+    for t in &s.turns {
+        let label = if t.and_later {
+            format!("{} and later", t.turn)
+        } else {
+            t.turn.to_string()
+        };
+        let _ = write!(
+            out,
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&label),
+            grouped(t.requests),
+            sig(t.tokens_in.mean),
+            sig(t.tokens_out.mean),
+            sig(t.ttft.mean),
+            sig(t.ttft.p50),
+            sig(t.ttft.p95),
+            sig(t.tpot.p50),
+            sig(t.e2e.mean),
+            sig(t.e2e.p95)
+        );
+    }
+    out.push_str(
+        r#"</tbody></table><p class="caption">Successful requests by their turn in the session, over the measured time; each turn sends the whole history, so its input grows turn after turn. Times in ms.</p></section>"#,
+    );
+}
+
 /// Failed requests by class, with the first message of each.
 pub(super) fn errors(out: &mut String, s: &Summary) {
     if s.errors.is_empty() {

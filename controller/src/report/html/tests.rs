@@ -116,6 +116,7 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
         exemplars,
         classes: BTreeMap::new(),
         classes_whole_run: false,
+        turns: BTreeMap::new(),
     };
     let spec = Spec::sample(&p, "20270115T080000Z-test-0001", agents);
     let mut s = summary::build(&spec, &collected, None, None);

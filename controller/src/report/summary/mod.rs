@@ -604,6 +604,7 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         classes: classes(p, c, if c.classes_whole_run { duration_s } else { measured_s }),
         classes_by: p.classes_by.unwrap_or(crate::dataset::ClassBy::Words),
         classes_whole_run: c.classes_whole_run,
+        turns: turns(c),
         load_table: load_table(&steps),
         knee: knee(p, &steps),
         steps,
@@ -667,6 +668,27 @@ pub fn run_id(name: &str, now: SystemTime) -> String {
         })
         .collect();
     format!("{stamp}-{name}-{suffix:04x}")
+}
+
+/// The per-turn table of a run of sessions, turn 1 first.
+fn turns(c: &Collected) -> Vec<TurnSummary> {
+    let last = stampede_agent::prompts::MAX_TURNS;
+    c.turns
+        .iter()
+        .map(|(turn, t)| {
+            let m = |metric| MetricSummary::of(metric, &Stats::of(t.histograms.get(metric)));
+            TurnSummary {
+                turn: u32::from(*turn),
+                and_later: *turn >= last,
+                requests: t.counters.ok,
+                tokens_in: m(Metric::InputTokens),
+                tokens_out: m(Metric::OutputTokens),
+                ttft: m(Metric::Ttft),
+                tpot: m(Metric::Tpot),
+                e2e: m(Metric::E2e),
+            }
+        })
+        .collect()
 }
 
 /// The per-class table, shortest prompts first; a class with no successes

@@ -47,6 +47,28 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
+/// One turn's figures in a run of sessions.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct TurnSummary {
+    /// The turn's number in its session, from 1.
+    pub turn: u32,
+    /// This row also counts every later turn (turns past the most the
+    /// agents tell apart, 16).
+    pub and_later: bool,
+    /// Successful requests.
+    pub requests: u64,
+    /// Input tokens per request: the whole history the turn sent.
+    pub tokens_in: MetricSummary,
+    /// Output tokens per request.
+    pub tokens_out: MetricSummary,
+    /// Time to first token.
+    pub ttft: MetricSummary,
+    /// Time per output token.
+    pub tpot: MetricSummary,
+    /// End-to-end latency.
+    pub e2e: MetricSummary,
+}
+
 /// Statistics of one metric, in its reporting unit.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MetricSummary {
@@ -257,6 +279,10 @@ pub struct Summary {
     /// recorded before agents reported classes per interval); otherwise
     /// they cover the measured time, like the run's figures.
     pub classes_whole_run: bool,
+    /// Sessions only: figures by turn in the session (turn 1 first), over
+    /// the measured time; empty when the run played no sessions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<TurnSummary>,
     /// Each step of the load, with its own statistics.
     pub steps: Vec<StepSummary>,
     /// Throughput and latency against load, one row per step.
@@ -812,6 +838,8 @@ pub struct Definitions {
     pub grades: &'static str,
     /// Prompt classes.
     pub classes: &'static str,
+    /// The per-turn table of sessions.
+    pub turns: &'static str,
     /// The metrics pushed over OTLP.
     pub metrics_push: &'static str,
 }
@@ -846,6 +874,7 @@ pub const DEFINITIONS: Definitions = Definitions {
     grades: "TTFT and TPOT of successful requests, by the statistic of [grades] (default p95), are good under the good bound, acceptable under the acceptable bound and poor from it on; default bounds: TTFT 500 ms and 1 s, TPOT 50 ms and 100 ms; a label only, never a reason to fail",
     metrics_push: "with [metrics] otlp = true (or OTEL_METRICS_EXPORTER=otlp) the figures of the measured time are pushed over OTLP every metrics interval and once more after the last report is merged, so the receiver's last values equal this summary's: cumulative from the run's start, stampede.run_id on every point; stampede.requests (by stampede.outcome, failures by error.type) and stampede.tokens (by gen_ai.token.type) are monotonic sums; stampede.ttft, .itl, .chunk_gap, .tpot, .e2e, .client_queue (seconds) and the GenAI conventions' gen_ai.client.operation.duration (e2e), gen_ai.client.token.usage (tokens per request), gen_ai.client.operation.time_to_first_chunk (ttft) and .time_per_output_chunk (chunk_gap), the last two for streamed runs only, are explicit-bucket histograms re-bucketed from the HDR histograms (a bucket of the HDR histogram counts at the first bound holding its lowest value), with the exact count and HDR's min, max and sum; stampede.active_users and stampede.agents are gauges; ok and failed count pushes",
     classes: "file and synthetic prompts are classed by length, in tokens of the run's tokenizer when it has one (short up to 100 tokens, medium up to 500, long beyond), else in characters (short up to 400, medium up to 2,000, long beyond), as classes_by says; a JSONL line's own class wins; built-in prompts are labelled by their set; each row counts the requests that ended in the measured time, successes and failures (a class whose requests all failed has a row), and its rates divide by measured_s",
+    turns: "with sessions ([prompts] sessions = true) each closed-loop user plays one conversation at a time; each turn sends the system prompt, the earlier user turns and the server's own answers to them, then the new user turn, so a turn's input tokens hold the whole history; turns rows count the successful requests that ended in the measured time by their turn number (from 1; turns past 16 are counted in turn 16, marked and_later); a failed turn ends its session and counts only in the run's failures",
 };
 
 /// The run's per-request objectives.
