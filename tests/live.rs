@@ -108,8 +108,16 @@ fn prometheus_keeps_exemplars_that_name_exported_traces() -> Outcome {
         &[live.to_string()],
         &["--enable-feature=exemplar-storage"],
     );
-    // During the load: both formats as a scraper sees them.
-    std::thread::sleep(Duration::from_secs(4));
+    // During the load, once a request has ended: both formats as a
+    // scraper sees them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !prom::get_accepting(live, "/metrics", None).is_some_and(|(_, _, text)| {
+        text.lines()
+            .any(|l| l.starts_with("stampede_requests_total{") && !l.ends_with(" 0"))
+    }) {
+        assert!(Instant::now() < deadline, "no request ended within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (status, content_type, text) = prom::get_accepting(live, "/metrics", None).unwrap();
     assert_eq!(
         (status, content_type.as_str()),
