@@ -735,28 +735,7 @@ mod tests {
         let text =
             format!("[load]\nusers = 4\nduration = \"10s\"\ndrain = \"2s\"\n[agents]\non_agent_loss = \"{on_loss}\"\n");
         let p = Profile::parse(&text, Path::new("p.toml"), &Overrides::default()).expect("a valid profile");
-        Setup {
-            run_id: "run-1".to_owned(),
-            slices: crate::plan::slices(&p, 2).expect("two slices"),
-            target: pb::Target::default(),
-            request: pb::RequestSpec::default(),
-            prompts: p.prompts.clone(),
-            sessions: None,
-            load: p.load.clone(),
-            schedule_seed: 1,
-            interval: p.report.interval,
-            start_delay: Duration::from_millis(250),
-            join_timeout: Duration::from_secs(30),
-            capabilities: vec!["load:users".to_owned()],
-            on_agent_loss: p.on_agent_loss,
-            liveness: p.liveness,
-            live: None,
-            otlp: None,
-            trace: None,
-            slo: None,
-            thresholds: Vec::new(),
-            local: true,
-        }
+        Setup::two_agents(&p)
     }
 
     /// A machine on a clock the test moves.

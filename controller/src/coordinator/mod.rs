@@ -274,6 +274,36 @@ pub(crate) fn wire_load(load: &Load, slice: &Slice, streams: u32, schedule_seed:
     pb::Load { kind: Some(kind) }
 }
 
+/// What a run of `p` over two in-process agents sets up, without tracing,
+/// objectives or live metrics: for tests.
+#[cfg(test)]
+impl Setup {
+    pub(crate) fn two_agents(p: &crate::profile::Profile) -> Setup {
+        Setup {
+            run_id: "run-1".to_owned(),
+            slices: crate::plan::slices(p, 2).expect("two slices"),
+            target: pb::Target::default(),
+            request: pb::RequestSpec::default(),
+            prompts: p.prompts.clone(),
+            sessions: p.sessions.map(|s| s.think),
+            load: p.load.clone(),
+            schedule_seed: 1,
+            interval: p.report.interval,
+            start_delay: Duration::from_millis(250),
+            join_timeout: Duration::from_secs(30),
+            capabilities: vec!["load:users".to_owned()],
+            on_agent_loss: p.on_agent_loss,
+            liveness: p.liveness,
+            live: None,
+            otlp: None,
+            trace: None,
+            slo: None,
+            thresholds: Vec::new(),
+            local: true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -381,29 +411,7 @@ mod tests {
             "seed = 5\n[load]\nusers = 4\n[prompts]\nsessions = true\nturn_think = \"1.5s\"\n[prompts.synthetic]\ncount = 7\ninput_tokens = 8\nturns = { min = 1, max = 5 }\nsystem_tokens = 3\n",
         )
         .expect("a valid profile");
-        let setup = |p: &Profile| Setup {
-            run_id: "run-1".to_owned(),
-            slices: crate::plan::slices(p, 2).expect("two slices"),
-            target: pb::Target::default(),
-            request: pb::RequestSpec::default(),
-            prompts: p.prompts.clone(),
-            sessions: p.sessions.map(|s| s.think),
-            load: p.load.clone(),
-            schedule_seed: 1,
-            interval: p.report.interval,
-            start_delay: Duration::from_millis(250),
-            join_timeout: Duration::from_secs(30),
-            capabilities: Vec::new(),
-            on_agent_loss: p.on_agent_loss,
-            liveness: p.liveness,
-            live: None,
-            otlp: None,
-            trace: None,
-            slo: None,
-            thresholds: Vec::new(),
-            local: true,
-        };
-        let s = setup(&p);
+        let s = Setup::two_agents(&p);
         let shares: Vec<pb::DatasetShare> = s
             .slices
             .iter()
@@ -428,7 +436,7 @@ mod tests {
         }
         assert_eq!(played.len(), p.prompts.len());
         assert!(p.prompts.iter().any(|s| s.turns.len() >= 2), "{:?}", p.prompts);
-        let again = setup(&profile(&p.source).unwrap_or_else(|_| p.clone()));
+        let again = Setup::two_agents(&profile(&p.source).unwrap_or_else(|_| p.clone()));
         assert_eq!(again.slices.len(), 2);
         assert_eq!(assignment(&again, &again.slices[1]).prompts, Some(shares[1].clone()));
     }
