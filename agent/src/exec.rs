@@ -403,6 +403,11 @@ impl Executor {
                 // it is sent again on a new connection, as browsers and
                 // curl do; t0 restarts with the new attempt.
                 Err(e) if reused && (e.message().is_some() || e.error().is_incomplete_message()) => {
+                    tracing::debug!(
+                        unsent = e.message().is_some(),
+                        "the server had closed the reused connection ({}); sending the request again on a new one",
+                        e.error()
+                    );
                     reused = false;
                 }
                 Err(e) => {
