@@ -7,13 +7,23 @@
 
 use tokio::time::Instant;
 
-use super::sse::{Event, FrameError, MAX_LINE, PushError};
+use super::lines::{Ends, Lines};
+use super::sse::{Event, PushError};
+#[cfg(test)]
+use super::sse::{FrameError, MAX_LINE};
 
 /// Turns reads into lines. Keeps a partial line between reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Framer {
-    line: Vec<u8>,
-    started_at: Option<Instant>,
+    lines: Lines,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer {
+            lines: Lines::new(Ends::Newline),
+        }
+    }
 }
 
 fn trimmed(line: &[u8]) -> &[u8] {
@@ -37,52 +47,32 @@ impl Framer {
         at: Instant,
         mut on_line: impl FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let end = rest.iter().position(|b| *b == b'\n');
-            let take = end.unwrap_or(rest.len());
-            if self.line.len() + take > MAX_LINE {
-                return Err(PushError::Frame(FrameError::LineTooLong));
+        self.lines.push(bytes, at, |line, first_byte_at| {
+            let data = trimmed(line);
+            if data.is_empty() {
+                return Ok(()); // A blank line between objects.
             }
-            if self.line.is_empty() && trimmed(&rest[..take]).is_empty() && end.is_some() {
-                rest = &rest[take + 1..];
-                continue; // A blank line between objects.
-            }
-            self.started_at.get_or_insert(at);
-            self.line.extend_from_slice(&rest[..take]);
-            let Some(end) = end else { break };
-            rest = &rest[end + 1..];
-            let started = self.started_at.take().unwrap_or(at);
-            let line = std::mem::take(&mut self.line);
-            let data = trimmed(&line);
-            let result = if data.is_empty() {
-                Ok(())
-            } else {
-                on_line(Event {
-                    name: "",
-                    data,
-                    first_byte_at: started,
-                })
-            };
-            self.line = line;
-            self.line.clear();
-            result.map_err(PushError::Event)?;
-        }
-        Ok(())
+            on_line(Event {
+                name: "",
+                data,
+                first_byte_at,
+            })
+        })
     }
 
     /// The body ended: hands out a last line that had no newline.
     pub fn finish<E>(&mut self, on_line: impl FnOnce(Event<'_>) -> Result<(), E>) -> Result<(), E> {
-        let line = std::mem::take(&mut self.line);
-        let started = self.started_at.take();
-        match (trimmed(&line), started) {
-            (data, Some(first_byte_at)) if !data.is_empty() => on_line(Event {
+        self.lines.finish(|line, first_byte_at| {
+            let data = trimmed(line);
+            if data.is_empty() {
+                return Ok(());
+            }
+            on_line(Event {
                 name: "",
                 data,
                 first_byte_at,
-            }),
-            _ => Ok(()),
-        }
+            })
+        })
     }
 }
 

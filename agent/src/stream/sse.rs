@@ -7,6 +7,8 @@
 
 use tokio::time::Instant;
 
+use super::lines::Lines;
+
 /// Longest line accepted, to bound memory against a broken server.
 pub(crate) const MAX_LINE: usize = 8 * 1024 * 1024;
 
@@ -32,13 +34,17 @@ pub enum FrameError {
 /// Turns reads into events. Keeps partial lines between reads.
 #[derive(Debug, Default)]
 pub struct Framer {
-    line: Vec<u8>,
-    line_started_at: Option<Instant>,
+    lines: Lines,
+    event: Pending,
+}
+
+/// The event being gathered, line by line.
+#[derive(Debug, Default)]
+struct Pending {
     data: Vec<u8>,
     has_data: bool,
     name: String,
-    event_started_at: Option<Instant>,
-    after_cr: bool,
+    started_at: Option<Instant>,
 }
 
 impl Framer {
@@ -55,45 +61,14 @@ impl Framer {
         at: Instant,
         mut on_event: impl FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            if self.after_cr {
-                self.after_cr = false;
-                if rest[0] == b'\n' {
-                    rest = &rest[1..];
-                    continue;
-                }
-            }
-            match rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
-                None => {
-                    if self.line.len() + rest.len() > MAX_LINE {
-                        return Err(PushError::Frame(FrameError::LineTooLong));
-                    }
-                    self.line_started_at.get_or_insert(at);
-                    self.line.extend_from_slice(rest);
-                    rest = &[];
-                }
-                Some(end) => {
-                    if self.line.len() + end > MAX_LINE {
-                        return Err(PushError::Frame(FrameError::LineTooLong));
-                    }
-                    self.after_cr = rest[end] == b'\r';
-                    let started = *self.line_started_at.get_or_insert(at);
-                    self.line.extend_from_slice(&rest[..end]);
-                    rest = &rest[end + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    self.line_started_at = None;
-                    let result = self.line_done(&line, started, &mut on_event);
-                    self.line = line;
-                    self.line.clear();
-                    result.map_err(PushError::Event)?;
-                }
-            }
-        }
-        Ok(())
+        let event = &mut self.event;
+        self.lines
+            .push(bytes, at, |line, started| event.line(line, started, &mut on_event))
     }
+}
 
-    fn line_done<E>(
+impl Pending {
+    fn line<E>(
         &mut self,
         line: &[u8],
         started: Instant,
@@ -101,7 +76,7 @@ impl Framer {
     ) -> Result<(), E> {
         if line.is_empty() {
             let dispatch = self.has_data;
-            let first_byte_at = self.event_started_at.take().unwrap_or(started);
+            let first_byte_at = self.started_at.take().unwrap_or(started);
             let result = if dispatch {
                 on_event(Event {
                     name: &self.name,
@@ -116,7 +91,7 @@ impl Framer {
             self.name.clear();
             return result;
         }
-        self.event_started_at.get_or_insert(started);
+        self.started_at.get_or_insert(started);
         if line[0] == b':' {
             return Ok(()); // A comment; keeps connections alive.
         }
@@ -143,11 +118,13 @@ impl Framer {
         }
         Ok(())
     }
+}
 
+impl Framer {
     /// True when bytes of an unfinished event are buffered: a stream that
     /// ends now was cut mid-event.
     pub fn is_mid_event(&self) -> bool {
-        !self.line.is_empty() || self.has_data
+        self.lines.is_mid_line() || self.event.has_data
     }
 }
 
