@@ -237,7 +237,8 @@ impl HttpJson {
         };
         Parsed::Chunk(Chunk {
             content_events: u32::from(text.is_some_and(|t| !t.is_empty())),
-            words: text.map_or(0, words),
+            // Streamed lines are counted as events, never by words.
+            words: if streamed { 0 } else { text.map_or(0, words) },
             text_bytes: text.map_or(0, |t| t.len() as u64),
             finished,
             finish: None,

@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 pub mod json;
 mod ollama;
 mod openai;
+#[cfg(test)]
+mod props;
+mod scan;
 mod tgi;
 
 pub use json::{HttpJson, StreamFormat, TimeUnit};
@@ -203,8 +206,10 @@ impl ServerTimes {
 pub struct Chunk {
     /// Events in this chunk that carry generated text.
     pub content_events: u32,
-    /// Whitespace-separated words of the generated text in this chunk:
-    /// the token estimate of last resort (see [`crate::exec`]).
+    /// Whitespace-separated words of the generated text of a whole
+    /// answer: the token estimate of last resort (see [`crate::exec`]).
+    /// Streamed events leave it 0: their tokens are counted as events, or
+    /// by the words of a plain-text stream.
     pub words: u64,
     /// Bytes of generated text in this chunk: with only a total token
     /// count at hand, an answer's tokens are shared among its events in

@@ -111,7 +111,12 @@ pub(super) fn parse(data: &[u8], streamed: bool, text: Option<&mut String>) -> P
     };
     Parsed::Chunk(Chunk {
         content_events: u32::from(has_text),
-        words: texts.iter().flatten().map(|t| words(t)).sum(),
+        // Streamed lines are counted as events, never by words.
+        words: if streamed {
+            0
+        } else {
+            texts.iter().flatten().map(|t| words(t)).sum()
+        },
         text_bytes: texts.iter().flatten().map(|t| t.len() as u64).sum(),
         finished: line.done,
         finish: line.done_reason.as_deref().map(Finish::from_openai),
@@ -143,7 +148,6 @@ mod tests {
             parse(TOKEN, true, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
-                words: 1,
                 text_bytes: 3,
                 ..Chunk::default()
             })

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::scan::{self, Scan, Str};
 use super::{Chunk, Finish, Parsed, Spec, Usage, keep, words};
 
 /// Chat request path, appended to the target's base URL.
@@ -168,8 +169,20 @@ fn usage(u: Option<WireUsage>) -> Option<Usage> {
     })
 }
 
-/// Parses the data of one SSE event.
+/// Parses the data of one SSE event: by the fast path when it is sure,
+/// else in full.
 pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
+    if data == b"[DONE]" {
+        return Parsed::Done;
+    }
+    match fast(data) {
+        Some(fast) => fast.parsed(text),
+        None => full_event(data, text),
+    }
+}
+
+/// Parses the data of one SSE event into a full [`Wire`] value.
+pub(super) fn full_event(data: &[u8], text: Option<&mut String>) -> Parsed {
     if data == b"[DONE]" {
         return Parsed::Done;
     }
@@ -184,7 +197,8 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     keep(text, chunk.choices.iter().flat_map(Choice::texts));
     Parsed::Chunk(Chunk {
         content_events: u32::try_from(content).unwrap_or(u32::MAX),
-        words: chunk.choices.iter().map(Choice::words).sum(),
+        // Streamed events are counted as events, never by words.
+        words: 0,
         text_bytes: chunk
             .choices
             .iter()
@@ -200,6 +214,199 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
         cached_tokens: cached(&chunk),
         usage: usage(chunk.usage),
         ..Chunk::default()
+    })
+}
+
+/// Choices one event may have on the fast path; more go the full way.
+const FAST_CHOICES: usize = 2;
+
+/// One streamed event as the fast path reads it: borrowed, nothing
+/// allocated.
+#[derive(Default)]
+struct Fast<'a> {
+    choices: [FastChoice<'a>; FAST_CHOICES],
+    count: usize,
+    /// `usage`, when present: prompt and completion tokens.
+    usage: Option<(Option<u64>, Option<u64>)>,
+    /// `usage.prompt_tokens_details.cached_tokens`.
+    cached_tokens: Option<u64>,
+    /// llama.cpp's `timings.cache_n`.
+    cache_n: Option<u64>,
+}
+
+#[derive(Default)]
+struct FastChoice<'a> {
+    /// `delta.content`, `delta.reasoning_content`, `delta.reasoning` and
+    /// `text`, in the order [`Choice::texts`] gives them.
+    texts: [Option<Str<'a>>; 4],
+    finish_reason: Option<&'a str>,
+}
+
+impl FastChoice<'_> {
+    fn texts(&self) -> impl Iterator<Item = &Str<'_>> {
+        self.texts.iter().flatten().filter(|t| t.len() > 0)
+    }
+}
+
+impl Fast<'_> {
+    fn choices(&self) -> &[FastChoice<'_>] {
+        &self.choices[..self.count]
+    }
+
+    /// The same [`Parsed`] as [`full_event`] gives.
+    fn parsed(&self, text: Option<&mut String>) -> Parsed {
+        let choices = self.choices();
+        if let Some(out) = text {
+            for t in choices.iter().flat_map(FastChoice::texts) {
+                t.push_to(out);
+            }
+        }
+        let content = choices.iter().filter(|c| c.texts().next().is_some()).count();
+        let finish = choices.iter().find_map(|c| c.finish_reason);
+        Parsed::Chunk(Chunk {
+            content_events: u32::try_from(content).unwrap_or(u32::MAX),
+            words: 0,
+            text_bytes: choices.iter().flat_map(FastChoice::texts).map(|t| t.len() as u64).sum(),
+            finished: finish.is_some(),
+            finish: finish.map(Finish::from_openai),
+            cached_tokens: self.cached_tokens.or(self.cache_n),
+            usage: self.usage.and_then(|(input_tokens, output)| {
+                Some(Usage {
+                    input_tokens,
+                    output_tokens: output?,
+                })
+            }),
+            ..Chunk::default()
+        })
+    }
+}
+
+/// Reads one streamed event without building a value; `None` when unsure
+/// (see [`scan`]), and always for an error, which the full parse reports.
+fn fast(data: &[u8]) -> Option<Fast<'_>> {
+    let mut s = Scan::new(data)?;
+    let mut f = Fast::default();
+    let (mut choices, mut usage, mut error, mut timings) = (false, false, false, false);
+    s.object(|s, key| match key {
+        "choices" => {
+            scan::once(&mut choices)?;
+            s.array(|s| {
+                let choice = f.choices.get_mut(f.count)?;
+                f.count += 1;
+                fast_choice(s, choice)
+            })
+        }
+        "usage" => {
+            scan::once(&mut usage)?;
+            if s.null() {
+                return Some(());
+            }
+            let (mut prompt, mut completion, mut details) = (false, false, false);
+            let mut u = (None, None);
+            s.object(|s, key| match key {
+                "prompt_tokens" => {
+                    scan::once(&mut prompt)?;
+                    u.0 = s.u64_or_null()?;
+                    Some(())
+                }
+                "completion_tokens" => {
+                    scan::once(&mut completion)?;
+                    u.1 = s.u64_or_null()?;
+                    Some(())
+                }
+                "prompt_tokens_details" => {
+                    scan::once(&mut details)?;
+                    if s.null() {
+                        return Some(());
+                    }
+                    let mut cached = false;
+                    s.object(|s, key| match key {
+                        "cached_tokens" => {
+                            scan::once(&mut cached)?;
+                            f.cached_tokens = s.u64_or_null()?;
+                            Some(())
+                        }
+                        _ => s.skip(),
+                    })
+                }
+                _ => s.skip(),
+            })?;
+            f.usage = Some(u);
+            Some(())
+        }
+        "error" => {
+            scan::once(&mut error)?;
+            // A server error goes the full way, which words it.
+            s.null().then_some(())
+        }
+        "timings" => {
+            scan::once(&mut timings)?;
+            if s.null() {
+                return Some(());
+            }
+            let mut cache_n = false;
+            s.object(|s, key| match key {
+                "cache_n" => {
+                    scan::once(&mut cache_n)?;
+                    f.cache_n = s.u64_or_null()?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })
+        }
+        _ => s.skip(),
+    })?;
+    s.at_end().then_some(f)
+}
+
+/// True when the fast path reads `data` (unit tests: that it takes the
+/// common events rather than leaving them all to the full parse).
+#[cfg(test)]
+pub(super) fn fast_path_takes(data: &[u8]) -> bool {
+    fast(data).is_some()
+}
+
+/// One element of `choices`.
+fn fast_choice<'a>(s: &mut Scan<'a>, choice: &mut FastChoice<'a>) -> Option<()> {
+    let (mut delta, mut message, mut text, mut finish) = (false, false, false, false);
+    s.object(|s, key| match key {
+        "delta" => {
+            scan::once(&mut delta)?;
+            if s.null() {
+                return Some(());
+            }
+            let mut seen = [false; 3];
+            s.object(|s, key| {
+                let i = match key {
+                    "content" => 0,
+                    "reasoning_content" => 1,
+                    "reasoning" => 2,
+                    _ => return s.skip(),
+                };
+                scan::once(&mut seen[i])?;
+                choice.texts[i] = s.string_or_null()?;
+                Some(())
+            })
+        }
+        // A whole message in a stream is rare: the full parse reads it.
+        "message" => {
+            scan::once(&mut message)?;
+            s.null().then_some(())
+        }
+        "text" => {
+            scan::once(&mut text)?;
+            choice.texts[3] = s.string_or_null()?;
+            Some(())
+        }
+        "finish_reason" => {
+            scan::once(&mut finish)?;
+            choice.finish_reason = match s.string_or_null()? {
+                Some(reason) => Some(reason.plain()?),
+                None => None,
+            };
+            Some(())
+        }
+        _ => s.skip(),
     })
 }
 

@@ -85,7 +85,8 @@ pub(super) fn event(data: &[u8], out: Option<&mut String>) -> Parsed {
     let finished = e.generated_text.is_some() || e.details.as_ref().is_some_and(|d| d.finish_reason.is_some());
     Parsed::Chunk(Chunk {
         content_events: u32::from(has_text),
-        words: text.map_or(0, words),
+        // Streamed events are counted as events, never by words.
+        words: 0,
         text_bytes: text.map_or(0, |t| t.len() as u64),
         finished,
         usage: usage(e.details.as_ref()),
@@ -137,7 +138,6 @@ mod tests {
             event(TOKEN, None),
             Parsed::Chunk(Chunk {
                 content_events: 1,
-                words: 1,
                 text_bytes: 5,
                 ..Chunk::default()
             })
