@@ -363,17 +363,61 @@ impl ApiConfig {
             value.set_sensitive(matches!(source, HeaderSource::Env(_)));
             headers.push((name, value));
         }
+        let speaks = match self.dialect {
+            Dialect::OpenAiChat => Speaks::OpenAiChat,
+            Dialect::OpenAiCompletions => Speaks::OpenAiCompletions,
+            Dialect::Ollama => Speaks::Ollama,
+            Dialect::OllamaChat => Speaks::OllamaChat,
+            Dialect::Tgi => Speaks::Tgi,
+            Dialect::HttpJson => Speaks::HttpJson(Box::new(
+                self.http_json
+                    .clone()
+                    .ok_or_else(|| "api http-json needs [target.http_json]".to_owned())?,
+            )),
+        };
         Ok(Api {
-            config: self.clone(),
+            speaks,
+            path: self.path.clone(),
+            body: self.body.clone(),
             headers,
         })
+    }
+}
+
+/// A dialect with what it needs to speak: only `http-json` carries a
+/// configuration of its own (its template and pointers), so that no other
+/// dialect can have one and `http-json` cannot lack it.
+#[derive(Clone, Debug)]
+enum Speaks {
+    OpenAiChat,
+    OpenAiCompletions,
+    Ollama,
+    OllamaChat,
+    Tgi,
+    HttpJson(Box<HttpJson>),
+}
+
+impl Speaks {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Speaks::OpenAiChat => Dialect::OpenAiChat,
+            Speaks::OpenAiCompletions => Dialect::OpenAiCompletions,
+            Speaks::Ollama => Dialect::Ollama,
+            Speaks::OllamaChat => Dialect::OllamaChat,
+            Speaks::Tgi => Dialect::Tgi,
+            Speaks::HttpJson(_) => Dialect::HttpJson,
+        }
     }
 }
 
 /// A resolved [`ApiConfig`]: ready to build requests and read answers.
 #[derive(Clone)]
 pub struct Api {
-    config: ApiConfig,
+    speaks: Speaks,
+    /// The request path when the profile sets one.
+    path: Option<String>,
+    /// Extra top-level body fields.
+    body: Map<String, Value>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -381,8 +425,8 @@ impl fmt::Debug for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Header values may be secrets: names only.
         f.debug_struct("Api")
-            .field("dialect", &self.config.dialect)
-            .field("path", &self.config.path)
+            .field("dialect", &self.speaks.dialect())
+            .field("path", &self.path)
             .field(
                 "headers",
                 &self.headers.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
@@ -393,16 +437,20 @@ impl fmt::Debug for Api {
 
 impl Api {
     /// A dialect with its defaults and nothing extra.
+    ///
+    /// # Panics
+    ///
+    /// For `http-json`, which has no defaults: resolve an [`ApiConfig`]
+    /// with its template instead.
     pub fn plain(dialect: Dialect) -> Api {
-        Api {
-            config: ApiConfig::plain(dialect),
-            headers: Vec::new(),
-        }
+        ApiConfig::plain(dialect)
+            .resolve(|_| None)
+            .expect("every dialect but http-json speaks with its defaults")
     }
 
     /// The dialect.
     pub fn dialect(&self) -> Dialect {
-        self.config.dialect
+        self.speaks.dialect()
     }
 
     /// Extra headers, secrets included (marked sensitive).
@@ -412,17 +460,18 @@ impl Api {
 
     /// Path of the generation endpoint, below the target's base URL.
     pub fn path(&self, spec: &Spec) -> &str {
-        if let Some(p) = &self.config.path {
+        if let Some(p) = &self.path {
             return p;
         }
-        match self.config.dialect {
-            Dialect::OpenAiChat => openai::CHAT_PATH,
-            Dialect::OpenAiCompletions => openai::COMPLETIONS_PATH,
-            Dialect::Ollama => ollama::GENERATE_PATH,
-            Dialect::OllamaChat => ollama::CHAT_PATH,
-            Dialect::Tgi if self.streams(spec) => tgi::STREAM_PATH,
-            Dialect::Tgi => tgi::PATH,
-            Dialect::HttpJson => "/",
+        match self.speaks {
+            Speaks::OpenAiChat => openai::CHAT_PATH,
+            Speaks::OpenAiCompletions => openai::COMPLETIONS_PATH,
+            Speaks::Ollama => ollama::GENERATE_PATH,
+            Speaks::OllamaChat => ollama::CHAT_PATH,
+            Speaks::Tgi if self.streams(spec) => tgi::STREAM_PATH,
+            Speaks::Tgi => tgi::PATH,
+            // Resolving checked that http-json has its path.
+            Speaks::HttpJson(_) => "/",
         }
     }
 
@@ -453,29 +502,28 @@ impl Api {
             list.push(serde_json::json!({"role": "user", "content": prompt}));
             Value::Array(list)
         };
-        let mut body = match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat, _) => {
+        let mut body = match &self.speaks {
+            Speaks::OpenAiChat => {
                 let mut b = openai::chat_body(model, prompt, spec);
                 if !history.is_empty() {
                     b["messages"] = messages();
                 }
                 b
             }
-            (Dialect::OpenAiCompletions, _) => openai::completions_body(model, text, spec),
-            (Dialect::Ollama, _) => ollama::generate_body(model, text, spec),
-            (Dialect::OllamaChat, _) => {
+            Speaks::OpenAiCompletions => openai::completions_body(model, text, spec),
+            Speaks::Ollama => ollama::generate_body(model, text, spec),
+            Speaks::OllamaChat => {
                 let mut b = ollama::chat_body(model, prompt, spec);
                 if !history.is_empty() {
                     b["messages"] = messages();
                 }
                 b
             }
-            (Dialect::Tgi, _) => tgi::body(text, spec),
-            (Dialect::HttpJson, Some(h)) => h.body(model, text, spec),
-            (Dialect::HttpJson, None) => Value::Null,
+            Speaks::Tgi => tgi::body(text, spec),
+            Speaks::HttpJson(h) => h.body(model, text, spec),
         };
         if let Value::Object(map) = &mut body {
-            for (k, v) in &self.config.body {
+            for (k, v) in &self.body {
                 map.insert(k.clone(), v.clone());
             }
         }
@@ -485,25 +533,21 @@ impl Api {
     /// True when answers are streamed: the profile asks for it and the
     /// endpoint can (an `http-json` endpoint with `stream = "none"` cannot).
     pub fn streams(&self, spec: &Spec) -> bool {
-        spec.stream
-            && !(self.config.dialect == Dialect::HttpJson
-                && self
-                    .config
-                    .http_json
-                    .as_ref()
-                    .is_none_or(|h| h.stream == StreamFormat::None))
+        match &self.speaks {
+            Speaks::HttpJson(h) => spec.stream && h.stream != StreamFormat::None,
+            _ => spec.stream,
+        }
     }
 
     /// How a streamed response is framed.
     pub fn framing(&self) -> Framing {
-        match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat | Dialect::OpenAiCompletions | Dialect::Tgi, _) => Framing::Sse,
-            (Dialect::Ollama | Dialect::OllamaChat, _) => Framing::Ndjson,
-            (Dialect::HttpJson, Some(h)) => match h.stream {
+        match &self.speaks {
+            Speaks::OpenAiChat | Speaks::OpenAiCompletions | Speaks::Tgi => Framing::Sse,
+            Speaks::Ollama | Speaks::OllamaChat => Framing::Ndjson,
+            Speaks::HttpJson(h) => match h.stream {
                 StreamFormat::Text => Framing::Text,
                 StreamFormat::None | StreamFormat::Ndjson => Framing::Ndjson,
             },
-            (Dialect::HttpJson, None) => Framing::Text,
         }
     }
 
@@ -512,33 +556,31 @@ impl Api {
     /// `http-json` done pointer) is incomplete. Plain text and NDJSON
     /// without a done pointer end when the body ends.
     pub fn needs_end_marker(&self) -> bool {
-        match &self.config.http_json {
-            Some(h) if self.config.dialect == Dialect::HttpJson => h.done.is_some(),
-            _ => self.config.dialect != Dialect::HttpJson,
+        match &self.speaks {
+            Speaks::HttpJson(h) => h.done.is_some(),
+            _ => true,
         }
     }
 
     /// Parses one streamed event's data (an SSE event or an NDJSON line).
     /// With `text`, the generated text it carries is appended there.
     pub fn event(&self, data: &[u8], text: Option<&mut String>) -> Parsed {
-        match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::event(data, text),
-            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(data, true, text),
-            (Dialect::Tgi, _) => tgi::event(data, text),
-            (Dialect::HttpJson, Some(h)) => h.event(data, text),
-            (Dialect::HttpJson, None) => Parsed::Malformed("no http-json configuration".to_owned()),
+        match &self.speaks {
+            Speaks::OpenAiChat | Speaks::OpenAiCompletions => openai::event(data, text),
+            Speaks::Ollama | Speaks::OllamaChat => ollama::parse(data, true, text),
+            Speaks::Tgi => tgi::event(data, text),
+            Speaks::HttpJson(h) => h.event(data, text),
         }
     }
 
     /// Parses a whole, non-streamed response body. With `text`, the
     /// generated text is appended there.
     pub fn whole(&self, body: &[u8], text: Option<&mut String>) -> Parsed {
-        match (self.config.dialect, &self.config.http_json) {
-            (Dialect::OpenAiChat | Dialect::OpenAiCompletions, _) => openai::whole(body, text),
-            (Dialect::Ollama | Dialect::OllamaChat, _) => ollama::parse(body, false, text),
-            (Dialect::Tgi, _) => tgi::whole(body, text),
-            (Dialect::HttpJson, Some(h)) => h.whole(body, text),
-            (Dialect::HttpJson, None) => Parsed::Malformed("no http-json configuration".to_owned()),
+        match &self.speaks {
+            Speaks::OpenAiChat | Speaks::OpenAiCompletions => openai::whole(body, text),
+            Speaks::Ollama | Speaks::OllamaChat => ollama::parse(body, false, text),
+            Speaks::Tgi => tgi::whole(body, text),
+            Speaks::HttpJson(h) => h.whole(body, text),
         }
     }
 }
