@@ -488,9 +488,10 @@ impl Executor {
                 continue; // Trailers carry no tokens.
             };
             // When the bytes came off the socket (see the module
-            // documentation), never later than now.
-            let now = Instant::now();
-            let at = arrivals.last().map_or(now, |t| t.min(now));
+            // documentation). The stamp was taken on the same monotonic
+            // clock before the frame was handed over, so it is never later
+            // than now: the clock is read only when there is no stamp.
+            let at = arrivals.last().unwrap_or_else(Instant::now);
             let pushed = match framing {
                 Framing::Sse => sse.push(&data, at, |event| tokens.event(event.data, event.first_byte_at)),
                 Framing::Ndjson => lines.push(&data, at, |line| tokens.event(line.data, line.first_byte_at)),
