@@ -18,6 +18,32 @@ pub(crate) enum Ends {
     Newline,
 }
 
+/// One complete line, without its end.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Line<'b, 'g> {
+    /// Lent from the read being pushed: it stays valid for the whole push.
+    Lent(&'b [u8]),
+    /// Gathered from several reads: valid only for this call.
+    Gathered(&'g [u8]),
+}
+
+impl<'b> Line<'b, '_> {
+    /// The line's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Line::Lent(b) | Line::Gathered(b) => b,
+        }
+    }
+
+    /// The line's bytes when they live as long as the read.
+    pub(crate) fn lent(&self) -> Option<&'b [u8]> {
+        match self {
+            Line::Lent(b) => Some(b),
+            Line::Gathered(_) => None,
+        }
+    }
+}
+
 /// Cuts reads into lines. Keeps a partial line between reads.
 #[derive(Debug, Default)]
 pub(crate) struct Lines {
@@ -48,11 +74,11 @@ impl Lines {
     /// Feeds one read that arrived at `at`, calling `on_line` with each
     /// complete line (without its end) and the arrival of its first byte.
     /// Stops early when `on_line` returns `Err`.
-    pub(crate) fn push<E>(
+    pub(crate) fn push<'b, E>(
         &mut self,
-        bytes: &[u8],
+        bytes: &'b [u8],
         at: Instant,
-        mut on_line: impl FnMut(&[u8], Instant) -> Result<(), E>,
+        mut on_line: impl FnMut(Line<'b, '_>, Instant) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -79,12 +105,12 @@ impl Lines {
             self.after_cr = rest[end] == b'\r';
             let result = if self.partial.is_empty() && self.started_at.is_none() {
                 // The whole line is in this read: lend it as it is.
-                on_line(&rest[..end], at)
+                on_line(Line::Lent(&rest[..end]), at)
             } else {
                 let started = self.started_at.take().unwrap_or(at);
                 self.partial.extend_from_slice(&rest[..end]);
                 let line = std::mem::take(&mut self.partial);
-                let result = on_line(&line, started);
+                let result = on_line(Line::Gathered(&line), started);
                 self.partial = line;
                 self.partial.clear();
                 result

@@ -48,7 +48,7 @@ impl Framer {
         mut on_line: impl FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
         self.lines.push(bytes, at, |line, first_byte_at| {
-            let data = trimmed(line);
+            let data = trimmed(line.bytes());
             if data.is_empty() {
                 return Ok(()); // A blank line between objects.
             }

@@ -7,7 +7,7 @@
 
 use tokio::time::Instant;
 
-use super::lines::Lines;
+use super::lines::{Line, Lines};
 
 /// Longest line accepted, to bound memory against a broken server.
 pub(crate) const MAX_LINE: usize = 8 * 1024 * 1024;
@@ -62,25 +62,38 @@ impl Framer {
         mut on_event: impl FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
         let event = &mut self.event;
-        self.lines
-            .push(bytes, at, |line, started| event.line(line, started, &mut on_event))
+        // The data of an event whose one data line is in this read, lent
+        // from it rather than copied (the usual event: one `data:` line and
+        // a blank line in the same read).
+        let mut lent = None;
+        let pushed = self.lines.push(bytes, at, |line, started| {
+            event.line(line, started, &mut lent, &mut on_event)
+        });
+        if let Some(data) = lent {
+            // The event goes on in a later read: keep its data.
+            event.data.extend_from_slice(data);
+        }
+        pushed
     }
 }
 
 impl Pending {
-    fn line<E>(
+    fn line<'b, E>(
         &mut self,
-        line: &[u8],
+        line: Line<'b, '_>,
         started: Instant,
+        lent: &mut Option<&'b [u8]>,
         on_event: &mut impl FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if line.is_empty() {
+        let bytes = line.bytes();
+        if bytes.is_empty() {
             let dispatch = self.has_data;
             let first_byte_at = self.started_at.take().unwrap_or(started);
+            let data = lent.take();
             let result = if dispatch {
                 on_event(Event {
                     name: &self.name,
-                    data: &self.data,
+                    data: data.unwrap_or(&self.data),
                     first_byte_at,
                 })
             } else {
@@ -92,22 +105,23 @@ impl Pending {
             return result;
         }
         self.started_at.get_or_insert(started);
-        if line[0] == b':' {
+        if bytes[0] == b':' {
             return Ok(()); // A comment; keeps connections alive.
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
-            Some(i) => {
-                let value = &line[i + 1..];
-                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &[][..]),
-        };
-        match field {
+        let (name, value) = field(bytes);
+        match name {
             b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
+                if let (false, Some(line)) = (self.has_data, line.lent()) {
+                    *lent = Some(field(line).1);
+                } else {
+                    if let Some(earlier) = lent.take() {
+                        self.data.extend_from_slice(earlier);
+                    }
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data.extend_from_slice(value);
                 }
-                self.data.extend_from_slice(value);
                 self.has_data = true;
             }
             b"event" => {
@@ -117,6 +131,17 @@ impl Pending {
             _ => {} // `id`, `retry` and unknown fields carry nothing we use.
         }
         Ok(())
+    }
+}
+
+/// A line's field name and value.
+fn field(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|b| *b == b':') {
+        Some(i) => {
+            let value = &line[i + 1..];
+            (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &[][..]),
     }
 }
 
