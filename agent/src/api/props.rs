@@ -195,7 +195,12 @@ fn event() -> impl Strategy<Value = Value> {
 /// token, and strings escaped in any of the ways JSON allows.
 fn write(v: &Value, style: &mut Style, out: &mut String) {
     let ws = |style: &mut Style, out: &mut String| {
-        out.push_str([" ", "", "\n", "\t ", "\r\n", ""][style.next() % 6]);
+        let n = style.next();
+        if style.1 {
+            out.push_str([" ", ""][n % 2]);
+        } else {
+            out.push_str([" ", "", "\n", "\t ", "\r\n", ""][n % 6]);
+        }
     };
     ws(style, out);
     match v {
@@ -269,8 +274,9 @@ fn string(s: &str, style: &mut Style, out: &mut String) {
     out.push('"');
 }
 
-/// Choices of layout, drawn from a seed.
-struct Style(u64);
+/// Choices of layout, drawn from a seed; with `.1`, whitespace is only
+/// spaces (the usual compact event, with no control character at all).
+struct Style(u64, bool);
 
 impl Style {
     fn next(&mut self) -> usize {
@@ -297,18 +303,20 @@ proptest! {
     /// both ways, and keep the same text.
     #[test]
     fn fast_and_full_parses_agree(v in event(), seed in any::<u64>()) {
-        let mut data = String::new();
-        write(&v, &mut Style(seed), &mut data);
-        let (fast, full) = both(data.as_bytes());
-        prop_assert_eq!(fast, full, "{}", data);
+        for spaces_only in [false, true] {
+            let mut data = String::new();
+            write(&v, &mut Style(seed, spaces_only), &mut data);
+            let (fast, full) = both(data.as_bytes());
+            prop_assert_eq!(fast, full, "{}", data);
+        }
     }
 
     /// Events damaged at any byte (cut short, a byte changed, a byte
     /// added) still parse the same both ways.
     #[test]
-    fn damaged_events_agree(v in event(), seed in any::<u64>(), at in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0..3u8) {
+    fn damaged_events_agree(v in event(), seed in any::<u64>(), spaces_only in any::<bool>(), at in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0..3u8) {
         let mut data = String::new();
-        write(&v, &mut Style(seed), &mut data);
+        write(&v, &mut Style(seed, spaces_only), &mut data);
         let mut data = data.into_bytes();
         let i = at.index(data.len().max(1)).min(data.len());
         match how {
