@@ -191,6 +191,9 @@ fn run(cli: &Cli) -> Result<Value, String> {
         "matched": diffs.len(),
         "ttft_p50_ms": summary.pointer("/metrics/ttft/p50"),
         "spans_dropped": summary.pointer("/tracing/spans_dropped"),
+        // How late the agent's own 10 ms tick ran: a host that starves the
+        // agent shows here as well as in the error below.
+        "runtime_delay_p99_ms": summary.pointer("/metrics/runtime_delay/p99"),
         // Client's first-token stamp minus the simulator's first write, µs.
         "client_added_us": {
             "min": diffs.first(),
