@@ -80,6 +80,9 @@ pub(crate) struct Engine {
     pub(crate) spans: crate::trace::Spans,
     /// Where chat requests are recorded (`--record`), when they are.
     pub(crate) record: Option<crate::record::Record>,
+    /// Where first writes are recorded (`--record-first-writes`), when
+    /// they are.
+    pub(crate) first_writes: Option<Arc<crate::record::FirstWrites>>,
     /// When the model is loaded and the first prefill may begin.
     loaded_at: Instant,
 }
@@ -261,6 +264,7 @@ impl Engine {
             started,
             spans: None,
             record: None,
+            first_writes: None,
         }
     }
 

@@ -105,22 +105,37 @@ pub async fn serve_traced(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_recorded(config, spans, None, listener, shutdown).await
+    serve_recorded(config, spans, Recording::default(), listener, shutdown).await
 }
 
-/// [`serve_traced`], also writing each chat request's messages and the
-/// answer sent to the JSONL file `record` when given (`--record`).
+/// What the simulator writes down about the requests it serves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recording<'a> {
+    /// Each chat request's messages and the answer sent, as JSON lines
+    /// (`--record`).
+    pub requests: Option<&'a std::path::Path>,
+    /// When each traced, streamed request's first token was written, as
+    /// JSON lines (`--record-first-writes`).
+    pub first_writes: Option<&'a std::path::Path>,
+}
+
+/// [`serve_traced`], also recording what `record` asks for.
 pub async fn serve_recorded(
     config: Config,
     spans: trace::Spans,
-    record: Option<&std::path::Path>,
+    record: Recording<'_>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let mut engine = Engine::new(config);
     engine.spans = spans;
-    engine.record = record.map(record::Record::create).transpose()?;
+    engine.record = record.requests.map(record::Record::create).transpose()?;
+    engine.first_writes = record
+        .first_writes
+        .map(record::FirstWrites::create)
+        .transpose()?
+        .map(Arc::new);
     let engine = Arc::new(engine);
     // Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and
     // the client's delayed ACK hold them back by up to 40 ms.

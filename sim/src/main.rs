@@ -38,6 +38,12 @@ struct Cli {
     /// one JSON line to this file: what a client really sent.
     #[arg(long, value_name = "FILE")]
     record: Option<std::path::PathBuf>,
+    /// For each streamed OpenAI request with a traceparent, write its trace
+    /// id and the wall-clock time (µs since the Unix epoch) at which its
+    /// first token was handed to the connection, as one JSON line to this
+    /// file: the ground truth for a client's time to first token.
+    #[arg(long, value_name = "FILE")]
+    record_first_writes: Option<std::path::PathBuf>,
     #[command(flatten)]
     config: stampede_sim::Config,
 }
@@ -109,7 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    stampede_sim::serve_recorded(cli.config, spans.clone(), cli.record.as_deref(), listener, shutdown).await?;
+    let record = stampede_sim::Recording {
+        requests: cli.record.as_deref(),
+        first_writes: cli.record_first_writes.as_deref(),
+    };
+    stampede_sim::serve_recorded(cli.config, spans.clone(), record, listener, shutdown).await?;
     if let Some(spans) = spans {
         // Bounded: a collector that is gone costs at most this long.
         let stats = tokio::task::spawn_blocking(move || spans.close(std::time::Duration::from_secs(2))).await?;

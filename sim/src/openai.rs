@@ -238,7 +238,8 @@ pub(crate) async fn chat(State(engine): State<Arc<Engine>>, headers: axum::http:
         record.chat(&body, job.input_tokens, job.output_tokens, job.text_seed);
     }
     let usage = Usage::of(request.stream_options.as_ref());
-    respond(&engine, job, Kind::Chat, request.model, request.stream, usage).await
+    let stamp = first_write(&engine, &headers);
+    respond(&engine, job, Kind::Chat, request.model, request.stream, usage, stamp).await
 }
 
 #[derive(Deserialize)]
@@ -285,7 +286,17 @@ pub(crate) async fn completions(
         Err(response) => return *response,
     };
     let usage = Usage::of(request.stream_options.as_ref());
-    respond(&engine, job, Kind::Completions, request.model, request.stream, usage).await
+    let stamp = first_write(&engine, &headers);
+    respond(
+        &engine,
+        job,
+        Kind::Completions,
+        request.model,
+        request.stream,
+        usage,
+        stamp,
+    )
+    .await
 }
 
 /// Runs `job` and answers as an OpenAI `kind` endpoint: streamed, with
@@ -297,6 +308,7 @@ async fn respond(
     model: Option<String>,
     streamed: bool,
     usage: Usage,
+    stamp: Option<FirstWrite>,
 ) -> Response {
     let prefix = match kind {
         Kind::Chat => "chatcmpl",
@@ -313,7 +325,7 @@ async fn respond(
     };
     let rx = start(engine, job).await;
     if streamed {
-        stream(answer, rx, usage)
+        stream(answer, rx, usage, stamp)
     } else {
         whole(answer, rx).await
     }
@@ -377,11 +389,30 @@ impl Answer {
 /// The simulator always produces exactly the length it was asked for.
 const FINISH_REASON: &str = "length";
 
-fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) -> Response {
-    let state = Some((answer, tokens, true));
+/// Where to record a request's first write, and its trace id.
+type FirstWrite = (Arc<crate::record::FirstWrites>, String);
+
+/// The first-write record of a request, when first writes are recorded and
+/// the request carries a traceparent.
+fn first_write(engine: &Engine, headers: &axum::http::HeaderMap) -> Option<FirstWrite> {
+    let writes = engine.first_writes.as_ref()?;
+    Some((Arc::clone(writes), parent(headers)?.trace_id.to_string()))
+}
+
+fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage, stamp: Option<FirstWrite>) -> Response {
+    let state = Some((answer, tokens, true, stamp));
     let body = futures_util::stream::unfold(state, move |state| async move {
-        let (mut answer, mut tokens, first) = state?;
+        let (mut answer, mut tokens, first, mut stamp) = state?;
         let token = tokens.recv().await?;
+        // Stamped as the event is handed to the connection, which writes it
+        // in the same poll.
+        let stamp_now = |stamp: &mut Option<FirstWrite>| {
+            if token.tokens > 0
+                && let Some((writes, trace_id)) = stamp.take()
+            {
+                writes.stamp(&trace_id);
+            }
+        };
         answer.cached = token.cached;
         let running = |generated: u32| usage.every.then(|| answer.usage_after(generated));
         let mut out = String::new();
@@ -415,9 +446,11 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage) 
                 out.push_str(&answer.chunk(json!([]), Some(answer.usage())));
             }
             out.push_str("data: [DONE]\n\n");
+            stamp_now(&mut stamp);
             return Some((Ok::<_, std::io::Error>(Bytes::from(out)), None));
         }
-        Some((Ok(Bytes::from(out)), Some((answer, tokens, false))))
+        stamp_now(&mut stamp);
+        Some((Ok(Bytes::from(out)), Some((answer, tokens, false, stamp))))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")

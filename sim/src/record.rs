@@ -9,6 +9,35 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
+/// `--record-first-writes FILE`: for each streamed OpenAI request that
+/// carries a W3C `traceparent`, one JSON line with its trace id and the
+/// wall-clock time at which the simulator handed the event carrying the
+/// first generated token to the connection. A client that stamps the same
+/// token's arrival (stampede's `first_token` span event) can then be checked
+/// against the moment the bytes left the server, on one host's clock.
+#[derive(Debug)]
+pub(crate) struct FirstWrites(Mutex<File>);
+
+impl FirstWrites {
+    /// Creates (or empties) `path`.
+    pub(crate) fn create(path: &Path) -> std::io::Result<FirstWrites> {
+        Ok(FirstWrites(Mutex::new(File::create(path)?)))
+    }
+
+    /// Records that the first token of the request of `trace_id` is being
+    /// written now.
+    pub(crate) fn stamp(&self, trace_id: &str) {
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let line = json!({"trace_id": trace_id, "first_write_unix_us": unix_us as u64});
+        let mut file = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = writeln!(file, "{line}") {
+            tracing::warn!("cannot record the first write: {e}");
+        }
+    }
+}
+
 /// The file requests are recorded to.
 #[derive(Debug)]
 pub(crate) struct Record(Mutex<File>);

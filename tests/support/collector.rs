@@ -129,6 +129,24 @@ impl Collector {
         v["data"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Every `span` span's `event` event, by hex trace id: its time,
+    /// nanoseconds since the Unix epoch (the first such event of the trace).
+    pub fn event_times(&self, span: &str, event: &str) -> HashMap<String, u64> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store
+            .iter()
+            .filter_map(|(trace, spans)| {
+                let at = spans
+                    .iter()
+                    .filter(|r| r.span.name == span)
+                    .flat_map(|r| &r.span.events)
+                    .find(|e| e.name == event)?
+                    .time_unix_nano;
+                Some((hex(trace), at))
+            })
+            .collect()
+    }
+
     /// The spans of one trace as OTLP carries them (name, kind, status,
     /// which Jaeger's JSON leaves out), by hex span id.
     pub fn otlp_spans(&self, trace_id: &str) -> HashMap<String, Value> {

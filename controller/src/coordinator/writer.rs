@@ -72,18 +72,46 @@ pub(crate) fn spawn(writer: Writer, writes: mpsc::Receiver<Write>) -> oneshot::R
 impl Writer {
     fn run(mut self, mut writes: mpsc::Receiver<Write>) -> Collected {
         let mut breached = false;
-        while let Some(write) = writes.blocking_recv() {
-            match write {
-                Write::Record { entry, ack } => breached |= self.record(*entry, ack, breached),
-                Write::Stopped(stop) => self.progress.stopped(stop),
-                Write::Close(end) => return self.close(end),
+        // Acknowledgements wait for the one fdatasync that follows the
+        // entries at hand (group commit): a thousand agents' reports a
+        // second would otherwise wait for a thousand, one after another.
+        let mut acks = Vec::new();
+        while let Some(mut write) = writes.blocking_recv() {
+            loop {
+                match write {
+                    Write::Record { entry, ack } => {
+                        breached |= self.record(*entry, breached);
+                        acks.extend(ack);
+                    }
+                    Write::Stopped(stop) => self.progress.stopped(stop),
+                    Write::Close(end) => {
+                        self.acknowledge(&mut acks);
+                        return self.close(end);
+                    }
+                }
+                match writes.try_recv() {
+                    Ok(next) => write = next,
+                    Err(_) => break,
+                }
             }
+            self.acknowledge(&mut acks);
         }
+        self.acknowledge(&mut acks);
         self.close(End::default())
     }
 
-    /// Records one entry; true when a threshold broke.
-    fn record(&mut self, entry: Entry, ack: Option<(Outbound, pb::ReportAck)>, breached: bool) -> bool {
+    /// Puts what was recorded on the disk, then acknowledges it.
+    fn acknowledge(&mut self, acks: &mut Vec<(Outbound, pb::ReportAck)>) {
+        self.ledger.sync();
+        for (out, ack) in acks.drain(..) {
+            let ack = controller_message::Kind::Ack(ack);
+            let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(ack) }));
+        }
+    }
+
+    /// Records one entry, to be acknowledged once it is on the disk; true
+    /// when a threshold broke.
+    fn record(&mut self, entry: Entry, breached: bool) -> bool {
         let agent_state = matches!(
             entry,
             Entry::Joined(_) | Entry::Left { .. } | Entry::Lost { .. } | Entry::Failed { .. } | Entry::Finished(_)
@@ -100,11 +128,7 @@ impl Writer {
             (Entry::Report(r), Some(_)) => Some(live::Extras::of(r)),
             _ => None,
         };
-        let effect = self.ledger.record(entry);
-        if let Some((out, ack)) = ack {
-            let ack = controller_message::Kind::Ack(ack);
-            let _ = out.try_send(Ok(pb::ControllerMessage { kind: Some(ack) }));
-        }
+        let effect = self.ledger.record_unsynced(entry);
         if let Some(why) = &effect.unreadable {
             tracing::error!("{why}");
         }
