@@ -289,16 +289,7 @@ impl Ledger {
     /// Appends `entry` to the log, then applies it. A report already
     /// taken in is neither logged again nor applied.
     pub fn record(&mut self, entry: Entry) -> Effect {
-        if let Entry::Report(r) = &entry
-            && self.merger.has(r.agent_index, r.report.sequence)
-        {
-            return Effect {
-                duplicate: true,
-                ..Effect::default()
-            };
-        }
-        self.write(&entry, true);
-        self.apply(entry)
+        self.take(entry, true)
     }
 
     /// [`Ledger::record`] without waiting for the disk: a report or an
@@ -307,6 +298,10 @@ impl Ledger {
     /// since (group commit): a thousand agents' reports a second would
     /// otherwise wait for a thousand of them, one after another.
     pub fn record_unsynced(&mut self, entry: Entry) -> Effect {
+        self.take(entry, false)
+    }
+
+    fn take(&mut self, entry: Entry, sync_now: bool) -> Effect {
         if let Entry::Report(r) = &entry
             && self.merger.has(r.agent_index, r.report.sequence)
         {
@@ -315,7 +310,7 @@ impl Ledger {
                 ..Effect::default()
             };
         }
-        self.write(&entry, false);
+        self.write(&entry, sync_now);
         self.apply(entry)
     }
 
