@@ -207,13 +207,27 @@ class Window:
                 pass
             self.done.wait(0.25)
 
-    def seconds(self):
+    def bounds(self):
+        """(start, end) on the monotonic clock, or None if nothing was served."""
         self.done.set()
         self.thread.join()
         moving = [i for i in range(1, len(self.samples)) if self.samples[i][1] > self.samples[i - 1][1]]
         if not moving:
             return None
-        return self.samples[moving[-1]][0] - self.samples[moving[0] - 1][0]
+        return self.samples[moving[0] - 1][0], self.samples[moving[-1]][0]
+
+
+def cpu_at(timeline, t):
+    """The tree's cumulative CPU-seconds at monotonic time `t`, interpolated
+    between measure.py's 100 ms samples."""
+    if not timeline:
+        return 0.0
+    if t <= timeline[0][0]:
+        return timeline[0][1]
+    for (t0, c0), (t1, c1) in zip(timeline, timeline[1:]):
+        if t0 <= t <= t1:
+            return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
+    return timeline[-1][1]
 
 
 # -------------------------------------------------------------------- tools
@@ -267,13 +281,13 @@ def command(tool, binary, url, users, tokens, duration, workdir):
             "--artifact-dir", str(workdir / "aiperf"), "--ui-type", "none",
         ], env
     if tool == "guidellm":
-        env["GUIDELLM__LOGGING__CONSOLE_LOG_LEVEL"] = "WARNING"
         return [
-            str(binary), "benchmark", "run", "--target", url, "--model", MODEL,
-            "--processor", str(tokenizer_dir()), "--profile", "concurrent", "--rate", str(users),
-            "--max-seconds", str(duration),
-            "--data", f"prompt_tokens={PROMPT_TOKENS},output_tokens={tokens}",
-            "--output-dir", str(workdir / "guidellm"),
+            str(binary), "run", "--backend", f"kind=openai_http,target={url},model={MODEL}",
+            "--profile", f"kind=concurrent,streams={users}",
+            "--constraint", f"kind=max_duration,seconds={duration}",
+            "--tokenizer", f"kind=huggingface_auto,model={tokenizer_dir()}",
+            "--data", f"kind=synthetic_text,prompt_tokens={PROMPT_TOKENS},output_tokens={tokens}",
+            "--disable-console-interactive",
         ], env
     if tool == "vllm":
         # vllm bench has no time limit of its own: it is given more prompts
@@ -316,17 +330,20 @@ def run_once(tool, binary, sim_binary, workload, duration, scratch):
                 + argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=workdir,
             )
-        seconds = window.seconds()
+        bounds = window.bounds()
         after = sim.counters()
     finally:
         sim.stop()
     measured = json.loads(result_file.read_text()) if result_file.exists() else {}
     output = (workdir / "output.log").read_text(errors="replace")
     delta = {k: after[k] - before[k] for k in after}
-    run = {"tool": tool, "workload": workload, "window_s": seconds, **delta, **measured, "log": str(workdir / "output.log")}
-    cpu = measured.get("user_s", 0) + measured.get("sys_s", 0)
-    run["cpu_s"] = cpu
-    if delta["served"] <= 0 or not seconds:
+    timeline = measured.pop("timeline", [])
+    run = {"tool": tool, "workload": workload, **delta, **measured, "log": str(workdir / "output.log")}
+    run["cpu_s"] = measured.get("user_s", 0) + measured.get("sys_s", 0)
+    if bounds:
+        run["window_s"] = bounds[1] - bounds[0]
+        run["load_cpu_s"] = cpu_at(timeline, bounds[1]) - cpu_at(timeline, bounds[0])
+    if delta["served"] <= 0 or not bounds or run["window_s"] <= 0:
         tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])
         run["error"] = f"no request served (exit {measured.get('exit')}): {tail[:300]}"
     return run
@@ -344,7 +361,7 @@ def summarise(runs):
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[-1]["error"] if runs else "not run"}
-    per_k = [1000 * r["cpu_s"] / r["served"] for r in ok]
+    per_k = [1000 * r["load_cpu_s"] / r["served"] for r in ok]
     return {
         "rounds": len(ok),
         "failed_rounds": len(runs) - len(ok),
@@ -352,7 +369,9 @@ def summarise(runs):
         "eps": median([r["events"] / r["window_s"] for r in ok]),
         "cpu_per_k": median(per_k),
         "cpu_per_k_range": (min(per_k), max(per_k)),
-        "cpu_per_m_events": median([1e6 * r["cpu_s"] / r["events"] for r in ok]),
+        "cpu_per_m_events": median([1e6 * r["load_cpu_s"] / r["events"] for r in ok]),
+        "run_cpu_per_k": median([1000 * r["cpu_s"] / r["served"] for r in ok]),
+        "run_cpu_s": median([r["cpu_s"] for r in ok]),
         "rss_mib": median([r.get("peak_tree_rss_bytes", 0) / 2**20 for r in ok]),
         "events_per_request": median([r["events"] / r["served"] for r in ok]),
         "exits": sorted({r.get("exit") for r in ok}, key=str),
@@ -388,14 +407,17 @@ def markdown(args, results, versions_seen, started, elapsed):
         "one token per event; client on core 0.",
         f"- Each run: a fresh llm-sim, {args.duration} s of closed-loop users, streaming chat completions; "
         f"median of {args.rounds} round(s), tools alternated within each round.",
-        "- Requests and events are llm-sim's own counts (served requests; events that carried tokens); "
-        "CPU is user+system CPU-seconds of the tool's whole process tree, start-up and report included; "
-        "peak RSS is the largest sum of the tree's resident memory.",
-        "- `CPU vs stampede` is the peer's CPU-seconds per request over stampede's in the same workload: "
-        "above 1, the peer costs more.",
+        "- Requests and events are llm-sim's own counts (served requests; events that carried tokens), "
+        "rates over the time llm-sim was serving. CPU is user+system CPU-seconds of the tool's whole "
+        "process tree: *under load* while llm-sim was serving (the per-request and per-event cost), "
+        "*whole run* with start-up and the tool's report included (what a run of this length costs). "
+        "Peak RSS is the largest sum of the tree's resident memory.",
+        "- `CPU vs stampede` is the peer's CPU-seconds per request under load over stampede's in the same "
+        "workload (every answer has the same length, so per event it is the same): above 1, the peer costs more.",
         "",
-        "| workload | tool | version | req/s | events/s | CPU-s / 1k req (min–max) | CPU-s / M events | peak RSS MiB | CPU vs stampede |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workload | tool | version | req/s | events/s | CPU-s / 1k req under load (min–max) "
+        "| CPU-s / M events under load | CPU-s / 1k req, whole run | peak RSS MiB | CPU vs stampede |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     problems = []
     for workload in args.workloads:
@@ -407,14 +429,14 @@ def markdown(args, results, versions_seen, started, elapsed):
             version = versions_seen.get(tool, "?")
             if s is None or "error" in s:
                 reason = s["error"] if s else "not run"
-                lines.append(f"| {label} | {tool} | {version} | – | – | – | – | – | {reason.replace('|', '/')} |")
+                lines.append(f"| {label} | {tool} | {version} | – | – | – | – | – | – | {reason.replace('|', '/')} |")
                 continue
             lo, hi = s["cpu_per_k_range"]
             ratio = f"{s['cpu_per_k'] / base:.1f}×" if base else "–"
             lines.append(
                 f"| {label} | {tool} | {version} | {fmt(s['rps'])} | {fmt(s['eps'])} | "
                 f"{fmt(s['cpu_per_k'], 2)} ({fmt(lo, 2)}–{fmt(hi, 2)}) | {fmt(s['cpu_per_m_events'])} | "
-                f"{fmt(s['rss_mib'])} | {ratio} |"
+                f"{fmt(s['run_cpu_per_k'], 2)} | {fmt(s['rss_mib'])} | {ratio} |"
             )
             if s["failed_rounds"]:
                 problems.append(f"{tool}, {workload}: {s['failed_rounds']} round(s) served nothing and were left out")
@@ -504,7 +526,8 @@ def main():
                 else:
                     print(
                         f"{run['served']:.0f} requests, {run['events']:.0f} events in {run['window_s']:.1f} s; "
-                        f"{run['cpu_s']:.2f} CPU-s, {1000 * run['cpu_s'] / run['served']:.2f} per 1k requests"
+                        f"{run['load_cpu_s']:.2f} CPU-s under load ({run['cpu_s']:.2f} in all), "
+                        f"{1000 * run['load_cpu_s'] / run['served']:.2f} per 1k requests"
                     )
     results = {key: summarise(value) for key, value in runs.items()}
     for tool, reason in unavailable.items():

@@ -10,6 +10,11 @@ whole tree has exited. Peak memory is the largest sum of resident set sizes
 over the tree, sampled every 100 ms (a single process's own peak, from
 getrusage, is reported beside it). The command is sent SIGINT at the limit,
 SIGKILL 10 s later; only processes of this tree are signalled.
+
+It also writes the tree's cumulative CPU time every 100 ms (`timeline`:
+monotonic seconds, CPU-seconds), from the processes reaped so far and the
+live ones' /proc/PID/stat, so that the CPU spent within a window (while the
+load ran, without start-up) can be read off afterwards.
 """
 
 import ctypes
@@ -23,11 +28,13 @@ import time
 
 PR_SET_CHILD_SUBREAPER = 36
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def descendants(root):
-    """PIDs of every live process below `root` (itself included)."""
-    parent = {}
+    """PIDs of every live process below `root` (itself included), and each
+    one's CPU ticks so far (its own and its reaped children's)."""
+    parent, ticks = {}, {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -39,6 +46,7 @@ def descendants(root):
         # The command name may hold spaces and parentheses: split after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
         parent[int(name)] = int(fields[1])
+        ticks[int(name)] = sum(int(v) for v in fields[11:15])
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
@@ -46,7 +54,7 @@ def descendants(root):
             if ppid == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return tree
+    return tree, sum(ticks.get(pid, 0) for pid in tree if pid != root)
 
 
 def tree_rss(pids):
@@ -79,7 +87,7 @@ def main():
     start = time.monotonic()
     child = subprocess.Popen(argv)
     me = os.getpid()
-    peak, status, stopped = 0, None, None
+    peak, status, stopped, timeline = 0, None, None, []
     while True:
         # Reap whatever has exited: the command itself and any orphan handed to us.
         while True:
@@ -92,7 +100,11 @@ def main():
             if pid == child.pid:
                 status = os.waitstatus_to_exitcode(st)
                 child.returncode = status
-        tree = descendants(me) - {me}
+        tree, ticks = descendants(me)
+        tree -= {me}
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = reaped.ru_utime + reaped.ru_stime - before.ru_utime - before.ru_stime + ticks / TICK
+        timeline.append((round(time.monotonic(), 3), round(cpu, 3)))
         if not tree:
             break
         peak = max(peak, tree_rss(tree))
@@ -114,6 +126,7 @@ def main():
         "peak_tree_rss_bytes": peak,
         "max_single_rss_bytes": after.ru_maxrss * 1024,
         "stopped_at_limit": stopped,
+        "timeline": timeline,
     }
     with open(out, "w") as f:
         json.dump(result, f)
