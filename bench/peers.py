@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,9 @@ PROMPT = " ".join(["the model answers every prompt under load"] * 4)[: 32 * 8]
 # tokenizer, writing its report) before it is stopped.
 GRACE = {"aiperf": 120, "guidellm": 120, "vllm": 120}
 DEFAULT_GRACE = 40
+# Tools with no time limit of their own: stopped (SIGINT) once they have
+# been serving for the run's duration.
+UNTIMED = {"vllm"}
 
 
 def versions():
@@ -207,6 +211,13 @@ class Window:
                 pass
             self.done.wait(0.25)
 
+    def first_served(self):
+        """When llm-sim was first seen serving (the poll before), or None."""
+        for (t0, n0), (_, n1) in zip(self.samples, self.samples[1:]):
+            if n1 > n0:
+                return t0
+        return None
+
     def bounds(self):
         """(start, end) on the monotonic clock, or None if nothing was served."""
         self.done.set()
@@ -291,7 +302,8 @@ def command(tool, binary, url, users, tokens, duration, workdir):
         ], env
     if tool == "vllm":
         # vllm bench has no time limit of its own: it is given more prompts
-        # than it can send and stopped (SIGINT) when the time is up.
+        # than it can send and stopped (SIGINT) once it has been serving for
+        # the run's duration (UNTIMED).
         return [
             str(binary), "bench", "serve", "--backend", "openai-chat", "--base-url", url,
             "--endpoint", "/v1/chat/completions", "--model", MODEL, "--tokenizer", str(tokenizer_dir()),
@@ -317,19 +329,24 @@ def run_once(tool, binary, sim_binary, workload, duration, scratch):
     try:
         argv, extra = command(tool, binary, sim.url, users, tokens, duration, workdir)
         env = dict(os.environ, **extra)
-        if tool == "vllm":
-            limit = duration
-        else:
-            limit = duration + GRACE.get(tool, DEFAULT_GRACE)
+        limit = duration + GRACE.get(tool, DEFAULT_GRACE)
         before = sim.counters()
         window = Window(sim)
         result_file = workdir / "measure.json"
         with open(workdir / "output.log", "w") as log:
-            subprocess.run(
+            measure = subprocess.Popen(
                 ["taskset", "-c", "0", sys.executable, str(PEERS / "measure.py"), str(result_file), str(limit), "--"]
                 + argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=workdir,
             )
+            while measure.poll() is None:
+                first = window.first_served()
+                if tool in UNTIMED and first is not None and time.monotonic() > first + duration:
+                    # measure.py stops the tool (SIGINT) on SIGUSR1.
+                    measure.send_signal(signal.SIGUSR1)
+                    measure.wait()
+                    break
+                time.sleep(0.1)
         bounds = window.bounds()
         after = sim.counters()
     finally:

@@ -9,7 +9,8 @@ CPU time then lands in this process's RUSAGE_CHILDREN, which is read once the
 whole tree has exited. Peak memory is the largest sum of resident set sizes
 over the tree, sampled every 100 ms (a single process's own peak, from
 getrusage, is reported beside it). The command is sent SIGINT at the limit,
-SIGKILL 10 s later; only processes of this tree are signalled.
+or when this process gets SIGUSR1 (for a tool with no time limit of its
+own), and SIGKILL 10 s later; only processes of this tree are signalled.
 
 It also writes the tree's cumulative CPU time every 100 ms (`timeline`:
 monotonic seconds, CPU-seconds), from the processes reaped so far and the
@@ -83,6 +84,8 @@ def main():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.exit("measure.py: prctl(PR_SET_CHILD_SUBREAPER) failed")
+    asked = []
+    signal.signal(signal.SIGUSR1, lambda *_: asked.append(time.monotonic()))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     child = subprocess.Popen(argv)
@@ -109,8 +112,9 @@ def main():
             break
         peak = max(peak, tree_rss(tree))
         elapsed = time.monotonic() - start
-        if stopped is None and elapsed > limit:
+        if stopped is None and (elapsed > limit or asked):
             stopped = "SIGINT"
+            limit = min(limit, time.monotonic() - start)
             signal_tree(tree, signal.SIGINT)
         elif stopped == "SIGINT" and elapsed > limit + 10:
             stopped = "SIGKILL"
