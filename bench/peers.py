@@ -495,8 +495,8 @@ def main():
     for name in args.workloads:
         if name not in WORKLOADS:
             parser.error(f"--workloads: unknown workload {name!r}; expected some of {','.join(WORKLOADS)}")
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    bin_dir = Path(args.bin_dir) if args.bin_dir else target / ("debug" if args.smoke else "release")
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target").resolve()
+    bin_dir = (Path(args.bin_dir) if args.bin_dir else target / ("debug" if args.smoke else "release")).resolve()
     binaries = {"stampede": bin_dir / "controller"}
     sim_binary = bin_dir / "llm-sim"
     for path in (binaries["stampede"], sim_binary):
