@@ -50,6 +50,9 @@ DEFAULT_GRACE = 40
 # Tools with no time limit of their own: stopped (SIGINT) once they have
 # been serving for the run's duration.
 UNTIMED = {"vllm"}
+# vllm bench makes all its prompts before it starts: enough for a run at a
+# few thousand requests/s, not so many that making them takes minutes.
+VLLM_PROMPTS = 30000
 
 
 def versions():
@@ -93,8 +96,6 @@ def tokenizer_dir():
     """A Hugging Face tokenizer directory for the tools that need one
     (AIPerf, GuideLLM, vllm bench): word-level over llm-sim's words."""
     path = CACHE / "tokenizer-llm-sim-words"
-    if (path / "tokenizer.json").exists():
-        return path
     path.mkdir(parents=True, exist_ok=True)
     vocab = {"[UNK]": 0, "[PAD]": 1, "[EOS]": 2}
     for word in SIM_WORDS + EXTRA_WORDS:
@@ -124,6 +125,14 @@ def tokenizer_dir():
         "clean_up_tokenization_spaces": False,
     }
     (path / "tokenizer_config.json").write_text(json.dumps(config))
+    # vllm bench reads the model's config.json beside the tokenizer too.
+    model = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": len(vocab),
+        "max_position_embeddings": 131072,
+    }
+    (path / "config.json").write_text(json.dumps(model))
     (path / "special_tokens_map.json").write_text(
         json.dumps({"unk_token": "[UNK]", "pad_token": "[PAD]", "eos_token": "[EOS]"})
     )
@@ -301,15 +310,15 @@ def command(tool, binary, url, users, tokens, duration, workdir):
             "--disable-console-interactive",
         ], env
     if tool == "vllm":
-        # vllm bench has no time limit of its own: it is given more prompts
-        # than it can send and stopped (SIGINT) once it has been serving for
-        # the run's duration (UNTIMED).
+        # vllm bench has no time limit of its own: it is stopped (SIGINT)
+        # once it has been serving for the run's duration (UNTIMED), or ends
+        # sooner when it has sent its VLLM_PROMPTS.
         return [
             str(binary), "bench", "serve", "--backend", "openai-chat", "--base-url", url,
             "--endpoint", "/v1/chat/completions", "--model", MODEL, "--tokenizer", str(tokenizer_dir()),
             "--dataset-name", "random", "--random-input-len", str(PROMPT_TOKENS),
             "--random-output-len", str(tokens), "--ignore-eos", "--max-concurrency", str(users),
-            "--num-prompts", "100000000",
+            "--num-prompts", str(VLLM_PROMPTS),
         ], env
     raise ValueError(tool)
 
