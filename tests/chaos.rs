@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stampede_tests::harness::Outcome;
 use stampede_tests::netns::{self, Net, Proc};
+use stampede_tests::rng::Rng;
 use stampede_tests::{bin, exclusive, metrics, num};
 
 stampede_tests::suite![twenty_seeded_faults_lose_no_reported_request];
@@ -100,24 +101,6 @@ enum Fault {
     CutAgent(usize, f64),
     StopController(f64),
     KillController,
-}
-
-/// A seeded draw (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, (lo, hi): (f64, f64)) -> f64 {
-        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((lo + unit * (hi - lo)) * 10.0).round() / 10.0
-    }
 }
 
 /// The scenarios: every kind of fault at least twice, at seeded moments,

@@ -22,6 +22,7 @@ use clap::Parser;
 use serde_json::json;
 use stampede_proto::pb::{self, agent_message, controller_message};
 use stampede_proto::{Counters, ErrorClass, Histograms, Metric, PROTOCOL_VERSION};
+use stampede_tests::rng::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,35 +74,6 @@ struct Variant {
     wire: Vec<pb::Histogram>,
     samples: Vec<pb::ErrorSample>,
     exemplars: Vec<pb::Exemplar>,
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1).
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Log-normal with the given median and shape.
-    fn lognormal(&mut self, median: f64, sigma: f64) -> u64 {
-        let (u1, u2) = (self.unit(), self.unit());
-        let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-        (median * (sigma * normal).exp()).max(1.0) as u64
-    }
-
-    fn hex(&mut self) -> String {
-        format!("{:016x}{:016x}", self.next(), self.next())
-    }
 }
 
 fn variant(rng: &mut Rng, cli: &Cli, interval_us: u64) -> Variant {

@@ -14,6 +14,7 @@ pub mod kube;
 pub mod netns;
 pub mod otlp_metrics;
 pub mod prom;
+pub mod rng;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
