@@ -56,19 +56,20 @@ fn profile(url: &str, trace: &str, extra: &str) -> String {
     )
 }
 
+/// llm-sim for replays: room for every arrival, short decode steps.
+const SIM: &[&str] = &[
+    "--max-batch",
+    "64",
+    "--decode-step",
+    "2ms",
+    "--decode-step-per-seq",
+    "0s",
+];
+
 #[test]
 fn a_trace_is_replayed_at_its_times_with_its_lengths_on_two_agents() {
     let _machine = exclusive();
-    let sim = Sim::start(&[
-        "--max-batch",
-        "64",
-        "--decode-step",
-        "2ms",
-        "--decode-step-per-seq",
-        "0s",
-        "--prefill-per-token",
-        "0s",
-    ]);
+    let sim = Sim::start(&[SIM, &["--prefill-per-token", "0s"]].concat());
     let dir = tempfile::tempdir().unwrap();
     let rows = rows();
     std::fs::write(dir.path().join("trace.jsonl"), jsonl(&rows)).unwrap();
@@ -208,14 +209,7 @@ fn bad_rows_are_refused_with_their_file_and_line() {
 #[test]
 fn an_azure_trace_replays_every_row() {
     let _machine = exclusive();
-    let sim = Sim::start(&[
-        "--max-batch",
-        "64",
-        "--decode-step",
-        "2ms",
-        "--decode-step-per-seq",
-        "0s",
-    ]);
+    let sim = Sim::start(SIM);
     let dir = tempfile::tempdir().unwrap();
     let csv = "TIMESTAMP,ContextTokens,GeneratedTokens\n\
         2023-11-16 18:15:46.6805900,374,44\n\

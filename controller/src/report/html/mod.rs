@@ -126,14 +126,11 @@ pub fn render(s: &Summary, d: &ReportData) -> String {
 }
 
 fn header(out: &mut String, s: &Summary) {
-    let load = if let Some(t) = &s.load.trace {
-        t.describe()
-    } else {
-        match (s.load.users, s.load.rate) {
-            (Some(u), _) => format!("{u} users"),
-            (_, Some(r)) => format!("{} req/s ({})", sig(r), s.load.arrival.unwrap_or("poisson")),
-            _ => String::new(),
-        }
+    let load = match (&s.load.trace, s.load.users, s.load.rate) {
+        (Some(t), _, _) => t.describe(),
+        (None, Some(u), _) => format!("{u} users"),
+        (None, _, Some(r)) => format!("{} req/s ({})", sig(r), s.load.arrival.unwrap_or("poisson")),
+        _ => String::new(),
     };
     let shape = match s.load.shape {
         "stages" => format!(" in {} stages", s.steps.len()),
