@@ -7,8 +7,9 @@
 //! between the first bytes of consecutive events carrying tokens, and is
 //! split evenly among that event's tokens for ITL (see [`crate::events`]);
 //! E2E ends when the last byte of the response body arrives. "Arrives"
-//! means when the read that returned it came off the socket
-//! ([`crate::http::Arrivals`]). hyper decodes a frame from bytes read on the
+//! means when the kernel received the packets that the read returning it
+//! took off the socket (on Linux; elsewhere when that read returned): see
+//! [`crate::http::Arrivals`]. hyper decodes a frame from bytes read on the
 //! connection's own task, so which read delivered a frame's bytes is not
 //! known exactly: a frame is stamped with the most recent read when the
 //! request's task takes it. That read is the one that delivered the frame

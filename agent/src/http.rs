@@ -7,9 +7,14 @@
 //! users.
 //!
 //! Each connection's socket is read through [`Stamped`], which notes when
-//! bytes last arrived ([`Arrivals`]): token times are taken where the
-//! bytes leave the socket, not one task hop later when the request's task
-//! gets round to the frame that hyper decoded from them.
+//! bytes last arrived ([`Arrivals`]). On Linux that is the kernel's own
+//! receive time (`SO_TIMESTAMPNS`, read with each `recvmsg`): when the
+//! packet reached this host, however long the agent took to get round to
+//! reading it, so a burst of thousands of events, all read one after
+//! another by one busy core, is stamped as it arrived. Elsewhere, and
+//! should the kernel not say, it is the time the read returned: where the
+//! bytes left the socket, still not one task hop later when the request's
+//! task gets round to the frame that hyper decoded from them.
 
 use std::io;
 use std::pin::Pin;
@@ -134,10 +139,7 @@ impl Endpoint {
         let arrivals = Arrivals::new();
         // Stamped below TLS: the time the bytes came off the socket, not
         // when a record was decrypted.
-        let tcp = Stamped {
-            io: tcp,
-            arrivals: arrivals.clone(),
-        };
+        let tcp = Stamped::new(tcp, arrivals.clone());
         match &self.tls {
             None => handshake(tcp, &self.authority, arrivals).await,
             Some(tls) => {
@@ -245,9 +247,11 @@ impl Arrivals {
         }))
     }
 
-    /// Notes that bytes arrived now.
-    fn mark(&self) {
-        let nanos = u64::try_from(self.0.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+    /// Notes that bytes arrived at `at` (never before the connection
+    /// opened).
+    fn mark(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.0.epoch);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
         self.0.last.store(nanos + 1, Ordering::Release);
     }
 
@@ -267,25 +271,153 @@ impl Default for Arrivals {
     }
 }
 
-/// A socket whose reads stamp [`Arrivals`] whenever they return bytes.
+/// A TCP socket whose reads stamp [`Arrivals`] whenever they return bytes.
 #[derive(Debug)]
-pub struct Stamped<T> {
-    io: T,
+pub struct Stamped {
+    io: TcpStream,
     arrivals: Arrivals,
+    /// How the kernel's receive times are read, where it gives them.
+    #[cfg(target_os = "linux")]
+    kernel: kernel::Receiver,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
+impl Stamped {
+    /// Reads from `io`, stamping `arrivals`.
+    pub fn new(io: TcpStream, arrivals: Arrivals) -> Stamped {
+        Stamped {
+            #[cfg(target_os = "linux")]
+            kernel: kernel::Receiver::new(&io),
+            io,
+            arrivals,
+        }
+    }
+}
+
+impl AsyncRead for Stamped {
+    #[cfg(target_os = "linux")]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            std::task::ready!(this.io.poll_read_ready(cx))?;
+            let dst = this.kernel.room(buf);
+            let (io, kernel) = (&this.io, &mut this.kernel);
+            match io.try_io(tokio::io::Interest::READABLE, || kernel.receive(io, dst)) {
+                Ok((n, at)) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        this.arrivals.mark(at);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale: wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.arrivals.mark();
+            self.arrivals.mark(Instant::now());
         }
         polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
+/// Reads with the kernel's receive time of the bytes (`SO_TIMESTAMPNS`).
+#[cfg(target_os = "linux")]
+mod kernel {
+    use std::io::{self, IoSliceMut};
+    use std::os::fd::AsRawFd as _;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
+    use nix::sys::time::TimeSpec;
+    use tokio::io::ReadBuf;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    /// Smallest and largest read: the read's room is zeroed before each
+    /// read, so it follows what the reads return instead of always being
+    /// the whole of hyper's buffer (events are a few hundred bytes; whole
+    /// answers grow it).
+    const MIN_READ: usize = 2 * 1024;
+    const MAX_READ: usize = 64 * 1024;
+
+    #[derive(Debug)]
+    pub(super) struct Receiver {
+        /// Room for one `SCM_TIMESTAMPNS` control message; empty when the
+        /// kernel refused to give receive times.
+        control: Vec<u8>,
+        /// How much to read next.
+        want: usize,
+    }
+
+    impl Receiver {
+        pub(super) fn new(tcp: &TcpStream) -> Receiver {
+            let on = socket::setsockopt(tcp, sockopt::ReceiveTimestampns, &true).is_ok();
+            Receiver {
+                control: if on { nix::cmsg_space!(TimeSpec) } else { Vec::new() },
+                want: MIN_READ,
+            }
+        }
+
+        /// The part of `buf` the next read fills.
+        pub(super) fn room<'b>(&self, buf: &'b mut ReadBuf<'_>) -> &'b mut [u8] {
+            let n = buf.remaining().min(self.want);
+            buf.initialize_unfilled_to(n)
+        }
+
+        /// One `recvmsg` into `dst`: how many bytes, and when they arrived
+        /// (the kernel's receive time of the last packet read, on this
+        /// process's monotonic clock; now when the kernel did not say).
+        pub(super) fn receive(&mut self, tcp: &TcpStream, dst: &mut [u8]) -> io::Result<(usize, Instant)> {
+            let room = dst.len();
+            let mut iov = [IoSliceMut::new(dst)];
+            let control = (!self.control.is_empty()).then_some(&mut self.control[..]);
+            let msg = socket::recvmsg::<()>(tcp.as_raw_fd(), &mut iov, control, MsgFlags::empty())?;
+            let mut received = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        received = Some(ts);
+                    }
+                }
+            }
+            let n = msg.bytes;
+            self.want = if n == room {
+                (room * 2).min(MAX_READ)
+            } else {
+                (n * 2).clamp(MIN_READ, MAX_READ)
+            };
+            // The wall clock first: a pause between the two readings can
+            // only move the stamp later, never before the bytes arrived.
+            let wall_now = SystemTime::now();
+            let now = Instant::now();
+            let at = match received.and_then(wall) {
+                // How long ago, on the wall clock, taken back from now on
+                // the monotonic one; never later than now.
+                Some(wall) => now
+                    .checked_sub(wall_now.duration_since(wall).unwrap_or_default())
+                    .unwrap_or(now),
+                None => now,
+            };
+            Ok((n, at))
+        }
+    }
+
+    /// A kernel time stamp as a wall-clock time; `None` for an unset one.
+    fn wall(ts: TimeSpec) -> Option<SystemTime> {
+        let secs = u64::try_from(ts.tv_sec()).ok()?;
+        let nanos = u32::try_from(ts.tv_nsec()).ok()?;
+        (secs > 0).then(|| UNIX_EPOCH + Duration::new(secs, nanos))
+    }
+}
+
+impl AsyncWrite for Stamped {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -345,29 +477,41 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn reads_that_return_bytes_stamp_the_connection() {
+    #[tokio::test]
+    async fn reads_stamp_the_connection_with_when_the_bytes_arrived() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let (client, mut server) = tokio::io::duplex(64);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
         let arrivals = Arrivals::new();
-        let mut stamped = Stamped {
-            io: client,
-            arrivals: arrivals.clone(),
-        };
+        let mut stamped = Stamped::new(client, arrivals.clone());
         assert_eq!(arrivals.last(), None);
-        let opened = Instant::now();
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let before = Instant::now();
         server.write_all(b"data: 1\n\n").await.unwrap();
+        let written = Instant::now();
+        // Read long after the bytes arrived.
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         let mut buf = [0u8; 64];
         let n = stamped.read(&mut buf).await.unwrap();
-        assert_eq!(n, 9);
-        assert_eq!(arrivals.last(), Some(opened + std::time::Duration::from_millis(30)));
+        let read = Instant::now();
+        assert_eq!(&buf[..n], b"data: 1\n\n");
+        let at = arrivals.last().expect("a read that returned bytes stamps");
+        let slack = std::time::Duration::from_millis(1);
+        assert!(at + slack >= before && at <= read, "stamp within the exchange");
+        if cfg!(target_os = "linux") {
+            // The kernel's receive time: when the bytes were written, not
+            // when they were read.
+            assert!(
+                at <= written + slack,
+                "stamped {:?} after the write, {:?} before the read",
+                at - written,
+                read - at
+            );
+        }
         // A read that returns nothing (the end of the stream) leaves the
         // stamp of the last bytes.
         drop(server);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         assert_eq!(stamped.read(&mut buf).await.unwrap(), 0);
-        assert_eq!(arrivals.last(), Some(opened + std::time::Duration::from_millis(30)));
-        stamped.write_all(b"x").await.unwrap_err();
+        assert_eq!(arrivals.last(), Some(at));
     }
 }
