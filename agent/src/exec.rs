@@ -373,7 +373,12 @@ impl Executor {
             if !reused {
                 let started = Instant::now();
                 *conn = None;
-                let fresh = match self.endpoint.connect().await {
+                // Boxed: opening a connection (TCP, TLS, the HTTP
+                // handshake) needs more state than the rest of a request
+                // put together. Held inline, it would sit in every user's
+                // task for the whole of every answer it streams, though it
+                // is used once per connection.
+                let fresh = match Box::pin(self.endpoint.connect()).await {
                     Ok(c) => c,
                     Err(e) => return fail(ErrorClass::Connect, e),
                 };
@@ -825,6 +830,36 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::retry_after;
+
+    /// Every open stream holds its user's request future: opening a
+    /// connection, which is used once per connection, must not size it.
+    #[test]
+    fn a_request_does_not_carry_its_connection_setup_inline() {
+        use super::{Executor, Scratch, Timing};
+        use crate::api::{Api, Dialect, Spec};
+        use crate::http::Endpoint;
+        use crate::prompts::Prompts;
+
+        let executor = Executor::new(
+            Endpoint::parse("http://127.0.0.1:9").unwrap(),
+            Api::plain(Dialect::OpenAiChat),
+            "m".into(),
+            Spec {
+                max_tokens: None,
+                temperature: None,
+                stream: true,
+            },
+            Duration::from_secs(60),
+        );
+        let prompts = Prompts::new(vec!["hello".into()]);
+        let (mut conn, mut scratch) = (None, Scratch::default());
+        let connect = std::mem::size_of_val(&executor.endpoint.connect());
+        let request = std::mem::size_of_val(&executor.run(&mut conn, prompts.get(0), Timing::now(), &mut scratch));
+        assert!(
+            request < connect,
+            "a request's future is {request} bytes, opening a connection {connect}"
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
