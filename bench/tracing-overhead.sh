@@ -12,7 +12,7 @@
 #                 steps): the server limits throughput, as on a GPU box;
 #   fast          64 slots, 1 ms steps: a request every ~130 ms per user,
 #                 hundreds of spans a second;
-#   cpu-bound     64 slots, no prefill or decode time: the machine's CPU
+#   cpu-bound     64 slots, no prefill, 1 us decode steps: the machine's CPU
 #                 (agents and server) limits throughput, so any cost of
 #                 tracing shows in full.
 # Prints requests/s of each run and the traced/untraced ratio per server.
@@ -115,4 +115,4 @@ bench server-bound --max-batch 16 --prefill-base 5ms --prefill-per-token 200us \
 bench fast --max-batch 64 --prefill-base 1ms --prefill-per-token 0s \
   --decode-step 1ms --decode-step-per-seq 0s
 bench cpu-bound --max-batch 64 --prefill-base 0s --prefill-per-token 0s \
-  --decode-step 0s --decode-step-per-seq 0s
+  --decode-step 1us --decode-step-per-seq 0s
