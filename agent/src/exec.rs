@@ -9,14 +9,9 @@
 //! E2E ends when the last byte of the response body arrives. "Arrives"
 //! means when the kernel received the packets that the read returning it
 //! took off the socket (on Linux; elsewhere when that read returned): see
-//! [`crate::http::Arrivals`]. hyper decodes a frame from bytes read on the
-//! connection's own task, so which read delivered a frame's bytes is not
-//! known exactly: a frame is stamped with the most recent read when the
-//! request's task takes it. That read is the one that delivered the frame
-//! unless the next bytes were read in the moment between hyper handing the
-//! frame over and the task looking, which moves the stamp later by at most
-//! that moment (the old stamp, the clock when the task got the frame, was
-//! later still).
+//! [`crate::http::Arrivals`]. The request's own task reads the socket
+//! and decodes the body ([`crate::http::Conn::chunk`]), so each piece of
+//! the body carries the stamp of exactly the read that returned it.
 //!
 //! Output tokens come from the best source at hand, and the sample says
 //! which ([`TokenSource`]): the server's own count (OpenAI `usage`, Ollama
@@ -35,16 +30,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
 use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
 use crate::api::{Api, Chunk, Finish, Framing, Parsed, ServerTimes, Spec, Usage};
 use crate::events::{self, Event};
-use crate::http::{Arrivals, Conn, Endpoint};
+use crate::http::{Arrivals, Conn, Endpoint, Head};
 use crate::prompts::Prompt;
 use crate::record::{Gap, Outcome, Sample, TokenSource};
 use crate::stream::ndjson;
@@ -314,7 +305,7 @@ impl Executor {
             }
             Err(Failure(class, message, retry_after)) => {
                 // After an HTTP error status the connection is still in
-                // step (hyper closes it if the error body was not read to
+                // step (it is closed if the error body was not read to
                 // the end); after anything else its state is unknown.
                 if !matches!(class, ErrorClass::Status(_)) {
                     *conn = None;
@@ -331,23 +322,26 @@ impl Executor {
         }
     }
 
-    fn request(&self, body: Bytes, traceparent: &str) -> Request<Full<Bytes>> {
+    /// The whole request: its head, then `body`.
+    fn request(&self, body: &[u8], traceparent: &str) -> Vec<u8> {
         let accept = if self.api.streams(&self.spec) {
             self.api.framing().accept()
         } else {
             "application/json"
         };
-        let mut request = Request::post(self.endpoint.path(self.api.path(&self.spec)))
-            .header(header::HOST, self.endpoint.authority())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, accept)
-            .header(stampede_otel::Traceparent::HEADER, traceparent);
-        for (name, value) in self.api.headers() {
-            request = request.header(name, value);
-        }
+        let fixed = [
+            ("content-type", b"application/json".as_slice()),
+            ("accept", accept.as_bytes()),
+            (stampede_otel::Traceparent::HEADER, traceparent.as_bytes()),
+        ];
+        let headers = fixed
+            .into_iter()
+            .chain(self.api.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+        let mut request = Vec::with_capacity(384 + body.len());
+        let path = self.endpoint.path(self.api.path(&self.spec));
+        self.endpoint.head("POST", &path, headers, body.len(), &mut request);
+        request.extend_from_slice(body);
         request
-            .body(Full::new(body))
-            .expect("method, path and headers are valid (checked when the API was resolved)")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -365,11 +359,13 @@ impl Executor {
             max_tokens: max_tokens.or(self.spec.max_tokens),
             ..self.spec
         };
-        let body = Bytes::from(self.api.body_with(&self.model, history, prompt, &spec));
-        let traceparent = trail.parent.to_string();
+        let request = self.request(
+            &self.api.body_with(&self.model, history, prompt, &spec),
+            &trail.parent.to_string(),
+        );
         let mut connect_us = None;
-        let mut reused = conn.as_ref().is_some_and(Conn::is_open);
-        let (t0, response) = loop {
+        let mut reused = conn.as_mut().is_some_and(Conn::is_open);
+        let (t0, mut head) = loop {
             if !reused {
                 let started = Instant::now();
                 *conn = None;
@@ -386,59 +382,47 @@ impl Executor {
                 *conn = Some(fresh);
             }
             let c = conn.as_mut().expect("a connection was just ensured");
-            if c.sender.ready().await.is_err() {
-                if reused {
-                    // The server closed the idle connection: open another.
-                    reused = false;
-                    continue;
-                }
-                return fail(ErrorClass::Stream, "connection closed before the request was sent");
-            }
             let t0 = Instant::now();
             trail.t0 = Some(t0);
-            match c
-                .sender
-                .try_send_request(self.request(body.clone(), &traceparent))
-                .await
-            {
-                Ok(response) => break (t0, response),
-                // Never written, or written to a keep-alive connection the
-                // server had already closed (it closed without a byte of
-                // response: some servers, llama.cpp's among them, close
-                // after each streamed answer). The server never saw it, so
-                // it is sent again on a new connection, as browsers and
-                // curl do; t0 restarts with the new attempt.
-                Err(e) if reused && (e.message().is_some() || e.error().is_incomplete_message()) => {
+            match c.send(&request).await {
+                Ok(head) => break (t0, head),
+                // Written to a keep-alive connection the server had already
+                // closed (it closed without a byte of response: some
+                // servers, llama.cpp's among them, close after each
+                // streamed answer). The server never saw it, so it is sent
+                // again on a new connection, as browsers and curl do; t0
+                // restarts with the new attempt.
+                Err(e) if reused && e.unanswered => {
                     tracing::debug!(
-                        unsent = e.message().is_some(),
                         "the server had closed the reused connection ({}); sending the request again on a new one",
-                        e.error()
+                        e.message
                     );
                     reused = false;
                 }
-                Err(e) => {
-                    return fail(ErrorClass::Stream, format!("no response: {}", e.into_error()));
-                }
+                Err(e) => return fail(ErrorClass::Stream, format!("no response: {}", e.message)),
             }
         };
-        let status = response.status();
-        trail.status = Some(status.as_u16());
-        if !status.is_success() {
-            let retry_after = self.retry_after(&response);
-            let snippet = read_limited(response.into_body(), MAX_ERROR_BODY).await;
+        let c = conn.as_mut().expect("the request was sent over it");
+        trail.status = Some(head.status);
+        if !(200..300).contains(&head.status) {
+            let retry_after = self.retry_after(&head);
+            let mut snippet = Vec::new();
+            // What arrived of the message is enough; a broken or longer
+            // body leaves the connection closed.
+            let _ = c.read_body(&mut head, &mut snippet, MAX_ERROR_BODY).await;
             let text = String::from_utf8_lossy(&snippet);
             return Err(Failure(
-                ErrorClass::Status(status.as_u16()),
-                format!("HTTP {status}: {}", text.trim()),
+                ErrorClass::Status(head.status),
+                format!("HTTP {}: {}", status_line(head.status), text.trim()),
                 retry_after,
             ));
         }
         let streamed = self.api.streams(&self.spec);
-        let arrivals = conn.as_ref().map_or_else(Arrivals::new, |c| c.arrivals.clone());
+        let arrivals = c.arrivals.clone();
         let read = if streamed {
-            self.read_stream(response.into_body(), &arrivals, events, text).await?
+            self.read_stream(c, &mut head, &arrivals, events, text).await?
         } else {
-            self.read_whole(response.into_body(), text).await?
+            self.read_whole(c, &mut head, text).await?
         };
         // The body ended with the last bytes read; a clock that reads
         // before t0 or after now is not this answer's.
@@ -456,18 +440,18 @@ impl Executor {
     /// How long the server asked this client to wait, when the answer is a
     /// 429 or 503 with a `Retry-After` and the run honours it: at most
     /// [`Executor::retry_after_max`].
-    fn retry_after(&self, response: &http::Response<Incoming>) -> Option<Duration> {
+    fn retry_after(&self, head: &Head) -> Option<Duration> {
         let max = self.retry_after_max?;
-        if !matches!(response.status().as_u16(), 429 | 503) {
+        if !matches!(head.status, 429 | 503) {
             return None;
         }
-        let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-        retry_after(value, std::time::SystemTime::now()).map(|d| d.min(max))
+        retry_after(head.retry_after.as_deref()?, std::time::SystemTime::now()).map(|d| d.min(max))
     }
 
     async fn read_stream(
         &self,
-        mut body: Incoming,
+        conn: &mut Conn,
+        head: &mut Head,
         arrivals: &Arrivals,
         events: &mut Vec<Event>,
         text: Option<&mut String>,
@@ -485,27 +469,23 @@ impl Executor {
             events,
             text,
         };
-        while let Some(frame) = body.frame().await {
-            let frame = match frame {
-                Ok(f) => f,
+        loop {
+            let data = match conn.chunk(head).await {
+                Ok(Some(data)) => data,
+                Ok(None) => break,
                 Err(e) => return fail(ErrorClass::Stream, format!("stream broke: {e}")),
             };
-            let Ok(data) = frame.into_data() else {
-                continue; // Trailers carry no tokens.
-            };
-            // When the bytes came off the socket (see the module
-            // documentation). The stamp was taken on the same monotonic
-            // clock before the frame was handed over, so it is never later
-            // than now: the clock is read only when there is no stamp.
+            // When the bytes arrived (see the module documentation): the
+            // read that returned them stamped the connection just before.
             let at = arrivals.last().unwrap_or_else(Instant::now);
             let pushed = match framing {
-                Framing::Sse => sse.push(&data, at, |event| tokens.event(event.data, event.first_byte_at)),
-                Framing::Ndjson => lines.push(&data, at, |line| tokens.event(line.data, line.first_byte_at)),
+                Framing::Sse => sse.push(data, at, |event| tokens.event(event.data, event.first_byte_at)),
+                Framing::Ndjson => lines.push(data, at, |line| tokens.event(line.data, line.first_byte_at)),
                 Framing::Text => {
                     if !data.is_empty() {
-                        tokens.read.words += words.feed(&data);
+                        tokens.read.words += words.feed(data);
                         if tokens.text.is_some() {
-                            raw.extend_from_slice(&data);
+                            raw.extend_from_slice(data);
                         }
                         tokens.content(1, at, None, data.len() as u64, raw.len());
                     }
@@ -545,11 +525,18 @@ impl Executor {
         Ok(read)
     }
 
-    async fn read_whole(&self, body: Incoming, text: Option<&mut String>) -> Result<Read, Failure> {
-        let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
+    async fn read_whole(&self, conn: &mut Conn, head: &mut Head, text: Option<&mut String>) -> Result<Read, Failure> {
+        let mut bytes = Vec::new();
+        match conn.read_body(head, &mut bytes, MAX_BODY).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return fail(
+                    ErrorClass::Stream,
+                    format!("reading the response: larger than {} MiB", MAX_BODY >> 20),
+                );
+            }
             Err(e) => return fail(ErrorClass::Stream, format!("reading the response: {e}")),
-        };
+        }
         match self.api.whole(&bytes, text) {
             Parsed::Chunk(Chunk {
                 content_events,
@@ -809,20 +796,12 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> 
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-async fn read_limited(mut body: Incoming, limit: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    while out.len() < limit {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    let take = data.len().min(limit - out.len());
-                    out.extend_from_slice(&data[..take]);
-                }
-            }
-            _ => break,
-        }
+/// A status code with its reason phrase, as `429 Too Many Requests`.
+fn status_line(code: u16) -> String {
+    match http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()) {
+        Some(reason) => format!("{code} {reason}"),
+        None => code.to_string(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -830,36 +809,6 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::retry_after;
-
-    /// Every open stream holds its user's request future: opening a
-    /// connection, which is used once per connection, must not size it.
-    #[test]
-    fn a_request_does_not_carry_its_connection_setup_inline() {
-        use super::{Executor, Scratch, Timing};
-        use crate::api::{Api, Dialect, Spec};
-        use crate::http::Endpoint;
-        use crate::prompts::Prompts;
-
-        let executor = Executor::new(
-            Endpoint::parse("http://127.0.0.1:9").unwrap(),
-            Api::plain(Dialect::OpenAiChat),
-            "m".into(),
-            Spec {
-                max_tokens: None,
-                temperature: None,
-                stream: true,
-            },
-            Duration::from_secs(60),
-        );
-        let prompts = Prompts::new(vec!["hello".into()]);
-        let (mut conn, mut scratch) = (None, Scratch::default());
-        let connect = std::mem::size_of_val(&executor.endpoint.connect());
-        let request = std::mem::size_of_val(&executor.run(&mut conn, prompts.get(0), Timing::now(), &mut scratch));
-        assert!(
-            request < connect,
-            "a request's future is {request} bytes, opening a connection {connect}"
-        );
-    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use prost::Message as _;
@@ -17,6 +15,8 @@ use crate::profile::Push;
 
 /// The most of an error answer's body kept for the message.
 const ERROR_BODY: usize = 4096;
+/// Most of an answer read (a receiver's success answer is a few bytes).
+const ANSWER: usize = 1024 * 1024;
 
 /// A way to one receiver.
 pub(crate) enum Sender {
@@ -142,30 +142,18 @@ impl Sender {
                 path,
                 headers,
             } => {
-                let mut conn = endpoint.connect().await?;
-                let mut builder = http::Request::post(path.as_str())
-                    .header(http::header::HOST, endpoint.authority())
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
-                for (k, v) in headers.iter() {
-                    builder = builder.header(k, v);
-                }
-                let body = Full::new(Bytes::from(request.encode_to_vec()));
-                let request = builder.body(body).map_err(|e| e.to_string())?;
-                let response = conn
-                    .sender
-                    .send_request(request)
+                let body = request.encode_to_vec();
+                let headers = std::iter::once(("content-type", b"application/x-protobuf".as_slice()))
+                    .chain(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+                let (status, body) = endpoint
+                    .exchange("POST", path, headers, &body, ANSWER)
                     .await
                     .map_err(|e| format!("POST {path}: {e}"))?;
-                let status = response.status();
-                if status.is_success() {
+                if (200..300).contains(&status) {
                     return Ok(());
                 }
-                let body = http_body_util::Limited::new(response.into_body(), ERROR_BODY)
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let text = String::from_utf8_lossy(&body);
+                let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY)]);
+                let status = http::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string());
                 Err(format!("HTTP {status}: {}", text.trim()))
             }
         }

@@ -13,8 +13,9 @@
 //! reading it, so a burst of thousands of events, all read one after
 //! another by one busy core, is stamped as it arrived. Elsewhere, and
 //! should the kernel not say, it is the time the read returned: where the
-//! bytes left the socket, still not one task hop later when the request's
-//! task gets round to the frame that hyper decoded from them.
+//! bytes left the socket.
+//!
+//! HTTP/1.1 itself is spoken by [`h1`], on the request's own task.
 
 use std::io;
 use std::pin::Pin;
@@ -22,19 +23,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 
-/// A request body.
-pub type Body = Full<Bytes>;
+mod h1;
+
+pub use h1::{Body, Conn, Head, SendError};
 
 /// A target URL that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +139,7 @@ impl Endpoint {
         // when a record was decrypted.
         let tcp = Stamped::new(tcp, arrivals.clone());
         match &self.tls {
-            None => handshake(tcp, &self.authority, arrivals).await,
+            None => Ok(Conn::new(h1::Io::Plain(tcp), arrivals)),
             Some(tls) => {
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|e| format!("TLS server name {:?}: {e}", self.host))?;
@@ -149,34 +147,75 @@ impl Endpoint {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake with {}: {e}", self.authority))?;
-                handshake(stream, &self.authority, arrivals).await
+                Ok(Conn::new(h1::Io::Tls(Box::new(stream)), arrivals))
             }
         }
+    }
+
+    /// A request's head, up to and including the blank line, for `method
+    /// path` below this base URL (`path` taken as it is) with `headers` and
+    /// a body of `length` bytes.
+    pub fn head<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        length: usize,
+        out: &mut Vec<u8>,
+    ) {
+        use std::io::Write as _;
+        let _ = write!(out, "{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.authority);
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if method != "GET" || length > 0 {
+            let _ = write!(out, "content-length: {length}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// One request over a new connection: the status and up to `limit`
+    /// bytes of the body. For discovery, scraping and exports, not for
+    /// load.
+    pub async fn exchange<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut conn = self.connect().await?;
+        let mut request = Vec::with_capacity(256 + body.len());
+        self.head(method, path, headers, body.len(), &mut request);
+        request.extend_from_slice(body);
+        let mut head = conn
+            .send(&request)
+            .await
+            .map_err(|e| format!("{method} {path} to {}: {}", self.authority, e.message))?;
+        let mut out = Vec::new();
+        let whole = conn
+            .read_body(&mut head, &mut out, limit)
+            .await
+            .map_err(|e| format!("reading {method} {path} from {}: {e}", self.authority))?;
+        if !whole {
+            return Err(format!(
+                "reading {method} {path} from {}: the body is larger than {limit} bytes",
+                self.authority
+            ));
+        }
+        Ok((head.status, out))
     }
 }
 
 impl Endpoint {
     /// `GET path` over a new connection: the status and up to `limit`
     /// bytes of the body. For discovery and scraping, not for load.
-    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Bytes), String> {
-        use http_body_util::BodyExt as _;
-        let mut conn = self.connect().await?;
-        let request = http::Request::get(self.path(path))
-            .header(http::header::HOST, self.authority())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let response = conn
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {path} from {}: {e}", self.authority))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading GET {path} from {}: {e}", self.authority))?
-            .to_bytes();
-        Ok((status, body))
+    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), String> {
+        self.exchange("GET", &self.path(path), [], &[], limit).await
     }
 }
 
@@ -190,37 +229,6 @@ fn tls_connector() -> TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
-}
-
-async fn handshake<T>(io: T, authority: &str, arrivals: Arrivals) -> Result<Conn, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
-    // The connection task ends when the connection closes; its error, if
-    // any, surfaces on the next request sent over it.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(Conn { sender, arrivals })
-}
-
-/// One open HTTP/1.1 connection.
-#[derive(Debug)]
-pub struct Conn {
-    /// Sends requests over the connection.
-    pub sender: SendRequest<Body>,
-    /// When bytes last arrived on it.
-    pub arrivals: Arrivals,
-}
-
-impl Conn {
-    /// False once the server has closed the connection.
-    pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
-    }
 }
 
 /// When bytes last arrived on one connection: written by the connection's
@@ -342,7 +350,7 @@ mod kernel {
 
     /// Smallest and largest read: the read's room is zeroed before each
     /// read, so it follows what the reads return instead of always being
-    /// the whole of hyper's buffer (events are a few hundred bytes; whole
+    /// the whole of the connection's buffer (events are a few hundred bytes; whole
     /// answers grow it).
     const MIN_READ: usize = 2 * 1024;
     const MAX_READ: usize = 64 * 1024;
