@@ -26,7 +26,7 @@ use stampede_controller::results::log::{End, Entry, FinishedEntry, Joined, Log, 
 use stampede_controller::results::spec::TargetRef;
 use stampede_controller::results::{self, Ledger, Spec};
 use stampede_controller::server::{Canon, Kind, Source};
-use stampede_proto::{Counters, ErrorClass, Histograms, Metric, pb};
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric, Sparse, pb};
 use tokio::time::Instant;
 
 const AGENTS: u32 = 4;
@@ -83,7 +83,7 @@ fn report(agent: u32, interval: u64, slower: f64) -> Report {
         interval,
         sequence: interval + 1,
         elapsed_us: (interval + 1) * 1_000_000,
-        histograms: h,
+        histograms: Sparse::from(&h),
         counters: Counters {
             ok: n,
             errors,
@@ -175,13 +175,15 @@ fn server(s: &Summary) -> ServerSummary {
 
 /// The report as the agent sends it, naming its slowest request.
 fn wire(r: &Report, agent: u32) -> pb::Report {
-    let slowest = r.histograms.get(Metric::E2e).max();
+    let mut full = Histograms::new();
+    full.add_sparse(&r.histograms);
+    let slowest = full.get(Metric::E2e).max();
     pb::Report {
         turns: Vec::new(),
         interval: r.interval,
         sequence: r.sequence,
         elapsed_us: r.elapsed_us,
-        histograms: r.histograms.to_wire(),
+        histograms: full.to_wire(),
         counters: Some(r.counters.to_wire()),
         error_samples: r
             .counters
@@ -254,7 +256,7 @@ fn record(profile: &Profile, dir: &Path, run_id: &str, slower: f64) -> Spec {
         for a in 0..AGENTS {
             let r = report(a, i, slower);
             let (h, c) = &mut totals[a as usize];
-            h.add(&r.histograms);
+            h.add_sparse(&r.histograms);
             let mut counters = r.counters.clone();
             counters.active_users = 0;
             c.add(&counters);

@@ -1,11 +1,18 @@
 //! Merges agents' reports: exact run totals without the warm-up, exact
 //! totals per step of the load, per-agent totals, and one row of
 //! statistics per interval once every agent has reported it.
+//!
+//! A report's histograms are added once, into its interval's; an interval's
+//! histograms join the totals (the run's, every report's and its step's)
+//! when it closes, so each bucket is walked once per interval rather than
+//! once per report and total. The totals read while intervals are still
+//! open add those in on the spot: they are exact at every moment.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric, Sparse};
 
 use crate::profile::Load;
 use crate::stats::Stats;
@@ -19,8 +26,8 @@ pub struct Report {
     pub sequence: u64,
     /// When the agent cut it, microseconds after its start.
     pub elapsed_us: u64,
-    /// Histograms of the interval.
-    pub histograms: Histograms,
+    /// Histograms of the interval, as the wire carried them.
+    pub histograms: Sparse,
     /// Counters of the interval.
     pub counters: Counters,
     /// First message per error class.
@@ -167,8 +174,9 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, histograms: &Histograms, counters: &Counters) {
-        self.histograms.add(histograms);
+    /// Adds a report's counters; its histograms join when its interval
+    /// closes.
+    fn count(&mut self, counters: &Counters) {
         let mut c = counters.clone();
         c.active_users = 0;
         self.counters.add(&c);
@@ -191,7 +199,9 @@ struct Open {
 pub struct Merger {
     agents: Vec<Agent>,
     timeline: Timeline,
-    /// Every report: checked against each agent's final totals.
+    /// Every report: checked against each agent's final totals. Its
+    /// counters count every report; its histograms, those of closed
+    /// intervals (see [`Merger::all`]), as do `measured`'s and `steps`'.
     all: Totals,
     /// Every report outside warm-ups: the run's statistics.
     measured: Totals,
@@ -250,14 +260,14 @@ impl Merger {
         a.last_interval = a.last_interval.max(Some(report.interval));
         a.elapsed_us = a.elapsed_us.max(report.elapsed_us);
         for (n, m) in a.sample_counts.iter_mut().zip(Metric::ALL) {
-            *n += report.histograms.get(m).len();
+            *n += report.histograms.len(m);
         }
         let place = self.timeline.place(report.interval);
         if place != Place::Drain {
             a.cpu = (a.cpu * a.cpu_samples as f64 + report.cpu) / (a.cpu_samples + 1) as f64;
             a.cpu_samples += 1;
         }
-        self.all.add(&report.histograms, &report.counters);
+        self.all.count(&report.counters);
         match place {
             Place::Warmup(_) => {
                 let mut c = report.counters.clone();
@@ -265,16 +275,16 @@ impl Merger {
                 self.warmup.add(&c);
             }
             Place::Step(k) => {
-                self.measured.add(&report.histograms, &report.counters);
-                self.steps[k].add(&report.histograms, &report.counters);
+                self.measured.count(&report.counters);
+                self.steps[k].count(&report.counters);
             }
-            Place::Drain => self.measured.add(&report.histograms, &report.counters),
+            Place::Drain => self.measured.count(&report.counters),
         }
         for (class, message) in &report.samples {
             self.samples.entry(*class).or_insert_with(|| message.clone());
         }
         let open = self.open.entry(report.interval).or_default();
-        open.histograms.add(&report.histograms);
+        open.histograms.add_sparse(&report.histograms);
         open.counters.add(&report.counters);
         open.reported.insert(agent);
         open.cpu = open.cpu.max(report.cpu);
@@ -341,8 +351,42 @@ impl Merger {
     pub fn flush(&mut self) -> Vec<Row> {
         let open = std::mem::take(&mut self.open);
         open.into_iter()
-            .map(|(interval, open)| self.row(interval, open))
+            .map(|(interval, open)| self.close(interval, open))
             .collect()
+    }
+
+    /// Closes interval `interval`: its histograms join the totals it
+    /// counts in, and it becomes a row.
+    fn close(&mut self, interval: u64, open: Open) -> Row {
+        let h = &open.histograms;
+        self.all.histograms.add(h);
+        match self.timeline.place(interval) {
+            Place::Warmup(_) => {}
+            Place::Step(k) => {
+                self.measured.histograms.add(h);
+                self.steps[k].histograms.add(h);
+            }
+            Place::Drain => self.measured.histograms.add(h),
+        }
+        self.row(interval, open)
+    }
+
+    /// `closed` with the histograms of the open intervals `counts` takes
+    /// added in; borrowed when there are none.
+    fn with_open<'a>(&self, closed: &'a Totals, counts: impl Fn(Place) -> bool) -> Cow<'a, Totals> {
+        let mut open = self
+            .open
+            .iter()
+            .filter(|(i, o)| counts(self.timeline.place(**i)) && !o.histograms.is_empty())
+            .peekable();
+        if open.peek().is_none() {
+            return Cow::Borrowed(closed);
+        }
+        let mut totals = closed.clone();
+        for (_, o) in open {
+            totals.histograms.add(&o.histograms);
+        }
+        Cow::Owned(totals)
     }
 
     fn row(&self, interval: u64, open: Open) -> Row {
@@ -376,14 +420,15 @@ impl Merger {
                 break;
             }
             let open = self.open.remove(&interval).expect("the first key exists");
-            rows.push(self.row(interval, open));
+            rows.push(self.close(interval, open));
         }
         rows
     }
 
-    /// The run's statistics: every report outside the warm-ups.
-    pub fn measured(&self) -> &Totals {
-        &self.measured
+    /// The run's statistics: every report outside the warm-ups, the open
+    /// intervals' included.
+    pub fn measured(&self) -> Cow<'_, Totals> {
+        self.with_open(&self.measured, |place| !matches!(place, Place::Warmup(_)))
     }
 
     /// Counters of the warm-ups, left out of the statistics.
@@ -391,14 +436,32 @@ impl Merger {
         &self.warmup
     }
 
-    /// Every report, warm-ups included.
-    pub fn all(&self) -> &Totals {
-        &self.all
+    /// Every report, warm-ups and open intervals included.
+    pub fn all(&self) -> Cow<'_, Totals> {
+        self.with_open(&self.all, |_| true)
     }
 
-    /// The measured part of each step.
-    pub fn steps(&self) -> &[Totals] {
-        &self.steps
+    /// The measured part of each step, the open intervals' included.
+    pub fn steps(&self) -> Cow<'_, [Totals]> {
+        let step = |i: &u64| match self.timeline.place(*i) {
+            Place::Step(k) => Some(k),
+            Place::Warmup(_) | Place::Drain => None,
+        };
+        let mut open = self
+            .open
+            .iter()
+            .filter(|(i, o)| step(i).is_some() && !o.histograms.is_empty())
+            .peekable();
+        if open.peek().is_none() {
+            return Cow::Borrowed(&self.steps);
+        }
+        let mut steps = self.steps.clone();
+        for (i, o) in open {
+            if let Some(s) = step(i).and_then(|k| steps.get_mut(k)) {
+                s.histograms.add(&o.histograms);
+            }
+        }
+        Cow::Owned(steps)
     }
 
     /// First message of each error class over the run.
@@ -452,7 +515,7 @@ mod tests {
             interval,
             sequence,
             elapsed_us: (interval + 1) * 1_000_000,
-            histograms,
+            histograms: Sparse::from(&histograms),
             counters: Counters {
                 ok: ttfts.len() as u64,
                 active_users: 2,
@@ -510,7 +573,11 @@ mod tests {
         let r = report(0, 1, &[5, 6]);
         m.add(0, &r);
         let good = Finished {
-            histograms: r.histograms.clone(),
+            histograms: {
+                let mut h = Histograms::new();
+                h.add_sparse(&r.histograms);
+                h
+            },
             counters: r.counters.clone(),
             elapsed_us: 1,
             last_sequence: 1,
@@ -557,5 +624,54 @@ mod tests {
         assert_eq!(m.steps()[0].counters.ok, 2);
         assert_eq!(m.steps()[1].counters.ok, 3);
         assert_eq!(m.steps()[1].histograms.get(Metric::Ttft).min(), 50);
+    }
+
+    /// The totals read while intervals are open hold every report merged
+    /// so far, as one set that recorded each sample would, and so do
+    /// they once the intervals close: warm-ups in `all` only, each step's
+    /// in its own.
+    #[test]
+    fn totals_are_exact_while_intervals_are_open_and_once_they_close() {
+        // Steps of 2 s and 2 s, a 1 s warm-up each, then the drain.
+        let mut m = Merger::new(2, Timeline::new(&load(&[2, 2], 1), Duration::from_secs(1)));
+        let ttft = |agent: u64, i: u64| [1_000 * (i + 1) + agent, 77_777 * (i + 1) + agent];
+        let (mut all, mut measured) = (Histograms::new(), Histograms::new());
+        let mut steps = [Histograms::new(), Histograms::new()];
+        let check = |m: &Merger, all: &Histograms, measured: &Histograms, steps: &[Histograms; 2]| {
+            assert!(m.all().histograms == *all);
+            assert!(m.measured().histograms == *measured);
+            assert!(m.steps()[0].histograms == steps[0]);
+            assert!(m.steps()[1].histograms == steps[1]);
+        };
+        for i in 0..6_u64 {
+            // Agent 0 runs an interval ahead: every interval stays open
+            // until agent 1 reports it.
+            for agent in [0, 1] {
+                let interval = if agent == 0 { i } else { i.saturating_sub(1) };
+                if agent == 1 && i == 0 {
+                    continue;
+                }
+                let values = ttft(agent, interval);
+                m.add(agent as u32, &report(interval, interval + 1, &values));
+                for v in values {
+                    all.record(Metric::Ttft, v);
+                    match m.timeline.place(interval) {
+                        Place::Warmup(_) => {}
+                        Place::Step(k) => {
+                            measured.record(Metric::Ttft, v);
+                            steps[k].record(Metric::Ttft, v);
+                        }
+                        Place::Drain => measured.record(Metric::Ttft, v),
+                    }
+                }
+                assert!(!m.open.is_empty(), "interval {i}: one stays open");
+                check(&m, &all, &measured, &steps);
+            }
+        }
+        assert_eq!(m.flush().len(), 1);
+        assert!(m.open.is_empty());
+        assert!(matches!(m.measured(), Cow::Borrowed(_)), "nothing open: nothing to add");
+        check(&m, &all, &measured, &steps);
+        assert_eq!(m.all().histograms.get(Metric::Ttft).len(), 22);
     }
 }

@@ -115,8 +115,13 @@ impl Metric {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
+    }
+
+    /// The bounds and bucket layout of its histograms.
+    pub(crate) fn bounds(self) -> crate::sparse::Bounds {
+        crate::sparse::Bounds::new(1, self.highest(), SIGFIGS)
     }
 
     fn highest(self) -> u64 {
@@ -179,7 +184,8 @@ impl Metric {
         Ok(metric)
     }
 
-    fn empty_histogram(self) -> Histogram<u64> {
+    /// An empty histogram of its bounds and precision.
+    pub fn empty_histogram(self) -> Histogram<u64> {
         Histogram::new_with_bounds(1, self.highest(), SIGFIGS).expect("static histogram bounds are valid")
     }
 }
@@ -221,6 +227,10 @@ impl Histograms {
     /// The histogram of one metric.
     pub fn get(&self, metric: Metric) -> &Histogram<u64> {
         &self.by_metric[metric.index()]
+    }
+
+    pub(crate) fn get_mut(&mut self, metric: Metric) -> &mut Histogram<u64> {
+        &mut self.by_metric[metric.index()]
     }
 
     /// Records one value; values above the metric's range saturate at its

@@ -8,9 +8,11 @@
 
 mod counters;
 mod histograms;
+mod sparse;
 
 pub use counters::{Comparison, Counters, ErrorClass, LATE};
 pub use histograms::{Histograms, Metric, Unit};
+pub use sparse::Sparse;
 
 /// Generated protobuf and gRPC bindings (`stampede.coordinator.v1`).
 #[allow(missing_docs, unreachable_pub)]

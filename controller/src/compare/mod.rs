@@ -107,7 +107,9 @@ impl Side {
             g.places.insert(r.interval, timeline.place(r.interval));
             g.counters.entry(r.interval).or_default().add(&r.counters);
             for (gather, m) in g.metrics.iter_mut().zip(Metric::ALL) {
-                gather.add(r.interval, r.histograms.get(m));
+                if !r.histograms.buckets(m).is_empty() {
+                    gather.add(r.interval, &r.histograms.histogram(m));
+                }
             }
         })?;
         let run = &loaded.run;

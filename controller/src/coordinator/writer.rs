@@ -182,7 +182,8 @@ impl Writer {
         let Some(last) = rows.last() else { return false };
         let interval_s = self.interval.as_secs_f64();
         let merger = self.ledger.merger();
-        let mut steps_s = vec![0.0; merger.steps().len()];
+        let (measured, steps) = (merger.measured(), merger.steps());
+        let mut steps_s = vec![0.0; steps.len()];
         let mut measured_s = 0.0;
         for r in rows {
             match r.place {
@@ -197,9 +198,9 @@ impl Writer {
             }
         }
         let progress = gates::Progress {
-            measured: merger.measured(),
+            measured: &measured,
             measured_s,
-            steps: merger.steps(),
+            steps: &steps,
             steps_s: &steps_s,
             elapsed_s: (last.interval + 1) as f64 * interval_s,
         };

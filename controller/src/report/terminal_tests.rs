@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric, Sparse};
 
 use super::render;
 use crate::merge::{Finished, Merger, Report, Timeline};
@@ -55,7 +55,7 @@ fn report(interval: u64, scale: u64) -> Report {
         interval,
         sequence: interval + 1,
         elapsed_us: (interval + 1) * 1_000_000,
-        histograms: h,
+        histograms: Sparse::from(&h),
         counters: Counters {
             ok: 20,
             errors,
@@ -109,7 +109,11 @@ fn classes() -> BTreeMap<String, ClassTotals> {
         (
             "short".to_owned(),
             ClassTotals {
-                histograms: short.histograms,
+                histograms: {
+                    let mut h = Histograms::new();
+                    h.add_sparse(&short.histograms);
+                    h
+                },
                 counters: short.counters,
             },
         ),
@@ -127,7 +131,7 @@ fn the_table_reads_as_it_did() {
     let mut counters = Counters::default();
     for (interval, scale) in [(0, 1), (1, 2), (2, 1)] {
         let r = report(interval, scale);
-        total.add(&r.histograms);
+        total.add_sparse(&r.histograms);
         let mut c = r.counters.clone();
         c.active_users = 0;
         counters.add(&c);

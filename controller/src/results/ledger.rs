@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stampede_proto::{Counters, Histograms, Metric, pb};
+use stampede_proto::{Counters, Histograms, Metric, Sparse, pb};
 
 use super::log::{End, Entry, FinishedEntry, Joined, Log, ReportEntry};
 use super::spec::Spec;
@@ -652,7 +652,7 @@ fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::Wir
         interval: wire.interval,
         sequence: wire.sequence,
         elapsed_us: wire.elapsed_us,
-        histograms: Histograms::from_wire(&wire.histograms)?,
+        histograms: Sparse::from_wire(&wire.histograms)?,
         counters: Counters::from_wire(&wire.counters.clone().unwrap_or_default())?,
         samples,
         cpu: wire.cpu,
@@ -663,7 +663,7 @@ fn decode_report(wire: &pb::Report) -> Result<merge::Report, stampede_proto::Wir
             .map(|c| {
                 Ok((
                     c.class.clone(),
-                    Histograms::from_wire(&c.histograms)?.get(Metric::Ttft).clone(),
+                    Sparse::from_wire(&c.histograms)?.histogram(Metric::Ttft),
                 ))
             })
             .collect::<Result<_, stampede_proto::WireError>>()?,

@@ -143,7 +143,8 @@ impl ReportData {
 
     /// The figures of a finished run, with the agents' GPU readings.
     pub fn of(c: &Collected, interval_s: f64) -> ReportData {
-        let mut data = ReportData::new(&c.rows, &c.merger.measured().histograms);
+        let measured = c.merger.measured();
+        let mut data = ReportData::new(&c.rows, &measured.histograms);
         data.gpu = c.gpu(GpuFigure::Utilisation, interval_s);
         data
     }

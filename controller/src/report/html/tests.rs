@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use stampede_proto::{Counters, ErrorClass, Histograms, Metric};
+use stampede_proto::{Counters, ErrorClass, Histograms, Metric, Sparse};
 
 use super::*;
 use crate::findings::Finding;
@@ -51,7 +51,7 @@ fn run(profile: &str, agents: u32, intervals: u64) -> (Summary, ReportData) {
                 interval: i,
                 sequence: i + 1,
                 elapsed_us: (i + 1) * 1_000_000,
-                histograms: h,
+                histograms: Sparse::from(&h),
                 counters: Counters {
                     ok: 20,
                     errors,

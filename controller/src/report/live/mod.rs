@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use stampede_proto::{Counters, Histograms, Metric, pb};
+use stampede_proto::{Counters, Metric, Sparse, pb};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -87,19 +87,18 @@ impl Buckets {
         }
     }
 
-    /// Adds an HDR histogram of microseconds. Each HDR bucket (0.1 % wide)
-    /// lands in the first Prometheus bucket holding its lowest value, so a
-    /// sample of exactly a bound counts at that bound; the sum uses each
-    /// bucket's middle.
-    fn add(&mut self, h: &Histogram<u64>) {
-        for v in h.iter_recorded() {
-            let n = v.count_since_last_iteration();
-            let value = v.value_iterated_to();
-            let low = h.lowest_equivalent(value) as f64 / 1e6;
-            if let Some(i) = self.bounds.iter().position(|b| low <= *b) {
+    /// Adds an HDR histogram of microseconds, as its buckets with samples
+    /// (of `like`'s bounds). Each HDR bucket (0.1 % wide) lands in the
+    /// first Prometheus bucket holding its lowest value, so a sample of
+    /// exactly a bound counts at that bound; the sum uses each bucket's
+    /// middle.
+    fn add(&mut self, like: &Histogram<u64>, buckets: &[(u64, u64)]) {
+        for &(low, n) in buckets {
+            let low_s = like.lowest_equivalent(low) as f64 / 1e6;
+            if let Some(i) = self.bounds.iter().position(|b| low_s <= *b) {
                 self.counts[i] += n;
             }
-            self.sum += h.median_equivalent(value) as f64 / 1e6 * n as f64;
+            self.sum += like.median_equivalent(low) as f64 / 1e6 * n as f64;
             self.count += n;
         }
     }
@@ -150,6 +149,9 @@ struct State {
     agents: [u32; 3],
     /// Each agent's CPU share at its latest report, by name.
     cpu: BTreeMap<String, f64>,
+    /// An empty histogram of the latencies' bounds: where each bucket
+    /// starts and its middle.
+    micros: Histogram<u64>,
     ttft: Buckets,
     itl: Buckets,
     tpot: Buckets,
@@ -250,6 +252,7 @@ impl Live {
             active: BTreeMap::new(),
             agents: [0; 3],
             cpu: BTreeMap::new(),
+            micros: Metric::Ttft.empty_histogram(),
             ttft: Buckets::new("stampede_ttft_seconds", "Time to first token.", &TTFT_BUCKETS),
             itl: Buckets::new(
                 "stampede_itl_seconds",
@@ -284,17 +287,19 @@ impl Live {
     }
 
     /// Adds one report of agent `agent`.
-    pub fn report(&self, agent: u32, histograms: &Histograms, counters: &Counters) {
-        let mut s = self.state();
+    pub fn report(&self, agent: u32, histograms: &Sparse, counters: &Counters) {
+        let mut guard = self.state();
+        let s = &mut *guard;
         let mut c = counters.clone();
         s.active.insert(agent, c.active_users);
         c.active_users = 0;
         s.counters.add(&c);
-        s.ttft.add(histograms.get(Metric::Ttft));
-        s.itl.add(histograms.get(Metric::Itl));
-        s.tpot.add(histograms.get(Metric::Tpot));
-        s.e2e.add(histograms.get(Metric::E2e));
-        s.client_queue.add(histograms.get(Metric::ClientQueue));
+        let like = &s.micros;
+        s.ttft.add(like, histograms.buckets(Metric::Ttft));
+        s.itl.add(like, histograms.buckets(Metric::Itl));
+        s.tpot.add(like, histograms.buckets(Metric::Tpot));
+        s.e2e.add(like, histograms.buckets(Metric::E2e));
+        s.client_queue.add(like, histograms.buckets(Metric::ClientQueue));
     }
 
     /// Adds what a report carries besides its figures: the agent's CPU,

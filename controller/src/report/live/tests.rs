@@ -1,7 +1,7 @@
 use super::*;
 use crate::results::log::ReportEntry;
 use crate::server::{map, prom};
-use stampede_proto::ErrorClass;
+use stampede_proto::{ErrorClass, Histograms};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -44,7 +44,7 @@ fn entry(agent: &str, report: pb::Report) -> ReportEntry {
 fn traced() -> Live {
     let live = Live::new("r1", "high", "http://x:8000").with_exemplars(true);
     let (h, c) = report();
-    live.report(0, &h, &c);
+    live.report(0, &Sparse::from(&h), &c);
     let wire = pb::Report {
         exemplars: vec![exemplar(Metric::Ttft, 84_300, TRACE)],
         sampled_exemplars: vec![exemplar(Metric::E2e, 2_500_000, "00000000000000000000000000000abc")],
@@ -58,8 +58,8 @@ fn traced() -> Live {
 fn reports_add_up_into_counters_and_buckets_every_series_with_the_run_id() {
     let live = Live::new("r1", "high", "http://x:8000");
     let (h, c) = report();
-    live.report(0, &h, &c);
-    live.report(1, &h, &c);
+    live.report(0, &Sparse::from(&h), &c);
+    live.report(1, &Sparse::from(&h), &c);
     live.agents(2, 0, 0);
     let text = live.render(Format::Text);
     assert!(text.contains("stampede_run_info{profile=\"high\",target=\"http://x:8000\",run_id=\"r1\"} 1\n"));

@@ -358,7 +358,8 @@ fn knee(p: &Spec, steps: &[StepSummary]) -> Option<Knee> {
 }
 
 fn client(c: &Collected) -> Client {
-    let h = &c.merger.measured().histograms;
+    let measured = c.merger.measured();
+    let h = &measured.histograms;
     let ms = |m: Metric, q: f64| {
         let h = h.get(m);
         if h.is_empty() {
@@ -373,7 +374,7 @@ fn client(c: &Collected) -> Client {
         delay_p90_ms: ms(Metric::RuntimeDelay, 0.9),
         delay_p99_ms: ms(Metric::RuntimeDelay, 0.99),
         e2e_p50_ms: ms(Metric::E2e, 0.5),
-        ok: c.merger.measured().counters.ok,
+        ok: measured.counters.ok,
     };
     let cpu_max = c.merger.agents().iter().map(|a| a.cpu).fold(0.0, f64::max);
     let reasons = analysis::client_bound(&lag, cpu_max);
@@ -534,7 +535,8 @@ fn intervals(c: &Collected, interval_s: f64) -> Vec<IntervalSummary> {
 /// they were scraped.
 pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&ServerSpans>) -> Summary {
     let m = &c.merger;
-    let counters = &m.measured().counters;
+    let measured = m.measured();
+    let counters = &measured.counters;
     let requests = requests(counters);
     let elapsed_us = m.agents().iter().map(|a| a.elapsed_us).max().unwrap_or(0);
     let duration_s = if elapsed_us > 0 {
@@ -549,9 +551,9 @@ pub fn build(p: &Spec, c: &Collected, server: Option<&Series>, spans: Option<&Se
         .map(|s| p.load.warmup.min(s.duration).as_secs_f64())
         .sum();
     let measured_s = (duration_s - warmups).max(0.0);
-    let steps = steps(p, m.steps());
+    let steps = steps(p, &m.steps());
     let warmup = m.warmup();
-    let metrics = Metrics::of(&m.measured().histograms);
+    let metrics = Metrics::of(&measured.histograms);
     let mut summary = Summary {
         schema: SCHEMA,
         run_id: p.run_id.clone(),

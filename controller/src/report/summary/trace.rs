@@ -76,7 +76,8 @@ pub struct Exemplar {
 /// The section, from the run's settings and what the agents reported.
 pub fn build(config: Option<&TraceRef>, run_id: &str, run_trace_id: &str, c: &Collected) -> Tracing {
     let m = &c.merger;
-    let (measured, warmup) = (&m.measured().counters, m.warmup());
+    let totals = m.measured();
+    let (measured, warmup) = (&totals.counters, m.warmup());
     let list = |metric: Metric| -> Vec<Exemplar> {
         c.exemplars
             .iter()
