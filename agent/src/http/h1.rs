@@ -198,31 +198,28 @@ impl Conn {
         }
         let mut answered = false;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
             let failed = |conn: &mut Conn, unanswered: bool, message: String| {
                 conn.state = State::Closed;
                 Err(SendError { unanswered, message })
             };
-            match parsed.parse(&self.buf[self.pos..]) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let head = read_head(&parsed);
+            match parse_head(&self.buf[self.pos..]) {
+                Ok(Parsed::Head(head, len)) => {
                     self.pos += len;
-                    match head {
-                        // Interim responses (100 Continue, 103 Early Hints)
-                        // come before the real one.
-                        Ok(Some(head)) => return Ok(head),
-                        Ok(None) => continue,
-                        Err(message) => return failed(self, false, message),
-                    }
+                    return Ok(head);
                 }
-                Ok(httparse::Status::Partial) => {
+                // Interim responses (100 Continue, 103 Early Hints) come
+                // before the real one.
+                Ok(Parsed::Interim(len)) => {
+                    self.pos += len;
+                    continue;
+                }
+                Ok(Parsed::Partial) => {
                     if self.buf.len() - self.pos >= MAX_HEAD {
                         let message = format!("the response head is larger than {} KiB", MAX_HEAD / 1024);
                         return failed(self, false, message);
                     }
                 }
-                Err(e) => return failed(self, false, format!("invalid response head: {e}")),
+                Err(message) => return failed(self, false, message),
             }
             match self.fill().await {
                 Ok(0) => {
@@ -249,7 +246,7 @@ impl Conn {
         let result = self.next_piece(head).await;
         match &result {
             Ok(Some((start, end))) => return Ok(Some(&self.buf[*start..*end])),
-            Ok(None) => self.finish(head.close || head.body != Body::Done),
+            Ok(None) => self.finish(head.close),
             Err(_) => self.state = State::Closed,
         }
         result.map(|_| None)
@@ -386,6 +383,32 @@ impl Conn {
         }
         self.buf.reserve(READ_ROOM);
         self.io.read_buf(&mut self.buf).await
+    }
+}
+
+/// What the bytes at hand hold of a response head.
+enum Parsed {
+    /// A whole head, of this many bytes.
+    Head(Head, usize),
+    /// A whole interim (1xx) head, of this many bytes.
+    Interim(usize),
+    /// Not yet a whole head.
+    Partial,
+}
+
+/// Parses a response head from `bytes`. A plain function, so that the
+/// parser's array of headers lives on the stack for the parse alone and
+/// not in the state of every request's future.
+fn parse_head(bytes: &[u8]) -> Result<Parsed, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => Ok(match read_head(&parsed)? {
+            Some(head) => Parsed::Head(head, len),
+            None => Parsed::Interim(len),
+        }),
+        Ok(httparse::Status::Partial) => Ok(Parsed::Partial),
+        Err(e) => Err(format!("invalid response head: {e}")),
     }
 }
 
