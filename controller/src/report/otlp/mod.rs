@@ -186,6 +186,10 @@ async fn pusher(
     ticks.tick().await;
     loop {
         tokio::select! {
+            // The last push first: when a tick is due as well (a push that
+            // took its whole timeout leaves the next tick due), taking the
+            // tick could keep the writer waiting past its limit.
+            biased;
             last = lasts.recv() => {
                 let Some((snapshot, reply)) = last else { return };
                 let ok = match &mut sender {
