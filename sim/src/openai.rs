@@ -322,6 +322,11 @@ async fn respond(
         input_tokens: job.input_tokens,
         output_tokens: job.output_tokens,
         cached: None,
+        fields: String::new(),
+    };
+    let answer = Answer {
+        fields: answer.fields(),
+        ..answer
     };
     let rx = start(engine, job).await;
     if streamed {
@@ -346,6 +351,8 @@ struct Answer {
     output_tokens: u32,
     /// Prompt tokens found in the prefix cache, when the engine has one.
     cached: Option<u32>,
+    /// What follows the choices in every chunk (see [`Answer::fields`]).
+    fields: String,
 }
 
 impl Answer {
@@ -367,24 +374,52 @@ impl Answer {
         usage
     }
 
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
+    /// The fields of a chunk after its choices, the same in every chunk
+    /// of the answer, in the order serde_json writes a map's keys (sorted),
+    /// so that chunks are rendered without building a JSON value each.
+    fn fields(&self) -> String {
         let object = match self.kind {
             Kind::Chat => "chat.completion.chunk",
             Kind::Completions => "text_completion",
         };
-        let mut chunk = json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
+        format!(
+            ",\"created\":{},\"id\":{},\"model\":{},\"object\":\"{object}\"",
+            self.created,
+            Value::from(self.id.as_str()),
+            Value::from(self.model.as_str()),
+        )
+    }
+
+    /// One SSE event: a chunk with `choices` (JSON text) and `usage`.
+    fn chunk(&self, choices: &str, usage: Option<Value>) -> String {
+        let mut out = String::with_capacity(32 + choices.len() + self.fields.len());
+        out.push_str("data: {\"choices\":");
+        out.push_str(choices);
+        out.push_str(&self.fields);
         if let Some(usage) = usage {
-            chunk["usage"] = usage;
+            out.push_str(",\"usage\":");
+            out.push_str(&usage.to_string());
         }
-        format!("data: {chunk}\n\n")
+        out.push_str("}\n\n");
+        out
     }
 }
+
+/// The choices of a chunk carrying `text`, the last one with its finish
+/// reason, as serde_json would write them (keys sorted).
+fn choices(kind: Kind, text: &str, last: bool) -> String {
+    let text = Value::from(text).to_string();
+    let finish = if last { "\"length\"" } else { "null" };
+    match kind {
+        Kind::Chat => {
+            format!("[{{\"delta\":{{\"content\":{text}}},\"finish_reason\":{finish},\"index\":0,\"logprobs\":null}}]")
+        }
+        Kind::Completions => format!("[{{\"finish_reason\":{finish},\"index\":0,\"logprobs\":null,\"text\":{text}}}]"),
+    }
+}
+
+/// The choices of a chat answer's first chunk: the role, with empty content.
+const ROLE: &str = r#"[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}]"#;
 
 /// The simulator always produces exactly the length it was asked for.
 const FINISH_REASON: &str = "length";
@@ -418,18 +453,10 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage, 
         let mut out = String::new();
         if first && answer.kind == Kind::Chat {
             // Like vLLM: the role arrives first, with empty content.
-            let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            out.push_str(&answer.chunk(role, running(0)));
+            out.push_str(&answer.chunk(ROLE, running(0)));
         }
         // An event without tokens is an empty-content chunk, as vLLM sends.
-        let finish = if token.last { json!(FINISH_REASON) } else { Value::Null };
-        let delta = match answer.kind {
-            Kind::Chat => {
-                json!([{"index": 0, "delta": {"content": token.text}, "logprobs": null, "finish_reason": finish}])
-            }
-            Kind::Completions => json!([{"index": 0, "text": token.text, "logprobs": null, "finish_reason": finish}]),
-        };
-        let event = answer.chunk(delta, running(token.generated));
+        let event = answer.chunk(&choices(answer.kind, &token.text, token.last), running(token.generated));
         match token.cut {
             Some(Cut::Malformed) => {
                 out.push_str(&String::from_utf8_lossy(&faults::malformed_event(
@@ -443,7 +470,7 @@ fn stream(answer: Answer, tokens: mpsc::UnboundedReceiver<Token>, usage: Usage, 
         }
         if token.last {
             if usage.last {
-                out.push_str(&answer.chunk(json!([]), Some(answer.usage())));
+                out.push_str(&answer.chunk("[]", Some(answer.usage())));
             }
             out.push_str("data: [DONE]\n\n");
             stamp_now(&mut stamp);
@@ -491,4 +518,90 @@ async fn whole(mut answer: Answer, mut tokens: mpsc::UnboundedReceiver<Token>) -
         "usage": answer.usage(),
     });
     faults::whole(&body, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk as a JSON value would render it.
+    fn reference(answer: &Answer, choices: Value, usage: Option<Value>) -> String {
+        let object = match answer.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completions => "text_completion",
+        };
+        let mut chunk = json!({
+            "id": answer.id,
+            "object": object,
+            "created": answer.created,
+            "model": answer.model,
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        format!("data: {chunk}\n\n")
+    }
+
+    fn answer(kind: Kind, id: &str, model: &str, cached: Option<u32>) -> Answer {
+        let answer = Answer {
+            id: id.to_owned(),
+            kind,
+            model: model.to_owned(),
+            created: 1_765_000_000,
+            input_tokens: 12,
+            output_tokens: 7,
+            cached,
+            fields: String::new(),
+        };
+        Answer {
+            fields: answer.fields(),
+            ..answer
+        }
+    }
+
+    #[test]
+    fn chunks_are_the_bytes_a_json_value_renders() {
+        let texts = [
+            "",
+            " hello",
+            "quote \" backslash \\ slash /",
+            "new\nline\ttab\r\u{1}\u{1f}",
+            "unicode é 中文 🦀 \u{2028}",
+        ];
+        for kind in [Kind::Chat, Kind::Completions] {
+            for (id, model, cached) in [
+                ("chatcmpl-sim-1", "llm-sim", None),
+                ("cmpl-\"odd\"", "org/model \u{e9}\n", Some(3)),
+            ] {
+                let a = answer(kind, id, model, cached);
+                for text in texts {
+                    for last in [false, true] {
+                        let finish = if last { json!(FINISH_REASON) } else { Value::Null };
+                        let expected = match kind {
+                            Kind::Chat => {
+                                json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": finish}])
+                            }
+                            Kind::Completions => {
+                                json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}])
+                            }
+                        };
+                        for usage in [None, Some(a.usage_after(3))] {
+                            assert_eq!(
+                                a.chunk(&choices(kind, text, last), usage.clone()),
+                                reference(&a, expected.clone(), usage),
+                                "{text:?}"
+                            );
+                        }
+                    }
+                }
+                let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
+                assert_eq!(a.chunk(ROLE, None), reference(&a, role, None));
+                assert_eq!(
+                    a.chunk("[]", Some(a.usage())),
+                    reference(&a, json!([]), Some(a.usage()))
+                );
+            }
+        }
+    }
 }

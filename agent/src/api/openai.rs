@@ -175,8 +175,11 @@ pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
     if data == b"[DONE]" {
         return Parsed::Done;
     }
-    match fast(data) {
-        Some(fast) => fast.parsed(text),
+    // Filled in place: the fast path's state is a few hundred bytes,
+    // which returning it would copy for every event.
+    let mut f = Fast::default();
+    match fast(data, &mut f) {
+        Some(()) => f.parsed(text),
         None => full_event(data, text),
     }
 }
@@ -283,9 +286,8 @@ impl Fast<'_> {
 
 /// Reads one streamed event without building a value; `None` when unsure
 /// (see [`scan`]), and always for an error, which the full parse reports.
-fn fast(data: &[u8]) -> Option<Fast<'_>> {
+fn fast<'a>(data: &'a [u8], f: &mut Fast<'a>) -> Option<()> {
     let mut s = Scan::new(data)?;
-    let mut f = Fast::default();
     let (mut choices, mut usage, mut error, mut timings) = (false, false, false, false);
     s.object(|s, key| match key {
         "choices" => {
@@ -356,14 +358,14 @@ fn fast(data: &[u8]) -> Option<Fast<'_>> {
         }
         _ => s.skip(),
     })?;
-    s.at_end().then_some(f)
+    s.at_end().then_some(())
 }
 
 /// True when the fast path reads `data` (unit tests: that it takes the
 /// common events rather than leaving them all to the full parse).
 #[cfg(test)]
 pub(super) fn fast_path_takes(data: &[u8]) -> bool {
-    fast(data).is_some()
+    fast(data, &mut Fast::default()).is_some()
 }
 
 /// One element of `choices`.

@@ -12,6 +12,8 @@
 
 /// Deepest nesting a skipped value may have before the scanner gives up.
 const MAX_DEPTH: u32 = 32;
+/// Bytes of a string looked at one by one before searching the rest.
+const SHORT: usize = 24;
 
 /// A JSON string as written in the event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +162,13 @@ impl<'a> Scan<'a> {
             // Most of a string needs no decoding: pass over it at once.
             let rest = b.get(self.at..)?;
             let plain = if self.no_controls {
-                memchr::memchr2(b'"', b'\\', rest)?
+                // Keys and most values end within a few bytes, before a
+                // SIMD search would have set up: look at those one by one.
+                let near = &rest[..rest.len().min(SHORT)];
+                match near.iter().position(|&c| c == b'"' || c == b'\\') {
+                    Some(at) => at,
+                    None => near.len() + memchr::memchr2(b'"', b'\\', &rest[near.len()..])?,
+                }
             } else {
                 rest.iter().position(|c| matches!(c, b'"' | b'\\' | 0..0x20))?
             };
