@@ -308,8 +308,24 @@ impl AsyncRead for Stamped {
         loop {
             std::task::ready!(this.io.poll_read_ready(cx))?;
             let dst = this.kernel.room(buf);
+            let room = dst.len();
             let (io, kernel) = (&this.io, &mut this.kernel);
-            match io.try_io(tokio::io::Interest::READABLE, || kernel.receive(io, dst)) {
+            let mut short = None;
+            let tried = io.try_io(tokio::io::Interest::READABLE, || {
+                let (n, at) = kernel.receive(io, dst)?;
+                // A read that did not fill its room took all there was:
+                // the next one would only find nothing. Saying "would
+                // block" here has tokio clear the readiness this read was
+                // made on (as its own reads do), so the next read waits for
+                // the socket to have more instead of trying in vain; bytes
+                // that came after the readiness was seen keep it set.
+                if n > 0 && n < room {
+                    short = Some((n, at));
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok((n, at))
+            });
+            match tried.or_else(|e| short.ok_or(e)) {
                 Ok((n, at)) => {
                     buf.advance(n);
                     if n > 0 {
