@@ -33,7 +33,7 @@ use std::time::Duration;
 use stampede_proto::{ErrorClass, LATE};
 use tokio::time::Instant;
 
-use crate::api::{Api, Chunk, Finish, Framing, Parsed, ServerTimes, Spec, Usage};
+use crate::api::{Api, Chunk, Finish, Framing, Parsed, ServerTimes, Shape, Spec, Usage};
 use crate::events::{self, Event};
 use crate::http::{Arrivals, Conn, Endpoint, Head};
 use crate::prompts::Prompt;
@@ -154,6 +154,8 @@ pub struct Scratch {
     text: String,
     /// The prompt, copied only when a tokenizer will count it.
     prompt: String,
+    /// The shape of the user's recent events (see [`Shape`]).
+    shape: Shape,
 }
 
 impl Scratch {
@@ -245,6 +247,7 @@ impl Executor {
             prompt.text,
             prompt.max_tokens,
             &mut scratch.events,
+            &mut scratch.shape,
             keep_text,
             trail,
         );
@@ -352,6 +355,7 @@ impl Executor {
         prompt: &str,
         max_tokens: Option<u32>,
         events: &mut Vec<Event>,
+        shape: &mut Shape,
         text: Option<&mut String>,
         trail: &mut Trail,
     ) -> Result<Answer, Failure> {
@@ -420,7 +424,7 @@ impl Executor {
         let streamed = self.api.streams(&self.spec);
         let arrivals = c.arrivals.clone();
         let read = if streamed {
-            self.read_stream(c, &mut head, &arrivals, events, text).await?
+            self.read_stream(c, &mut head, &arrivals, events, shape, text).await?
         } else {
             self.read_whole(c, &mut head, text).await?
         };
@@ -454,6 +458,7 @@ impl Executor {
         head: &mut Head,
         arrivals: &Arrivals,
         events: &mut Vec<Event>,
+        shape: &mut Shape,
         text: Option<&mut String>,
     ) -> Result<Read, Failure> {
         let framing = self.api.framing();
@@ -467,6 +472,7 @@ impl Executor {
             api: &self.api,
             read: Read::default(),
             events,
+            shape,
             text,
         };
         loop {
@@ -569,6 +575,8 @@ struct Tokens<'a> {
     read: Read,
     /// The events that carried text.
     events: &'a mut Vec<Event>,
+    /// The shape of recent events.
+    shape: &'a mut Shape,
     /// Where the generated text goes, when it is kept.
     text: Option<&'a mut String>,
 }
@@ -594,7 +602,7 @@ impl Tokens<'_> {
 
     /// One SSE event or NDJSON line.
     fn event(&mut self, data: &[u8], first_byte_at: Instant) -> Result<(), Failure> {
-        match self.api.event(data, self.text.as_deref_mut()) {
+        match self.api.event(data, self.text.as_deref_mut(), self.shape) {
             Parsed::Chunk(c) => {
                 let text_end = self.text.as_ref().map_or(0, |t| t.len());
                 let usage = c.usage.map(|u| u.output_tokens);

@@ -22,6 +22,7 @@ mod scan;
 mod tgi;
 
 pub use json::{HttpJson, StreamFormat, TimeUnit};
+pub use openai::Shape;
 
 /// A server dialect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +203,7 @@ impl ServerTimes {
 }
 
 /// What one event (or one whole response) says.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Chunk {
     /// Events in this chunk that carry generated text.
     pub content_events: u32,
@@ -564,9 +565,11 @@ impl Api {
 
     /// Parses one streamed event's data (an SSE event or an NDJSON line).
     /// With `text`, the generated text it carries is appended there.
-    pub fn event(&self, data: &[u8], text: Option<&mut String>) -> Parsed {
+    /// `shape` is the answer's: the OpenAI dialects read most events by it
+    /// (see [`Shape`]); the others leave it be.
+    pub fn event(&self, data: &[u8], text: Option<&mut String>, shape: &mut Shape) -> Parsed {
         match &self.speaks {
-            Speaks::OpenAiChat | Speaks::OpenAiCompletions => openai::event(data, text),
+            Speaks::OpenAiChat | Speaks::OpenAiCompletions => openai::event(data, text, shape),
             Speaks::Ollama | Speaks::OllamaChat => ollama::parse(data, true, text),
             Speaks::Tgi => tgi::event(data, text),
             Speaks::HttpJson(h) => h.event(data, text),
@@ -638,10 +641,10 @@ mod tests {
     #[test]
     fn every_dialect_hands_over_its_generated_text() {
         let streamed = |api: &Api, events: &[&str]| {
-            let mut text = String::new();
+            let (mut text, mut shape) = (String::new(), Shape::default());
             for e in events {
                 assert!(
-                    matches!(api.event(e.as_bytes(), Some(&mut text)), Parsed::Chunk(_)),
+                    matches!(api.event(e.as_bytes(), Some(&mut text), &mut shape), Parsed::Chunk(_)),
                     "{e}"
                 );
             }
@@ -703,7 +706,7 @@ mod tests {
         );
         // Without a place to keep it, nothing is kept and nothing changes.
         assert!(matches!(
-            chat.event(events[1].as_bytes(), None),
+            chat.event(events[1].as_bytes(), None, &mut Shape::default()),
             Parsed::Chunk(Chunk { content_events: 1, .. })
         ));
     }

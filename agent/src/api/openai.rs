@@ -169,18 +169,101 @@ fn usage(u: Option<WireUsage>) -> Option<Usage> {
     })
 }
 
-/// Parses the data of one SSE event: by the fast path when it is sure,
-/// else in full.
-pub(super) fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
+/// Parses the data of one SSE event: by `shape` when the event has it, by
+/// the fast path when that is sure (teaching `shape` the event's own), else
+/// in full.
+pub(super) fn event(data: &[u8], mut text: Option<&mut String>, shape: &mut Shape) -> Parsed {
     if data == b"[DONE]" {
         return Parsed::Done;
+    }
+    if let Some(parsed) = shape.read(data, text.as_deref_mut()) {
+        return parsed;
     }
     // Filled in place: the fast path's state is a few hundred bytes,
     // which returning it would copy for every event.
     let mut f = Fast::default();
     match fast(data, &mut f) {
-        Some(()) => f.parsed(text),
+        Some(()) => {
+            let parsed = f.parsed(text);
+            if let Parsed::Chunk(said) = &parsed {
+                shape.learn(data, &f, said);
+            }
+            parsed
+        }
         None => full_event(data, text),
+    }
+}
+
+/// The shape of a recent event that carried one text: its bytes before and
+/// after that text, and what the rest of it said. Servers send nearly every
+/// event of an answer in one shape, the text aside (the answer's id, model
+/// and creation time repeat), so an event is read by comparing its ends
+/// with the shape's and scanning the string between them alone.
+///
+/// Whichever event taught it, a shape never changes what an event says:
+/// the scan of an event that has the shape's bytes up to a string and from
+/// its end on takes, byte for byte, the steps it took in the event that
+/// taught it, but for that one string. Every decision before the string is
+/// made on bytes before its opening quote (nothing the scanner reads runs
+/// on through a quote it has not reached), and after it the scanner is in
+/// the same state on the same bytes. So the answer is the fast path's,
+/// with the event's own text.
+#[derive(Debug, Default)]
+pub struct Shape {
+    /// Up to and including the text's opening quote; empty until learnt.
+    pub(super) before: Vec<u8>,
+    /// From the text's closing quote to the end.
+    pub(super) after: Vec<u8>,
+    /// What the event said besides its text.
+    rest: Chunk,
+}
+
+impl Shape {
+    /// What `data` says, when it has this shape; `None` when it has not,
+    /// or its text is not one the scanner is sure of.
+    pub(super) fn read(&self, data: &[u8], text: Option<&mut String>) -> Option<Parsed> {
+        let (before, after) = (self.before.len(), self.after.len());
+        if before == 0 || data.len() < before + after || !data.starts_with(&self.before) || !data.ends_with(&self.after)
+        {
+            return None;
+        }
+        // The text as a JSON string: from its opening quote, the last byte
+        // of `before`, to its closing quote, the first of `after`.
+        let mut s = Scan::new(&data[before - 1..=data.len() - after])?;
+        let string = s.string()?;
+        if !s.at_end() {
+            return None;
+        }
+        if let Some(out) = text {
+            string.push_to(out);
+        }
+        Some(Parsed::Chunk(Chunk {
+            content_events: u32::from(string.len() > 0),
+            text_bytes: string.len() as u64,
+            ..self.rest
+        }))
+    }
+
+    /// Takes the shape of `data`, which the fast path read as `f` and found
+    /// to say `said`, when it holds one choice with one text.
+    fn learn(&mut self, data: &[u8], f: &Fast<'_>, said: &Chunk) {
+        let [choice] = f.choices() else { return };
+        let mut texts = choice.texts.iter().flatten();
+        let (Some(string), None) = (texts.next(), texts.next()) else {
+            return;
+        };
+        // The string's bytes are a slice of `data`: where they start in it.
+        let start = string.raw().as_ptr() as usize - data.as_ptr() as usize;
+        let end = start + string.raw().len();
+        self.before.clear();
+        self.before.extend_from_slice(&data[..start]);
+        self.after.clear();
+        self.after.extend_from_slice(&data[end..]);
+        self.rest = Chunk {
+            content_events: 0,
+            text_bytes: 0,
+            ..*said
+        };
     }
 }
 
@@ -440,6 +523,11 @@ pub(super) fn whole(body: &[u8], text: Option<&mut String>) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event on its own, with no shape learnt before it.
+    fn event(data: &[u8], text: Option<&mut String>) -> Parsed {
+        super::event(data, text, &mut Shape::default())
+    }
 
     #[test]
     fn streaming_body_asks_for_usage() {

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use super::openai;
+use super::openai::{self, Shape};
 
 /// Cases each property runs (see README: Testing).
 const CASES: u32 = 4096;
@@ -191,6 +191,36 @@ fn event() -> impl Strategy<Value = Value> {
         })
 }
 
+/// An event whose one choice carries one text, in any of the four fields
+/// (the others absent or null), the rest drawn as [`event`] draws it: the
+/// events a shape is learnt from.
+fn one_text_event() -> impl Strategy<Value = Value> {
+    (event(), choice(), 0..4usize, text(), any::<bool>()).prop_map(|(mut v, mut c, slot, t, nulls)| {
+        const DELTA: [&str; 3] = ["content", "reasoning_content", "reasoning"];
+        let map = c.as_object_mut().expect("a choice is an object");
+        map.remove("text");
+        let delta = map.entry("delta").or_insert_with(|| json!({}));
+        if !delta.is_object() {
+            *delta = json!({});
+        }
+        let delta = delta.as_object_mut().expect("made an object");
+        for key in DELTA {
+            delta.remove(key);
+            if nulls {
+                delta.insert(key.to_owned(), Value::Null);
+            }
+        }
+        match DELTA.get(slot) {
+            Some(key) => delta.insert((*key).to_owned(), Value::String(t)),
+            None => map.insert("text".to_owned(), Value::String(t)),
+        };
+        v.as_object_mut()
+            .expect("an event is an object")
+            .insert("choices".to_owned(), Value::Array(vec![c]));
+        v
+    })
+}
+
 /// Writes `v` with its keys in a shuffled order, whitespace around every
 /// token, and strings escaped in any of the ways JSON allows.
 fn write(v: &Value, style: &mut Style, out: &mut String) {
@@ -288,12 +318,25 @@ impl Style {
     }
 }
 
-/// Both parses of `data`, with the text each kept.
-fn both(data: &[u8]) -> ((super::Parsed, String), (super::Parsed, String)) {
+/// Both parses of `data`, with the text each kept: the fast one with
+/// `shape`, which it may read the event by and learn from.
+fn both_with(data: &[u8], shape: &mut Shape) -> ((super::Parsed, String), (super::Parsed, String)) {
     let (mut fast_text, mut full_text) = (String::new(), String::new());
-    let fast = openai::event(data, Some(&mut fast_text));
+    let fast = openai::event(data, Some(&mut fast_text), shape);
     let full = openai::full_event(data, Some(&mut full_text));
     ((fast, fast_text), (full, full_text))
+}
+
+/// Both parses of `data`, the fast one knowing no shape yet.
+fn both(data: &[u8]) -> ((super::Parsed, String), (super::Parsed, String)) {
+    both_with(data, &mut Shape::default())
+}
+
+/// The bytes between the quotes of `text` written as a JSON string.
+fn inside(text: &str, style: &mut Style) -> Vec<u8> {
+    let mut quoted = String::new();
+    string(text, style, &mut quoted);
+    quoted.as_bytes()[1..quoted.len() - 1].to_vec()
 }
 
 proptest! {
@@ -327,6 +370,90 @@ proptest! {
         let (fast, full) = both(&data);
         prop_assert_eq!(fast, full, "{}", String::from_utf8_lossy(&data));
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// Once an event has taught its shape, any bytes at all put where its
+    /// text was (another text in any escaping, or that damaged at any
+    /// byte) parse as the full parse reads them; and a text that is a
+    /// JSON string is read by the shape.
+    #[test]
+    fn shaped_events_agree(v in one_text_event(), seed in any::<u64>(), spaces_only in any::<bool>(), texts in prop::collection::vec(text(), 1..4), at in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0..4u8) {
+        let mut data = String::new();
+        let mut style = Style(seed, spaces_only);
+        write(&v, &mut style, &mut data);
+        let mut shape = Shape::default();
+        let (fast, full) = both_with(data.as_bytes(), &mut shape);
+        prop_assert_eq!(fast, full, "{}", data);
+        if shape.before.is_empty() {
+            return Ok(());
+        }
+        for text in &texts {
+            let whole = |shape: &Shape, middle: &[u8]| [&shape.before[..], middle, &shape.after[..]].concat();
+            let mut middle = inside(text, &mut style);
+            let event = whole(&shape, &middle);
+            prop_assert!(shape.read(&event, None).is_some(), "{}", String::from_utf8_lossy(&event));
+            let (fast, full) = both_with(&event, &mut shape);
+            prop_assert_eq!(fast, full, "{}", String::from_utf8_lossy(&event));
+            // Damaged inside the shape: a byte cut, changed or added, or
+            // one of those a string must escape.
+            let i = at.index(middle.len() + 1).min(middle.len());
+            match how {
+                0 => middle.truncate(i),
+                1 if i < middle.len() => middle[i] = byte,
+                2 => middle.insert(i, byte),
+                _ => middle.insert(i, [b'"', b'\\', b'\n', 0xC3][usize::from(byte % 4)]),
+            }
+            let event = whole(&shape, &middle);
+            let (fast, full) = both_with(&event, &mut shape);
+            prop_assert_eq!(fast, full, "{}", String::from_utf8_lossy(&event));
+        }
+    }
+}
+
+#[test]
+fn a_stream_is_read_by_its_shape() {
+    // llm-sim's events: after the role's, every one until the last is read
+    // by the shape, and each says what the full parse says.
+    let event = |text: &str, finish: &str| {
+        format!(
+            r#"{{"choices":[{{"delta":{{"content":{}}},"finish_reason":{finish},"index":0,"logprobs":null}}],"created":1796602203,"id":"chatcmpl-sim-155090","model":"m","object":"chat.completion.chunk"}}"#,
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    let mut shape = Shape::default();
+    let role = r#"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":1796602203,"id":"chatcmpl-sim-155090","model":"m","object":"chat.completion.chunk"}"#;
+    let (fast, full) = both_with(role.as_bytes(), &mut shape);
+    assert_eq!(fast, full);
+    let words = [
+        "gap",
+        " the",
+        " \"step\"",
+        "\n",
+        " caf\u{e9}",
+        " \u{1F600}",
+        "",
+        " tail",
+    ];
+    let mut read_by_shape = 0;
+    for (i, w) in words.iter().enumerate() {
+        let data = event(w, "null");
+        read_by_shape += usize::from(i > 0 && shape.read(data.as_bytes(), None).is_some());
+        let (fast, full) = both_with(data.as_bytes(), &mut shape);
+        assert_eq!(fast, full, "{data}");
+    }
+    assert_eq!(read_by_shape, words.len() - 1);
+    // The last event has its finish reason: a shape of its own.
+    let last = event(" end", r#""length""#);
+    assert!(shape.read(last.as_bytes(), None).is_none());
+    let (fast, full) = both_with(last.as_bytes(), &mut shape);
+    assert_eq!(fast, full);
+    assert!(matches!(
+        fast.0,
+        super::Parsed::Chunk(super::Chunk { finished: true, .. })
+    ));
 }
 
 #[test]

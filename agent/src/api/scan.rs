@@ -53,6 +53,11 @@ impl<'a> Str<'a> {
         self.len
     }
 
+    /// The bytes between the quotes, as written.
+    pub(super) fn raw(&self) -> &'a str {
+        self.raw
+    }
+
     /// The string, when it has no escapes to decode.
     pub(super) fn plain(&self) -> Option<&'a str> {
         (!self.escaped).then_some(self.raw)
