@@ -137,9 +137,12 @@ pub struct Conn {
     /// When bytes last arrived on it.
     pub arrivals: Arrivals,
     io: Io,
-    /// Bytes read and not yet taken: `buf[pos..]`.
+    /// The read buffer, zeroed once as it grows so that reads need not
+    /// zero their room each time: bytes read and not yet taken are
+    /// `buf[pos..end]`.
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
     state: State,
 }
 
@@ -150,6 +153,7 @@ impl Conn {
             io,
             buf: Vec::new(),
             pos: 0,
+            end: 0,
             state: State::Idle,
         }
     }
@@ -202,7 +206,7 @@ impl Conn {
                 conn.state = State::Closed;
                 Err(SendError { unanswered, message })
             };
-            match parse_head(&self.buf[self.pos..]) {
+            match parse_head(&self.buf[self.pos..self.end]) {
                 Ok(Parsed::Head(head, len)) => {
                     self.pos += len;
                     return Ok(head);
@@ -214,7 +218,7 @@ impl Conn {
                     continue;
                 }
                 Ok(Parsed::Partial) => {
-                    if self.buf.len() - self.pos >= MAX_HEAD {
+                    if self.end - self.pos >= MAX_HEAD {
                         let message = format!("the response head is larger than {} KiB", MAX_HEAD / 1024);
                         return failed(self, false, message);
                     }
@@ -270,12 +274,12 @@ impl Conn {
     /// The body is over: ready for the next request, unless the server
     /// asked to close or sent more than it was asked for.
     fn finish(&mut self, close: bool) {
-        let leftover = self.pos < self.buf.len();
+        let leftover = self.pos < self.end;
         self.state = if close || leftover { State::Closed } else { State::Idle };
         if !leftover {
-            self.buf.clear();
             self.pos = 0;
-            if self.buf.capacity() > KEEP {
+            self.end = 0;
+            if self.buf.len() > KEEP {
                 self.buf = Vec::new();
             }
         }
@@ -295,13 +299,13 @@ impl Conn {
                     return Ok(Some((start, end)));
                 }
                 Body::Close => {
-                    if self.pos == self.buf.len() && self.fill().await? == 0 {
+                    if self.pos == self.end && self.fill().await? == 0 {
                         head.body = Body::Done;
                         head.close = true;
                         return Ok(None);
                     }
                     let start = self.pos;
-                    self.pos = self.buf.len();
+                    self.pos = self.end;
                     return Ok(Some((start, self.pos)));
                 }
                 Body::Chunked(Chunked::Data(left)) => {
@@ -342,11 +346,11 @@ impl Conn {
 
     /// Up to `left` bytes of the buffer, reading when it is empty.
     async fn take(&mut self, left: u64, closed: &str) -> io::Result<(usize, usize)> {
-        if self.pos == self.buf.len() && self.fill().await? == 0 {
+        if self.pos == self.end && self.fill().await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed.to_owned()));
         }
         let start = self.pos;
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len() - start);
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(self.end - start);
         self.pos += n;
         Ok((start, self.pos))
     }
@@ -354,13 +358,13 @@ impl Conn {
     /// The next line (without its line end), reading as needed.
     async fn line(&mut self, what: &str) -> io::Result<&[u8]> {
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..]) {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
                 let start = self.pos;
                 self.pos += i + 1;
                 let line = &self.buf[start..start + i];
                 return Ok(line.strip_suffix(b"\r").unwrap_or(line));
             }
-            if self.buf.len() - self.pos > MAX_LINE {
+            if self.end - self.pos > MAX_LINE {
                 return Err(invalid(&format!("{what} line longer than {} KiB", MAX_LINE / 1024)));
             }
             if self.fill().await? == 0 {
@@ -374,15 +378,22 @@ impl Conn {
 
     /// One read into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos == self.end {
             self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < READ_ROOM {
-            self.buf.drain(..self.pos);
+            self.end = 0;
+        } else if self.pos > 0 && self.buf.len() - self.end < READ_ROOM {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
         }
-        self.buf.reserve(READ_ROOM);
-        self.io.read_buf(&mut self.buf).await
+        if self.buf.len() - self.end < READ_ROOM {
+            // Grown as a vector grows, and zeroed once: all of it is room.
+            self.buf.reserve(self.end + READ_ROOM - self.buf.len());
+            self.buf.resize(self.buf.capacity(), 0);
+        }
+        let n = self.io.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
     }
 }
 
