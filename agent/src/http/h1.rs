@@ -481,10 +481,14 @@ fn read_head(parsed: &httparse::Response<'_, '_>) -> Result<Option<Head>, String
 
 /// A chunk-size line's size (hex digits, then any extensions).
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
-    u64::from_str_radix(digits, 16)
-        .map_err(|_| invalid(&format!("invalid chunk size {:?}", String::from_utf8_lossy(line))))
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    let size = (!digits.is_empty()).then_some(()).and_then(|()| {
+        digits.iter().try_fold(0u64, |n, &d| {
+            let d = char::from(d).to_digit(16)?;
+            n.checked_mul(16)?.checked_add(u64::from(d))
+        })
+    });
+    size.ok_or_else(|| invalid(&format!("invalid chunk size {:?}", String::from_utf8_lossy(line))))
 }
 
 fn invalid(message: &str) -> io::Error {

@@ -252,3 +252,31 @@ async fn a_response_head_past_the_limit_is_refused() {
     assert!(e.message.contains("larger than 64 KiB"), "{}", e.message);
     server.abort();
 }
+
+#[test]
+fn chunk_sizes_are_hex_digits_before_any_extension() {
+    for (line, size) in [
+        (&b"0"[..], Some(0)),
+        (b"1a", Some(26)),
+        (b"FF", Some(255)),
+        (b"10;name=value", Some(16)),
+        (b" 8 ; ext", Some(8)),
+        (b"ffffffffffffffff", Some(u64::MAX)),
+        (b"10000000000000000", None),
+        (b"", None),
+        (b";ext", None),
+        (b"zz", None),
+        (b"+1", None),
+        (b"-1", None),
+        (b"1 2", None),
+        (b"0x10", None),
+        ("\u{e9}".as_bytes(), None),
+    ] {
+        assert_eq!(
+            super::chunk_size(line).ok(),
+            size,
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
