@@ -323,11 +323,8 @@ async fn respond(
         output_tokens: job.output_tokens,
         cached: None,
         fields: String::new(),
-    };
-    let answer = Answer {
-        fields: answer.fields(),
-        ..answer
-    };
+    }
+    .rendered();
     let rx = start(engine, job).await;
     if streamed {
         stream(answer, rx, usage, stamp)
@@ -351,7 +348,7 @@ struct Answer {
     output_tokens: u32,
     /// Prompt tokens found in the prefix cache, when the engine has one.
     cached: Option<u32>,
-    /// What follows the choices in every chunk (see [`Answer::fields`]).
+    /// What follows the choices in every chunk (see [`Answer::rendered`]).
     fields: String,
 }
 
@@ -374,20 +371,22 @@ impl Answer {
         usage
     }
 
-    /// The fields of a chunk after its choices, the same in every chunk
-    /// of the answer, in the order serde_json writes a map's keys (sorted),
-    /// so that chunks are rendered without building a JSON value each.
-    fn fields(&self) -> String {
+    /// The answer with its `fields` filled in: a chunk's fields after its
+    /// choices, the same in every chunk of the answer, in the order
+    /// serde_json writes a map's keys (sorted), so that chunks are rendered
+    /// without building a JSON value each.
+    fn rendered(self) -> Answer {
         let object = match self.kind {
             Kind::Chat => "chat.completion.chunk",
             Kind::Completions => "text_completion",
         };
-        format!(
+        let fields = format!(
             ",\"created\":{},\"id\":{},\"model\":{},\"object\":\"{object}\"",
             self.created,
             Value::from(self.id.as_str()),
             Value::from(self.model.as_str()),
-        )
+        );
+        Answer { fields, ..self }
     }
 
     /// One SSE event: a chunk with `choices` (JSON text) and `usage`.
@@ -408,8 +407,8 @@ impl Answer {
 /// The choices of a chunk carrying `text`, the last one with its finish
 /// reason, as serde_json would write them (keys sorted).
 fn choices(kind: Kind, text: &str, last: bool) -> String {
-    let text = Value::from(text).to_string();
-    let finish = if last { "\"length\"" } else { "null" };
+    let text = Value::from(text);
+    let finish = if last { Value::from(FINISH_REASON) } else { Value::Null };
     match kind {
         Kind::Chat => {
             format!("[{{\"delta\":{{\"content\":{text}}},\"finish_reason\":{finish},\"index\":0,\"logprobs\":null}}]")
@@ -544,7 +543,7 @@ mod tests {
     }
 
     fn answer(kind: Kind, id: &str, model: &str, cached: Option<u32>) -> Answer {
-        let answer = Answer {
+        Answer {
             id: id.to_owned(),
             kind,
             model: model.to_owned(),
@@ -553,11 +552,8 @@ mod tests {
             output_tokens: 7,
             cached,
             fields: String::new(),
-        };
-        Answer {
-            fields: answer.fields(),
-            ..answer
         }
+        .rendered()
     }
 
     #[test]
