@@ -326,7 +326,7 @@ impl Executor {
     }
 
     /// The whole request: its head, then `body`.
-    fn request(&self, body: &[u8], traceparent: &str) -> Vec<u8> {
+    fn request(&self, body: &[u8], traceparent: &[u8]) -> Vec<u8> {
         let accept = if self.api.streams(&self.spec) {
             self.api.framing().accept()
         } else {
@@ -335,7 +335,7 @@ impl Executor {
         let fixed = [
             ("content-type", b"application/json".as_slice()),
             ("accept", accept.as_bytes()),
-            (stampede_otel::Traceparent::HEADER, traceparent.as_bytes()),
+            (stampede_otel::Traceparent::HEADER, traceparent),
         ];
         let headers = fixed
             .into_iter()
@@ -365,7 +365,7 @@ impl Executor {
         };
         let request = self.request(
             &self.api.body_with(&self.model, history, prompt, &spec),
-            &trail.parent.to_string(),
+            &trail.parent.encode(),
         );
         let mut connect_us = None;
         let mut reused = conn.as_mut().is_some_and(Conn::is_open);

@@ -495,40 +495,30 @@ impl Api {
             joined = all.join("\n\n");
             joined.as_str()
         };
-        let messages = || {
-            let mut list: Vec<Value> = history
-                .iter()
-                .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-                .collect();
-            list.push(serde_json::json!({"role": "user", "content": prompt}));
-            Value::Array(list)
-        };
-        let mut body = match &self.speaks {
-            Speaks::OpenAiChat => {
-                let mut b = openai::chat_body(model, prompt, spec);
-                if !history.is_empty() {
-                    b["messages"] = messages();
-                }
-                b
-            }
-            Speaks::OpenAiCompletions => openai::completions_body(model, text, spec),
+        let body = match &self.speaks {
+            Speaks::OpenAiChat => return self.with_fields(openai::chat_body(model, history, prompt, spec)),
+            Speaks::OpenAiCompletions => return self.with_fields(openai::completions_body(model, text, spec)),
             Speaks::Ollama => ollama::generate_body(model, text, spec),
-            Speaks::OllamaChat => {
-                let mut b = ollama::chat_body(model, prompt, spec);
-                if !history.is_empty() {
-                    b["messages"] = messages();
-                }
-                b
-            }
+            Speaks::OllamaChat => ollama::chat_body(model, history, prompt, spec),
             Speaks::Tgi => tgi::body(text, spec),
             Speaks::HttpJson(h) => h.body(model, text, spec),
         };
+        self.with_fields(body)
+    }
+
+    /// `body` as JSON, with the profile's own body fields set over it.
+    fn with_fields(&self, body: impl serde::Serialize) -> Vec<u8> {
+        const INFALLIBLE: &str = "a request body has string keys and no failing parts";
+        if self.body.is_empty() {
+            return serde_json::to_vec(&body).expect(INFALLIBLE);
+        }
+        let mut body = serde_json::to_value(body).expect(INFALLIBLE);
         if let Value::Object(map) = &mut body {
             for (k, v) in &self.body {
                 map.insert(k.clone(), v.clone());
             }
         }
-        serde_json::to_vec(&body).expect("a JSON value always serializes")
+        serde_json::to_vec(&body).expect(INFALLIBLE)
     }
 
     /// True when answers are streamed: the profile asks for it and the

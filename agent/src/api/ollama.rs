@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openai::Messages;
 use super::{Chunk, Finish, Parsed, ServerTimes, Spec, Usage, keep, words};
 
 /// Generate request path.
@@ -37,10 +38,10 @@ pub(super) fn generate_body(model: &str, prompt: &str, spec: &Spec) -> Value {
 }
 
 /// The body of one `/api/chat` request.
-pub(super) fn chat_body(model: &str, prompt: &str, spec: &Spec) -> Value {
+pub(super) fn chat_body(model: &str, history: &[crate::prompts::Message], prompt: &str, spec: &Spec) -> Value {
     json!({
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": Messages::new(history, prompt),
         "stream": spec.stream,
         "options": options(spec),
     })
@@ -207,7 +208,7 @@ mod tests {
             temperature: Some(0.0),
             stream: true,
         };
-        let b = chat_body("m", "hi", &spec);
+        let b = chat_body("m", &[], "hi", &spec);
         assert_eq!(b["options"]["num_predict"], 8);
         assert_eq!(b["messages"][0]["content"], "hi");
         assert_eq!(generate_body("m", "hi", &spec)["prompt"], "hi");

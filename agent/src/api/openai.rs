@@ -4,8 +4,10 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::ser::SerializeSeq as _;
+use serde::{Deserialize, Serialize};
+
+use crate::prompts::Message;
 
 use super::scan::{self, Scan, Str};
 use super::{Chunk, Finish, Parsed, Spec, Usage, keep, words};
@@ -15,42 +17,100 @@ pub(super) const CHAT_PATH: &str = "/v1/chat/completions";
 /// Text completions request path.
 pub(super) const COMPLETIONS_PATH: &str = "/v1/completions";
 
-/// The JSON body of one chat request.
-pub(super) fn chat_body(model: &str, prompt: &str, spec: &Spec) -> serde_json::Value {
-    common(
-        json!({
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-            "stream": spec.stream,
-        }),
-        spec,
-    )
+/// The body of one chat request: the history's messages, then the user's
+/// prompt.
+pub(super) fn chat_body<'a>(model: &'a str, history: &'a [Message], prompt: &'a str, spec: &Spec) -> Body<'a> {
+    Body {
+        messages: Some(Messages::new(history, prompt)),
+        prompt: None,
+        ..Body::common(model, spec)
+    }
 }
 
-/// The JSON body of one text completions request.
-pub(super) fn completions_body(model: &str, prompt: &str, spec: &Spec) -> serde_json::Value {
-    common(
-        json!({
-            "model": model,
-            "prompt": prompt,
-            "stream": spec.stream,
-        }),
-        spec,
-    )
+/// The body of one text completions request.
+pub(super) fn completions_body<'a>(model: &'a str, prompt: &'a str, spec: &Spec) -> Body<'a> {
+    Body {
+        prompt: Some(prompt),
+        ..Body::common(model, spec)
+    }
 }
 
-fn common(mut body: serde_json::Value, spec: &Spec) -> serde_json::Value {
-    if spec.stream {
-        // Ask for a final usage chunk so token counts come from the server.
-        body["stream_options"] = json!({"include_usage": true});
+/// An OpenAI request body, written straight from borrowed fields.
+///
+/// The fields are in the order of their names, the order in which a JSON
+/// object value (`serde_json`'s sorted map) writes its keys, so a body
+/// reads the same whether or not the profile adds fields of its own
+/// (those go through a value).
+#[derive(Serialize)]
+pub(super) struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Messages<'a>>,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    stream: bool,
+    /// Asks for a final usage chunk, so that token counts come from the
+    /// server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+}
+
+impl<'a> Body<'a> {
+    fn common(model: &'a str, spec: &Spec) -> Body<'a> {
+        Body {
+            max_tokens: spec.max_tokens,
+            messages: None,
+            model,
+            prompt: None,
+            stream: spec.stream,
+            stream_options: spec.stream.then_some(StreamOptions { include_usage: true }),
+            temperature: spec.temperature,
+        }
     }
-    if let Some(n) = spec.max_tokens {
-        body["max_tokens"] = json!(n);
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// A chat request's messages: the history's, then the user's prompt.
+pub(super) struct Messages<'a> {
+    history: &'a [Message],
+    prompt: &'a str,
+}
+
+impl<'a> Messages<'a> {
+    pub(super) fn new(history: &'a [Message], prompt: &'a str) -> Messages<'a> {
+        Messages { history, prompt }
     }
-    if let Some(t) = spec.temperature {
-        body["temperature"] = json!(t);
+}
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// One message, its keys in the order of their names.
+        #[derive(Serialize)]
+        struct One<'a> {
+            content: &'a str,
+            role: &'a str,
+        }
+        let mut list = s.serialize_seq(Some(self.history.len() + 1))?;
+        for m in self.history {
+            list.serialize_element(&One {
+                content: &m.content,
+                role: m.role,
+            })?;
+        }
+        list.serialize_element(&One {
+            content: self.prompt,
+            role: "user",
+        })?;
+        list.end()
     }
-    body
 }
 
 #[derive(Deserialize)]
@@ -536,7 +596,7 @@ mod tests {
             temperature: Some(0.5),
             stream: true,
         };
-        let body = chat_body("m", "hi \"there\"", &spec);
+        let body = serde_json::to_value(chat_body("m", &[], "hi \"there\"", &spec)).unwrap();
         assert_eq!(body["model"], "m");
         assert_eq!(body["messages"][0]["content"], "hi \"there\"");
         assert_eq!(body["max_tokens"], 64);
@@ -551,7 +611,7 @@ mod tests {
             temperature: None,
             stream: false,
         };
-        let body = chat_body("m", "x", &spec);
+        let body = serde_json::to_value(chat_body("m", &[], "x", &spec)).unwrap();
         assert!(body.get("max_tokens").is_none());
         assert!(body.get("temperature").is_none());
         assert!(body.get("stream_options").is_none());

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use super::openai::{self, Shape};
+use crate::prompts::Message;
 
 /// Cases each property runs (see README: Testing).
 const CASES: u32 = 4096;
@@ -469,5 +470,70 @@ fn the_fast_path_takes_the_common_events() {
         assert!(openai::fast_path_takes(data.as_bytes()), "{data}");
         let (fast, full) = both(data.as_bytes());
         assert_eq!(fast, full, "{data}");
+    }
+}
+
+/// An OpenAI body as a JSON value builds it: the oracle for the bodies
+/// written from borrowed fields.
+fn value_body(
+    chat: bool,
+    model: &str,
+    history: &[Message],
+    prompt: &str,
+    spec: &super::Spec,
+    extra: &Map<String, Value>,
+) -> Vec<u8> {
+    let mut body = if chat {
+        let mut messages: Vec<Value> = history
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        messages.push(json!({"role": "user", "content": prompt}));
+        json!({"model": model, "messages": messages, "stream": spec.stream})
+    } else {
+        let mut all: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+        all.push(prompt);
+        json!({"model": model, "prompt": all.join("\n\n"), "stream": spec.stream})
+    };
+    if spec.stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    if let Some(n) = spec.max_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    if let Some(t) = spec.temperature {
+        body["temperature"] = json!(t);
+    }
+    for (k, v) in extra {
+        body[k] = v.clone();
+    }
+    serde_json::to_vec(&body).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// Chat and completions bodies are, byte for byte, what a JSON value of
+    /// the same fields writes, with or without a history, and with the
+    /// profile's own fields set over them.
+    #[test]
+    fn openai_bodies_are_the_bytes_a_json_value_writes(
+        chat in any::<bool>(),
+        model in text(),
+        prompt in text(),
+        history in prop::collection::vec((prop::sample::select(vec!["system", "user", "assistant"]), text()), 0..4),
+        max_tokens in prop::option::of(any::<u32>()),
+        temperature in prop::option::of(prop_oneof![Just(0.0), Just(0.7), Just(1.0), any::<f64>()]),
+        stream in any::<bool>(),
+        extra in prop::collection::vec((prop::sample::select(vec!["max_tokens", "ignore_eos", "a", "zz", "stream"]), prop_oneof![Just(Value::Null), any::<i64>().prop_map(Value::from), text().prop_map(Value::from)]), 0..3),
+    ) {
+        let history: Vec<Message> = history.into_iter().map(|(role, content)| Message { role, content }).collect();
+        let spec = super::Spec { max_tokens, temperature, stream };
+        let mut config = super::ApiConfig::plain(if chat { super::Dialect::OpenAiChat } else { super::Dialect::OpenAiCompletions });
+        config.body = extra.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let api = config.resolve(|_| None).unwrap();
+        let written = api.body_with(&model, &history, &prompt, &spec);
+        let expected = value_body(chat, &model, &history, &prompt, &spec, &config.body);
+        prop_assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&expected));
     }
 }
