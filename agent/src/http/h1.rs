@@ -285,43 +285,73 @@ impl Conn {
         }
     }
 
-    /// Where the next piece of the body lies in the buffer.
+    /// Where the next piece of the body lies in the buffer, reading as
+    /// needed.
     async fn next_piece(&mut self, head: &mut Head) -> io::Result<Option<(usize, usize)>> {
         loop {
-            match head.body {
-                Body::Done => return Ok(None),
-                Body::Length(0) => head.body = Body::Done,
-                Body::Length(left) => {
-                    let (start, end) = self
-                        .take(left, "the connection closed before the body's length")
-                        .await?;
-                    head.body = Body::Length(left - (end - start) as u64);
-                    return Ok(Some((start, end)));
-                }
-                Body::Close => {
-                    if self.pos == self.end && self.fill().await? == 0 {
+            let wait = match self.step(head)? {
+                Step::Piece(start, end) => return Ok(Some((start, end))),
+                Step::Done => return Ok(None),
+                Step::More(wait) => wait,
+            };
+            if self.fill().await? == 0 {
+                let closed = |what: String| Err(io::Error::new(io::ErrorKind::UnexpectedEof, what));
+                return match wait {
+                    Wait::Close => {
                         head.body = Body::Done;
                         head.close = true;
-                        return Ok(None);
+                        Ok(None)
                     }
-                    let start = self.pos;
-                    self.pos = self.end;
-                    return Ok(Some((start, self.pos)));
+                    Wait::Bytes(what) => closed(what.to_owned()),
+                    Wait::Line(what) => closed(format!("the connection closed at {what}")),
+                };
+            }
+        }
+    }
+
+    /// Goes through the body as far as the bytes at hand allow: to its
+    /// next piece, to its end, or to what it waits for. No await: a chunk
+    /// that has arrived whole, with its size and line ends, costs a few
+    /// comparisons.
+    fn step(&mut self, head: &mut Head) -> io::Result<Step> {
+        loop {
+            match head.body {
+                Body::Done => return Ok(Step::Done),
+                Body::Length(0) => head.body = Body::Done,
+                Body::Length(left) => {
+                    let Some((start, end)) = self.take(left) else {
+                        return Ok(Step::More(Wait::Bytes(
+                            "the connection closed before the body's length",
+                        )));
+                    };
+                    head.body = Body::Length(left - (end - start) as u64);
+                    return Ok(Step::Piece(start, end));
+                }
+                Body::Close => {
+                    let Some((start, end)) = self.take(u64::MAX) else {
+                        return Ok(Step::More(Wait::Close));
+                    };
+                    return Ok(Step::Piece(start, end));
                 }
                 Body::Chunked(Chunked::Data(left)) => {
-                    let (start, end) = self
-                        .take(left, "the connection closed in the middle of a chunk")
-                        .await?;
+                    let Some((start, end)) = self.take(left) else {
+                        return Ok(Step::More(Wait::Bytes(
+                            "the connection closed in the middle of a chunk",
+                        )));
+                    };
                     let left = left - (end - start) as u64;
                     head.body = Body::Chunked(if left == 0 {
                         Chunked::DataEnd
                     } else {
                         Chunked::Data(left)
                     });
-                    return Ok(Some((start, end)));
+                    return Ok(Step::Piece(start, end));
                 }
                 Body::Chunked(Chunked::Size) => {
-                    let line = self.line("a chunk size").await?;
+                    const WHAT: &str = "a chunk size";
+                    let Some(line) = self.line(WHAT)? else {
+                        return Ok(Step::More(Wait::Line(WHAT)));
+                    };
                     let size = chunk_size(line)?;
                     head.body = Body::Chunked(if size == 0 {
                         Chunked::Trailers
@@ -330,13 +360,21 @@ impl Conn {
                     });
                 }
                 Body::Chunked(Chunked::DataEnd) => {
-                    if !self.line("the end of a chunk").await?.is_empty() {
+                    const WHAT: &str = "the end of a chunk";
+                    let Some(line) = self.line(WHAT)? else {
+                        return Ok(Step::More(Wait::Line(WHAT)));
+                    };
+                    if !line.is_empty() {
                         return Err(invalid("a chunk longer than its size"));
                     }
                     head.body = Body::Chunked(Chunked::Size);
                 }
                 Body::Chunked(Chunked::Trailers) => {
-                    if self.line("the trailers").await?.is_empty() {
+                    const WHAT: &str = "the trailers";
+                    let Some(line) = self.line(WHAT)? else {
+                        return Ok(Step::More(Wait::Line(WHAT)));
+                    };
+                    if line.is_empty() {
                         head.body = Body::Done;
                     }
                 }
@@ -344,36 +382,30 @@ impl Conn {
         }
     }
 
-    /// Up to `left` bytes of the buffer, reading when it is empty.
-    async fn take(&mut self, left: u64, closed: &str) -> io::Result<(usize, usize)> {
-        if self.pos == self.end && self.fill().await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed.to_owned()));
+    /// Up to `left` of the bytes at hand; `None` when there are none.
+    fn take(&mut self, left: u64) -> Option<(usize, usize)> {
+        if self.pos == self.end {
+            return None;
         }
         let start = self.pos;
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(self.end - start);
         self.pos += n;
-        Ok((start, self.pos))
+        Some((start, self.pos))
     }
 
-    /// The next line (without its line end), reading as needed.
-    async fn line(&mut self, what: &str) -> io::Result<&[u8]> {
-        loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
-                let start = self.pos;
-                self.pos += i + 1;
-                let line = &self.buf[start..start + i];
-                return Ok(line.strip_suffix(b"\r").unwrap_or(line));
-            }
+    /// The next line at hand, without its line end; `None` until all of it
+    /// has arrived.
+    fn line(&mut self, what: &str) -> io::Result<Option<&[u8]>> {
+        let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) else {
             if self.end - self.pos > MAX_LINE {
                 return Err(invalid(&format!("{what} line longer than {} KiB", MAX_LINE / 1024)));
             }
-            if self.fill().await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the connection closed at {what}"),
-                ));
-            }
-        }
+            return Ok(None);
+        };
+        let start = self.pos;
+        self.pos += i + 1;
+        let line = &self.buf[start..start + i];
+        Ok(Some(line.strip_suffix(b"\r").unwrap_or(line)))
     }
 
     /// One read into the buffer; 0 at the end of the stream.
@@ -395,6 +427,27 @@ impl Conn {
         self.end += n;
         Ok(n)
     }
+}
+
+/// Where a body stands after the bytes at hand.
+enum Step {
+    /// A piece of the body, at these bounds in the buffer.
+    Piece(usize, usize),
+    /// The body is over.
+    Done,
+    /// It needs more bytes.
+    More(Wait),
+}
+
+/// What a body waits for, which says what it lacks if the connection
+/// closes instead.
+enum Wait {
+    /// The rest of a line: a chunk size, a chunk's end or a trailer.
+    Line(&'static str),
+    /// More of a body of known length.
+    Bytes(&'static str),
+    /// More of a body that ends when the connection closes.
+    Close,
 }
 
 /// What the bytes at hand hold of a response head.
