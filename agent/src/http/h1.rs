@@ -24,9 +24,11 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line or trailer line.
 const MAX_LINE: usize = 4 * 1024;
-/// Room made before each read; a buffer left larger than `KEEP` by a big
-/// answer is given back once the answer has been read.
+/// Room made before each read, at first; a read that fills its room
+/// doubles it, up to `MOST_ROOM`. A buffer left larger than `KEEP` by a
+/// big answer is given back once the answer has been read.
 const READ_ROOM: usize = 2 * 1024;
+const MOST_ROOM: usize = 4 * 1024;
 const KEEP: usize = 8 * 1024;
 
 /// The connection's socket, plain or TLS.
@@ -143,6 +145,10 @@ pub struct Conn {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    /// Room to make before a read: more once a read found more waiting
+    /// than its room, so that an answer that arrives at once is read at
+    /// once.
+    room: usize,
     state: State,
 }
 
@@ -154,6 +160,7 @@ impl Conn {
             buf: Vec::new(),
             pos: 0,
             end: 0,
+            room: READ_ROOM,
             state: State::Idle,
         }
     }
@@ -418,12 +425,17 @@ impl Conn {
             self.end -= self.pos;
             self.pos = 0;
         }
-        if self.buf.len() - self.end < READ_ROOM {
-            // Grown as a vector grows, and zeroed once: all of it is room.
-            self.buf.reserve(self.end + READ_ROOM - self.buf.len());
-            self.buf.resize(self.buf.capacity(), 0);
+        // Zeroed once as it grows: all of it is room for every read.
+        let want = self.room.max(self.end + READ_ROOM);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
         }
+        let room = self.buf.len() - self.end;
         let n = self.io.read(&mut self.buf[self.end..]).await?;
+        if n == room {
+            // More was waiting than the room took.
+            self.room = (self.room * 2).min(MOST_ROOM);
+        }
         self.end += n;
         Ok(n)
     }

@@ -364,10 +364,12 @@ mod kernel {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
-    /// Smallest and largest read: the read's room is zeroed before each
-    /// read, so it follows what the reads return instead of always being
-    /// the whole of the connection's buffer (events are a few hundred bytes; whole
-    /// answers grow it).
+    /// Smallest and largest read into room not yet initialised (TLS's
+    /// buffer): such room is zeroed before the read, so it follows what
+    /// the reads return instead of always being the whole of the buffer
+    /// (events are a few hundred bytes; whole answers grow it). Room
+    /// already initialised, as the plain connection's buffer is, is
+    /// offered whole.
     const MIN_READ: usize = 2 * 1024;
     const MAX_READ: usize = 64 * 1024;
 
@@ -389,9 +391,13 @@ mod kernel {
             }
         }
 
-        /// The part of `buf` the next read fills.
+        /// The part of `buf` the next read fills: all the room that is
+        /// initialised already, or as much as the reads so far call for.
+        /// One read of an answer that has arrived whole is one system call
+        /// fewer than two.
         pub(super) fn room<'b>(&self, buf: &'b mut ReadBuf<'_>) -> &'b mut [u8] {
-            let n = buf.remaining().min(self.want);
+            let initialised = buf.initialized().len() - buf.filled().len();
+            let n = buf.remaining().min(self.want.max(initialised));
             buf.initialize_unfilled_to(n)
         }
 

@@ -280,3 +280,30 @@ fn chunk_sizes_are_hex_digits_before_any_extension() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_read_that_fills_its_room_makes_more_for_the_next() {
+    // Each answer goes out in one write: a head and 3,000 bytes of body.
+    // The first is read 2 KiB at a time, in two pieces; the full read
+    // doubled the room, and the second answer is taken in one read, one
+    // piece.
+    let body = vec![b'x'; 3000];
+    let answer = [
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+        &body,
+    ]
+    .concat();
+    let (url, server) = server(vec![answer.clone(), answer]).await;
+    let mut conn = connect(&url).await;
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        let mut head = conn.send(&request(&url, "")).await.unwrap();
+        let got = pieces(&mut conn, &mut head).await.unwrap();
+        assert_eq!(got.concat(), body);
+        counts.push(got.len());
+    }
+    assert_eq!(counts, [2, 1]);
+    assert_eq!(conn.room, MOST_ROOM);
+    assert!(conn.buf.len() <= KEEP, "{}", conn.buf.len());
+    server.await.unwrap();
+}
