@@ -97,15 +97,19 @@ fn control_addr(controller: &Proc) -> SocketAddr {
     }
 }
 
+/// A channel with the runtime that drives its connection: dropping the
+/// runtime would end the connection's task, and with it the connection.
+type Held = (tonic::transport::Channel, tokio::runtime::Runtime);
+
 /// Sends one gRPC session request with `token` (none when `None`) over a
 /// connection of its own, and returns the refusal's message; the channel
-/// comes back too, so that its connection stays open.
-fn refused_session(addr: SocketAddr, token: Option<&str>) -> (String, tonic::transport::Channel) {
+/// and its runtime come back too, so that its connection stays open.
+fn refused_session(addr: SocketAddr, token: Option<&str>) -> (String, Held) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async move {
+    let (message, channel) = runtime.block_on(async move {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -122,7 +126,8 @@ fn refused_session(addr: SocketAddr, token: Option<&str>) -> (String, tonic::tra
         let status = client.session(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
         (status.message().to_owned(), channel)
-    })
+    });
+    (message, (channel, runtime))
 }
 
 /// The counts in the controller's refusal lines, summed by what follows the
