@@ -12,8 +12,13 @@ pub const QUEUE_SHARE: f64 = 0.25;
 /// An accelerator idle above this share of the time requests were present
 /// is a finding.
 pub const IDLE_SHARE: f64 = 0.3;
-/// First requests this many times slower than steady state are a cold start.
+/// First requests this many times slower than steady state are a cold start...
 pub const COLD_RATIO: f64 = 3.0;
+/// ...when they are also at least this much slower, in milliseconds: a
+/// model loading, a graph compiling or a cache filling costs that much,
+/// while one answer a few milliseconds late on a busy host is not worth a
+/// finding, however fast the steady answers.
+pub const COLD_EXCESS_MS: f64 = 100.0;
 /// A KV cache at least this full (share of its slots) is full.
 pub const KV_FULL: f64 = 0.9;
 /// Accelerator memory in use above this share is a finding.
@@ -452,9 +457,13 @@ pub fn memory_bound_decode(b: &Bandwidth) -> Option<Finding> {
 
 /// Cold start: the first answers' TTFT (the first interval's p95)
 /// against steady state (the median of the later intervals' p95s), for
-/// one prompt class when the run has them.
+/// one prompt class when the run has them. It must be both
+/// [`COLD_RATIO`] times and [`COLD_EXCESS_MS`] above steady state.
 pub fn cold_start(first_p95_ms: f64, steady_p95_ms: f64, first_interval: u64, class: Option<&str>) -> Option<Finding> {
-    if steady_p95_ms <= 0.0 || first_p95_ms < COLD_RATIO * steady_p95_ms {
+    if steady_p95_ms <= 0.0
+        || first_p95_ms < COLD_RATIO * steady_p95_ms
+        || first_p95_ms - steady_p95_ms < COLD_EXCESS_MS
+    {
         return None;
     }
     let mut evidence = vec![
@@ -473,7 +482,9 @@ pub fn cold_start(first_p95_ms: f64, steady_p95_ms: f64, first_interval: u64, cl
             class.map(|c| format!("{c} ")).unwrap_or_default(),
             first_p95_ms / steady_p95_ms
         ),
-        "TTFT p95 of the first interval with successes against the median TTFT p95 of its step's later intervals, prompt class by prompt class",
+        format!(
+            "TTFT p95 of the first interval with successes against the median TTFT p95 of its step's later intervals, prompt class by prompt class: at least {COLD_RATIO}x and {COLD_EXCESS_MS} ms above it"
+        ),
         &evidence,
     ))
 }
@@ -789,5 +800,11 @@ mod tests {
             f.title
         );
         assert!(cold_start(250.0, 100.0, 0, None).is_none());
+        // Many times slower, but by too little to be worth a finding: one
+        // answer late on a busy host.
+        assert!(cold_start(27.0, 9.0, 0, None).is_none());
+        assert!(cold_start(109.0, 10.0, 0, None).is_none());
+        let f = cold_start(110.0, 10.0, 0, None).unwrap();
+        assert_eq!(f.evidence["ratio"], 11.0);
     }
 }
