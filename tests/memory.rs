@@ -184,7 +184,10 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         );
         assert!((num(row, "/vram_used_share") - vram).abs() < 1e-9, "{row:#}");
         if dram.is_finite() {
-            assert!((num(row, "/memory_bandwidth") - dram).abs() < 1e-9, "{row:#}");
+            assert!(
+                (num(row, "/memory_bandwidth") - dram).abs() < 1e-9,
+                "{row:#}\nthe scrapes inside (seconds from the start, VRAM, bandwidth): {inside:?}\nall: {truth:?}"
+            );
             bandwidths += 1;
         }
         assert_eq!(
