@@ -146,7 +146,11 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
     // last read (the previous scrape; the first covers the time since the
     // simulator started). A scrape that failed (a timeout on a busy
     // machine) may still have read the page, at a moment nobody recorded:
-    // the bandwidth of the next one has no known truth.
+    // the bandwidth of the next one has no known truth. A share is a
+    // ratio of cycles, at most 1, as DCGM's is: the simulator's step
+    // tasks run late on a busy host, and a step entered after a reading
+    // from before it credits the next window, whose counted share can then
+    // pass 1 (1.008 seen) where the simulator's gauge says 1.
     let mut truth = Vec::new();
     let (mut decode, mut uptime, mut unknown) = (0.0, 0.0, false);
     for (t, page) in scrapes(&run) {
@@ -158,7 +162,11 @@ fn dcgm_memory_and_bandwidth_equal_the_simulators_ground_truth_per_interval() {
         let d = page["llmsim_decode_busy_seconds_total"];
         let u = page["llmsim_uptime_seconds_total"];
         let vram = page["llmsim_gpu_memory_used_mib"] / page["llmsim_gpu_memory_total_mib"];
-        let dram = if unknown { f64::NAN } else { (d - decode) / (u - uptime) };
+        let dram = if unknown {
+            f64::NAN
+        } else {
+            ((d - decode) / (u - uptime)).clamp(0.0, 1.0)
+        };
         truth.push((t, vram, dram));
         (decode, uptime, unknown) = (d, u, false);
     }

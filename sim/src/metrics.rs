@@ -343,7 +343,10 @@ fn memory_used_mib(state: &State) -> f64 {
     (WEIGHTS_MIB + kv).min(MEMORY_MIB).round()
 }
 
-/// Shares of the time between two readings spent computing.
+/// Shares of the time between two readings spent computing, at most 1:
+/// a step whose task ran late on a busy host is entered from its planned
+/// start, which can come before the last reading, and so counts in the
+/// next window.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Shares {
     busy: f64,
