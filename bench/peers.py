@@ -30,7 +30,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stam
 
 # Every tool in the order the table lists them; stampede first, as the base
 # the others are compared with.
-TOOLS = ["stampede", "k6", "locust", "aiperf", "guidellm", "oha", "vllm"]
+TOOLS = ["stampede", "k6", "locust", "aiperf", "guidellm", "oha", "vllm", "floor"]
+# Built from this checkout, not installed: the least a streaming client can
+# do (agent/examples/floor.rs), the floor under every tool's figures.
+BUILT = {"floor": "cargo build --release -p stampede-agent --example floor"}
 
 # name: (users, answer tokens). The prompt is the same short text for every
 # tool that lets us choose it.
@@ -272,6 +275,8 @@ def command(tool, binary, url, users, tokens, duration, workdir):
             "--max-tokens", str(tokens), "--prompt-tokens", str(PROMPT_TOKENS), "--output-tokens", str(tokens),
             "--out", str(workdir / "stampede"), "--set", "thresholds.allow_client_bound=true",
         ], env
+    if tool == "floor":
+        return [str(binary), url, str(users), str(tokens), str(duration)], env
     if tool == "k6":
         return [str(binary), "run", "--no-usage-report", "--quiet", "--no-color", str(PEERS / "chat.js")], env
     if tool == "locust":
@@ -324,6 +329,9 @@ def command(tool, binary, url, users, tokens, duration, workdir):
 
 
 def tool_version(tool, pinned, binaries):
+    if tool == "floor":
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return f"agent/examples/floor.rs (git {rev.stdout.strip() or '?'})"
     if tool == "stampede":
         out = subprocess.run([str(binaries["stampede"]), "--version"], capture_output=True, text=True).stdout.strip()
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -520,6 +528,14 @@ def main():
     for tool in args.tools:
         if tool == "stampede":
             continue
+        if tool in BUILT:
+            binary = bin_dir / "examples" / tool
+            if binary.exists():
+                binaries[tool] = binary
+            else:
+                build = BUILT[tool].replace(" --release", "") if args.smoke else BUILT[tool]
+                unavailable[tool] = f"not built ({build})"
+            continue
         binary, reason = executable(tool, pinned[tool])
         if binary:
             binaries[tool] = binary
@@ -574,11 +590,14 @@ def main():
     print(table)
     print(f"table: {out}\nper-run figures and logs: {scratch}")
     if args.smoke:
-        for workload in args.workloads:
-            s = results.get(("stampede", workload), {})
-            if "error" in s or not all(s.get(k) for k in ("rps", "eps", "cpu_per_k", "cpu_per_m_events", "rss_mib")):
-                sys.exit(f"smoke: stampede's figures are missing or zero for {workload}: {s.get('error', s)}")
-        print("smoke: the table was written and stampede's figures are non-zero")
+        # The tools this checkout builds must work; a peer may be missing.
+        ours = [t for t in ("stampede", *BUILT) if t in args.tools]
+        for tool in ours:
+            for workload in args.workloads:
+                s = results.get((tool, workload), {})
+                if "error" in s or not all(s.get(k) for k in ("rps", "eps", "cpu_per_k", "cpu_per_m_events", "rss_mib")):
+                    sys.exit(f"smoke: {tool}'s figures are missing or zero for {workload}: {s.get('error', s)}")
+        print(f"smoke: the table was written and the figures of {' and '.join(ours)} are non-zero")
 
 
 if __name__ == "__main__":
