@@ -329,13 +329,13 @@ def command(tool, binary, url, users, tokens, duration, workdir):
 
 
 def tool_version(tool, pinned, binaries):
-    if tool == "floor":
+    if tool in ("stampede", "floor"):
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        return f"agent/examples/floor.rs (git {rev.stdout.strip() or '?'})"
-    if tool == "stampede":
-        out = subprocess.run([str(binaries["stampede"]), "--version"], capture_output=True, text=True).stdout.strip()
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        return f"{out} (git {rev.stdout.strip() or '?'})"
+        if tool == "floor":
+            name = "agent/examples/floor.rs"
+        else:
+            name = subprocess.run([str(binaries["stampede"]), "--version"], capture_output=True, text=True).stdout.strip()
+        return f"{name} (git {rev.stdout.strip() or '?'})"
     return pinned.get(tool, "?")
 
 

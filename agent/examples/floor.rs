@@ -2,8 +2,9 @@
 //! generator's CPU per request and per event on a given machine and server.
 //!
 //! Closed-loop users, one kept-alive connection each, send the same
-//! streaming chat request and read every byte of the chunked answer until
-//! its last chunk. Nothing is parsed, timed or recorded: the bytes are not
+//! streaming chat request (a one-sentence prompt, so never more to send
+//! than a real client) and read every byte of the chunked answer until its
+//! last chunk. Nothing is parsed, timed or recorded: the bytes are not
 //! split into events, no token is counted and no clock is read per read. A
 //! real client does all of that on top of these system calls, so its CPU per
 //! request can only be higher; `bench/peers.sh --tools stampede,floor`
